@@ -1,0 +1,145 @@
+import type { Tensor } from '../graph.js';
+import { attr } from '../onnx/model.js';
+import { apply, defineOp, expectFloat, fail } from '../op.js';
+import type { Dim } from '../shape.js';
+import { broadcastShapes, dimEquals, formatShape } from '../shape.js';
+
+export interface AttentionAttrs {
+  numHeads: number;
+  /** Multiplies q·kᵀ; default 1/√headDim. */
+  scale: number;
+  hasMask: boolean;
+}
+
+/** Head dims of an attention input: [B, S, H·D] ('packed') or [B, H, S, D] ('heads'). */
+function split(t: { shape: readonly Dim[] }, numHeads: number, what: string): { b: Dim; s: Dim; d: number } {
+  if (t.shape.length === 3) {
+    const hidden = t.shape[2];
+    if (typeof hidden !== 'number' || hidden % numHeads !== 0) {
+      fail(`${what} ${formatShape(t.shape)}: last dim must be a multiple of numHeads=${numHeads}`, 'SHAPE');
+    }
+    return { b: t.shape[0], s: t.shape[1], d: hidden / numHeads };
+  }
+  if (t.shape.length === 4) {
+    const d = t.shape[3];
+    if (!dimEquals(t.shape[1], numHeads) || typeof d !== 'number') {
+      fail(`${what} ${formatShape(t.shape)}: expected [B, ${numHeads}, S, D] with a static D`, 'SHAPE');
+    }
+    return { b: t.shape[0], s: t.shape[2], d };
+  }
+  return fail(`${what} ${formatShape(t.shape)}: expected [B, S, H·D] or [B, H, S, D]`, 'SHAPE');
+}
+
+export const AttentionOp = defineOp<AttentionAttrs>({
+  name: 'attention',
+  infer([q, k, v, mask], { numHeads, scale, hasMask }) {
+    for (const [t, n] of [
+      [q, 'query'],
+      [k, 'key'],
+      [v, 'value'],
+    ] as const) {
+      expectFloat(t, n);
+      if (t.dtype !== q.dtype) fail(`${n} dtype ${t.dtype} differs from query ${q.dtype}`, 'DTYPE');
+    }
+    if (!Number.isInteger(numHeads) || numHeads < 1) fail(`numHeads must be a positive integer, got ${numHeads}`, 'ATTR');
+    if (!Number.isFinite(scale)) fail(`scale must be finite, got ${scale}`, 'ATTR');
+    if (q.shape.length !== k.shape.length || q.shape.length !== v.shape.length) {
+      fail(`query ${formatShape(q.shape)}, key ${formatShape(k.shape)} and value ${formatShape(v.shape)} differ in rank`, 'SHAPE');
+    }
+    const qs = split(q, numHeads, 'query');
+    const ks = split(k, numHeads, 'key');
+    const vs = split(v, numHeads, 'value');
+    if (qs.d !== ks.d) fail(`query head dim ${qs.d} differs from key head dim ${ks.d}`, 'SHAPE');
+    if (!dimEquals(ks.s, vs.s)) fail(`key ${formatShape(k.shape)} and value ${formatShape(v.shape)} differ in length`, 'SHAPE');
+    const batch = broadcastShapes(broadcastShapes([qs.b], [ks.b]) ?? fail('batch dims differ', 'SHAPE'), [vs.b]);
+    if (!batch || !dimEquals(qs.b, ks.b) || !dimEquals(qs.b, vs.b)) {
+      fail(`batch dims differ: query ${formatShape(q.shape)}, key ${formatShape(k.shape)}, value ${formatShape(v.shape)}`, 'SHAPE');
+    }
+    if (hasMask) {
+      if (mask.dtype !== 'bool' && mask.dtype !== q.dtype) {
+        fail(`mask must be bool (true = attend) or ${q.dtype} (added to scores), got ${mask.dtype}`, 'DTYPE');
+      }
+      if (!broadcastShapes(mask.shape, [qs.b, numHeads, qs.s, ks.s]) || mask.shape.length > 4) {
+        fail(`mask ${formatShape(mask.shape)} does not broadcast to [B, H, Sq, Skv] = ${formatShape([qs.b, numHeads, qs.s, ks.s])}`, 'SHAPE');
+      }
+    }
+    const shape = q.shape.length === 3 ? [qs.b, qs.s, numHeads * vs.d] : [qs.b, numHeads, qs.s, vs.d];
+    return [{ dtype: q.dtype, shape }];
+  },
+  lower(ctx, node, [out]) {
+    const [q, k, v, mask] = node.inputs;
+    const { numHeads, scale, hasMask } = node.attrs;
+    const packed = q.shape.length === 3;
+    if (packed && !hasMask && q.dtype === 'float32') {
+      // ORT's MultiHeadAttention on 3-D packed inputs takes the tiled (flash) CPU path: fastest, and it
+      // never materialises the Sq×Skv matrix (notes §3).
+      ctx.emit(
+        'MultiHeadAttention',
+        [ctx.name(q), ctx.name(k), ctx.name(v)],
+        [out],
+        { num_heads: attr.int(numHeads), scale: attr.float(scale) },
+        'com.microsoft',
+      );
+      return;
+    }
+    // Explicit MatMul–Softmax–MatMul on [B, H, S, D]; ORT fuses the transposes and the scale into
+    // FusedMatMul.
+    const toHeads = (t: Tensor, perm: number[], hint: string): string => {
+      if (!packed) {
+        if (perm[2] === 3) {
+          const o = ctx.fresh(hint);
+          ctx.emit('Transpose', [ctx.name(t)], [o], { perm: attr.ints([0, 1, 3, 2]) });
+          return o;
+        }
+        return ctx.name(t);
+      }
+      const d = (t.shape[2] as number) / numHeads;
+      const r = ctx.reshape(ctx.name(t), t.shape, [t.shape[0], t.shape[1], numHeads, d]);
+      const o = ctx.fresh(hint);
+      ctx.emit('Transpose', [r], [o], { perm: attr.ints(perm) });
+      return o;
+    };
+    const qh = toHeads(q, [0, 2, 1, 3], 'q_heads');
+    const kt = toHeads(k, [0, 2, 3, 1], 'k_t');
+    const vh = toHeads(v, [0, 2, 1, 3], 'v_heads');
+    const raw = ctx.fresh('scores_raw');
+    ctx.emit('MatMul', [qh, kt], [raw]);
+    let scores = ctx.fresh('scores');
+    ctx.emit('Mul', [raw, ctx.scalar(scale, q.dtype)], [scores]);
+    if (hasMask) {
+      const masked = ctx.fresh('scores_masked');
+      if (mask.dtype === 'bool') ctx.emit('Where', [ctx.name(mask), scores, ctx.scalar(-Infinity, q.dtype)], [masked]);
+      else ctx.emit('Add', [scores, ctx.name(mask)], [masked]);
+      scores = masked;
+    }
+    const probs = ctx.fresh('probs');
+    ctx.emit('Softmax', [scores], [probs], { axis: attr.int(-1) });
+    if (!packed) {
+      ctx.emit('MatMul', [probs, vh], [out]);
+      return;
+    }
+    const ctxHeads = ctx.fresh('context_heads');
+    ctx.emit('MatMul', [probs, vh], [ctxHeads]);
+    const merged = ctx.fresh('context');
+    ctx.emit('Transpose', [ctxHeads], [merged], { perm: attr.ints([0, 2, 1, 3]) });
+    const dv = (v.shape[2] as number) / numHeads;
+    ctx.reshape(merged, [q.shape[0], q.shape[1], numHeads, dv], node.outputs[0].shape, out);
+  },
+});
+
+/**
+ * Scaled dot-product attention with `numHeads` heads. Inputs are [B, S, H·D] (heads packed in the
+ * last dim) or [B, H, S, D]. `mask` is bool (true = attend) or additive, broadcastable to
+ * [B, H, Sq, Skv]. Unmasked packed float32 attention lowers to ORT's fused MultiHeadAttention.
+ */
+export function attention(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  options: { numHeads: number; scale?: number; mask?: Tensor },
+): Tensor {
+  const headDim = q.shape.length === 3 ? (q.shape[2] as number) / options.numHeads : (q.shape[3] as number);
+  const scale = options.scale ?? 1 / Math.sqrt(headDim);
+  const inputs = options.mask ? [q, k, v, options.mask] : [q, k, v];
+  return apply(AttentionOp, inputs, { numHeads: options.numHeads, scale, hasMask: options.mask !== undefined })[0];
+}

@@ -1,0 +1,108 @@
+import type { Tensor } from '../graph.js';
+import { attr } from '../onnx/model.js';
+import { apply, defineOp, expectFloat, fail } from '../op.js';
+import { dimEquals, formatShape, isStaticShape, normalizeAxis } from '../shape.js';
+
+export const SoftmaxOp = defineOp<{ axis: number }>({
+  name: 'softmax',
+  infer([x], { axis }) {
+    expectFloat(x, 'softmax');
+    normalizeAxis(axis, x.shape.length, 'softmax');
+    return [{ dtype: x.dtype, shape: x.shape }];
+  },
+  lower(ctx, node, [out]) {
+    const axis = normalizeAxis(node.attrs.axis, node.inputs[0].shape.length, 'softmax');
+    ctx.emit('Softmax', [ctx.name(node.inputs[0])], [out], { axis: attr.int(axis) });
+  },
+});
+
+export function softmax(x: Tensor, axis = -1): Tensor {
+  return apply(SoftmaxOp, [x], { axis })[0];
+}
+
+/**
+ * Layer norm over the trailing axes from `axis` on; weight and bias are optional (diffusers'
+ * `elementwise_affine=False`). Inputs: x, then weight and bias when `affine` says so.
+ */
+export const LayerNormOp = defineOp<{ axis: number; eps: number; hasWeight: boolean; hasBias: boolean }>({
+  name: 'layerNorm',
+  infer([x, ...params], { axis, eps, hasWeight, hasBias }) {
+    expectFloat(x, 'layerNorm');
+    const ax = normalizeAxis(axis, x.shape.length, 'layerNorm');
+    const normShape = x.shape.slice(ax);
+    if (!(eps >= 0)) fail(`eps must be ≥ 0, got ${eps}`, 'ATTR');
+    if (params.length !== Number(hasWeight) + Number(hasBias)) fail('internal: parameter count', 'ATTR');
+    if (!hasWeight && !isStaticShape(normShape)) {
+      fail(`normalized dims ${formatShape(normShape)} must be numbers when there is no weight`, 'SHAPE');
+    }
+    for (const p of params) {
+      if (p.dtype !== x.dtype) fail(`weight/bias dtype ${p.dtype} differs from input ${x.dtype}`, 'DTYPE');
+      const ok = p.shape.length === normShape.length && p.shape.every((d, i) => dimEquals(d, normShape[i]));
+      if (!ok) fail(`weight/bias ${formatShape(p.shape)} must have the normalized shape ${formatShape(normShape)}`, 'SHAPE');
+    }
+    return [{ dtype: x.dtype, shape: x.shape }];
+  },
+  lower(ctx, node, [out]) {
+    const [x, ...params] = node.inputs;
+    const { axis, eps, hasWeight, hasBias } = node.attrs;
+    const ax = normalizeAxis(axis, x.shape.length, 'layerNorm');
+    let scale: string;
+    if (hasWeight) scale = ctx.name(params[0]);
+    else {
+      // ONNX LayerNormalization requires a scale: a broadcast scalar 1 would not do, it must have the
+      // normalized shape.
+      const normShape = x.shape.slice(ax) as number[];
+      const one = ctx.scalar(1, x.dtype);
+      scale = ctx.fresh('ln_scale');
+      ctx.emit('Expand', [one, ctx.int64s(normShape)], [scale]);
+    }
+    const inputs = [ctx.name(x), scale];
+    if (hasBias) inputs.push(ctx.name(params[hasWeight ? 1 : 0]));
+    ctx.emit('LayerNormalization', inputs, [out], { axis: attr.int(ax), epsilon: attr.float(eps) });
+  },
+});
+
+export function layerNorm(
+  x: Tensor,
+  weight: Tensor | undefined,
+  bias: Tensor | undefined,
+  options: { eps?: number; axis?: number } = {},
+): Tensor {
+  const params = [weight, bias].filter((t): t is Tensor => t !== undefined);
+  return apply(LayerNormOp, [x, ...params], {
+    axis: options.axis ?? -1,
+    eps: options.eps ?? 1e-5,
+    hasWeight: weight !== undefined,
+    hasBias: bias !== undefined,
+  })[0];
+}
+
+/** Group norm over [N, C, ...] with per-channel weight and bias (torch.nn.GroupNorm). */
+export const GroupNormOp = defineOp<{ numGroups: number; eps: number }>({
+  name: 'groupNorm',
+  infer([x, weight, bias], { numGroups, eps }) {
+    expectFloat(x, 'groupNorm');
+    if (x.shape.length < 3) fail(`expected [N, C, ...], got ${formatShape(x.shape)}`, 'SHAPE');
+    const c = x.shape[1];
+    if (!Number.isInteger(numGroups) || numGroups < 1) fail(`numGroups must be a positive integer`, 'ATTR');
+    if (typeof c === 'number' && c % numGroups !== 0) fail(`${c} channels do not split into ${numGroups} groups`, 'SHAPE');
+    if (!(eps >= 0)) fail(`eps must be ≥ 0, got ${eps}`, 'ATTR');
+    for (const p of [weight, bias]) {
+      if (p.shape.length !== 1 || !dimEquals(p.shape[0], c)) {
+        fail(`weight/bias must be [${String(c)}], got ${formatShape(p.shape)}`, 'SHAPE');
+      }
+      if (p.dtype !== x.dtype) fail(`weight/bias dtype ${p.dtype} differs from input ${x.dtype}`, 'DTYPE');
+    }
+    return [{ dtype: x.dtype, shape: x.shape }];
+  },
+  lower(ctx, node, [out]) {
+    ctx.emit('GroupNormalization', node.inputs.map((t) => ctx.name(t)), [out], {
+      num_groups: attr.int(node.attrs.numGroups),
+      epsilon: attr.float(node.attrs.eps),
+    });
+  },
+});
+
+export function groupNorm(x: Tensor, numGroups: number, weight: Tensor, bias: Tensor, eps = 1e-5): Tensor {
+  return apply(GroupNormOp, [x, weight, bias], { numGroups, eps })[0];
+}

@@ -1,0 +1,92 @@
+import { createRequire } from 'node:module';
+import type * as Ort from 'onnxruntime-node';
+import { RuntimeError } from '../errors.js';
+import type { Backend, ModelLocation, SessionSettings } from './backend.js';
+import type { HostData, HostTensor } from './host-tensor.js';
+
+// onnxruntime-node is CommonJS; load it lazily so importing velodiff does not load the native binding.
+let ortModule: typeof Ort | undefined;
+export function ort(): typeof Ort {
+  ortModule ??= createRequire(import.meta.url)('onnxruntime-node') as typeof Ort;
+  return ortModule;
+}
+
+/** The execution providers this onnxruntime-node build can use. */
+export function availableProviders(): { name: string; bundled: boolean }[] {
+  const list = (ort() as unknown as { listSupportedBackends?: () => { name: string; bundled: boolean }[] })
+    .listSupportedBackends;
+  return list ? list() : [{ name: 'cpu', bundled: true }];
+}
+
+export function sessionOptions(settings: SessionSettings): Ort.InferenceSession.SessionOptions {
+  const session: Record<string, string> = {};
+  if (settings.disablePrepacking) session.disable_prepacking = '1';
+  return {
+    executionProviders: settings.executionProviders,
+    graphOptimizationLevel: settings.optimizationLevel,
+    ...(settings.intraOpThreads > 0 ? { intraOpNumThreads: settings.intraOpThreads } : {}),
+    logSeverityLevel: 3,
+    extra: { session },
+  };
+}
+
+function wrapError(e: unknown, what: string): RuntimeError {
+  const message = e instanceof Error ? e.message : String(e);
+  if (/cuda|CUDA/.test(message) && /provider|load|library/i.test(message)) {
+    return new RuntimeError(
+      `${what}: ${message}\nThe CUDA provider is not installed; see the README section "GPU (CUDA)".`,
+      'PROVIDER',
+    );
+  }
+  return new RuntimeError(`${what}: ${message}`, 'ORT');
+}
+
+/** Sessions in this thread. `run` blocks the event loop while ORT computes (notes §5). */
+export class InlineBackend implements Backend {
+  private readonly sessions = new Map<number, Ort.InferenceSession>();
+  private nextId = 1;
+
+  async create(model: ModelLocation, settings: SessionSettings): Promise<number> {
+    let session: Ort.InferenceSession;
+    try {
+      session = await ort().InferenceSession.create(model.modelPath, sessionOptions(settings));
+    } catch (e) {
+      throw wrapError(e, 'ONNX Runtime could not create the session');
+    }
+    const id = this.nextId++;
+    this.sessions.set(id, session);
+    return id;
+  }
+
+  async run(id: number, feeds: Record<string, HostTensor>, outputs: string[]): Promise<Record<string, HostTensor>> {
+    const session = this.sessions.get(id);
+    if (!session) throw new RuntimeError(`session ${id} was released`, 'RELEASED');
+    const ortFeeds: Record<string, Ort.Tensor> = {};
+    const T = ort().Tensor;
+    for (const [name, t] of Object.entries(feeds)) {
+      ortFeeds[name] = new T(t.dtype as 'float32', t.data as Float32Array, t.shape as number[]);
+    }
+    let result: Ort.InferenceSession.OnnxValueMapType;
+    try {
+      result = await session.run(ortFeeds, outputs);
+    } catch (e) {
+      throw wrapError(e, 'ONNX Runtime failed while running the graph');
+    }
+    const out: Record<string, HostTensor> = {};
+    for (const name of outputs) {
+      const t = result[name] as Ort.Tensor;
+      out[name] = { dtype: t.type as HostTensor['dtype'], shape: [...t.dims], data: t.data as HostData };
+    }
+    return out;
+  }
+
+  async release(id: number): Promise<void> {
+    const s = this.sessions.get(id);
+    this.sessions.delete(id);
+    await s?.release();
+  }
+
+  async dispose(): Promise<void> {
+    for (const id of [...this.sessions.keys()]) await this.release(id);
+  }
+}

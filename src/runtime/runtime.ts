@@ -1,0 +1,169 @@
+import { OptionError, RuntimeError } from '../errors.js';
+import type { Graph } from '../graph/graph.js';
+import type { SerializedGraph, SerializedValue } from '../graph/serialize.js';
+import { serialize } from '../graph/serialize.js';
+import { formatShape } from '../graph/shape.js';
+import type { Backend, ExecutionProvider, SessionSettings } from './backend.js';
+import type { HostTensor } from './host-tensor.js';
+import { hostArrayName, shapeSize } from './host-tensor.js';
+import { graphSignature, writeModelDir } from './model-dir.js';
+import { InlineBackend, availableProviders } from './ort-node.js';
+import { WorkerBackend } from './worker-backend.js';
+
+export interface RuntimeOptions {
+  /** In order of preference; default ['cpu']. */
+  executionProviders?: ExecutionProvider[];
+  /** Threads per op; default 0 = ORT's choice (one per physical core). */
+  threads?: number;
+  optimizationLevel?: SessionSettings['optimizationLevel'];
+  disablePrepacking?: boolean;
+  /** Run ORT in a worker thread (default true) so runs never block the event loop. */
+  worker?: boolean;
+}
+
+export interface RunOptions {
+  /** Hand the feeds' buffers to the worker instead of copying them; they are unusable afterwards. */
+  transfer?: boolean;
+  /** Outputs to compute; default all. */
+  outputs?: string[];
+}
+
+const PROVIDERS: readonly ExecutionProvider[] = ['cpu', 'cuda', 'webgpu', 'coreml', 'dml'];
+
+/**
+ * Compiles graphs into ONNX Runtime sessions and runs them. Sessions are cached by graph signature,
+ * so building the same graph twice compiles it once.
+ */
+export class Runtime {
+  readonly settings: SessionSettings;
+  private readonly backend: Backend;
+  private readonly cache = new Map<string, Promise<CompiledGraph>>();
+
+  constructor(options: RuntimeOptions = {}) {
+    const eps = options.executionProviders ?? ['cpu'];
+    for (const ep of eps) {
+      if (!PROVIDERS.includes(ep)) {
+        throw new OptionError(`unknown execution provider "${String(ep)}"; expected one of ${PROVIDERS.join(', ')}`);
+      }
+    }
+    const threads = options.threads ?? 0;
+    if (!Number.isInteger(threads) || threads < 0) throw new OptionError(`threads must be an integer ≥ 0, got ${threads}`);
+    this.settings = {
+      executionProviders: eps,
+      intraOpThreads: threads,
+      optimizationLevel: options.optimizationLevel ?? 'all',
+      disablePrepacking: options.disablePrepacking ?? false,
+    };
+    this.backend = options.worker === false ? new InlineBackend() : new WorkerBackend();
+  }
+
+  /** Check that the requested providers exist in this onnxruntime-node build. */
+  static checkProviders(eps: readonly ExecutionProvider[]): void {
+    const have = availableProviders();
+    for (const ep of eps) {
+      const found = have.find((p) => p.name === ep);
+      if (!found) {
+        throw new OptionError(
+          `execution provider "${ep}" is not available in this ONNX Runtime build (available: ${have.map((p) => p.name).join(', ')})`,
+        );
+      }
+    }
+  }
+
+  /** Serialize (if needed) and compile a graph; the same graph compiles once. */
+  async compile(graph: Graph | SerializedGraph): Promise<CompiledGraph> {
+    const serialized = 'model' in graph && graph.model instanceof Uint8Array ? graph : serialize(graph as Graph);
+    const signature = graphSignature(serialized, JSON.stringify(this.settings));
+    let entry = this.cache.get(signature);
+    if (!entry) {
+      entry = (async () => {
+        const modelPath = writeModelDir(serialized, signature);
+        const session = await this.backend.create({ modelPath }, this.settings);
+        return new CompiledGraph(this.backend, session, serialized, signature);
+      })();
+      this.cache.set(signature, entry);
+      entry.catch(() => this.cache.delete(signature));
+    }
+    return entry;
+  }
+
+  /** Number of distinct compiled sessions. */
+  get cachedSessions(): number {
+    return this.cache.size;
+  }
+
+  async dispose(): Promise<void> {
+    this.cache.clear();
+    await this.backend.dispose();
+  }
+}
+
+/** A graph compiled into a session: run it many times, at any size its named dims allow. */
+export class CompiledGraph {
+  readonly inputs: readonly SerializedValue[];
+  readonly outputs: readonly SerializedValue[];
+
+  constructor(
+    private readonly backend: Backend,
+    private readonly session: number,
+    private readonly graph: SerializedGraph,
+    readonly signature: string,
+  ) {
+    this.inputs = graph.inputs;
+    this.outputs = graph.outputs;
+  }
+
+  async run(feeds: Record<string, HostTensor>, options: RunOptions = {}): Promise<Record<string, HostTensor>> {
+    this.checkFeeds(feeds);
+    const outputs = options.outputs ?? this.outputs.map((o) => o.name);
+    for (const name of outputs) {
+      if (!this.outputs.some((o) => o.name === name)) {
+        throw new RuntimeError(`unknown output "${name}"; the graph has ${this.outputs.map((o) => o.name).join(', ')}`, 'OUTPUT');
+      }
+    }
+    return this.backend.run(this.session, feeds, outputs, options.transfer ?? false);
+  }
+
+  /** Feeds must match the graph's inputs: names, dtypes, ranks, static dims, and one value per named dim. */
+  private checkFeeds(feeds: Record<string, HostTensor>): void {
+    const expected = new Set(this.inputs.map((i) => i.name));
+    for (const name of Object.keys(feeds)) {
+      if (!expected.has(name)) {
+        throw new RuntimeError(`unknown input "${name}"; the graph takes ${[...expected].join(', ') || 'no inputs'}`, 'INPUT');
+      }
+    }
+    const symbols = new Map<string, { value: number; from: string }>();
+    for (const input of this.inputs) {
+      const t = feeds[input.name];
+      if (!t) throw new RuntimeError(`missing input "${input.name}" (${input.dtype}${formatShape(input.shape)})`, 'INPUT');
+      const where = `input "${input.name}"`;
+      if (t.dtype !== input.dtype) throw new RuntimeError(`${where}: expected ${input.dtype}, got ${t.dtype}`, 'DTYPE');
+      if (t.data.constructor.name !== hostArrayName(t.dtype)) {
+        throw new RuntimeError(`${where}: ${t.dtype} data must be a ${hostArrayName(t.dtype)}, got ${t.data.constructor.name}`, 'DTYPE');
+      }
+      if (t.data.length !== shapeSize(t.shape)) {
+        throw new RuntimeError(`${where}: shape ${formatShape(t.shape)} needs ${shapeSize(t.shape)} values, got ${t.data.length}`, 'SHAPE');
+      }
+      if (t.shape.length !== input.shape.length) {
+        throw new RuntimeError(`${where}: expected shape ${formatShape(input.shape)}, got ${formatShape(t.shape)}`, 'SHAPE');
+      }
+      input.shape.forEach((d, axis) => {
+        const got = t.shape[axis];
+        if (typeof d === 'number') {
+          if (d !== got) {
+            throw new RuntimeError(`${where}: expected shape ${formatShape(input.shape)}, got ${formatShape(t.shape)}`, 'SHAPE');
+          }
+          return;
+        }
+        const seen = symbols.get(d);
+        if (seen && seen.value !== got) {
+          throw new RuntimeError(
+            `${where}: dim ${d} is ${got} here but ${seen.value} in ${seen.from} (shape ${formatShape(t.shape)})`,
+            'SHAPE',
+          );
+        }
+        symbols.set(d, { value: got, from: where });
+      });
+    }
+  }
+}

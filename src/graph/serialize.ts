@@ -30,8 +30,10 @@ export interface SerializedValue {
 export interface SerializedGraph {
   /** ONNX ModelProto bytes. */
   model: Uint8Array;
-  /** Files the model's external initializers point into: location (relative) → absolute path. */
+  /** Files the model's external initializers point into: location (relative) and the file's path. */
   externalFiles: { location: string; path: string }[];
+  /** The folder locations are relative to, when the locator gave one. */
+  externalRoot?: string;
   inputs: SerializedValue[];
   outputs: SerializedValue[];
   /** Named dims and where their run-time value comes from. */
@@ -39,15 +41,20 @@ export interface SerializedGraph {
 }
 
 export interface SerializeOptions {
-  /** Inputs to declare even when no output depends on them (default: only used ones... all declared). */
-  keepUnusedInputs?: boolean;
+  /**
+   * The external-data location of a weights file. Default: a unique file name per path (the files
+   * are then expected side by side, e.g. as onnxruntime-web `externalData` entries).
+   */
+  locate?: (path: string) => string;
+  /** The folder `locate`'s locations are relative to, recorded in the result. */
+  externalRoot?: string;
 }
 
 /** Lower a graph to ONNX: reachable nodes only, weights as initializers (external where on disk). */
-export function serialize(graph: Graph): SerializedGraph {
+export function serialize(graph: Graph, options: SerializeOptions = {}): SerializedGraph {
   if (graph.outputs.size === 0) throw new GraphBuildError(`graph "${graph.name}" has no outputs`);
-  const lowering = new Lowering(graph);
-  return lowering.run();
+  const lowering = new Lowering(graph, options.locate);
+  return { ...lowering.run(), ...(options.externalRoot ? { externalRoot: options.externalRoot } : {}) };
 }
 
 class Lowering implements LowerContext {
@@ -60,7 +67,10 @@ class Lowering implements LowerContext {
   private counter = 0;
   private currentNodeName = '';
 
-  constructor(private readonly graph: Graph) {}
+  constructor(
+    private readonly graph: Graph,
+    private readonly locate: ((path: string) => string) | undefined,
+  ) {}
 
   run(): SerializedGraph {
     const live = this.liveNodes();
@@ -182,8 +192,11 @@ class Lowering implements LowerContext {
   private location(path: string): string {
     let loc = this.files.get(path);
     if (!loc) {
-      const base = path.split(/[\\/]/).pop() ?? 'weights';
-      loc = `w${this.files.size}_${base.replace(/[^A-Za-z0-9._-]/g, '_')}`;
+      if (this.locate) loc = this.locate(path);
+      else {
+        const base = path.split(/[\\/]/).pop() ?? 'weights';
+        loc = `w${this.files.size}_${base.replace(/[^A-Za-z0-9._-]/g, '_')}`;
+      }
       this.files.set(path, loc);
     }
     return loc;

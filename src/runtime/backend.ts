@@ -12,14 +12,15 @@ export interface SessionSettings {
   disablePrepacking: boolean;
 }
 
-/** What a backend needs to create a session: a model file in a folder that also holds its weights. */
-export interface ModelLocation {
-  modelPath: string;
+/** What a backend needs to create a session: the model, and the folder its external data is relative to. */
+export interface ModelSource {
+  bytes: Uint8Array;
+  externalRoot?: string;
 }
 
 /** A place where ORT sessions live: this thread, or a worker thread. */
 export interface Backend {
-  create(model: ModelLocation, settings: SessionSettings): Promise<number>;
+  create(model: ModelSource, settings: SessionSettings): Promise<number>;
   run(session: number, feeds: Record<string, HostTensor>, outputs: string[], transfer: boolean): Promise<Record<string, HostTensor>>;
   release(session: number): Promise<void>;
   dispose(): Promise<void>;

@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module';
 import type * as Ort from 'onnxruntime-node';
 import { RuntimeError } from '../errors.js';
-import type { Backend, ModelLocation, SessionSettings } from './backend.js';
+import type { Backend, ModelSource, SessionSettings } from './backend.js';
 import type { HostData, HostTensor } from './host-tensor.js';
 
 // onnxruntime-node is CommonJS; load it lazily so importing velodiff does not load the native binding.
@@ -18,8 +18,10 @@ export function availableProviders(): { name: string; bundled: boolean }[] {
   return list ? list() : [{ name: 'cpu', bundled: true }];
 }
 
-export function sessionOptions(settings: SessionSettings): Ort.InferenceSession.SessionOptions {
+export function sessionOptions(settings: SessionSettings, externalRoot?: string): Ort.InferenceSession.SessionOptions {
   const session: Record<string, string> = {};
+  // For a model given as bytes, ORT resolves external data against this folder (notes §4).
+  if (externalRoot) session.model_external_initializers_file_folder_path = externalRoot;
   if (settings.disablePrepacking) session.disable_prepacking = '1';
   return {
     executionProviders: settings.executionProviders,
@@ -46,10 +48,10 @@ export class InlineBackend implements Backend {
   private readonly sessions = new Map<number, Ort.InferenceSession>();
   private nextId = 1;
 
-  async create(model: ModelLocation, settings: SessionSettings): Promise<number> {
+  async create(model: ModelSource, settings: SessionSettings): Promise<number> {
     let session: Ort.InferenceSession;
     try {
-      session = await ort().InferenceSession.create(model.modelPath, sessionOptions(settings));
+      session = await ort().InferenceSession.create(model.bytes, sessionOptions(settings, model.externalRoot));
     } catch (e) {
       throw wrapError(e, 'ONNX Runtime could not create the session');
     }

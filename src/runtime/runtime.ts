@@ -6,7 +6,7 @@ import { formatShape } from '../graph/shape.js';
 import type { Backend, ExecutionProvider, SessionSettings } from './backend.js';
 import type { HostTensor } from './host-tensor.js';
 import { hostArrayName, shapeSize } from './host-tensor.js';
-import { graphSignature, writeModelDir } from './model-dir.js';
+import { graphSignature, planExternalData, weightFiles } from './external-data.js';
 import { InlineBackend, availableProviders } from './ort-node.js';
 import { WorkerBackend } from './worker-backend.js';
 
@@ -72,13 +72,20 @@ export class Runtime {
 
   /** Serialize (if needed) and compile a graph; the same graph compiles once. */
   async compile(graph: Graph | SerializedGraph): Promise<CompiledGraph> {
-    const serialized = 'model' in graph && graph.model instanceof Uint8Array ? graph : serialize(graph as Graph);
+    let serialized: SerializedGraph;
+    if ('model' in graph && graph.model instanceof Uint8Array) serialized = graph;
+    else {
+      const plan = planExternalData(weightFiles(graph as Graph));
+      serialized = serialize(graph as Graph, { locate: plan.locate, externalRoot: plan.root });
+    }
     const signature = graphSignature(serialized, JSON.stringify(this.settings));
     let entry = this.cache.get(signature);
     if (!entry) {
       entry = (async () => {
-        const modelPath = writeModelDir(serialized, signature);
-        const session = await this.backend.create({ modelPath }, this.settings);
+        const session = await this.backend.create(
+          { bytes: serialized.model, externalRoot: serialized.externalRoot },
+          this.settings,
+        );
         return new CompiledGraph(this.backend, session, serialized, signature);
       })();
       this.cache.set(signature, entry);

@@ -1,6 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import { RuntimeError } from '../errors.js';
-import type { Backend, ModelLocation, SessionSettings } from './backend.js';
+import type { Backend, ModelSource, SessionSettings } from './backend.js';
 import type { HostTensor } from './host-tensor.js';
 import type { WorkerReply, WorkerRequest } from './worker-protocol.js';
 
@@ -18,7 +18,7 @@ function spawnWorker(): Worker {
 }
 
 type RequestBody =
-  | { kind: 'create'; model: ModelLocation; settings: SessionSettings }
+  | { kind: 'create'; model: ModelSource; settings: SessionSettings }
   | { kind: 'run'; session: number; feeds: Record<string, HostTensor>; outputs: string[] }
   | { kind: 'release'; session: number }
   | { kind: 'dispose' };
@@ -77,7 +77,7 @@ export class WorkerBackend implements Backend {
     }) as Promise<WorkerReply & { ok: true }>;
   }
 
-  async create(model: ModelLocation, settings: SessionSettings): Promise<number> {
+  async create(model: ModelSource, settings: SessionSettings): Promise<number> {
     const reply = await this.request({ kind: 'create', model, settings });
     return reply.session as number;
   }

@@ -1,8 +1,8 @@
-import type { ModelLocation, SessionSettings } from './backend.js';
+import type { ModelSource, SessionSettings } from './backend.js';
 import type { HostTensor } from './host-tensor.js';
 
 export type WorkerRequest =
-  | { id: number; kind: 'create'; model: ModelLocation; settings: SessionSettings }
+  | { id: number; kind: 'create'; model: ModelSource; settings: SessionSettings }
   | { id: number; kind: 'run'; session: number; feeds: Record<string, HostTensor>; outputs: string[] }
   | { id: number; kind: 'release'; session: number }
   | { id: number; kind: 'dispose' };

@@ -1,0 +1,20 @@
+// `npm run bench [-- NAME …]`: runs the named benchmarks (default: all) and prints their tables.
+import { benchEngine } from './engine.js';
+import { machineLine } from './stats.js';
+
+const BENCHES: Record<string, () => Promise<unknown>> = {
+  engine: () => benchEngine({ m: 1024, k: 1024, layers: 8, reps: 15, threads: 0 }, console.log),
+};
+
+const names = process.argv.slice(2).filter((a) => !a.startsWith('-'));
+console.log(`# velodiff benchmarks — ${machineLine()}`);
+for (const name of names.length ? names : Object.keys(BENCHES)) {
+  const run = BENCHES[name];
+  if (!run) {
+    console.error(`unknown benchmark "${name}"; available: ${Object.keys(BENCHES).join(', ')}`);
+    process.exitCode = 2;
+    continue;
+  }
+  console.log(`\n## ${name}\n`);
+  await run();
+}

@@ -1,0 +1,38 @@
+/** Timing helpers shared by the benchmarks: medians of repeated runs, tables. */
+
+export function median(values: readonly number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+export function nowMs(): number {
+  return Number(process.hrtime.bigint()) / 1e6;
+}
+
+export async function timeMs(fn: () => Promise<unknown>): Promise<number> {
+  const t0 = nowMs();
+  await fn();
+  return nowMs() - t0;
+}
+
+/** Print rows as an aligned text table. */
+export function table(header: string[], rows: (string | number)[][]): string {
+  const cells = [header, ...rows.map((r) => r.map((c) => (typeof c === 'number' ? formatNumber(c) : c)))];
+  const widths = header.map((_, i) => Math.max(...cells.map((r) => String(r[i]).length)));
+  const line = (r: (string | number)[]): string => r.map((c, i) => String(c).padStart(widths[i])).join('  ');
+  return [line(cells[0]), widths.map((w) => '-'.repeat(w)).join('  '), ...cells.slice(1).map(line)].join('\n');
+}
+
+export function formatNumber(x: number): string {
+  if (!Number.isFinite(x)) return String(x);
+  const a = Math.abs(x);
+  if (a >= 100) return x.toFixed(1);
+  if (a >= 1) return x.toFixed(2);
+  return x.toPrecision(3);
+}
+
+export function machineLine(): string {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return `node ${process.version}, ${process.platform}/${process.arch}`;
+}

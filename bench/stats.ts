@@ -33,6 +33,6 @@ export function formatNumber(x: number): string {
 }
 
 export function machineLine(): string {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
+   
   return `node ${process.version}, ${process.platform}/${process.arch}`;
 }

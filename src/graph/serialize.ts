@@ -284,7 +284,7 @@ class Lowering implements LowerContext {
   private dimValue(d: number | string): string {
     if (typeof d === 'number') return this.int64s([d]);
     const key = `dim:${d}`;
-    let n = this.memo.get(key);
+    const n = this.memo.get(key);
     if (n) return n;
     const { factor, symbols } = dimTerms(d);
     let acc: string | undefined;

@@ -4,6 +4,7 @@ import { Graph as GraphClass } from '../src/graph/index.js';
 import type { HostTensor } from '../src/runtime/host-tensor.js';
 import { hostTensor } from '../src/runtime/host-tensor.js';
 import { Runtime } from '../src/runtime/runtime.js';
+import { SafetensorsFile } from '../src/io/safetensors.js';
 
 /** One in-thread runtime per test file (tests need no worker hop). */
 let shared: Runtime | undefined;
@@ -80,4 +81,22 @@ export function assertClose(
       `${what}[${worst}]: ${actual[worst]} vs expected ${expected[worst]} (|diff| ${Math.abs(actual[worst] - expected[worst]).toExponential(3)}, atol ${atol}, rtol ${rtol})`,
     );
   }
+}
+
+/** Every tensor of a safetensors file as host tensors: floats as float32, int64 kept as int64. */
+export async function readAllTensors(path: string): Promise<Record<string, HostTensor>> {
+  const file = await SafetensorsFile.open(path);
+  const out: Record<string, HostTensor> = {};
+  try {
+    for (const name of file.names()) {
+      const info = file.info(name);
+      if (info.dtype === 'I64') {
+        const bytes = await file.readBytes(name);
+        out[name] = hostTensor('int64', info.shape, new BigInt64Array(bytes.slice().buffer));
+      } else out[name] = hostTensor('float32', info.shape, await file.readFloat32(name));
+    }
+  } finally {
+    await file.close();
+  }
+  return out;
 }

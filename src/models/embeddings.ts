@@ -1,0 +1,74 @@
+import type { Tensor } from '../graph/graph.js';
+import { cast, concat, cos, mul, silu, sin, unsqueeze } from '../graph/ops/index.js';
+import { Linear } from '../nn/layers.js';
+import type { Params } from '../nn/params.js';
+
+const f = Math.fround;
+
+/**
+ * Frequencies of diffusers' `get_timestep_embedding`, computed in float32 as torch does:
+ * exp(−ln(maxPeriod) · i / (half − shift)).
+ */
+export function timestepFrequencies(numChannels: number, downscaleFreqShift: number, maxPeriod = 10000): Float32Array {
+  const half = Math.floor(numChannels / 2);
+  const minusLog = f(-Math.log(maxPeriod));
+  return Float32Array.from({ length: half }, (_, i) => f(Math.exp(f(f(minusLog * i) / (half - downscaleFreqShift)))));
+}
+
+/**
+ * Sinusoidal embedding of a [N] float32 tensor (diffusers `Timesteps`): [sin | cos], or [cos | sin]
+ * with flipSinToCos. Computed in the graph in float32, as torch does.
+ */
+export function sinusoidalEmbedding(
+  t: Tensor,
+  numChannels: number,
+  options: { flipSinToCos: boolean; downscaleFreqShift: number; scale?: number },
+): Tensor {
+  const g = t.graph;
+  const freqs = timestepFrequencies(numChannels, options.downscaleFreqShift);
+  let args = mul(unsqueeze(cast(t, 'float32'), 1), g.constant(freqs, 'float32', [1, freqs.length]));
+  if (options.scale !== undefined && options.scale !== 1) args = mul(args, options.scale);
+  const parts = options.flipSinToCos ? [cos(args), sin(args)] : [sin(args), cos(args)];
+  return concat(parts, 1);
+}
+
+/** diffusers `TimestepEmbedding`: linear_1 → SiLU → linear_2. */
+export function TimestepEmbedding(p: Params, x: Tensor, inChannels: number, timeEmbedDim: number): Tensor {
+  const h = silu(Linear(p.child('linear_1'), x, inChannels, timeEmbedDim));
+  return Linear(p.child('linear_2'), h, timeEmbedDim, timeEmbedDim);
+}
+
+/**
+ * diffusers' 2-D sin-cos position embedding (`get_2d_sincos_pos_embed`) for a gridH × gridW token
+ * grid, row-major: each token gets [sincos(w coordinate) | sincos(h coordinate)]. Coordinates are
+ * float32 as in torch; the sines are taken in float64 and rounded, as diffusers does.
+ */
+export function sincosPositionEmbedding2d(
+  embedDim: number,
+  gridH: number,
+  gridW: number,
+  baseSize: number,
+  interpolationScale: number,
+): Float32Array {
+  if (embedDim % 4 !== 0) throw new Error(`embed dim ${embedDim} must be divisible by 4`);
+  const half = embedDim / 2;
+  const quarter = half / 2;
+  // get_1d_sincos_pos_embed_from_grid with embed_dim = half: ω_i = 1 / 10000^(i / (half/2)), in float64.
+  const omega = Float64Array.from({ length: quarter }, (_, i) => 1 / 10000 ** (i / quarter));
+  const coord = (i: number, size: number): number => f(f(i / f(size / baseSize)) / f(interpolationScale));
+  const out = new Float32Array(gridH * gridW * embedDim);
+  for (let h = 0; h < gridH; h++) {
+    const ch = coord(h, gridH);
+    for (let w = 0; w < gridW; w++) {
+      const cw = coord(w, gridW);
+      const base = (h * gridW + w) * embedDim;
+      for (let i = 0; i < quarter; i++) {
+        out[base + i] = Math.sin(cw * omega[i]);
+        out[base + quarter + i] = Math.cos(cw * omega[i]);
+        out[base + half + i] = Math.sin(ch * omega[i]);
+        out[base + half + quarter + i] = Math.cos(ch * omega[i]);
+      }
+    }
+  }
+  return out;
+}

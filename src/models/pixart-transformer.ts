@@ -1,0 +1,352 @@
+import { join, resolve } from 'node:path';
+import { FileFormatError, OptionError, RuntimeError } from '../errors.js';
+import type { Tensor } from '../graph/graph.js';
+import { Graph } from '../graph/graph.js';
+import {
+  add,
+  attention,
+  concat,
+  conv2d,
+  gelu,
+  layerNorm,
+  mul,
+  reshape,
+  silu,
+  split,
+  sub,
+  transpose,
+} from '../graph/ops/index.js';
+import { WeightStore, readConfig } from '../io/diffusers.js';
+import { Linear } from '../nn/layers.js';
+import { Params } from '../nn/params.js';
+import type { HostTensor } from '../runtime/host-tensor.js';
+import { hostTensor } from '../runtime/host-tensor.js';
+import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
+import { ConfigReader } from './config.js';
+import { TimestepEmbedding, sincosPositionEmbedding2d, sinusoidalEmbedding } from './embeddings.js';
+import type { DiffusersModel, LoadOptions } from './model.js';
+
+export interface PixArtTransformerConfig {
+  numAttentionHeads: number;
+  attentionHeadDim: number;
+  inChannels: number;
+  outChannels: number;
+  numLayers: number;
+  crossAttentionDim: number;
+  attentionBias: boolean;
+  sampleSize: number;
+  patchSize: number;
+  normEps: number;
+  captionChannels: number;
+  interpolationScale: number;
+  useAdditionalConditions: boolean;
+  /** numAttentionHeads × attentionHeadDim */
+  innerDim: number;
+}
+
+/** Read and validate a PixArtTransformer2DModel config.json (diffusers 0.40 keys and defaults). */
+export function parsePixArtConfig(raw: Record<string, unknown>, path: string): PixArtTransformerConfig {
+  const c = new ConfigReader(raw, path, 'PixArtTransformer2DModel');
+  if (raw._class_name !== undefined && raw._class_name !== 'PixArtTransformer2DModel' && raw._class_name !== 'Transformer2DModel') {
+    throw new FileFormatError(`${path}: _class_name is ${JSON.stringify(raw._class_name)}, expected PixArtTransformer2DModel`, 'CONFIG_CLASS', path);
+  }
+  const numAttentionHeads = c.integer('num_attention_heads', 16, 1);
+  const attentionHeadDim = c.integer('attention_head_dim', 72, 1);
+  const inChannels = c.integer('in_channels', 4, 1);
+  const sampleSize = c.integer('sample_size', 128, 1);
+  const config: PixArtTransformerConfig = {
+    numAttentionHeads,
+    attentionHeadDim,
+    inChannels,
+    outChannels: c.optionalNumber('out_channels') ?? inChannels,
+    numLayers: c.integer('num_layers', 28, 0),
+    crossAttentionDim: c.optionalNumber('cross_attention_dim') ?? numAttentionHeads * attentionHeadDim,
+    attentionBias: c.boolean('attention_bias', true),
+    sampleSize,
+    patchSize: c.integer('patch_size', 2, 1),
+    normEps: c.number('norm_eps', 1e-6),
+    captionChannels: c.integer('caption_channels', 4096, 1),
+    interpolationScale: c.optionalNumber('interpolation_scale') ?? Math.max(Math.floor(sampleSize / 64), 1),
+    // diffusers turns micro-conditions on for the 1024px PixArt-α (sample_size 128) when unset.
+    useAdditionalConditions: c.optionalBoolean('use_additional_conditions') ?? sampleSize === 128,
+    innerDim: numAttentionHeads * attentionHeadDim,
+  };
+  c.string('norm_type', 'ada_norm_single', ['ada_norm_single']);
+  c.string('activation_fn', 'gelu-approximate', ['gelu-approximate']);
+  c.string('attention_type', 'default', ['default']);
+  if (c.boolean('norm_elementwise_affine', false)) {
+    throw new FileFormatError(`${path}: norm_elementwise_affine must be false for PixArt (adaLN-single)`, 'CONFIG_VALUE', path);
+  }
+  // Upcasting only changes half-precision runs; velodiff computes attention in float32.
+  c.boolean('upcast_attention', false);
+  c.number('dropout', 0);
+  c.integer('norm_num_groups', 32);
+  c.integer('num_embeds_ada_norm', 1000);
+  // Keys written by the Transformer2DModel era of PixArt checkpoints; PixArt ignores them.
+  c.accept('double_self_attention', 'num_vector_embeds', 'only_cross_attention', 'use_linear_projection');
+  c.checkNoUnknownKeys();
+  if (config.outChannels !== config.inChannels && config.outChannels !== 2 * config.inChannels) {
+    throw new FileFormatError(`${path}: out_channels ${config.outChannels} must be in_channels or 2·in_channels (learned sigma)`, 'CONFIG_VALUE', path);
+  }
+  if (config.innerDim % 4 !== 0) {
+    throw new FileFormatError(`${path}: hidden size ${config.innerDim} must be divisible by 4 for the 2-D position embedding`, 'CONFIG_VALUE', path);
+  }
+  return config;
+}
+
+export interface PixArtGraphOptions {
+  /** Latent height and width (multiples of the patch size). */
+  height: number;
+  width: number;
+  /** Caption length (text tokens). */
+  captionLength: number;
+  /** Whether an encoder attention mask [B, L] (1 = keep) is an input. */
+  withMask: boolean;
+}
+
+/**
+ * Build the PixArtTransformer2DModel forward graph (diffusers 0.40). Inputs: `hidden_states`
+ * [B, C, H, W], `encoder_hidden_states` [B, L, caption_channels], `timestep` [B] float32,
+ * `pos_embed` [1, N, D], optionally `encoder_attention_mask` [B, L] float32 and `resolution`
+ * [B, 2] / `aspect_ratio` [B, 1]. Output: `sample` [B, out_channels, H, W].
+ */
+export function buildPixArtGraph(config: PixArtTransformerConfig, weights: WeightStore, o: PixArtGraphOptions): Graph {
+  const { innerDim: dim, patchSize: p } = config;
+  const h = o.height / p;
+  const w = o.width / p;
+  const tokens = h * w;
+  const g = new Graph('PixArtTransformer2DModel');
+  const root = Params.of(g, weights);
+  const x = g.input('hidden_states', 'float32', ['B', config.inChannels, o.height, o.width]);
+  const captions = g.input('encoder_hidden_states', 'float32', ['B', o.captionLength, config.captionChannels]);
+  const timestep = g.input('timestep', 'float32', ['B']);
+  const posEmbed = g.input('pos_embed', 'float32', [1, tokens, dim]);
+
+  // Patch embedding: a stride-p conv, flattened to tokens, plus the 2-D sin-cos position embedding.
+  const pe = root.child('pos_embed').child('proj');
+  const patches = pe.scope(() =>
+    conv2d(x, pe.get('weight', [dim, config.inChannels, p, p]), pe.get('bias', [dim]), { stride: p }),
+  );
+  let hidden = add(transpose(reshape(patches, ['B', dim, tokens]), [0, 2, 1]), posEmbed);
+
+  // adaLN-single: one timestep (+ micro-condition) embedding shared by every block.
+  const ada = root.child('adaln_single');
+  const emb = ada.child('emb');
+  let embedded = TimestepEmbedding(
+    emb.child('timestep_embedder'),
+    sinusoidalEmbedding(timestep, 256, { flipSinToCos: true, downscaleFreqShift: 0 }),
+    256,
+    dim,
+  );
+  if (config.useAdditionalConditions) {
+    const sizeDim = Math.floor(dim / 3);
+    const resolution = g.input('resolution', 'float32', ['B', 2]);
+    const aspectRatio = g.input('aspect_ratio', 'float32', ['B', 1]);
+    const condition = (input: Tensor, name: string, count: number): Tensor => {
+      const s = sinusoidalEmbedding(reshape(input, [-1]), 256, { flipSinToCos: true, downscaleFreqShift: 0 });
+      return reshape(TimestepEmbedding(emb.child(name), s, 256, sizeDim), ['B', count * sizeDim]);
+    };
+    const micro = [condition(resolution, 'resolution_embedder', 2), condition(aspectRatio, 'aspect_ratio_embedder', 1)];
+    embedded = add(embedded, concat(micro, 1));
+  }
+  const timestepMod = Linear(ada.child('linear'), silu(embedded), dim, 6 * dim); // [B, 6·dim]
+
+  // Caption projection to the model width.
+  const cp = root.child('caption_projection');
+  const text = Linear(
+    cp.child('linear_2'),
+    gelu(Linear(cp.child('linear_1'), captions, config.captionChannels, dim), 'tanh'),
+    dim,
+    dim,
+  );
+  let crossMask: Tensor | undefined;
+  if (o.withMask) {
+    // (1 − mask)·−10000 added to the cross-attention scores, as PixArtTransformer2DModel does.
+    const mask = g.input('encoder_attention_mask', 'float32', ['B', o.captionLength]);
+    crossMask = reshape(mul(sub(1, mask), -10000), ['B', 1, 1, o.captionLength]);
+  }
+
+  const modulation = reshape(timestepMod, ['B', 6, dim]);
+  for (let i = 0; i < config.numLayers; i++) {
+    hidden = pixArtBlock(root.child('transformer_blocks').child(i), hidden, text, modulation, crossMask, config);
+  }
+
+  // Final adaLN modulation, projection, and unpatchify (nhwpqc → nchpwq).
+  const table = root.get('scale_shift_table', [2, dim]);
+  const [shift, scale] = split(add(reshape(table, [1, 2, dim]), reshape(embedded, ['B', 1, dim])), 2, 1);
+  hidden = layerNorm(hidden, undefined, undefined, { eps: 1e-6 });
+  hidden = add(mul(hidden, add(scale, 1)), shift);
+  const out = Linear(root.child('proj_out'), hidden, dim, p * p * config.outChannels);
+  const grid = reshape(out, ['B', h, w, p, p, config.outChannels]);
+  const sample = reshape(transpose(grid, [0, 5, 1, 3, 2, 4]), ['B', config.outChannels, o.height, o.width]);
+  g.output('sample', sample);
+  return g;
+}
+
+/** BasicTransformerBlock with norm_type 'ada_norm_single' (PixArt). */
+function pixArtBlock(
+  p: Params,
+  hidden: Tensor,
+  text: Tensor,
+  modulation: Tensor,
+  crossMask: Tensor | undefined,
+  config: PixArtTransformerConfig,
+): Tensor {
+  const dim = config.innerDim;
+  const heads = config.numAttentionHeads;
+  const table = p.get('scale_shift_table', [6, dim]);
+  const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = p.scope(() =>
+    split(add(reshape(table, [1, 6, dim]), modulation), 6, 1),
+  );
+  const eps = config.normEps;
+  // Self-attention on the modulated, normalised tokens, gated.
+  let norm = p.scope(() => add(mul(layerNorm(hidden, undefined, undefined, { eps }), add(scaleMsa, 1)), shiftMsa));
+  const a1 = p.child('attn1');
+  const bias = config.attentionBias;
+  const selfOut = attentionModule(a1, norm, norm, dim, dim, heads, bias, undefined);
+  hidden = add(hidden, mul(gateMsa, selfOut));
+  // Cross-attention to the caption (PixArt applies no norm before it).
+  const crossOut = attentionModule(p.child('attn2'), hidden, text, dim, config.crossAttentionDim, heads, bias, crossMask);
+  hidden = add(hidden, crossOut);
+  // Feed-forward: GELU(tanh) MLP with 4× width, modulated and gated.
+  norm = p.scope(() => add(mul(layerNorm(hidden, undefined, undefined, { eps }), add(scaleMlp, 1)), shiftMlp));
+  const ff = p.child('ff').child('net');
+  const inner = gelu(Linear(ff.child(0).child('proj'), norm, dim, 4 * dim), 'tanh');
+  const ffOut = Linear(ff.child(2), inner, 4 * dim, dim);
+  return add(hidden, mul(gateMlp, ffOut));
+}
+
+/** diffusers `Attention` with to_q/to_k/to_v/to_out.0 around scaled dot-product attention. */
+function attentionModule(
+  p: Params,
+  x: Tensor,
+  context: Tensor,
+  dim: number,
+  contextDim: number,
+  heads: number,
+  bias: boolean,
+  mask: Tensor | undefined,
+): Tensor {
+  const q = Linear(p.child('to_q'), x, dim, dim, bias);
+  const k = Linear(p.child('to_k'), context, contextDim, dim, bias);
+  const v = Linear(p.child('to_v'), context, contextDim, dim, bias);
+  const o = p.scope(() => attention(q, k, v, { numHeads: heads, mask }));
+  return Linear(p.child('to_out').child(0), o, dim, dim, true);
+}
+
+/** PixArt-α/Σ denoiser, loaded from a diffusers `transformer/` folder. */
+export class PixArtTransformer2DModel implements DiffusersModel {
+  readonly className = 'PixArtTransformer2DModel';
+  readonly methods = ['forward'] as const;
+  private readonly posEmbeds = new Map<string, HostTensor>();
+
+  private constructor(
+    readonly dir: string,
+    readonly config: PixArtTransformerConfig,
+    private readonly weights: WeightStore,
+    private readonly runtime: Runtime,
+  ) {}
+
+  static async fromPretrained(dir: string, options: LoadOptions): Promise<PixArtTransformer2DModel> {
+    const abs = resolve(dir);
+    const raw = await readConfig(abs);
+    const config = parsePixArtConfig(raw, join(abs, 'config.json'));
+    const weights = await WeightStore.open(abs);
+    return new PixArtTransformer2DModel(abs, config, weights, options.runtime);
+  }
+
+  /** The graph for one input layout, compiled once (the runtime caches sessions by signature). */
+  async compile(o: PixArtGraphOptions): Promise<CompiledGraph> {
+    return this.runtime.compile(buildPixArtGraph(this.config, this.weights, o));
+  }
+
+  private positionEmbedding(gridH: number, gridW: number): HostTensor {
+    const key = `${gridH}x${gridW}`;
+    let t = this.posEmbeds.get(key);
+    if (!t) {
+      const { innerDim, sampleSize, patchSize, interpolationScale } = this.config;
+      const base = Math.floor(sampleSize / patchSize);
+      t = hostTensor('float32', [1, gridH * gridW, innerDim], sincosPositionEmbedding2d(innerDim, gridH, gridW, base, interpolationScale));
+      this.posEmbeds.set(key, t);
+    }
+    return t;
+  }
+
+  /**
+   * One denoiser call with diffusers' argument names: `hidden_states`, `encoder_hidden_states`,
+   * `timestep` ([B] or scalar, any numeric dtype), optional `encoder_attention_mask` [B, L]
+   * (1 = keep) and, for micro-conditioned models, `resolution` and `aspect_ratio`.
+   */
+  async forward(inputs: Record<string, HostTensor>): Promise<Record<string, HostTensor>> {
+    const known = ['hidden_states', 'encoder_hidden_states', 'timestep', 'encoder_attention_mask', 'resolution', 'aspect_ratio'];
+    for (const name of Object.keys(inputs)) {
+      if (!known.includes(name)) throw new OptionError(`PixArtTransformer2DModel.forward: unknown input "${name}"; expected ${known.join(', ')}`);
+    }
+    const x = required(inputs, 'hidden_states');
+    const text = required(inputs, 'encoder_hidden_states');
+    const { inChannels, patchSize, captionChannels } = this.config;
+    if (x.shape.length !== 4 || x.shape[1] !== inChannels) {
+      throw new RuntimeError(`hidden_states: expected [B, ${inChannels}, H, W], got [${x.shape.join(', ')}]`, 'SHAPE');
+    }
+    const [batch, , height, width] = x.shape;
+    if (height % patchSize || width % patchSize) {
+      throw new RuntimeError(`hidden_states: height and width (${height}×${width}) must be multiples of the patch size ${patchSize}`, 'SHAPE');
+    }
+    if (text.shape.length !== 3 || text.shape[0] !== batch || text.shape[2] !== captionChannels) {
+      throw new RuntimeError(`encoder_hidden_states: expected [${batch}, L, ${captionChannels}], got [${text.shape.join(', ')}]`, 'SHAPE');
+    }
+    const feeds: Record<string, HostTensor> = {
+      hidden_states: x,
+      encoder_hidden_states: text,
+      timestep: toFloat32Batch(required(inputs, 'timestep'), batch, 'timestep'),
+      pos_embed: this.positionEmbedding(height / patchSize, width / patchSize),
+    };
+    const mask = inputs.encoder_attention_mask;
+    if (mask) {
+      if (mask.shape.length !== 2 || mask.shape[0] !== batch || mask.shape[1] !== text.shape[1]) {
+        throw new RuntimeError(`encoder_attention_mask: expected [${batch}, ${text.shape[1]}], got [${mask.shape.join(', ')}]`, 'SHAPE');
+      }
+      feeds.encoder_attention_mask = toFloat32(mask);
+    }
+    if (this.config.useAdditionalConditions) {
+      for (const [name, width2] of [['resolution', 2], ['aspect_ratio', 1]] as const) {
+        const t = inputs[name];
+        if (!t) throw new OptionError(`PixArtTransformer2DModel.forward: this model uses micro-conditions and needs "${name}" [B, ${width2}]`);
+        if (t.shape.length !== 2 || t.shape[0] !== batch || t.shape[1] !== width2) {
+          throw new RuntimeError(`${name}: expected [${batch}, ${width2}], got [${t.shape.join(', ')}]`, 'SHAPE');
+        }
+        feeds[name] = toFloat32(t);
+      }
+    }
+    const compiled = await this.compile({ height, width, captionLength: text.shape[1], withMask: mask !== undefined });
+    return compiled.run(feeds);
+  }
+
+  async close(): Promise<void> {
+    await this.weights.close();
+  }
+}
+
+function required(inputs: Record<string, HostTensor>, name: string): HostTensor {
+  const t = inputs[name];
+  if (!t) throw new OptionError(`PixArtTransformer2DModel.forward: missing input "${name}"`);
+  return t;
+}
+
+/** Any numeric host tensor as float32 values (timesteps and masks arrive as int64 from diffusers). */
+export function toFloat32(t: HostTensor): HostTensor {
+  if (t.dtype === 'float32') return t;
+  if (t.dtype === 'int64') return hostTensor('float32', t.shape, Float32Array.from(t.data as BigInt64Array, (v) => Number(v)));
+  if (t.dtype === 'float16' || t.dtype === 'bfloat16') throw new RuntimeError(`${t.dtype} inputs must be converted to float32`, 'DTYPE');
+  return hostTensor('float32', t.shape, Float32Array.from(t.data as Int32Array));
+}
+
+function toFloat32Batch(t: HostTensor, batch: number, name: string): HostTensor {
+  const f = toFloat32(t);
+  const n = f.data.length;
+  if (f.shape.length > 1 || (n !== 1 && n !== batch)) {
+    throw new RuntimeError(`${name}: expected a scalar or [${batch}], got [${t.shape.join(', ')}]`, 'SHAPE');
+  }
+  if (n === batch && f.shape.length === 1) return f;
+  return hostTensor('float32', [batch], new Float32Array(batch).fill((f.data as Float32Array)[0]));
+}

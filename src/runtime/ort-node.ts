@@ -1,4 +1,6 @@
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import type * as Ort from 'onnxruntime-node';
 import { RuntimeError } from '../errors.js';
 import type { Backend, ModelSource, SessionSettings } from './backend.js';
@@ -11,11 +13,18 @@ export function ort(): typeof Ort {
   return ortModule;
 }
 
-/** The execution providers this onnxruntime-node build can use. */
-export function availableProviders(): { name: string; bundled: boolean }[] {
+/**
+ * The execution providers this onnxruntime-node install can load: the bundled ones (cpu, webgpu)
+ * and those whose provider library was installed (cuda, tensorrt: see the README's GPU section).
+ */
+export function availableProviders(): string[] {
   const list = (ort() as unknown as { listSupportedBackends?: () => { name: string; bundled: boolean }[] })
     .listSupportedBackends;
-  return list ? list() : [{ name: 'cpu', bundled: true }];
+  const all = list ? list() : [{ name: 'cpu', bundled: true }];
+  const binDir = dirname(createRequire(import.meta.url).resolve('onnxruntime-node/bin/napi-v6/' + `${process.platform}/${process.arch}/onnxruntime_binding.node`));
+  return all
+    .filter((p) => p.bundled || existsSync(join(binDir, `libonnxruntime_providers_${p.name}.so`)))
+    .map((p) => p.name);
 }
 
 export function sessionOptions(settings: SessionSettings, externalRoot?: string): Ort.InferenceSession.SessionOptions {
@@ -36,9 +45,13 @@ function wrapError(e: unknown, what: string): RuntimeError {
   const message = e instanceof Error ? e.message : String(e);
   if (/cuda|CUDA/.test(message) && /provider|load|library/i.test(message)) {
     return new RuntimeError(
-      `${what}: ${message}\nThe CUDA provider is not installed; see the README section "GPU (CUDA)".`,
+      `${what}: the CUDA provider could not be loaded (${message.split('\n')[0]}). ` +
+        'Install it as the README section "GPU (CUDA)" says, or use the cpu provider.',
       'PROVIDER',
     );
+  }
+  if (/webgpu/i.test(message) && /adapter/i.test(message)) {
+    return new RuntimeError(`${what}: no WebGPU adapter (GPU) is available on this machine; use the cpu provider`, 'PROVIDER');
   }
   return new RuntimeError(`${what}: ${message}`, 'ORT');
 }

@@ -49,7 +49,7 @@ export class Runtime {
     const threads = options.threads ?? 0;
     if (!Number.isInteger(threads) || threads < 0) throw new OptionError(`threads must be an integer ≥ 0, got ${threads}`);
     this.settings = {
-      executionProviders: eps,
+      executionProviders: Runtime.usableProviders(eps),
       intraOpThreads: threads,
       optimizationLevel: options.optimizationLevel ?? 'all',
       disablePrepacking: options.disablePrepacking ?? false,
@@ -57,17 +57,24 @@ export class Runtime {
     this.backend = options.worker === false ? new InlineBackend() : new WorkerBackend();
   }
 
-  /** Check that the requested providers exist in this onnxruntime-node build. */
-  static checkProviders(eps: readonly ExecutionProvider[]): void {
+  /**
+   * The usable part of a preference list: providers this install cannot load are dropped while
+   * another remains (['cuda', 'cpu'] runs on the CPU where CUDA is not installed); a list with none
+   * usable is an error that says how to install them.
+   */
+  static usableProviders(eps: readonly ExecutionProvider[]): ExecutionProvider[] {
     const have = availableProviders();
-    for (const ep of eps) {
-      const found = have.find((p) => p.name === ep);
-      if (!found) {
-        throw new OptionError(
-          `execution provider "${ep}" is not available in this ONNX Runtime build (available: ${have.map((p) => p.name).join(', ')})`,
-        );
-      }
+    const usable = eps.filter((ep) => have.includes(ep));
+    if (usable.length === 0) {
+      const hint = eps.includes('cuda')
+        ? ' For CUDA, install the provider as the README section "GPU (CUDA)" says.'
+        : '';
+      throw new OptionError(
+        `execution provider${eps.length > 1 ? 's' : ''} ${eps.join(', ')} not available in this ONNX Runtime install (available: ${have.join(', ')}).${hint}`,
+        'PROVIDER',
+      );
     }
+    return usable;
   }
 
   /** Serialize (if needed) and compile a graph; the same graph compiles once. */

@@ -166,6 +166,8 @@ describe('runtime', () => {
   it('rejects bfloat16 at the graph boundary and unknown providers with clear errors', async () => {
     assert.throws(() => hostTensor('bfloat16', [2]), /bfloat16 .*cast to float32 inside the graph/);
     assert.throws(() => new Runtime({ executionProviders: ['tpu' as 'cpu'] }), (e: unknown) => e instanceof OptionError && /tpu/.test(e.message));
-    assert.throws(() => Runtime.checkProviders(['coreml']), /coreml.*not available/);
+    assert.throws(() => new Runtime({ executionProviders: ['coreml'] }), /coreml not available/);
+    // A preference list keeps what this install can load; the CPU provider always ships.
+    assert.deepEqual(new Runtime({ executionProviders: ['coreml', 'cpu'] }).settings.executionProviders, ['cpu']);
   });
 });

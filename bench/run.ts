@@ -1,9 +1,11 @@
 // `npm run bench [-- NAME …]`: runs the named benchmarks (default: all) and prints their tables.
+import { benchDit } from './dit.js';
 import { benchEngine } from './engine.js';
 import { machineLine } from './stats.js';
 
 const BENCHES: Record<string, () => Promise<unknown>> = {
-  engine: () => benchEngine({ m: 1024, k: 1024, layers: 8, reps: 15, threads: 0 }, console.log),
+  engine: () => benchEngine({ m: 1024, k: 1024, layers: 8, reps: 30, threads: 0 }, console.log),
+  dit: () => benchDit({ tokens: [256, 1024, 4096], layers: 2, batch: 1, reps: 5, threads: 0 }, console.log),
 };
 
 const names = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -7,6 +7,7 @@ usage: velodiff <command> [options]
 
 commands:
   bench engine     engine benchmark: IR vs hand-written ONNX MatMul chain, per-run overhead, GFLOP/s
+  bench dit        PixArt-α-width denoiser forward: ms, GFLOP/s, fraction of MatMul throughput
   help             this text
 
 Run "velodiff <command> --help" for a command's options.`;

@@ -239,6 +239,8 @@ export class PixArtTransformer2DModel implements DiffusersModel {
   readonly className = 'PixArtTransformer2DModel';
   readonly methods = ['forward'] as const;
   private readonly posEmbeds = new Map<string, HostTensor>();
+  /** Compiled graphs by input layout: building and hashing a graph per call would cost every step. */
+  private readonly compiled = new Map<string, Promise<CompiledGraph>>();
 
   private constructor(
     readonly dir: string,
@@ -256,8 +258,15 @@ export class PixArtTransformer2DModel implements DiffusersModel {
   }
 
   /** The graph for one input layout, compiled once (the runtime caches sessions by signature). */
-  async compile(o: PixArtGraphOptions): Promise<CompiledGraph> {
-    return this.runtime.compile(buildPixArtGraph(this.config, this.weights, o));
+  compile(o: PixArtGraphOptions): Promise<CompiledGraph> {
+    const key = JSON.stringify(o);
+    let c = this.compiled.get(key);
+    if (!c) {
+      c = this.runtime.compile(buildPixArtGraph(this.config, this.weights, o));
+      this.compiled.set(key, c);
+      c.catch(() => this.compiled.delete(key));
+    }
+    return c;
   }
 
   private positionEmbedding(gridH: number, gridW: number): HostTensor {

@@ -53,6 +53,16 @@ export interface SerializeOptions {
 /** Lower a graph to ONNX: reachable nodes only, weights as initializers (external where on disk). */
 export function serialize(graph: Graph, options: SerializeOptions = {}): SerializedGraph {
   if (graph.outputs.size === 0) throw new GraphBuildError(`graph "${graph.name}" has no outputs`);
+  // ONNX names every value once: an output may pass its same-named input through, nothing else.
+  for (const { name, tensor } of graph.inputs) {
+    const out = graph.outputs.get(name);
+    if (out && out !== tensor) {
+      throw new GraphBuildError(
+        `graph "${graph.name}": output "${name}" (${out.toString()}) has the name of an input (${tensor.toString()}); rename one of them`,
+        'NAME',
+      );
+    }
+  }
   const lowering = new Lowering(graph, options.locate);
   return { ...lowering.run(), ...(options.externalRoot ? { externalRoot: options.externalRoot } : {}) };
 }

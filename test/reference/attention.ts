@@ -6,7 +6,10 @@ import type { RefArray } from './layout.js';
 import { at, generate, offsetOf } from './layout.js';
 
 /** Per-head views of attention inputs: `value(b, h, s, d)` for [B, S, H·D] or [B, H, S, D] arrays. */
-function headView(a: RefArray, numHeads: number): { seq: number; dim: number; value: (b: number, h: number, s: number, d: number) => number } {
+function headView(
+  a: RefArray,
+  numHeads: number,
+): { seq: number; dim: number; value: (b: number, h: number, s: number, d: number) => number } {
   if (a.shape.length === 3) {
     const dim = a.shape[2] / numHeads;
     return { seq: a.shape[1], dim, value: (b, h, s, d) => at(a, [b, s, h * dim + d]) };
@@ -76,9 +79,13 @@ export function attentionRef(
       }
     }
   }
-  const row = (b: number, h: number, i: number): Float64Array => context.get(`${b},${h},${i}`) as Float64Array;
+  const row = (b: number, h: number, i: number): Float64Array =>
+    context.get(`${b},${h},${i}`) as Float64Array;
   if (q.shape.length === 3) {
-    return generate([batch, qv.seq, numHeads * vv.dim], ([b, i, hd]) => row(b, Math.floor(hd / vv.dim), i)[hd % vv.dim]);
+    return generate(
+      [batch, qv.seq, numHeads * vv.dim],
+      ([b, i, hd]) => row(b, Math.floor(hd / vv.dim), i)[hd % vv.dim],
+    );
   }
   return generate([batch, numHeads, qv.seq, vv.dim], ([b, h, i, d]) => row(b, h, i)[d]);
 }

@@ -72,16 +72,23 @@ export function avgPool2dRef(
     hEnd = Math.min(hEnd, h);
     wEnd = Math.min(wEnd, w);
     let sum = 0;
-    for (let iy = hStart; iy < hEnd; iy++) for (let ix = wStart; ix < wEnd; ix++) sum += at(x, [b, ch, iy, ix]);
+    for (let iy = hStart; iy < hEnd; iy++)
+      for (let ix = wStart; ix < wEnd; ix++) sum += at(x, [b, ch, iy, ix]);
     return sum / (countIncludePad ? paddedCount : (hEnd - hStart) * (wEnd - wStart));
   });
 }
 
-/** torch 'nearest': source index floor(dst · in / out), computed exactly. */
-export function upsampleNearestRef(x: RefArray, size: [number, number]): RefArray {
+/**
+ * torch 'nearest': source index floor(dst · in / out), computed exactly; `ratio` overrides in/out
+ * (torch uses 1/scale_factor when a scale is given).
+ */
+export function upsampleNearestRef(x: RefArray, size: [number, number], ratio?: [number, number]): RefArray {
   const [n, c, h, w] = x.shape;
-  const src = (dst: number, inSize: number, outSize: number): number => Math.min(Math.floor((dst * inSize) / outSize), inSize - 1);
-  return generate([n, c, size[0], size[1]], ([b, ch, y, xo]) => at(x, [b, ch, src(y, h, size[0]), src(xo, w, size[1])]));
+  const src = (dst: number, inSize: number, outSize: number, r: number | undefined): number =>
+    Math.min(Math.floor(r === undefined ? (dst * inSize) / outSize : dst * r), inSize - 1);
+  return generate([n, c, size[0], size[1]], ([b, ch, y, xo]) =>
+    at(x, [b, ch, src(y, h, size[0], ratio?.[0]), src(xo, w, size[1], ratio?.[1])]),
+  );
 }
 
 /**
@@ -96,7 +103,12 @@ export function upsampleBilinearRef(
   ratio?: [number, number],
 ): RefArray {
   const [n, c, h, w] = x.shape;
-  const source = (dst: number, inSize: number, outSize: number, r: number | undefined): [number, number, number] => {
+  const source = (
+    dst: number,
+    inSize: number,
+    outSize: number,
+    r: number | undefined,
+  ): [number, number, number] => {
     let s: number;
     if (alignCorners) s = outSize > 1 ? (dst * (inSize - 1)) / (outSize - 1) : 0;
     else s = Math.max((dst + 0.5) * (r ?? inSize / outSize) - 0.5, 0);

@@ -82,6 +82,11 @@ export function assertMatchesRef(
 
 // ---------------------------------------------------------------- ops
 
+/** The same row-major values under another shape. */
+export function reshapeRef(a: RefArray, shape: readonly number[]): RefArray {
+  return refArray(shape, a.data);
+}
+
 export function transposeRef(a: RefArray, perm: readonly number[]): RefArray {
   const shape = perm.map((p) => a.shape[p]);
   return generate(shape, (out) => {
@@ -128,7 +133,12 @@ export function splitRef(a: RefArray, sizes: readonly number[], axis: number): R
 }
 
 /** The indices Python's `range(*slice(start, stop, step).indices(length))` visits. */
-export function pythonSliceIndices(length: number, start: number | undefined, stop: number | undefined, step = 1): number[] {
+export function pythonSliceIndices(
+  length: number,
+  start: number | undefined,
+  stop: number | undefined,
+  step = 1,
+): number[] {
   const lower = step < 0 ? -1 : 0;
   const upper = step < 0 ? length - 1 : length;
   const bound = (v: number | undefined, fallback: number): number => {
@@ -160,7 +170,12 @@ export function sliceRef(a: RefArray, specs: readonly RefSlice[]): RefArray {
 }
 
 /** numpy `take(a, indices, axis)`, with negative indices counting from the end. */
-export function gatherRef(a: RefArray, indices: readonly number[], indicesShape: readonly number[], axis: number): RefArray {
+export function gatherRef(
+  a: RefArray,
+  indices: readonly number[],
+  indicesShape: readonly number[],
+  axis: number,
+): RefArray {
   const shape = [...a.shape.slice(0, axis), ...indicesShape, ...a.shape.slice(axis + 1)];
   const r = indicesShape.length;
   return generate(shape, (out) => {
@@ -176,7 +191,12 @@ export function expandRef(a: RefArray, shape: readonly number[]): RefArray {
   const aDims = [...new Array<number>(rank - a.shape.length).fill(1), ...a.shape];
   const tDims = [...new Array<number>(rank - shape.length).fill(1), ...shape];
   const outShape = aDims.map((d, i) => (d === 1 ? tDims[i] : d));
-  return generate(outShape, (out) => at(a, out.slice(rank - a.shape.length).map((v, i) => (a.shape[i] === 1 ? 0 : v))));
+  return generate(outShape, (out) =>
+    at(
+      a,
+      out.slice(rank - a.shape.length).map((v, i) => (a.shape[i] === 1 ? 0 : v)),
+    ),
+  );
 }
 
 /** numpy `pad` for modes constant / reflect / edge; negative widths crop. */

@@ -49,9 +49,15 @@ export const AttentionOp = defineOp<AttentionAttrs>({
     const qs = split(q, numHeads, 'query');
     const ks = split(k, numHeads, 'key');
     const vs = split(v, numHeads, 'value');
-    if (qs.d !== ks.d) fail(`query head dim ${qs.d} differs from key head dim ${ks.d}`, 'SHAPE');
+    if (qs.d !== ks.d) {
+      fail(
+        `query ${formatShape(q.shape)} has head dim ${qs.d} but key ${formatShape(k.shape)} has ${ks.d} (numHeads=${numHeads}); q·kᵀ needs them equal`,
+        'SHAPE',
+      );
+    }
     if (!dimEquals(ks.s, vs.s)) fail(`key ${formatShape(k.shape)} and value ${formatShape(v.shape)} differ in length`, 'SHAPE');
-    const batch = broadcastShapes(broadcastShapes([qs.b], [ks.b]) ?? fail('batch dims differ', 'SHAPE'), [vs.b]);
+    const qkBatch = broadcastShapes([qs.b], [ks.b]);
+    const batch = qkBatch && broadcastShapes(qkBatch, [vs.b]);
     if (!batch || !dimEquals(qs.b, ks.b) || !dimEquals(qs.b, vs.b)) {
       fail(`batch dims differ: query ${formatShape(q.shape)}, key ${formatShape(k.shape)}, value ${formatShape(v.shape)}`, 'SHAPE');
     }

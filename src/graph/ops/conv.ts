@@ -50,7 +50,7 @@ export interface Conv2dAttrs {
 export const Conv2dOp = defineOp<Conv2dAttrs>({
   name: 'conv2d',
   infer([x, w, b], { stride, pads, dilation, groups, hasBias }) {
-    expectFloat(x, 'conv2d');
+    expectFloat(x, 'input');
     expectRank(x, 4, 'input [N, C, H, W]');
     expectRank(w, 4, 'weight [Cout, Cin/groups, kH, kW]');
     if (w.dtype !== x.dtype) fail(`weight dtype ${w.dtype} differs from input ${x.dtype}`, 'DTYPE');
@@ -115,7 +115,7 @@ export interface AvgPool2dAttrs {
 export const AvgPool2dOp = defineOp<AvgPool2dAttrs>({
   name: 'avgPool2d',
   infer([x], { kernel, stride, pads, ceilMode }) {
-    expectFloat(x, 'avgPool2d');
+    expectFloat(x, 'input');
     expectRank(x, 4, 'input [N, C, H, W]');
     checkPositive([...kernel, ...stride], 'kernel and stride');
     checkPositive(pads, 'padding', true);
@@ -163,7 +163,7 @@ export interface Upsample2dAttrs {
 export const Upsample2dOp = defineOp<Upsample2dAttrs>({
   name: 'upsample2d',
   infer([x], { mode, scale, size, alignCorners }) {
-    expectFloat(x, 'upsample2d');
+    expectFloat(x, 'input');
     expectRank(x, 4, 'input [N, C, H, W]');
     if (mode !== 'nearest' && mode !== 'bilinear') fail(`mode must be 'nearest' or 'bilinear', got ${String(mode)}`, 'ATTR');
     if (alignCorners && mode === 'nearest') fail(`alignCorners applies to bilinear only`, 'ATTR');

@@ -75,7 +75,7 @@ export const ConcatOp = defineOp<{ axis: number }>({
   name: 'concat',
   infer(inputs, { axis }) {
     const first = inputs[0];
-    const ax = normalizeAxis(axis, first.shape.length, 'concat');
+    const ax = normalizeAxis(axis, first.shape.length, `input ${formatShape(first.shape)}`);
     for (const t of inputs) {
       if (t.dtype !== first.dtype) fail(`dtypes differ (${first.dtype} vs ${t.dtype})`, 'DTYPE');
       const ok =
@@ -104,7 +104,7 @@ export function concat(tensors: readonly Tensor[], axis: number): Tensor {
 export const SplitOp = defineOp<{ axis: number; sizes?: readonly number[]; parts?: number }>({
   name: 'split',
   infer([x], { axis, sizes, parts }) {
-    const ax = normalizeAxis(axis, x.shape.length, 'split');
+    const ax = normalizeAxis(axis, x.shape.length, `input ${formatShape(x.shape)}`);
     const d = x.shape[ax];
     const out = (dim: Dim): TensorType => ({ dtype: x.dtype, shape: x.shape.map((s, i) => (i === ax ? dim : s)) });
     if (sizes) {
@@ -165,9 +165,7 @@ function sliceLength(dim: Dim, start: number, end: number, step: number): Dim {
     return Math.max(0, Math.ceil((s - e) / -step));
   }
   if (step === 1 && start === 0 && end === Infinity) return dim;
-  // A named dim is assumed to be large enough for the slice to be taken whole.
-  if (step > 0 && start >= 0 && end !== Infinity && end >= 0) return Math.max(0, Math.ceil((end - start) / step));
-  if (step === 1 && start < 0 && end === Infinity) return -start;
+  // Otherwise the length depends on the named dim's value (ONNX clamps to it): leave it to the run.
   return UNKNOWN_DIM;
 }
 
@@ -180,7 +178,7 @@ export const SliceOp = defineOp<{ specs: readonly SliceSpec[] }>({
     const shape = [...x.shape];
     const seen = new Set<number>();
     for (const s of specs) {
-      const ax = normalizeAxis(s.axis, x.shape.length, 'slice');
+      const ax = normalizeAxis(s.axis, x.shape.length, `input ${formatShape(x.shape)}`);
       if (seen.has(ax)) fail(`axis ${s.axis} is sliced twice`, 'ATTR');
       seen.add(ax);
       const step = s.step ?? 1;
@@ -199,12 +197,20 @@ export const SliceOp = defineOp<{ specs: readonly SliceSpec[] }>({
     const toI64 = (v: number): bigint => (v === Infinity ? INT64_MAX : v === -Infinity ? INT64_MIN : BigInt(v));
     const specs = node.attrs.specs;
     const steps = specs.map((s) => s.step ?? 1);
+    const bounds = specs.map((s, i): [number, number] => {
+      const start = s.start ?? (steps[i] > 0 ? 0 : -1);
+      const end = s.end ?? (steps[i] > 0 ? Infinity : -Infinity);
+      // Stepping back from before the first element: Python takes nothing, while ONNX clamps the
+      // start to 0 and takes element 0; ask ONNX for the empty range [0, 0) instead.
+      const dim = x.shape[normalizeAxis(s.axis, x.shape.length, 'slice')];
+      return steps[i] < 0 && typeof dim === 'number' && start < -dim ? [0, 0] : [start, end];
+    });
     ctx.emit(
       'Slice',
       [
         ctx.name(x),
-        ctx.int64s(specs.map((s, i) => toI64(s.start ?? (steps[i] > 0 ? 0 : -1)))),
-        ctx.int64s(specs.map((s, i) => toI64(s.end ?? (steps[i] > 0 ? Infinity : -Infinity)))),
+        ctx.int64s(bounds.map(([start]) => toI64(start))),
+        ctx.int64s(bounds.map(([, end]) => toI64(end))),
         ctx.int64s(specs.map((s) => normalizeAxis(s.axis, x.shape.length, 'slice'))),
         ctx.int64s(steps),
       ],
@@ -226,7 +232,7 @@ export const GatherOp = defineOp<{ axis: number }>({
     if (indices.dtype !== 'int64' && indices.dtype !== 'int32') {
       fail(`indices must be int64 or int32, got ${indices.dtype}`, 'DTYPE');
     }
-    const ax = normalizeAxis(axis, x.shape.length, 'gather');
+    const ax = normalizeAxis(axis, x.shape.length, `input ${formatShape(x.shape)}`);
     return [{ dtype: x.dtype, shape: [...x.shape.slice(0, ax), ...indices.shape, ...x.shape.slice(ax + 1)] }];
   },
   lower(ctx, node, [out]) {
@@ -307,7 +313,7 @@ export const UnsqueezeOp = defineOp<{ axes: readonly number[] }>({
   name: 'unsqueeze',
   infer([x], { axes }) {
     const rank = x.shape.length + axes.length;
-    const norm = axes.map((a) => normalizeAxis(a, rank, 'unsqueeze'));
+    const norm = axes.map((a) => normalizeAxis(a, rank, `unsqueezing ${formatShape(x.shape)} to rank ${rank}`));
     if (new Set(norm).size !== norm.length) fail(`repeated axis in [${axes.join(', ')}]`, 'ATTR');
     const shape: Dim[] = [];
     let k = 0;
@@ -328,7 +334,7 @@ export function unsqueeze(x: Tensor, axes: number | readonly number[]): Tensor {
 export const SqueezeOp = defineOp<{ axes: readonly number[] }>({
   name: 'squeeze',
   infer([x], { axes }) {
-    const norm = axes.map((a) => normalizeAxis(a, x.shape.length, 'squeeze'));
+    const norm = axes.map((a) => normalizeAxis(a, x.shape.length, `input ${formatShape(x.shape)}`));
     for (const a of norm) {
       if (x.shape[a] !== 1) fail(`axis ${a} of ${formatShape(x.shape)} is not 1`, 'SHAPE');
     }
@@ -336,7 +342,9 @@ export const SqueezeOp = defineOp<{ axes: readonly number[] }>({
   },
   lower(ctx, node, [out]) {
     const axes = node.attrs.axes.map((a) => normalizeAxis(a, node.inputs[0].shape.length, 'squeeze'));
-    ctx.emit('Squeeze', [ctx.name(node.inputs[0]), ctx.int64s(axes)], [out]);
+    // ONNX Squeeze with an empty axes list removes every unit dim; here it removes none.
+    if (axes.length === 0) ctx.emit('Identity', [ctx.name(node.inputs[0])], [out]);
+    else ctx.emit('Squeeze', [ctx.name(node.inputs[0]), ctx.int64s(axes)], [out]);
   },
 });
 

@@ -53,7 +53,12 @@ export function randomBools(shape: number[], random: () => number): HostTensor {
 export function assertMatches(
   actual: HostTensor,
   expected: RefTensor,
-  { dtype = 'float32', atol = 1e-5, rtol = 1e-5, what = 'output' }: { dtype?: DType; atol?: number; rtol?: number; what?: string } = {},
+  {
+    dtype = 'float32',
+    atol = 1e-5,
+    rtol = 1e-5,
+    what = 'output',
+  }: { dtype?: DType; atol?: number; rtol?: number; what?: string } = {},
 ): void {
   assert.equal(actual.dtype, dtype, `${what}: dtype`);
   assert.deepEqual([...actual.shape], [...expected.shape], `${what}: shape`);
@@ -69,6 +74,8 @@ export function assertMatches(
 export function assertBuildError(build: () => unknown, ...fragments: string[]): void {
   assert.throws(build, (e: unknown) => {
     assert.ok(e instanceof GraphBuildError, `expected a GraphBuildError, got ${String(e)}`);
+    // apply() prefixes the op name; a message that repeats it ("add: add: …") reads as a stutter.
+    assert.doesNotMatch(e.message, /(^|[\s(])(\w+)\)?: \2:/, 'the op is named once');
     for (const fragment of fragments) {
       assert.ok(e.message.includes(fragment), `message "${e.message}" should mention "${fragment}"`);
     }

@@ -12,7 +12,9 @@ export interface RefTensor {
 
 export function refTensor(shape: readonly number[], values: ArrayLike<number>): RefTensor {
   if (values.length !== sizeOf(shape)) {
-    throw new Error(`reference: shape [${shape.join(', ')}] needs ${sizeOf(shape)} values, got ${values.length}`);
+    throw new Error(
+      `reference: shape [${shape.join(', ')}] needs ${sizeOf(shape)} values, got ${values.length}`,
+    );
   }
   return { shape: [...shape], data: Float64Array.from(values) };
 }
@@ -52,7 +54,8 @@ export function broadcastShape(...shapes: (readonly number[])[]): number[] {
     for (const shape of shapes) {
       const d = shape[axis - (rank - shape.length)] ?? 1;
       if (d === 1 || d === dim) continue;
-      if (dim !== 1) throw new Error(`reference: shapes ${shapes.map((s) => `[${s.join(', ')}]`).join(' ')} clash`);
+      if (dim !== 1)
+        throw new Error(`reference: shapes ${shapes.map((s) => `[${s.join(', ')}]`).join(' ')} clash`);
       dim = d;
     }
     out.push(dim);
@@ -169,7 +172,8 @@ export function linear(x: RefTensor, weight: RefTensor, bias?: RefTensor): RefTe
   for (let r = 0; r < rows; r++) {
     for (let o = 0; o < outFeatures; o++) {
       let acc = bias ? bias.data[o] : 0;
-      for (let i = 0; i < inFeatures; i++) acc += x.data[r * inFeatures + i] * weight.data[o * inFeatures + i];
+      for (let i = 0; i < inFeatures; i++)
+        acc += x.data[r * inFeatures + i] * weight.data[o * inFeatures + i];
       data[r * outFeatures + o] = acc;
     }
   }
@@ -181,7 +185,12 @@ export function linear(x: RefTensor, weight: RefTensor, bias?: RefTensor): RefTe
 
 export type ReduceKind = 'sum' | 'mean' | 'max';
 
-export function reduce(x: RefTensor, kind: ReduceKind, axes: readonly number[], keepDims: boolean): RefTensor {
+export function reduce(
+  x: RefTensor,
+  kind: ReduceKind,
+  axes: readonly number[],
+  keepDims: boolean,
+): RefTensor {
   const rank = x.shape.length;
   const reduced = axes.map((a) => normalize(a, rank));
   const keptShape = x.shape.map((d, axis) => (reduced.includes(axis) ? 1 : d));
@@ -265,7 +274,13 @@ export function layerNorm(
 }
 
 /** torch.nn.functional.group_norm on [N, C, ...]: channels split into `groups` consecutive groups. */
-export function groupNorm(x: RefTensor, groups: number, weight: RefTensor, bias: RefTensor, eps: number): RefTensor {
+export function groupNorm(
+  x: RefTensor,
+  groups: number,
+  weight: RefTensor,
+  bias: RefTensor,
+  eps: number,
+): RefTensor {
   const channels = x.shape[1];
   const spatial = sizeOf(x.shape.slice(2));
   const groupSize = (channels / groups) * spatial;
@@ -307,7 +322,8 @@ export function rmsNorm(x: RefTensor, weight: RefTensor | undefined, eps: number
     let squares = 0;
     for (let j = 0; j < width; j++) squares += x.data[start + j] ** 2;
     const invRms = 1 / Math.sqrt(squares / width + eps);
-    for (let j = 0; j < width; j++) data[start + j] = x.data[start + j] * invRms * (weight ? weight.data[j] : 1);
+    for (let j = 0; j < width; j++)
+      data[start + j] = x.data[start + j] * invRms * (weight ? weight.data[j] : 1);
   }
   return { shape: [...x.shape], data };
 }

@@ -80,6 +80,9 @@ describe('reference tensor math', () => {
     const x = refTensor([1, 2, 2], [1, 4, -2, 7]);
     const ones = refTensor([2], [1, 1]);
     const zeros = refTensor([2], [0, 0]);
-    assert.deepEqual(groupNorm(x, 1, ones, zeros, 1e-5).data, layerNorm(x, 1, undefined, undefined, 1e-5).data);
+    assert.deepEqual(
+      groupNorm(x, 1, ones, zeros, 1e-5).data,
+      layerNorm(x, 1, undefined, undefined, 1e-5).data,
+    );
   });
 });

@@ -8,14 +8,25 @@ import { mean } from './reduce.js';
 
 // Composites: built from primitives, so they need no lowering or VJP of their own.
 
+/** The module path and op as apply() writes them, for errors raised outside an op's `infer`. */
+function site(x: Tensor, op: string): string {
+  const scope = x.graph.currentScope;
+  return scope ? `${scope} (${op})` : op;
+}
+
 /** y = x·Wᵀ + b with W as stored by torch.nn.Linear: [out, in]. */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
-  if (weight.rank !== 2) fail(`linear: weight must be [out, in], got ${formatShape(weight.shape)}`, 'SHAPE');
-  const inDim = weight.shape[1];
+  if (weight.rank !== 2) {
+    fail(`${site(x, 'linear')}: weight must be [out, in], got ${formatShape(weight.shape)}`, 'SHAPE');
+  }
+  const [outDim, inDim] = weight.shape;
   if (x.rank < 1 || !dimEquals(x.shape[x.rank - 1], inDim)) {
-    const where = x.graph.currentScope;
+    fail(`${site(x, 'linear')}: expected [*, ${String(inDim)}], got ${formatShape(x.shape)}`, 'SHAPE');
+  }
+  // Checked here because add() would broadcast a [1] or [N, out] bias without complaint.
+  if (bias && (bias.rank !== 1 || !dimEquals(bias.shape[0], outDim))) {
     fail(
-      `${where ? where + ' (linear)' : 'linear'}: expected [*, ${String(inDim)}], got ${formatShape(x.shape)}`,
+      `${site(x, 'linear')}: bias must be [${String(outDim)}] for weight ${formatShape(weight.shape)}, got ${formatShape(bias.shape)}`,
       'SHAPE',
     );
   }
@@ -26,6 +37,15 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor): Tensor {
 
 /** RMS norm over the last axis: x / √(mean(x²) + eps) · w. ORT fuses this to SimplifiedLayerNormalization. */
 export function rmsNorm(x: Tensor, weight: Tensor | undefined, eps = 1e-6): Tensor {
+  if (x.rank < 1) fail(`${site(x, 'rmsNorm')}: expected [*, D], got ${formatShape(x.shape)}`, 'SHAPE');
+  const width = x.shape[x.rank - 1];
+  // Checked here because mul() would broadcast a [1] or [N, D] weight without complaint.
+  if (weight && (weight.rank !== 1 || !dimEquals(weight.shape[0], width))) {
+    fail(
+      `${site(x, 'rmsNorm')}: weight must be [${String(width)}] for input ${formatShape(x.shape)}, got ${formatShape(weight.shape)}`,
+      'SHAPE',
+    );
+  }
   const normed = mul(x, rsqrt(add(mean(mul(x, x), -1, true), eps)));
   return weight ? mul(normed, weight) : normed;
 }

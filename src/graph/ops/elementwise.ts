@@ -1,5 +1,5 @@
 import type { DType } from '../dtype.js';
-import { ONNX_DTYPE_CODE, isFloatDType } from '../dtype.js';
+import { ONNX_DTYPE_CODE, isFloatDType, isIntDType } from '../dtype.js';
 import type { Tensor, TensorType } from '../graph.js';
 import { attr } from '../onnx/model.js';
 import type { OpDef } from '../op.js';
@@ -21,7 +21,7 @@ function binaryOp(name: string, onnxOp: string, kind: BinaryKind): OpDef<Record<
   return defineOp<Record<string, never>>({
     name,
     infer([a, b]) {
-      expectSameDType(a, b, name);
+      expectSameDType(a, b, 'operands');
       if (kind === 'logical' && a.dtype !== 'bool') fail(`expected bool tensors, got ${a.dtype}`, 'DTYPE');
       if (kind === 'arith' && a.dtype === 'bool') fail(`expected numeric tensors, got bool`, 'DTYPE');
       return [broadcastType(a, b, kind === 'arith' ? a.dtype : 'bool')];
@@ -48,9 +48,17 @@ export const AndOp = binaryOp('and', 'And', 'logical');
 export const OrOp = binaryOp('or', 'Or', 'logical');
 
 /** Turn a number operand into a scalar constant of the other operand's dtype. */
-export function asTensor(x: TensorLike, like: Tensor): Tensor {
+export function asTensor(x: TensorLike, like: Tensor, op = 'scalar operand'): Tensor {
   if (typeof x !== 'number') return x;
   const g = like.graph;
+  if (isIntDType(like.dtype) && !fitsInteger(x, like.dtype)) {
+    // Truncating would silently change the result: for int32 x, x < 0.5 is not x < 0.
+    const site = g.currentScope ? `${g.currentScope} (${op})` : op;
+    fail(
+      `${site}: ${x} is not an ${like.dtype} value, so it cannot be a scalar for the ${like.dtype} tensor ${formatShape(like.shape)}; pass an integer in range, or cast the tensor to float32 first`,
+      'DTYPE',
+    );
+  }
   switch (like.dtype) {
     case 'float32':
       return g.constant(Float32Array.of(x), 'float32', []);
@@ -65,10 +73,15 @@ export function asTensor(x: TensorLike, like: Tensor): Tensor {
   }
 }
 
+function fitsInteger(x: number, dtype: DType): boolean {
+  if (dtype === 'int32') return Number.isInteger(x) && x >= -(2 ** 31) && x < 2 ** 31;
+  return Number.isSafeInteger(x);
+}
+
 function binary(def: OpDef<Record<string, never>>, a: TensorLike, b: TensorLike): Tensor {
   if (typeof a === 'number' && typeof b === 'number') fail(`${def.name}: at least one operand must be a tensor`);
-  const ta = typeof a === 'number' ? asTensor(a, b as Tensor) : a;
-  const tb = typeof b === 'number' ? asTensor(b, ta) : b;
+  const ta = typeof a === 'number' ? asTensor(a, b as Tensor, def.name) : a;
+  const tb = typeof b === 'number' ? asTensor(b, ta, def.name) : b;
   return apply(def, [ta, tb], {})[0];
 }
 
@@ -91,7 +104,7 @@ export const WhereOp = defineOp<Record<string, never>>({
   name: 'where',
   infer([cond, a, b]) {
     if (cond.dtype !== 'bool') fail(`condition must be bool, got ${cond.dtype}`, 'DTYPE');
-    expectSameDType(a, b, 'where');
+    expectSameDType(a, b, 'values');
     const ab = broadcastType(a, b, a.dtype);
     return [broadcastType(cond, ab, a.dtype)];
   },
@@ -105,8 +118,8 @@ export function where(condition: Tensor, a: TensorLike, b: TensorLike): Tensor {
   if (typeof a === 'number' && typeof b === 'number') {
     fail('where: at least one of the two values must be a tensor');
   }
-  const ta = typeof a === 'number' ? asTensor(a, b as Tensor) : a;
-  const tb = typeof b === 'number' ? asTensor(b, ta) : b;
+  const ta = typeof a === 'number' ? asTensor(a, b as Tensor, 'where') : a;
+  const tb = typeof b === 'number' ? asTensor(b, ta, 'where') : b;
   return apply(WhereOp, [condition, ta, tb], {})[0];
 }
 
@@ -116,7 +129,7 @@ function unaryOp(name: string, onnxOp: string, domain: UnaryDomain): OpDef<Recor
   return defineOp<Record<string, never>>({
     name,
     infer([x]) {
-      if (domain === 'float') expectFloat(x, name);
+      if (domain === 'float') expectFloat(x, 'input');
       if (domain === 'numeric' && x.dtype === 'bool') fail(`expected a numeric tensor, got bool`, 'DTYPE');
       if (domain === 'bool' && x.dtype !== 'bool') fail(`expected a bool tensor, got ${x.dtype}`, 'DTYPE');
       return [{ dtype: x.dtype, shape: x.shape }];
@@ -169,7 +182,7 @@ export const silu = (x: Tensor): Tensor => mul(x, sigmoid(x));
 export const GeluOp = defineOp<{ approximate: 'none' | 'tanh' }>({
   name: 'gelu',
   infer([x], { approximate }) {
-    expectFloat(x, 'gelu');
+    expectFloat(x, 'input');
     if (approximate !== 'none' && approximate !== 'tanh') {
       fail(`approximate must be 'none' or 'tanh', got ${String(approximate)}`, 'ATTR');
     }

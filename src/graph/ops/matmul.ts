@@ -6,7 +6,7 @@ import { broadcastShapes, dimEquals, formatShape } from '../shape.js';
 export const MatMulOp = defineOp<Record<string, never>>({
   name: 'matmul',
   infer([a, b]) {
-    expectSameDType(a, b, 'matmul');
+    expectSameDType(a, b, 'operands');
     if (a.dtype === 'bool') fail('matmul of bool tensors', 'DTYPE');
     if (a.shape.length === 0 || b.shape.length === 0) {
       fail(`matmul needs rank ≥ 1, got ${formatShape(a.shape)} @ ${formatShape(b.shape)}`, 'SHAPE');

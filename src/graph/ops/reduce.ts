@@ -3,7 +3,7 @@ import { attr } from '../onnx/model.js';
 import type { OpDef } from '../op.js';
 import { apply, defineOp, fail } from '../op.js';
 import type { Dim } from '../shape.js';
-import { normalizeAxis } from '../shape.js';
+import { formatShape, normalizeAxis } from '../shape.js';
 
 export interface ReduceAttrs {
   axes: readonly number[];
@@ -16,7 +16,7 @@ function reduceOp(name: string, onnxOp: string): OpDef<ReduceAttrs> {
     infer([x], { axes, keepDims }) {
       if (x.dtype === 'bool') fail('cannot reduce a bool tensor', 'DTYPE');
       if (axes.length === 0) fail('axes must not be empty', 'ATTR');
-      const norm = axes.map((a) => normalizeAxis(a, x.shape.length, name));
+      const norm = axes.map((a) => normalizeAxis(a, x.shape.length, `axes [${axes.join(', ')}]`));
       if (new Set(norm).size !== norm.length) fail(`repeated axis in [${axes.join(', ')}]`, 'ATTR');
       const shape: Dim[] = [];
       x.shape.forEach((d, i) => {
@@ -59,7 +59,7 @@ export const CumsumOp = defineOp<CumsumAttrs>({
   name: 'cumsum',
   infer([x], { axis }) {
     if (x.dtype === 'bool') fail('cumsum of a bool tensor', 'DTYPE');
-    normalizeAxis(axis, x.shape.length, 'cumsum');
+    normalizeAxis(axis, x.shape.length, `input ${formatShape(x.shape)}`);
     return [{ dtype: x.dtype, shape: x.shape }];
   },
   lower(ctx, node, [out]) {

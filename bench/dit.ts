@@ -41,14 +41,22 @@ export async function benchDit(o: DitBenchOptions, log: (s: string) => void): Pr
     const runtime = new Runtime({ worker: false, threads: o.threads });
     const model = await PixArtTransformer2DModel.fromPretrained(dir, { runtime });
     const rows: DitBenchRow[] = [];
-    log(`PixArt-α width, ${o.layers} layers, batch ${o.batch}, caption ${captionLength} tokens, ${o.reps} runs per size`);
+    log(
+      `PixArt-α width, ${o.layers} layers, batch ${o.batch}, caption ${captionLength} tokens, ${o.reps} runs per size`,
+    );
     for (const tokens of o.tokens) {
       const side = Math.round(Math.sqrt(tokens)) * shape.patchSize;
-      if ((side / shape.patchSize) ** 2 !== tokens) throw new Error(`--tokens ${tokens} must be a square number`);
-      const fill = (n: number): Float32Array => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37));
+      if ((side / shape.patchSize) ** 2 !== tokens)
+        throw new Error(`--tokens ${tokens} must be a square number`);
+      const fill = (n: number): Float32Array =>
+        Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37));
       const inputs = {
         hidden_states: hostTensor('float32', [o.batch, 4, side, side], fill(o.batch * 4 * side * side)),
-        encoder_hidden_states: hostTensor('float32', [o.batch, captionLength, shape.captionChannels], fill(o.batch * captionLength * shape.captionChannels)),
+        encoder_hidden_states: hostTensor(
+          'float32',
+          [o.batch, captionLength, shape.captionChannels],
+          fill(o.batch * captionLength * shape.captionChannels),
+        ),
         timestep: hostTensor('float32', [o.batch], new Float32Array(o.batch).fill(500)),
         resolution: hostTensor('float32', [o.batch, 2], new Float32Array(o.batch * 2).fill(1024)),
         aspect_ratio: hostTensor('float32', [o.batch, 1], new Float32Array(o.batch).fill(1)),
@@ -56,8 +64,16 @@ export async function benchDit(o: DitBenchOptions, log: (s: string) => void): Pr
       // The reference: the feed-forward's two MatMuls at this token count, summed over tokens so that
       // copying a large output does not count against the MatMul.
       const g = new Graph('matmul_ref');
-      const w1 = g.weight('w1', 'float32', [4 * dim, dim], { kind: 'data', data: fill(4 * dim * dim), storedDType: 'float32' });
-      const w2 = g.weight('w2', 'float32', [dim, 4 * dim], { kind: 'data', data: fill(4 * dim * dim), storedDType: 'float32' });
+      const w1 = g.weight('w1', 'float32', [4 * dim, dim], {
+        kind: 'data',
+        data: fill(4 * dim * dim),
+        storedDType: 'float32',
+      });
+      const w2 = g.weight('w2', 'float32', [dim, 4 * dim], {
+        kind: 'data',
+        data: fill(4 * dim * dim),
+        storedDType: 'float32',
+      });
       g.output('y', sum(linear(linear(g.input('x', 'float32', [o.batch * tokens, dim]), w1), w2), 0));
       const matmul = await runtime.compile(g);
       const mmInput = { x: hostTensor('float32', [o.batch * tokens, dim], fill(o.batch * tokens * dim)) };
@@ -88,7 +104,15 @@ export async function benchDit(o: DitBenchOptions, log: (s: string) => void): Pr
     log(
       table(
         ['tokens', 'ms/forward', 'GFLOP', 'GFLOP/s', 'MatMul GFLOP/s', 'fraction', 'peak RSS MB'],
-        rows.map((r) => [r.tokens, r.ms, r.flops / 1e9, r.gflops, r.matmul_gflops, r.fraction.toFixed(3), r.peak_rss_mb]),
+        rows.map((r) => [
+          r.tokens,
+          r.ms,
+          r.flops / 1e9,
+          r.gflops,
+          r.matmul_gflops,
+          r.fraction.toFixed(3),
+          r.peak_rss_mb,
+        ]),
       ),
     );
     log('peak RSS: the process maximum so far (sizes run in increasing order), weights and inputs included');

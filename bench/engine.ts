@@ -45,14 +45,18 @@ export interface EngineBenchResult {
  * with weights pointing into one safetensors file; (b) per-run overhead of a trivial graph; (c) the
  * GFLOP/s reached. Variants alternate run by run so machine noise hits both alike.
  */
-export async function benchEngine(opts: EngineBenchOptions, log: (s: string) => void): Promise<EngineBenchResult> {
+export async function benchEngine(
+  opts: EngineBenchOptions,
+  log: (s: string) => void,
+): Promise<EngineBenchResult> {
   const { m, k, layers, reps, threads } = opts;
   const dir = mkdtempSync(join(tmpdir(), 'velodiff-bench-'));
   try {
     const weightsPath = join(dir, 'weights.safetensors');
     const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
     let seed = 1;
-    const random = (): number => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648 - 0.5) / Math.sqrt(k);
+    const random = (): number =>
+      ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648 - 0.5) / Math.sqrt(k);
     for (let i = 0; i < layers; i++) {
       tensors[`w${i}`] = { dtype: 'F32', shape: [k, k], data: Float32Array.from({ length: k * k }, random) };
     }
@@ -89,11 +93,19 @@ export async function benchEngine(opts: EngineBenchOptions, log: (s: string) => 
     const flops = 2 * m * k * k * layers;
     const med = times.map(median);
     const gflops = med.map((t) => flops / t / 1e6);
-    log(`(a) ${layers} MatMuls [${m}×${k}]·[${k}×${k}], ${(flops / 1e9).toFixed(2)} GFLOP per run, ${reps} runs, threads=${threads || 'ORT default'}`);
+    log(
+      `(a) ${layers} MatMuls [${m}×${k}]·[${k}×${k}], ${(flops / 1e9).toFixed(2)} GFLOP per run, ${reps} runs, threads=${threads || 'ORT default'}`,
+    );
     log(
       table(
         ['variant', 'median ms', 'min ms', 'GFLOP/s', 'vs hand-written'],
-        variants.map(([name], i) => [name, med[i], Math.min(...times[i]), gflops[i], (med[1] / med[i]).toFixed(3)]),
+        variants.map(([name], i) => [
+          name,
+          med[i],
+          Math.min(...times[i]),
+          gflops[i],
+          (med[1] / med[i]).toFixed(3),
+        ]),
       ),
     );
     await runtime.dispose();
@@ -111,7 +123,9 @@ export async function benchEngine(opts: EngineBenchOptions, log: (s: string) => 
         ],
       ),
     );
-    log(`\n(c) GFLOP/s: IR ${gflops[0].toFixed(1)}, hand-written ${gflops[1].toFixed(1)}; IR/raw throughput ratio ${(gflops[0] / gflops[1]).toFixed(3)}`);
+    log(
+      `\n(c) GFLOP/s: IR ${gflops[0].toFixed(1)}, hand-written ${gflops[1].toFixed(1)}; IR/raw throughput ratio ${(gflops[0] / gflops[1]).toFixed(3)}`,
+    );
     return {
       ir_ms: med[0],
       raw_ms: med[1],
@@ -133,7 +147,13 @@ export async function benchEngine(opts: EngineBenchOptions, log: (s: string) => 
 }
 
 /** The same MatMul chain written directly as ONNX nodes, with no IR involved. */
-function rawMatMulChain(file: SafetensorsFile, path: string, m: number, k: number, layers: number): SerializedGraph {
+function rawMatMulChain(
+  file: SafetensorsFile,
+  path: string,
+  m: number,
+  k: number,
+  layers: number,
+): SerializedGraph {
   const location = 'weights.safetensors';
   const nodes = [];
   const initializers = [];
@@ -145,7 +165,11 @@ function rawMatMulChain(file: SafetensorsFile, path: string, m: number, k: numbe
       dims: [k, k],
       external: { location, offset: info.fileOffset, length: info.byteLength },
     });
-    nodes.push({ opType: 'MatMul', inputs: [i === 0 ? 'x' : `h${i}`, `w${i}`], outputs: [i === layers - 1 ? 'y' : `h${i + 1}`] });
+    nodes.push({
+      opType: 'MatMul',
+      inputs: [i === 0 ? 'x' : `h${i}`, `w${i}`],
+      outputs: [i === layers - 1 ? 'y' : `h${i + 1}`],
+    });
   }
   const model = encodeModel({
     irVersion: 10,
@@ -190,7 +214,10 @@ async function benchOverhead(threads: number, reps: number): Promise<EngineBench
   const modelBytes = (await import('../src/graph/serialize.js')).serialize(g).model;
   const O = ort();
   const session = await O.InferenceSession.create(modelBytes, sessionOptions(inlineRt.settings));
-  const ortFeeds = { a: new O.Tensor('float32', feeds.a.data as Float32Array, [16]), b: new O.Tensor('float32', feeds.b.data as Float32Array, [16]) };
+  const ortFeeds = {
+    a: new O.Tensor('float32', feeds.a.data as Float32Array, [16]),
+    b: new O.Tensor('float32', feeds.b.data as Float32Array, [16]),
+  };
   const result = {
     ort_direct: await measure(() => session.run(ortFeeds)),
     inline: await measure(() => inline.run(feeds)),

@@ -31,7 +31,16 @@ export function randomArray(n: number, random: () => number, lo = -1, hi = 1): F
 }
 
 export function randomTensor(shape: number[], random: () => number, lo = -1, hi = 1): HostTensor {
-  return hostTensor('float32', shape, randomArray(shape.reduce((a, b) => a * b, 1), random, lo, hi));
+  return hostTensor(
+    'float32',
+    shape,
+    randomArray(
+      shape.reduce((a, b) => a * b, 1),
+      random,
+      lo,
+      hi,
+    ),
+  );
 }
 
 /**
@@ -59,7 +68,11 @@ export function assertClose(
   expected: ArrayLike<number>,
   { atol = 1e-5, rtol = 1e-5, what = 'values' }: { atol?: number; rtol?: number; what?: string } = {},
 ): void {
-  assert.equal(actual.length, expected.length, `${what}: length ${actual.length} vs expected ${expected.length}`);
+  assert.equal(
+    actual.length,
+    expected.length,
+    `${what}: length ${actual.length} vs expected ${expected.length}`,
+  );
   let worst = -1;
   let worstExcess = 0;
   for (let i = 0; i < expected.length; i++) {

@@ -13,7 +13,11 @@ export interface ParsedArgs {
 }
 
 /** Parse `--name value`, `--name=value` and boolean `--name`; unknown flags and bad numbers are errors. */
-export function parseArgs(argv: readonly string[], specs: Record<string, FlagSpec>, command: string): ParsedArgs {
+export function parseArgs(
+  argv: readonly string[],
+  specs: Record<string, FlagSpec>,
+  command: string,
+): ParsedArgs {
   const positional: string[] = [];
   const flags: ParsedArgs['flags'] = {};
   for (const [name, spec] of Object.entries(specs)) flags[name] = spec.default;
@@ -27,7 +31,9 @@ export function parseArgs(argv: readonly string[], specs: Record<string, FlagSpe
     const name = arg.slice(2, eq < 0 ? undefined : eq);
     const spec = specs[name];
     if (!spec) {
-      const known = Object.keys(specs).map((k) => `--${k}`).join(', ');
+      const known = Object.keys(specs)
+        .map((k) => `--${k}`)
+        .join(', ');
       throw new OptionError(`${command}: unknown option --${name}; known options: ${known || 'none'}`);
     }
     if (spec.type === 'boolean') {
@@ -41,7 +47,9 @@ export function parseArgs(argv: readonly string[], specs: Record<string, FlagSpe
     else {
       const n = Number(value);
       if (value.trim() === '' || !Number.isFinite(n) || (spec.type === 'integer' && !Number.isInteger(n))) {
-        throw new OptionError(`${command}: --${name} expects ${spec.type === 'integer' ? 'an integer' : 'a number'}, got "${value}"`);
+        throw new OptionError(
+          `${command}: --${name} expects ${spec.type === 'integer' ? 'an integer' : 'a number'}, got "${value}"`,
+        );
       }
       flags[name] = n;
     }
@@ -53,7 +61,8 @@ export function usage(command: string, summary: string, specs: Record<string, Fl
   const lines = [`usage: velodiff ${command}`, '', summary, ''];
   for (const [name, spec] of Object.entries(specs)) {
     const value = spec.type === 'boolean' ? '' : ` <${spec.type}>`;
-    const def = spec.default === undefined || spec.type === 'boolean' ? '' : ` (default ${String(spec.default)})`;
+    const def =
+      spec.default === undefined || spec.type === 'boolean' ? '' : ` (default ${String(spec.default)})`;
     lines.push(`  --${name}${value}`.padEnd(28) + `${spec.description}${def}`);
   }
   return lines.join('\n');

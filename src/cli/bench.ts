@@ -17,7 +17,11 @@ const ENGINE_FLAGS: Record<string, FlagSpec> = {
 };
 
 const DIT_FLAGS: Record<string, FlagSpec> = {
-  tokens: { type: 'string', description: 'image tokens (square numbers), comma-separated', default: '256,1024,4096' },
+  tokens: {
+    type: 'string',
+    description: 'image tokens (square numbers), comma-separated',
+    default: '256,1024,4096',
+  },
   layers: { type: 'integer', description: 'transformer blocks', default: 2 },
   batch: { type: 'integer', description: 'batch size', default: 1 },
   reps: { type: 'integer', description: 'timed runs per size', default: 5 },
@@ -43,14 +47,26 @@ export async function benchCommand(argv: string[]): Promise<number> {
 async function benchEngineCommand(argv: string[]): Promise<number> {
   const { flags } = parseArgs(argv, ENGINE_FLAGS, 'bench engine');
   if (flags.help) {
-    console.log(usage('bench engine [options]', 'IR vs hand-written ONNX MatMul chain, per-run overhead, GFLOP/s.', ENGINE_FLAGS));
+    console.log(
+      usage(
+        'bench engine [options]',
+        'IR vs hand-written ONNX MatMul chain, per-run overhead, GFLOP/s.',
+        ENGINE_FLAGS,
+      ),
+    );
     return 0;
   }
   positive(flags, ['m', 'k', 'layers', 'reps'], 'bench engine');
   const { benchEngine } = await import('../../bench/engine.js');
   const json = flags.json === true;
   const result = await benchEngine(
-    { m: flags.m as number, k: flags.k as number, layers: flags.layers as number, reps: flags.reps as number, threads: flags.threads as number },
+    {
+      m: flags.m as number,
+      k: flags.k as number,
+      layers: flags.layers as number,
+      reps: flags.reps as number,
+      threads: flags.threads as number,
+    },
     json ? (s) => console.error(s) : (s) => console.log(s),
   );
   if (json) console.log(JSON.stringify(result));
@@ -60,21 +76,33 @@ async function benchEngineCommand(argv: string[]): Promise<number> {
 async function benchDitCommand(argv: string[]): Promise<number> {
   const { flags } = parseArgs(argv, DIT_FLAGS, 'bench dit');
   if (flags.help) {
-    console.log(usage('bench dit [options]', 'PixArt-α-width denoiser forward vs MatMul throughput.', DIT_FLAGS));
+    console.log(
+      usage('bench dit [options]', 'PixArt-α-width denoiser forward vs MatMul throughput.', DIT_FLAGS),
+    );
     return 0;
   }
   positive(flags, ['layers', 'batch', 'reps'], 'bench dit');
-  const tokens = String(flags.tokens).split(',').map((t) => Number(t.trim()));
+  const tokens = String(flags.tokens)
+    .split(',')
+    .map((t) => Number(t.trim()));
   for (const t of tokens) {
     const side = Math.round(Math.sqrt(t));
     if (!Number.isInteger(t) || t < 1 || side * side !== t) {
-      throw new OptionError(`bench dit: --tokens must be square numbers (a square latent grid), got "${flags.tokens}"`);
+      throw new OptionError(
+        `bench dit: --tokens must be square numbers (a square latent grid), got "${flags.tokens}"`,
+      );
     }
   }
   const { benchDit } = await import('../../bench/dit.js');
   const json = flags.json === true;
   const rows = await benchDit(
-    { tokens, layers: flags.layers as number, batch: flags.batch as number, reps: flags.reps as number, threads: flags.threads as number },
+    {
+      tokens,
+      layers: flags.layers as number,
+      batch: flags.batch as number,
+      reps: flags.reps as number,
+      threads: flags.threads as number,
+    },
     json ? (s) => console.error(s) : (s) => console.log(s),
   );
   if (json) {

@@ -195,6 +195,8 @@ export class Graph {
 
 function checkDType(dtype: DType, what: string): void {
   if (!DTYPES.includes(dtype)) {
-    throw new GraphBuildError(`${what}: unknown dtype "${String(dtype)}", expected one of ${DTYPES.join(', ')}`);
+    throw new GraphBuildError(
+      `${what}: unknown dtype "${String(dtype)}", expected one of ${DTYPES.join(', ')}`,
+    );
   }
 }

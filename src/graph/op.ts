@@ -10,7 +10,13 @@ export interface LowerContext {
   name(t: Tensor): string;
   /** A new unique value name. */
   fresh(hint: string): string;
-  emit(opType: string, inputs: string[], outputs: string[], attrs?: Record<string, OnnxAttr>, domain?: string): void;
+  emit(
+    opType: string,
+    inputs: string[],
+    outputs: string[],
+    attrs?: Record<string, OnnxAttr>,
+    domain?: string,
+  ): void;
   /** A 1-D int64 initializer. */
   int64s(values: readonly (number | bigint)[]): string;
   /** A 1-D float32 initializer. */
@@ -100,7 +106,8 @@ export function expectSameDType(a: TensorType, b: TensorType, what: string): voi
 }
 
 export function expectRank(t: TensorType, rank: number, what: string): void {
-  if (t.shape.length !== rank) fail(`${what}: expected rank ${rank}, got shape [${t.shape.join(', ')}]`, 'SHAPE');
+  if (t.shape.length !== rank)
+    fail(`${what}: expected rank ${rank}, got shape [${t.shape.join(', ')}]`, 'SHAPE');
 }
 
 export type { Dim };

@@ -109,7 +109,9 @@ class Lowering implements LowerContext {
       outputs.push(valueInfo(name, t.dtype, t.shape, symbols));
       serializedOutputs.push({ name, dtype: t.dtype, shape: t.shape });
     }
-    const inputs = this.graph.inputs.map(({ name, tensor }) => valueInfo(name, tensor.dtype, tensor.shape, symbols));
+    const inputs = this.graph.inputs.map(({ name, tensor }) =>
+      valueInfo(name, tensor.dtype, tensor.shape, symbols),
+    );
     const model = encodeModel({
       irVersion: IR_VERSION,
       opsets: [
@@ -123,7 +125,11 @@ class Lowering implements LowerContext {
     return {
       model,
       externalFiles: [...this.files].map(([path, location]) => ({ location, path })),
-      inputs: this.graph.inputs.map(({ name, tensor }) => ({ name, dtype: tensor.dtype, shape: tensor.shape })),
+      inputs: this.graph.inputs.map(({ name, tensor }) => ({
+        name,
+        dtype: tensor.dtype,
+        shape: tensor.shape,
+      })),
       outputs: serializedOutputs,
       symbols,
     };
@@ -186,7 +192,11 @@ class Lowering implements LowerContext {
       dims: tensor.shape as number[],
     };
     if (source.kind === 'file') {
-      init.external = { location: this.location(source.path), offset: source.offset, length: source.byteLength };
+      init.external = {
+        location: this.location(source.path),
+        offset: source.offset,
+        length: source.byteLength,
+      };
     } else {
       init.raw = constantBytes(source.data);
     }
@@ -223,7 +233,13 @@ class Lowering implements LowerContext {
     return this.uniqueName(`${hint}_${++this.counter}`);
   }
 
-  emit(opType: string, inputs: string[], outputs: string[], attrs?: Record<string, OnnxAttr>, domain?: string): void {
+  emit(
+    opType: string,
+    inputs: string[],
+    outputs: string[],
+    attrs?: Record<string, OnnxAttr>,
+    domain?: string,
+  ): void {
     this.nodes.push({
       opType,
       inputs,
@@ -280,7 +296,12 @@ class Lowering implements LowerContext {
             : dtype === 'int64'
               ? BigInt64Array.of(BigInt(value))
               : Uint8Array.of(value ? 1 : 0);
-      this.initializers.push({ name: n, dataType: ONNX_DTYPE_CODE[dtype], dims: [], raw: constantBytes(values) });
+      this.initializers.push({
+        name: n,
+        dataType: ONNX_DTYPE_CODE[dtype],
+        dims: [],
+        raw: constantBytes(values),
+      });
     } else {
       // Half types: an fp32 scalar cast in the graph (folded by ORT at session creation).
       const f = this.scalar(value, 'float32');
@@ -301,12 +322,17 @@ class Lowering implements LowerContext {
     for (const [sym, exp] of symbols) {
       const src = this.graph.symbolSources.get(sym);
       if (!src) {
-        throw new GraphBuildError(`dimension "${sym}" is not the dim of any graph input, so its value is unknown`);
+        throw new GraphBuildError(
+          `dimension "${sym}" is not the dim of any graph input, so its value is unknown`,
+        );
       }
       let s = this.memo.get(`sym:${sym}`);
       if (!s) {
         s = this.fresh(`dim_${sym}`);
-        this.emit('Shape', [this.name(src.tensor)], [s], { start: attr.int(src.axis), end: attr.int(src.axis + 1) });
+        this.emit('Shape', [this.name(src.tensor)], [s], {
+          start: attr.int(src.axis),
+          end: attr.int(src.axis + 1),
+        });
         this.memo.set(`sym:${sym}`, s);
       }
       for (let i = 0; i < exp; i++) {
@@ -355,7 +381,12 @@ class Lowering implements LowerContext {
     if (!hasZeroDim && unknown <= 1) {
       this.emit('Reshape', [input, this.int64s(spec.map((s) => (s === undefined ? -1 : s)))], [out]);
     } else {
-      this.emit('Reshape', [input, this.shapeOf(to)], [out], hasZeroDim ? { allowzero: attr.int(1) } : undefined);
+      this.emit(
+        'Reshape',
+        [input, this.shapeOf(to)],
+        [out],
+        hasZeroDim ? { allowzero: attr.int(1) } : undefined,
+      );
     }
     return out;
   }
@@ -371,7 +402,12 @@ function inputSymbols(graph: Graph): Record<string, { input: string; axis: numbe
   return out;
 }
 
-function valueInfo(name: string, dtype: DType, shape: Shape, symbols: Record<string, unknown>): OnnxValueInfo {
+function valueInfo(
+  name: string,
+  dtype: DType,
+  shape: Shape,
+  symbols: Record<string, unknown>,
+): OnnxValueInfo {
   return {
     name,
     dataType: ONNX_DTYPE_CODE[dtype],

@@ -29,9 +29,16 @@ function chunk(type: string, data: Uint8Array): Uint8Array {
 }
 
 /** Encode 8-bit RGB or RGBA pixels (row-major, interleaved) as a PNG file. */
-export function encodePng(pixels: Uint8Array, width: number, height: number, channels: 3 | 4 = 3): Uint8Array {
+export function encodePng(
+  pixels: Uint8Array,
+  width: number,
+  height: number,
+  channels: 3 | 4 = 3,
+): Uint8Array {
   if (pixels.length !== width * height * channels) {
-    throw new Error(`encodePng: ${width}×${height}×${channels} needs ${width * height * channels} bytes, got ${pixels.length}`);
+    throw new Error(
+      `encodePng: ${width}×${height}×${channels} needs ${width * height * channels} bytes, got ${pixels.length}`,
+    );
   }
   const header = new Uint8Array(13);
   const hv = new DataView(header.buffer);
@@ -42,7 +49,8 @@ export function encodePng(pixels: Uint8Array, width: number, height: number, cha
   // Each row is prefixed by its filter type (0 = none).
   const stride = width * channels;
   const raw = new Uint8Array((stride + 1) * height);
-  for (let y = 0; y < height; y++) raw.set(pixels.subarray(y * stride, (y + 1) * stride), y * (stride + 1) + 1);
+  for (let y = 0; y < height; y++)
+    raw.set(pixels.subarray(y * stride, (y + 1) * stride), y * (stride + 1) + 1);
   const parts = [
     Uint8Array.of(0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a),
     chunk('IHDR', header),

@@ -65,7 +65,11 @@ export class ConfigReader {
     const v = this.value(key);
     if (v === undefined || v === null) return fallback;
     if (typeof v !== 'string') this.fail(key, 'a string');
-    if (allowed && !allowed.includes(v as T)) this.fail(key, `one of ${allowed.map((a) => JSON.stringify(a)).join(', ')} (the values velodiff supports)`);
+    if (allowed && !allowed.includes(v as T))
+      this.fail(
+        key,
+        `one of ${allowed.map((a) => JSON.stringify(a)).join(', ')} (the values velodiff supports)`,
+      );
     return v as T;
   }
 

@@ -9,10 +9,16 @@ const f = Math.fround;
  * Frequencies of diffusers' `get_timestep_embedding`, computed in float32 as torch does:
  * exp(−ln(maxPeriod) · i / (half − shift)).
  */
-export function timestepFrequencies(numChannels: number, downscaleFreqShift: number, maxPeriod = 10000): Float32Array {
+export function timestepFrequencies(
+  numChannels: number,
+  downscaleFreqShift: number,
+  maxPeriod = 10000,
+): Float32Array {
   const half = Math.floor(numChannels / 2);
   const minusLog = f(-Math.log(maxPeriod));
-  return Float32Array.from({ length: half }, (_, i) => f(Math.exp(f(f(minusLog * i) / (half - downscaleFreqShift)))));
+  return Float32Array.from({ length: half }, (_, i) =>
+    f(Math.exp(f(f(minusLog * i) / (half - downscaleFreqShift)))),
+  );
 }
 
 /**

@@ -47,8 +47,16 @@ export interface PixArtTransformerConfig {
 /** Read and validate a PixArtTransformer2DModel config.json (diffusers 0.40 keys and defaults). */
 export function parsePixArtConfig(raw: Record<string, unknown>, path: string): PixArtTransformerConfig {
   const c = new ConfigReader(raw, path, 'PixArtTransformer2DModel');
-  if (raw._class_name !== undefined && raw._class_name !== 'PixArtTransformer2DModel' && raw._class_name !== 'Transformer2DModel') {
-    throw new FileFormatError(`${path}: _class_name is ${JSON.stringify(raw._class_name)}, expected PixArtTransformer2DModel`, 'CONFIG_CLASS', path);
+  if (
+    raw._class_name !== undefined &&
+    raw._class_name !== 'PixArtTransformer2DModel' &&
+    raw._class_name !== 'Transformer2DModel'
+  ) {
+    throw new FileFormatError(
+      `${path}: _class_name is ${JSON.stringify(raw._class_name)}, expected PixArtTransformer2DModel`,
+      'CONFIG_CLASS',
+      path,
+    );
   }
   const numAttentionHeads = c.integer('num_attention_heads', 16, 1);
   const attentionHeadDim = c.integer('attention_head_dim', 72, 1);
@@ -75,7 +83,11 @@ export function parsePixArtConfig(raw: Record<string, unknown>, path: string): P
   c.string('activation_fn', 'gelu-approximate', ['gelu-approximate']);
   c.string('attention_type', 'default', ['default']);
   if (c.boolean('norm_elementwise_affine', false)) {
-    throw new FileFormatError(`${path}: norm_elementwise_affine must be false for PixArt (adaLN-single)`, 'CONFIG_VALUE', path);
+    throw new FileFormatError(
+      `${path}: norm_elementwise_affine must be false for PixArt (adaLN-single)`,
+      'CONFIG_VALUE',
+      path,
+    );
   }
   // Upcasting only changes half-precision runs; velodiff computes attention in float32.
   c.boolean('upcast_attention', false);
@@ -86,10 +98,18 @@ export function parsePixArtConfig(raw: Record<string, unknown>, path: string): P
   c.accept('double_self_attention', 'num_vector_embeds', 'only_cross_attention', 'use_linear_projection');
   c.checkNoUnknownKeys();
   if (config.outChannels !== config.inChannels && config.outChannels !== 2 * config.inChannels) {
-    throw new FileFormatError(`${path}: out_channels ${config.outChannels} must be in_channels or 2·in_channels (learned sigma)`, 'CONFIG_VALUE', path);
+    throw new FileFormatError(
+      `${path}: out_channels ${config.outChannels} must be in_channels or 2·in_channels (learned sigma)`,
+      'CONFIG_VALUE',
+      path,
+    );
   }
   if (config.innerDim % 4 !== 0) {
-    throw new FileFormatError(`${path}: hidden size ${config.innerDim} must be divisible by 4 for the 2-D position embedding`, 'CONFIG_VALUE', path);
+    throw new FileFormatError(
+      `${path}: hidden size ${config.innerDim} must be divisible by 4 for the 2-D position embedding`,
+      'CONFIG_VALUE',
+      path,
+    );
   }
   return config;
 }
@@ -110,7 +130,11 @@ export interface PixArtGraphOptions {
  * `pos_embed` [1, N, D], optionally `encoder_attention_mask` [B, L] float32 and `resolution`
  * [B, 2] / `aspect_ratio` [B, 1]. Output: `sample` [B, out_channels, H, W].
  */
-export function buildPixArtGraph(config: PixArtTransformerConfig, weights: WeightStore, o: PixArtGraphOptions): Graph {
+export function buildPixArtGraph(
+  config: PixArtTransformerConfig,
+  weights: WeightStore,
+  o: PixArtGraphOptions,
+): Graph {
   const { innerDim: dim, patchSize: p } = config;
   const h = o.height / p;
   const w = o.width / p;
@@ -118,7 +142,11 @@ export function buildPixArtGraph(config: PixArtTransformerConfig, weights: Weigh
   const g = new Graph('PixArtTransformer2DModel');
   const root = Params.of(g, weights);
   const x = g.input('hidden_states', 'float32', ['B', config.inChannels, o.height, o.width]);
-  const captions = g.input('encoder_hidden_states', 'float32', ['B', o.captionLength, config.captionChannels]);
+  const captions = g.input('encoder_hidden_states', 'float32', [
+    'B',
+    o.captionLength,
+    config.captionChannels,
+  ]);
   const timestep = g.input('timestep', 'float32', ['B']);
   const posEmbed = g.input('pos_embed', 'float32', [1, tokens, dim]);
 
@@ -146,7 +174,10 @@ export function buildPixArtGraph(config: PixArtTransformerConfig, weights: Weigh
       const s = sinusoidalEmbedding(reshape(input, [-1]), 256, { flipSinToCos: true, downscaleFreqShift: 0 });
       return reshape(TimestepEmbedding(emb.child(name), s, 256, sizeDim), ['B', count * sizeDim]);
     };
-    const micro = [condition(resolution, 'resolution_embedder', 2), condition(aspectRatio, 'aspect_ratio_embedder', 1)];
+    const micro = [
+      condition(resolution, 'resolution_embedder', 2),
+      condition(aspectRatio, 'aspect_ratio_embedder', 1),
+    ];
     embedded = add(embedded, concat(micro, 1));
   }
   const timestepMod = Linear(ada.child('linear'), silu(embedded), dim, 6 * dim); // [B, 6·dim]
@@ -168,7 +199,14 @@ export function buildPixArtGraph(config: PixArtTransformerConfig, weights: Weigh
 
   const modulation = reshape(timestepMod, ['B', 6, dim]);
   for (let i = 0; i < config.numLayers; i++) {
-    hidden = pixArtBlock(root.child('transformer_blocks').child(i), hidden, text, modulation, crossMask, config);
+    hidden = pixArtBlock(
+      root.child('transformer_blocks').child(i),
+      hidden,
+      text,
+      modulation,
+      crossMask,
+      config,
+    );
   }
 
   // Final adaLN modulation, projection, and unpatchify (nhwpqc → nchpwq).
@@ -200,16 +238,29 @@ function pixArtBlock(
   );
   const eps = config.normEps;
   // Self-attention on the modulated, normalised tokens, gated.
-  let norm = p.scope(() => add(mul(layerNorm(hidden, undefined, undefined, { eps }), add(scaleMsa, 1)), shiftMsa));
+  let norm = p.scope(() =>
+    add(mul(layerNorm(hidden, undefined, undefined, { eps }), add(scaleMsa, 1)), shiftMsa),
+  );
   const a1 = p.child('attn1');
   const bias = config.attentionBias;
   const selfOut = attentionModule(a1, norm, norm, dim, dim, heads, bias, undefined);
   hidden = add(hidden, mul(gateMsa, selfOut));
   // Cross-attention to the caption (PixArt applies no norm before it).
-  const crossOut = attentionModule(p.child('attn2'), hidden, text, dim, config.crossAttentionDim, heads, bias, crossMask);
+  const crossOut = attentionModule(
+    p.child('attn2'),
+    hidden,
+    text,
+    dim,
+    config.crossAttentionDim,
+    heads,
+    bias,
+    crossMask,
+  );
   hidden = add(hidden, crossOut);
   // Feed-forward: GELU(tanh) MLP with 4× width, modulated and gated.
-  norm = p.scope(() => add(mul(layerNorm(hidden, undefined, undefined, { eps }), add(scaleMlp, 1)), shiftMlp));
+  norm = p.scope(() =>
+    add(mul(layerNorm(hidden, undefined, undefined, { eps }), add(scaleMlp, 1)), shiftMlp),
+  );
   const ff = p.child('ff').child('net');
   const inner = gelu(Linear(ff.child(0).child('proj'), norm, dim, 4 * dim), 'tanh');
   const ffOut = Linear(ff.child(2), inner, 4 * dim, dim);
@@ -275,7 +326,11 @@ export class PixArtTransformer2DModel implements DiffusersModel {
     if (!t) {
       const { innerDim, sampleSize, patchSize, interpolationScale } = this.config;
       const base = Math.floor(sampleSize / patchSize);
-      t = hostTensor('float32', [1, gridH * gridW, innerDim], sincosPositionEmbedding2d(innerDim, gridH, gridW, base, interpolationScale));
+      t = hostTensor(
+        'float32',
+        [1, gridH * gridW, innerDim],
+        sincosPositionEmbedding2d(innerDim, gridH, gridW, base, interpolationScale),
+      );
       this.posEmbeds.set(key, t);
     }
     return t;
@@ -287,22 +342,41 @@ export class PixArtTransformer2DModel implements DiffusersModel {
    * (1 = keep) and, for micro-conditioned models, `resolution` and `aspect_ratio`.
    */
   async forward(inputs: Record<string, HostTensor>): Promise<Record<string, HostTensor>> {
-    const known = ['hidden_states', 'encoder_hidden_states', 'timestep', 'encoder_attention_mask', 'resolution', 'aspect_ratio'];
+    const known = [
+      'hidden_states',
+      'encoder_hidden_states',
+      'timestep',
+      'encoder_attention_mask',
+      'resolution',
+      'aspect_ratio',
+    ];
     for (const name of Object.keys(inputs)) {
-      if (!known.includes(name)) throw new OptionError(`PixArtTransformer2DModel.forward: unknown input "${name}"; expected ${known.join(', ')}`);
+      if (!known.includes(name))
+        throw new OptionError(
+          `PixArtTransformer2DModel.forward: unknown input "${name}"; expected ${known.join(', ')}`,
+        );
     }
     const x = required(inputs, 'hidden_states');
     const text = required(inputs, 'encoder_hidden_states');
     const { inChannels, patchSize, captionChannels } = this.config;
     if (x.shape.length !== 4 || x.shape[1] !== inChannels) {
-      throw new RuntimeError(`hidden_states: expected [B, ${inChannels}, H, W], got [${x.shape.join(', ')}]`, 'SHAPE');
+      throw new RuntimeError(
+        `hidden_states: expected [B, ${inChannels}, H, W], got [${x.shape.join(', ')}]`,
+        'SHAPE',
+      );
     }
     const [batch, , height, width] = x.shape;
     if (height % patchSize || width % patchSize) {
-      throw new RuntimeError(`hidden_states: height and width (${height}×${width}) must be multiples of the patch size ${patchSize}`, 'SHAPE');
+      throw new RuntimeError(
+        `hidden_states: height and width (${height}×${width}) must be multiples of the patch size ${patchSize}`,
+        'SHAPE',
+      );
     }
     if (text.shape.length !== 3 || text.shape[0] !== batch || text.shape[2] !== captionChannels) {
-      throw new RuntimeError(`encoder_hidden_states: expected [${batch}, L, ${captionChannels}], got [${text.shape.join(', ')}]`, 'SHAPE');
+      throw new RuntimeError(
+        `encoder_hidden_states: expected [${batch}, L, ${captionChannels}], got [${text.shape.join(', ')}]`,
+        'SHAPE',
+      );
     }
     const feeds: Record<string, HostTensor> = {
       hidden_states: x,
@@ -313,21 +387,38 @@ export class PixArtTransformer2DModel implements DiffusersModel {
     const mask = inputs.encoder_attention_mask;
     if (mask) {
       if (mask.shape.length !== 2 || mask.shape[0] !== batch || mask.shape[1] !== text.shape[1]) {
-        throw new RuntimeError(`encoder_attention_mask: expected [${batch}, ${text.shape[1]}], got [${mask.shape.join(', ')}]`, 'SHAPE');
+        throw new RuntimeError(
+          `encoder_attention_mask: expected [${batch}, ${text.shape[1]}], got [${mask.shape.join(', ')}]`,
+          'SHAPE',
+        );
       }
       feeds.encoder_attention_mask = toFloat32(mask);
     }
     if (this.config.useAdditionalConditions) {
-      for (const [name, width2] of [['resolution', 2], ['aspect_ratio', 1]] as const) {
+      for (const [name, width2] of [
+        ['resolution', 2],
+        ['aspect_ratio', 1],
+      ] as const) {
         const t = inputs[name];
-        if (!t) throw new OptionError(`PixArtTransformer2DModel.forward: this model uses micro-conditions and needs "${name}" [B, ${width2}]`);
+        if (!t)
+          throw new OptionError(
+            `PixArtTransformer2DModel.forward: this model uses micro-conditions and needs "${name}" [B, ${width2}]`,
+          );
         if (t.shape.length !== 2 || t.shape[0] !== batch || t.shape[1] !== width2) {
-          throw new RuntimeError(`${name}: expected [${batch}, ${width2}], got [${t.shape.join(', ')}]`, 'SHAPE');
+          throw new RuntimeError(
+            `${name}: expected [${batch}, ${width2}], got [${t.shape.join(', ')}]`,
+            'SHAPE',
+          );
         }
         feeds[name] = toFloat32(t);
       }
     }
-    const compiled = await this.compile({ height, width, captionLength: text.shape[1], withMask: mask !== undefined });
+    const compiled = await this.compile({
+      height,
+      width,
+      captionLength: text.shape[1],
+      withMask: mask !== undefined,
+    });
     return compiled.run(feeds);
   }
 
@@ -345,8 +436,14 @@ function required(inputs: Record<string, HostTensor>, name: string): HostTensor 
 /** Any numeric host tensor as float32 values (timesteps and masks arrive as int64 from diffusers). */
 export function toFloat32(t: HostTensor): HostTensor {
   if (t.dtype === 'float32') return t;
-  if (t.dtype === 'int64') return hostTensor('float32', t.shape, Float32Array.from(t.data as BigInt64Array, (v) => Number(v)));
-  if (t.dtype === 'float16' || t.dtype === 'bfloat16') throw new RuntimeError(`${t.dtype} inputs must be converted to float32`, 'DTYPE');
+  if (t.dtype === 'int64')
+    return hostTensor(
+      'float32',
+      t.shape,
+      Float32Array.from(t.data as BigInt64Array, (v) => Number(v)),
+    );
+  if (t.dtype === 'float16' || t.dtype === 'bfloat16')
+    throw new RuntimeError(`${t.dtype} inputs must be converted to float32`, 'DTYPE');
   return hostTensor('float32', t.shape, Float32Array.from(t.data as Int32Array));
 }
 

@@ -34,7 +34,12 @@ export function Conv2d(p: Params, x: Tensor, o: Conv2dOptions): Tensor {
 }
 
 /** torch.nn.LayerNorm over the last dim; `affine: false` is elementwise_affine=False. */
-export function LayerNorm(p: Params, x: Tensor, dim: number, options: { eps?: number; affine?: boolean; bias?: boolean } = {}): Tensor {
+export function LayerNorm(
+  p: Params,
+  x: Tensor,
+  dim: number,
+  options: { eps?: number; affine?: boolean; bias?: boolean } = {},
+): Tensor {
   const affine = options.affine ?? true;
   const w = affine ? p.get('weight', [dim]) : undefined;
   const b = affine && options.bias !== false ? p.get('bias', [dim]) : undefined;
@@ -47,7 +52,12 @@ export function GroupNorm(p: Params, x: Tensor, numGroups: number, channels: num
   return p.scope(() => groupNorm(x, numGroups, w, b, eps));
 }
 
-export function RMSNorm(p: Params, x: Tensor, dim: number, options: { eps?: number; affine?: boolean } = {}): Tensor {
+export function RMSNorm(
+  p: Params,
+  x: Tensor,
+  dim: number,
+  options: { eps?: number; affine?: boolean } = {},
+): Tensor {
   const w = options.affine === false ? undefined : p.get('weight', [dim]);
   return p.scope(() => rmsNorm(x, w, options.eps ?? 1e-6));
 }

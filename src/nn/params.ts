@@ -25,7 +25,10 @@ export class Params {
   ) {}
 
   static of(graph: Graph, source: TensorSource, options: { dtype?: DType; prefix?: string } = {}): Params {
-    return new Params({ graph, source, dtype: options.dtype ?? 'float32', used: new Map() }, options.prefix ?? '');
+    return new Params(
+      { graph, source, dtype: options.dtype ?? 'float32', used: new Map() },
+      options.prefix ?? '',
+    );
   }
 
   get graph(): Graph {
@@ -51,11 +54,17 @@ export class Params {
     const seen = this.root.used.get(full);
     if (seen) {
       if (seen.shape.length !== shape.length || seen.shape.some((d, i) => d !== shape[i])) {
-        throw new WeightError(`tensor '${full}' is used with shapes [${seen.shape.join(', ')}] and [${shape.join(', ')}]`, 'WEIGHT_SHAPE');
+        throw new WeightError(
+          `tensor '${full}' is used with shapes [${seen.shape.join(', ')}] and [${shape.join(', ')}]`,
+          'WEIGHT_SHAPE',
+        );
       }
       return seen;
     }
-    const t = weightFromFile(this.root.graph, this.root.source, full, { dtype: this.root.dtype, expectedShape: shape });
+    const t = weightFromFile(this.root.graph, this.root.source, full, {
+      dtype: this.root.dtype,
+      expectedShape: shape,
+    });
     this.root.used.set(full, t);
     return t;
   }

@@ -49,7 +49,10 @@ export function weightFromFile(
   }
   const stored = STORED[info.dtype];
   if (!stored) {
-    throw new WeightError(`tensor '${name}' in ${path}: dtype ${info.dtype} is not supported for weights`, 'WEIGHT_DTYPE');
+    throw new WeightError(
+      `tensor '${name}' in ${path}: dtype ${info.dtype} is not supported for weights`,
+      'WEIGHT_DTYPE',
+    );
   }
   const dtype = options.dtype ?? 'float32';
   return graph.weight(name, dtype, info.shape, {

@@ -21,7 +21,12 @@ export interface ModelSource {
 /** A place where ORT sessions live: this thread, or a worker thread. */
 export interface Backend {
   create(model: ModelSource, settings: SessionSettings): Promise<number>;
-  run(session: number, feeds: Record<string, HostTensor>, outputs: string[], transfer: boolean): Promise<Record<string, HostTensor>>;
+  run(
+    session: number,
+    feeds: Record<string, HostTensor>,
+    outputs: string[],
+    transfer: boolean,
+  ): Promise<Record<string, HostTensor>>;
   release(session: number): Promise<void>;
   dispose(): Promise<void>;
 }

@@ -20,21 +20,33 @@ export function weightFiles(graph: Graph): string[] {
  * the deepest common ancestor of the files' real paths (a Hub cache links snapshots to blobs), and
  * each location is the real path relative to it. The files are used in place, never copied.
  */
-export function planExternalData(paths: readonly string[]): { root: string | undefined; locate: (path: string) => string } {
+export function planExternalData(paths: readonly string[]): {
+  root: string | undefined;
+  locate: (path: string) => string;
+} {
   if (paths.length === 0) return { root: undefined, locate: (p) => p };
   const real = new Map<string, string>();
   for (const p of paths) {
     try {
       real.set(p, realpathSync(p));
     } catch {
-      throw new RuntimeError(`weights file ${p} is missing (it was there when the graph was built)`, 'FILE_MISSING');
+      throw new RuntimeError(
+        `weights file ${p} is missing (it was there when the graph was built)`,
+        'FILE_MISSING',
+      );
     }
   }
   let root = dirname(real.get(paths[0]) as string);
   for (const r of real.values()) {
     while (!(r === root || r.startsWith(root.endsWith(sep) ? root : root + sep))) root = dirname(root);
   }
-  return { root, locate: (p) => relative(root, real.get(p) ?? realpathSync(p)).split(sep).join('/') };
+  return {
+    root,
+    locate: (p) =>
+      relative(root, real.get(p) ?? realpathSync(p))
+        .split(sep)
+        .join('/'),
+  };
 }
 
 /**
@@ -49,7 +61,10 @@ export function graphSignature(graph: SerializedGraph, extra: string): string {
     try {
       st = statSync(f.path);
     } catch {
-      throw new RuntimeError(`weights file ${f.path} is missing (it was there when the graph was built)`, 'FILE_MISSING');
+      throw new RuntimeError(
+        `weights file ${f.path} is missing (it was there when the graph was built)`,
+        'FILE_MISSING',
+      );
     }
     h.update(`\n${f.location}\0${f.path}\0${st.size}\0${st.mtimeMs}`);
   }

@@ -62,7 +62,10 @@ export function hostTensor(
   data?: HostData | readonly number[],
 ): HostTensor {
   if (!shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
-    throw new RuntimeError(`invalid shape [${shape.join(', ')}]: dims must be non-negative integers`, 'SHAPE');
+    throw new RuntimeError(
+      `invalid shape [${shape.join(', ')}]: dims must be non-negative integers`,
+      'SHAPE',
+    );
   }
   const size = shapeSize(shape);
   let arr: HostData;
@@ -73,7 +76,10 @@ export function hostTensor(
     else arr.set(data as number[]);
   } else arr = data as HostData;
   if (arr.constructor.name !== hostArrayName(dtype)) {
-    throw new RuntimeError(`${dtype} data must be a ${hostArrayName(dtype)}, got ${arr.constructor.name}`, 'DTYPE');
+    throw new RuntimeError(
+      `${dtype} data must be a ${hostArrayName(dtype)}, got ${arr.constructor.name}`,
+      'DTYPE',
+    );
   }
   if (arr.length !== size) {
     throw new RuntimeError(`shape [${shape.join(', ')}] needs ${size} values, got ${arr.length}`, 'SHAPE');

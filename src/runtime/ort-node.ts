@@ -21,13 +21,20 @@ export function availableProviders(): string[] {
   const list = (ort() as unknown as { listSupportedBackends?: () => { name: string; bundled: boolean }[] })
     .listSupportedBackends;
   const all = list ? list() : [{ name: 'cpu', bundled: true }];
-  const binDir = dirname(createRequire(import.meta.url).resolve('onnxruntime-node/bin/napi-v6/' + `${process.platform}/${process.arch}/onnxruntime_binding.node`));
+  const binDir = dirname(
+    createRequire(import.meta.url).resolve(
+      'onnxruntime-node/bin/napi-v6/' + `${process.platform}/${process.arch}/onnxruntime_binding.node`,
+    ),
+  );
   return all
     .filter((p) => p.bundled || existsSync(join(binDir, `libonnxruntime_providers_${p.name}.so`)))
     .map((p) => p.name);
 }
 
-export function sessionOptions(settings: SessionSettings, externalRoot?: string): Ort.InferenceSession.SessionOptions {
+export function sessionOptions(
+  settings: SessionSettings,
+  externalRoot?: string,
+): Ort.InferenceSession.SessionOptions {
   const session: Record<string, string> = {};
   // For a model given as bytes, ORT resolves external data against this folder (notes §4).
   if (externalRoot) session.model_external_initializers_file_folder_path = externalRoot;
@@ -51,7 +58,10 @@ function wrapError(e: unknown, what: string): RuntimeError {
     );
   }
   if (/webgpu/i.test(message) && /adapter/i.test(message)) {
-    return new RuntimeError(`${what}: no WebGPU adapter (GPU) is available on this machine; use the cpu provider`, 'PROVIDER');
+    return new RuntimeError(
+      `${what}: no WebGPU adapter (GPU) is available on this machine; use the cpu provider`,
+      'PROVIDER',
+    );
   }
   return new RuntimeError(`${what}: ${message}`, 'ORT');
 }
@@ -64,7 +74,10 @@ export class InlineBackend implements Backend {
   async create(model: ModelSource, settings: SessionSettings): Promise<number> {
     let session: Ort.InferenceSession;
     try {
-      session = await ort().InferenceSession.create(model.bytes, sessionOptions(settings, model.externalRoot));
+      session = await ort().InferenceSession.create(
+        model.bytes,
+        sessionOptions(settings, model.externalRoot),
+      );
     } catch (e) {
       throw wrapError(e, 'ONNX Runtime could not create the session');
     }
@@ -73,7 +86,11 @@ export class InlineBackend implements Backend {
     return id;
   }
 
-  async run(id: number, feeds: Record<string, HostTensor>, outputs: string[]): Promise<Record<string, HostTensor>> {
+  async run(
+    id: number,
+    feeds: Record<string, HostTensor>,
+    outputs: string[],
+  ): Promise<Record<string, HostTensor>> {
     const session = this.sessions.get(id);
     if (!session) throw new RuntimeError(`session ${id} was released`, 'RELEASED');
     const ortFeeds: Record<string, Ort.Tensor> = {};

@@ -43,11 +43,14 @@ export class Runtime {
     const eps = options.executionProviders ?? ['cpu'];
     for (const ep of eps) {
       if (!PROVIDERS.includes(ep)) {
-        throw new OptionError(`unknown execution provider "${String(ep)}"; expected one of ${PROVIDERS.join(', ')}`);
+        throw new OptionError(
+          `unknown execution provider "${String(ep)}"; expected one of ${PROVIDERS.join(', ')}`,
+        );
       }
     }
     const threads = options.threads ?? 0;
-    if (!Number.isInteger(threads) || threads < 0) throw new OptionError(`threads must be an integer ≥ 0, got ${threads}`);
+    if (!Number.isInteger(threads) || threads < 0)
+      throw new OptionError(`threads must be an integer ≥ 0, got ${threads}`);
     this.settings = {
       executionProviders: Runtime.usableProviders(eps),
       intraOpThreads: threads,
@@ -127,12 +130,18 @@ export class CompiledGraph {
     this.outputs = graph.outputs;
   }
 
-  async run(feeds: Record<string, HostTensor>, options: RunOptions = {}): Promise<Record<string, HostTensor>> {
+  async run(
+    feeds: Record<string, HostTensor>,
+    options: RunOptions = {},
+  ): Promise<Record<string, HostTensor>> {
     this.checkFeeds(feeds);
     const outputs = options.outputs ?? this.outputs.map((o) => o.name);
     for (const name of outputs) {
       if (!this.outputs.some((o) => o.name === name)) {
-        throw new RuntimeError(`unknown output "${name}"; the graph has ${this.outputs.map((o) => o.name).join(', ')}`, 'OUTPUT');
+        throw new RuntimeError(
+          `unknown output "${name}"; the graph has ${this.outputs.map((o) => o.name).join(', ')}`,
+          'OUTPUT',
+        );
       }
     }
     return this.backend.run(this.session, feeds, outputs, options.transfer ?? false);
@@ -143,29 +152,49 @@ export class CompiledGraph {
     const expected = new Set(this.inputs.map((i) => i.name));
     for (const name of Object.keys(feeds)) {
       if (!expected.has(name)) {
-        throw new RuntimeError(`unknown input "${name}"; the graph takes ${[...expected].join(', ') || 'no inputs'}`, 'INPUT');
+        throw new RuntimeError(
+          `unknown input "${name}"; the graph takes ${[...expected].join(', ') || 'no inputs'}`,
+          'INPUT',
+        );
       }
     }
     const symbols = new Map<string, { value: number; from: string }>();
     for (const input of this.inputs) {
       const t = feeds[input.name];
-      if (!t) throw new RuntimeError(`missing input "${input.name}" (${input.dtype}${formatShape(input.shape)})`, 'INPUT');
+      if (!t)
+        throw new RuntimeError(
+          `missing input "${input.name}" (${input.dtype}${formatShape(input.shape)})`,
+          'INPUT',
+        );
       const where = `input "${input.name}"`;
-      if (t.dtype !== input.dtype) throw new RuntimeError(`${where}: expected ${input.dtype}, got ${t.dtype}`, 'DTYPE');
+      if (t.dtype !== input.dtype)
+        throw new RuntimeError(`${where}: expected ${input.dtype}, got ${t.dtype}`, 'DTYPE');
       if (t.data.constructor.name !== hostArrayName(t.dtype)) {
-        throw new RuntimeError(`${where}: ${t.dtype} data must be a ${hostArrayName(t.dtype)}, got ${t.data.constructor.name}`, 'DTYPE');
+        throw new RuntimeError(
+          `${where}: ${t.dtype} data must be a ${hostArrayName(t.dtype)}, got ${t.data.constructor.name}`,
+          'DTYPE',
+        );
       }
       if (t.data.length !== shapeSize(t.shape)) {
-        throw new RuntimeError(`${where}: shape ${formatShape(t.shape)} needs ${shapeSize(t.shape)} values, got ${t.data.length}`, 'SHAPE');
+        throw new RuntimeError(
+          `${where}: shape ${formatShape(t.shape)} needs ${shapeSize(t.shape)} values, got ${t.data.length}`,
+          'SHAPE',
+        );
       }
       if (t.shape.length !== input.shape.length) {
-        throw new RuntimeError(`${where}: expected shape ${formatShape(input.shape)}, got ${formatShape(t.shape)}`, 'SHAPE');
+        throw new RuntimeError(
+          `${where}: expected shape ${formatShape(input.shape)}, got ${formatShape(t.shape)}`,
+          'SHAPE',
+        );
       }
       input.shape.forEach((d, axis) => {
         const got = t.shape[axis];
         if (typeof d === 'number') {
           if (d !== got) {
-            throw new RuntimeError(`${where}: expected shape ${formatShape(input.shape)}, got ${formatShape(t.shape)}`, 'SHAPE');
+            throw new RuntimeError(
+              `${where}: expected shape ${formatShape(input.shape)}, got ${formatShape(t.shape)}`,
+              'SHAPE',
+            );
           }
           return;
         }

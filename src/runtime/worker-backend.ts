@@ -88,7 +88,9 @@ export class WorkerBackend implements Backend {
     outputs: string[],
     transfer: boolean,
   ): Promise<Record<string, HostTensor>> {
-    const buffers = transfer ? [...new Set(Object.values(feeds).map((t) => t.data.buffer as ArrayBuffer))] : [];
+    const buffers = transfer
+      ? [...new Set(Object.values(feeds).map((t) => t.data.buffer as ArrayBuffer))]
+      : [];
     const reply = await this.request({ kind: 'run', session, feeds, outputs }, buffers);
     return reply.outputs as Record<string, HostTensor>;
   }

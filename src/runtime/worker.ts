@@ -17,7 +17,11 @@ port.on('message', (msg: WorkerRequest) => {
       const reply: WorkerReply = {
         id: msg.id,
         ok: false,
-        error: { message: err.message, code: err instanceof VelodiffError ? err.code : 'ORT', name: err.name },
+        error: {
+          message: err.message,
+          code: err instanceof VelodiffError ? err.code : 'ORT',
+          name: err.name,
+        },
       };
       port.postMessage(reply);
     },

@@ -20,11 +20,24 @@ async function capture(argv: string[]): Promise<{ code: number; out: string; err
 
 describe('velodiff bench engine', () => {
   it('prints one JSON object with ir_gflops, raw_gflops and their ratio as the last line', async () => {
-    const { code, out } = await capture(['bench', 'engine', '--m', '32', '--k', '32', '--layers', '2', '--reps', '2', '--json']);
+    const { code, out } = await capture([
+      'bench',
+      'engine',
+      '--m',
+      '32',
+      '--k',
+      '32',
+      '--layers',
+      '2',
+      '--reps',
+      '2',
+      '--json',
+    ]);
     assert.equal(code, 0);
     const last = out.trim().split('\n').pop() as string;
     const result = JSON.parse(last) as Record<string, number>;
-    for (const key of ['ir_gflops', 'raw_gflops', 'ratio']) assert.ok(result[key] > 0, `${key} = ${result[key]}`);
+    for (const key of ['ir_gflops', 'raw_gflops', 'ratio'])
+      assert.ok(result[key] > 0, `${key} = ${result[key]}`);
     assert.ok(Math.abs(result.ratio - result.ir_gflops / result.raw_gflops) < 1e-9);
     assert.equal(result.flops, 2 * 32 * 32 * 32 * 2);
   });

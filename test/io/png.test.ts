@@ -23,7 +23,20 @@ describe('PNG', () => {
   });
 
   it('turns [B, 3, H, W] images in [0, 1] into RGB bytes with clamping and rounding', () => {
-    const data = Float32Array.of(0, 0.5, 1, 1.2, /* G */ -0.1, 0.25, 0.75, 0.002, /* B */ 0.998, 0.5, 0.5, 0.5);
+    const data = Float32Array.of(
+      0,
+      0.5,
+      1,
+      1.2,
+      /* G */ -0.1,
+      0.25,
+      0.75,
+      0.002,
+      /* B */ 0.998,
+      0.5,
+      0.5,
+      0.5,
+    );
     const [rgb] = imagesToRgb(data, [1, 3, 2, 2]);
     // Pixel by pixel: R, G, B. 0.5·255 = 127.5 rounds half to even (numpy) → 128; 0.998 → 254.
     assert.deepEqual([...rgb], [0, 0, 254, 128, 64, 128, 255, 191, 128, 255, 1, 128]);

@@ -24,7 +24,14 @@ after(async () => {
 });
 
 /** float64 reference of x·Wᵀ + b for x [m, k], W [n, k]. */
-function linearRef(x: Float32Array, w: ArrayLike<number>, b: ArrayLike<number>, m: number, k: number, n: number): Float64Array {
+function linearRef(
+  x: Float32Array,
+  w: ArrayLike<number>,
+  b: ArrayLike<number>,
+  m: number,
+  k: number,
+  n: number,
+): Float64Array {
   const y = new Float64Array(m * n);
   for (let i = 0; i < m; i++) {
     for (let j = 0; j < n; j++) {
@@ -54,7 +61,10 @@ describe('runtime', () => {
     const x = g.input('x', 'float32', ['B', k]);
     const bias = weightFromFile(g, file, 'bias', { path });
     for (const kind of ['f32', 'f16', 'bf16']) {
-      g.output(kind, linear(x, weightFromFile(g, file, `${kind}.weight`, { path, expectedShape: [n, k] }), bias));
+      g.output(
+        kind,
+        linear(x, weightFromFile(g, file, `${kind}.weight`, { path, expectedShape: [n, k] }), bias),
+      );
     }
     const xs = randomArray(m * k, random);
     const out = await (await runtime(false).compile(g)).run({ x: hostTensor('float32', [m, k], xs) });
@@ -68,8 +78,12 @@ describe('runtime', () => {
         return e === 0 ? s * f * 2 ** -24 : s * (1 + f / 1024) * 2 ** (e - 15);
       });
     assertClose(out.f32.data as Float32Array, linearRef(xs, w, b, m, k, n), { what: 'f32' });
-    assertClose(out.f16.data as Float32Array, linearRef(xs, round(f32ToF16(w), false), b, m, k, n), { what: 'f16' });
-    assertClose(out.bf16.data as Float32Array, linearRef(xs, round(f32ToBf16(w), true), b, m, k, n), { what: 'bf16' });
+    assertClose(out.f16.data as Float32Array, linearRef(xs, round(f32ToF16(w), false), b, m, k, n), {
+      what: 'f16',
+    });
+    assertClose(out.bf16.data as Float32Array, linearRef(xs, round(f32ToBf16(w), true), b, m, k, n), {
+      what: 'bf16',
+    });
     await file.close();
   });
 
@@ -98,7 +112,10 @@ describe('runtime', () => {
       g.output('y', mul(add(matmul(a, g.input('b', 'float32', [4, 'M'])), 1), 0.5));
       return g;
     };
-    const feeds = { a: hostTensor('float32', [3, 4], randomArray(12, random)), b: hostTensor('float32', [4, 2], randomArray(8, random)) };
+    const feeds = {
+      a: hostTensor('float32', [3, 4], randomArray(12, random)),
+      b: hostTensor('float32', [4, 2], randomArray(8, random)),
+    };
     const [w, i] = await Promise.all([
       (await runtime(true).compile(build())).run(feeds),
       (await runtime(false).compile(build())).run(feeds),
@@ -159,15 +176,21 @@ describe('runtime', () => {
     // Index values are data, so an out-of-range index is only found by ORT at run time.
     await assert.rejects(
       compiled.run({ x: hostTensor('float32', [4, 3]), i: hostTensor('int64', [2], [1, 10]) }),
-      (e: unknown) => e instanceof RuntimeError && e.code === 'ORT' && /Gather|out of|bounds/i.test(e.message),
+      (e: unknown) =>
+        e instanceof RuntimeError && e.code === 'ORT' && /Gather|out of|bounds/i.test(e.message),
     );
   });
 
   it('rejects bfloat16 at the graph boundary and unknown providers with clear errors', async () => {
     assert.throws(() => hostTensor('bfloat16', [2]), /bfloat16 .*cast to float32 inside the graph/);
-    assert.throws(() => new Runtime({ executionProviders: ['tpu' as 'cpu'] }), (e: unknown) => e instanceof OptionError && /tpu/.test(e.message));
+    assert.throws(
+      () => new Runtime({ executionProviders: ['tpu' as 'cpu'] }),
+      (e: unknown) => e instanceof OptionError && /tpu/.test(e.message),
+    );
     assert.throws(() => new Runtime({ executionProviders: ['coreml'] }), /coreml not available/);
     // A preference list keeps what this install can load; the CPU provider always ships.
-    assert.deepEqual(new Runtime({ executionProviders: ['coreml', 'cpu'] }).settings.executionProviders, ['cpu']);
+    assert.deepEqual(new Runtime({ executionProviders: ['coreml', 'cpu'] }).settings.executionProviders, [
+      'cpu',
+    ]);
   });
 });

@@ -41,10 +41,14 @@ export const AttentionOp = defineOp<AttentionAttrs>({
       expectFloat(t, n);
       if (t.dtype !== q.dtype) fail(`${n} dtype ${t.dtype} differs from query ${q.dtype}`, 'DTYPE');
     }
-    if (!Number.isInteger(numHeads) || numHeads < 1) fail(`numHeads must be a positive integer, got ${numHeads}`, 'ATTR');
+    if (!Number.isInteger(numHeads) || numHeads < 1)
+      fail(`numHeads must be a positive integer, got ${numHeads}`, 'ATTR');
     if (!Number.isFinite(scale)) fail(`scale must be finite, got ${scale}`, 'ATTR');
     if (q.shape.length !== k.shape.length || q.shape.length !== v.shape.length) {
-      fail(`query ${formatShape(q.shape)}, key ${formatShape(k.shape)} and value ${formatShape(v.shape)} differ in rank`, 'SHAPE');
+      fail(
+        `query ${formatShape(q.shape)}, key ${formatShape(k.shape)} and value ${formatShape(v.shape)} differ in rank`,
+        'SHAPE',
+      );
     }
     const qs = split(q, numHeads, 'query');
     const ks = split(k, numHeads, 'key');
@@ -55,18 +59,25 @@ export const AttentionOp = defineOp<AttentionAttrs>({
         'SHAPE',
       );
     }
-    if (!dimEquals(ks.s, vs.s)) fail(`key ${formatShape(k.shape)} and value ${formatShape(v.shape)} differ in length`, 'SHAPE');
+    if (!dimEquals(ks.s, vs.s))
+      fail(`key ${formatShape(k.shape)} and value ${formatShape(v.shape)} differ in length`, 'SHAPE');
     const qkBatch = broadcastShapes([qs.b], [ks.b]);
     const batch = qkBatch && broadcastShapes(qkBatch, [vs.b]);
     if (!batch || !dimEquals(qs.b, ks.b) || !dimEquals(qs.b, vs.b)) {
-      fail(`batch dims differ: query ${formatShape(q.shape)}, key ${formatShape(k.shape)}, value ${formatShape(v.shape)}`, 'SHAPE');
+      fail(
+        `batch dims differ: query ${formatShape(q.shape)}, key ${formatShape(k.shape)}, value ${formatShape(v.shape)}`,
+        'SHAPE',
+      );
     }
     if (hasMask) {
       if (mask.dtype !== 'bool' && mask.dtype !== q.dtype) {
         fail(`mask must be bool (true = attend) or ${q.dtype} (added to scores), got ${mask.dtype}`, 'DTYPE');
       }
       if (!broadcastShapes(mask.shape, [qs.b, numHeads, qs.s, ks.s]) || mask.shape.length > 4) {
-        fail(`mask ${formatShape(mask.shape)} does not broadcast to [B, H, Sq, Skv] = ${formatShape([qs.b, numHeads, qs.s, ks.s])}`, 'SHAPE');
+        fail(
+          `mask ${formatShape(mask.shape)} does not broadcast to [B, H, Sq, Skv] = ${formatShape([qs.b, numHeads, qs.s, ks.s])}`,
+          'SHAPE',
+        );
       }
     }
     const shape = q.shape.length === 3 ? [qs.b, qs.s, numHeads * vs.d] : [qs.b, numHeads, qs.s, vs.d];
@@ -114,7 +125,8 @@ export const AttentionOp = defineOp<AttentionAttrs>({
     ctx.emit('Mul', [raw, ctx.scalar(scale, q.dtype)], [scores]);
     if (hasMask) {
       const masked = ctx.fresh('scores_masked');
-      if (mask.dtype === 'bool') ctx.emit('Where', [ctx.name(mask), scores, ctx.scalar(-Infinity, q.dtype)], [masked]);
+      if (mask.dtype === 'bool')
+        ctx.emit('Where', [ctx.name(mask), scores, ctx.scalar(-Infinity, q.dtype)], [masked]);
       else ctx.emit('Add', [scores, ctx.name(mask)], [masked]);
       scores = masked;
     }
@@ -147,5 +159,9 @@ export function attention(
   const headDim = q.shape.length === 3 ? (q.shape[2] as number) / options.numHeads : (q.shape[3] as number);
   const scale = options.scale ?? 1 / Math.sqrt(headDim);
   const inputs = options.mask ? [q, k, v, options.mask] : [q, k, v];
-  return apply(AttentionOp, inputs, { numHeads: options.numHeads, scale, hasMask: options.mask !== undefined })[0];
+  return apply(AttentionOp, inputs, {
+    numHeads: options.numHeads,
+    scale,
+    hasMask: options.mask !== undefined,
+  })[0];
 }

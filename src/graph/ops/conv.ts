@@ -20,19 +20,31 @@ function pads4(p: Padding2d): [number, number, number, number] {
 
 function checkPositive(values: readonly number[], what: string, allowZero = false): void {
   if (values.some((v) => !Number.isInteger(v) || v < (allowZero ? 0 : 1))) {
-    fail(`${what} must be ${allowZero ? 'non-negative' : 'positive'} integers, got [${values.join(', ')}]`, 'ATTR');
+    fail(
+      `${what} must be ${allowZero ? 'non-negative' : 'positive'} integers, got [${values.join(', ')}]`,
+      'ATTR',
+    );
   }
 }
 
 /** Output size of a sliding window along one axis (torch's formula). */
-function windowOut(size: Dim, padBefore: number, padAfter: number, kernel: number, stride: number, dilation: number, ceil: boolean): Dim {
+function windowOut(
+  size: Dim,
+  padBefore: number,
+  padAfter: number,
+  kernel: number,
+  stride: number,
+  dilation: number,
+  ceil: boolean,
+): Dim {
   const span = dilation * (kernel - 1) + 1;
   if (typeof size !== 'number') {
     if (stride === 1 && padBefore + padAfter === span - 1) return size;
     return UNKNOWN_DIM;
   }
   const room = size + padBefore + padAfter - span;
-  if (room < 0) fail(`the window (${span}) is larger than the padded input (${size + padBefore + padAfter})`, 'SHAPE');
+  if (room < 0)
+    fail(`the window (${span}) is larger than the padded input (${size + padBefore + padAfter})`, 'SHAPE');
   let out = (ceil ? Math.ceil(room / stride) : Math.floor(room / stride)) + 1;
   // torch: with ceil_mode the last window must start inside the input or left padding.
   if (ceil && (out - 1) * stride >= size + padBefore) out -= 1;
@@ -77,13 +89,18 @@ export const Conv2dOp = defineOp<Conv2dAttrs>({
   lower(ctx, node, [out]) {
     const { stride, pads, dilation, groups } = node.attrs;
     const w = node.inputs[1];
-    ctx.emit('Conv', node.inputs.map((t) => ctx.name(t)), [out], {
-      strides: attr.ints(stride),
-      pads: attr.ints(pads),
-      dilations: attr.ints(dilation),
-      group: attr.int(groups),
-      kernel_shape: attr.ints(w.shape.slice(2) as number[]),
-    });
+    ctx.emit(
+      'Conv',
+      node.inputs.map((t) => ctx.name(t)),
+      [out],
+      {
+        strides: attr.ints(stride),
+        pads: attr.ints(pads),
+        dilations: attr.ints(dilation),
+        group: attr.int(groups),
+        kernel_shape: attr.ints(w.shape.slice(2) as number[]),
+      },
+    );
   },
 });
 
@@ -119,7 +136,8 @@ export const AvgPool2dOp = defineOp<AvgPool2dAttrs>({
     expectRank(x, 4, 'input [N, C, H, W]');
     checkPositive([...kernel, ...stride], 'kernel and stride');
     checkPositive(pads, 'padding', true);
-    if (pads[0] * 2 > kernel[0] || pads[1] * 2 > kernel[1]) fail(`padding must be at most half the kernel`, 'ATTR');
+    if (pads[0] * 2 > kernel[0] || pads[1] * 2 > kernel[1])
+      fail(`padding must be at most half the kernel`, 'ATTR');
     const h = windowOut(x.shape[2], pads[0], pads[2], kernel[0], stride[0], 1, ceilMode);
     const w = windowOut(x.shape[3], pads[1], pads[3], kernel[1], stride[1], 1, ceilMode);
     return [{ dtype: x.dtype, shape: [x.shape[0], x.shape[1], h, w] }];
@@ -140,7 +158,12 @@ export const AvgPool2dOp = defineOp<AvgPool2dAttrs>({
 export function avgPool2d(
   x: Tensor,
   kernel: number | Pair,
-  options: { stride?: number | Pair; padding?: number | Pair; countIncludePad?: boolean; ceilMode?: boolean } = {},
+  options: {
+    stride?: number | Pair;
+    padding?: number | Pair;
+    countIncludePad?: boolean;
+    ceilMode?: boolean;
+  } = {},
 ): Tensor {
   const k = pair(kernel);
   const p = pair(options.padding ?? 0);
@@ -165,7 +188,8 @@ export const Upsample2dOp = defineOp<Upsample2dAttrs>({
   infer([x], { mode, scale, size, alignCorners }) {
     expectFloat(x, 'input');
     expectRank(x, 4, 'input [N, C, H, W]');
-    if (mode !== 'nearest' && mode !== 'bilinear') fail(`mode must be 'nearest' or 'bilinear', got ${String(mode)}`, 'ATTR');
+    if (mode !== 'nearest' && mode !== 'bilinear')
+      fail(`mode must be 'nearest' or 'bilinear', got ${String(mode)}`, 'ATTR');
     if (alignCorners && mode === 'nearest') fail(`alignCorners applies to bilinear only`, 'ATTR');
     if ((scale === undefined) === (size === undefined)) fail('give exactly one of scale and size', 'ATTR');
     if (size) {
@@ -176,7 +200,9 @@ export const Upsample2dOp = defineOp<Upsample2dAttrs>({
     if (s.some((v) => !(v > 0))) fail(`scale must be positive, got [${s.join(', ')}]`, 'ATTR');
     const out = (d: Dim, f: number): Dim =>
       typeof d === 'number' ? Math.floor(d * f) : Number.isInteger(f) ? dimMul(d, f) : UNKNOWN_DIM;
-    return [{ dtype: x.dtype, shape: [x.shape[0], x.shape[1], out(x.shape[2], s[0]), out(x.shape[3], s[1])] }];
+    return [
+      { dtype: x.dtype, shape: [x.shape[0], x.shape[1], out(x.shape[2], s[0]), out(x.shape[3], s[1])] },
+    ];
   },
   lower(ctx, node, [out]) {
     const { mode, scale, size, alignCorners } = node.attrs;

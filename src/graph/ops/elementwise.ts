@@ -79,7 +79,8 @@ function fitsInteger(x: number, dtype: DType): boolean {
 }
 
 function binary(def: OpDef<Record<string, never>>, a: TensorLike, b: TensorLike): Tensor {
-  if (typeof a === 'number' && typeof b === 'number') fail(`${def.name}: at least one operand must be a tensor`);
+  if (typeof a === 'number' && typeof b === 'number')
+    fail(`${def.name}: at least one operand must be a tensor`);
   const ta = typeof a === 'number' ? asTensor(a, b as Tensor, def.name) : a;
   const tb = typeof b === 'number' ? asTensor(b, ta, def.name) : b;
   return apply(def, [ta, tb], {})[0];
@@ -109,7 +110,11 @@ export const WhereOp = defineOp<Record<string, never>>({
     return [broadcastType(cond, ab, a.dtype)];
   },
   lower(ctx, node, [out]) {
-    ctx.emit('Where', node.inputs.map((t) => ctx.name(t)), [out]);
+    ctx.emit(
+      'Where',
+      node.inputs.map((t) => ctx.name(t)),
+      [out],
+    );
   },
 });
 

@@ -23,7 +23,8 @@ export const MatMulOp = defineOp<Record<string, never>>({
       );
     }
     const batch = broadcastShapes(as.slice(0, -2), bs.slice(0, -2));
-    if (!batch) fail(`batch dims do not broadcast: ${formatShape(a.shape)} @ ${formatShape(b.shape)}`, 'SHAPE');
+    if (!batch)
+      fail(`batch dims do not broadcast: ${formatShape(a.shape)} @ ${formatShape(b.shape)}`, 'SHAPE');
     const shape: Dim[] = [...batch];
     if (a.shape.length > 1) shape.push(as[as.length - 2]);
     if (b.shape.length > 1) shape.push(bs[bs.length - 1]);

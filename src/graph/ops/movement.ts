@@ -3,7 +3,15 @@ import { UNKNOWN_DIM } from '../graph.js';
 import { attr } from '../onnx/model.js';
 import { apply, defineOp, fail } from '../op.js';
 import type { Dim, Shape } from '../shape.js';
-import { broadcastShapes, dimDiv, dimEquals, formatShape, normalizeAxis, normalizeDim, numel } from '../shape.js';
+import {
+  broadcastShapes,
+  dimDiv,
+  dimEquals,
+  formatShape,
+  normalizeAxis,
+  normalizeDim,
+  numel,
+} from '../shape.js';
 
 // ---------------------------------------------------------------- reshape
 
@@ -17,7 +25,10 @@ export const ReshapeOp = defineOp<{ shape: readonly Dim[] }>({
     if (inferIndex >= 0) {
       const inferred = dimDiv(total, numel(target));
       if (inferred === undefined) {
-        fail(`cannot infer -1: ${formatShape(x.shape)} has ${String(total)} elements, not a multiple of ${String(numel(target))}`, 'SHAPE');
+        fail(
+          `cannot infer -1: ${formatShape(x.shape)} has ${String(total)} elements, not a multiple of ${String(numel(target))}`,
+          'SHAPE',
+        );
       }
       target[inferIndex] = inferred;
     } else if (!dimEquals(numel(target), total)) {
@@ -48,7 +59,10 @@ export const TransposeOp = defineOp<{ perm: readonly number[] }>({
     const r = x.shape.length;
     const sorted = [...perm].sort((a, b) => a - b);
     if (perm.length !== r || sorted.some((p, i) => p !== i)) {
-      fail(`perm [${perm.join(', ')}] is not a permutation of the ${r} axes of ${formatShape(x.shape)}`, 'ATTR');
+      fail(
+        `perm [${perm.join(', ')}] is not a permutation of the ${r} axes of ${formatShape(x.shape)}`,
+        'ATTR',
+      );
     }
     return [{ dtype: x.dtype, shape: perm.map((p) => x.shape[p]) }];
   },
@@ -79,9 +93,13 @@ export const ConcatOp = defineOp<{ axis: number }>({
     for (const t of inputs) {
       if (t.dtype !== first.dtype) fail(`dtypes differ (${first.dtype} vs ${t.dtype})`, 'DTYPE');
       const ok =
-        t.shape.length === first.shape.length && t.shape.every((d, i) => i === ax || dimEquals(d, first.shape[i]));
+        t.shape.length === first.shape.length &&
+        t.shape.every((d, i) => i === ax || dimEquals(d, first.shape[i]));
       if (!ok) {
-        fail(`shapes ${formatShape(first.shape)} and ${formatShape(t.shape)} differ outside axis ${ax}`, 'SHAPE');
+        fail(
+          `shapes ${formatShape(first.shape)} and ${formatShape(t.shape)} differ outside axis ${ax}`,
+          'SHAPE',
+        );
       }
     }
     const shape = [...first.shape];
@@ -90,7 +108,12 @@ export const ConcatOp = defineOp<{ axis: number }>({
   },
   lower(ctx, node, [out]) {
     const axis = normalizeAxis(node.attrs.axis, node.inputs[0].shape.length, 'concat');
-    ctx.emit('Concat', node.inputs.map((t) => ctx.name(t)), [out], { axis: attr.int(axis) });
+    ctx.emit(
+      'Concat',
+      node.inputs.map((t) => ctx.name(t)),
+      [out],
+      { axis: attr.int(axis) },
+    );
   },
 });
 
@@ -106,19 +129,27 @@ export const SplitOp = defineOp<{ axis: number; sizes?: readonly number[]; parts
   infer([x], { axis, sizes, parts }) {
     const ax = normalizeAxis(axis, x.shape.length, `input ${formatShape(x.shape)}`);
     const d = x.shape[ax];
-    const out = (dim: Dim): TensorType => ({ dtype: x.dtype, shape: x.shape.map((s, i) => (i === ax ? dim : s)) });
+    const out = (dim: Dim): TensorType => ({
+      dtype: x.dtype,
+      shape: x.shape.map((s, i) => (i === ax ? dim : s)),
+    });
     if (sizes) {
-      if (sizes.some((s) => !Number.isInteger(s) || s < 0)) fail(`sizes [${sizes.join(', ')}] must be ≥ 0`, 'ATTR');
+      if (sizes.some((s) => !Number.isInteger(s) || s < 0))
+        fail(`sizes [${sizes.join(', ')}] must be ≥ 0`, 'ATTR');
       const total = sizes.reduce((a, b) => a + b, 0);
       if (typeof d === 'number' && total !== d) {
-        fail(`sizes [${sizes.join(', ')}] sum to ${total}, but axis ${ax} of ${formatShape(x.shape)} is ${d}`, 'SHAPE');
+        fail(
+          `sizes [${sizes.join(', ')}] sum to ${total}, but axis ${ax} of ${formatShape(x.shape)} is ${d}`,
+          'SHAPE',
+        );
       }
       return sizes.map((s) => out(s));
     }
     if (!parts || !Number.isInteger(parts) || parts < 1) fail(`parts must be a positive integer`, 'ATTR');
     const each = dimDiv(d, parts);
     if (each === undefined) {
-      if (typeof d === 'number') fail(`axis ${ax} of ${formatShape(x.shape)} does not split into ${parts} equal parts`, 'SHAPE');
+      if (typeof d === 'number')
+        fail(`axis ${ax} of ${formatShape(x.shape)} does not split into ${parts} equal parts`, 'SHAPE');
       return Array.from({ length: parts }, () => out(UNKNOWN_DIM));
     }
     return Array.from({ length: parts }, () => out(each));
@@ -194,7 +225,8 @@ export const SliceOp = defineOp<{ specs: readonly SliceSpec[] }>({
   },
   lower(ctx, node, [out]) {
     const x = node.inputs[0];
-    const toI64 = (v: number): bigint => (v === Infinity ? INT64_MAX : v === -Infinity ? INT64_MIN : BigInt(v));
+    const toI64 = (v: number): bigint =>
+      v === Infinity ? INT64_MAX : v === -Infinity ? INT64_MIN : BigInt(v);
     const specs = node.attrs.specs;
     const steps = specs.map((s) => s.step ?? 1);
     const bounds = specs.map((s, i): [number, number] => {
@@ -270,33 +302,39 @@ export function expand(x: Tensor, shape: readonly Dim[]): Tensor {
 
 export type PadMode = 'constant' | 'reflect' | 'edge';
 
-export const PadOp = defineOp<{ pads: readonly (readonly [number, number])[]; mode: PadMode; value: number }>({
-  name: 'pad',
-  infer([x], { pads, mode }) {
-    if (pads.length !== x.shape.length) {
-      fail(`pads has ${pads.length} [before, after] pairs, expected one per axis of ${formatShape(x.shape)}`, 'ATTR');
-    }
-    if (!['constant', 'reflect', 'edge'].includes(mode)) fail(`unknown mode "${mode}"`, 'ATTR');
-    const shape = x.shape.map((d, i) => {
-      const [b, a] = pads[i];
-      if (!Number.isInteger(b) || !Number.isInteger(a)) fail(`pads must be integers`, 'ATTR');
-      if (b === 0 && a === 0) return d;
-      if (typeof d !== 'number') return UNKNOWN_DIM;
-      if (mode === 'reflect' && (b >= d || a >= d)) fail(`reflect padding ${b},${a} must be smaller than dim ${d}`, 'ATTR');
-      const r = d + b + a;
-      if (r < 0) fail(`padding makes axis ${i} negative`, 'ATTR');
-      return r;
-    });
-    return [{ dtype: x.dtype, shape }];
+export const PadOp = defineOp<{ pads: readonly (readonly [number, number])[]; mode: PadMode; value: number }>(
+  {
+    name: 'pad',
+    infer([x], { pads, mode }) {
+      if (pads.length !== x.shape.length) {
+        fail(
+          `pads has ${pads.length} [before, after] pairs, expected one per axis of ${formatShape(x.shape)}`,
+          'ATTR',
+        );
+      }
+      if (!['constant', 'reflect', 'edge'].includes(mode)) fail(`unknown mode "${mode}"`, 'ATTR');
+      const shape = x.shape.map((d, i) => {
+        const [b, a] = pads[i];
+        if (!Number.isInteger(b) || !Number.isInteger(a)) fail(`pads must be integers`, 'ATTR');
+        if (b === 0 && a === 0) return d;
+        if (typeof d !== 'number') return UNKNOWN_DIM;
+        if (mode === 'reflect' && (b >= d || a >= d))
+          fail(`reflect padding ${b},${a} must be smaller than dim ${d}`, 'ATTR');
+        const r = d + b + a;
+        if (r < 0) fail(`padding makes axis ${i} negative`, 'ATTR');
+        return r;
+      });
+      return [{ dtype: x.dtype, shape }];
+    },
+    lower(ctx, node, [out]) {
+      const x = node.inputs[0];
+      const { pads, mode, value } = node.attrs;
+      const inputs = [ctx.name(x), ctx.int64s([...pads.map((p) => p[0]), ...pads.map((p) => p[1])])];
+      if (mode === 'constant') inputs.push(ctx.scalar(value, x.dtype));
+      ctx.emit('Pad', inputs, [out], { mode: attr.string(mode) });
+    },
   },
-  lower(ctx, node, [out]) {
-    const x = node.inputs[0];
-    const { pads, mode, value } = node.attrs;
-    const inputs = [ctx.name(x), ctx.int64s([...pads.map((p) => p[0]), ...pads.map((p) => p[1])])];
-    if (mode === 'constant') inputs.push(ctx.scalar(value, x.dtype));
-    ctx.emit('Pad', inputs, [out], { mode: attr.string(mode) });
-  },
-});
+);
 
 /** Pad each axis by [before, after] (negative values crop). */
 export function pad(
@@ -313,7 +351,9 @@ export const UnsqueezeOp = defineOp<{ axes: readonly number[] }>({
   name: 'unsqueeze',
   infer([x], { axes }) {
     const rank = x.shape.length + axes.length;
-    const norm = axes.map((a) => normalizeAxis(a, rank, `unsqueezing ${formatShape(x.shape)} to rank ${rank}`));
+    const norm = axes.map((a) =>
+      normalizeAxis(a, rank, `unsqueezing ${formatShape(x.shape)} to rank ${rank}`),
+    );
     if (new Set(norm).size !== norm.length) fail(`repeated axis in [${axes.join(', ')}]`, 'ATTR');
     const shape: Dim[] = [];
     let k = 0;

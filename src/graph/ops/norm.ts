@@ -38,7 +38,11 @@ export const LayerNormOp = defineOp<{ axis: number; eps: number; hasWeight: bool
     for (const p of params) {
       if (p.dtype !== x.dtype) fail(`weight/bias dtype ${p.dtype} differs from input ${x.dtype}`, 'DTYPE');
       const ok = p.shape.length === normShape.length && p.shape.every((d, i) => dimEquals(d, normShape[i]));
-      if (!ok) fail(`weight/bias ${formatShape(p.shape)} must have the normalized shape ${formatShape(normShape)}`, 'SHAPE');
+      if (!ok)
+        fail(
+          `weight/bias ${formatShape(p.shape)} must have the normalized shape ${formatShape(normShape)}`,
+          'SHAPE',
+        );
     }
     return [{ dtype: x.dtype, shape: x.shape }];
   },
@@ -85,7 +89,8 @@ export const GroupNormOp = defineOp<{ numGroups: number; eps: number }>({
     if (x.shape.length < 3) fail(`expected [N, C, ...], got ${formatShape(x.shape)}`, 'SHAPE');
     const c = x.shape[1];
     if (!Number.isInteger(numGroups) || numGroups < 1) fail(`numGroups must be a positive integer`, 'ATTR');
-    if (typeof c === 'number' && c % numGroups !== 0) fail(`${c} channels do not split into ${numGroups} groups`, 'SHAPE');
+    if (typeof c === 'number' && c % numGroups !== 0)
+      fail(`${c} channels do not split into ${numGroups} groups`, 'SHAPE');
     if (!(eps >= 0)) fail(`eps must be ≥ 0, got ${eps}`, 'ATTR');
     for (const p of [weight, bias]) {
       if (p.shape.length !== 1 || !dimEquals(p.shape[0], c)) {

@@ -28,7 +28,9 @@ function reduceOp(name: string, onnxOp: string): OpDef<ReduceAttrs> {
     lower(ctx, node, [out]) {
       const x = node.inputs[0];
       const axes = node.attrs.axes.map((a) => normalizeAxis(a, x.shape.length, name));
-      ctx.emit(onnxOp, [ctx.name(x), ctx.int64s(axes)], [out], { keepdims: attr.int(node.attrs.keepDims ? 1 : 0) });
+      ctx.emit(onnxOp, [ctx.name(x), ctx.int64s(axes)], [out], {
+        keepdims: attr.int(node.attrs.keepDims ? 1 : 0),
+      });
     },
   });
 }
@@ -37,7 +39,8 @@ export const ReduceSumOp = reduceOp('sum', 'ReduceSum');
 export const ReduceMeanOp = reduceOp('mean', 'ReduceMean');
 export const ReduceMaxOp = reduceOp('max', 'ReduceMax');
 
-const axesOf = (axes: number | readonly number[]): readonly number[] => (typeof axes === 'number' ? [axes] : axes);
+const axesOf = (axes: number | readonly number[]): readonly number[] =>
+  typeof axes === 'number' ? [axes] : axes;
 
 export function sum(x: Tensor, axes: number | readonly number[], keepDims = false): Tensor {
   return apply(ReduceSumOp, [x], { axes: axesOf(axes), keepDims })[0];
@@ -73,6 +76,14 @@ export const CumsumOp = defineOp<CumsumAttrs>({
 });
 
 /** Cumulative sum along `axis`; `exclusive` leaves out the current element, `reverse` runs backwards. */
-export function cumsum(x: Tensor, axis: number, options: { exclusive?: boolean; reverse?: boolean } = {}): Tensor {
-  return apply(CumsumOp, [x], { axis, exclusive: options.exclusive ?? false, reverse: options.reverse ?? false })[0];
+export function cumsum(
+  x: Tensor,
+  axis: number,
+  options: { exclusive?: boolean; reverse?: boolean } = {},
+): Tensor {
+  return apply(CumsumOp, [x], {
+    axis,
+    exclusive: options.exclusive ?? false,
+    reverse: options.reverse ?? false,
+  })[0];
 }

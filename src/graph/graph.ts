@@ -102,6 +102,17 @@ export class Graph {
     }
   }
 
+  /** Run `build` with the module path set to `path` (not appended): for modules that know their full path. */
+  atScope<T>(path: string, build: () => T): T {
+    const saved = this.scopes;
+    this.scopes = path ? [path] : [];
+    try {
+      return build();
+    } finally {
+      this.scopes = saved;
+    }
+  }
+
   get currentScope(): string {
     return this.scopes.join('.');
   }
@@ -156,6 +167,10 @@ export class Graph {
   output(name: string, tensor: Tensor): void {
     if (tensor.graph !== this) throw new GraphBuildError(`output "${name}": tensor belongs to another graph`);
     if (this.outputs.has(name)) throw new GraphBuildError(`output "${name}" is defined twice`);
+    const input = this.inputs.find((i) => i.name === name);
+    if (input && input.tensor !== tensor) {
+      throw new GraphBuildError(`output "${name}": the name is taken by a graph input; ONNX needs distinct names`, 'NAME');
+    }
     this.outputs.set(name, tensor);
   }
 

@@ -76,7 +76,7 @@ export class Params {
 
   /** Build `fn` with this module's path as the graph scope, so shape errors name the module. */
   scope<T>(fn: () => T): T {
-    return this.root.graph.scope(this.path, fn);
+    return this.root.graph.atScope(this.path, fn);
   }
 
   /** Names of the tensors read so far. */

@@ -1,0 +1,256 @@
+/**
+ * diffusers' `AutoencoderKL` (autoencoders/autoencoder_kl.py): the KL VAE of Stable Diffusion 1.x/2.x/XL
+ * (4 latent channels, quant convs) and of SD3/FLUX (16 latent channels, no quant convs).
+ *
+ * `encode` returns the posterior's parameters (DiagonalGaussianDistribution: mean, logvar clamped to
+ * [-30, 20], std); `decode` maps latents to images as they are. Scaling and shift factors belong to
+ * pipelines, as in diffusers: `config.scalingFactor`, `config.shiftFactor`.
+ */
+import { join } from 'node:path';
+
+import { OptionError, RuntimeError } from '../errors.js';
+import { Graph } from '../graph/graph.js';
+import type { Tensor } from '../graph/graph.js';
+import { exp, maximum, minimum, mul, split } from '../graph/ops/index.js';
+import { formatShape } from '../graph/shape.js';
+import { readConfig, WeightStore } from '../io/diffusers.js';
+import { Conv2d } from '../nn/layers.js';
+import { Params } from '../nn/params.js';
+import type { HostTensor } from '../runtime/host-tensor.js';
+import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
+import type { DiffusersModel, LoadOptions } from './model.js';
+import type { AutoencoderKLConfig } from './vae/config.js';
+import { parseAutoencoderKLConfig } from './vae/config.js';
+import { Decoder, Encoder } from './vae/coders.js';
+
+export type { AutoencoderKLConfig } from './vae/config.js';
+
+/** The graphs an AutoencoderKL builds: encode, decode, or diffusers' forward (decode of the posterior mode). */
+export type AutoencoderKLMethod = 'encode' | 'decode' | 'forward';
+
+export interface AutoencoderKLEncoding {
+  latentMean: HostTensor;
+  /** Clamped to [-30, 20]. */
+  latentLogvar: HostTensor;
+  /** exp(0.5·logvar). */
+  latentStd: HostTensor;
+}
+
+/** `forward` input names per method: the diffusers argument name first, then accepted aliases. */
+const INPUT_NAMES: Readonly<Record<AutoencoderKLMethod, readonly string[]>> = {
+  // AutoencoderKL.forward(sample) / encode(x); golden fixtures call the image `image`.
+  encode: ['sample', 'x', 'image'],
+  // decode(z); golden fixtures and pipelines call it `latents`.
+  decode: ['z', 'latents'],
+  forward: ['sample', 'x', 'image'],
+};
+
+/** Graph input names (one per method); ONNX forbids an input named like an output, so forward's is `x`. */
+const GRAPH_INPUT: Readonly<Record<AutoencoderKLMethod, string>> = {
+  encode: 'sample',
+  decode: 'z',
+  forward: 'x',
+};
+
+const LOGVAR_MIN = -30;
+const LOGVAR_MAX = 20;
+
+export class AutoencoderKL implements DiffusersModel {
+  readonly className = 'AutoencoderKL';
+  readonly methods: readonly string[] = ['encode', 'decode'];
+  /** Compiled graphs by method and input shape; the runtime's cache dedups across models too. */
+  private readonly compiled = new Map<string, Promise<CompiledGraph>>();
+
+  private constructor(
+    readonly dir: string,
+    readonly config: AutoencoderKLConfig,
+    /** The checkpoint, read in place by the compiled graphs. */
+    readonly weights: WeightStore,
+    private readonly runtime: Runtime,
+  ) {}
+
+  /**
+   * Loads `<dir>/config.json` and the weights in `dir`, and checks every tensor the config implies
+   * (presence and shape) before returning, so a mismatched checkpoint fails here and not at first use.
+   */
+  static async fromPretrained(dir: string, options: LoadOptions): Promise<AutoencoderKL> {
+    const raw = await readConfig(dir);
+    const config = parseAutoencoderKLConfig(raw, join(dir, 'config.json'));
+    const weights = await WeightStore.open(dir);
+    const model = new AutoencoderKL(dir, config, weights, options.runtime);
+    try {
+      // Building reads every parameter with its expected shape; nothing is compiled.
+      const f = model.vaeScaleFactor;
+      model.buildGraph('encode', [1, config.inChannels, f, f]);
+      model.buildGraph('decode', [1, config.latentChannels, 1, 1]);
+    } catch (error) {
+      await weights.close();
+      throw error;
+    }
+    return model;
+  }
+
+  /** Image size / latent size: 2^(number of blocks − 1), diffusers pipelines' `vae_scale_factor`. */
+  get vaeScaleFactor(): number {
+    return 2 ** (this.config.blockOutChannels.length - 1);
+  }
+
+  /** Image [N, in_channels, H, W] (H and W multiples of `vaeScaleFactor`) → the latent posterior. */
+  async encode(sample: HostTensor): Promise<AutoencoderKLEncoding> {
+    const out = await this.run('encode', sample);
+    return {
+      latentMean: out['latent_mean'],
+      latentLogvar: out['latent_logvar'],
+      latentStd: out['latent_std'],
+    };
+  }
+
+  /** Latents [N, latent_channels, h, w], unscaled → image [N, out_channels, h·f, w·f]. */
+  async decode(latents: HostTensor): Promise<{ sample: HostTensor }> {
+    const out = await this.run('decode', latents);
+    return { sample: out['sample'] };
+  }
+
+  /**
+   * DiffusersModel: `method` 'encode' takes `sample` (or `x`, `image`) and returns `latent_mean`,
+   * `latent_logvar`, `latent_std`; 'decode' takes `z` (or `latents`) and returns `sample`; no method is
+   * diffusers' `forward(sample, sample_posterior=False)`: the decode of the posterior mean, as `sample`.
+   */
+  async forward(
+    inputs: Record<string, HostTensor>,
+    options: { method?: string; kwargs?: Record<string, unknown> } = {},
+  ): Promise<Record<string, HostTensor>> {
+    const method = options.method ?? 'forward';
+    if (method !== 'encode' && method !== 'decode' && method !== 'forward') {
+      throw new OptionError(
+        `AutoencoderKL has no method "${method}"; use 'encode', 'decode', or no method for forward.`,
+        'METHOD',
+      );
+    }
+    checkKwargs(method, options.kwargs ?? {});
+    const accepted = INPUT_NAMES[method];
+    const names = Object.keys(inputs);
+    const unknown = names.filter((n) => !accepted.includes(n));
+    if (unknown.length > 0 || names.length !== 1) {
+      throw new RuntimeError(
+        `AutoencoderKL ${method} takes one tensor named ${accepted.map((n) => `"${n}"`).join(' or ')}, ` +
+          `got ${names.length === 0 ? 'none' : names.map((n) => `"${n}"`).join(', ')}.`,
+        'INPUT',
+      );
+    }
+    return this.run(method, inputs[names[0]]);
+  }
+
+  /** The graph of `method` for an input of `shape` (static), with its checkpoint weights. */
+  buildGraph(method: AutoencoderKLMethod, shape: readonly number[]): Graph {
+    this.checkInput(method, shape, 'float32');
+    const graph = new Graph(`AutoencoderKL.${method}`);
+    const params = Params.of(graph, this.weights);
+    const input = graph.input(GRAPH_INPUT[method], 'float32', shape);
+    if (method === 'decode') {
+      graph.output('sample', this.decodeLatents(params, input));
+      return graph;
+    }
+    const posterior = this.encodeImage(params, input);
+    if (method === 'encode') {
+      graph.output('latent_mean', posterior.mean);
+      graph.output('latent_logvar', posterior.logvar);
+      graph.output('latent_std', posterior.std);
+    } else {
+      graph.output('sample', this.decodeLatents(params, posterior.mean));
+    }
+    return graph;
+  }
+
+  async close(): Promise<void> {
+    this.compiled.clear();
+    await this.weights.close();
+  }
+
+  private encodeImage(params: Params, sample: Tensor): { mean: Tensor; logvar: Tensor; std: Tensor } {
+    let moments = Encoder(params.child('encoder'), sample, this.config);
+    if (this.config.useQuantConv) {
+      const channels = 2 * this.config.latentChannels;
+      moments = Conv2d(params.child('quant_conv'), moments, {
+        inChannels: channels,
+        outChannels: channels,
+        kernel: 1,
+      });
+    }
+    // DiagonalGaussianDistribution (autoencoders/vae.py).
+    return params.scope(() => {
+      const [mean, rawLogvar] = split(moments, 2, 1);
+      const logvar = minimum(maximum(rawLogvar, LOGVAR_MIN), LOGVAR_MAX);
+      return { mean, logvar, std: exp(mul(logvar, 0.5)) };
+    });
+  }
+
+  private decodeLatents(params: Params, z: Tensor): Tensor {
+    let h = z;
+    if (this.config.usePostQuantConv) {
+      const channels = this.config.latentChannels;
+      h = Conv2d(params.child('post_quant_conv'), h, {
+        inChannels: channels,
+        outChannels: channels,
+        kernel: 1,
+      });
+    }
+    return Decoder(params.child('decoder'), h, this.config);
+  }
+
+  private async run(method: AutoencoderKLMethod, input: HostTensor): Promise<Record<string, HostTensor>> {
+    this.checkInput(method, input.shape, input.dtype);
+    const key = `${method}:${input.shape.join('x')}`;
+    let entry = this.compiled.get(key);
+    if (!entry) {
+      entry = this.runtime.compile(this.buildGraph(method, input.shape));
+      this.compiled.set(key, entry);
+      entry.catch(() => this.compiled.delete(key));
+    }
+    return (await entry).run({ [GRAPH_INPUT[method]]: input });
+  }
+
+  private checkInput(method: AutoencoderKLMethod, shape: readonly number[], dtype: string): void {
+    const decoding = method === 'decode';
+    const what = decoding ? 'latents' : 'image';
+    const channels = decoding ? this.config.latentChannels : this.config.inChannels;
+    const expected = decoding ? `[N, ${channels}, h, w]` : `[N, ${channels}, H, W]`;
+    const where = `AutoencoderKL.${method} (${this.dir})`;
+    if (dtype !== 'float32') {
+      throw new RuntimeError(`${where}: ${what} must be float32, got ${dtype}.`, 'DTYPE');
+    }
+    if (shape.length !== 4 || shape[1] !== channels || shape.some((d) => !Number.isSafeInteger(d) || d < 1)) {
+      throw new RuntimeError(`${where}: expected ${what} ${expected}, got ${formatShape(shape)}.`, 'SHAPE');
+    }
+    const f = this.vaeScaleFactor;
+    if (!decoding && (shape[2] % f !== 0 || shape[3] % f !== 0)) {
+      const round = (d: number): number => Math.max(f, Math.round(d / f) * f);
+      throw new RuntimeError(
+        `${where}: image height and width must be multiples of ${f} (the VAE downsamples by ${f}), got ` +
+          `${shape[2]}×${shape[3]}; resize or crop it to e.g. ${round(shape[2])}×${round(shape[3])}.`,
+        'SHAPE',
+      );
+    }
+  }
+}
+
+function checkKwargs(method: AutoencoderKLMethod, kwargs: Record<string, unknown>): void {
+  for (const [key, value] of Object.entries(kwargs)) {
+    if (key === 'return_dict') continue;
+    if (method === 'forward' && key === 'sample_posterior') {
+      if (value === false) continue;
+      throw new OptionError(
+        'AutoencoderKL forward with sample_posterior=True draws noise from a generator; call encode and ' +
+          "form latent_mean + latent_std · noise with velodiff's seeded generator instead.",
+        'KWARG',
+      );
+    }
+    throw new OptionError(
+      `AutoencoderKL ${method} does not take the argument "${key}"` +
+        (method === 'forward'
+          ? ' (it takes return_dict and sample_posterior=false).'
+          : ' (only return_dict).'),
+      'KWARG',
+    );
+  }
+}

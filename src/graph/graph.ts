@@ -169,7 +169,10 @@ export class Graph {
     if (this.outputs.has(name)) throw new GraphBuildError(`output "${name}" is defined twice`);
     const input = this.inputs.find((i) => i.name === name);
     if (input && input.tensor !== tensor) {
-      throw new GraphBuildError(`output "${name}": the name is taken by a graph input; ONNX needs distinct names`, 'NAME');
+      throw new GraphBuildError(
+        `graph "${this.name}": output "${name}" (${tensor}) has the name of an input (${input.tensor}); rename one of them`,
+        'NAME',
+      );
     }
     this.outputs.set(name, tensor);
   }

@@ -376,9 +376,10 @@ describe('build-time errors name the op and the shapes', () => {
     const g = new Graph('clash');
     const x = g.input('x', 'float32', [2, 3]);
     const bias = g.input('bias', 'float32', [2, 3]);
+    const joined = concat([x, bias], 0);
     throwsBuild(
       g,
-      () => g.output('bias', concat([x, bias], 0)),
+      () => g.output('bias', joined),
       'NAME',
       /^graph "clash": output "bias" \(float32\[4, 3\]\) has the name of an input \(float32\[2, 3\]\); rename one of them$/,
     );

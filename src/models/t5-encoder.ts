@@ -1,0 +1,497 @@
+/**
+ * transformers' `T5EncoderModel`: the text encoder of PixArt-α/Σ, SD3 (`text_encoder_3`) and FLUX
+ * (`text_encoder_2`). Both layouts are supported: T5 v1.1 (`feed_forward_proj: "gated-gelu"`,
+ * `DenseReluDense.wi_0/wi_1/wo`) and the original T5 (`"relu"`, `DenseReluDense.wi/wo`). Parameter
+ * names are the checkpoint's (`encoder.block.3.layer.0.SelfAttention.q`, …).
+ */
+import { join, resolve } from 'node:path';
+
+import { FileFormatError, OptionError, RuntimeError, WeightError } from '../errors.js';
+import type { DType } from '../graph/dtype.js';
+import type { Tensor } from '../graph/graph.js';
+import { Graph } from '../graph/graph.js';
+import {
+  add,
+  attention,
+  cast,
+  gather,
+  gelu,
+  mul,
+  relu,
+  reshape,
+  silu,
+  sub,
+  transpose,
+  unsqueeze,
+} from '../graph/ops/index.js';
+import { WeightStore, readConfig } from '../io/diffusers.js';
+import { describeJson } from '../io/json.js';
+import { Linear, RMSNorm } from '../nn/layers.js';
+import { Params } from '../nn/params.js';
+import type { HostTensor } from '../runtime/host-tensor.js';
+import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
+import { ConfigReader } from './config.js';
+import type { DiffusersModel, LoadOptions } from './model.js';
+
+/** Activations transformers' ACT2FN maps `dense_act_fn` to, for the ones T5 checkpoints use. */
+const ACTIVATIONS = ['relu', 'gelu', 'gelu_new', 'gelu_pytorch_tanh', 'gelu_fast', 'silu', 'swish'] as const;
+export type T5Activation = (typeof ACTIVATIONS)[number];
+
+/** Checkpoint classes whose weights hold a T5 encoder under `encoder.` with `shared.weight`. */
+const ARCHITECTURES = [
+  'T5EncoderModel',
+  'T5Model',
+  'T5ForConditionalGeneration',
+  'MT5EncoderModel',
+  'MT5Model',
+  'MT5ForConditionalGeneration',
+];
+
+/** torch.finfo(torch.float32).min, which transformers multiplies the inverted mask by. */
+export const FLOAT32_MIN = -3.4028234663852886e38;
+
+export interface T5EncoderConfig {
+  vocabSize: number;
+  dModel: number;
+  /** Per-head size of q, k, v. */
+  dKv: number;
+  dFf: number;
+  numLayers: number;
+  numHeads: number;
+  relativeAttentionNumBuckets: number;
+  relativeAttentionMaxDistance: number;
+  layerNormEpsilon: number;
+  /** T5 v1.1 (`gated-…`): act(wi_0·x) ⊙ (wi_1·x); original T5: act(wi·x). */
+  isGatedAct: boolean;
+  denseActFn: T5Activation;
+  /** numHeads × dKv */
+  innerDim: number;
+}
+
+/**
+ * Read and validate a transformers T5 config.json, with T5Config's defaults for absent keys. As in
+ * transformers, `dense_act_fn` and `is_gated_act` come from `feed_forward_proj` unless the file
+ * sets them itself (PretrainedConfig applies saved keys after T5Config derives them).
+ */
+export function parseT5EncoderConfig(raw: Record<string, unknown>, path: string): T5EncoderConfig {
+  checkModelKind(raw, path);
+  const c = new ConfigReader(raw, path, 'T5EncoderModel');
+  const feedForwardProj = c.string<string>('feed_forward_proj', 'relu');
+  const parts = feedForwardProj.split('-');
+  if ((parts.length > 1 && parts[0] !== 'gated') || parts.length > 2) {
+    throw new FileFormatError(
+      `${path}: "feed_forward_proj" is ${JSON.stringify(feedForwardProj)}; expected "{act}" or "gated-{act}", e.g. "relu" or "gated-gelu"`,
+      'CONFIG_VALUE',
+      path,
+    );
+  }
+  // transformers maps "gated-gelu" to the tanh approximation for backward compatibility.
+  const derivedAct = feedForwardProj === 'gated-gelu' ? 'gelu_new' : parts[parts.length - 1];
+  const denseActFn = c.string('dense_act_fn', derivedAct as T5Activation);
+  if (!ACTIVATIONS.includes(denseActFn)) {
+    const key = raw.dense_act_fn === undefined ? 'feed_forward_proj' : 'dense_act_fn';
+    throw new FileFormatError(
+      `${path}: "${key}" gives the activation ${JSON.stringify(denseActFn)}; velodiff's T5EncoderModel supports ${ACTIVATIONS.join(', ')}`,
+      'CONFIG_VALUE',
+      path,
+    );
+  }
+  const numHeads = c.integer('num_heads', 8, 1);
+  const dKv = c.integer('d_kv', 64, 1);
+  const config: T5EncoderConfig = {
+    vocabSize: c.integer('vocab_size', 32128, 1),
+    dModel: c.integer('d_model', 512, 1),
+    dKv,
+    dFf: c.integer('d_ff', 2048, 1),
+    numLayers: c.integer('num_layers', 6, 1),
+    numHeads,
+    relativeAttentionNumBuckets: c.integer('relative_attention_num_buckets', 32, 4),
+    relativeAttentionMaxDistance: c.integer('relative_attention_max_distance', 128, 1),
+    layerNormEpsilon: c.number('layer_norm_epsilon', 1e-6),
+    isGatedAct: c.boolean('is_gated_act', parts[0] === 'gated'),
+    denseActFn,
+    innerDim: numHeads * dKv,
+  };
+  if (!(config.layerNormEpsilon >= 0)) {
+    throw new FileFormatError(
+      `${path}: "layer_norm_epsilon" is ${config.layerNormEpsilon}; expected a number ≥ 0`,
+      'CONFIG_VALUE',
+      path,
+    );
+  }
+  // The log-spaced buckets divide by log(max_distance / max_exact); it must be positive.
+  const maxExact = Math.floor(Math.floor(config.relativeAttentionNumBuckets / 2) / 2);
+  if (config.relativeAttentionMaxDistance <= maxExact) {
+    throw new FileFormatError(
+      `${path}: "relative_attention_max_distance" is ${config.relativeAttentionMaxDistance}; it must exceed ` +
+        `${maxExact}, the exact-bucket range that relative_attention_num_buckets=${config.relativeAttentionNumBuckets} gives`,
+      'CONFIG_VALUE',
+      path,
+    );
+  }
+  if (raw.is_decoder === true) {
+    throw new FileFormatError(
+      `${path}: "is_decoder" is true; T5EncoderModel is the bidirectional encoder stack`,
+      'CONFIG_VALUE',
+      path,
+    );
+  }
+  return config;
+}
+
+/** `model_type` and `architectures` must say T5 (or mT5, the same encoder). */
+function checkModelKind(raw: Record<string, unknown>, path: string): void {
+  const modelType = raw.model_type;
+  const architectures = raw.architectures;
+  if (modelType !== undefined && modelType !== 't5' && modelType !== 'mt5') {
+    const hint =
+      modelType === 'umt5'
+        ? ' UMT5 gives every layer its own relative attention bias, which this class does not build.'
+        : ' Is this the folder of another text encoder (e.g. text_encoder/ instead of text_encoder_2/)?';
+    throw new FileFormatError(
+      `${path}: "model_type" is ${describeJson(modelType)}; expected "t5" (or "mt5") for T5EncoderModel.${hint}`,
+      'CONFIG_CLASS',
+      path,
+    );
+  }
+  if (architectures !== undefined) {
+    if (!Array.isArray(architectures) || architectures.some((a) => typeof a !== 'string')) {
+      throw new FileFormatError(
+        `${path}: "architectures" is ${describeJson(architectures)}; expected a list of class names`,
+        'CONFIG_VALUE',
+        path,
+      );
+    }
+    if (!architectures.some((a) => ARCHITECTURES.includes(a as string))) {
+      throw new FileFormatError(
+        `${path}: "architectures" is ${describeJson(architectures)}; expected one of ${ARCHITECTURES.join(', ')}`,
+        'CONFIG_CLASS',
+        path,
+      );
+    }
+  }
+  if (modelType === undefined && architectures === undefined) {
+    throw new FileFormatError(
+      `${path}: neither "model_type" nor "architectures" is set, so nothing says this is a T5 config; ` +
+        'expected "model_type": "t5" as transformers writes it',
+      'CONFIG_CLASS',
+      path,
+    );
+  }
+}
+
+/**
+ * T5's relative position bucket (Mesh TensorFlow `_relative_position_bucket`): exact buckets for
+ * small distances, log-spaced ones up to `maxDistance`, one bucket beyond; bidirectional halves the
+ * buckets between keys before and after the query. `relativePosition` is key − query. The
+ * log-spaced part follows torch's float32 arithmetic and truncation so buckets agree at the
+ * boundaries.
+ */
+export function relativePositionBucket(
+  relativePosition: number,
+  options: { bidirectional: boolean; numBuckets: number; maxDistance: number },
+): number {
+  let numBuckets = options.numBuckets;
+  let bucket = 0;
+  let distance: number;
+  if (options.bidirectional) {
+    numBuckets = Math.floor(numBuckets / 2);
+    if (relativePosition > 0) bucket += numBuckets;
+    distance = Math.abs(relativePosition);
+  } else {
+    distance = -Math.min(relativePosition, 0);
+  }
+  const maxExact = Math.floor(numBuckets / 2);
+  if (distance < maxExact) return bucket + distance;
+  const f32 = Math.fround;
+  const logRatio = f32(Math.log(f32(distance / maxExact)));
+  const scaled = f32(
+    f32(logRatio / f32(Math.log(options.maxDistance / maxExact))) * f32(numBuckets - maxExact),
+  );
+  return bucket + Math.min(maxExact + Math.trunc(scaled), numBuckets - 1);
+}
+
+/** Buckets of every (query, key) pair of a length-`length` encoder sequence, row-major [Sq, Sk]. */
+export function relativePositionBuckets(
+  length: number,
+  numBuckets: number,
+  maxDistance: number,
+): BigInt64Array {
+  const out = new BigInt64Array(length * length);
+  for (let q = 0; q < length; q++) {
+    for (let k = 0; k < length; k++) {
+      out[q * length + k] = BigInt(
+        relativePositionBucket(k - q, { bidirectional: true, numBuckets, maxDistance }),
+      );
+    }
+  }
+  return out;
+}
+
+export interface T5EncoderGraphOptions {
+  /** Sequence length S (the position bias is built for it). */
+  seqLength: number;
+  /** Element type of `input_ids`. */
+  idsDType: 'int64' | 'int32';
+  /** Element type of `attention_mask` (1 = keep), or undefined when there is none. */
+  maskDType?: 'int64' | 'int32' | 'float32' | 'bool';
+  /** Also output `hidden_states.0` … `hidden_states.{numLayers}` as transformers numbers them. */
+  outputHiddenStates: boolean;
+}
+
+/**
+ * Build the T5 encoder graph. Inputs: `input_ids` [B, S] and optionally `attention_mask` [B, S].
+ * Outputs: `last_hidden_state` [B, S, d_model]; with `outputHiddenStates`, `hidden_states.0` (the
+ * embeddings), `hidden_states.i` (the input of block i) and `hidden_states.{numLayers}` (after
+ * final_layer_norm, equal to last_hidden_state) — transformers' tuple, which leaves out the last
+ * block's output before the final norm.
+ */
+export function buildT5EncoderGraph(
+  config: T5EncoderConfig,
+  weights: WeightStore,
+  o: T5EncoderGraphOptions,
+): Graph {
+  const { dModel, numHeads } = config;
+  const length = o.seqLength;
+  const g = new Graph('T5EncoderModel');
+  const root = Params.of(g, weights);
+  const inputIds = g.input('input_ids', o.idsDType, ['B', length]);
+  const mask = o.maskDType ? g.input('attention_mask', o.maskDType, ['B', length]) : undefined;
+
+  // `shared` and `encoder.embed_tokens` are tied; transformers saves whichever it keeps.
+  const embedName =
+    root.has('shared.weight') || !root.has('encoder.embed_tokens.weight')
+      ? 'shared.weight'
+      : 'encoder.embed_tokens.weight';
+  const table = root.get(embedName, [config.vocabSize, dModel]);
+  let hidden = g.scope('encoder.embed_tokens', () => gather(table, inputIds, 0));
+  const hiddenStates: Tensor[] = [hidden];
+
+  const encoder = root.child('encoder');
+  const blocks = encoder.child('block');
+  // The first layer's relative position bias [1, H, S, S] is shared by every layer (T5Stack).
+  const biasParams = blocks
+    .child(0)
+    .child('layer')
+    .child(0)
+    .child('SelfAttention')
+    .child('relative_attention_bias');
+  const biasTable = biasParams.get('weight', [config.relativeAttentionNumBuckets, numHeads]);
+  let positionBias = biasParams.scope(() => {
+    const buckets = g.constant(
+      relativePositionBuckets(
+        length,
+        config.relativeAttentionNumBuckets,
+        config.relativeAttentionMaxDistance,
+      ),
+      'int64',
+      [length, length],
+    );
+    return unsqueeze(transpose(gather(biasTable, buckets, 0), [2, 0, 1]), 0);
+  });
+  if (mask) {
+    // transformers: (1 − mask)·finfo(float32).min, added to the bias, so masked keys stay finite.
+    const inverted = g.scope('attention_mask', () =>
+      reshape(mul(sub(1, cast(mask, 'float32')), FLOAT32_MIN), ['B', 1, 1, length]),
+    );
+    positionBias = add(positionBias, inverted);
+  }
+
+  for (let i = 0; i < config.numLayers; i++) {
+    const layer = blocks.child(i).child('layer');
+    const selfAttention = layer.child(0);
+    const normed = T5LayerNorm(selfAttention.child('layer_norm'), hidden, config);
+    hidden = add(hidden, T5Attention(selfAttention.child('SelfAttention'), normed, positionBias, config));
+    const feedForward = layer.child(1);
+    const ffNormed = T5LayerNorm(feedForward.child('layer_norm'), hidden, config);
+    hidden = add(hidden, T5DenseReluDense(feedForward.child('DenseReluDense'), ffNormed, config));
+    if (i < config.numLayers - 1) hiddenStates.push(hidden);
+  }
+  hidden = T5LayerNorm(encoder.child('final_layer_norm'), hidden, config);
+  hiddenStates.push(hidden);
+
+  g.output('last_hidden_state', hidden);
+  if (o.outputHiddenStates) hiddenStates.forEach((t, i) => g.output(`hidden_states.${i}`, t));
+  return g;
+}
+
+/** T5LayerNorm: RMS norm with a weight, no mean subtraction and no bias (float32 throughout here). */
+function T5LayerNorm(p: Params, x: Tensor, c: T5EncoderConfig): Tensor {
+  return RMSNorm(p, x, c.dModel, { eps: c.layerNormEpsilon });
+}
+
+/** Self-attention with the shared position bias (+ mask) added to the scores. */
+function T5Attention(p: Params, x: Tensor, positionBias: Tensor, c: T5EncoderConfig): Tensor {
+  const q = Linear(p.child('q'), x, c.dModel, c.innerDim, false);
+  const k = Linear(p.child('k'), x, c.dModel, c.innerDim, false);
+  const v = Linear(p.child('v'), x, c.dModel, c.innerDim, false);
+  // Mesh TensorFlow folds 1/√d_kv into the initialisation of q, so the scores are not scaled.
+  const context = p.scope(() => attention(q, k, v, { numHeads: c.numHeads, scale: 1, mask: positionBias }));
+  return Linear(p.child('o'), context, c.innerDim, c.dModel, false);
+}
+
+/** The feed-forward: gated (wi_0, wi_1, wo) for T5 v1.1, plain (wi, wo) for the original T5. */
+function T5DenseReluDense(p: Params, x: Tensor, c: T5EncoderConfig): Tensor {
+  const inner = c.isGatedAct
+    ? p.scope(() =>
+        mul(
+          activation(Linear(p.child('wi_0'), x, c.dModel, c.dFf, false), c.denseActFn),
+          Linear(p.child('wi_1'), x, c.dModel, c.dFf, false),
+        ),
+      )
+    : p.scope(() => activation(Linear(p.child('wi'), x, c.dModel, c.dFf, false), c.denseActFn));
+  return Linear(p.child('wo'), inner, c.dFf, c.dModel, false);
+}
+
+function activation(x: Tensor, name: T5Activation): Tensor {
+  switch (name) {
+    case 'relu':
+      return relu(x);
+    case 'gelu':
+      return gelu(x, 'none');
+    // gelu_new, gelu_pytorch_tanh and gelu_fast are all 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+    case 'gelu_new':
+    case 'gelu_pytorch_tanh':
+    case 'gelu_fast':
+      return gelu(x, 'tanh');
+    case 'silu':
+    case 'swish':
+      return silu(x);
+  }
+}
+
+const INPUTS = ['input_ids', 'attention_mask'];
+const KWARGS = ['output_hidden_states', 'return_dict'];
+
+/** T5 text encoder loaded from a transformers folder (`config.json` + `model.safetensors`). */
+export class T5EncoderModel implements DiffusersModel {
+  readonly className = 'T5EncoderModel';
+  readonly methods: readonly string[] = [];
+  /** Compiled graphs by input layout; building and hashing a graph per call would cost every prompt. */
+  private readonly compiled = new Map<string, Promise<CompiledGraph>>();
+
+  private constructor(
+    readonly dir: string,
+    readonly config: T5EncoderConfig,
+    private readonly weights: WeightStore,
+    private readonly runtime: Runtime,
+  ) {}
+
+  static async fromPretrained(dir: string, options: LoadOptions): Promise<T5EncoderModel> {
+    const abs = resolve(dir);
+    const config = parseT5EncoderConfig(await readConfig(abs), join(abs, 'config.json'));
+    const weights = await WeightStore.open(abs);
+    if (!weights.has('shared.weight') && !weights.has('encoder.embed_tokens.weight')) {
+      await weights.close();
+      throw new WeightError(
+        `Tensor 'shared.weight' (or its tied copy 'encoder.embed_tokens.weight') is not in the weights of ${abs} ` +
+          `(from ${weights.sourcePath}); the token embedding of T5EncoderModel is missing`,
+        'WEIGHT_MISSING',
+      );
+    }
+    return new T5EncoderModel(abs, config, weights, options.runtime);
+  }
+
+  /** The graph for one input layout, compiled once. */
+  compile(o: T5EncoderGraphOptions): Promise<CompiledGraph> {
+    const key = JSON.stringify(o);
+    let c = this.compiled.get(key);
+    if (!c) {
+      c = (async () => this.runtime.compile(buildT5EncoderGraph(this.config, this.weights, o)))();
+      this.compiled.set(key, c);
+      c.catch(() => this.compiled.delete(key));
+    }
+    return c;
+  }
+
+  /**
+   * transformers' `T5EncoderModel.forward(input_ids, attention_mask=None)`: `input_ids` [B, S]
+   * (int64 or int32, each in [0, vocab_size)), `attention_mask` [B, S] (1 = attend; int64, int32,
+   * float32 or bool). kwargs: `output_hidden_states: true` adds `hidden_states.0` …
+   * `hidden_states.{num_layers}`. Masked positions still get outputs, as in transformers.
+   */
+  async forward(
+    inputs: Record<string, HostTensor>,
+    options: { method?: string; kwargs?: Record<string, unknown> } = {},
+  ): Promise<Record<string, HostTensor>> {
+    if (options.method !== undefined && options.method !== 'forward') {
+      throw new OptionError(`T5EncoderModel has no method "${options.method}"; it has only forward`);
+    }
+    for (const name of Object.keys(inputs)) {
+      if (!INPUTS.includes(name))
+        throw new OptionError(
+          `T5EncoderModel.forward: unknown input "${name}"; expected ${INPUTS.join(', ')}`,
+        );
+    }
+    const kwargs = options.kwargs ?? {};
+    for (const [name, value] of Object.entries(kwargs)) {
+      if (!KWARGS.includes(name))
+        throw new OptionError(
+          `T5EncoderModel.forward: unknown kwarg "${name}"; expected ${KWARGS.join(', ')}`,
+        );
+      if (value !== undefined && value !== null && typeof value !== 'boolean') {
+        throw new OptionError(
+          `T5EncoderModel.forward: kwarg "${name}" must be true or false, got ${describeJson(value)}`,
+        );
+      }
+    }
+    const ids = inputs.input_ids;
+    if (!ids) throw new OptionError('T5EncoderModel.forward: missing input "input_ids" [B, S]');
+    if (ids.dtype !== 'int64' && ids.dtype !== 'int32') {
+      throw new RuntimeError(`input_ids: expected int64 or int32 token ids, got ${ids.dtype}`, 'DTYPE');
+    }
+    if (ids.shape.length !== 2 || ids.shape[1] < 1) {
+      throw new RuntimeError(
+        `input_ids: expected shape [B, S] with S ≥ 1, got [${ids.shape.join(', ')}]`,
+        'SHAPE',
+      );
+    }
+    checkTokenIds(ids, this.config.vocabSize, this.dir);
+    const mask = inputs.attention_mask;
+    if (mask) {
+      if (mask.shape.length !== 2 || mask.shape[0] !== ids.shape[0] || mask.shape[1] !== ids.shape[1]) {
+        throw new RuntimeError(
+          `attention_mask: expected the shape of input_ids [${ids.shape.join(', ')}], got [${mask.shape.join(', ')}]`,
+          'SHAPE',
+        );
+      }
+      if (!isMaskDType(mask.dtype)) {
+        throw new RuntimeError(
+          `attention_mask: expected int64, int32, float32 or bool, got ${mask.dtype}`,
+          'DTYPE',
+        );
+      }
+    }
+    const compiled = await this.compile({
+      seqLength: ids.shape[1],
+      idsDType: ids.dtype,
+      ...(mask ? { maskDType: mask.dtype as T5EncoderGraphOptions['maskDType'] } : {}),
+      outputHiddenStates: kwargs.output_hidden_states === true,
+    });
+    return compiled.run(mask ? { input_ids: ids, attention_mask: mask } : { input_ids: ids });
+  }
+
+  async close(): Promise<void> {
+    await this.weights.close();
+  }
+}
+
+function isMaskDType(dtype: DType): boolean {
+  return dtype === 'int64' || dtype === 'int32' || dtype === 'float32' || dtype === 'bool';
+}
+
+/** torch's embedding rejects ids outside the table; ORT's Gather would read negative ids from the end. */
+function checkTokenIds(ids: HostTensor, vocabSize: number, dir: string): void {
+  const data = ids.data;
+  for (let i = 0; i < data.length; i++) {
+    const id = Number(data[i]);
+    if (id < 0 || id >= vocabSize) {
+      const seq = ids.shape[1];
+      throw new RuntimeError(
+        `input_ids[${Math.floor(i / seq)}, ${i % seq}] is ${id}, outside the vocabulary [0, ${vocabSize}) of the T5 encoder in ${dir}; ` +
+          'the ids come from a tokenizer with a larger vocabulary than this model (vocab_size in config.json)',
+        'INPUT_RANGE',
+      );
+    }
+  }
+}

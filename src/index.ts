@@ -14,3 +14,14 @@ export { bf16ToF32, f32ToBf16, f16ToF32, f32ToF16, toFloat32 } from './io/dtypes
 export type { SafetensorsDtype } from './io/dtypes.js';
 export { writeFileAtomic } from './io/atomic.js';
 export { weightFromFile } from './nn/weights.js';
+export { readHostTensors, writeHostTensors } from './io/host-tensors.js';
+export { encodePng, imagesToRgb } from './io/png.js';
+export { Params } from './nn/params.js';
+export * from './nn/layers.js';
+export * from './models/index.js';
+export { buildPixArtGraph, parsePixArtConfig } from './models/pixart-transformer.js';
+export type { PixArtTransformerConfig, PixArtGraphOptions } from './models/pixart-transformer.js';
+export * from './schedulers/index.js';
+export * from './random/index.js';
+export { T5Tokenizer, toModelInputs } from './tokenizers/t5-tokenizer.js';
+export * from './pipelines/index.js';

@@ -1,11 +1,17 @@
 import { VelodiffError } from '../errors.js';
 import { benchCommand } from './bench.js';
+import { forwardCommand } from './forward.js';
+import { generateCommand } from './generate.js';
+import { inspectCommand } from './inspect.js';
 
 const HELP = `velodiff — fast text-to-image diffusion on ONNX Runtime
 
 usage: velodiff <command> [options]
 
 commands:
+  generate         text to image with a diffusers PixArt-α/Σ folder
+  forward          one forward call of a model folder on safetensors inputs (parity checks with Python)
+  inspect          class, parameter count, dtypes and size of a model or pipeline folder
   bench engine     engine benchmark: IR vs hand-written ONNX MatMul chain, per-run overhead, GFLOP/s
   bench dit        PixArt-α-width denoiser forward: ms, GFLOP/s, fraction of MatMul throughput
   help             this text
@@ -28,6 +34,12 @@ export async function main(argv: string[]): Promise<number> {
         return 0;
       case 'bench':
         return await benchCommand(rest);
+      case 'forward':
+        return await forwardCommand(rest);
+      case 'inspect':
+        return await inspectCommand(rest);
+      case 'generate':
+        return await generateCommand(rest);
       default:
         console.error(`velodiff: unknown command "${command}"\n\n${HELP}`);
         return 2;

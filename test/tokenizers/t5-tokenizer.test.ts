@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { EOS, PIECES, SPACE, UNK, tokenizerJson } from '../fixtures/tiny-t5-tokenizer.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -14,72 +15,6 @@ import { after, before, describe, it } from 'node:test';
 import { FileFormatError, OptionError } from '../../src/errors.js';
 import { T5Tokenizer, toModelInputs } from '../../src/tokenizers/t5-tokenizer.js';
 import { rng } from '../helpers.js';
-
-const SPACE = '\u2581';
-
-/** [piece, score, SentencePiece type] by id: 1 normal, 2 unknown, 3 control. */
-const PIECES: [string, number, number][] = [
-  ['<pad>', 0, 3], // 0
-  ['</s>', 0, 3], // 1
-  ['<unk>', 0, 2], // 2
-  [SPACE, -2.1, 1], // 3
-  [`${SPACE}a`, -3.0, 1], // 4
-  ['a', -4.1, 1], // 5
-  ['b', -4.6, 1], // 6
-  [`${SPACE}ab`, -5.3, 1], // 7
-  ['c', -6.2, 1], // 8
-  [`${SPACE}abc`, -9.7, 1], // 9
-  ['bc', -3.4, 1], // 10
-  [`${SPACE}b`, -4.3, 1], // 11
-  [`${SPACE}c`, -5.8, 1], // 12
-  [`${SPACE}cat`, -6.4, 1], // 13
-  ['t', -4.2, 1], // 14
-  ['.', -3.3, 1], // 15
-  [`${SPACE}the`, -4.4, 1], // 16
-  ['h', -5.1, 1], // 17
-  ['e', -4.9, 1], // 18
-  [`${SPACE}t`, -5.5, 1], // 19
-  ['at', -3.9, 1], // 20
-];
-const UNK = 2;
-const EOS = 1;
-
-/** A T5-style tokenizer.json (as transformers' T5 converter writes it) over PIECES. */
-function tokenizerJson(): object {
-  return {
-    version: '1.0',
-    added_tokens: [0, 1, 2].map((id) => ({
-      id,
-      content: PIECES[id][0],
-      single_word: false,
-      lstrip: false,
-      rstrip: false,
-      normalized: false,
-      special: true,
-    })),
-    normalizer: { type: 'Precompiled', precompiled_charsmap: '' },
-    pre_tokenizer: {
-      type: 'Sequence',
-      pretokenizers: [
-        { type: 'WhitespaceSplit' },
-        { type: 'Metaspace', replacement: SPACE, add_prefix_space: true },
-      ],
-    },
-    post_processor: {
-      type: 'TemplateProcessing',
-      single: [{ Sequence: { id: 'A', type_id: 0 } }, { SpecialToken: { id: '</s>', type_id: 0 } }],
-      pair: [
-        { Sequence: { id: 'A', type_id: 0 } },
-        { SpecialToken: { id: '</s>', type_id: 0 } },
-        { Sequence: { id: 'B', type_id: 0 } },
-        { SpecialToken: { id: '</s>', type_id: 0 } },
-      ],
-      special_tokens: { '</s>': { id: '</s>', ids: [EOS], tokens: ['</s>'] } },
-    },
-    decoder: { type: 'Metaspace', replacement: SPACE, add_prefix_space: true },
-    model: { type: 'Unigram', unk_id: UNK, vocab: PIECES.map(([p, s]) => [p, s]) },
-  };
-}
 
 // A protobuf writer, independent of the reader under test (sentencepiece_model.proto field numbers).
 function varint(value: bigint): number[] {

@@ -1,0 +1,410 @@
+import { join, resolve } from 'node:path';
+import { FileFormatError, OptionError } from '../errors.js';
+import type { ModelIndex } from '../io/diffusers.js';
+import { readModelIndex } from '../io/diffusers.js';
+import { readTextFile } from '../io/text.js';
+import { AutoencoderKL } from '../models/autoencoder-kl.js';
+import { PixArtTransformer2DModel } from '../models/pixart-transformer.js';
+import type { NoiseGenerator } from '../random/torch-generator.js';
+import { TorchGenerator } from '../random/torch-generator.js';
+import type { HostTensor } from '../runtime/host-tensor.js';
+import { hostTensor } from '../runtime/host-tensor.js';
+import { Runtime } from '../runtime/runtime.js';
+import type { Scheduler, SchedulerTensor } from '../schedulers/scheduler.js';
+import { schedulerFromConfig } from '../schedulers/index.js';
+import type { PromptEncoder } from './prompt.js';
+import { loadT5PromptEncoder } from './prompt.js';
+
+export interface StepEndInfo {
+  step: number;
+  timestep: number;
+  latents: HostTensor;
+}
+
+export interface ProgressEvent {
+  step: number;
+  totalSteps: number;
+  timestep: number;
+  elapsedMs: number;
+}
+
+export interface PixArtRunOptions {
+  prompt?: string | string[];
+  negativePrompt?: string | string[];
+  /** Precomputed T5 embeddings [B, L, C] with their masks [B, L] (1 = keep), instead of prompts. */
+  promptEmbeds?: HostTensor;
+  promptAttentionMask?: HostTensor;
+  negativePromptEmbeds?: HostTensor;
+  negativePromptAttentionMask?: HostTensor;
+  /** Initial latents [B·n, C, H/8, W/8]; drawn from the generator when absent. */
+  latents?: HostTensor;
+  numInferenceSteps?: number;
+  /** Classifier-free guidance scale; guidance runs when > 1 (diffusers' rule). */
+  guidanceScale?: number;
+  height?: number;
+  width?: number;
+  numImagesPerPrompt?: number;
+  /** Seed of a torch-compatible CPU generator (same seed → same latents as diffusers on CPU). */
+  seed?: number;
+  generator?: NoiseGenerator;
+  /** DDIM's eta (ignored by schedulers without it). */
+  eta?: number;
+  /** Tokens per prompt (default 120 for PixArt-α, 300 for PixArt-Σ). */
+  maxSequenceLength?: number;
+  /** Called after each step; may return new latents. */
+  callbackOnStepEnd?: (
+    info: StepEndInfo,
+  ) => void | { latents?: HostTensor } | Promise<void | { latents?: HostTensor }>;
+  onProgress?: (event: ProgressEvent) => void;
+  signal?: AbortSignal;
+  outputType?: 'image' | 'latent';
+}
+
+export interface GeneratedImage {
+  width: number;
+  height: number;
+  /** 8-bit RGB, row-major. */
+  rgb: Uint8Array;
+}
+
+export interface PixArtOutput {
+  /** Images in [0, 1], [B, 3, H, W] (diffusers' output_type 'pt'); absent for outputType 'latent'. */
+  images?: HostTensor;
+  /** The final latents (before VAE scaling is undone). */
+  latents: HostTensor;
+  timesteps: number[];
+}
+
+/** The PixArt-α / PixArt-Σ text-to-image pipeline (diffusers `PixArtAlphaPipeline`, `PixArtSigmaPipeline`). */
+export class PixArtPipeline {
+  private constructor(
+    readonly className: string,
+    readonly dir: string,
+    readonly transformer: PixArtTransformer2DModel,
+    readonly vae: AutoencoderKL,
+    public scheduler: Scheduler,
+    readonly promptEncoder: PromptEncoder | undefined,
+    readonly runtime: Runtime,
+    private readonly ownsRuntime: boolean,
+  ) {}
+
+  static async fromPretrained(
+    dir: string,
+    options: { runtime?: Runtime; index?: ModelIndex } = {},
+  ): Promise<PixArtPipeline> {
+    const abs = resolve(dir);
+    const index = options.index ?? (await readModelIndex(abs));
+    if (index.className !== 'PixArtAlphaPipeline' && index.className !== 'PixArtSigmaPipeline') {
+      throw new FileFormatError(
+        `${join(abs, 'model_index.json')}: ${index.className} is not a PixArt pipeline`,
+        'PIPELINE_CLASS',
+        abs,
+      );
+    }
+    for (const part of ['transformer', 'vae', 'scheduler']) {
+      const entry = index.components[part];
+      if (!entry || entry[1] === null) {
+        throw new FileFormatError(
+          `${join(abs, 'model_index.json')}: the pipeline has no "${part}" component; a PixArt folder needs transformer/, vae/ and scheduler/`,
+          'COMPONENT_MISSING',
+          abs,
+        );
+      }
+    }
+    const runtime = options.runtime ?? new Runtime();
+    const transformer = await PixArtTransformer2DModel.fromPretrained(join(abs, 'transformer'), { runtime });
+    const vae = await AutoencoderKL.fromPretrained(join(abs, 'vae'), { runtime });
+    const schedulerPath = join(abs, 'scheduler', 'scheduler_config.json');
+    // diffusers writes Python's -Infinity/NaN into some configs; schedulerFromConfig parses the text itself.
+    const scheduler = schedulerFromConfig(await readTextFile(schedulerPath, 'the scheduler config'));
+    const hasText = index.components.text_encoder?.[1] && index.components.tokenizer?.[1];
+    const promptEncoder = hasText ? await loadT5PromptEncoder(abs, runtime) : undefined;
+    return new PixArtPipeline(
+      index.className,
+      abs,
+      transformer,
+      vae,
+      scheduler,
+      promptEncoder,
+      runtime,
+      options.runtime === undefined,
+    );
+  }
+
+  /** Default tokens per prompt: 120 for PixArt-α, 300 for PixArt-Σ (as diffusers). */
+  get defaultMaxSequenceLength(): number {
+    return this.className === 'PixArtSigmaPipeline' ? 300 : 120;
+  }
+
+  /** Default output size: the transformer's sample size × the VAE factor (1024 for PixArt-α 1024). */
+  get defaultSize(): number {
+    return this.transformer.config.sampleSize * this.vae.vaeScaleFactor;
+  }
+
+  async run(o: PixArtRunOptions = {}): Promise<PixArtOutput> {
+    const steps = o.numInferenceSteps ?? 20;
+    const guidance = o.guidanceScale ?? 4.5;
+    const perPrompt = o.numImagesPerPrompt ?? 1;
+    const height = o.height ?? this.defaultSize;
+    const width = o.width ?? this.defaultSize;
+    checkInteger(steps, 'numInferenceSteps', 1);
+    checkInteger(perPrompt, 'numImagesPerPrompt', 1);
+    if (!Number.isFinite(guidance)) throw new OptionError(`guidanceScale must be a number, got ${guidance}`);
+    const factor = this.vae.vaeScaleFactor * this.transformer.config.patchSize;
+    for (const [name, v] of [
+      ['height', height],
+      ['width', width],
+    ] as const) {
+      checkInteger(v, name, 1);
+      if (v % factor !== 0) {
+        throw new OptionError(
+          `${name} ${v} must be a multiple of ${factor} (VAE factor ${this.vae.vaeScaleFactor} × patch size ${this.transformer.config.patchSize}); try ${Math.max(factor, Math.round(v / factor) * factor)}`,
+        );
+      }
+    }
+    const cfg = guidance > 1;
+    const { embeds, mask, negEmbeds, negMask } = await this.encodePrompts(o, cfg, perPrompt);
+    const batch = embeds.shape[0];
+
+    const scheduler = this.scheduler;
+    scheduler.setTimesteps(steps);
+    const timesteps = [...scheduler.timesteps];
+    const generator =
+      o.generator ??
+      (o.seed !== undefined
+        ? new TorchGenerator(o.seed)
+        : new TorchGenerator(Math.floor(Math.random() * 2 ** 31)));
+    const channels = this.transformer.config.inChannels;
+    const latentShape = [batch, channels, height / this.vae.vaeScaleFactor, width / this.vae.vaeScaleFactor];
+    let latents: HostTensor;
+    if (o.latents) {
+      if (o.latents.shape.join() !== latentShape.join()) {
+        throw new OptionError(
+          `latents: expected shape [${latentShape.join(', ')}], got [${o.latents.shape.join(', ')}]`,
+        );
+      }
+      latents = o.latents;
+    } else {
+      latents = hostTensor('float32', latentShape, generator.randn(latentShape));
+    }
+    // diffusers' prepare_latents: latents · init_noise_sigma, in float32.
+    const sigma = scheduler.initNoiseSigma;
+    if (sigma !== 1)
+      latents = hostTensor(
+        'float32',
+        latentShape,
+        (latents.data as Float32Array).map((v) => Math.fround(v * sigma)),
+      );
+
+    const textEmbeds = cfg ? concatBatch(negEmbeds as HostTensor, embeds) : embeds;
+    const textMask = cfg ? concatBatch(negMask as HostTensor, mask) : mask;
+    const micro: Record<string, HostTensor> = {};
+    if (this.transformer.config.useAdditionalConditions) {
+      const n = textEmbeds.shape[0];
+      micro.resolution = hostTensor(
+        'float32',
+        [n, 2],
+        Float32Array.from({ length: 2 * n }, (_, i) => (i % 2 ? width : height)),
+      );
+      micro.aspect_ratio = hostTensor(
+        'float32',
+        [n, 1],
+        new Float32Array(n).fill(Math.fround(height / width)),
+      );
+    }
+    const started = Date.now();
+    for (let i = 0; i < timesteps.length; i++) {
+      o.signal?.throwIfAborted();
+      const t = timesteps[i];
+      const modelInput = cfg ? concatBatch(latents, latents) : latents;
+      const scaled = scheduler.scaleModelInput(schedulerTensor(modelInput), t);
+      const n = modelInput.shape[0];
+      const { sample } = await this.transformer.forward({
+        hidden_states: hostTensor('float32', modelInput.shape, scaled.data),
+        encoder_hidden_states: textEmbeds,
+        encoder_attention_mask: textMask,
+        timestep: hostTensor('float32', [n], new Float32Array(n).fill(t)),
+        ...micro,
+      });
+      let eps = sample;
+      if (cfg) eps = guide(eps, guidance);
+      // Learned sigma: the model predicts [ε, σ]; the sampler uses ε.
+      if (eps.shape[1] === 2 * channels) eps = firstChannels(eps, channels);
+      const out = scheduler.step(schedulerTensor(eps), t, schedulerTensor(latents), {
+        generator,
+        eta: o.eta ?? 0,
+      });
+      latents = hostTensor('float32', out.prevSample.shape, out.prevSample.data);
+      if (o.callbackOnStepEnd) {
+        const r = await o.callbackOnStepEnd({ step: i, timestep: t, latents });
+        if (r && r.latents) latents = r.latents;
+      }
+      o.onProgress?.({
+        step: i + 1,
+        totalSteps: timesteps.length,
+        timestep: t,
+        elapsedMs: Date.now() - started,
+      });
+    }
+    o.signal?.throwIfAborted();
+    if (o.outputType === 'latent') return { latents, timesteps };
+    const scale = this.vae.config.scalingFactor;
+    const z = hostTensor(
+      'float32',
+      latents.shape,
+      (latents.data as Float32Array).map((v) => Math.fround(v / scale)),
+    );
+    const decoded = (await this.vae.decode(z)).sample;
+    // (x / 2 + 0.5).clamp(0, 1), in float32 as torch.
+    const images = hostTensor(
+      'float32',
+      decoded.shape,
+      (decoded.data as Float32Array).map((v) =>
+        Math.min(1, Math.max(0, Math.fround(Math.fround(v / 2) + 0.5))),
+      ),
+    );
+    return { images, latents, timesteps };
+  }
+
+  private async encodePrompts(
+    o: PixArtRunOptions,
+    cfg: boolean,
+    perPrompt: number,
+  ): Promise<{ embeds: HostTensor; mask: HostTensor; negEmbeds?: HostTensor; negMask?: HostTensor }> {
+    let embeds: HostTensor;
+    let mask: HostTensor;
+    let negEmbeds = o.negativePromptEmbeds;
+    let negMask = o.negativePromptAttentionMask;
+    const maxLength = o.maxSequenceLength ?? this.defaultMaxSequenceLength;
+    if (o.promptEmbeds) {
+      if (o.prompt !== undefined) throw new OptionError('give either prompt or promptEmbeds, not both');
+      embeds = o.promptEmbeds;
+      mask =
+        o.promptAttentionMask ??
+        hostTensor(
+          'float32',
+          embeds.shape.slice(0, 2),
+          new Float32Array(embeds.shape[0] * embeds.shape[1]).fill(1),
+        );
+    } else {
+      if (o.prompt === undefined) throw new OptionError('give a prompt (or promptEmbeds)');
+      const encoder = this.requireEncoder();
+      const prompts = typeof o.prompt === 'string' ? [o.prompt] : o.prompt;
+      ({ embeds, mask } = await encoder.encode(prompts, maxLength));
+    }
+    if (cfg && !negEmbeds) {
+      if (
+        o.negativePromptEmbeds === undefined &&
+        o.promptEmbeds &&
+        o.negativePrompt === undefined &&
+        !this.promptEncoder
+      ) {
+        throw new OptionError(
+          'guidance needs negativePromptEmbeds when promptEmbeds are given and the pipeline has no text encoder',
+        );
+      }
+      const encoder = this.requireEncoder();
+      const n = embeds.shape[0];
+      const neg = o.negativePrompt ?? '';
+      const negs = typeof neg === 'string' ? new Array<string>(n).fill(neg) : neg;
+      if (negs.length !== n)
+        throw new OptionError(`negativePrompt has ${negs.length} entries for ${n} prompts`);
+      ({ embeds: negEmbeds, mask: negMask } = await encoder.encode(negs, embeds.shape[1]));
+    }
+    if (cfg) {
+      if (!negEmbeds || negEmbeds.shape.join() !== embeds.shape.join()) {
+        throw new OptionError(
+          `negativePromptEmbeds must have the shape of promptEmbeds [${embeds.shape.join(', ')}]`,
+        );
+      }
+      negMask ??= hostTensor(
+        'float32',
+        negEmbeds.shape.slice(0, 2),
+        new Float32Array(negEmbeds.shape[0] * negEmbeds.shape[1]).fill(1),
+      );
+    }
+    const repeat = (t: HostTensor | undefined): HostTensor | undefined =>
+      t ? repeatBatch(asFloat(t), perPrompt) : undefined;
+    return {
+      embeds: repeat(embeds) as HostTensor,
+      mask: repeat(mask) as HostTensor,
+      negEmbeds: repeat(negEmbeds),
+      negMask: repeat(negMask),
+    };
+  }
+
+  private requireEncoder(): PromptEncoder {
+    if (!this.promptEncoder) {
+      throw new OptionError(
+        `this pipeline folder has no text encoder/tokenizer (model_index.json lists them as null): pass promptEmbeds and negativePromptEmbeds`,
+      );
+    }
+    return this.promptEncoder;
+  }
+
+  async close(): Promise<void> {
+    await this.transformer.close();
+    await this.vae.close();
+    await this.promptEncoder?.close();
+    if (this.ownsRuntime) await this.runtime.dispose();
+  }
+}
+
+function schedulerTensor(t: HostTensor): SchedulerTensor {
+  if (t.dtype !== 'float32') throw new OptionError(`expected float32 latents, got ${t.dtype}`);
+  return { data: t.data as Float32Array, shape: t.shape };
+}
+
+function checkInteger(v: number, name: string, min: number): void {
+  if (!Number.isInteger(v) || v < min) throw new OptionError(`${name} must be an integer ≥ ${min}, got ${v}`);
+}
+
+function asFloat(t: HostTensor): HostTensor {
+  if (t.dtype === 'float32') return t;
+  if (t.dtype === 'int64')
+    return hostTensor('float32', t.shape, Float32Array.from(t.data as BigInt64Array, Number));
+  return hostTensor('float32', t.shape, Float32Array.from(t.data as Int32Array));
+}
+
+/** Concatenate along the batch axis. */
+function concatBatch(a: HostTensor, b: HostTensor): HostTensor {
+  const fa = asFloat(a);
+  const fb = asFloat(b);
+  const data = new Float32Array(fa.data.length + fb.data.length);
+  data.set(fa.data as Float32Array);
+  data.set(fb.data as Float32Array, fa.data.length);
+  return hostTensor('float32', [fa.shape[0] + fb.shape[0], ...fa.shape.slice(1)], data);
+}
+
+/** Each batch item repeated n times in place (torch's repeat + view as diffusers does). */
+function repeatBatch(t: HostTensor, n: number): HostTensor {
+  if (n === 1) return t;
+  const item = t.data.length / t.shape[0];
+  const data = new Float32Array(t.data.length * n);
+  for (let b = 0; b < t.shape[0]; b++) {
+    for (let r = 0; r < n; r++)
+      data.set((t.data as Float32Array).subarray(b * item, (b + 1) * item), (b * n + r) * item);
+  }
+  return hostTensor('float32', [t.shape[0] * n, ...t.shape.slice(1)], data);
+}
+
+/** uncond + g·(text − uncond) on the two batch halves, in float32 as torch. */
+function guide(out: HostTensor, g: number): HostTensor {
+  const half = out.data.length / 2;
+  const d = out.data as Float32Array;
+  const r = new Float32Array(half);
+  const f = Math.fround;
+  const gf = f(g);
+  for (let i = 0; i < half; i++) r[i] = f(d[i] + f(gf * f(d[half + i] - d[i])));
+  return hostTensor('float32', [out.shape[0] / 2, ...out.shape.slice(1)], r);
+}
+
+/** The first `c` channels of [B, C', H, W]. */
+function firstChannels(t: HostTensor, c: number): HostTensor {
+  const [b, all, h, w] = t.shape;
+  const plane = h * w;
+  const r = new Float32Array(b * c * plane);
+  for (let i = 0; i < b; i++)
+    r.set((t.data as Float32Array).subarray(i * all * plane, (i * all + c) * plane), i * c * plane);
+  return hostTensor('float32', [b, c, h, w], r);
+}

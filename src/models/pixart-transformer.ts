@@ -305,6 +305,14 @@ export class PixArtTransformer2DModel implements DiffusersModel {
     const raw = await readConfig(abs);
     const config = parsePixArtConfig(raw, join(abs, 'config.json'));
     const weights = await WeightStore.open(abs);
+    try {
+      // Build (not compile) a minimal graph so that a missing or misshapen weight fails at load time.
+      const p = config.patchSize;
+      buildPixArtGraph(config, weights, { height: p, width: p, captionLength: 1, withMask: true });
+    } catch (e) {
+      await weights.close();
+      throw e;
+    }
     return new PixArtTransformer2DModel(abs, config, weights, options.runtime);
   }
 

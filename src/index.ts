@@ -3,7 +3,7 @@ export * from './errors.js';
 export * from './graph/index.js';
 export { Runtime, CompiledGraph } from './runtime/runtime.js';
 export type { RuntimeOptions, RunOptions } from './runtime/runtime.js';
-export type { ExecutionProvider, SessionSettings } from './runtime/backend.js';
+export type { ExecutionProvider, SessionSettings, TensorRef, Feed, RunResult } from './runtime/backend.js';
 export { hostTensor } from './runtime/host-tensor.js';
 export type { HostTensor, HostData } from './runtime/host-tensor.js';
 export { SafetensorsFile, parseSafetensorsHeader, writeSafetensors } from './io/safetensors.js';

@@ -1,4 +1,27 @@
+import type { DType } from '../graph/dtype.js';
 import type { HostTensor } from './host-tensor.js';
+
+/**
+ * A tensor kept where the backend runs (the worker's memory), referred to by id: outputs a later run
+ * feeds back (T-GATE caches) never cross the thread boundary.
+ */
+export interface TensorRef {
+  readonly ref: number;
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+}
+
+export type Feed = HostTensor | TensorRef;
+
+export function isTensorRef(t: Feed): t is TensorRef {
+  return (t as TensorRef).ref !== undefined;
+}
+
+/** What a run returns: host tensors, and references to the outputs asked to be retained. */
+export interface RunResult {
+  host: Record<string, HostTensor>;
+  retained: Record<string, TensorRef>;
+}
 
 /** Execution providers velodiff knows how to ask ONNX Runtime for. */
 export type ExecutionProvider = 'cpu' | 'cuda' | 'webgpu' | 'coreml' | 'dml';
@@ -23,10 +46,13 @@ export interface Backend {
   create(model: ModelSource, settings: SessionSettings): Promise<number>;
   run(
     session: number,
-    feeds: Record<string, HostTensor>,
+    feeds: Record<string, Feed>,
     outputs: string[],
     transfer: boolean,
-  ): Promise<Record<string, HostTensor>>;
+    retain: readonly string[],
+  ): Promise<RunResult>;
+  /** Free retained tensors. */
+  releaseTensors(refs: readonly number[]): Promise<void>;
   release(session: number): Promise<void>;
   dispose(): Promise<void>;
 }

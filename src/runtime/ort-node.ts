@@ -3,7 +3,8 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import type * as Ort from 'onnxruntime-node';
 import { RuntimeError } from '../errors.js';
-import type { Backend, ModelSource, SessionSettings } from './backend.js';
+import type { Backend, Feed, ModelSource, RunResult, SessionSettings, TensorRef } from './backend.js';
+import { isTensorRef } from './backend.js';
 import type { HostData, HostTensor } from './host-tensor.js';
 
 // onnxruntime-node is CommonJS; load it lazily so importing velodiff does not load the native binding.
@@ -69,7 +70,9 @@ function wrapError(e: unknown, what: string): RuntimeError {
 /** Sessions in this thread. `run` blocks the event loop while ORT computes (notes §5). */
 export class InlineBackend implements Backend {
   private readonly sessions = new Map<number, Ort.InferenceSession>();
+  private readonly kept = new Map<number, HostTensor>();
   private nextId = 1;
+  private nextRef = 1;
 
   async create(model: ModelSource, settings: SessionSettings): Promise<number> {
     let session: Ort.InferenceSession;
@@ -88,14 +91,17 @@ export class InlineBackend implements Backend {
 
   async run(
     id: number,
-    feeds: Record<string, HostTensor>,
+    feeds: Record<string, Feed>,
     outputs: string[],
-  ): Promise<Record<string, HostTensor>> {
+    _transfer = false,
+    retain: readonly string[] = [],
+  ): Promise<RunResult> {
     const session = this.sessions.get(id);
     if (!session) throw new RuntimeError(`session ${id} was released`, 'RELEASED');
     const ortFeeds: Record<string, Ort.Tensor> = {};
     const T = ort().Tensor;
-    for (const [name, t] of Object.entries(feeds)) {
+    for (const [name, feed] of Object.entries(feeds)) {
+      const t = isTensorRef(feed) ? this.keptTensor(feed) : feed;
       ortFeeds[name] = new T(t.dtype as 'float32', t.data as Float32Array, t.shape as number[]);
     }
     let result: Ort.InferenceSession.OnnxValueMapType;
@@ -104,12 +110,28 @@ export class InlineBackend implements Backend {
     } catch (e) {
       throw wrapError(e, 'ONNX Runtime failed while running the graph');
     }
-    const out: Record<string, HostTensor> = {};
+    const host: Record<string, HostTensor> = {};
+    const retained: Record<string, TensorRef> = {};
     for (const name of outputs) {
       const t = result[name] as Ort.Tensor;
-      out[name] = { dtype: t.type as HostTensor['dtype'], shape: [...t.dims], data: t.data as HostData };
+      const tensor: HostTensor = { dtype: t.type as HostTensor['dtype'], shape: [...t.dims], data: t.data as HostData };
+      if (retain.includes(name)) {
+        const ref = this.nextRef++;
+        this.kept.set(ref, tensor);
+        retained[name] = { ref, dtype: tensor.dtype, shape: tensor.shape };
+      } else host[name] = tensor;
     }
-    return out;
+    return { host, retained };
+  }
+
+  private keptTensor(r: TensorRef): HostTensor {
+    const t = this.kept.get(r.ref);
+    if (!t) throw new RuntimeError(`retained tensor ${r.ref} was released`, 'RELEASED');
+    return t;
+  }
+
+  async releaseTensors(refs: readonly number[]): Promise<void> {
+    for (const r of refs) this.kept.delete(r);
   }
 
   async release(id: number): Promise<void> {
@@ -119,6 +141,7 @@ export class InlineBackend implements Backend {
   }
 
   async dispose(): Promise<void> {
+    this.kept.clear();
     for (const id of [...this.sessions.keys()]) await this.release(id);
   }
 }

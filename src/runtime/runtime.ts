@@ -3,7 +3,8 @@ import type { Graph } from '../graph/graph.js';
 import type { SerializedGraph, SerializedValue } from '../graph/serialize.js';
 import { serialize } from '../graph/serialize.js';
 import { formatShape } from '../graph/shape.js';
-import type { Backend, ExecutionProvider, SessionSettings } from './backend.js';
+import type { Backend, ExecutionProvider, Feed, RunResult, SessionSettings, TensorRef } from './backend.js';
+import { isTensorRef } from './backend.js';
 import type { HostTensor } from './host-tensor.js';
 import { hostArrayName, shapeSize } from './host-tensor.js';
 import { graphSignature, planExternalData, weightFiles } from './external-data.js';
@@ -109,6 +110,11 @@ export class Runtime {
     return this.cache.size;
   }
 
+  /** Free tensors kept by `runRetaining`. */
+  async releaseTensors(refs: readonly TensorRef[]): Promise<void> {
+    await this.backend.releaseTensors(refs.map((r) => r.ref));
+  }
+
   async dispose(): Promise<void> {
     this.cache.clear();
     await this.backend.dispose();
@@ -131,12 +137,25 @@ export class CompiledGraph {
   }
 
   async run(
-    feeds: Record<string, HostTensor>,
+    feeds: Record<string, Feed>,
     options: RunOptions = {},
   ): Promise<Record<string, HostTensor>> {
+    return (await this.runRetaining(feeds, [], options)).host;
+  }
+
+  /**
+   * Run, keeping the outputs named in `retain` where the session lives (the worker): they come back
+   * as TensorRefs, can be fed to later runs of any graph of the same runtime without crossing the
+   * thread boundary, and must be freed with `Runtime.releaseTensors`.
+   */
+  async runRetaining(
+    feeds: Record<string, Feed>,
+    retain: readonly string[],
+    options: RunOptions = {},
+  ): Promise<RunResult> {
     this.checkFeeds(feeds);
     const outputs = options.outputs ?? this.outputs.map((o) => o.name);
-    for (const name of outputs) {
+    for (const name of [...outputs, ...retain]) {
       if (!this.outputs.some((o) => o.name === name)) {
         throw new RuntimeError(
           `unknown output "${name}"; the graph has ${this.outputs.map((o) => o.name).join(', ')}`,
@@ -144,11 +163,12 @@ export class CompiledGraph {
         );
       }
     }
-    return this.backend.run(this.session, feeds, outputs, options.transfer ?? false);
+    const all = [...new Set([...outputs, ...retain])];
+    return this.backend.run(this.session, feeds, all, options.transfer ?? false, retain);
   }
 
   /** Feeds must match the graph's inputs: names, dtypes, ranks, static dims, and one value per named dim. */
-  private checkFeeds(feeds: Record<string, HostTensor>): void {
+  private checkFeeds(feeds: Record<string, Feed>): void {
     const expected = new Set(this.inputs.map((i) => i.name));
     for (const name of Object.keys(feeds)) {
       if (!expected.has(name)) {
@@ -169,13 +189,13 @@ export class CompiledGraph {
       const where = `input "${input.name}"`;
       if (t.dtype !== input.dtype)
         throw new RuntimeError(`${where}: expected ${input.dtype}, got ${t.dtype}`, 'DTYPE');
-      if (t.data.constructor.name !== hostArrayName(t.dtype)) {
+      if (!isTensorRef(t) && t.data.constructor.name !== hostArrayName(t.dtype)) {
         throw new RuntimeError(
           `${where}: ${t.dtype} data must be a ${hostArrayName(t.dtype)}, got ${t.data.constructor.name}`,
           'DTYPE',
         );
       }
-      if (t.data.length !== shapeSize(t.shape)) {
+      if (!isTensorRef(t) && t.data.length !== shapeSize(t.shape)) {
         throw new RuntimeError(
           `${where}: shape ${formatShape(t.shape)} needs ${shapeSize(t.shape)} values, got ${t.data.length}`,
           'SHAPE',

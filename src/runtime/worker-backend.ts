@@ -1,6 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import { RuntimeError } from '../errors.js';
-import type { Backend, ModelSource, SessionSettings } from './backend.js';
+import type { Backend, Feed, ModelSource, RunResult, SessionSettings } from './backend.js';
+import { isTensorRef } from './backend.js';
 import type { HostTensor } from './host-tensor.js';
 import type { WorkerReply, WorkerRequest } from './worker-protocol.js';
 
@@ -19,7 +20,8 @@ function spawnWorker(): Worker {
 
 type RequestBody =
   | { kind: 'create'; model: ModelSource; settings: SessionSettings }
-  | { kind: 'run'; session: number; feeds: Record<string, HostTensor>; outputs: string[] }
+  | { kind: 'run'; session: number; feeds: Record<string, Feed>; outputs: string[]; retain: string[] }
+  | { kind: 'releaseTensors'; refs: number[] }
   | { kind: 'release'; session: number }
   | { kind: 'dispose' };
 
@@ -84,15 +86,20 @@ export class WorkerBackend implements Backend {
 
   async run(
     session: number,
-    feeds: Record<string, HostTensor>,
+    feeds: Record<string, Feed>,
     outputs: string[],
     transfer: boolean,
-  ): Promise<Record<string, HostTensor>> {
-    const buffers = transfer
-      ? [...new Set(Object.values(feeds).map((t) => t.data.buffer as ArrayBuffer))]
-      : [];
-    const reply = await this.request({ kind: 'run', session, feeds, outputs }, buffers);
-    return reply.outputs as Record<string, HostTensor>;
+    retain: readonly string[],
+  ): Promise<RunResult> {
+    const host = Object.values(feeds).filter((t): t is HostTensor => !isTensorRef(t));
+    const buffers = transfer ? [...new Set(host.map((t) => t.data.buffer as ArrayBuffer))] : [];
+    const reply = await this.request({ kind: 'run', session, feeds, outputs, retain: [...retain] }, buffers);
+    return reply.result as RunResult;
+  }
+
+  async releaseTensors(refs: readonly number[]): Promise<void> {
+    if (!this.worker || refs.length === 0) return;
+    await this.request({ kind: 'releaseTensors', refs: [...refs] });
   }
 
   async release(session: number): Promise<void> {

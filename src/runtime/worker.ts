@@ -35,10 +35,14 @@ async function handle(msg: WorkerRequest): Promise<{ reply: WorkerReply; transfe
       return { reply: { id: msg.id, ok: true, session }, transfer: [] };
     }
     case 'run': {
-      const outputs = await backend.run(msg.session, msg.feeds, msg.outputs);
+      const result = await backend.run(msg.session, msg.feeds, msg.outputs, false, msg.retain);
       // Output buffers are fresh allocations of ORT's: hand them over without a copy.
-      const transfer = Object.values(outputs).map((t: HostTensor) => t.data.buffer as ArrayBuffer);
-      return { reply: { id: msg.id, ok: true, outputs }, transfer: [...new Set(transfer)] };
+      const transfer = Object.values(result.host).map((t: HostTensor) => t.data.buffer as ArrayBuffer);
+      return { reply: { id: msg.id, ok: true, result }, transfer: [...new Set(transfer)] };
+    }
+    case 'releaseTensors': {
+      await backend.releaseTensors(msg.refs);
+      return { reply: { id: msg.id, ok: true }, transfer: [] };
     }
     case 'release':
       await backend.release(msg.session);

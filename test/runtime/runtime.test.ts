@@ -168,6 +168,27 @@ describe('runtime', () => {
     assert.ok(inThread <= 2, `event loop turned ${inThread} times during an in-thread run`);
   });
 
+  for (const worker of [false, true]) {
+    it(`keeps retained outputs in the ${worker ? 'worker' : 'same thread'} and feeds them to another graph`, async () => {
+      const rt = runtime(worker);
+      const a = new Graph('produce');
+      const x = a.input('x', 'float32', ['N']);
+      a.output('doubled', mul(x, 2));
+      a.output('plus', add(x, 1));
+      const b = new Graph('consume');
+      b.output('y', mul(b.input('cache', 'float32', ['N']), 10));
+      const [produce, consume] = [await rt.compile(a), await rt.compile(b)];
+      const { host, retained } = await produce.runRetaining({ x: hostTensor('float32', [3], [1, 2, 3]) }, ['doubled']);
+      assert.deepEqual(Object.keys(host), ['plus']);
+      assert.deepEqual([...(host.plus.data as Float32Array)], [2, 3, 4]);
+      assert.deepEqual(retained.doubled.shape, [3]);
+      const out = await consume.run({ cache: retained.doubled });
+      assert.deepEqual([...(out.y.data as Float32Array)], [20, 40, 60]);
+      await rt.releaseTensors([retained.doubled]);
+      await assert.rejects(consume.run({ cache: retained.doubled }), /retained tensor .* was released/);
+    });
+  }
+
   it('reports ORT failures from the worker as RuntimeError', async () => {
     const g = new Graph();
     const x = g.input('x', 'float32', [4, 3]);

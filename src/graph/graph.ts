@@ -187,13 +187,24 @@ export class Graph {
   addNode(op: string, inputs: readonly Tensor[], attrs: Record<string, unknown>, types: TensorType[]): Node {
     const outputs: Tensor[] = [];
     const node: Node = { id: this.nextId++, op, inputs, attrs, outputs, scope: this.currentScope };
+    // '?' is a dim of its own; '?tag' is one dim shared by every output of this node with that tag.
+    const shared = new Map<string, string>();
     types.forEach((type, i) => {
       const id = this.nextId++;
-      const shape = type.shape.map((d, axis) => (d === UNKNOWN_DIM ? `_d${id}_${axis}` : d));
-      const t = new Tensor(this, id, type.dtype, Object.freeze(shape), node, i);
-      shape.forEach((d, axis) => {
-        if (type.shape[axis] === UNKNOWN_DIM) this.symbolSources.set(d as string, { tensor: t, axis });
+      const fresh: [string, number][] = [];
+      const shape = type.shape.map((d, axis) => {
+        if (typeof d !== 'string' || !d.startsWith(UNKNOWN_DIM)) return d;
+        const tag = d.slice(1);
+        let name = tag ? shared.get(tag) : undefined;
+        if (!name) {
+          name = `_d${id}_${axis}`;
+          fresh.push([name, axis]);
+          if (tag) shared.set(tag, name);
+        }
+        return name;
       });
+      const t = new Tensor(this, id, type.dtype, Object.freeze(shape), node, i);
+      for (const [name, axis] of fresh) this.symbolSources.set(name, { tensor: t, axis });
       outputs.push(t);
     });
     this.nodes.push(node);

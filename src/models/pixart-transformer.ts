@@ -21,7 +21,9 @@ import { Linear } from '../nn/layers.js';
 import { Params } from '../nn/params.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
+import type { Feed, RunResult, TensorRef } from '../runtime/backend.js';
 import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
+import type { LayerAction } from '../attention/tgate.js';
 import { ConfigReader } from './config.js';
 import { TimestepEmbedding, sincosPositionEmbedding2d, sinusoidalEmbedding } from './embeddings.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
@@ -122,6 +124,22 @@ export interface PixArtGraphOptions {
   captionLength: number;
   /** Whether an encoder attention mask [B, L] (1 = keep) is an input. */
   withMask: boolean;
+  /**
+   * T-GATE actions of this step graph. `store` adds outputs `cache.<i>.attn1|attn2` (the attention
+   * module outputs, averaged over the CFG halves with `average`); `reuse` takes them as inputs
+   * `cached.<i>.attn1|attn2` instead of attending. Reusing cross-attention drops the caption inputs.
+   */
+  tgate?: { selfAttention: LayerAction; crossAttention: LayerAction; average: boolean };
+}
+
+/** Names of the T-GATE cache outputs and inputs of layer `i`. */
+export const tgateCacheName = (i: number, role: 'attn1' | 'attn2'): string => `cache.${i}.${role}`;
+export const tgateCachedName = (i: number, role: 'attn1' | 'attn2'): string => `cached.${i}.${role}`;
+
+/** Mean of the two batch halves [uncond; cond] (T-GATE's cache at the gate step). */
+function halfMean(t: Tensor): Tensor {
+  const [a, b] = split(t, 2, 0);
+  return mul(add(a, b), 0.5);
 }
 
 /**
@@ -142,11 +160,8 @@ export function buildPixArtGraph(
   const g = new Graph('PixArtTransformer2DModel');
   const root = Params.of(g, weights);
   const x = g.input('hidden_states', 'float32', ['B', config.inChannels, o.height, o.width]);
-  const captions = g.input('encoder_hidden_states', 'float32', [
-    'B',
-    o.captionLength,
-    config.captionChannels,
-  ]);
+  const tgate = o.tgate ?? { selfAttention: 'compute', crossAttention: 'compute', average: false };
+  const needsText = tgate.crossAttention !== 'reuse';
   const timestep = g.input('timestep', 'float32', ['B']);
   const posEmbed = g.input('pos_embed', 'float32', [1, tokens, dim]);
 
@@ -182,16 +197,20 @@ export function buildPixArtGraph(
   }
   const timestepMod = Linear(ada.child('linear'), silu(embedded), dim, 6 * dim); // [B, 6·dim]
 
-  // Caption projection to the model width.
-  const cp = root.child('caption_projection');
-  const text = Linear(
-    cp.child('linear_2'),
-    gelu(Linear(cp.child('linear_1'), captions, config.captionChannels, dim), 'tanh'),
-    dim,
-    dim,
-  );
+  // Caption projection to the model width (not needed when every cross-attention is reused).
+  let text: Tensor | undefined;
+  if (needsText) {
+    const captions = g.input('encoder_hidden_states', 'float32', ['B', o.captionLength, config.captionChannels]);
+    const cp = root.child('caption_projection');
+    text = Linear(
+      cp.child('linear_2'),
+      gelu(Linear(cp.child('linear_1'), captions, config.captionChannels, dim), 'tanh'),
+      dim,
+      dim,
+    );
+  }
   let crossMask: Tensor | undefined;
-  if (o.withMask) {
+  if (o.withMask && needsText) {
     // (1 − mask)·−10000 added to the cross-attention scores, as PixArtTransformer2DModel does.
     const mask = g.input('encoder_attention_mask', 'float32', ['B', o.captionLength]);
     crossMask = reshape(mul(sub(1, mask), -10000), ['B', 1, 1, o.captionLength]);
@@ -199,14 +218,7 @@ export function buildPixArtGraph(
 
   const modulation = reshape(timestepMod, ['B', 6, dim]);
   for (let i = 0; i < config.numLayers; i++) {
-    hidden = pixArtBlock(
-      root.child('transformer_blocks').child(i),
-      hidden,
-      text,
-      modulation,
-      crossMask,
-      config,
-    );
+    hidden = pixArtBlock(root.child('transformer_blocks').child(i), i, hidden, text, modulation, crossMask, config, tgate);
   }
 
   // Final adaLN modulation, projection, and unpatchify (nhwpqc → nchpwq).
@@ -224,12 +236,22 @@ export function buildPixArtGraph(
 /** BasicTransformerBlock with norm_type 'ada_norm_single' (PixArt). */
 function pixArtBlock(
   p: Params,
+  index: number,
   hidden: Tensor,
-  text: Tensor,
+  text: Tensor | undefined,
   modulation: Tensor,
   crossMask: Tensor | undefined,
   config: PixArtTransformerConfig,
+  tgate: NonNullable<PixArtGraphOptions['tgate']>,
 ): Tensor {
+  const g = p.graph;
+  // T-GATE: an attention module's output is computed, computed and kept, or taken from the cache.
+  const gated = (role: 'attn1' | 'attn2', action: LayerAction, compute: () => Tensor): Tensor => {
+    if (action === 'reuse') return g.input(tgateCachedName(index, role), 'float32', ['B', hidden.shape[1], config.innerDim]);
+    const out = compute();
+    if (action === 'store') g.output(tgateCacheName(index, role), tgate.average ? halfMean(out) : out);
+    return out;
+  };
   const dim = config.innerDim;
   const heads = config.numAttentionHeads;
   const table = p.get('scale_shift_table', [6, dim]);
@@ -243,18 +265,15 @@ function pixArtBlock(
   );
   const a1 = p.child('attn1');
   const bias = config.attentionBias;
-  const selfOut = attentionModule(a1, norm, norm, dim, dim, heads, bias, undefined);
+  const normed = norm;
+  const selfOut = gated('attn1', tgate.selfAttention, () =>
+    attentionModule(a1, normed, normed, dim, dim, heads, bias, undefined),
+  );
   hidden = add(hidden, mul(gateMsa, selfOut));
   // Cross-attention to the caption (PixArt applies no norm before it).
-  const crossOut = attentionModule(
-    p.child('attn2'),
-    hidden,
-    text,
-    dim,
-    config.crossAttentionDim,
-    heads,
-    bias,
-    crossMask,
+  const query = hidden;
+  const crossOut = gated('attn2', tgate.crossAttention, () =>
+    attentionModule(p.child('attn2'), query, text as Tensor, dim, config.crossAttentionDim, heads, bias, crossMask),
   );
   hidden = add(hidden, crossOut);
   // Feed-forward: GELU(tanh) MLP with 4× width, modulated and gated.
@@ -350,6 +369,18 @@ export class PixArtTransformer2DModel implements DiffusersModel {
    * (1 = keep) and, for micro-conditioned models, `resolution` and `aspect_ratio`.
    */
   async forward(inputs: Record<string, HostTensor>): Promise<Record<string, HostTensor>> {
+    return (await this.step(inputs)).host;
+  }
+
+  /**
+   * One denoiser call for a sampler: like `forward`, plus a T-GATE step kind. Cached attention
+   * outputs come in as `cached` (TensorRefs by layer) and the ones this step stores come back as
+   * `retained` TensorRefs named `cache.<i>.attn1|attn2`, kept where the session runs.
+   */
+  async step(
+    inputs: Record<string, HostTensor>,
+    options: { tgate?: PixArtGraphOptions['tgate']; cached?: Record<string, TensorRef> } = {},
+  ): Promise<RunResult> {
     const known = [
       'hidden_states',
       'encoder_hidden_states',
@@ -364,8 +395,9 @@ export class PixArtTransformer2DModel implements DiffusersModel {
           `PixArtTransformer2DModel.forward: unknown input "${name}"; expected ${known.join(', ')}`,
         );
     }
+    const tgate = options.tgate;
+    const needsText = tgate?.crossAttention !== 'reuse';
     const x = required(inputs, 'hidden_states');
-    const text = required(inputs, 'encoder_hidden_states');
     const { inChannels, patchSize, captionChannels } = this.config;
     if (x.shape.length !== 4 || x.shape[1] !== inChannels) {
       throw new RuntimeError(
@@ -380,27 +412,32 @@ export class PixArtTransformer2DModel implements DiffusersModel {
         'SHAPE',
       );
     }
-    if (text.shape.length !== 3 || text.shape[0] !== batch || text.shape[2] !== captionChannels) {
-      throw new RuntimeError(
-        `encoder_hidden_states: expected [${batch}, L, ${captionChannels}], got [${text.shape.join(', ')}]`,
-        'SHAPE',
-      );
-    }
-    const feeds: Record<string, HostTensor> = {
+    const feeds: Record<string, Feed> = {
       hidden_states: x,
-      encoder_hidden_states: text,
       timestep: toFloat32Batch(required(inputs, 'timestep'), batch, 'timestep'),
       pos_embed: this.positionEmbedding(height / patchSize, width / patchSize),
     };
-    const mask = inputs.encoder_attention_mask;
-    if (mask) {
-      if (mask.shape.length !== 2 || mask.shape[0] !== batch || mask.shape[1] !== text.shape[1]) {
+    let captionLength = 0;
+    const mask = needsText ? inputs.encoder_attention_mask : undefined;
+    if (needsText) {
+      const text = required(inputs, 'encoder_hidden_states');
+      if (text.shape.length !== 3 || text.shape[0] !== batch || text.shape[2] !== captionChannels) {
         throw new RuntimeError(
-          `encoder_attention_mask: expected [${batch}, ${text.shape[1]}], got [${mask.shape.join(', ')}]`,
+          `encoder_hidden_states: expected [${batch}, L, ${captionChannels}], got [${text.shape.join(', ')}]`,
           'SHAPE',
         );
       }
-      feeds.encoder_attention_mask = toFloat32(mask);
+      feeds.encoder_hidden_states = text;
+      captionLength = text.shape[1];
+      if (mask) {
+        if (mask.shape.length !== 2 || mask.shape[0] !== batch || mask.shape[1] !== captionLength) {
+          throw new RuntimeError(
+            `encoder_attention_mask: expected [${batch}, ${captionLength}], got [${mask.shape.join(', ')}]`,
+            'SHAPE',
+          );
+        }
+        feeds.encoder_attention_mask = toFloat32(mask);
+      }
     }
     if (this.config.useAdditionalConditions) {
       for (const [name, width2] of [
@@ -424,10 +461,19 @@ export class PixArtTransformer2DModel implements DiffusersModel {
     const compiled = await this.compile({
       height,
       width,
-      captionLength: text.shape[1],
+      captionLength,
       withMask: mask !== undefined,
+      ...(tgate ? { tgate } : {}),
     });
-    return compiled.run(feeds);
+    const retain: string[] = [];
+    for (const input of compiled.inputs) {
+      if (!input.name.startsWith('cached.')) continue;
+      const ref = options.cached?.[input.name.slice('cached.'.length)];
+      if (!ref) throw new OptionError(`T-GATE step needs the cached attention output "${input.name}"`);
+      feeds[input.name] = ref;
+    }
+    for (const output of compiled.outputs) if (output.name.startsWith('cache.')) retain.push(output.name);
+    return compiled.runRetaining(feeds, retain);
   }
 
   async close(): Promise<void> {

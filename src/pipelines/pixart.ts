@@ -11,9 +11,13 @@ import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
 import { Runtime } from '../runtime/runtime.js';
 import type { Scheduler, SchedulerTensor } from '../schedulers/scheduler.js';
+import type { TGateOptions } from '../attention/tgate.js';
+import { pruneDeadStores, tgatePlan } from '../attention/tgate.js';
+import type { TensorRef } from '../runtime/backend.js';
 import { schedulerFromConfig } from '../schedulers/index.js';
 import type { PromptEncoder } from './prompt.js';
 import { loadT5PromptEncoder } from './prompt.js';
+import { aspectRatioBinsFor, classifyHeightWidthBin, resizeAndCropTensor } from './resolution-binning.js';
 
 export interface StepEndInfo {
   step: number;
@@ -43,6 +47,12 @@ export interface PixArtRunOptions {
   guidanceScale?: number;
   height?: number;
   width?: number;
+  /**
+   * diffusers' `use_resolution_binning`: generate at the nearest trained aspect-ratio bin, then resize
+   * and center-crop the image to height × width. Default on where the transformer's sample_size has
+   * a bin table (all released checkpoints), off elsewhere; `true` there is an error, as in diffusers.
+   */
+  useResolutionBinning?: boolean;
   numImagesPerPrompt?: number;
   /** Seed of a torch-compatible CPU generator (same seed → same latents as diffusers on CPU). */
   seed?: number;
@@ -58,6 +68,8 @@ export interface PixArtRunOptions {
   onProgress?: (event: ProgressEvent) => void;
   signal?: AbortSignal;
   outputType?: 'image' | 'latent';
+  /** T-GATE (methods/tgate_flash.md §1): cache attention outputs after the gate step and drop CFG. */
+  tgate?: TGateOptions;
 }
 
 export interface GeneratedImage {
@@ -145,8 +157,18 @@ export class PixArtPipeline {
     const steps = o.numInferenceSteps ?? 20;
     const guidance = o.guidanceScale ?? 4.5;
     const perPrompt = o.numImagesPerPrompt ?? 1;
-    const height = o.height ?? this.defaultSize;
-    const width = o.width ?? this.defaultSize;
+    const origHeight = o.height ?? this.defaultSize;
+    const origWidth = o.width ?? this.defaultSize;
+    checkInteger(origHeight, 'height', 1);
+    checkInteger(origWidth, 'width', 1);
+    const bins = aspectRatioBinsFor(
+      this.className,
+      this.transformer.config.sampleSize,
+      o.useResolutionBinning,
+    );
+    const [height, width] = bins
+      ? classifyHeightWidthBin(origHeight, origWidth, bins)
+      : [origHeight, origWidth];
     checkInteger(steps, 'numInferenceSteps', 1);
     checkInteger(perPrompt, 'numImagesPerPrompt', 1);
     if (!Number.isFinite(guidance)) throw new OptionError(`guidanceScale must be a number, got ${guidance}`);
@@ -198,53 +220,74 @@ export class PixArtPipeline {
 
     const textEmbeds = cfg ? concatBatch(negEmbeds as HostTensor, embeds) : embeds;
     const textMask = cfg ? concatBatch(negMask as HostTensor, mask) : mask;
-    const micro: Record<string, HostTensor> = {};
-    if (this.transformer.config.useAdditionalConditions) {
-      const n = textEmbeds.shape[0];
-      micro.resolution = hostTensor(
-        'float32',
-        [n, 2],
-        Float32Array.from({ length: 2 * n }, (_, i) => (i % 2 ? width : height)),
-      );
-      micro.aspect_ratio = hostTensor(
-        'float32',
-        [n, 1],
-        new Float32Array(n).fill(Math.fround(height / width)),
-      );
-    }
+    // After T-GATE's gate CFG is dropped and the negative (null) conditioning is fed (§1.5).
+    const singleEmbeds = cfg ? (negEmbeds as HostTensor) : embeds;
+    const singleMask = cfg ? (negMask as HostTensor) : mask;
+    const microConditions = (n: number): Record<string, HostTensor> => {
+      if (!this.transformer.config.useAdditionalConditions) return {};
+      return {
+        resolution: hostTensor('float32', [n, 2], Float32Array.from({ length: 2 * n }, (_, i) => (i % 2 ? width : height))),
+        aspect_ratio: hostTensor('float32', [n, 1], new Float32Array(n).fill(Math.fround(height / width))),
+      };
+    };
+    const plan = o.tgate ? pruneDeadStores(tgatePlan(timesteps.length, o.tgate, cfg)) : undefined;
+    // T-GATE caches by layer ('<i>.attn1'), kept where the sessions run; cleared for every generation.
+    const caches = new Map<string, TensorRef>();
     const started = Date.now();
-    for (let i = 0; i < timesteps.length; i++) {
-      o.signal?.throwIfAborted();
-      const t = timesteps[i];
-      const modelInput = cfg ? concatBatch(latents, latents) : latents;
-      const scaled = scheduler.scaleModelInput(schedulerTensor(modelInput), t);
-      const n = modelInput.shape[0];
-      const { sample } = await this.transformer.forward({
-        hidden_states: hostTensor('float32', modelInput.shape, scaled.data),
-        encoder_hidden_states: textEmbeds,
-        encoder_attention_mask: textMask,
-        timestep: hostTensor('float32', [n], new Float32Array(n).fill(t)),
-        ...micro,
-      });
-      let eps = sample;
-      if (cfg) eps = guide(eps, guidance);
-      // Learned sigma: the model predicts [ε, σ]; the sampler uses ε.
-      if (eps.shape[1] === 2 * channels) eps = firstChannels(eps, channels);
-      const out = scheduler.step(schedulerTensor(eps), t, schedulerTensor(latents), {
-        generator,
-        eta: o.eta ?? 0,
-      });
-      latents = hostTensor('float32', out.prevSample.shape, out.prevSample.data);
-      if (o.callbackOnStepEnd) {
-        const r = await o.callbackOnStepEnd({ step: i, timestep: t, latents });
-        if (r && r.latents) latents = r.latents;
+    try {
+      for (let i = 0; i < timesteps.length; i++) {
+        o.signal?.throwIfAborted();
+        const t = timesteps[i];
+        const stepPlan = plan?.[i];
+        const stepCfg = stepPlan ? stepPlan.cfg : cfg;
+        const modelInput = stepCfg ? concatBatch(latents, latents) : latents;
+        const scaled = scheduler.scaleModelInput(schedulerTensor(modelInput), t);
+        const n = modelInput.shape[0];
+        const inputs: Record<string, HostTensor> = {
+          hidden_states: hostTensor('float32', modelInput.shape, scaled.data),
+          timestep: hostTensor('float32', [n], new Float32Array(n).fill(t)),
+          ...microConditions(n),
+        };
+        if (stepPlan?.crossAttention !== 'reuse') {
+          inputs.encoder_hidden_states = stepCfg ? textEmbeds : singleEmbeds;
+          inputs.encoder_attention_mask = stepCfg ? textMask : singleMask;
+        }
+        const tgate = stepPlan
+          ? {
+              selfAttention: stepPlan.selfAttention,
+              crossAttention: stepPlan.crossAttention,
+              average: stepPlan.average && stepCfg,
+            }
+          : undefined;
+        const result = await this.transformer.step(inputs, { tgate, cached: Object.fromEntries(caches) });
+        for (const [name, ref] of Object.entries(result.retained)) {
+          const key = name.slice('cache.'.length);
+          const old = caches.get(key);
+          if (old) await this.runtime.releaseTensors([old]);
+          caches.set(key, ref);
+        }
+        let eps = result.host.sample;
+        if (stepCfg) eps = guide(eps, guidance);
+        // Learned sigma: the model predicts [ε, σ]; the sampler uses ε.
+        if (eps.shape[1] === 2 * channels) eps = firstChannels(eps, channels);
+        const out = scheduler.step(schedulerTensor(eps), t, schedulerTensor(latents), {
+          generator,
+          eta: o.eta ?? 0,
+        });
+        latents = hostTensor('float32', out.prevSample.shape, out.prevSample.data);
+        if (o.callbackOnStepEnd) {
+          const r = await o.callbackOnStepEnd({ step: i, timestep: t, latents });
+          if (r && r.latents) latents = r.latents;
+        }
+        o.onProgress?.({
+          step: i + 1,
+          totalSteps: timesteps.length,
+          timestep: t,
+          elapsedMs: Date.now() - started,
+        });
       }
-      o.onProgress?.({
-        step: i + 1,
-        totalSteps: timesteps.length,
-        timestep: t,
-        elapsedMs: Date.now() - started,
-      });
+    } finally {
+      await this.runtime.releaseTensors([...caches.values()]);
     }
     o.signal?.throwIfAborted();
     if (o.outputType === 'latent') return { latents, timesteps };
@@ -254,7 +297,9 @@ export class PixArtPipeline {
       latents.shape,
       (latents.data as Float32Array).map((v) => Math.fround(v / scale)),
     );
-    const decoded = (await this.vae.decode(z)).sample;
+    let decoded = (await this.vae.decode(z)).sample;
+    // Binned back before the [0, 1] mapping, as diffusers (its clamp does not commute with the resize).
+    if (bins) decoded = await resizeAndCropTensor(this.runtime, decoded, origWidth, origHeight);
     // (x / 2 + 0.5).clamp(0, 1), in float32 as torch.
     const images = hostTensor(
       'float32',

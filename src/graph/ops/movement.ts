@@ -150,7 +150,8 @@ export const SplitOp = defineOp<{ axis: number; sizes?: readonly number[]; parts
     if (each === undefined) {
       if (typeof d === 'number')
         fail(`axis ${ax} of ${formatShape(x.shape)} does not split into ${parts} equal parts`, 'SHAPE');
-      return Array.from({ length: parts }, () => out(UNKNOWN_DIM));
+      // Equal parts of a named dim: one new dim shared by all of them.
+      return Array.from({ length: parts }, () => out(`${UNKNOWN_DIM}part`));
     }
     return Array.from({ length: parts }, () => out(each));
   },

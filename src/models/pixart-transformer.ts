@@ -6,7 +6,6 @@ import {
   add,
   attention,
   concat,
-  conv2d,
   gelu,
   layerNorm,
   mul,
@@ -17,13 +16,19 @@ import {
   transpose,
 } from '../graph/ops/index.js';
 import { WeightStore, readConfig } from '../io/diffusers.js';
-import { Linear } from '../nn/layers.js';
+import { Conv2d, Linear } from '../nn/layers.js';
+import type { AdapterSet } from '../lora/adapters.js';
 import { Params } from '../nn/params.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
 import type { Feed, RunResult, TensorRef } from '../runtime/backend.js';
 import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
+import { clearSelfAttention } from '../attention/clear.js';
+import type { LinFusionWeights } from '../attention/linfusion.js';
+import { linfusionSelfAttention } from '../attention/linfusion.js';
 import type { LayerAction } from '../attention/tgate.js';
+import type { AttentionChoice, SelfAttentionLayer, TokenGrid } from '../attention/types.js';
+import type { TensorSource } from '../nn/weights.js';
 import { ConfigReader } from './config.js';
 import { TimestepEmbedding, sincosPositionEmbedding2d, sinusoidalEmbedding } from './embeddings.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
@@ -130,6 +135,24 @@ export interface PixArtGraphOptions {
    * `cached.<i>.attn1|attn2` instead of attending. Reusing cross-attention drops the caption inputs.
    */
   tgate?: { selfAttention: LayerAction; crossAttention: LayerAction; average: boolean };
+  /** Kernel of every self-attention (attn1) layer; default full attention. */
+  attention?: AttentionChoice;
+}
+
+/** Weights an acceleration brings besides the base checkpoint. */
+export interface PixArtExtras {
+  /** LinFusion modules for `attention: { kind: 'linfusion' }`, by module path. */
+  linfusion?: LinFusionWeights;
+  /** LoRA adapters applied to Linear/Conv2d layers (fused, or as switchable side branches). */
+  lora?: AdapterSet;
+}
+
+/** What a pipeline resolved from its acceleration options, for building step graphs. */
+export interface PixArtAcceleration extends PixArtExtras {
+  /** Weights to build from instead of the base checkpoint (e.g. CLEAR's overlaid on it). */
+  weights?: TensorSource;
+  /** Identifies weights, LinFusion modules and LoRA state, for the compiled-graph cache. */
+  key?: string;
 }
 
 /** Names of the T-GATE cache outputs and inputs of layer `i`. */
@@ -150,15 +173,16 @@ function halfMean(t: Tensor): Tensor {
  */
 export function buildPixArtGraph(
   config: PixArtTransformerConfig,
-  weights: WeightStore,
+  weights: TensorSource,
   o: PixArtGraphOptions,
+  extras: PixArtExtras = {},
 ): Graph {
   const { innerDim: dim, patchSize: p } = config;
   const h = o.height / p;
   const w = o.width / p;
   const tokens = h * w;
   const g = new Graph('PixArtTransformer2DModel');
-  const root = Params.of(g, weights);
+  const root = Params.of(g, weights, { lora: extras.lora });
   const x = g.input('hidden_states', 'float32', ['B', config.inChannels, o.height, o.width]);
   const tgate = o.tgate ?? { selfAttention: 'compute', crossAttention: 'compute', average: false };
   const needsText = tgate.crossAttention !== 'reuse';
@@ -166,10 +190,12 @@ export function buildPixArtGraph(
   const posEmbed = g.input('pos_embed', 'float32', [1, tokens, dim]);
 
   // Patch embedding: a stride-p conv, flattened to tokens, plus the 2-D sin-cos position embedding.
-  const pe = root.child('pos_embed').child('proj');
-  const patches = pe.scope(() =>
-    conv2d(x, pe.get('weight', [dim, config.inChannels, p, p]), pe.get('bias', [dim]), { stride: p }),
-  );
+  const patches = Conv2d(root.child('pos_embed').child('proj'), x, {
+    inChannels: config.inChannels,
+    outChannels: dim,
+    kernel: p,
+    stride: p,
+  });
   let hidden = add(transpose(reshape(patches, ['B', dim, tokens]), [0, 2, 1]), posEmbed);
 
   // adaLN-single: one timestep (+ micro-condition) embedding shared by every block.
@@ -218,7 +244,11 @@ export function buildPixArtGraph(
 
   const modulation = reshape(timestepMod, ['B', 6, dim]);
   for (let i = 0; i < config.numLayers; i++) {
-    hidden = pixArtBlock(root.child('transformer_blocks').child(i), i, hidden, text, modulation, crossMask, config, tgate);
+    hidden = pixArtBlock(root.child('transformer_blocks').child(i), i, hidden, text, modulation, crossMask, config, tgate, {
+      choice: o.attention ?? { kind: 'full' },
+      grid: { height: h, width: w },
+      extras,
+    });
   }
 
   // Final adaLN modulation, projection, and unpatchify (nhwpqc → nchpwq).
@@ -243,6 +273,7 @@ function pixArtBlock(
   crossMask: Tensor | undefined,
   config: PixArtTransformerConfig,
   tgate: NonNullable<PixArtGraphOptions['tgate']>,
+  selfAttention: { choice: AttentionChoice; grid: TokenGrid; extras: PixArtExtras },
 ): Tensor {
   const g = p.graph;
   // T-GATE: an attention module's output is computed, computed and kept, or taken from the cache.
@@ -266,9 +297,29 @@ function pixArtBlock(
   const a1 = p.child('attn1');
   const bias = config.attentionBias;
   const normed = norm;
-  const selfOut = gated('attn1', tgate.selfAttention, () =>
-    attentionModule(a1, normed, normed, dim, dim, heads, bias, undefined),
-  );
+  const selfOut = gated('attn1', tgate.selfAttention, () => {
+    const layer: SelfAttentionLayer = {
+      params: a1,
+      x: normed,
+      dim,
+      heads,
+      qkvBias: bias,
+      grid: selfAttention.grid,
+      textTokens: 0,
+    };
+    const choice = selfAttention.choice;
+    switch (choice.kind) {
+      case 'full':
+        return attentionModule(a1, normed, normed, dim, dim, heads, bias, undefined);
+      case 'clear':
+        return clearSelfAttention(layer, { radius: choice.radius, downFactor: choice.downFactor ?? 1 });
+      case 'linfusion': {
+        const lf = selfAttention.extras.linfusion;
+        if (!lf) throw new OptionError("attention kind 'linfusion' needs LinFusion weights (a folder with config.json and the safetensors)");
+        return linfusionSelfAttention(layer, lf, a1.path);
+      }
+    }
+  });
   hidden = add(hidden, mul(gateMsa, selfOut));
   // Cross-attention to the caption (PixArt applies no norm before it).
   const query = hidden;
@@ -315,7 +366,8 @@ export class PixArtTransformer2DModel implements DiffusersModel {
   private constructor(
     readonly dir: string,
     readonly config: PixArtTransformerConfig,
-    private readonly weights: WeightStore,
+    /** The checkpoint's tensors (the base for overlays such as CLEAR weights). */
+    readonly weights: WeightStore,
     private readonly runtime: Runtime,
   ) {}
 
@@ -336,11 +388,12 @@ export class PixArtTransformer2DModel implements DiffusersModel {
   }
 
   /** The graph for one input layout, compiled once (the runtime caches sessions by signature). */
-  compile(o: PixArtGraphOptions): Promise<CompiledGraph> {
-    const key = JSON.stringify(o);
+  compile(o: PixArtGraphOptions, acceleration: PixArtAcceleration = {}): Promise<CompiledGraph> {
+    const key = JSON.stringify([o, acceleration.key ?? '', acceleration.lora?.graphKey ?? '']);
     let c = this.compiled.get(key);
     if (!c) {
-      c = this.runtime.compile(buildPixArtGraph(this.config, this.weights, o));
+      const source = acceleration.weights ?? this.weights;
+      c = this.runtime.compile(buildPixArtGraph(this.config, source, o, acceleration));
       this.compiled.set(key, c);
       c.catch(() => this.compiled.delete(key));
     }
@@ -379,7 +432,12 @@ export class PixArtTransformer2DModel implements DiffusersModel {
    */
   async step(
     inputs: Record<string, HostTensor>,
-    options: { tgate?: PixArtGraphOptions['tgate']; cached?: Record<string, TensorRef> } = {},
+    options: {
+      tgate?: PixArtGraphOptions['tgate'];
+      cached?: Record<string, TensorRef>;
+      attention?: AttentionChoice;
+      acceleration?: PixArtAcceleration;
+    } = {},
   ): Promise<RunResult> {
     const known = [
       'hidden_states',
@@ -464,7 +522,8 @@ export class PixArtTransformer2DModel implements DiffusersModel {
       captionLength,
       withMask: mask !== undefined,
       ...(tgate ? { tgate } : {}),
-    });
+      ...(options.attention && options.attention.kind !== 'full' ? { attention: options.attention } : {}),
+    }, options.acceleration);
     const retain: string[] = [];
     for (const input of compiled.inputs) {
       if (!input.name.startsWith('cached.')) continue;
@@ -473,6 +532,8 @@ export class PixArtTransformer2DModel implements DiffusersModel {
       feeds[input.name] = ref;
     }
     for (const output of compiled.outputs) if (output.name.startsWith('cache.')) retain.push(output.name);
+    // Unfused LoRA adapters: their weights are inputs, so switching them needs no new graph.
+    Object.assign(feeds, options.acceleration?.lora?.scaleFeeds(compiled.inputs) ?? {});
     return compiled.runRetaining(feeds, retain);
   }
 

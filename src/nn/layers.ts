@@ -1,7 +1,18 @@
+import { GraphBuildError } from '../errors.js';
 import type { Tensor } from '../graph/graph.js';
 import type { Padding2d } from '../graph/ops/index.js';
-import { conv2d, groupNorm, layerNorm, linear, rmsNorm } from '../graph/ops/index.js';
-import type { Params } from './params.js';
+import {
+  add,
+  conv2d,
+  groupNorm,
+  layerNorm,
+  linear,
+  matmul,
+  mul,
+  reshape,
+  rmsNorm,
+} from '../graph/ops/index.js';
+import type { LoraModuleTerms, Params } from './params.js';
 
 // torch.nn layers as functions of (parameters, input): each reads its weights under the module's
 // path with the shapes the config implies, and builds its graph fragment in that scope.
@@ -9,7 +20,10 @@ import type { Params } from './params.js';
 export function Linear(p: Params, x: Tensor, inFeatures: number, outFeatures: number, bias = true): Tensor {
   const w = p.get('weight', [outFeatures, inFeatures]);
   const b = bias ? p.get('bias', [outFeatures]) : undefined;
-  return p.scope(() => linear(x, w, b));
+  return p.scope(() => {
+    const lora = p.loraTerms();
+    return lora === undefined ? linear(x, w, b) : linearWithLora(x, w, b, lora);
+  });
 }
 
 export interface Conv2dOptions {
@@ -28,10 +42,58 @@ export function Conv2d(p: Params, x: Tensor, o: Conv2dOptions): Tensor {
   const groups = o.groups ?? 1;
   const w = p.get('weight', [o.outChannels, o.inChannels / groups, kh, kw]);
   const b = o.bias === false ? undefined : p.get('bias', [o.outChannels]);
-  return p.scope(() =>
-    conv2d(x, w, b, { stride: o.stride, padding: o.padding, dilation: o.dilation, groups }),
-  );
+  const options = { stride: o.stride, padding: o.padding, dilation: o.dilation, groups };
+  return p.scope(() => {
+    const lora = p.loraTerms();
+    return lora === undefined ? conv2d(x, w, b, options) : conv2dWithLora(x, w, b, options, lora, p.path);
+  });
 }
+
+// --- LoRA (terms from Params.loraTerms; see src/lora/) ---------------------------------------
+// Fused: W' = W + s·B·A from weights and constants only, folded by ORT into one initializer.
+// Switchable: y += s·B(A(x)), with s read from a graph input at run time.
+
+function linearWithLora(x: Tensor, w: Tensor, b: Tensor | undefined, lora: LoraModuleTerms): Tensor {
+  let weight = w;
+  for (const term of lora.fused) weight = add(weight, mul(matmul(term.up, term.down), term.scale));
+  let y = linear(x, weight, b);
+  for (const term of lora.switchable) y = add(y, linear(mul(linear(x, term.down), term.scale), term.up));
+  return y;
+}
+
+function conv2dWithLora(
+  x: Tensor,
+  w: Tensor,
+  b: Tensor | undefined,
+  options: Parameters<typeof conv2d>[3] & { groups: number },
+  lora: LoraModuleTerms,
+  path: string,
+): Tensor {
+  if (options.groups !== 1) {
+    throw new GraphBuildError(
+      `${path}: LoRA on a grouped convolution (groups=${options.groups}) is not supported`,
+    );
+  }
+  const [outChannels, inChannels, kh, kw] = w.shape as number[];
+  let weight = w;
+  for (const term of lora.fused) {
+    // ΔW = reshape(B, [out, r]) · reshape(A, [r, in·kh·kw]), back to [out, in, kh, kw].
+    const rank = term.down.shape[0] as number;
+    const delta = matmul(
+      reshape(term.up, [outChannels, rank]),
+      reshape(term.down, [rank, inChannels * kh * kw]),
+    );
+    weight = add(weight, mul(reshape(delta, [outChannels, inChannels, kh, kw]), term.scale));
+  }
+  let y = conv2d(x, weight, b, options);
+  for (const term of lora.switchable) {
+    // A is a conv with the base kernel, stride and padding; B is 1×1.
+    const low = mul(conv2d(x, term.down, undefined, options), term.scale);
+    y = add(y, conv2d(low, term.up));
+  }
+  return y;
+}
+// --- end LoRA ---------------------------------------------------------------------------------
 
 /** torch.nn.LayerNorm over the last dim; `affine: false` is elementwise_affine=False. */
 export function LayerNorm(

@@ -4,12 +4,32 @@ import type { Graph, Tensor } from '../graph/graph.js';
 import type { TensorSource } from './weights.js';
 import { weightFromFile } from './weights.js';
 
+// --- LoRA hook -------------------------------------------------------------------------------
+// Linear and Conv2d ask `Params.loraTerms()` for low-rank terms of their module; `src/lora/`
+// (AdapterSet) provides them. Without a provider nothing changes in the graphs.
+
+/** The low-rank terms of one module: A [r, in] or [r, in, kh, kw], B [out, r] or [out, r, 1, 1]. */
+export interface LoraModuleTerms {
+  /** Merged into the weight, W + scale·B·A, from constants only, so ORT folds it at session creation. */
+  readonly fused: readonly { readonly down: Tensor; readonly up: Tensor; readonly scale: number }[];
+  /** Side branches y += scale·B(A(x)); `scale` is computed from a graph input, so it can change per run. */
+  readonly switchable: readonly { readonly down: Tensor; readonly up: Tensor; readonly scale: Tensor }[];
+}
+
+/** Supplies LoRA terms to the layers of a graph being built (implemented by `AdapterSet`). */
+export interface LoraProvider {
+  /** The terms for `modulePath`, their tensors created in `graph` in `dtype`; undefined when none. */
+  termsFor(graph: Graph, modulePath: string, dtype: DType): LoraModuleTerms | undefined;
+}
+// --- end LoRA hook ---------------------------------------------------------------------------
+
 /** Shared by every Params of one model: graph, weights, and which tensors were used. */
 interface Root {
   graph: Graph;
   source: TensorSource;
   dtype: DType;
   used: Map<string, Tensor>;
+  lora: LoraProvider | undefined;
 }
 
 /**
@@ -24,9 +44,13 @@ export class Params {
     readonly path: string,
   ) {}
 
-  static of(graph: Graph, source: TensorSource, options: { dtype?: DType; prefix?: string } = {}): Params {
+  static of(
+    graph: Graph,
+    source: TensorSource,
+    options: { dtype?: DType; prefix?: string; lora?: LoraProvider } = {},
+  ): Params {
     return new Params(
-      { graph, source, dtype: options.dtype ?? 'float32', used: new Map() },
+      { graph, source, dtype: options.dtype ?? 'float32', used: new Map(), lora: options.lora },
       options.prefix ?? '',
     );
   }
@@ -77,6 +101,11 @@ export class Params {
   /** Build `fn` with this module's path as the graph scope, so shape errors name the module. */
   scope<T>(fn: () => T): T {
     return this.root.graph.atScope(this.path, fn);
+  }
+
+  /** LoRA terms for this module from the provider given to `Params.of`, if any. */
+  loraTerms(): LoraModuleTerms | undefined {
+    return this.root.lora?.termsFor(this.root.graph, this.path, this.root.dtype);
   }
 
   /** Names of the tensors read so far. */

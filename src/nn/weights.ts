@@ -63,3 +63,30 @@ export function weightFromFile(
     storedDType: stored,
   });
 }
+
+/**
+ * Base weights with some tensors replaced by a second file's, loaded non-strictly as the CLEAR
+ * authors do (`load_state_dict(strict=False)`): overlay tensors named as base tensors replace them,
+ * overlay tensors the base lacks are offered too (e.g. `…attn1.processor.spatial_weight`), and
+ * nothing requires the overlay to cover every base tensor.
+ */
+export class OverlayTensorSource implements TensorSource {
+  constructor(
+    readonly base: TensorSource,
+    readonly overlay: TensorSource,
+    /** The overlay file, for tensors whose info carries no path. */
+    readonly overlayPath: string,
+  ) {}
+
+  has(name: string): boolean {
+    return this.overlay.has(name) || this.base.has(name);
+  }
+
+  info(name: string): TensorInfo & { path?: string } {
+    if (this.overlay.has(name)) {
+      const info = this.overlay.info(name);
+      return { ...info, path: info.path ?? this.overlayPath };
+    }
+    return this.base.info(name);
+  }
+}

@@ -1,0 +1,108 @@
+/**
+ * Flash Diffusion (Jasper Research, arXiv 2406.02347): a few-step student distilled into a LoRA,
+ * sampled with the LCM scheduler in 4 steps without guidance. The official recipe
+ * (methods/tgate_flash.md §2.5) for flash-sd, flash-sdxl and flash-pixart:
+ *
+ *   pipe.scheduler = LCMScheduler.from_pretrained(base, subfolder="scheduler", timestep_spacing="trailing")
+ *   load the LoRA (load_lora_weights, or PeftModel.from_pretrained for PixArt), optionally fuse_lora()
+ *   pipe(prompt, num_inference_steps=4, guidance_scale=0)
+ *
+ * The LoRA scale is the adapter's own alpha/r (§2.6 e): PixArt and SD3 were trained with PEFT's
+ * default lora_alpha 8 at r 64, so 0.125, while SD-1.5/SDXL use alpha = r, so 1. It comes from the
+ * file (adapter_config.json, alpha tensors) and is never assumed; `fuse` gets loraScale 1.
+ */
+import { OptionError } from '../errors.js';
+import type { SchedulerConfigInput } from '../schedulers/config.js';
+import { LCMScheduler, schedulerFromConfig } from '../schedulers/index.js';
+import type { AdapterSet, LoadedLora } from './adapters.js';
+import type { ModelParameters } from './format.js';
+
+/** The sampling settings of the official Flash pipelines (§2.5). */
+export const FLASH_PRESET = {
+  scheduler: 'LCMScheduler',
+  numInferenceSteps: 4,
+  /** 0: the diffusers pipelines then build no CFG batch; only the prompt is encoded. */
+  guidanceScale: 0,
+  /** What the recipe passes; diffusers' LCMScheduler ignores it (§2.6 b, §3.2). */
+  timestepSpacing: 'trailing',
+} as const;
+
+/**
+ * The LCM scheduler of the Flash recipe, from the base pipeline's scheduler config (parsed
+ * scheduler_config.json or its text): `LCMScheduler.from_config(config, timestep_spacing="trailing")`.
+ * With 4 steps its timesteps are [999, 759, 499, 259], as the official pipelines sample.
+ */
+export function flashScheduler(baseConfig: SchedulerConfigInput | string): LCMScheduler {
+  const scheduler = schedulerFromConfig(baseConfig, {
+    _class_name: FLASH_PRESET.scheduler,
+    timestep_spacing: FLASH_PRESET.timestepSpacing,
+  });
+  if (!(scheduler instanceof LCMScheduler)) throw new OptionError('flashScheduler: expected an LCMScheduler');
+  return scheduler;
+}
+
+/**
+ * The timesteps the student was trained at, which the Flash repository's own sampling passes as
+ * custom LCM timesteps (§2.5): trailing spacing, [999, 749, 499, 249] for 4 steps. An option for
+ * `scheduler.setTimesteps(undefined, { timesteps })`; the default recipe uses LCM's own.
+ */
+export function flashTrainedTimesteps(
+  numInferenceSteps: number = FLASH_PRESET.numInferenceSteps,
+  numTrainTimesteps = 1000,
+): number[] {
+  if (
+    !Number.isSafeInteger(numInferenceSteps) ||
+    numInferenceSteps < 1 ||
+    numInferenceSteps > numTrainTimesteps
+  ) {
+    throw new OptionError(
+      `flashTrainedTimesteps: numInferenceSteps is ${numInferenceSteps}; expected 1..${numTrainTimesteps}`,
+    );
+  }
+  const ratio = numTrainTimesteps / numInferenceSteps;
+  // diffusers "trailing": round(arange(T, 0, -T/n)) − 1.
+  return Array.from({ length: numInferenceSteps }, (_, i) => Math.round(numTrainTimesteps - i * ratio) - 1);
+}
+
+export interface FlashSetup {
+  readonly adapter: LoadedLora;
+  readonly scheduler: LCMScheduler;
+  readonly numInferenceSteps: number;
+  readonly guidanceScale: number;
+  /** The adapter's alpha/r per module (e.g. [0.125] for flash-pixart): the LoRA scale in effect. */
+  readonly loraScale: readonly number[];
+  readonly fused: boolean;
+}
+
+/**
+ * Loads a Flash LoRA into `adapters` and returns the rest of the recipe. Fused by default (no
+ * per-step cost); `fuse: false` keeps it switchable, e.g. to combine it with a style LoRA via
+ * `setAdapters(['flash', 'style'], [1, 1])` (§2.8).
+ */
+export async function loadFlashLora(
+  adapters: AdapterSet,
+  path: string,
+  options: {
+    modelParameters: ModelParameters;
+    schedulerConfig: SchedulerConfigInput | string;
+    adapterName?: string;
+    fuse?: boolean;
+  },
+): Promise<FlashSetup> {
+  const scheduler = flashScheduler(options.schedulerConfig);
+  const adapter = await adapters.load(path, {
+    adapterName: options.adapterName ?? 'flash',
+    modelParameters: options.modelParameters,
+  });
+  const fuse = options.fuse ?? true;
+  // alpha/r is applied per module from the file, so the fuse-time multiplier is 1 (fuse_lora's default).
+  if (fuse) adapters.fuse({ adapterNames: [adapter.adapterName], loraScale: 1 });
+  return {
+    adapter,
+    scheduler,
+    numInferenceSteps: FLASH_PRESET.numInferenceSteps,
+    guidanceScale: FLASH_PRESET.guidanceScale,
+    loraScale: adapter.alphaOverRank,
+    fused: fuse,
+  };
+}

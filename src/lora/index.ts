@@ -1,0 +1,28 @@
+// LoRA: reading the Hub's LoRA formats, named adapters, and the Flash Diffusion preset.
+export {
+  detectFormat,
+  pairLoraTensors,
+  parsePeftConfig,
+  readLoraFile,
+  type IgnoredLoraKey,
+  type LoraFileContents,
+  type LoraFormat,
+  type LoraPair,
+  type LoraTensorInfo,
+  type ModelParameters,
+  type PeftLoraConfig,
+} from './format.js';
+export {
+  AdapterSet,
+  loraScaleInputName,
+  type LoadedLora,
+  type LoadLoraOptions,
+  type LoraTerm,
+} from './adapters.js';
+export {
+  FLASH_PRESET,
+  flashScheduler,
+  flashTrainedTimesteps,
+  loadFlashLora,
+  type FlashSetup,
+} from './flash.js';

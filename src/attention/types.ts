@@ -36,3 +36,13 @@ export interface SelfAttentionLayer {
   /** Text tokens before the image tokens in joint attention (0 for PixArt's image-only self-attention). */
   textTokens: number;
 }
+
+/**
+ * A run's self-attention option: the choice plus the method's weights. For CLEAR an optional
+ * safetensors file overlaid on the denoiser (non-strict: base names, plus
+ * `…attn1.processor.spatial_weight`); for LinFusion its folder (config.json + safetensors).
+ */
+export type AttentionOption =
+  | { kind: 'full' }
+  | { kind: 'clear'; radius: number; downFactor?: number; weights?: string }
+  | { kind: 'linfusion'; weights: string };

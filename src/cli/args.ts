@@ -4,12 +4,14 @@ export interface FlagSpec {
   /** 'boolean' flags take no value. */
   type: 'string' | 'number' | 'integer' | 'boolean';
   description: string;
+  /** May be given several times; the values are collected in a list (strings only). */
+  multiple?: boolean;
   default?: string | number | boolean;
 }
 
 export interface ParsedArgs {
   positional: string[];
-  flags: Record<string, string | number | boolean | undefined>;
+  flags: Record<string, string | number | boolean | string[] | undefined>;
 }
 
 /** Parse `--name value`, `--name=value` and boolean `--name`; unknown flags and bad numbers are errors. */
@@ -43,7 +45,8 @@ export function parseArgs(
     }
     const value = eq >= 0 ? arg.slice(eq + 1) : argv[++i];
     if (value === undefined) throw new OptionError(`${command}: --${name} needs a value`);
-    if (spec.type === 'string') flags[name] = value;
+    if (spec.multiple) flags[name] = [...((flags[name] as string[] | undefined) ?? []), value];
+    else if (spec.type === 'string') flags[name] = value;
     else {
       const n = Number(value);
       if (value.trim() === '' || !Number.isFinite(n) || (spec.type === 'integer' && !Number.isInteger(n))) {

@@ -5,6 +5,7 @@ import { Runtime } from '../runtime/runtime.js';
 import type { FlagSpec } from './args.js';
 import { parseArgs, usage } from './args.js';
 import { runtimeFlags, runtimeOptions } from './runtime-flags.js';
+import { attentionFlags, attentionOption, loraOptions } from './acceleration-flags.js';
 
 const FLAGS: Record<string, FlagSpec> = {
   inputs: { type: 'string', description: 'safetensors file of inputs named as the forward arguments' },
@@ -14,6 +15,7 @@ const FLAGS: Record<string, FlagSpec> = {
     type: 'string',
     description: 'JSON of non-tensor arguments, e.g. {"output_hidden_states": true}',
   },
+  ...attentionFlags,
   ...runtimeFlags,
   help: { type: 'boolean', description: 'show this help' },
 };
@@ -55,8 +57,21 @@ export async function forwardCommand(argv: string[]): Promise<number> {
           `forward: ${model.className} has no method "${method}"; it has ${['forward', ...model.methods].join(', ')}`,
         );
       }
+      const attention = attentionOption(flags);
+      const loras = loraOptions(flags);
+      const adapters = model.adapters;
+      if ((attention || loras.length > 0) && (!adapters || !model.loadLoraWeights)) {
+        throw new OptionError(`forward: --attention and --lora apply to denoisers; ${model.className} takes neither`);
+      }
+      for (const [i, { path }] of loras.entries()) await model.loadLoraWeights?.(path, { adapterName: `lora_${i}` });
+      if (loras.length > 0) {
+        adapters?.setAdapters(
+          loras.map((_, i) => `lora_${i}`),
+          loras.map((l) => l.scale),
+        );
+      }
       const inputs = await readHostTensors(String(flags.inputs));
-      const outputs = await model.forward(inputs, { method, kwargs });
+      const outputs = await model.forward(inputs, { method, kwargs, ...(attention ? { attention } : {}) });
       await writeHostTensors(String(flags.out), outputs);
       for (const [name, t] of Object.entries(outputs))
         console.log(`${name}: ${t.dtype}[${t.shape.join(', ')}]`);

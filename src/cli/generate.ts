@@ -7,6 +7,7 @@ import { SCHEDULER_NAMES, schedulerFromConfig } from '../schedulers/index.js';
 import type { FlagSpec } from './args.js';
 import { parseArgs, usage } from './args.js';
 import { runtimeFlags, runtimeOptions } from './runtime-flags.js';
+import { attentionFlags, attentionOption, loraOptions, tgateFlag, tgateOption } from './acceleration-flags.js';
 
 const FLAGS: Record<string, FlagSpec> = {
   model: { type: 'string', description: 'a diffusers pipeline folder (model_index.json)' },
@@ -27,6 +28,9 @@ const FLAGS: Record<string, FlagSpec> = {
     description: 'PNG file to write (-N is added for several images)',
     default: 'image.png',
   },
+  ...attentionFlags,
+  ...tgateFlag,
+  flash: { type: 'string', description: 'Flash Diffusion LoRA: fused, LCM, 4 steps, guidance 0 unless overridden' },
   ...runtimeFlags,
   help: { type: 'boolean', description: 'show this help' },
 };
@@ -62,6 +66,24 @@ export async function generateCommand(argv: string[]): Promise<number> {
   try {
     const pipe = await DiffusionPipeline.fromPretrained(String(flags.model), { runtime });
     try {
+      const stepsGiven = argv.some((a) => a === '--steps' || a.startsWith('--steps='));
+      const guidanceGiven = argv.some((a) => a === '--guidance' || a.startsWith('--guidance='));
+      let steps = flags.steps as number;
+      let guidance = flags.guidance as number;
+      if (flags.flash !== undefined) {
+        const { adapter, runOptions } = await pipe.useFlashDiffusion(String(flags.flash));
+        if (!stepsGiven) steps = runOptions.numInferenceSteps as number;
+        if (!guidanceGiven) guidance = runOptions.guidanceScale as number;
+        console.error(`Flash Diffusion: ${adapter.modules.length} LoRA modules fused (alpha/r ${adapter.alphaOverRank.join(', ')}), LCM sampling`);
+      }
+      const loras = loraOptions(flags);
+      for (const [i, { path }] of loras.entries()) {
+        const loaded = await pipe.loadLoraWeights(path, { adapterName: `lora_${i}` });
+        if (loaded.ignored.length > 0) {
+          console.error(`warning: ${path}: ${loaded.ignored.length} keys match no module of the model and are ignored`);
+        }
+      }
+      if (loras.length > 0) pipe.setAdapters(loras.map((_, i) => `lora_${i}`), loras.map((l) => l.scale));
       if (flags.scheduler !== undefined) {
         const name = String(flags.scheduler);
         const className = SCHEDULER_NAMES[name] ?? name;
@@ -71,8 +93,10 @@ export async function generateCommand(argv: string[]): Promise<number> {
       const output = await pipe.run({
         prompt,
         negativePrompt: flags['negative-prompt'] as string | undefined,
-        numInferenceSteps: flags.steps as number,
-        guidanceScale: flags.guidance as number,
+        numInferenceSteps: steps,
+        guidanceScale: guidance,
+        attention: attentionOption(flags),
+        tgate: tgateOption(flags),
         seed: flags.seed as number | undefined,
         width: flags.width as number | undefined,
         height: flags.height as number | undefined,

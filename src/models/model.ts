@@ -1,3 +1,5 @@
+import type { AttentionOption } from '../attention/types.js';
+import type { AdapterSet, LoadedLora } from '../lora/adapters.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import type { Runtime } from '../runtime/runtime.js';
 
@@ -18,8 +20,12 @@ export interface DiffusersModel {
   readonly methods: readonly string[];
   forward(
     inputs: Record<string, HostTensor>,
-    options?: { method?: string; kwargs?: Record<string, unknown> },
+    options?: { method?: string; kwargs?: Record<string, unknown>; attention?: AttentionOption },
   ): Promise<Record<string, HostTensor>>;
+  /** LoRA adapters, for models that take them (denoisers). */
+  readonly adapters?: AdapterSet;
+  /** Load a LoRA onto the model (denoisers). */
+  loadLoraWeights?(path: string, options?: { adapterName?: string }): Promise<LoadedLora>;
   /** Release files held open. */
   close(): Promise<void>;
 }

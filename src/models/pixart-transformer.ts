@@ -17,17 +17,20 @@ import {
 } from '../graph/ops/index.js';
 import { WeightStore, readConfig } from '../io/diffusers.js';
 import { Conv2d, Linear } from '../nn/layers.js';
-import type { AdapterSet } from '../lora/adapters.js';
+import type { LoadedLora } from '../lora/adapters.js';
+import { AdapterSet } from '../lora/adapters.js';
 import { Params } from '../nn/params.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
 import type { Feed, RunResult, TensorRef } from '../runtime/backend.js';
 import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
 import { clearSelfAttention } from '../attention/clear.js';
-import type { LinFusionWeights } from '../attention/linfusion.js';
+import { LinFusionWeights } from '../attention/linfusion.js';
 import { linfusionSelfAttention } from '../attention/linfusion.js';
 import type { LayerAction } from '../attention/tgate.js';
-import type { AttentionChoice, SelfAttentionLayer, TokenGrid } from '../attention/types.js';
+import type { AttentionChoice, AttentionOption, SelfAttentionLayer, TokenGrid } from '../attention/types.js';
+import { SafetensorsFile } from '../io/safetensors.js';
+import { OverlayTensorSource } from '../nn/weights.js';
 import type { TensorSource } from '../nn/weights.js';
 import { ConfigReader } from './config.js';
 import { TimestepEmbedding, sincosPositionEmbedding2d, sinusoidalEmbedding } from './embeddings.js';
@@ -360,6 +363,16 @@ export class PixArtTransformer2DModel implements DiffusersModel {
   readonly className = 'PixArtTransformer2DModel';
   readonly methods = ['forward'] as const;
   private readonly posEmbeds = new Map<string, HostTensor>();
+  /** LoRA adapters (diffusers' loadLoraWeights / setAdapters / fuseLora …). */
+  readonly adapters = new AdapterSet();
+
+  /** Load a LoRA (diffusers/PEFT file or folder, kohya file); it becomes active with weight 1. */
+  loadLoraWeights(path: string, options: { adapterName?: string } = {}): Promise<LoadedLora> {
+    return this.adapters.load(path, { adapterName: options.adapterName, modelParameters: this.weights });
+  }
+  /** Acceleration weights, opened once per file and kept while the model is open. */
+  private readonly clearOverlays = new Map<string, { file: SafetensorsFile; source: OverlayTensorSource }>();
+  private readonly linfusions = new Map<string, LinFusionWeights>();
   /** Compiled graphs by input layout: building and hashing a graph per call would cost every step. */
   private readonly compiled = new Map<string, Promise<CompiledGraph>>();
 
@@ -385,6 +398,45 @@ export class PixArtTransformer2DModel implements DiffusersModel {
       throw e;
     }
     return new PixArtTransformer2DModel(abs, config, weights, options.runtime);
+  }
+
+  /**
+   * Resolve a self-attention option (opening the method's weights once per file) together with
+   * the loaded LoRA adapters into what step graphs are built with.
+   */
+  async resolveAcceleration(option: AttentionOption | undefined): Promise<{ attention?: AttentionChoice; acceleration: PixArtAcceleration }> {
+    const lora = this.adapters.loaded.length > 0 ? this.adapters : undefined;
+    if (!option || option.kind === 'full') return { acceleration: { lora } };
+    if (option.kind === 'clear') {
+      if (!Number.isInteger(option.radius) || option.radius < 1) {
+        throw new OptionError(`attention.radius must be an integer ≥ 1, got ${option.radius}`);
+      }
+      const downFactor = option.downFactor ?? 1;
+      if (!Number.isInteger(downFactor) || downFactor < 1) {
+        throw new OptionError(`attention.downFactor must be an integer ≥ 1, got ${downFactor}`);
+      }
+      const attention: AttentionChoice = { kind: 'clear', radius: option.radius, downFactor };
+      if (!option.weights) return { attention, acceleration: { lora } };
+      const path = resolve(option.weights);
+      let overlay = this.clearOverlays.get(path);
+      if (!overlay) {
+        const file = await SafetensorsFile.open(path);
+        overlay = { file, source: new OverlayTensorSource(this.weights, file, path) };
+        this.clearOverlays.set(path, overlay);
+      }
+      return { attention, acceleration: { weights: overlay.source, key: `clear:${path}`, lora } };
+    }
+    if (option.kind === 'linfusion') {
+      if (!option.weights) throw new OptionError("attention kind 'linfusion' needs weights: the LinFusion folder");
+      const dir = resolve(option.weights);
+      let linfusion = this.linfusions.get(dir);
+      if (!linfusion) {
+        linfusion = await LinFusionWeights.open(dir);
+        this.linfusions.set(dir, linfusion);
+      }
+      return { attention: { kind: 'linfusion' }, acceleration: { linfusion, key: `linfusion:${dir}`, lora } };
+    }
+    throw new OptionError(`unknown attention kind "${(option as { kind: string }).kind}"; expected full, clear or linfusion`);
   }
 
   /** The graph for one input layout, compiled once (the runtime caches sessions by signature). */
@@ -421,8 +473,12 @@ export class PixArtTransformer2DModel implements DiffusersModel {
    * `timestep` ([B] or scalar, any numeric dtype), optional `encoder_attention_mask` [B, L]
    * (1 = keep) and, for micro-conditioned models, `resolution` and `aspect_ratio`.
    */
-  async forward(inputs: Record<string, HostTensor>): Promise<Record<string, HostTensor>> {
-    return (await this.step(inputs)).host;
+  async forward(
+    inputs: Record<string, HostTensor>,
+    options: { attention?: AttentionOption } = {},
+  ): Promise<Record<string, HostTensor>> {
+    const { attention, acceleration } = await this.resolveAcceleration(options.attention);
+    return (await this.step(inputs, { attention, acceleration })).host;
   }
 
   /**
@@ -538,6 +594,8 @@ export class PixArtTransformer2DModel implements DiffusersModel {
   }
 
   async close(): Promise<void> {
+    for (const { file } of this.clearOverlays.values()) await file.close();
+    for (const lf of this.linfusions.values()) await lf.close();
     await this.weights.close();
   }
 }

@@ -14,14 +14,9 @@ import type { Scheduler, SchedulerTensor } from '../schedulers/scheduler.js';
 import type { TGateOptions } from '../attention/tgate.js';
 import { pruneDeadStores, tgatePlan } from '../attention/tgate.js';
 import type { TensorRef } from '../runtime/backend.js';
-import type { AttentionChoice } from '../attention/types.js';
-import { LinFusionWeights } from '../attention/linfusion.js';
-import { SafetensorsFile } from '../io/safetensors.js';
-import { OverlayTensorSource } from '../nn/weights.js';
+import type { AttentionOption } from '../attention/types.js';
 import type { LoadedLora } from '../lora/adapters.js';
-import { AdapterSet } from '../lora/adapters.js';
 import { FLASH_PRESET, loadFlashLora } from '../lora/flash.js';
-import type { PixArtAcceleration } from '../models/pixart-transformer.js';
 import { schedulerFromConfig } from '../schedulers/index.js';
 import type { PromptEncoder } from './prompt.js';
 import { loadT5PromptEncoder } from './prompt.js';
@@ -82,15 +77,7 @@ export interface PixArtRunOptions {
   attention?: AttentionOption;
 }
 
-/**
- * Self-attention choice of a run. `weights`: for CLEAR an optional safetensors file overlaid on the
- * transformer (non-strict, under the base model's names plus `…attn1.processor.spatial_weight`);
- * for LinFusion its folder (config.json + diffusion_pytorch_model.safetensors).
- */
-export type AttentionOption =
-  | { kind: 'full' }
-  | { kind: 'clear'; radius: number; downFactor?: number; weights?: string }
-  | { kind: 'linfusion'; weights: string };
+export type { AttentionOption } from '../attention/types.js';
 
 export interface GeneratedImage {
   width: number;
@@ -109,12 +96,6 @@ export interface PixArtOutput {
 
 /** The PixArt-α / PixArt-Σ text-to-image pipeline (diffusers `PixArtAlphaPipeline`, `PixArtSigmaPipeline`). */
 export class PixArtPipeline {
-  /** LoRA adapters of the transformer (diffusers' loadLoraWeights / setAdapters / fuseLora …). */
-  readonly adapters = new AdapterSet();
-  /** Acceleration weights opened once per file and kept while the pipeline is open. */
-  private readonly clearOverlays = new Map<string, { file: SafetensorsFile; source: OverlayTensorSource }>();
-  private readonly linfusions = new Map<string, LinFusionWeights>();
-
   private constructor(
     readonly className: string,
     readonly dir: string,
@@ -256,8 +237,7 @@ export class PixArtPipeline {
         aspect_ratio: hostTensor('float32', [n, 1], new Float32Array(n).fill(Math.fround(height / width))),
       };
     };
-    const resolved = await this.resolveAttention(o.attention);
-    if (this.adapters.loaded.length > 0) resolved.acceleration = { ...resolved.acceleration, lora: this.adapters };
+    const resolved = await this.transformer.resolveAcceleration(o.attention);
     const plan = o.tgate ? pruneDeadStores(tgatePlan(timesteps.length, o.tgate, cfg)) : undefined;
     // T-GATE caches by layer ('<i>.attn1'), kept where the sessions run; cleared for every generation.
     const caches = new Map<string, TensorRef>();
@@ -417,25 +397,25 @@ export class PixArtPipeline {
    * module are reported in the result's `ignored`, as diffusers warns.
    */
   async loadLoraWeights(path: string, options: { adapterName?: string } = {}): Promise<LoadedLora> {
-    return this.adapters.load(path, { adapterName: options.adapterName, modelParameters: this.transformer.weights });
+    return this.transformer.loadLoraWeights(path, options);
   }
 
   /** Activate adapters with weights (default 1 each); switching needs no recompilation. */
   setAdapters(names: string | string[], weights?: number | number[]): void {
-    this.adapters.setAdapters(names, weights);
+    this.transformer.adapters.setAdapters(names, weights);
   }
 
   /** Merge the active adapters into the weights (ORT folds W + s·B·A once; no per-step cost). */
   fuseLora(options: { loraScale?: number; adapterNames?: string[] } = {}): void {
-    this.adapters.fuse(options);
+    this.transformer.adapters.fuse(options);
   }
 
   unfuseLora(): void {
-    this.adapters.unfuse();
+    this.transformer.adapters.unfuse();
   }
 
   unloadLoraWeights(names?: string | string[]): void {
-    this.adapters.unload(typeof names === 'string' ? [names] : names);
+    this.transformer.adapters.unload(typeof names === 'string' ? [names] : names);
   }
 
   /**
@@ -444,48 +424,13 @@ export class PixArtPipeline {
    * return the run options to use: 4 steps, guidance 0 (no CFG batch).
    */
   async useFlashDiffusion(path: string, options: { adapterName?: string } = {}): Promise<{ adapter: LoadedLora; runOptions: Pick<PixArtRunOptions, 'numInferenceSteps' | 'guidanceScale'> }> {
-    const setup = await loadFlashLora(this.adapters, path, {
+    const setup = await loadFlashLora(this.transformer.adapters, path, {
       modelParameters: this.transformer.weights,
       schedulerConfig: this.scheduler.config as Record<string, unknown>,
       adapterName: options.adapterName,
     });
     this.scheduler = setup.scheduler;
     return { adapter: setup.adapter, runOptions: { numInferenceSteps: FLASH_PRESET.numInferenceSteps, guidanceScale: FLASH_PRESET.guidanceScale } };
-  }
-
-  /** Turn a run's attention option into what the transformer builds step graphs with. */
-  private async resolveAttention(option: AttentionOption | undefined): Promise<{ attention?: AttentionChoice; acceleration: PixArtAcceleration }> {
-    if (!option || option.kind === 'full') return { acceleration: {} };
-    if (option.kind === 'clear') {
-      if (!Number.isInteger(option.radius) || option.radius < 1) {
-        throw new OptionError(`attention.radius must be an integer ≥ 1, got ${option.radius}`);
-      }
-      const downFactor = option.downFactor ?? 1;
-      if (!Number.isInteger(downFactor) || downFactor < 1) {
-        throw new OptionError(`attention.downFactor must be an integer ≥ 1, got ${downFactor}`);
-      }
-      const attention: AttentionChoice = { kind: 'clear', radius: option.radius, downFactor };
-      if (!option.weights) return { attention, acceleration: {} };
-      const path = resolve(option.weights);
-      let overlay = this.clearOverlays.get(path);
-      if (!overlay) {
-        const file = await SafetensorsFile.open(path);
-        overlay = { file, source: new OverlayTensorSource(this.transformer.weights, file, path) };
-        this.clearOverlays.set(path, overlay);
-      }
-      return { attention, acceleration: { weights: overlay.source, key: `clear:${path}` } };
-    }
-    if (option.kind === 'linfusion') {
-      if (!option.weights) throw new OptionError("attention kind 'linfusion' needs weights: the LinFusion folder");
-      const dir = resolve(option.weights);
-      let linfusion = this.linfusions.get(dir);
-      if (!linfusion) {
-        linfusion = await LinFusionWeights.open(dir);
-        this.linfusions.set(dir, linfusion);
-      }
-      return { attention: { kind: 'linfusion' }, acceleration: { linfusion, key: `linfusion:${dir}` } };
-    }
-    throw new OptionError(`unknown attention kind "${(option as { kind: string }).kind}"; expected full, clear or linfusion`);
   }
 
   private requireEncoder(): PromptEncoder {
@@ -498,8 +443,6 @@ export class PixArtPipeline {
   }
 
   async close(): Promise<void> {
-    for (const { file } of this.clearOverlays.values()) await file.close();
-    for (const lf of this.linfusions.values()) await lf.close();
     await this.transformer.close();
     await this.vae.close();
     await this.promptEncoder?.close();

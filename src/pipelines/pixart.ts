@@ -100,12 +100,34 @@ export class PixArtPipeline {
     readonly className: string,
     readonly dir: string,
     readonly transformer: PixArtTransformer2DModel,
-    readonly vae: AutoencoderKL,
+    /** Absent in pipelines built from components for latent output only. */
+    readonly vae: AutoencoderKL | undefined,
     public scheduler: Scheduler,
     readonly promptEncoder: PromptEncoder | undefined,
     readonly runtime: Runtime,
     private readonly ownsRuntime: boolean,
   ) {}
+
+  /**
+   * A pipeline from loaded components (diffusers' `PixArtAlphaPipeline(transformer=…, …)`). Without
+   * a VAE it produces latents only, assuming the PixArt VAE's factor of 8.
+   */
+  static fromComponents(components: {
+    transformer: PixArtTransformer2DModel;
+    scheduler: Scheduler;
+    vae?: AutoencoderKL;
+    promptEncoder?: PromptEncoder;
+    runtime: Runtime;
+    className?: 'PixArtAlphaPipeline' | 'PixArtSigmaPipeline';
+  }): PixArtPipeline {
+    const c = components;
+    return new PixArtPipeline(c.className ?? 'PixArtAlphaPipeline', c.transformer.dir, c.transformer, c.vae, c.scheduler, c.promptEncoder, c.runtime, false);
+  }
+
+  /** The VAE's downsampling factor (8 for every PixArt VAE; assumed when there is no VAE). */
+  get vaeScaleFactor(): number {
+    return this.vae?.vaeScaleFactor ?? 8;
+  }
 
   static async fromPretrained(
     dir: string,
@@ -157,7 +179,7 @@ export class PixArtPipeline {
 
   /** Default output size: the transformer's sample size × the VAE factor (1024 for PixArt-α 1024). */
   get defaultSize(): number {
-    return this.transformer.config.sampleSize * this.vae.vaeScaleFactor;
+    return this.transformer.config.sampleSize * this.vaeScaleFactor;
   }
 
   async run(o: PixArtRunOptions = {}): Promise<PixArtOutput> {
@@ -179,7 +201,7 @@ export class PixArtPipeline {
     checkInteger(steps, 'numInferenceSteps', 1);
     checkInteger(perPrompt, 'numImagesPerPrompt', 1);
     if (!Number.isFinite(guidance)) throw new OptionError(`guidanceScale must be a number, got ${guidance}`);
-    const factor = this.vae.vaeScaleFactor * this.transformer.config.patchSize;
+    const factor = this.vaeScaleFactor * this.transformer.config.patchSize;
     for (const [name, v] of [
       ['height', height],
       ['width', width],
@@ -187,7 +209,7 @@ export class PixArtPipeline {
       checkInteger(v, name, 1);
       if (v % factor !== 0) {
         throw new OptionError(
-          `${name} ${v} must be a multiple of ${factor} (VAE factor ${this.vae.vaeScaleFactor} × patch size ${this.transformer.config.patchSize}); try ${Math.max(factor, Math.round(v / factor) * factor)}`,
+          `${name} ${v} must be a multiple of ${factor} (VAE factor ${this.vaeScaleFactor} × patch size ${this.transformer.config.patchSize}); try ${Math.max(factor, Math.round(v / factor) * factor)}`,
         );
       }
     }
@@ -204,7 +226,7 @@ export class PixArtPipeline {
         ? new TorchGenerator(o.seed)
         : new TorchGenerator(Math.floor(Math.random() * 2 ** 31)));
     const channels = this.transformer.config.inChannels;
-    const latentShape = [batch, channels, height / this.vae.vaeScaleFactor, width / this.vae.vaeScaleFactor];
+    const latentShape = [batch, channels, height / this.vaeScaleFactor, width / this.vaeScaleFactor];
     let latents: HostTensor;
     if (o.latents) {
       if (o.latents.shape.join() !== latentShape.join()) {
@@ -304,6 +326,7 @@ export class PixArtPipeline {
     }
     o.signal?.throwIfAborted();
     if (o.outputType === 'latent') return { latents, timesteps };
+    if (!this.vae) throw new OptionError('this pipeline has no VAE: use outputType "latent"');
     const scale = this.vae.config.scalingFactor;
     const z = hostTensor(
       'float32',
@@ -444,7 +467,7 @@ export class PixArtPipeline {
 
   async close(): Promise<void> {
     await this.transformer.close();
-    await this.vae.close();
+    await this.vae?.close();
     await this.promptEncoder?.close();
     if (this.ownsRuntime) await this.runtime.dispose();
   }

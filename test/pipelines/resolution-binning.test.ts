@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { OptionError } from '../../src/errors.js';
+import type { AutoencoderKL } from '../../src/models/autoencoder-kl.js';
 import { DiffusionPipeline } from '../../src/pipelines/index.js';
 import {
   ASPECT_RATIO_1024_BIN,
@@ -293,13 +294,13 @@ describe('PixArtPipeline.run with resolution binning (tiny pipeline, sample_size
     assert.deepEqual(out.latents.shape, latentShape);
     assert.ok(out.images);
     assert.deepEqual(out.images.shape, [1, 3, 21, 203]);
-    const scale = pipe.vae.config.scalingFactor;
+    const scale = (pipe.vae as AutoencoderKL).config.scalingFactor;
     const z = hostTensor(
       'float32',
       latentShape,
       (out.latents.data as Float32Array).map((v) => Math.fround(v / scale)),
     );
-    const decoded = (await pipe.vae.decode(z)).sample;
+    const decoded = (await (pipe.vae as AutoencoderKL).decode(z)).sample;
     assert.deepEqual(decoded.shape, [1, 3, 128, 512]);
     const toUnit = (v: number): number => Math.min(1, Math.max(0, v / 2 + 0.5));
     const expected = resizeAndCropRef(decoded, 203, 21).map(toUnit);

@@ -1,11 +1,18 @@
 // `npm run bench [-- NAME …]`: runs the named benchmarks (default: all) and prints their tables.
 import { benchDit } from './dit.js';
+import { benchAttention } from './attention.js';
+import { benchDenoiser } from './denoiser.js';
 import { benchEngine } from './engine.js';
+import { benchPipeline } from './pipeline.js';
 import { machineLine } from './stats.js';
 
 const BENCHES: Record<string, () => Promise<unknown>> = {
   engine: () => benchEngine({ m: 1024, k: 1024, layers: 8, reps: 30, threads: 0 }, console.log),
   dit: () => benchDit({ tokens: [256, 1024, 4096], layers: 2, batch: 1, reps: 5, threads: 0 }, console.log),
+  attention: () =>
+    benchAttention({ tokens: [1024, 4096, 16384, 65536], maxFullTokens: 16384, maxDownTokens: 16384, reps: 3, threads: 0 }, console.log),
+  denoiser: () => benchDenoiser({ tokens: [4096, 16384], layers: 2, reps: 1, threads: 0 }, console.log),
+  pipeline: () => benchPipeline({ tokens: 1024, layers: 2, reps: 2, threads: 0 }, console.log),
 };
 
 const names = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -1,0 +1,195 @@
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { clearSelfAttention } from '../src/attention/clear.js';
+import { clearTiling, tilingSizes } from '../src/attention/clear-window.js';
+import { LinFusionWeights } from '../src/attention/linfusion.js';
+import { linfusionSelfAttention } from '../src/attention/linfusion.js';
+import type { SelfAttentionLayer } from '../src/attention/types.js';
+import { Graph, attention } from '../src/graph/index.js';
+import type { TensorToWrite } from '../src/io/safetensors.js';
+import { SafetensorsFile, writeSafetensors } from '../src/io/safetensors.js';
+import { Linear } from '../src/nn/layers.js';
+import { Params } from '../src/nn/params.js';
+import { hostTensor } from '../src/runtime/host-tensor.js';
+import { Runtime } from '../src/runtime/runtime.js';
+import { median, nowMs, table } from './stats.js';
+
+/** PixArt-α width. */
+const DIM = 1152;
+const HEADS = 16;
+
+export type AttentionVariant = { kind: 'full' } | { kind: 'clear'; radius: number; downFactor: number } | { kind: 'linfusion' };
+
+export interface AttentionCaseResult {
+  variant: string;
+  tokens: number;
+  ms: number;
+  gflop: number;
+  gflops: number;
+  peakRssMb: number;
+}
+
+export function variantName(v: AttentionVariant): string {
+  if (v.kind === 'clear') return `CLEAR r=${v.radius}${v.downFactor > 1 ? ` d=${v.downFactor}` : ''}`;
+  return v.kind === 'full' ? 'full attention' : 'LinFusion';
+}
+
+/** Multiply-add FLOPs of one self-attention layer (projections included) as the lowering executes it. */
+export function attentionFlops(v: AttentionVariant, side: number): number {
+  const N = side * side;
+  const projections = 2 * N * DIM * DIM * 4;
+  if (v.kind === 'full') return projections + 2 * 2 * N * N * DIM;
+  if (v.kind === 'linfusion') {
+    // Two residual MLPs C→C→C on q and k inputs, the d×d states, Q·S and Q·K̄ (d = C/heads).
+    const d = DIM / HEADS;
+    return projections + 2 * 2 * 2 * N * DIM * DIM + 2 * N * DIM * d * 2 + 2 * N * DIM;
+  }
+  const t = clearTiling({ height: side, width: side }, v.radius);
+  const { tiles, tileTokens, windowKeys } = tilingSizes(t);
+  const pooled = v.downFactor > 1 ? N / (v.downFactor * v.downFactor) : 0;
+  return projections + 2 * 2 * tiles * tileTokens * (windowKeys + pooled) * DIM;
+}
+
+function randomTensors(names: Record<string, number[]>, seed: number): Record<string, TensorToWrite> {
+  let state = seed >>> 0;
+  const out: Record<string, TensorToWrite> = {};
+  for (const [name, shape] of Object.entries(names)) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const scale = 1 / Math.sqrt(shape[shape.length - 1]);
+    out[name] = {
+      dtype: 'F32',
+      shape,
+      data: Float32Array.from({ length: n }, () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 4294967296 - 0.5) * 2 * scale),
+    };
+  }
+  return out;
+}
+
+/** Weights of one PixArt attn1 module, and a LinFusion folder replacing it (mid dim = C, as for SD-1.5). */
+async function writeLayerWeights(dir: string): Promise<void> {
+  const base: Record<string, number[]> = {};
+  for (const p of ['to_q', 'to_k', 'to_v', 'to_out.0']) {
+    base[`attn1.${p}.weight`] = [DIM, DIM];
+    base[`attn1.${p}.bias`] = [DIM];
+  }
+  await writeSafetensors(join(dir, 'layer.safetensors'), randomTensors(base, 1));
+  const lin: Record<string, number[]> = {};
+  for (const p of ['to_q', 'to_k', 'to_v']) lin[`0.${p}.weight`] = [DIM, DIM];
+  lin['0.to_out.0.weight'] = [DIM, DIM];
+  lin['0.to_out.0.bias'] = [DIM];
+  for (const m of ['to_q_', 'to_k_']) {
+    lin[`0.${m}.0.weight`] = [DIM, DIM];
+    lin[`0.${m}.0.bias`] = [DIM];
+    lin[`0.${m}.1.weight`] = [DIM];
+    lin[`0.${m}.1.bias`] = [DIM];
+    lin[`0.${m}.3.weight`] = [DIM, DIM];
+    lin[`0.${m}.3.bias`] = [DIM];
+  }
+  mkdirSync(join(dir, 'linfusion'), { recursive: true });
+  await writeSafetensors(join(dir, 'linfusion', 'diffusion_pytorch_model.safetensors'), randomTensors(lin, 2));
+  writeFileSync(
+    join(dir, 'linfusion', 'config.json'),
+    JSON.stringify({ _class_name: 'LinFusion', modules_list: [{ module_name: 'attn1', dim_n: DIM, heads: HEADS, projection_mid_dim: null }] }),
+  );
+}
+
+/** One case, in this process: build, compile, time. Run in a child process so peak memory is the case's own. */
+export async function runAttentionCase(dir: string, v: AttentionVariant, side: number, reps: number, threads: number): Promise<AttentionCaseResult> {
+  const runtime = new Runtime({ worker: false, threads });
+  const file = await SafetensorsFile.open(join(dir, 'layer.safetensors'));
+  const source = { has: (n: string) => file.has(n), info: (n: string) => ({ ...file.info(n), path: join(dir, 'layer.safetensors') }) };
+  const linfusion = v.kind === 'linfusion' ? await LinFusionWeights.open(join(dir, 'linfusion')) : undefined;
+  const g = new Graph('attention_layer');
+  const x = g.input('x', 'float32', [1, side * side, DIM]);
+  const p = Params.of(g, source).child('attn1');
+  const layer: SelfAttentionLayer = { params: p, x, dim: DIM, heads: HEADS, qkvBias: true, grid: { height: side, width: side }, textTokens: 0 };
+  let y;
+  if (v.kind === 'full') {
+    const q = Linear(p.child('to_q'), x, DIM, DIM);
+    const k = Linear(p.child('to_k'), x, DIM, DIM);
+    const vv = Linear(p.child('to_v'), x, DIM, DIM);
+    y = Linear(p.child('to_out').child(0), attention(q, k, vv, { numHeads: HEADS }), DIM, DIM);
+  } else if (v.kind === 'clear') {
+    y = clearSelfAttention(layer, { radius: v.radius, downFactor: v.downFactor });
+  } else {
+    y = linfusionSelfAttention(layer, linfusion as LinFusionWeights, 'attn1');
+  }
+  g.output('y', y);
+  const compiled = await runtime.compile(g);
+  const input = { x: hostTensor('float32', [1, side * side, DIM], Float32Array.from({ length: side * side * DIM }, (_, i) => Math.sin(i * 0.1))) };
+  const times: number[] = [];
+  for (let r = -1; r < reps; r++) {
+    const t0 = nowMs();
+    await compiled.run(input);
+    if (r >= 0) times.push(nowMs() - t0);
+  }
+  const ms = median(times);
+  const flops = attentionFlops(v, side);
+  await file.close();
+  await linfusion?.close();
+  await runtime.dispose();
+  return { variant: variantName(v), tokens: side * side, ms, gflop: flops / 1e9, gflops: flops / ms / 1e6, peakRssMb: process.resourceUsage().maxRSS / 1024 };
+}
+
+export interface AttentionBenchOptions {
+  /** Token counts (square numbers) per variant kind; cases whose estimated time is too long are skipped. */
+  tokens: number[];
+  maxFullTokens: number;
+  maxDownTokens: number;
+  reps: number;
+  threads: number;
+}
+
+/**
+ * (a) One self-attention layer at PixArt-α width (1152 = 16 × 72, projections included), from 1K
+ * image tokens up: full attention vs CLEAR r = 8/16/32 with and without d = 4 vs LinFusion. Each
+ * case runs in its own process, so its peak RSS is its own.
+ */
+export async function benchAttention(o: AttentionBenchOptions, log: (s: string) => void): Promise<AttentionCaseResult[]> {
+  const dir = mkdtempSync(join(tmpdir(), 'velodiff-attn-'));
+  try {
+    await writeLayerWeights(dir);
+    const variants: AttentionVariant[] = [
+      { kind: 'full' },
+      ...[8, 16, 32].flatMap((radius) => [1, 4].map((downFactor) => ({ kind: 'clear' as const, radius, downFactor }))),
+      { kind: 'linfusion' },
+    ];
+    const rows: AttentionCaseResult[] = [];
+    for (const tokens of o.tokens) {
+      const side = Math.round(Math.sqrt(tokens));
+      for (const v of variants) {
+        if (v.kind === 'full' && tokens > o.maxFullTokens) continue;
+        if (v.kind === 'clear' && v.downFactor > 1 && tokens > o.maxDownTokens) continue;
+        const reps = tokens >= 16384 ? Math.min(o.reps, 2) : o.reps;
+        const out = execFileSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--case', JSON.stringify({ dir, v, side, reps, threads: o.threads })], {
+          encoding: 'utf8',
+          maxBuffer: 1 << 20,
+        });
+        const row = JSON.parse(out.trim().split('\n').pop() as string) as AttentionCaseResult;
+        rows.push(row);
+        log(`  ${row.variant.padEnd(16)} ${String(row.tokens).padStart(6)} tokens: ${row.ms.toFixed(1)} ms`);
+      }
+    }
+    log(
+      table(
+        ['variant', 'tokens', 'ms', 'µs/token', 'GFLOP', 'GFLOP/s', 'peak RSS MB', 'vs full'],
+        rows.map((r) => {
+          const full = rows.find((f) => f.tokens === r.tokens && f.variant === 'full attention');
+          return [r.variant, r.tokens, r.ms, (r.ms * 1000) / r.tokens, r.gflop, r.gflops, r.peakRssMb, full ? (full.ms / r.ms).toFixed(2) : '-'];
+        }),
+      ),
+    );
+    return rows;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// Child-process entry: one case, printed as JSON.
+if (process.argv[2] === '--case' && process.argv[1] === fileURLToPath(import.meta.url)) {
+  const c = JSON.parse(process.argv[3]) as { dir: string; v: AttentionVariant; side: number; reps: number; threads: number };
+  console.log(JSON.stringify(await runAttentionCase(c.dir, c.v, c.side, c.reps, c.threads)));
+}

@@ -21,7 +21,8 @@ import { median, nowMs, table } from './stats.js';
 const DIM = 1152;
 const HEADS = 16;
 
-export type AttentionVariant = { kind: 'full' } | { kind: 'clear'; radius: number; downFactor: number } | { kind: 'linfusion' };
+export type AttentionVariant =
+  { kind: 'full' } | { kind: 'clear'; radius: number; downFactor: number } | { kind: 'linfusion' };
 
 export interface AttentionCaseResult {
   variant: string;
@@ -62,7 +63,10 @@ function randomTensors(names: Record<string, number[]>, seed: number): Record<st
     out[name] = {
       dtype: 'F32',
       shape,
-      data: Float32Array.from({ length: n }, () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 4294967296 - 0.5) * 2 * scale),
+      data: Float32Array.from(
+        { length: n },
+        () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 4294967296 - 0.5) * 2 * scale,
+      ),
     };
   }
   return out;
@@ -89,23 +93,46 @@ async function writeLayerWeights(dir: string): Promise<void> {
     lin[`0.${m}.3.bias`] = [DIM];
   }
   mkdirSync(join(dir, 'linfusion'), { recursive: true });
-  await writeSafetensors(join(dir, 'linfusion', 'diffusion_pytorch_model.safetensors'), randomTensors(lin, 2));
+  await writeSafetensors(
+    join(dir, 'linfusion', 'diffusion_pytorch_model.safetensors'),
+    randomTensors(lin, 2),
+  );
   writeFileSync(
     join(dir, 'linfusion', 'config.json'),
-    JSON.stringify({ _class_name: 'LinFusion', modules_list: [{ module_name: 'attn1', dim_n: DIM, heads: HEADS, projection_mid_dim: null }] }),
+    JSON.stringify({
+      _class_name: 'LinFusion',
+      modules_list: [{ module_name: 'attn1', dim_n: DIM, heads: HEADS, projection_mid_dim: null }],
+    }),
   );
 }
 
 /** One case, in this process: build, compile, time. Run in a child process so peak memory is the case's own. */
-export async function runAttentionCase(dir: string, v: AttentionVariant, side: number, reps: number, threads: number): Promise<AttentionCaseResult> {
+export async function runAttentionCase(
+  dir: string,
+  v: AttentionVariant,
+  side: number,
+  reps: number,
+  threads: number,
+): Promise<AttentionCaseResult> {
   const runtime = new Runtime({ worker: false, threads });
   const file = await SafetensorsFile.open(join(dir, 'layer.safetensors'));
-  const source = { has: (n: string) => file.has(n), info: (n: string) => ({ ...file.info(n), path: join(dir, 'layer.safetensors') }) };
+  const source = {
+    has: (n: string) => file.has(n),
+    info: (n: string) => ({ ...file.info(n), path: join(dir, 'layer.safetensors') }),
+  };
   const linfusion = v.kind === 'linfusion' ? await LinFusionWeights.open(join(dir, 'linfusion')) : undefined;
   const g = new Graph('attention_layer');
   const x = g.input('x', 'float32', [1, side * side, DIM]);
   const p = Params.of(g, source).child('attn1');
-  const layer: SelfAttentionLayer = { params: p, x, dim: DIM, heads: HEADS, qkvBias: true, grid: { height: side, width: side }, textTokens: 0 };
+  const layer: SelfAttentionLayer = {
+    params: p,
+    x,
+    dim: DIM,
+    heads: HEADS,
+    qkvBias: true,
+    grid: { height: side, width: side },
+    textTokens: 0,
+  };
   let y;
   if (v.kind === 'full') {
     const q = Linear(p.child('to_q'), x, DIM, DIM);
@@ -119,7 +146,13 @@ export async function runAttentionCase(dir: string, v: AttentionVariant, side: n
   }
   g.output('y', y);
   const compiled = await runtime.compile(g);
-  const input = { x: hostTensor('float32', [1, side * side, DIM], Float32Array.from({ length: side * side * DIM }, (_, i) => Math.sin(i * 0.1))) };
+  const input = {
+    x: hostTensor(
+      'float32',
+      [1, side * side, DIM],
+      Float32Array.from({ length: side * side * DIM }, (_, i) => Math.sin(i * 0.1)),
+    ),
+  };
   const times: number[] = [];
   for (let r = -1; r < reps; r++) {
     const t0 = nowMs();
@@ -131,7 +164,14 @@ export async function runAttentionCase(dir: string, v: AttentionVariant, side: n
   await file.close();
   await linfusion?.close();
   await runtime.dispose();
-  return { variant: variantName(v), tokens: side * side, ms, gflop: flops / 1e9, gflops: flops / ms / 1e6, peakRssMb: process.resourceUsage().maxRSS / 1024 };
+  return {
+    variant: variantName(v),
+    tokens: side * side,
+    ms,
+    gflop: flops / 1e9,
+    gflops: flops / ms / 1e6,
+    peakRssMb: process.resourceUsage().maxRSS / 1024,
+  };
 }
 
 export interface AttentionBenchOptions {
@@ -148,13 +188,18 @@ export interface AttentionBenchOptions {
  * image tokens up: full attention vs CLEAR r = 8/16/32 with and without d = 4 vs LinFusion. Each
  * case runs in its own process, so its peak RSS is its own.
  */
-export async function benchAttention(o: AttentionBenchOptions, log: (s: string) => void): Promise<AttentionCaseResult[]> {
+export async function benchAttention(
+  o: AttentionBenchOptions,
+  log: (s: string) => void,
+): Promise<AttentionCaseResult[]> {
   const dir = mkdtempSync(join(tmpdir(), 'velodiff-attn-'));
   try {
     await writeLayerWeights(dir);
     const variants: AttentionVariant[] = [
       { kind: 'full' },
-      ...[8, 16, 32].flatMap((radius) => [1, 4].map((downFactor) => ({ kind: 'clear' as const, radius, downFactor }))),
+      ...[8, 16, 32].flatMap((radius) =>
+        [1, 4].map((downFactor) => ({ kind: 'clear' as const, radius, downFactor })),
+      ),
       { kind: 'linfusion' },
     ];
     const rows: AttentionCaseResult[] = [];
@@ -164,10 +209,19 @@ export async function benchAttention(o: AttentionBenchOptions, log: (s: string) 
         if (v.kind === 'full' && tokens > o.maxFullTokens) continue;
         if (v.kind === 'clear' && v.downFactor > 1 && tokens > o.maxDownTokens) continue;
         const reps = tokens >= 16384 ? Math.min(o.reps, 2) : o.reps;
-        const out = execFileSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--case', JSON.stringify({ dir, v, side, reps, threads: o.threads })], {
-          encoding: 'utf8',
-          maxBuffer: 1 << 20,
-        });
+        const out = execFileSync(
+          process.execPath,
+          [
+            ...process.execArgv,
+            fileURLToPath(import.meta.url),
+            '--case',
+            JSON.stringify({ dir, v, side, reps, threads: o.threads }),
+          ],
+          {
+            encoding: 'utf8',
+            maxBuffer: 1 << 20,
+          },
+        );
         const row = JSON.parse(out.trim().split('\n').pop() as string) as AttentionCaseResult;
         rows.push(row);
         log(`  ${row.variant.padEnd(16)} ${String(row.tokens).padStart(6)} tokens: ${row.ms.toFixed(1)} ms`);
@@ -178,7 +232,16 @@ export async function benchAttention(o: AttentionBenchOptions, log: (s: string) 
         ['variant', 'tokens', 'ms', 'µs/token', 'GFLOP', 'GFLOP/s', 'peak RSS MB', 'vs full'],
         rows.map((r) => {
           const full = rows.find((f) => f.tokens === r.tokens && f.variant === 'full attention');
-          return [r.variant, r.tokens, r.ms, (r.ms * 1000) / r.tokens, r.gflop, r.gflops, r.peakRssMb, full ? (full.ms / r.ms).toFixed(2) : '-'];
+          return [
+            r.variant,
+            r.tokens,
+            r.ms,
+            (r.ms * 1000) / r.tokens,
+            r.gflop,
+            r.gflops,
+            r.peakRssMb,
+            full ? (full.ms / r.ms).toFixed(2) : '-',
+          ];
         }),
       ),
     );
@@ -190,6 +253,12 @@ export async function benchAttention(o: AttentionBenchOptions, log: (s: string) 
 
 // Child-process entry: one case, printed as JSON.
 if (process.argv[2] === '--case' && process.argv[1] === fileURLToPath(import.meta.url)) {
-  const c = JSON.parse(process.argv[3]) as { dir: string; v: AttentionVariant; side: number; reps: number; threads: number };
+  const c = JSON.parse(process.argv[3]) as {
+    dir: string;
+    v: AttentionVariant;
+    side: number;
+    reps: number;
+    threads: number;
+  };
   console.log(JSON.stringify(await runAttentionCase(c.dir, c.v, c.side, c.reps, c.threads)));
 }

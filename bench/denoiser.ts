@@ -35,7 +35,10 @@ async function writeRandomLinFusion(dir: string, layers: number, dim: number, he
     tensors[name] = {
       dtype: 'F32',
       shape,
-      data: Float32Array.from({ length: n }, () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 4294967296 - 0.5) * scale),
+      data: Float32Array.from(
+        { length: n },
+        () => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 4294967296 - 0.5) * scale,
+      ),
     };
   };
   for (let i = 0; i < layers; i++) {
@@ -52,7 +55,12 @@ async function writeRandomLinFusion(dir: string, layers: number, dim: number, he
     }
   }
   await writeSafetensors(join(dir, 'diffusion_pytorch_model.safetensors'), tensors);
-  const modules_list = Array.from({ length: layers }, (_, i) => ({ module_name: `transformer_blocks.${i}.attn1`, dim_n: dim, heads, projection_mid_dim: null }));
+  const modules_list = Array.from({ length: layers }, (_, i) => ({
+    module_name: `transformer_blocks.${i}.attn1`,
+    dim_n: dim,
+    heads,
+    projection_mid_dim: null,
+  }));
   writeFileSync(join(dir, 'config.json'), JSON.stringify({ _class_name: 'LinFusion', modules_list }));
 }
 
@@ -60,7 +68,10 @@ async function writeRandomLinFusion(dir: string, layers: number, dim: number, he
  * (b) One denoiser step (a forward at batch 1, caption 120 tokens) of a few-layer PixArt-α-width
  * model with full attention, CLEAR r = 16 and LinFusion in every self-attention layer.
  */
-export async function benchDenoiser(o: DenoiserBenchOptions, log: (s: string) => void): Promise<DenoiserBenchRow[]> {
+export async function benchDenoiser(
+  o: DenoiserBenchOptions,
+  log: (s: string) => void,
+): Promise<DenoiserBenchRow[]> {
   const dir = mkdtempSync(join(tmpdir(), 'velodiff-denoiser-'));
   const shape = { ...PIXART_ALPHA_WIDTH, layers: o.layers };
   const dim = shape.heads * shape.headDim;
@@ -77,10 +88,15 @@ export async function benchDenoiser(o: DenoiserBenchOptions, log: (s: string) =>
     const rows: DenoiserBenchRow[] = [];
     for (const tokens of o.tokens) {
       const side = Math.round(Math.sqrt(tokens)) * shape.patchSize;
-      const fill = (n: number): Float32Array => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37));
+      const fill = (n: number): Float32Array =>
+        Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37));
       const inputs = {
         hidden_states: hostTensor('float32', [1, 4, side, side], fill(4 * side * side)),
-        encoder_hidden_states: hostTensor('float32', [1, 120, shape.captionChannels], fill(120 * shape.captionChannels)),
+        encoder_hidden_states: hostTensor(
+          'float32',
+          [1, 120, shape.captionChannels],
+          fill(120 * shape.captionChannels),
+        ),
         timestep: hostTensor('float32', [1], [500]),
         resolution: hostTensor('float32', [1, 2], [1024, 1024]),
         aspect_ratio: hostTensor('float32', [1, 1], [1]),
@@ -94,10 +110,17 @@ export async function benchDenoiser(o: DenoiserBenchOptions, log: (s: string) =>
         }
       }
       const fullMs = median(times[0]);
-      variants.forEach(([name], v) => rows.push({ variant: name, tokens, ms: median(times[v]), speedup: fullMs / median(times[v]) }));
+      variants.forEach(([name], v) =>
+        rows.push({ variant: name, tokens, ms: median(times[v]), speedup: fullMs / median(times[v]) }),
+      );
     }
     log(`PixArt-α width, ${o.layers} layers, batch 1, caption 120 tokens, ${o.reps} runs per case`);
-    log(table(['variant', 'tokens', 'ms/step', 'µs/token', 'speed-up vs full'], rows.map((r) => [r.variant, r.tokens, r.ms, (r.ms * 1000) / r.tokens, r.speedup.toFixed(2)])));
+    log(
+      table(
+        ['variant', 'tokens', 'ms/step', 'µs/token', 'speed-up vs full'],
+        rows.map((r) => [r.variant, r.tokens, r.ms, (r.ms * 1000) / r.tokens, r.speedup.toFixed(2)]),
+      ),
+    );
     await model.close();
     await runtime.dispose();
     return rows;

@@ -33,7 +33,10 @@ export interface PipelineBenchRow {
  * output) of a PixArt-α-width denoiser with random weights: the plain CFG loop vs T-GATE at the
  * authors' PixArt settings, and vs the Flash recipe (fused LoRA, LCM, 4 steps, no CFG).
  */
-export async function benchPipeline(o: PipelineBenchOptions, log: (s: string) => void): Promise<PipelineBenchRow[]> {
+export async function benchPipeline(
+  o: PipelineBenchOptions,
+  log: (s: string) => void,
+): Promise<PipelineBenchRow[]> {
   const dir = mkdtempSync(join(tmpdir(), 'velodiff-pipe-'));
   const shape = { ...PIXART_ALPHA_WIDTH, layers: o.layers };
   const dim = shape.heads * shape.headDim;
@@ -50,8 +53,14 @@ export async function benchPipeline(o: PipelineBenchOptions, log: (s: string) =>
     // PixArt's pipeline default: DPM-Solver++ 2M (the authors' T-GATE PixArt runs use it too).
     const scheduler = new DPMSolverMultistepScheduler({});
     const pipe = PixArtPipeline.fromComponents({ transformer, scheduler, runtime });
-    const fill = (n: number, seed: number): Float32Array => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37 + seed));
-    const embeds = (seed: number) => hostTensor('float32', [1, captionLength, shape.captionChannels], fill(captionLength * shape.captionChannels, seed));
+    const fill = (n: number, seed: number): Float32Array =>
+      Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37 + seed));
+    const embeds = (seed: number) =>
+      hostTensor(
+        'float32',
+        [1, captionLength, shape.captionChannels],
+        fill(captionLength * shape.captionChannels, seed),
+      );
     const mask = hostTensor('float32', [1, captionLength], new Float32Array(captionLength).fill(1));
     const base: PixArtRunOptions = {
       promptEmbeds: embeds(1),
@@ -67,19 +76,39 @@ export async function benchPipeline(o: PipelineBenchOptions, log: (s: string) =>
     };
     const forward = (batch: number): number => pixArtFlops(shape, o.tokens, captionLength, batch) / 1e9;
     const crossAttention = (batch: number): number =>
-      (batch * o.layers * (2 * o.tokens * dim * dim * 2 + 2 * captionLength * dim * dim * 2 + 2 * 2 * o.tokens * captionLength * dim)) / 1e9;
+      (batch *
+        o.layers *
+        (2 * o.tokens * dim * dim * 2 +
+          2 * captionLength * dim * dim * 2 +
+          2 * 2 * o.tokens * captionLength * dim)) /
+      1e9;
     const variants: { name: string; options: Partial<PixArtRunOptions>; flash?: boolean; gflop: number }[] = [
-      { name: 'plain, 25 steps, CFG 4.5', options: { numInferenceSteps: 25, guidanceScale: 4.5 }, gflop: 25 * forward(2) },
+      {
+        name: 'plain, 25 steps, CFG 4.5',
+        options: { numInferenceSteps: 25, guidanceScale: 4.5 },
+        gflop: 25 * forward(2),
+      },
       {
         name: 'T-GATE V1 (gate 8)',
-        options: { numInferenceSteps: 25, guidanceScale: 4.5, tgate: { gateStep: 8, spInterval: 1, warmUp: 0 } },
+        options: {
+          numInferenceSteps: 25,
+          guidanceScale: 4.5,
+          tgate: { gateStep: 8, spInterval: 1, warmUp: 0 },
+        },
         gflop: 8 * forward(2) + 17 * (forward(1) - crossAttention(1)),
       },
       {
         name: 'T-GATE V2 (gate 15, sp 3, warm-up 2)',
-        options: { numInferenceSteps: 25, guidanceScale: 4.5, tgate: { gateStep: 15, spInterval: 3, fiInterval: 1, warmUp: 2 } },
+        options: {
+          numInferenceSteps: 25,
+          guidanceScale: 4.5,
+          tgate: { gateStep: 15, spInterval: 3, fiInterval: 1, warmUp: 2 },
+        },
         // Self-attention reused at 7 planning steps (4,5,7,8,10,11,13), cross-attention after the gate.
-        gflop: 15 * forward(2) - 7 * selfAttentionGflop(o.tokens, dim, o.layers, 2) + 10 * (forward(1) - crossAttention(1)),
+        gflop:
+          15 * forward(2) -
+          7 * selfAttentionGflop(o.tokens, dim, o.layers, 2) +
+          10 * (forward(1) - crossAttention(1)),
       },
       { name: 'Flash: fused LoRA, LCM, 4 steps, no CFG', options: {}, flash: true, gflop: 4 * forward(1) },
     ];
@@ -119,8 +148,21 @@ export async function benchPipeline(o: PipelineBenchOptions, log: (s: string) =>
       speedup: plainMs / median(times[i]),
       gflop: v.gflop,
     }));
-    log(`PixArt-α width, ${o.layers} layers, ${o.tokens} image tokens (${size}×${size} px), 120 caption tokens, ${o.reps} runs each`);
-    log(table(['variant', 'ms/image', 'speed-up', 'GFLOP', 'FLOP ratio'], rows.map((r) => [r.variant, r.ms, r.speedup.toFixed(2), r.gflop, (rows[0].gflop / r.gflop).toFixed(2)])));
+    log(
+      `PixArt-α width, ${o.layers} layers, ${o.tokens} image tokens (${size}×${size} px), 120 caption tokens, ${o.reps} runs each`,
+    );
+    log(
+      table(
+        ['variant', 'ms/image', 'speed-up', 'GFLOP', 'FLOP ratio'],
+        rows.map((r) => [
+          r.variant,
+          r.ms,
+          r.speedup.toFixed(2),
+          r.gflop,
+          (rows[0].gflop / r.gflop).toFixed(2),
+        ]),
+      ),
+    );
     await pipe.close();
     await runtime.dispose();
     return rows;
@@ -138,17 +180,31 @@ async function writeRandomFlashLora(dir: string, layers: number, dim: number): P
   mkdirSync(dir, { recursive: true });
   const rank = 64;
   let state = 7;
-  const random = (): number => ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 4294967296 - 0.5) * 0.02;
+  const random = (): number =>
+    ((state = (Math.imul(state, 1664525) + 1013904223) >>> 0) / 4294967296 - 0.5) * 0.02;
   const tensors: Record<string, TensorToWrite> = {};
   const add = (module: string, inF: number, outF: number): void => {
-    tensors[`base_model.model.${module}.lora_A.weight`] = { dtype: 'F32', shape: [rank, inF], data: Float32Array.from({ length: rank * inF }, random) };
-    tensors[`base_model.model.${module}.lora_B.weight`] = { dtype: 'F32', shape: [outF, rank], data: Float32Array.from({ length: rank * outF }, random) };
+    tensors[`base_model.model.${module}.lora_A.weight`] = {
+      dtype: 'F32',
+      shape: [rank, inF],
+      data: Float32Array.from({ length: rank * inF }, random),
+    };
+    tensors[`base_model.model.${module}.lora_B.weight`] = {
+      dtype: 'F32',
+      shape: [outF, rank],
+      data: Float32Array.from({ length: rank * outF }, random),
+    };
   };
   for (let i = 0; i < layers; i++) {
-    for (const a of ['attn1', 'attn2']) for (const p of ['to_q', 'to_k', 'to_v', 'to_out.0']) add(`transformer_blocks.${i}.${a}.${p}`, dim, dim);
+    for (const a of ['attn1', 'attn2'])
+      for (const p of ['to_q', 'to_k', 'to_v', 'to_out.0'])
+        add(`transformer_blocks.${i}.${a}.${p}`, dim, dim);
     add(`transformer_blocks.${i}.ff.net.0.proj`, dim, 4 * dim);
     add(`transformer_blocks.${i}.ff.net.2`, 4 * dim, dim);
   }
   await writeSafetensors(join(dir, 'adapter_model.safetensors'), tensors);
-  writeFileSync(join(dir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: rank, lora_alpha: 8 }));
+  writeFileSync(
+    join(dir, 'adapter_config.json'),
+    JSON.stringify({ peft_type: 'LORA', r: rank, lora_alpha: 8 }),
+  );
 }

@@ -10,7 +10,10 @@ const BENCHES: Record<string, () => Promise<unknown>> = {
   engine: () => benchEngine({ m: 1024, k: 1024, layers: 8, reps: 30, threads: 0 }, console.log),
   dit: () => benchDit({ tokens: [256, 1024, 4096], layers: 2, batch: 1, reps: 5, threads: 0 }, console.log),
   attention: () =>
-    benchAttention({ tokens: [1024, 4096, 16384, 65536], maxFullTokens: 16384, maxDownTokens: 16384, reps: 3, threads: 0 }, console.log),
+    benchAttention(
+      { tokens: [1024, 4096, 16384, 65536], maxFullTokens: 16384, maxDownTokens: 16384, reps: 3, threads: 0 },
+      console.log,
+    ),
   denoiser: () => benchDenoiser({ tokens: [4096, 16384], layers: 2, reps: 1, threads: 0 }, console.log),
   pipeline: () => benchPipeline({ tokens: 1024, layers: 2, reps: 2, threads: 0 }, console.log),
 };

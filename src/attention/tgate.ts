@@ -1,4 +1,7 @@
 import { OptionError } from '../errors.js';
+import type { Graph, Tensor } from '../graph/graph.js';
+import type { Dim } from '../graph/shape.js';
+import { add, mul, split } from '../graph/ops/index.js';
 
 /**
  * T-GATE V2 (methods/tgate_flash.md §1): what every attention layer of a role does at a step.
@@ -44,7 +47,8 @@ export function resolveTGateOptions(o: TGateOptions): Required<TGateOptions> {
     ['warmUp', 0],
   ] as const) {
     const v = r[key];
-    if (!Number.isInteger(v) || v < min) throw new OptionError(`tgate.${key} must be an integer ≥ ${min}, got ${String(v)}`);
+    if (!Number.isInteger(v) || v < min)
+      throw new OptionError(`tgate.${key} must be an integer ≥ ${min}, got ${String(v)}`);
   }
   return r;
 }
@@ -57,7 +61,9 @@ export function resolveTGateOptions(o: TGateOptions): Required<TGateOptions> {
 export function tgatePlan(numSteps: number, options: TGateOptions, doCfg: boolean): TGateStep[] {
   const { gateStep: G, spInterval: S, fiInterval: F, warmUp: W, lcm } = resolveTGateOptions(options);
   if (lcm && doCfg) {
-    throw new OptionError('tgate.lcm caches the whole batch, which needs a run without CFG: use guidanceScale ≤ 1 with lcm: true');
+    throw new OptionError(
+      'tgate.lcm caches the whole batch, which needs a run without CFG: use guidanceScale ≤ 1 with lcm: true',
+    );
   }
   const plan: TGateStep[] = [];
   for (let c = 0; c < numSteps; c++) {
@@ -69,7 +75,12 @@ export function tgatePlan(numSteps: number, options: TGateOptions, doCfg: boolea
       // Averaging needs the [uncond; cond] pair; without CFG the batch is kept as it is.
       plan.push({ selfAttention: 'store', crossAttention: 'store', average: doCfg, cfg });
     } else {
-      plan.push({ selfAttention: c % F === 0 ? 'store' : 'reuse', crossAttention: 'reuse', average: false, cfg });
+      plan.push({
+        selfAttention: c % F === 0 ? 'store' : 'reuse',
+        crossAttention: 'reuse',
+        average: false,
+        cfg,
+      });
     }
   }
   // REUSE without a stored tensor computes (without storing), as the authors' layers do.
@@ -103,5 +114,34 @@ export function pruneDeadStores(plan: readonly TGateStep[]): TGateStep[] {
       }
     }
   }
+  return out;
+}
+
+/** Names of T-GATE cache outputs (stored this step) and inputs (reused) of a layer's attention. */
+export const tgateCacheName = (layer: number, role: string): string => `cache.${layer}.${role}`;
+export const tgateCachedName = (layer: number, role: string): string => `cached.${layer}.${role}`;
+
+/** Mean of the two batch halves [uncond; cond]: what T-GATE keeps at the gate step. */
+export function halfMean(t: Tensor): Tensor {
+  const [a, b] = split(t, 2, 0);
+  return mul(add(a, b), 0.5);
+}
+
+/**
+ * An attention module's output under a T-GATE action, in a step graph: `compute` builds it;
+ * `store` also makes it (or its CFG-half mean) a graph output; `reuse` takes it as a graph input
+ * of `shape` instead of building anything. Every model wraps its attention modules in this.
+ */
+export function gatedAttention(
+  graph: Graph,
+  name: { layer: number; role: string },
+  action: LayerAction,
+  average: boolean,
+  shape: readonly Dim[],
+  compute: () => Tensor,
+): Tensor {
+  if (action === 'reuse') return graph.input(tgateCachedName(name.layer, name.role), 'float32', shape);
+  const out = compute();
+  if (action === 'store') graph.output(tgateCacheName(name.layer, name.role), average ? halfMean(out) : out);
   return out;
 }

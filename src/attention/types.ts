@@ -11,9 +11,7 @@ import type { Params } from '../nn/params.js';
  *   (§2).
  */
 export type AttentionChoice =
-  | { kind: 'full' }
-  | { kind: 'clear'; radius: number; downFactor?: number }
-  | { kind: 'linfusion' };
+  { kind: 'full' } | { kind: 'clear'; radius: number; downFactor?: number } | { kind: 'linfusion' };
 
 /** The 2-D layout of the image tokens a self-attention sees: token i is at (i div width, i mod width). */
 export interface TokenGrid {

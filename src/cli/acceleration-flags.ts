@@ -6,9 +6,16 @@ import type { FlagSpec, ParsedArgs } from './args.js';
 
 /** Flags of the accelerations, shared by `generate` and `forward`. */
 export const attentionFlags: Record<string, FlagSpec> = {
-  attention: { type: 'string', description: 'self-attention: full | clear:R[:D] (radius, down factor) | linfusion' },
+  attention: {
+    type: 'string',
+    description: 'self-attention: full | clear:R[:D] (radius, down factor) | linfusion',
+  },
   'attention-weights': { type: 'string', description: 'CLEAR weights file, or the LinFusion folder' },
-  lora: { type: 'string', multiple: true, description: 'LoRA file or PEFT folder, optionally :scale (repeatable)' },
+  lora: {
+    type: 'string',
+    multiple: true,
+    description: 'LoRA file or PEFT folder, optionally :scale (repeatable)',
+  },
 };
 
 export const tgateFlag: Record<string, FlagSpec> = {
@@ -28,13 +35,15 @@ export function attentionOption(flags: ParsedArgs['flags']): AttentionOption | u
   const spec = flags.attention as string | undefined;
   const weights = flags['attention-weights'] as string | undefined;
   if (spec === undefined) {
-    if (weights !== undefined) throw new OptionError('--attention-weights needs --attention clear:R or linfusion');
+    if (weights !== undefined)
+      throw new OptionError('--attention-weights needs --attention clear:R or linfusion');
     return undefined;
   }
   const [kind, ...rest] = spec.split(':');
   if (kind === 'full' && rest.length === 0) return { kind: 'full' };
   if (kind === 'linfusion' && rest.length === 0) {
-    if (!weights) throw new OptionError('--attention linfusion needs --attention-weights DIR (the LinFusion folder)');
+    if (!weights)
+      throw new OptionError('--attention linfusion needs --attention-weights DIR (the LinFusion folder)');
     return { kind: 'linfusion', weights: resolve(weights) };
   }
   if (kind === 'clear' && (rest.length === 1 || rest.length === 2)) {

@@ -61,9 +61,12 @@ export async function forwardCommand(argv: string[]): Promise<number> {
       const loras = loraOptions(flags);
       const adapters = model.adapters;
       if ((attention || loras.length > 0) && (!adapters || !model.loadLoraWeights)) {
-        throw new OptionError(`forward: --attention and --lora apply to denoisers; ${model.className} takes neither`);
+        throw new OptionError(
+          `forward: --attention and --lora apply to denoisers; ${model.className} takes neither`,
+        );
       }
-      for (const [i, { path }] of loras.entries()) await model.loadLoraWeights?.(path, { adapterName: `lora_${i}` });
+      for (const [i, { path }] of loras.entries())
+        await model.loadLoraWeights?.(path, { adapterName: `lora_${i}` });
       if (loras.length > 0) {
         adapters?.setAdapters(
           loras.map((_, i) => `lora_${i}`),

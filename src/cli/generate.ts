@@ -7,7 +7,13 @@ import { SCHEDULER_NAMES, schedulerFromConfig } from '../schedulers/index.js';
 import type { FlagSpec } from './args.js';
 import { parseArgs, usage } from './args.js';
 import { runtimeFlags, runtimeOptions } from './runtime-flags.js';
-import { attentionFlags, attentionOption, loraOptions, tgateFlag, tgateOption } from './acceleration-flags.js';
+import {
+  attentionFlags,
+  attentionOption,
+  loraOptions,
+  tgateFlag,
+  tgateOption,
+} from './acceleration-flags.js';
 
 const FLAGS: Record<string, FlagSpec> = {
   model: { type: 'string', description: 'a diffusers pipeline folder (model_index.json)' },
@@ -30,7 +36,10 @@ const FLAGS: Record<string, FlagSpec> = {
   },
   ...attentionFlags,
   ...tgateFlag,
-  flash: { type: 'string', description: 'Flash Diffusion LoRA: fused, LCM, 4 steps, guidance 0 unless overridden' },
+  flash: {
+    type: 'string',
+    description: 'Flash Diffusion LoRA: fused, LCM, 4 steps, guidance 0 unless overridden',
+  },
   ...runtimeFlags,
   help: { type: 'boolean', description: 'show this help' },
 };
@@ -74,16 +83,24 @@ export async function generateCommand(argv: string[]): Promise<number> {
         const { adapter, runOptions } = await pipe.useFlashDiffusion(String(flags.flash));
         if (!stepsGiven) steps = runOptions.numInferenceSteps as number;
         if (!guidanceGiven) guidance = runOptions.guidanceScale as number;
-        console.error(`Flash Diffusion: ${adapter.modules.length} LoRA modules fused (alpha/r ${adapter.alphaOverRank.join(', ')}), LCM sampling`);
+        console.error(
+          `Flash Diffusion: ${adapter.modules.length} LoRA modules fused (alpha/r ${adapter.alphaOverRank.join(', ')}), LCM sampling`,
+        );
       }
       const loras = loraOptions(flags);
       for (const [i, { path }] of loras.entries()) {
         const loaded = await pipe.loadLoraWeights(path, { adapterName: `lora_${i}` });
         if (loaded.ignored.length > 0) {
-          console.error(`warning: ${path}: ${loaded.ignored.length} keys match no module of the model and are ignored`);
+          console.error(
+            `warning: ${path}: ${loaded.ignored.length} keys match no module of the model and are ignored`,
+          );
         }
       }
-      if (loras.length > 0) pipe.setAdapters(loras.map((_, i) => `lora_${i}`), loras.map((l) => l.scale));
+      if (loras.length > 0)
+        pipe.setAdapters(
+          loras.map((_, i) => `lora_${i}`),
+          loras.map((l) => l.scale),
+        );
       if (flags.scheduler !== undefined) {
         const name = String(flags.scheduler);
         const className = SCHEDULER_NAMES[name] ?? name;

@@ -24,10 +24,10 @@ import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
 import type { Feed, RunResult, TensorRef } from '../runtime/backend.js';
 import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
-import { clearSelfAttention } from '../attention/clear.js';
 import { LinFusionWeights } from '../attention/linfusion.js';
-import { linfusionSelfAttention } from '../attention/linfusion.js';
+import { selfAttentionModule } from '../attention/self-attention.js';
 import type { LayerAction } from '../attention/tgate.js';
+import { gatedAttention } from '../attention/tgate.js';
 import type { AttentionChoice, AttentionOption, SelfAttentionLayer, TokenGrid } from '../attention/types.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { OverlayTensorSource } from '../nn/weights.js';
@@ -158,16 +158,6 @@ export interface PixArtAcceleration extends PixArtExtras {
   key?: string;
 }
 
-/** Names of the T-GATE cache outputs and inputs of layer `i`. */
-export const tgateCacheName = (i: number, role: 'attn1' | 'attn2'): string => `cache.${i}.${role}`;
-export const tgateCachedName = (i: number, role: 'attn1' | 'attn2'): string => `cached.${i}.${role}`;
-
-/** Mean of the two batch halves [uncond; cond] (T-GATE's cache at the gate step). */
-function halfMean(t: Tensor): Tensor {
-  const [a, b] = split(t, 2, 0);
-  return mul(add(a, b), 0.5);
-}
-
 /**
  * Build the PixArtTransformer2DModel forward graph (diffusers 0.40). Inputs: `hidden_states`
  * [B, C, H, W], `encoder_hidden_states` [B, L, caption_channels], `timestep` [B] float32,
@@ -229,7 +219,11 @@ export function buildPixArtGraph(
   // Caption projection to the model width (not needed when every cross-attention is reused).
   let text: Tensor | undefined;
   if (needsText) {
-    const captions = g.input('encoder_hidden_states', 'float32', ['B', o.captionLength, config.captionChannels]);
+    const captions = g.input('encoder_hidden_states', 'float32', [
+      'B',
+      o.captionLength,
+      config.captionChannels,
+    ]);
     const cp = root.child('caption_projection');
     text = Linear(
       cp.child('linear_2'),
@@ -247,11 +241,21 @@ export function buildPixArtGraph(
 
   const modulation = reshape(timestepMod, ['B', 6, dim]);
   for (let i = 0; i < config.numLayers; i++) {
-    hidden = pixArtBlock(root.child('transformer_blocks').child(i), i, hidden, text, modulation, crossMask, config, tgate, {
-      choice: o.attention ?? { kind: 'full' },
-      grid: { height: h, width: w },
-      extras,
-    });
+    hidden = pixArtBlock(
+      root.child('transformer_blocks').child(i),
+      i,
+      hidden,
+      text,
+      modulation,
+      crossMask,
+      config,
+      tgate,
+      {
+        choice: o.attention ?? { kind: 'full' },
+        grid: { height: h, width: w },
+        extras,
+      },
+    );
   }
 
   // Final adaLN modulation, projection, and unpatchify (nhwpqc → nchpwq).
@@ -280,12 +284,15 @@ function pixArtBlock(
 ): Tensor {
   const g = p.graph;
   // T-GATE: an attention module's output is computed, computed and kept, or taken from the cache.
-  const gated = (role: 'attn1' | 'attn2', action: LayerAction, compute: () => Tensor): Tensor => {
-    if (action === 'reuse') return g.input(tgateCachedName(index, role), 'float32', ['B', hidden.shape[1], config.innerDim]);
-    const out = compute();
-    if (action === 'store') g.output(tgateCacheName(index, role), tgate.average ? halfMean(out) : out);
-    return out;
-  };
+  const gated = (role: 'attn1' | 'attn2', action: LayerAction, compute: () => Tensor): Tensor =>
+    gatedAttention(
+      g,
+      { layer: index, role },
+      action,
+      tgate.average,
+      ['B', hidden.shape[1], config.innerDim],
+      compute,
+    );
   const dim = config.innerDim;
   const heads = config.numAttentionHeads;
   const table = p.get('scale_shift_table', [6, dim]);
@@ -310,24 +317,22 @@ function pixArtBlock(
       grid: selfAttention.grid,
       textTokens: 0,
     };
-    const choice = selfAttention.choice;
-    switch (choice.kind) {
-      case 'full':
-        return attentionModule(a1, normed, normed, dim, dim, heads, bias, undefined);
-      case 'clear':
-        return clearSelfAttention(layer, { radius: choice.radius, downFactor: choice.downFactor ?? 1 });
-      case 'linfusion': {
-        const lf = selfAttention.extras.linfusion;
-        if (!lf) throw new OptionError("attention kind 'linfusion' needs LinFusion weights (a folder with config.json and the safetensors)");
-        return linfusionSelfAttention(layer, lf, a1.path);
-      }
-    }
+    return selfAttentionModule(layer, selfAttention.choice, selfAttention.extras);
   });
   hidden = add(hidden, mul(gateMsa, selfOut));
   // Cross-attention to the caption (PixArt applies no norm before it).
   const query = hidden;
   const crossOut = gated('attn2', tgate.crossAttention, () =>
-    attentionModule(p.child('attn2'), query, text as Tensor, dim, config.crossAttentionDim, heads, bias, crossMask),
+    attentionModule(
+      p.child('attn2'),
+      query,
+      text as Tensor,
+      dim,
+      config.crossAttentionDim,
+      heads,
+      bias,
+      crossMask,
+    ),
   );
   hidden = add(hidden, crossOut);
   // Feed-forward: GELU(tanh) MLP with 4× width, modulated and gated.
@@ -404,7 +409,9 @@ export class PixArtTransformer2DModel implements DiffusersModel {
    * Resolve a self-attention option (opening the method's weights once per file) together with
    * the loaded LoRA adapters into what step graphs are built with.
    */
-  async resolveAcceleration(option: AttentionOption | undefined): Promise<{ attention?: AttentionChoice; acceleration: PixArtAcceleration }> {
+  async resolveAcceleration(
+    option: AttentionOption | undefined,
+  ): Promise<{ attention?: AttentionChoice; acceleration: PixArtAcceleration }> {
     const lora = this.adapters.loaded.length > 0 ? this.adapters : undefined;
     if (!option || option.kind === 'full') return { acceleration: { lora } };
     if (option.kind === 'clear') {
@@ -427,7 +434,8 @@ export class PixArtTransformer2DModel implements DiffusersModel {
       return { attention, acceleration: { weights: overlay.source, key: `clear:${path}`, lora } };
     }
     if (option.kind === 'linfusion') {
-      if (!option.weights) throw new OptionError("attention kind 'linfusion' needs weights: the LinFusion folder");
+      if (!option.weights)
+        throw new OptionError("attention kind 'linfusion' needs weights: the LinFusion folder");
       const dir = resolve(option.weights);
       let linfusion = this.linfusions.get(dir);
       if (!linfusion) {
@@ -436,7 +444,9 @@ export class PixArtTransformer2DModel implements DiffusersModel {
       }
       return { attention: { kind: 'linfusion' }, acceleration: { linfusion, key: `linfusion:${dir}`, lora } };
     }
-    throw new OptionError(`unknown attention kind "${(option as { kind: string }).kind}"; expected full, clear or linfusion`);
+    throw new OptionError(
+      `unknown attention kind "${(option as { kind: string }).kind}"; expected full, clear or linfusion`,
+    );
   }
 
   /** The graph for one input layout, compiled once (the runtime caches sessions by signature). */
@@ -572,14 +582,17 @@ export class PixArtTransformer2DModel implements DiffusersModel {
         feeds[name] = toFloat32(t);
       }
     }
-    const compiled = await this.compile({
-      height,
-      width,
-      captionLength,
-      withMask: mask !== undefined,
-      ...(tgate ? { tgate } : {}),
-      ...(options.attention && options.attention.kind !== 'full' ? { attention: options.attention } : {}),
-    }, options.acceleration);
+    const compiled = await this.compile(
+      {
+        height,
+        width,
+        captionLength,
+        withMask: mask !== undefined,
+        ...(tgate ? { tgate } : {}),
+        ...(options.attention && options.attention.kind !== 'full' ? { attention: options.attention } : {}),
+      },
+      options.acceleration,
+    );
     const retain: string[] = [];
     for (const input of compiled.inputs) {
       if (!input.name.startsWith('cached.')) continue;

@@ -121,7 +121,16 @@ export class PixArtPipeline {
     className?: 'PixArtAlphaPipeline' | 'PixArtSigmaPipeline';
   }): PixArtPipeline {
     const c = components;
-    return new PixArtPipeline(c.className ?? 'PixArtAlphaPipeline', c.transformer.dir, c.transformer, c.vae, c.scheduler, c.promptEncoder, c.runtime, false);
+    return new PixArtPipeline(
+      c.className ?? 'PixArtAlphaPipeline',
+      c.transformer.dir,
+      c.transformer,
+      c.vae,
+      c.scheduler,
+      c.promptEncoder,
+      c.runtime,
+      false,
+    );
   }
 
   /** The VAE's downsampling factor (8 for every PixArt VAE; assumed when there is no VAE). */
@@ -255,7 +264,11 @@ export class PixArtPipeline {
     const microConditions = (n: number): Record<string, HostTensor> => {
       if (!this.transformer.config.useAdditionalConditions) return {};
       return {
-        resolution: hostTensor('float32', [n, 2], Float32Array.from({ length: 2 * n }, (_, i) => (i % 2 ? width : height))),
+        resolution: hostTensor(
+          'float32',
+          [n, 2],
+          Float32Array.from({ length: 2 * n }, (_, i) => (i % 2 ? width : height)),
+        ),
         aspect_ratio: hostTensor('float32', [n, 1], new Float32Array(n).fill(Math.fround(height / width))),
       };
     };
@@ -446,14 +459,26 @@ export class PixArtPipeline {
    * authors' scale (its own alpha/r, e.g. 8/64 for flash-pixart), switch to LCM sampling, and
    * return the run options to use: 4 steps, guidance 0 (no CFG batch).
    */
-  async useFlashDiffusion(path: string, options: { adapterName?: string } = {}): Promise<{ adapter: LoadedLora; runOptions: Pick<PixArtRunOptions, 'numInferenceSteps' | 'guidanceScale'> }> {
+  async useFlashDiffusion(
+    path: string,
+    options: { adapterName?: string } = {},
+  ): Promise<{
+    adapter: LoadedLora;
+    runOptions: Pick<PixArtRunOptions, 'numInferenceSteps' | 'guidanceScale'>;
+  }> {
     const setup = await loadFlashLora(this.transformer.adapters, path, {
       modelParameters: this.transformer.weights,
       schedulerConfig: this.scheduler.config as Record<string, unknown>,
       adapterName: options.adapterName,
     });
     this.scheduler = setup.scheduler;
-    return { adapter: setup.adapter, runOptions: { numInferenceSteps: FLASH_PRESET.numInferenceSteps, guidanceScale: FLASH_PRESET.guidanceScale } };
+    return {
+      adapter: setup.adapter,
+      runOptions: {
+        numInferenceSteps: FLASH_PRESET.numInferenceSteps,
+        guidanceScale: FLASH_PRESET.guidanceScale,
+      },
+    };
   }
 
   private requireEncoder(): PromptEncoder {

@@ -114,7 +114,11 @@ export class InlineBackend implements Backend {
     const retained: Record<string, TensorRef> = {};
     for (const name of outputs) {
       const t = result[name] as Ort.Tensor;
-      const tensor: HostTensor = { dtype: t.type as HostTensor['dtype'], shape: [...t.dims], data: t.data as HostData };
+      const tensor: HostTensor = {
+        dtype: t.type as HostTensor['dtype'],
+        shape: [...t.dims],
+        data: t.data as HostData,
+      };
       if (retain.includes(name)) {
         const ref = this.nextRef++;
         this.kept.set(ref, tensor);

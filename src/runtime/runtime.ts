@@ -136,10 +136,7 @@ export class CompiledGraph {
     this.outputs = graph.outputs;
   }
 
-  async run(
-    feeds: Record<string, Feed>,
-    options: RunOptions = {},
-  ): Promise<Record<string, HostTensor>> {
+  async run(feeds: Record<string, Feed>, options: RunOptions = {}): Promise<Record<string, HostTensor>> {
     return (await this.runRetaining(feeds, [], options)).host;
   }
 

@@ -2,7 +2,14 @@ import type { Feed, ModelSource, RunResult, SessionSettings } from './backend.js
 
 export type WorkerRequest =
   | { id: number; kind: 'create'; model: ModelSource; settings: SessionSettings }
-  | { id: number; kind: 'run'; session: number; feeds: Record<string, Feed>; outputs: string[]; retain: string[] }
+  | {
+      id: number;
+      kind: 'run';
+      session: number;
+      feeds: Record<string, Feed>;
+      outputs: string[];
+      retain: string[];
+    }
   | { id: number; kind: 'releaseTensors'; refs: number[] }
   | { id: number; kind: 'release'; session: number }
   | { id: number; kind: 'dispose' };

@@ -15,8 +15,14 @@ describe('T-GATE V2 plan (tgate_scheduler)', () => {
     // SA ✓ 0,1; ★ 2,3,6,9,12,14; ♻ 4,5,7,8,10,11,13; in FI (fi 1) computed and stored every step.
     assert.equal(symbols(plan, 'selfAttention'), '✓✓★★♻♻★♻♻★♻♻★♻★' + '★'.repeat(10));
     assert.equal(symbols(plan, 'crossAttention'), '✓'.repeat(14) + '★' + '♻'.repeat(10));
-    assert.deepEqual(plan.map((s) => s.cfg), [...new Array(15).fill(true), ...new Array(10).fill(false)]);
-    assert.deepEqual(plan.map((s) => s.average), plan.map((_, i) => i === 14));
+    assert.deepEqual(
+      plan.map((s) => s.cfg),
+      [...new Array(15).fill(true), ...new Array(10).fill(false)],
+    );
+    assert.deepEqual(
+      plan.map((s) => s.average),
+      plan.map((_, i) => i === 14),
+    );
   });
 
   it('SDXL, 25 steps, gate 10, sp 5, warm-up 2', () => {
@@ -33,14 +39,16 @@ describe('T-GATE V2 plan (tgate_scheduler)', () => {
     assert.ok(plan.every((s) => !s.average && !s.cfg));
   });
 
-  it('reuse before anything was stored computes instead (the authors\' fallback)', () => {
+  it("reuse before anything was stored computes instead (the authors' fallback)", () => {
     const plan = tgatePlan(6, { gateStep: 4, spInterval: 2, warmUp: 5 }, true);
     // Warm-up covers the whole planning phase: nothing stored before the gate, so no self-attention reuse.
     assert.ok(plan.slice(0, 3).every((s) => s.selfAttention === 'compute'));
   });
 
   it('pruning drops only stores nobody reads', () => {
-    const plan = pruneDeadStores(tgatePlan(25, { gateStep: 15, spInterval: 3, fiInterval: 1, warmUp: 2 }, true));
+    const plan = pruneDeadStores(
+      tgatePlan(25, { gateStep: 15, spInterval: 3, fiInterval: 1, warmUp: 2 }, true),
+    );
     // Self-attention stores read later: 2, 3 (read at 4, 5), 6, 9, 12; the gate's and FI's are dead.
     assert.equal(symbols(plan, 'selfAttention'), '✓✓✓★♻♻★♻♻★♻♻★♻✓' + '✓'.repeat(10));
     assert.equal(symbols(plan, 'crossAttention'), '✓'.repeat(14) + '★' + '♻'.repeat(10));
@@ -50,7 +58,10 @@ describe('T-GATE V2 plan (tgate_scheduler)', () => {
   });
 
   it('rejects invalid options and lcm with a CFG batch', () => {
-    assert.throws(() => tgatePlan(10, { gateStep: 0 }, true), (e: unknown) => e instanceof OptionError && /gateStep/.test(e.message));
+    assert.throws(
+      () => tgatePlan(10, { gateStep: 0 }, true),
+      (e: unknown) => e instanceof OptionError && /gateStep/.test(e.message),
+    );
     assert.throws(() => tgatePlan(10, { gateStep: 3, spInterval: 0 }, true), /spInterval/);
     assert.throws(() => tgatePlan(10, { gateStep: 3, warmUp: -1 }, true), /warmUp/);
     assert.throws(() => tgatePlan(4, { gateStep: 1, lcm: true }, true), /guidanceScale ≤ 1/);

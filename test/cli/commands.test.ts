@@ -73,21 +73,55 @@ describe('velodiff forward', () => {
   it('--attention clear:R with a window covering the token grid reproduces the golden (full-attention) output', async () => {
     const model = 'models/pixart_alpha_tiny';
     const out = join(await mkdtemp(join(tmpdir(), 'velodiff-fwd-')), 'out.safetensors');
-    const r = await capture(['forward', `${GOLDEN}${model}/model`, '--inputs', `${GOLDEN}${model}/inputs.safetensors`, '--out', out, '--attention', 'clear:6']);
+    const r = await capture([
+      'forward',
+      `${GOLDEN}${model}/model`,
+      '--inputs',
+      `${GOLDEN}${model}/inputs.safetensors`,
+      '--out',
+      out,
+      '--attention',
+      'clear:6',
+    ]);
     assert.equal(r.code, 0, r.err);
     const g = (await readAllTensors(`${GOLDEN}${model}/outputs.safetensors`)).sample.data as Float32Array;
-    assertClose((await readAllTensors(out)).sample.data as Float32Array, g, { atol: 1e-4 * Math.max(1, maxAbs(g)), rtol: 0, what: 'sample' });
+    assertClose((await readAllTensors(out)).sample.data as Float32Array, g, {
+      atol: 1e-4 * Math.max(1, maxAbs(g)),
+      rtol: 0,
+      what: 'sample',
+    });
   });
 
   it('rejects malformed acceleration flags, and acceleration flags on models that take none', async () => {
     const model = `${GOLDEN}models/pixart_alpha_tiny`;
-    const args = ['forward', `${model}/model`, '--inputs', `${model}/inputs.safetensors`, '--out', '/tmp/x.safetensors'];
-    for (const bad of [['--attention', 'clear:x'], ['--attention', 'window'], ['--attention', 'linfusion'], ['--attention-weights', 'w']]) {
+    const args = [
+      'forward',
+      `${model}/model`,
+      '--inputs',
+      `${model}/inputs.safetensors`,
+      '--out',
+      '/tmp/x.safetensors',
+    ];
+    for (const bad of [
+      ['--attention', 'clear:x'],
+      ['--attention', 'window'],
+      ['--attention', 'linfusion'],
+      ['--attention-weights', 'w'],
+    ]) {
       const r = await capture([...args, ...bad]);
       assert.equal(r.code, 2, `${bad.join(' ')}: ${r.err}`);
     }
     const vae = `${GOLDEN}models/vae_kl_tiny`;
-    const r = await capture(['forward', `${vae}/model`, '--inputs', `${vae}/inputs.safetensors`, '--out', '/tmp/x.safetensors', '--attention', 'clear:2']);
+    const r = await capture([
+      'forward',
+      `${vae}/model`,
+      '--inputs',
+      `${vae}/inputs.safetensors`,
+      '--out',
+      '/tmp/x.safetensors',
+      '--attention',
+      'clear:2',
+    ]);
     assert.equal(r.code, 2);
     assert.match(r.err, /apply to denoisers; AutoencoderKL takes neither/);
   });
@@ -210,7 +244,23 @@ describe('velodiff generate', () => {
   it('takes --attention, --tgate and rejects a malformed --tgate', async () => {
     const dir = await tinyPixArtPipeline();
     const path = join(await mkdtemp(join(tmpdir(), 'velodiff-gen-')), 'x.png');
-    const common = ['generate', '--model', dir, '--prompt', 'a cat', '--steps', '4', '--seed', '1', '--width', '16', '--height', '16', '--out', path];
+    const common = [
+      'generate',
+      '--model',
+      dir,
+      '--prompt',
+      'a cat',
+      '--steps',
+      '4',
+      '--seed',
+      '1',
+      '--width',
+      '16',
+      '--height',
+      '16',
+      '--out',
+      path,
+    ];
     const ok = await capture([...common, '--attention', 'clear:2', '--tgate', '2,1,1,0']);
     assert.equal(ok.code, 0, ok.err);
     assert.equal(PNG.sync.read(readFileSync(path)).width, 16);

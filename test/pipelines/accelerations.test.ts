@@ -48,7 +48,10 @@ async function writePeftLora(pipe: PixArtPipeline, seed: number): Promise<string
     tensors[`base_model.model.${module}.lora_B.weight`] = f32([out, 2], randomArray(2 * out, random));
   }
   await writeSafetensors(join(dir, 'adapter_model.safetensors'), tensors);
-  await writeFile(join(dir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 2, lora_alpha: 4 }));
+  await writeFile(
+    join(dir, 'adapter_config.json'),
+    JSON.stringify({ peft_type: 'LORA', r: 2, lora_alpha: 4 }),
+  );
   return dir;
 }
 
@@ -61,7 +64,15 @@ async function writeLinFusion(seed: number): Promise<string> {
   const m = 8;
   const tensors: Record<string, TensorToWrite> = {};
   const add = (name: string, shape: number[], scale = 0.3): void => {
-    tensors[name] = f32(shape, randomArray(shape.reduce((a, b) => a * b, 1), random, -scale, scale));
+    tensors[name] = f32(
+      shape,
+      randomArray(
+        shape.reduce((a, b) => a * b, 1),
+        random,
+        -scale,
+        scale,
+      ),
+    );
   };
   for (const i of [0, 1]) {
     for (const w of ['to_q', 'to_k', 'to_v']) add(`${i}.${w}.weight`, [C, C]);
@@ -77,7 +88,12 @@ async function writeLinFusion(seed: number): Promise<string> {
     }
   }
   await writeSafetensors(join(dir, 'diffusion_pytorch_model.safetensors'), tensors);
-  const modules_list = [0, 1].map((i) => ({ module_name: `transformer_blocks.${i}.attn1`, dim_n: C, heads: 3, projection_mid_dim: m }));
+  const modules_list = [0, 1].map((i) => ({
+    module_name: `transformer_blocks.${i}.attn1`,
+    dim_n: C,
+    heads: 3,
+    projection_mid_dim: m,
+  }));
   await writeFile(join(dir, 'config.json'), JSON.stringify({ _class_name: 'LinFusion', modules_list }));
   return dir;
 }
@@ -90,7 +106,10 @@ describe('accelerations in the PixArt pipeline', () => {
     const wide = await latents(pipe, { attention: { kind: 'clear', radius: 5 } });
     assertClose(wide, full, { atol: 1e-5, rtol: 1e-4, what: 'CLEAR r=5 vs full' });
     const narrow = await latents(pipe, { attention: { kind: 'clear', radius: 1 } });
-    assert.ok(narrow.some((v, i) => Math.abs(v - full[i]) > 1e-3), 'a 1-token window changes the result');
+    assert.ok(
+      narrow.some((v, i) => Math.abs(v - full[i]) > 1e-3),
+      'a 1-token window changes the result',
+    );
     await pipe.close();
   });
 
@@ -100,7 +119,10 @@ describe('accelerations in the PixArt pipeline', () => {
     const full = await latents(pipe);
     const lin = await latents(pipe, { attention: { kind: 'linfusion', weights } });
     assert.ok(lin.every(Number.isFinite));
-    assert.ok(lin.some((v, i) => Math.abs(v - full[i]) > 1e-3), 'LinFusion replaces self-attention');
+    assert.ok(
+      lin.some((v, i) => Math.abs(v - full[i]) > 1e-3),
+      'LinFusion replaces self-attention',
+    );
     const bigger = await latents(pipe, { attention: { kind: 'linfusion', weights }, width: 32, height: 24 });
     assert.equal(bigger.length, 4 * 12 * 16);
     await assert.rejects(pipe.run({ ...base, attention: { kind: 'linfusion' } as never }), OptionError);
@@ -114,7 +136,10 @@ describe('accelerations in the PixArt pipeline', () => {
     const loaded = await pipe.loadLoraWeights(lora, { adapterName: 'style' });
     assert.equal(loaded.modules.length, 3);
     const unfused = await latents(pipe);
-    assert.ok(unfused.some((v, i) => Math.abs(v - plain[i]) > 1e-4), 'the LoRA changes the output');
+    assert.ok(
+      unfused.some((v, i) => Math.abs(v - plain[i]) > 1e-4),
+      'the LoRA changes the output',
+    );
     pipe.setAdapters('style', 0);
     assert.deepEqual([...(await latents(pipe))], [...plain], 'weight 0');
     pipe.setAdapters('style', 1);
@@ -142,7 +167,11 @@ describe('accelerations in the PixArt pipeline', () => {
     const out = await pipe.run({ ...base, ...runOptions });
     assert.deepEqual(out.timesteps, [999, 759, 499, 259]);
     assert.deepEqual(batches, [1, 1, 1, 1], 'guidance 0: no CFG batch');
-    const gated = await pipe.run({ ...base, ...runOptions, tgate: { gateStep: 1, spInterval: 1, warmUp: 0, lcm: true } });
+    const gated = await pipe.run({
+      ...base,
+      ...runOptions,
+      tgate: { gateStep: 1, spInterval: 1, warmUp: 0, lcm: true },
+    });
     assert.ok((gated.latents.data as Float32Array).every(Number.isFinite));
     await pipe.close();
   });
@@ -150,8 +179,16 @@ describe('accelerations in the PixArt pipeline', () => {
   it('CLEAR and LinFusion combine with T-GATE', async () => {
     const pipe = await pipeline();
     const tgate = { gateStep: 2, spInterval: 1, warmUp: 0 };
-    const clear = await latents(pipe, { numInferenceSteps: 4, attention: { kind: 'clear', radius: 2 }, tgate });
-    const lin = await latents(pipe, { numInferenceSteps: 4, attention: { kind: 'linfusion', weights: await writeLinFusion(6) }, tgate });
+    const clear = await latents(pipe, {
+      numInferenceSteps: 4,
+      attention: { kind: 'clear', radius: 2 },
+      tgate,
+    });
+    const lin = await latents(pipe, {
+      numInferenceSteps: 4,
+      attention: { kind: 'linfusion', weights: await writeLinFusion(6) },
+      tgate,
+    });
     assert.ok(clear.every(Number.isFinite) && lin.every(Number.isFinite));
     await pipe.close();
   });

@@ -17,7 +17,10 @@ describe('PixArt pipeline folders: clear errors', () => {
   it('names the missing component folder', async () => {
     const dir = await tinyPixArtPipeline();
     await rm(join(dir, 'vae'), { recursive: true });
-    await assert.rejects(DiffusionPipeline.fromPretrained(dir, { runtime }), (e: unknown) => e instanceof FileFormatError && e.message.includes(join(dir, 'vae')));
+    await assert.rejects(
+      DiffusionPipeline.fromPretrained(dir, { runtime }),
+      (e: unknown) => e instanceof FileFormatError && e.message.includes(join(dir, 'vae')),
+    );
   });
 
   it('names a missing weight and its file', async () => {
@@ -27,12 +30,18 @@ describe('PixArt pipeline folders: clear errors', () => {
     delete tensors['proj_out.weight'];
     await writeSafetensors(
       file,
-      Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, { dtype: 'F32' as const, shape: [...t.shape], data: t.data }])),
+      Object.fromEntries(
+        Object.entries(tensors).map(([k, t]) => [
+          k,
+          { dtype: 'F32' as const, shape: [...t.shape], data: t.data },
+        ]),
+      ),
     );
     // Checked when the model loads, before any generation.
     await assert.rejects(
       DiffusionPipeline.fromPretrained(dir, { runtime }),
-      (e: unknown) => e instanceof WeightError && /proj_out\.weight/.test(e.message) && e.message.includes(file),
+      (e: unknown) =>
+        e instanceof WeightError && /proj_out\.weight/.test(e.message) && e.message.includes(file),
     );
   });
 
@@ -43,11 +52,18 @@ describe('PixArt pipeline folders: clear errors', () => {
     tensors['scale_shift_table'] = { dtype: 'float32', shape: [3, 24], data: new Float32Array(72) };
     await writeSafetensors(
       file,
-      Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, { dtype: 'F32' as const, shape: [...t.shape], data: t.data }])),
+      Object.fromEntries(
+        Object.entries(tensors).map(([k, t]) => [
+          k,
+          { dtype: 'F32' as const, shape: [...t.shape], data: t.data },
+        ]),
+      ),
     );
     await assert.rejects(
       DiffusionPipeline.fromPretrained(dir, { runtime }),
-      (e: unknown) => e instanceof WeightError && /scale_shift_table.*expected shape \[2, 24\], found \[3, 24\]/.test(e.message),
+      (e: unknown) =>
+        e instanceof WeightError &&
+        /scale_shift_table.*expected shape \[2, 24\], found \[3, 24\]/.test(e.message),
     );
   });
 
@@ -57,7 +73,15 @@ describe('PixArt pipeline folders: clear errors', () => {
     const { readFile } = await import('node:fs/promises');
     const raw = JSON.parse(await readFile(config, 'utf8')) as Record<string, unknown>;
     await writeFile(config, JSON.stringify({ ...raw, frobnicate: 3 }));
-    await assert.rejects(DiffusionPipeline.fromPretrained(dir, { runtime }), (e: unknown) => e instanceof FileFormatError && /"frobnicate"/.test(e.message) && e.message.includes(config));
-    assert.throws(() => schedulerFromConfig({ _class_name: 'MagicScheduler' }), (e: unknown) => e instanceof OptionError && /MagicScheduler/.test(e.message) && /DDIMScheduler/.test(e.message));
+    await assert.rejects(
+      DiffusionPipeline.fromPretrained(dir, { runtime }),
+      (e: unknown) =>
+        e instanceof FileFormatError && /"frobnicate"/.test(e.message) && e.message.includes(config),
+    );
+    assert.throws(
+      () => schedulerFromConfig({ _class_name: 'MagicScheduler' }),
+      (e: unknown) =>
+        e instanceof OptionError && /MagicScheduler/.test(e.message) && /DDIMScheduler/.test(e.message),
+    );
   });
 });

@@ -10,7 +10,10 @@ const CASE = fileURLToPath(new URL('../golden/pipelines/pipeline_pixart_alpha_dd
 const runtime = new Runtime({ worker: false, threads: 1 });
 after(() => runtime.dispose());
 
-async function setup(): Promise<{ run: (o: Partial<PixArtRunOptions>) => Promise<Float32Array>; close: () => Promise<void> }> {
+async function setup(): Promise<{
+  run: (o: Partial<PixArtRunOptions>) => Promise<Float32Array>;
+  close: () => Promise<void>;
+}> {
   const pipe = await DiffusionPipeline.fromPretrained(`${CASE}pipeline`, { runtime });
   const inputs = await readAllTensors(`${CASE}inputs.safetensors`);
   const base: PixArtRunOptions = {

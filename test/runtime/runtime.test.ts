@@ -178,7 +178,9 @@ describe('runtime', () => {
       const b = new Graph('consume');
       b.output('y', mul(b.input('cache', 'float32', ['N']), 10));
       const [produce, consume] = [await rt.compile(a), await rt.compile(b)];
-      const { host, retained } = await produce.runRetaining({ x: hostTensor('float32', [3], [1, 2, 3]) }, ['doubled']);
+      const { host, retained } = await produce.runRetaining({ x: hostTensor('float32', [3], [1, 2, 3]) }, [
+        'doubled',
+      ]);
       assert.deepEqual(Object.keys(host), ['plus']);
       assert.deepEqual([...(host.plus.data as Float32Array)], [2, 3, 4]);
       assert.deepEqual(retained.doubled.shape, [3]);

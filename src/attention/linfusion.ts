@@ -14,14 +14,12 @@ import {
   add,
   asTensor,
   div,
-  exp,
+  elu,
   expand,
+  leakyRelu,
   matmul,
-  maximum,
   mean,
-  minimum,
   mul,
-  relu,
   reshape,
   rsqrt,
   sum,
@@ -79,7 +77,7 @@ export function linfusionAttention(p: Params, x: Tensor, shape: LinFusionShape):
 /** The residual input transform: Linear(C→m) → LayerNorm(m) → LeakyReLU(0.01) → Linear(m→C). */
 function inputMlp(p: Params, x: Tensor, dim: number, midDim: number): Tensor {
   const hidden = LayerNorm(p.child(1), Linear(p.child(0), x, dim, midDim), midDim, { eps: MLP_NORM_EPS });
-  const activated = p.scope(() => maximum(hidden, mul(hidden, MLP_LEAKY_SLOPE)));
+  const activated = p.scope(() => leakyRelu(hidden, MLP_LEAKY_SLOPE));
   return Linear(p.child(3), activated, midDim, dim);
 }
 
@@ -103,9 +101,9 @@ function normalizedLinearAttention(q: Tensor, k: Tensor, v: Tensor, heads: numbe
   return reshape(transpose(perHead, [0, 2, 1, 3]), [batch, tokens, width]);
 }
 
-/** φ(u) = ELU(u) + 1 = u + 1 for u > 0, eˣ otherwise; as relu(u) + exp(min(u, 0)), which never overflows. */
+/** φ(u) = ELU(u) + 1: strictly positive features. */
 function eluPlusOne(u: Tensor): Tensor {
-  return add(relu(u), exp(minimum(u, 0)));
+  return add(elu(u, 1), 1);
 }
 
 /** The number of tokens of x [B, N, C] as a float scalar computed at run time (N may be symbolic). */

@@ -31,6 +31,8 @@ import {
   pow,
   reciprocal,
   relu,
+  elu,
+  leakyRelu,
   rsqrt,
   sigmoid,
   silu,
@@ -298,6 +300,16 @@ const UNARY: UnaryCase[] = [
   { name: 'gelu (exact)', op: (x) => gelu(x), f: ref.geluExact, range: [-5, 5] },
   { name: 'gelu (tanh)', op: (x) => gelu(x, 'tanh'), f: ref.geluTanh, range: [-5, 5] },
   { name: 'silu', op: silu, f: ref.silu, range: [-6, 6] },
+  // Appended last so the seeds of the cases above stay as they were.
+  { name: 'elu (α 1)', op: (x) => elu(x), f: (x) => (x > 0 ? x : Math.expm1(x)), range: [-6, 4] },
+  {
+    name: 'elu (α 0.5)',
+    op: (x) => elu(x, 0.5),
+    f: (x) => (x > 0 ? x : 0.5 * Math.expm1(x)),
+    range: [-6, 4],
+  },
+  { name: 'leakyRelu (0.01)', op: (x) => leakyRelu(x), f: (x) => (x >= 0 ? x : 0.01 * x), range: [-4, 4] },
+  { name: 'leakyRelu (0.2)', op: (x) => leakyRelu(x, 0.2), f: (x) => (x >= 0 ? x : 0.2 * x), range: [-4, 4] },
 ];
 
 describe('unary math and activations', () => {

@@ -184,6 +184,40 @@ export const rsqrt = (x: Tensor): Tensor => reciprocal(sqrt(x));
 /** x·σ(x) (SiLU / swish). */
 export const silu = (x: Tensor): Tensor => mul(x, sigmoid(x));
 
+export const EluOp = defineOp<{ alpha: number }>({
+  name: 'elu',
+  infer([x], { alpha }) {
+    expectFloat(x, 'input');
+    if (!Number.isFinite(alpha)) fail(`alpha must be finite, got ${alpha}`, 'ATTR');
+    return [{ dtype: x.dtype, shape: x.shape }];
+  },
+  lower(ctx, node, [out]) {
+    ctx.emit('Elu', [ctx.name(node.inputs[0])], [out], { alpha: attr.float(node.attrs.alpha) });
+  },
+});
+
+/** ELU: x for x > 0, α·(eˣ − 1) otherwise (torch.nn.functional.elu). */
+export function elu(x: Tensor, alpha = 1): Tensor {
+  return apply(EluOp, [x], { alpha })[0];
+}
+
+export const LeakyReluOp = defineOp<{ slope: number }>({
+  name: 'leakyRelu',
+  infer([x], { slope }) {
+    expectFloat(x, 'input');
+    if (!Number.isFinite(slope)) fail(`slope must be finite, got ${slope}`, 'ATTR');
+    return [{ dtype: x.dtype, shape: x.shape }];
+  },
+  lower(ctx, node, [out]) {
+    ctx.emit('LeakyRelu', [ctx.name(node.inputs[0])], [out], { alpha: attr.float(node.attrs.slope) });
+  },
+});
+
+/** Leaky ReLU: x for x ≥ 0, slope·x otherwise (torch default slope 0.01). */
+export function leakyRelu(x: Tensor, slope = 0.01): Tensor {
+  return apply(LeakyReluOp, [x], { slope })[0];
+}
+
 export const GeluOp = defineOp<{ approximate: 'none' | 'tanh' }>({
   name: 'gelu',
   infer([x], { approximate }) {

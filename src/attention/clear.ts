@@ -4,10 +4,12 @@
  * grid, (Δy)² + (Δx)² < r² (methods/clear_linfusion.md §1.3–§1.5). Text queries attend to all text
  * and image keys and never to the pooled ones.
  *
- * Lowering (§1.6.2): text queries are plain attention (fused MultiHeadAttention); image queries are
- * block-sparse over 2-D tiles — one Gather per K/V brings each tile its window, and every product
- * is one batched MatMul over [B, H, tiles, …]. Without pooling the cost and every tensor are
- * linear in the number of image tokens.
+ * Lowering (§1.6.2): text queries are plain attention (fused MultiHeadAttention); image queries run
+ * in blocks planned by clear-window.ts. A block gathers its queries and, per tile, the window of
+ * keys/values they can reach (plus every text and pooled key), and scores them with batched MatMuls
+ * under a constant mask; blocks are small enough for their scores to stay in cache, so memory is
+ * bounded whatever the grid. Where the windows would cover about the whole sequence the blocks are
+ * rows of queries against every key.
  */
 import { GraphBuildError } from '../errors.js';
 import type { Tensor } from '../graph/graph.js';
@@ -18,20 +20,22 @@ import {
   concat,
   gather,
   matmul,
+  max,
+  maximum,
   mul,
-  pad,
   reshape,
   slice,
   softmax,
-  split,
+  sub,
   sum,
   transpose,
+  unsqueeze,
 } from '../graph/ops/index.js';
 import type { Dim } from '../graph/shape.js';
 import { formatShape } from '../graph/shape.js';
 import { Linear } from '../nn/layers.js';
-import type { ClearTiling } from './clear-window.js';
-import { circleBias, clearTiling, tilingSizes, windowIndices, windowValidityBias } from './clear-window.js';
+import type { ClearBias, ClearPlan } from './clear-window.js';
+import { clearPlan } from './clear-window.js';
 import type { SelfAttentionLayer, TokenGrid } from './types.js';
 
 export interface ClearAttentionOptions {
@@ -53,6 +57,10 @@ export interface ClearAttentionOptions {
   scale?: number;
   /** Exact tile side for the lowering (clamped to the grid); default: see clearTiling. */
   tileSize?: number;
+  /** Force the tiled or the dense plan (tests, benchmarks); default 'auto': see clearPlan. */
+  lowering?: 'auto' | 'tiled' | 'dense';
+  /** Bound on heads × queries × keys scored per block; default BLOCK_SCORES. */
+  blockScores?: number;
 }
 
 /**
@@ -79,8 +87,16 @@ export function clearAttention(q: Tensor, k: Tensor, v: Tensor, options: ClearAt
     if (textTokens === 0) return image;
     return concat([attention(textPart(q, textTokens), k, v, { numHeads, scale }), image], 1);
   }
-  const tiling = clearTiling(grid, options.radius, options.tileSize);
-  const image = tiledImageAttention(q, k, v, c, tiling, pooled);
+  const plan = clearPlan(grid, options.radius, {
+    textTokens,
+    pooledTokens: pooled ? (pooled.k.shape[1] as number) : 0,
+    numHeads,
+    channels: c.headDim + c.valueDim,
+    tileSize: options.tileSize,
+    lowering: options.lowering,
+    blockScores: options.blockScores,
+  });
+  const image = blockImageAttention(q, k, v, c, plan, pooled);
   if (textTokens === 0) return image;
   return concat([attention(textPart(q, textTokens), k, v, { numHeads, scale }), image], 1);
 }
@@ -229,109 +245,79 @@ function heads(x: Tensor, c: Checked, d: number): Tensor {
   return transpose(reshape(x, [c.batch, x.shape[1], c.numHeads, d]), [0, 2, 1, 3]);
 }
 
-/** Image queries, tiled (§1.6.2): [B, S, H·D] inputs → [B, N, H·Dv] outputs for the image tokens. */
-function tiledImageAttention(
+/**
+ * How far below its row's largest allowed score a masked score is raised before the softmax. MLAS's
+ * exp turns a −1e30 score into a denormal, which this CPU handles many times slower than normal
+ * floats (ORT flushes denormals only with the session option `set_denormal_as_zero`): the softmax
+ * and the product with V ran 2× slower. e^−64 ≈ 1.6e−28 is a normal float that still vanishes
+ * against the row maximum's weight of 1, so the result is the masked softmax to float32 precision.
+ */
+const MASK_FLOOR = 64;
+
+/**
+ * softmax over the allowed keys of `scores` [B, H, tiles, queries, keys]: the additive bias (0 or
+ * MASKED) applied, then every score raised to at least (row max − MASK_FLOOR).
+ */
+function maskedSoftmax(scores: Tensor, bias: Tensor): Tensor {
+  const s = add(scores, cast(bias, scores.dtype));
+  const floor = sub(max(s, -1, true), MASK_FLOOR);
+  return softmax(maximum(s, floor), -1);
+}
+
+/**
+ * Image queries by blocks (§1.6.2): each block gathers its queries and its tiles' keys/values from
+ * head-major copies of q, k, v, scores them under the plan's mask, and the block outputs are put
+ * back in token order. [B, S, H·D] inputs → [B, N, H·Dv] for the image tokens.
+ */
+function blockImageAttention(
   q: Tensor,
   k: Tensor,
   v: Tensor,
   c: Checked,
-  t: ClearTiling,
+  plan: ClearPlan,
   pooled: { k: Tensor; v: Tensor } | undefined,
 ): Tensor {
-  const { grid, batch: b, numHeads: h, headDim: d, valueDim: dv, textTokens } = c;
+  const { grid, batch: b, numHeads: h, valueDim: dv } = c;
   const g = q.graph;
-  const { tiles, tileTokens, windowKeys } = tilingSizes(t);
-  const queryRows = t.tiles.rows * t.tile.height;
-  const queryCols = t.tiles.cols * t.tile.width;
-  const paddedQueries = tiles * tileTokens;
+  const imageTokens = grid.height * grid.width;
+  // Head-major sources: queries [B, H, S, D]; keys/values [B, H, S (+ pooled), ·].
+  const qHeads = heads(q, c, c.headDim);
+  const source = (x: Tensor, p: Tensor | undefined, d: number): Tensor =>
+    heads(p ? concat([x, p], 1) : x, c, d);
+  const kHeads = source(k, pooled?.k, c.headDim);
+  const vHeads = source(v, pooled?.v, dv);
 
-  // Queries, scaled once, padded to whole tiles and laid out tile by tile: [B, H, tiles·t², D].
-  const qGrid = padGrid(
-    reshape(mul(imagePart(q, textTokens), c.scale), [b, grid.height, grid.width, h * d]),
-    [
-      [0, queryRows - grid.height],
-      [0, queryCols - grid.width],
-    ],
-  );
-  const qTiled = transpose(
-    reshape(qGrid, [b, t.tiles.rows, t.tile.height, t.tiles.cols, t.tile.width, h, d]),
-    [0, 5, 1, 3, 2, 4, 6],
-  );
-  const qFlat = reshape(qTiled, [b, h, paddedQueries, d]);
-  const qTiles = reshape(qFlat, [b, h, tiles, tileTokens, d]);
-
-  // Each tile's window of keys/values, gathered from the grid padded by the reach: [B, H, tiles, W, ·].
-  const index = g.constant(windowIndices(t), 'int64', [tiles, windowKeys]);
-  const window = (x: Tensor, width: number): Tensor => {
-    const padded = padGrid(reshape(imagePart(x, textTokens), [b, grid.height, grid.width, h * width]), [
-      [t.reach.y, t.paddedKeys.height - grid.height - t.reach.y],
-      [t.reach.x, t.paddedKeys.width - grid.width - t.reach.x],
-    ]);
-    const flat = reshape(padded, [b, t.paddedKeys.height * t.paddedKeys.width, h, width]);
-    return gather(transpose(flat, [0, 2, 1, 3]), index, 2);
-  };
-  const kWindow = window(k, d);
-  const vWindow = window(v, dv);
-
-  const circle = g.constant(circleBias(t), 'float32', [tileTokens, windowKeys]);
-  const validity = g.constant(windowValidityBias(t), 'float32', [tiles, 1, windowKeys]);
-  let windowScores = matmul(qTiles, transpose(kWindow, [0, 1, 2, 4, 3]));
-  windowScores = add(add(windowScores, cast(circle, q.dtype)), cast(validity, q.dtype));
-
-  // Keys every image query sees: text first, pooled last, as in CLEAR's key order.
-  const shared = (keys: Tensor): Tensor => {
-    const scores = matmul(qFlat, transpose(heads(keys, c, d), [0, 1, 3, 2]));
-    return reshape(scores, [b, h, tiles, tileTokens, keys.shape[1]]);
-  };
-  const parts: { scores: Tensor; values: Tensor | undefined }[] = [];
-  if (textTokens > 0)
-    parts.push({ scores: shared(textPart(k, textTokens)), values: textPart(v, textTokens) });
-  parts.push({ scores: windowScores, values: undefined });
-  if (pooled) parts.push({ scores: shared(pooled.k), values: pooled.v });
-
-  const probs = softmax(
-    concat(
-      parts.map((p) => p.scores),
-      -1,
-    ),
-    -1,
-  );
-  const pieces =
-    parts.length === 1
-      ? [probs]
-      : split(
-          probs,
-          parts.map((p) => p.scores.shape[4] as number),
-          -1,
-        );
-  let out: Tensor | undefined;
-  parts.forEach((p, i) => {
-    const term = p.values
-      ? reshape(
-          matmul(reshape(pieces[i], [b, h, paddedQueries, p.values.shape[1]]), heads(p.values, c, dv)),
-          [b, h, tiles, tileTokens, dv],
-        )
-      : matmul(pieces[i], vWindow);
-    out = out ? add(out, term) : term;
+  const biasTensors = new Map<ClearBias, Tensor>();
+  const outputs = plan.blocks.map((block) => {
+    const { tiles, tileTokens, keyCount } = block;
+    const queries = gather(qHeads, g.constant(block.queries, 'int64', [tiles, tileTokens]), 2);
+    let keys = kHeads;
+    let values = vHeads;
+    if (block.keys) {
+      const index = g.constant(block.keys, 'int64', [tiles, keyCount]);
+      keys = gather(kHeads, index, 2);
+      values = gather(vHeads, index, 2);
+    } else {
+      // Every key: one "tile" of the block's queries against the whole sequence.
+      keys = unsqueeze(kHeads, 2);
+      values = unsqueeze(vHeads, 2);
+    }
+    let bias = biasTensors.get(block.bias);
+    if (!bias) {
+      bias = g.constant(block.bias.data, 'float32', block.bias.shape);
+      biasTensors.set(block.bias, bias);
+    }
+    const scores = mul(matmul(queries, transpose(keys, [0, 1, 2, 4, 3])), c.scale);
+    const out = matmul(maskedSoftmax(scores, bias), values);
+    return reshape(out, [b, h, tiles * tileTokens, dv]);
   });
 
-  // Back to token order, cropping the query padding: [B, N, H·Dv].
-  const perTile = reshape(out as Tensor, [b, h, t.tiles.rows, t.tiles.cols, t.tile.height, t.tile.width, dv]);
-  const rows = reshape(transpose(perTile, [0, 2, 4, 3, 5, 1, 6]), [b, queryRows, queryCols, h * dv]);
-  const cropped =
-    queryRows === grid.height && queryCols === grid.width
-      ? rows
-      : slice(rows, [
-          { axis: 1, end: grid.height },
-          { axis: 2, end: grid.width },
-        ]);
-  return reshape(cropped, [b, grid.height * grid.width, h * dv]);
-}
-
-/** Zero-pad axes 1 and 2 of [B, rows, cols, C]. */
-function padGrid(x: Tensor, [rows, cols]: [[number, number], [number, number]]): Tensor {
-  if (rows[0] === 0 && rows[1] === 0 && cols[0] === 0 && cols[1] === 0) return x;
-  return pad(x, [[0, 0], rows, cols, [0, 0]]);
+  // Back to token order: [B, H, slots, Dv] → [B, slots, H·Dv] → the image tokens, in raster order.
+  const all = outputs.length === 1 ? outputs[0] : concat(outputs, 2);
+  const slots = all.shape[2] as number;
+  const rows = reshape(transpose(all, [0, 2, 1, 3]), [b, slots, h * dv]);
+  if (!plan.order) return rows;
+  return gather(rows, g.constant(plan.order, 'int64', [imageTokens]), 1);
 }
 
 /**

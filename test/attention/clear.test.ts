@@ -1,8 +1,9 @@
 /**
  * CLEAR attention (src/attention/clear.ts) through ONNX Runtime against the dense float64 reference
  * of test/reference/clear.ts, which applies the mask predicate of methods/clear_linfusion.md
- * §1.3/§1.4 to every (query, key) pair; plus checks that the tiled lowering stays linear in the
- * token count, build errors, and the diffusers-style self-attention module.
+ * §1.3/§1.4 to every (query, key) pair, through each plan (tiled, dense, whole grid) and with blocks
+ * of every size; plus checks that the plans' constants reproduce that predicate, that memory stays
+ * bounded as the grid grows, build errors, and the diffusers-style self-attention module.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -10,13 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import {
-  circleBias,
-  clearTiling,
-  tilingSizes,
-  windowIndices,
-  windowValidityBias,
-} from '../../src/attention/clear-window.js';
+import type { ClearPlan } from '../../src/attention/clear-window.js';
+import { MASKED, clearPlan, clearTiling, tilingSizes } from '../../src/attention/clear-window.js';
 import { clearAttention, clearSelfAttention } from '../../src/attention/clear.js';
 import { GraphBuildError } from '../../src/errors.js';
 import type { Tensor } from '../../src/graph/index.js';
@@ -25,7 +21,9 @@ import { SafetensorsFile, writeSafetensors } from '../../src/io/safetensors.js';
 import { Params } from '../../src/nn/params.js';
 import type { TensorSource } from '../../src/nn/weights.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
-import { clearAttentionRef } from '../reference/clear.js';
+import { hostTensor } from '../../src/runtime/host-tensor.js';
+import type { ClearRefOptions } from '../reference/clear.js';
+import { clearAllowed, clearAttentionRef } from '../reference/clear.js';
 import { randomArray, randomTensor, rng, runGraph, testRuntime } from '../helpers.js';
 
 /** Float32 rounding of O(1) outputs; the worst error seen is about 6e-7. */
@@ -46,6 +44,16 @@ interface Case {
   weightShape?: number[];
   scale?: number;
   tileSize?: number;
+  lowering?: 'tiled' | 'dense';
+  blockScores?: number;
+  /** The plan the case must take: plain attention (the circle holds the grid), tiled or dense. */
+  expect: 'whole' | 'tiled' | 'dense';
+  /** At least this many blocks. */
+  minBlocks?: number;
+  /** q and k drawn from [−range, range); default 2. */
+  range?: number;
+  /** q and k of its own (one batch item, no text), for scores of chosen sizes. */
+  queriesKeys?: (grid: [number, number], random: () => number) => { q: Float32Array; k: Float32Array };
   /** Declare the batch dim as the name 'B', as model graphs do. */
   symbolicBatch?: boolean;
   seed: number;
@@ -69,14 +77,18 @@ async function check(c: Case): Promise<number> {
   const tokens = textTokens + height * width;
   const hidden = c.numHeads * c.headDim;
   const valueWidth = c.numHeads * (c.valueDim ?? c.headDim);
+  const range = c.range ?? 2;
   const feeds: Record<string, HostTensor> = {
-    q: randomTensor([c.batch, tokens, hidden], random, -2, 2),
-    k: randomTensor([c.batch, tokens, hidden], random, -2, 2),
+    q: randomTensor([c.batch, tokens, hidden], random, -range, range),
+    k: randomTensor([c.batch, tokens, hidden], random, -range, range),
     v: randomTensor([c.batch, tokens, valueWidth], random),
   };
+  if (c.queriesKeys) {
+    const { q, k } = c.queriesKeys(c.grid, random);
+    feeds.q = hostTensor('float32', [c.batch, tokens, hidden], q);
+    feeds.k = hostTensor('float32', [c.batch, tokens, hidden], k);
+  }
   if (c.weightShape) feeds.w = randomTensor(c.weightShape, random, -0.5, 1);
-  // A radius whose circle holds the whole grid takes the dense path; every other, the tiles.
-  const dense = (height - 1) ** 2 + (width - 1) ** 2 < c.radius ** 2;
   const out = await runGraph(
     (g, i) => {
       const o = clearAttention(i.q, i.k, i.v, {
@@ -88,8 +100,18 @@ async function check(c: Case): Promise<number> {
         spatialWeight: i.w,
         scale: c.scale,
         tileSize: c.tileSize,
+        lowering: c.lowering,
+        blockScores: c.blockScores,
       });
-      assert.equal(g.nodes.filter((n) => n.op === 'gather').length, dense ? 0 : 2, 'window gathers');
+      // One softmax per block; a block gathers its queries, and in the tiled plan its keys and
+      // values, which a last gather puts back in token order.
+      const count = (op: string): number => g.nodes.filter((n) => n.op === op).length;
+      const blocks = count('softmax');
+      const plan = c.expect;
+      const gathers = plan === 'tiled' ? 3 * blocks + 1 : blocks;
+      assert.equal(blocks === 0, plan === 'whole', `${plan}: ${blocks} blocks`);
+      assert.equal(count('gather'), gathers, `${plan} plan: gathers`);
+      assert.ok(blocks >= (c.minBlocks ?? 0), `${blocks} blocks, expected at least ${c.minBlocks}`);
       return { o };
     },
     feeds,
@@ -128,6 +150,7 @@ const CASES: Case[] = [
     headDim: 8,
     grid: [7, 9],
     radius: 2,
+    expect: 'tiled',
     seed: 1,
   },
   {
@@ -138,6 +161,8 @@ const CASES: Case[] = [
     grid: [7, 9],
     radius: 3,
     tileSize: 5,
+    lowering: 'tiled',
+    expect: 'tiled',
     seed: 2,
   },
   {
@@ -147,6 +172,7 @@ const CASES: Case[] = [
     headDim: 4,
     grid: [5, 12],
     radius: 1,
+    expect: 'tiled',
     seed: 3,
   },
   {
@@ -157,6 +183,8 @@ const CASES: Case[] = [
     grid: [7, 9],
     radius: 5,
     textTokens: 4,
+    lowering: 'tiled',
+    expect: 'tiled',
     symbolicBatch: true,
     seed: 4,
   },
@@ -169,6 +197,8 @@ const CASES: Case[] = [
     radius: 2.5,
     tileSize: 3,
     scale: 0.6,
+    lowering: 'tiled',
+    expect: 'tiled',
     seed: 5,
   },
   {
@@ -178,17 +208,34 @@ const CASES: Case[] = [
     headDim: 16,
     grid: [12, 12],
     radius: 3,
+    expect: 'tiled',
     seed: 6,
   },
   {
-    name: 'radius 8 beyond a 7×9 grid (reach clamped), text 2',
+    name: 'radius 8 beyond a 7×9 grid (reach clamped), tiled although dense is cheaper, text 2',
     batch: 1,
     numHeads: 2,
     headDim: 8,
     grid: [7, 9],
     radius: 8,
     textTokens: 2,
+    lowering: 'tiled',
+    expect: 'tiled',
     seed: 7,
+  },
+  {
+    name: 'radius 8 on a 7×9 grid: the dense plan by cost, blocks of one row, text 2, batch 2',
+    batch: 2,
+    numHeads: 2,
+    headDim: 8,
+    grid: [7, 9],
+    radius: 8,
+    textTokens: 2,
+    blockScores: 2 * 74 * 9,
+    expect: 'dense',
+    minBlocks: 7,
+    symbolicBatch: true,
+    seed: 14,
   },
   {
     name: 'radius 11 covers 7×9: dense path, text 2',
@@ -198,6 +245,7 @@ const CASES: Case[] = [
     grid: [7, 9],
     radius: 11,
     textTokens: 2,
+    expect: 'whole',
     symbolicBatch: true,
     seed: 8,
   },
@@ -211,6 +259,8 @@ const CASES: Case[] = [
     textTokens: 3,
     downFactor: 2,
     weightShape: [1, 1, 1, 2, 1, 2, 1],
+    lowering: 'tiled',
+    expect: 'tiled',
     symbolicBatch: true,
     seed: 9,
   },
@@ -223,6 +273,8 @@ const CASES: Case[] = [
     radius: 3,
     downFactor: 2,
     tileSize: 4,
+    lowering: 'tiled',
+    expect: 'tiled',
     seed: 10,
   },
   {
@@ -235,6 +287,7 @@ const CASES: Case[] = [
     textTokens: 2,
     downFactor: 3,
     weightShape: [3, 3],
+    expect: 'tiled',
     seed: 11,
   },
   {
@@ -247,6 +300,7 @@ const CASES: Case[] = [
     textTokens: 2,
     downFactor: 2,
     weightShape: [2, 2],
+    expect: 'whole',
     seed: 12,
   },
   {
@@ -258,7 +312,80 @@ const CASES: Case[] = [
     grid: [5, 7],
     radius: 2,
     textTokens: 2,
+    lowering: 'tiled',
+    expect: 'tiled',
     seed: 13,
+  },
+  {
+    name: 'blocks of one tile, interior and border, df=2, text 3, batch 2',
+    batch: 2,
+    numHeads: 2,
+    headDim: 4,
+    grid: [12, 16],
+    radius: 3,
+    tileSize: 3,
+    textTokens: 3,
+    downFactor: 2,
+    lowering: 'tiled',
+    blockScores: 1,
+    expect: 'tiled',
+    minBlocks: 20,
+    symbolicBatch: true,
+    seed: 15,
+  },
+  {
+    name: 'blocks of several tiles, uneven, 3 heads, r=2.5',
+    batch: 1,
+    numHeads: 3,
+    headDim: 4,
+    grid: [13, 11],
+    radius: 2.5,
+    tileSize: 3,
+    blockScores: 3 * 9 * 40 * 3,
+    expect: 'tiled',
+    minBlocks: 5,
+    seed: 16,
+  },
+  {
+    name: 'dense plan forced, df=2, text 2, value heads narrower',
+    batch: 1,
+    numHeads: 2,
+    headDim: 8,
+    valueDim: 4,
+    grid: [6, 8],
+    radius: 3,
+    textTokens: 2,
+    downFactor: 2,
+    lowering: 'dense',
+    blockScores: 2 * 62 * 16,
+    expect: 'dense',
+    minBlocks: 3,
+    seed: 17,
+  },
+  {
+    name: 'large scores: masked keys far above and allowed keys far below the row maximum',
+    batch: 1,
+    numHeads: 1,
+    headDim: 2,
+    grid: [8, 12],
+    radius: 3,
+    scale: 1.2,
+    // Keys of the left half score about +77 against every query, of the right half about −77: a
+    // query on the right sees only −77s while its masked keys score +77, and one near the middle
+    // sees both, so its −77s lie far below the floor (row max − 64).
+    queriesKeys: ([height, width], random) => {
+      const q = new Float32Array(height * width * 2);
+      const k = new Float32Array(height * width * 2);
+      for (let n = 0; n < height * width; n++) {
+        q[2 * n] = 8;
+        q[2 * n + 1] = 2 * random() - 1;
+        k[2 * n] = n % width < width / 2 ? 8 : -8;
+        k[2 * n + 1] = 2 * random() - 1;
+      }
+      return { q, k };
+    },
+    expect: 'tiled',
+    seed: 18,
   },
 ];
 
@@ -271,64 +398,125 @@ describe('clearAttention against the dense masked reference', () => {
   }
 });
 
-describe('clear window constants', () => {
-  it('the tiled mask equals the circle predicate for every (query, key) pair of the grid', () => {
-    // Independent of ORT: rebuild the dense mask from index + circle + validity and compare.
-    for (const [height, width, radius, tileSize] of [
-      [7, 9, 3, 5],
-      [5, 12, 2, undefined],
-      [6, 6, 4, 4],
-    ] as [number, number, number, number | undefined][]) {
-      const t = clearTiling({ height, width }, radius, tileSize);
-      const index = windowIndices(t);
-      const circle = circleBias(t);
-      const validity = windowValidityBias(t);
-      const { windowKeys, tileTokens } = tilingSizes(t);
-      const seen = new Set<string>();
-      let pairs = 0;
-      for (let a = 0; a < t.tiles.rows; a++) {
-        for (let b = 0; b < t.tiles.cols; b++) {
-          const tile = a * t.tiles.cols + b;
-          for (let i = 0; i < tileTokens; i++) {
-            const yq = a * t.tile.height + Math.floor(i / t.tile.width);
-            const xq = b * t.tile.width + (i % t.tile.width);
-            if (yq >= height || xq >= width) continue;
-            for (let w = 0; w < windowKeys; w++) {
-              if (circle[i * windowKeys + w] + validity[tile * windowKeys + w] !== 0) continue;
-              const flat = Number(index[tile * windowKeys + w]);
-              const yk = Math.floor(flat / t.paddedKeys.width) - t.reach.y;
-              const xk = (flat % t.paddedKeys.width) - t.reach.x;
-              assert.ok((yq - yk) ** 2 + (xq - xk) ** 2 < radius * radius);
-              seen.add(`${yq},${xq},${yk},${xk}`);
-              pairs++;
-            }
+/**
+ * The (query, key) pairs a plan scores with bias 0, for every real image query, as
+ * "queryToken,keyRow" over the key sequence [text | image | pooled]; fails on a key scored twice
+ * for one query, or an image token not read from the slot that computed it.
+ */
+function allowedPairs(plan: ClearPlan, o: ClearRefOptions): Set<string> {
+  // Per output slot (the blocks' queries, concatenated): its query row and the keys it may attend.
+  const slots: { query: number; keys: number[] }[] = [];
+  for (const block of plan.blocks) {
+    const { tiles, tileTokens, keyCount } = block;
+    for (let tile = 0; tile < tiles; tile++) {
+      for (let i = 0; i < tileTokens; i++) {
+        const keys: number[] = [];
+        const biasRow = ((block.bias.shape[0] === 1 ? 0 : tile) * tileTokens + i) * keyCount;
+        for (let j = 0; j < keyCount; j++) {
+          const bias = block.bias.data[biasRow + j];
+          if (bias === 0) keys.push(block.keys ? Number(block.keys[tile * keyCount + j]) : j);
+          else assert.equal(bias, Math.fround(MASKED));
+        }
+        slots.push({ query: Number(block.queries[tile * tileTokens + i]), keys });
+      }
+    }
+  }
+  const pairs = new Set<string>();
+  const read = new Set<number>();
+  for (let n = 0; n < o.gridHeight * o.gridWidth; n++) {
+    const slot = plan.order ? Number(plan.order[n]) : n;
+    assert.equal(slots[slot].query, o.textTokens + n, `image token ${n} is read from slot ${slot}`);
+    assert.ok(!read.has(slot), `slot ${slot} is read twice`);
+    read.add(slot);
+    for (const key of slots[slot].keys) {
+      const pair = `${o.textTokens + n},${key}`;
+      assert.ok(!pairs.has(pair), `pair ${pair} scored twice`);
+      pairs.add(pair);
+    }
+  }
+  return pairs;
+}
+
+describe('clear plans', () => {
+  it('every plan scores exactly the pairs the circle predicate allows, each once', () => {
+    // Independent of ORT: rebuild the allowed pairs from the plan's indices and biases.
+    const cases: [number, number, number, number, number, number | undefined, 'tiled' | 'dense'][] = [
+      [7, 9, 3, 0, 0, 5, 'tiled'],
+      [5, 12, 2, 2, 0, undefined, 'tiled'],
+      [6, 6, 4, 0, 9, 4, 'tiled'],
+      [12, 16, 3, 3, 12, 3, 'tiled'],
+      [7, 9, 8, 2, 0, undefined, 'tiled'],
+      [7, 9, 8, 2, 0, undefined, 'dense'],
+      [6, 8, 3, 1, 12, undefined, 'dense'],
+    ];
+    for (const [height, width, radius, textTokens, pooledTokens, tileSize, lowering] of cases) {
+      const what = `${height}×${width} r=${radius} text ${textTokens} pooled ${pooledTokens} ${lowering}`;
+      for (const blockScores of [1, 500, undefined]) {
+        const plan = clearPlan({ height, width }, radius, {
+          textTokens,
+          pooledTokens,
+          numHeads: 2,
+          channels: 16,
+          tileSize,
+          lowering,
+          blockScores,
+        });
+        assert.equal(plan.kind, lowering);
+        const o = { numHeads: 2, gridHeight: height, gridWidth: width, radius, textTokens, downFactor: 1 };
+        const pairs = allowedPairs(plan, o);
+        const imageTokens = height * width;
+        const keys = textTokens + imageTokens + pooledTokens;
+        let expected = 0;
+        for (let n = 0; n < imageTokens; n++) {
+          for (let key = 0; key < keys; key++) {
+            // clearAllowed knows pooled keys only through downFactor; they follow the image keys.
+            const allowed = key >= textTokens + imageTokens || clearAllowed(textTokens + n, key, o);
+            if (!allowed) continue;
+            expected++;
+            assert.ok(pairs.has(`${textTokens + n},${key}`), `${what}: pair ${n},${key} missing`);
           }
         }
+        assert.equal(pairs.size, expected, `${what}: pairs`);
       }
-      let expected = 0;
-      for (let yq = 0; yq < height; yq++)
-        for (let xq = 0; xq < width; xq++)
-          for (let yk = 0; yk < height; yk++)
-            for (let xk = 0; xk < width; xk++)
-              if ((yq - yk) ** 2 + (xq - xk) ** 2 < radius * radius) expected++;
-      assert.equal(seen.size, expected, `${height}×${width} r=${radius}: allowed pairs`);
-      assert.equal(pairs, expected, `${height}×${width} r=${radius}: a key appears twice in a window`);
     }
   });
 
   it('default tiles follow the radius and are balanced over each axis', () => {
     assert.deepEqual(clearTiling({ height: 64, width: 64 }, 16).tile, { height: 8, width: 8 });
     assert.deepEqual(clearTiling({ height: 64, width: 64 }, 1).tile, { height: 4, width: 4 });
-    assert.deepEqual(clearTiling({ height: 7, width: 9 }, 8).tile, { height: 4, width: 3 });
-    assert.deepEqual(clearTiling({ height: 20, width: 30 }, 20).tile, { height: 10, width: 10 });
+    assert.deepEqual(clearTiling({ height: 7, width: 9 }, 8, 4).tile, { height: 4, width: 3 });
+    // 20 rows: three tiles of 7, not of 8.
+    assert.deepEqual(clearTiling({ height: 20, width: 30 }, 6).tile, { height: 7, width: 6 });
+    assert.deepEqual(clearTiling({ height: 128, width: 128 }, 32).tile, { height: 10, width: 10 });
     assert.deepEqual(clearTiling({ height: 7, width: 9 }, 8).reach, { y: 6, x: 7 });
     // The window drops the box corners no query of the tile sees: 8×8 tiles at r = 8 read 452 of 22².
     assert.equal(tilingSizes(clearTiling({ height: 64, width: 64 }, 8, 8)).windowKeys, 452);
   });
+
+  it('the cost model takes dense only where windows cover about the whole sequence', () => {
+    const kind = (side: number, radius: number): string =>
+      clearPlan({ height: side, width: side }, radius, {
+        textTokens: 0,
+        pooledTokens: 0,
+        numHeads: 16,
+        channels: 144,
+      }).kind;
+    assert.equal(kind(32, 32), 'dense');
+    assert.equal(kind(24, 16), 'dense');
+    assert.equal(kind(64, 32), 'tiled');
+    assert.equal(kind(64, 16), 'tiled');
+    assert.equal(kind(128, 32), 'tiled');
+    // Past DENSE_BIAS_BYTES the dense bias would be too large: tiled, whatever the cost.
+    assert.equal(kind(92, 92), 'tiled');
+  });
 });
 
-/** Sizes in a graph built for a grid: the largest node output and all constants, in elements. */
-function graphSizes(side: number, textTokens: number): { largest: number; constants: number; nodes: number } {
+/** Sizes in a graph built for a grid: the largest node output and score tensor, all constants, in elements. */
+function graphSizes(
+  side: number,
+  textTokens: number,
+  blockScores: number,
+): { largest: number; scores: number; constants: number; nodes: number } {
   const g = new Graph('sizes');
   const tokens = textTokens + side * side;
   const q = g.input('q', 'float32', [1, tokens, 16]);
@@ -336,39 +524,42 @@ function graphSizes(side: number, textTokens: number): { largest: number; consta
   const v = g.input('v', 'float32', [1, tokens, 16]);
   g.output(
     'o',
-    clearAttention(q, k, v, { numHeads: 2, grid: { height: side, width: side }, radius: 3, textTokens }),
+    clearAttention(q, k, v, {
+      numHeads: 2,
+      grid: { height: side, width: side },
+      radius: 3,
+      textTokens,
+      blockScores,
+    }),
   );
   let largest = 0;
+  let scores = 0;
   for (const node of g.nodes) {
     for (const out of node.outputs) {
       assert.ok(isStaticShape(out.shape), `${node.op} output ${String(out.shape)} should be static`);
-      largest = Math.max(
-        largest,
-        (out.shape as number[]).reduce((a, b) => a * b, 1),
-      );
+      const size = (out.shape as number[]).reduce((a, b) => a * b, 1);
+      largest = Math.max(largest, size);
+      if (node.op === 'softmax') scores = Math.max(scores, size);
     }
   }
   let constants = 0;
   for (const leaf of g.leaves.values()) if (leaf.kind === 'constant') constants += leaf.values.length;
-  return { largest, constants, nodes: g.nodes.length };
+  return { largest, scores, constants, nodes: g.nodes.length };
 }
 
-describe('the lowering is linear in the image tokens (df = 1)', () => {
+describe('memory is bounded as the grid grows (df = 1)', () => {
   for (const textTokens of [0, 8]) {
-    it(`4× the tokens → at most ~4× the largest tensor and constants, same node count (text ${textTokens})`, () => {
-      const small = graphSizes(16, textTokens);
-      const large = graphSizes(32, textTokens);
+    it(`4× the tokens → the same score blocks, at most ~4× the largest tensor, constants and nodes (text ${textTokens})`, () => {
+      const blockScores = 4096;
+      const small = graphSizes(16, textTokens, blockScores);
+      const large = graphSizes(32, textTokens, blockScores);
       const n = 32 * 32;
       assert.ok(large.largest < n * n, `largest tensor ${large.largest} is not below N² = ${n * n}`);
-      assert.ok(
-        large.largest / small.largest <= 4.5,
-        `largest tensor grew ${large.largest / small.largest}×`,
-      );
-      assert.ok(
-        large.constants / small.constants <= 4.5,
-        `constants grew ${large.constants / small.constants}×`,
-      );
-      assert.equal(large.nodes, small.nodes, 'no per-tile nodes');
+      assert.ok(large.scores <= blockScores, `a block scores ${large.scores} > ${blockScores}`);
+      assert.ok(large.scores <= small.scores, `score blocks grew from ${small.scores} to ${large.scores}`);
+      for (const key of ['largest', 'constants', 'nodes'] as const) {
+        assert.ok(large[key] / small[key] <= 4.5, `${key} grew ${large[key] / small[key]}×`);
+      }
     });
   }
 });

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { clearSelfAttention } from '../src/attention/clear.js';
-import { clearTiling, tilingSizes } from '../src/attention/clear-window.js';
+import { clearPlan, tilingSizes } from '../src/attention/clear-window.js';
 import { LinFusionWeights } from '../src/attention/linfusion.js';
 import { linfusionSelfAttention } from '../src/attention/linfusion.js';
 import type { SelfAttentionLayer } from '../src/attention/types.js';
@@ -48,9 +48,16 @@ export function attentionFlops(v: AttentionVariant, side: number): number {
     const d = DIM / HEADS;
     return projections + 2 * 2 * 2 * N * DIM * DIM + 2 * N * DIM * d * 2 + 2 * N * DIM;
   }
-  const t = clearTiling({ height: side, width: side }, v.radius);
-  const { tiles, tileTokens, windowKeys } = tilingSizes(t);
   const pooled = v.downFactor > 1 ? N / (v.downFactor * v.downFactor) : 0;
+  // As the chosen lowering executes it: dense masked attention for small grids, else the tiles.
+  const plan = clearPlan({ height: side, width: side }, v.radius, {
+    textTokens: 0,
+    pooledTokens: pooled,
+    numHeads: HEADS,
+    channels: 2 * (DIM / HEADS),
+  });
+  if (plan.kind === 'dense' || !plan.tiling) return projections + 2 * 2 * N * (N + pooled) * DIM;
+  const { tiles, tileTokens, windowKeys } = tilingSizes(plan.tiling);
   return projections + 2 * 2 * tiles * tileTokens * (windowKeys + pooled) * DIM;
 }
 

@@ -20,13 +20,10 @@ import {
   concat,
   gather,
   matmul,
-  max,
-  maximum,
   mul,
   reshape,
   slice,
   softmax,
-  sub,
   sum,
   transpose,
   unsqueeze,
@@ -246,22 +243,13 @@ function heads(x: Tensor, c: Checked, d: number): Tensor {
 }
 
 /**
- * How far below its row's largest allowed score a masked score is raised before the softmax. MLAS's
- * exp turns a −1e30 score into a denormal, which this CPU handles many times slower than normal
- * floats (ORT flushes denormals only with the session option `set_denormal_as_zero`): the softmax
- * and the product with V ran 2× slower. e^−64 ≈ 1.6e−28 is a normal float that still vanishes
- * against the row maximum's weight of 1, so the result is the masked softmax to float32 precision.
- */
-const MASK_FLOOR = 64;
-
-/**
  * softmax over the allowed keys of `scores` [B, H, tiles, queries, keys]: the additive bias (0 or
- * MASKED) applied, then every score raised to at least (row max − MASK_FLOOR).
+ * MASKED) applied first. A masked score's exp underflows to zero — or, in MLAS's exp, to a
+ * denormal, which is why the runtime flushes denormals by default (RuntimeOptions.flushDenormals):
+ * without that, the softmax and the product with V ran about 2× slower.
  */
 function maskedSoftmax(scores: Tensor, bias: Tensor): Tensor {
-  const s = add(scores, cast(bias, scores.dtype));
-  const floor = sub(max(s, -1, true), MASK_FLOOR);
-  return softmax(maximum(s, floor), -1);
+  return softmax(add(scores, cast(bias, scores.dtype)), -1);
 }
 
 /**

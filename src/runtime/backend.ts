@@ -33,6 +33,11 @@ export interface SessionSettings {
   optimizationLevel: 'disabled' | 'basic' | 'extended' | 'all';
   /** Skip MLAS weight prepacking: faster start and less memory, sometimes slower MatMuls (notes §4). */
   disablePrepacking: boolean;
+  /**
+   * Flush denormal floats to zero (ORT's `session.set_denormal_as_zero`). The first session created
+   * in a thread decides for that thread, so every session of a runtime uses the same setting.
+   */
+  flushDenormals: boolean;
 }
 
 /** What a backend needs to create a session: the model, and the folder its external data is relative to. */

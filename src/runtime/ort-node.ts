@@ -40,6 +40,7 @@ export function sessionOptions(
   // For a model given as bytes, ORT resolves external data against this folder (notes §4).
   if (externalRoot) session.model_external_initializers_file_folder_path = externalRoot;
   if (settings.disablePrepacking) session.disable_prepacking = '1';
+  if (settings.flushDenormals) session.set_denormal_as_zero = '1';
   return {
     executionProviders: settings.executionProviders,
     graphOptimizationLevel: settings.optimizationLevel,

@@ -3,10 +3,10 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { clearSelfAttention } from '../src/attention/clear.js';
+import { clearAttention, clearSelfAttention } from '../src/attention/clear.js';
 import { clearPlan, tilingSizes } from '../src/attention/clear-window.js';
 import { LinFusionWeights } from '../src/attention/linfusion.js';
-import { linfusionSelfAttention } from '../src/attention/linfusion.js';
+import { linfusionSelfAttention, normalizedLinearAttention } from '../src/attention/linfusion.js';
 import type { SelfAttentionLayer } from '../src/attention/types.js';
 import { Graph, attention } from '../src/graph/index.js';
 import type { TensorToWrite } from '../src/io/safetensors.js';
@@ -24,8 +24,17 @@ const HEADS = 16;
 export type AttentionVariant =
   { kind: 'full' } | { kind: 'clear'; radius: number; downFactor: number } | { kind: 'linfusion' };
 
+/**
+ * What is timed: 'layer' is the whole self-attention module (q/k/v/out projections, LinFusion's
+ * input MLPs); 'kernel' is the attention alone, on given q, k, v [1, N, 1152].
+ */
+export type AttentionScope = 'layer' | 'kernel';
+
 export interface AttentionCaseResult {
+  /** Contract name: full, clear:R, clear:R:D, linfusion. */
+  kind: string;
   variant: string;
+  scope: AttentionScope;
   tokens: number;
   ms: number;
   gflop: number;
@@ -38,15 +47,34 @@ export function variantName(v: AttentionVariant): string {
   return v.kind === 'full' ? 'full attention' : 'LinFusion';
 }
 
-/** Multiply-add FLOPs of one self-attention layer (projections included) as the lowering executes it. */
-export function attentionFlops(v: AttentionVariant, side: number): number {
+/** The name `bench attention --json` reports: full, clear:16, clear:16:4, linfusion. */
+export function kindName(v: AttentionVariant): string {
+  if (v.kind === 'clear') return `clear:${v.radius}${v.downFactor > 1 ? `:${v.downFactor}` : ''}`;
+  return v.kind;
+}
+
+/** The variants every run compares: full, CLEAR r = 8/16/32 with and without d = 4, LinFusion. */
+export const ATTENTION_VARIANTS: readonly AttentionVariant[] = [
+  { kind: 'full' },
+  ...[8, 16, 32].flatMap((radius) =>
+    [1, 4].map((downFactor) => ({ kind: 'clear' as const, radius, downFactor })),
+  ),
+  { kind: 'linfusion' },
+];
+
+/**
+ * FLOPs (2 per multiply-add) of one self-attention layer or its kernel, as the lowering executes it
+ * (CLEAR: every score of the tiles' windows, padding included).
+ */
+export function attentionFlops(v: AttentionVariant, side: number, scope: AttentionScope = 'layer'): number {
   const N = side * side;
-  const projections = 2 * N * DIM * DIM * 4;
+  const projections = scope === 'layer' ? 2 * N * DIM * DIM * 4 : 0;
   if (v.kind === 'full') return projections + 2 * 2 * N * N * DIM;
   if (v.kind === 'linfusion') {
     // Two residual MLPs C→C→C on q and k inputs, the d×d states, Q·S and Q·K̄ (d = C/heads).
     const d = DIM / HEADS;
-    return projections + 2 * 2 * 2 * N * DIM * DIM + 2 * N * DIM * d * 2 + 2 * N * DIM;
+    const mlps = scope === 'layer' ? 2 * 2 * 2 * N * DIM * DIM : 0;
+    return projections + mlps + 2 * N * DIM * d * 2 + 2 * N * DIM;
   }
   const pooled = v.downFactor > 1 ? N / (v.downFactor * v.downFactor) : 0;
   // As the chosen lowering executes it: dense masked attention for small grids, else the tiles.
@@ -113,33 +141,30 @@ async function writeLayerWeights(dir: string): Promise<void> {
   );
 }
 
-/** One case, in this process: build, compile, time. Run in a child process so peak memory is the case's own. */
-export async function runAttentionCase(
-  dir: string,
+/** The graph of one case: the layer on x, or the kernel on q, k, v. */
+function buildCase(
+  g: Graph,
   v: AttentionVariant,
   side: number,
-  reps: number,
-  threads: number,
-): Promise<AttentionCaseResult> {
-  const runtime = new Runtime({ worker: false, threads });
-  const file = await SafetensorsFile.open(join(dir, 'layer.safetensors'));
-  const source = {
-    has: (n: string) => file.has(n),
-    info: (n: string) => ({ ...file.info(n), path: join(dir, 'layer.safetensors') }),
-  };
-  const linfusion = v.kind === 'linfusion' ? await LinFusionWeights.open(join(dir, 'linfusion')) : undefined;
-  const g = new Graph('attention_layer');
-  const x = g.input('x', 'float32', [1, side * side, DIM]);
-  const p = Params.of(g, source).child('attn1');
-  const layer: SelfAttentionLayer = {
-    params: p,
-    x,
-    dim: DIM,
-    heads: HEADS,
-    qkvBias: true,
-    grid: { height: side, width: side },
-    textTokens: 0,
-  };
+  scope: AttentionScope,
+  params: Params,
+  linfusion: LinFusionWeights | undefined,
+): string[] {
+  const N = side * side;
+  const grid = { height: side, width: side };
+  if (scope === 'kernel') {
+    const [q, k, vv] = ['q', 'k', 'v'].map((n) => g.input(n, 'float32', [1, N, DIM]));
+    let y;
+    if (v.kind === 'full') y = attention(q, k, vv, { numHeads: HEADS });
+    else if (v.kind === 'clear') {
+      y = clearAttention(q, k, vv, { numHeads: HEADS, grid, radius: v.radius, downFactor: v.downFactor });
+    } else y = normalizedLinearAttention(q, k, vv, HEADS);
+    g.output('y', y);
+    return ['q', 'k', 'v'];
+  }
+  const x = g.input('x', 'float32', [1, N, DIM]);
+  const p = params.child('attn1');
+  const layer: SelfAttentionLayer = { params: p, x, dim: DIM, heads: HEADS, qkvBias: true, grid, textTokens: 0 };
   let y;
   if (v.kind === 'full') {
     const q = Linear(p.child('to_q'), x, DIM, DIM);
@@ -152,106 +177,185 @@ export async function runAttentionCase(
     y = linfusionSelfAttention(layer, linfusion as LinFusionWeights, 'attn1');
   }
   g.output('y', y);
-  const compiled = await runtime.compile(g);
-  const input = {
-    x: hostTensor(
-      'float32',
-      [1, side * side, DIM],
-      Float32Array.from({ length: side * side * DIM }, (_, i) => Math.sin(i * 0.1)),
-    ),
-  };
-  const times: number[] = [];
-  for (let r = -1; r < reps; r++) {
-    const t0 = nowMs();
-    await compiled.run(input);
-    if (r >= 0) times.push(nowMs() - t0);
-  }
-  const ms = median(times);
-  const flops = attentionFlops(v, side);
-  await file.close();
-  await linfusion?.close();
-  await runtime.dispose();
-  return {
-    variant: variantName(v),
-    tokens: side * side,
-    ms,
-    gflop: flops / 1e9,
-    gflops: flops / ms / 1e6,
-    peakRssMb: process.resourceUsage().maxRSS / 1024,
-  };
-}
-
-export interface AttentionBenchOptions {
-  /** Token counts (square numbers) per variant kind; cases whose estimated time is too long are skipped. */
-  tokens: number[];
-  maxFullTokens: number;
-  maxDownTokens: number;
-  reps: number;
-  threads: number;
+  return ['x'];
 }
 
 /**
- * (a) One self-attention layer at PixArt-α width (1152 = 16 × 72, projections included), from 1K
- * image tokens up: full attention vs CLEAR r = 8/16/32 with and without d = 4 vs LinFusion. Each
- * case runs in its own process, so its peak RSS is its own.
+ * One case, in this process: build, compile, one warm-up run, `reps` timed runs, release. Peak RSS
+ * is the process's maximum so far (the case's own when it runs in a child process).
+ */
+export async function runAttentionCase(
+  dir: string,
+  v: AttentionVariant,
+  side: number,
+  reps: number,
+  threads: number,
+  scope: AttentionScope = 'layer',
+): Promise<AttentionCaseResult> {
+  const runtime = new Runtime({ worker: false, threads });
+  const file = await SafetensorsFile.open(join(dir, 'layer.safetensors'));
+  const source = {
+    has: (n: string) => file.has(n),
+    info: (n: string) => ({ ...file.info(n), path: join(dir, 'layer.safetensors') }),
+  };
+  const linfusion = v.kind === 'linfusion' && scope === 'layer' ? await LinFusionWeights.open(join(dir, 'linfusion')) : undefined;
+  try {
+    const g = new Graph(`attention_${scope}`);
+    const names = buildCase(g, v, side, scope, Params.of(g, source), linfusion);
+    const compiled = await runtime.compile(g);
+    const N = side * side;
+    const input = Object.fromEntries(
+      names.map((name, n) => [
+        name,
+        hostTensor(
+          'float32',
+          [1, N, DIM],
+          Float32Array.from({ length: N * DIM }, (_, i) => Math.sin(i * 0.1 + n)),
+        ),
+      ]),
+    );
+    const times: number[] = [];
+    for (let r = -1; r < reps; r++) {
+      const t0 = nowMs();
+      await compiled.run(input);
+      if (r >= 0) times.push(nowMs() - t0);
+    }
+    const ms = median(times);
+    const flops = attentionFlops(v, side, scope);
+    return {
+      kind: kindName(v),
+      variant: variantName(v),
+      scope,
+      tokens: N,
+      ms,
+      gflop: flops / 1e9,
+      gflops: flops / ms / 1e6,
+      peakRssMb: process.resourceUsage().maxRSS / 1024,
+    };
+  } finally {
+    await file.close();
+    await linfusion?.close();
+    await runtime.dispose();
+  }
+}
+
+export interface AttentionBenchOptions {
+  /** Token counts (square numbers). */
+  tokens: number[];
+  /** Full attention is skipped above this many tokens (its cost is N²). */
+  maxFullTokens: number;
+  /** CLEAR with d = 4 is skipped above this many tokens (its pooled part is O(N²/16)). */
+  maxDownTokens: number;
+  reps: number;
+  threads: number;
+  /** What to time; default both. */
+  scopes?: AttentionScope[];
+  /** Each case in its own child process, so its peak RSS is its own (default); else all in this one. */
+  isolate?: boolean;
+}
+
+/** The results of one token count, as `bench attention --json` prints them. */
+export interface AttentionJson {
+  tokens: number;
+  results: {
+    kind: string;
+    /** The layer (projections included), median ms. */
+    ms: number | null;
+    gflop: number | null;
+    gflops: number | null;
+    /** The attention alone on given q, k, v, median ms. */
+    attention_ms: number | null;
+    attention_gflop: number | null;
+    attention_gflops: number | null;
+    peak_rss_mb: number;
+  }[];
+}
+
+export function attentionJson(rows: readonly AttentionCaseResult[], tokens: number): AttentionJson {
+  const kinds = [...new Set(rows.filter((r) => r.tokens === tokens).map((r) => r.kind))];
+  return {
+    tokens,
+    results: kinds.map((kind) => {
+      const layer = rows.find((r) => r.tokens === tokens && r.kind === kind && r.scope === 'layer');
+      const kernel = rows.find((r) => r.tokens === tokens && r.kind === kind && r.scope === 'kernel');
+      return {
+        kind,
+        ms: layer?.ms ?? null,
+        gflop: layer?.gflop ?? null,
+        gflops: layer?.gflops ?? null,
+        attention_ms: kernel?.ms ?? null,
+        attention_gflop: kernel?.gflop ?? null,
+        attention_gflops: kernel?.gflops ?? null,
+        peak_rss_mb: Math.max(layer?.peakRssMb ?? 0, kernel?.peakRssMb ?? 0),
+      };
+    }),
+  };
+}
+
+/**
+ * (a) One self-attention layer at PixArt-α width (1152 = 16 × 72), and its attention kernel alone,
+ * from 1K image tokens up: full attention vs CLEAR r = 8/16/32 with and without d = 4 vs LinFusion.
  */
 export async function benchAttention(
   o: AttentionBenchOptions,
   log: (s: string) => void,
 ): Promise<AttentionCaseResult[]> {
   const dir = mkdtempSync(join(tmpdir(), 'velodiff-attn-'));
+  const scopes = o.scopes ?? ['layer', 'kernel'];
+  const isolate = o.isolate ?? true;
   try {
     await writeLayerWeights(dir);
-    const variants: AttentionVariant[] = [
-      { kind: 'full' },
-      ...[8, 16, 32].flatMap((radius) =>
-        [1, 4].map((downFactor) => ({ kind: 'clear' as const, radius, downFactor })),
-      ),
-      { kind: 'linfusion' },
-    ];
     const rows: AttentionCaseResult[] = [];
     for (const tokens of o.tokens) {
       const side = Math.round(Math.sqrt(tokens));
-      for (const v of variants) {
+      for (const v of ATTENTION_VARIANTS) {
         if (v.kind === 'full' && tokens > o.maxFullTokens) continue;
         if (v.kind === 'clear' && v.downFactor > 1 && tokens > o.maxDownTokens) continue;
-        const reps = tokens >= 16384 ? Math.min(o.reps, 2) : o.reps;
-        const out = execFileSync(
-          process.execPath,
-          [
-            ...process.execArgv,
-            fileURLToPath(import.meta.url),
-            '--case',
-            JSON.stringify({ dir, v, side, reps, threads: o.threads }),
-          ],
-          {
-            encoding: 'utf8',
-            maxBuffer: 1 << 20,
-          },
-        );
-        const row = JSON.parse(out.trim().split('\n').pop() as string) as AttentionCaseResult;
-        rows.push(row);
-        log(`  ${row.variant.padEnd(16)} ${String(row.tokens).padStart(6)} tokens: ${row.ms.toFixed(1)} ms`);
+        for (const scope of scopes) {
+          const reps = tokens >= 16384 ? Math.min(o.reps, 3) : o.reps;
+          let row: AttentionCaseResult;
+          if (isolate) {
+            const out = execFileSync(
+              process.execPath,
+              [
+                ...process.execArgv,
+                fileURLToPath(import.meta.url),
+                '--case',
+                JSON.stringify({ dir, v, side, reps, threads: o.threads, scope }),
+              ],
+              { encoding: 'utf8', maxBuffer: 1 << 20 },
+            );
+            row = JSON.parse(out.trim().split('\n').pop() as string) as AttentionCaseResult;
+          } else {
+            row = await runAttentionCase(dir, v, side, reps, o.threads, scope);
+          }
+          rows.push(row);
+          log(`  ${row.kind.padEnd(11)} ${scope.padEnd(6)} ${String(row.tokens).padStart(6)} tokens: ${row.ms.toFixed(1)} ms`);
+        }
       }
     }
-    log(
-      table(
-        ['variant', 'tokens', 'ms', 'µs/token', 'GFLOP', 'GFLOP/s', 'peak RSS MB', 'vs full'],
-        rows.map((r) => {
-          const full = rows.find((f) => f.tokens === r.tokens && f.variant === 'full attention');
-          return [
-            r.variant,
-            r.tokens,
-            r.ms,
-            (r.ms * 1000) / r.tokens,
-            r.gflop,
-            r.gflops,
-            r.peakRssMb,
-            full ? (full.ms / r.ms).toFixed(2) : '-',
-          ];
-        }),
-      ),
-    );
+    for (const scope of scopes) {
+      const mine = rows.filter((r) => r.scope === scope);
+      log(
+        `\n${scope === 'layer' ? 'Layer (q/k/v/out projections included)' : 'Attention kernel alone (q, k, v given)'}:\n` +
+          table(
+            ['variant', 'tokens', 'ms', 'µs/token', 'GFLOP', 'GFLOP/s', 'peak RSS MB', 'vs full'],
+            mine.map((r) => {
+              const full = mine.find((f) => f.tokens === r.tokens && f.kind === 'full');
+              return [
+                r.variant,
+                String(r.tokens),
+                r.ms,
+                (r.ms * 1000) / r.tokens,
+                r.gflop,
+                r.gflops,
+                r.peakRssMb,
+                full ? (full.ms / r.ms).toFixed(2) : '-',
+              ];
+            }),
+          ),
+      );
+    }
     return rows;
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -266,6 +370,7 @@ if (process.argv[2] === '--case' && process.argv[1] === fileURLToPath(import.met
     side: number;
     reps: number;
     threads: number;
+    scope: AttentionScope;
   };
-  console.log(JSON.stringify(await runAttentionCase(c.dir, c.v, c.side, c.reps, c.threads)));
+  console.log(JSON.stringify(await runAttentionCase(c.dir, c.v, c.side, c.reps, c.threads, c.scope)));
 }

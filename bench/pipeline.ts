@@ -18,9 +18,14 @@ export interface PipelineBenchOptions {
   layers: number;
   reps: number;
   threads: number;
+  /** Which rows to run (the plain loop always runs: it is the baseline); default all. */
+  variants?: PipelineVariant[];
 }
 
+export type PipelineVariant = 'plain' | 'tgate-v1' | 'tgate-v2' | 'flash';
+
 export interface PipelineBenchRow {
+  id: PipelineVariant;
   variant: string;
   steps: number;
   ms: number;
@@ -82,13 +87,21 @@ export async function benchPipeline(
           2 * captionLength * dim * dim * 2 +
           2 * 2 * o.tokens * captionLength * dim)) /
       1e9;
-    const variants: { name: string; options: Partial<PixArtRunOptions>; flash?: boolean; gflop: number }[] = [
+    const all: {
+      id: PipelineVariant;
+      name: string;
+      options: Partial<PixArtRunOptions>;
+      flash?: boolean;
+      gflop: number;
+    }[] = [
       {
+        id: 'plain',
         name: 'plain, 25 steps, CFG 4.5',
         options: { numInferenceSteps: 25, guidanceScale: 4.5 },
         gflop: 25 * forward(2),
       },
       {
+        id: 'tgate-v1',
         name: 'T-GATE V1 (gate 8)',
         options: {
           numInferenceSteps: 25,
@@ -98,6 +111,7 @@ export async function benchPipeline(
         gflop: 8 * forward(2) + 17 * (forward(1) - crossAttention(1)),
       },
       {
+        id: 'tgate-v2',
         name: 'T-GATE V2 (gate 15, sp 3, warm-up 2)',
         options: {
           numInferenceSteps: 25,
@@ -110,8 +124,16 @@ export async function benchPipeline(
           7 * selfAttentionGflop(o.tokens, dim, o.layers, 2) +
           10 * (forward(1) - crossAttention(1)),
       },
-      { name: 'Flash: fused LoRA, LCM, 4 steps, no CFG', options: {}, flash: true, gflop: 4 * forward(1) },
+      {
+        id: 'flash',
+        name: 'Flash: fused LoRA, LCM, 4 steps, no CFG',
+        options: {},
+        flash: true,
+        gflop: 4 * forward(1),
+      },
     ];
+    const wanted = new Set<PipelineVariant>(['plain', ...(o.variants ?? all.map((v) => v.id))]);
+    const variants = all.filter((v) => wanted.has(v.id));
     const times = variants.map(() => [] as number[]);
     const plainScheduler = pipe.scheduler;
     let flashScheduler = plainScheduler;
@@ -142,6 +164,7 @@ export async function benchPipeline(
     }
     const plainMs = median(times[0]);
     const rows = variants.map((v, i) => ({
+      id: v.id,
       variant: v.name,
       steps: v.flash ? 4 : 25,
       ms: median(times[i]),
@@ -169,6 +192,38 @@ export async function benchPipeline(
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** What `bench tgate --json` prints: the V1 setting against the plain loop (and V2 when run). */
+export interface TgateJson {
+  steps: number;
+  gate_step: number;
+  baseline_ms: number;
+  tgate_ms: number;
+  speedup: number;
+  flop_ratio: number;
+  v2_ms: number | null;
+  v2_speedup: number | null;
+  tokens: number;
+  layers: number;
+}
+
+export function tgateJson(rows: readonly PipelineBenchRow[], o: PipelineBenchOptions): TgateJson {
+  const plain = rows.find((r) => r.id === 'plain') as PipelineBenchRow;
+  const v1 = rows.find((r) => r.id === 'tgate-v1') as PipelineBenchRow;
+  const v2 = rows.find((r) => r.id === 'tgate-v2');
+  return {
+    steps: 25,
+    gate_step: 8,
+    baseline_ms: plain.ms,
+    tgate_ms: v1.ms,
+    speedup: plain.ms / v1.ms,
+    flop_ratio: plain.gflop / v1.gflop,
+    v2_ms: v2?.ms ?? null,
+    v2_speedup: v2 ? plain.ms / v2.ms : null,
+    tokens: o.tokens,
+    layers: o.layers,
+  };
 }
 
 function selfAttentionGflop(tokens: number, dim: number, layers: number, batch: number): number {

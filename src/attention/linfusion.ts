@@ -85,7 +85,7 @@ function inputMlp(p: Params, x: Tensor, dim: number, midDim: number): Tensor {
  * O = (φ(Q)·S) / (φ(Q)·K̄ᵀ + 1e-4) per head, with S = (K/√N)ᵀ(V/√N) and K̄ the token mean of φ(K)
  * (§2.2; no 1/√d scale). q, k, v: [B, N, H·D] → [B, N, H·D].
  */
-function normalizedLinearAttention(q: Tensor, k: Tensor, v: Tensor, heads: number): Tensor {
+export function normalizedLinearAttention(q: Tensor, k: Tensor, v: Tensor, heads: number): Tensor {
   const [batch, tokens, width] = q.shape;
   const headDim = (width as number) / heads;
   const toHeads = (t: Tensor): Tensor => transpose(reshape(t, [batch, tokens, heads, headDim]), [0, 2, 1, 3]);

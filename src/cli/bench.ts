@@ -28,6 +28,51 @@ const DIT_FLAGS: Record<string, FlagSpec> = {
   ...COMMON,
 };
 
+const ATTENTION_FLAGS: Record<string, FlagSpec> = {
+  tokens: {
+    type: 'string',
+    description: 'image tokens (square numbers), comma-separated',
+    default: '16384',
+  },
+  scope: {
+    type: 'string',
+    description: 'what to time: layer (projections included), kernel (attention alone) or both',
+    default: 'both',
+  },
+  reps: { type: 'integer', description: 'timed runs per case (at most 3 from 16K tokens on)', default: 3 },
+  'max-full-tokens': {
+    type: 'integer',
+    description: 'skip full attention above this many tokens (its cost is N²)',
+    default: 16384,
+  },
+  'max-down-tokens': {
+    type: 'integer',
+    description: 'skip CLEAR with d = 4 above this many tokens (its pooled part is N²/16)',
+    default: 16384,
+  },
+  isolate: { type: 'boolean', description: 'run each case in its own process (its own peak RSS)' },
+  ...COMMON,
+};
+
+const TGATE_FLAGS: Record<string, FlagSpec> = {
+  tokens: { type: 'integer', description: 'image tokens (a square number): 1024 = 512×512 px', default: 1024 },
+  layers: { type: 'integer', description: 'transformer blocks of the random PixArt-α-width model', default: 2 },
+  reps: { type: 'integer', description: 'timed runs per variant, after one warm-up run', default: 1 },
+  v2: { type: 'boolean', description: 'also run T-GATE V2 (gate 15, sp 3, warm-up 2)' },
+  ...COMMON,
+};
+
+function squareTokens(value: string, command: string): number[] {
+  const tokens = value.split(',').map((t) => Number(t.trim()));
+  for (const t of tokens) {
+    const side = Math.round(Math.sqrt(t));
+    if (!Number.isInteger(t) || t < 1 || side * side !== t) {
+      throw new OptionError(`${command}: --tokens must be square numbers (a square token grid), got "${value}"`);
+    }
+  }
+  return tokens;
+}
+
 function positive(flags: Record<string, unknown>, keys: string[], command: string): void {
   for (const key of keys) {
     if ((flags[key] as number) < 1) throw new OptionError(`${command}: --${key} must be ≥ 1`);
@@ -39,7 +84,9 @@ export async function benchCommand(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === 'engine') return benchEngineCommand(rest);
   if (name === 'dit') return benchDitCommand(rest);
-  throw new OptionError(`bench: unknown benchmark "${name ?? ''}"; available: engine, dit`);
+  if (name === 'attention') return benchAttentionCommand(rest);
+  if (name === 'tgate') return benchTgateCommand(rest);
+  throw new OptionError(`bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate`);
 }
 
 // The benchmark code lives in bench/ and ships in the package build.
@@ -109,5 +156,75 @@ async function benchDitCommand(argv: string[]): Promise<number> {
     // One size: the object itself, as the contract says; several: the last line lists them all.
     console.log(JSON.stringify(rows.length === 1 ? rows[0] : rows));
   }
+  return 0;
+}
+
+async function benchAttentionCommand(argv: string[]): Promise<number> {
+  const { flags } = parseArgs(argv, ATTENTION_FLAGS, 'bench attention');
+  if (flags.help) {
+    console.log(
+      usage(
+        'bench attention [options]',
+        'One PixArt-α-width self-attention layer and its kernel: full vs CLEAR r = 8/16/32 (d = 1, 4) vs LinFusion.',
+        ATTENTION_FLAGS,
+      ),
+    );
+    return 0;
+  }
+  positive(flags, ['reps', 'max-full-tokens', 'max-down-tokens'], 'bench attention');
+  const tokens = squareTokens(String(flags.tokens), 'bench attention');
+  const scope = String(flags.scope);
+  if (!['layer', 'kernel', 'both'].includes(scope)) {
+    throw new OptionError(`bench attention: --scope must be layer, kernel or both, got "${scope}"`);
+  }
+  const { attentionJson, benchAttention } = await import('../../bench/attention.js');
+  const json = flags.json === true;
+  const rows = await benchAttention(
+    {
+      tokens,
+      maxFullTokens: flags['max-full-tokens'] as number,
+      maxDownTokens: flags['max-down-tokens'] as number,
+      reps: flags.reps as number,
+      threads: flags.threads as number,
+      scopes: scope === 'both' ? ['layer', 'kernel'] : [scope as 'layer' | 'kernel'],
+      isolate: flags.isolate === true,
+    },
+    json ? (s) => console.error(s) : (s) => console.log(s),
+  );
+  if (json) {
+    const out = tokens.map((t) => attentionJson(rows, t));
+    console.log(JSON.stringify(out.length === 1 ? out[0] : out));
+  }
+  return 0;
+}
+
+async function benchTgateCommand(argv: string[]): Promise<number> {
+  const { flags } = parseArgs(argv, TGATE_FLAGS, 'bench tgate');
+  if (flags.help) {
+    console.log(
+      usage(
+        'bench tgate [options]',
+        'T-GATE at the authors\' PixArt setting (25 steps, gate 8, DPM-Solver++, CFG 4.5) vs the plain loop.',
+        TGATE_FLAGS,
+      ),
+    );
+    return 0;
+  }
+  positive(flags, ['layers', 'reps'], 'bench tgate');
+  squareTokens(String(flags.tokens), 'bench tgate');
+  const { benchPipeline, tgateJson } = await import('../../bench/pipeline.js');
+  const json = flags.json === true;
+  const options = {
+    tokens: flags.tokens as number,
+    layers: flags.layers as number,
+    reps: flags.reps as number,
+    threads: flags.threads as number,
+    variants: flags.v2 === true ? ['tgate-v1' as const, 'tgate-v2' as const] : ['tgate-v1' as const],
+  };
+  const rows = await benchPipeline(
+    options,
+    json ? (s) => console.error(s) : (s) => console.log(s),
+  );
+  if (json) console.log(JSON.stringify(tgateJson(rows, options)));
   return 0;
 }

@@ -14,6 +14,8 @@ commands:
   inspect          class, parameter count, dtypes and size of a model or pipeline folder
   bench engine     engine benchmark: IR vs hand-written ONNX MatMul chain, per-run overhead, GFLOP/s
   bench dit        PixArt-α-width denoiser forward: ms, GFLOP/s, fraction of MatMul throughput
+  bench attention  one attention layer and kernel: full vs CLEAR vs LinFusion, ms, FLOPs, GFLOP/s
+  bench tgate      T-GATE at the authors' PixArt setting (25 steps, gate 8) vs the plain loop
   help             this text
 
 Run "velodiff <command> --help" for a command's options.`;

@@ -49,3 +49,45 @@ describe('velodiff bench engine', () => {
     assert.equal((await capture(['bench', 'engine', '--reps', 'x'])).code, 2);
   });
 });
+
+describe('velodiff bench attention', () => {
+  it('runs every kind in one process and prints {tokens, results: [{kind, ms, …}]} as the last line', async () => {
+    const { code, out } = await capture(['bench', 'attention', '--tokens', '64', '--reps', '1', '--json']);
+    assert.equal(code, 0);
+    const result = JSON.parse(out.trim().split('\n').pop() as string) as {
+      tokens: number;
+      results: { kind: string; ms: number; attention_ms: number; gflop: number; attention_gflop: number }[];
+    };
+    assert.equal(result.tokens, 64);
+    assert.deepEqual(
+      result.results.map((r) => r.kind),
+      ['full', 'clear:8', 'clear:8:4', 'clear:16', 'clear:16:4', 'clear:32', 'clear:32:4', 'linfusion'],
+    );
+    for (const r of result.results) {
+      assert.ok(r.ms > 0 && r.attention_ms > 0, `${r.kind}: ${r.ms} / ${r.attention_ms} ms`);
+      // The layer adds the four 64·1152² projections to the kernel's FLOPs.
+      assert.ok(r.gflop > r.attention_gflop, r.kind);
+    }
+    const full = result.results[0];
+    assert.equal(full.attention_gflop, (4 * 64 * 64 * 1152) / 1e9);
+    assert.equal(full.gflop, (4 * 64 * 64 * 1152 + 8 * 64 * 1152 * 1152) / 1e9);
+  });
+
+  it('rejects token counts that are not square and unknown scopes', async () => {
+    const bad = await capture(['bench', 'attention', '--tokens', '100,50']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.err, /square numbers/);
+    const scope = await capture(['bench', 'attention', '--scope', 'all']);
+    assert.equal(scope.code, 2);
+    assert.match(scope.err, /--scope must be layer, kernel or both/);
+  });
+});
+
+describe('velodiff bench tgate', () => {
+  it('rejects bad sizes before building anything', async () => {
+    const bad = await capture(['bench', 'tgate', '--tokens', '10']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.err, /square number/);
+    assert.equal((await capture(['bench', 'tgate', '--layers', '0'])).code, 2);
+  });
+});

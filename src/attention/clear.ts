@@ -279,8 +279,8 @@ function blockImageAttention(
   const outputs = plan.blocks.map((block) => {
     const { tiles, tileTokens, keyCount } = block;
     const queries = gather(qHeads, g.constant(block.queries, 'int64', [tiles, tileTokens]), 2);
-    let keys = kHeads;
-    let values = vHeads;
+    let keys: Tensor;
+    let values: Tensor;
     if (block.keys) {
       const index = g.constant(block.keys, 'int64', [tiles, keyCount]);
       keys = gather(kHeads, index, 2);

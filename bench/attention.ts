@@ -164,7 +164,15 @@ function buildCase(
   }
   const x = g.input('x', 'float32', [1, N, DIM]);
   const p = params.child('attn1');
-  const layer: SelfAttentionLayer = { params: p, x, dim: DIM, heads: HEADS, qkvBias: true, grid, textTokens: 0 };
+  const layer: SelfAttentionLayer = {
+    params: p,
+    x,
+    dim: DIM,
+    heads: HEADS,
+    qkvBias: true,
+    grid,
+    textTokens: 0,
+  };
   let y;
   if (v.kind === 'full') {
     const q = Linear(p.child('to_q'), x, DIM, DIM);
@@ -198,7 +206,10 @@ export async function runAttentionCase(
     has: (n: string) => file.has(n),
     info: (n: string) => ({ ...file.info(n), path: join(dir, 'layer.safetensors') }),
   };
-  const linfusion = v.kind === 'linfusion' && scope === 'layer' ? await LinFusionWeights.open(join(dir, 'linfusion')) : undefined;
+  const linfusion =
+    v.kind === 'linfusion' && scope === 'layer'
+      ? await LinFusionWeights.open(join(dir, 'linfusion'))
+      : undefined;
   try {
     const g = new Graph(`attention_${scope}`);
     const names = buildCase(g, v, side, scope, Params.of(g, source), linfusion);
@@ -330,7 +341,9 @@ export async function benchAttention(
             row = await runAttentionCase(dir, v, side, reps, o.threads, scope);
           }
           rows.push(row);
-          log(`  ${row.kind.padEnd(11)} ${scope.padEnd(6)} ${String(row.tokens).padStart(6)} tokens: ${row.ms.toFixed(1)} ms`);
+          log(
+            `  ${row.kind.padEnd(11)} ${scope.padEnd(6)} ${String(row.tokens).padStart(6)} tokens: ${row.ms.toFixed(1)} ms`,
+          );
         }
       }
     }

@@ -66,7 +66,7 @@ async function writeRandomLinFusion(dir: string, layers: number, dim: number, he
 
 /**
  * (b) One denoiser step (a forward at batch 1, caption 120 tokens) of a few-layer PixArt-α-width
- * model with full attention, CLEAR r = 16 and LinFusion in every self-attention layer.
+ * model with full attention, CLEAR r = 8 and 16, and LinFusion in every self-attention layer.
  */
 export async function benchDenoiser(
   o: DenoiserBenchOptions,
@@ -82,6 +82,7 @@ export async function benchDenoiser(
     const model = await PixArtTransformer2DModel.fromPretrained(dir, { runtime });
     const variants: [string, AttentionOption][] = [
       ['full attention', { kind: 'full' }],
+      ['CLEAR r=8', { kind: 'clear', radius: 8 }],
       ['CLEAR r=16', { kind: 'clear', radius: 16 }],
       ['LinFusion', { kind: 'linfusion', weights: join(dir, 'linfusion') }],
     ];
@@ -118,7 +119,7 @@ export async function benchDenoiser(
     log(
       table(
         ['variant', 'tokens', 'ms/step', 'µs/token', 'speed-up vs full'],
-        rows.map((r) => [r.variant, r.tokens, r.ms, (r.ms * 1000) / r.tokens, r.speedup.toFixed(2)]),
+        rows.map((r) => [r.variant, String(r.tokens), r.ms, (r.ms * 1000) / r.tokens, r.speedup.toFixed(2)]),
       ),
     );
     await model.close();

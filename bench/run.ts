@@ -14,7 +14,7 @@ const BENCHES: Record<string, () => Promise<unknown>> = {
       { tokens: [1024, 4096, 16384, 65536], maxFullTokens: 16384, maxDownTokens: 16384, reps: 3, threads: 0 },
       console.log,
     ),
-  denoiser: () => benchDenoiser({ tokens: [4096, 16384], layers: 2, reps: 1, threads: 0 }, console.log),
+  denoiser: () => benchDenoiser({ tokens: [4096, 16384], layers: 2, reps: 2, threads: 0 }, console.log),
   pipeline: () => benchPipeline({ tokens: 1024, layers: 2, reps: 2, threads: 0 }, console.log),
 };
 

@@ -55,8 +55,16 @@ const ATTENTION_FLAGS: Record<string, FlagSpec> = {
 };
 
 const TGATE_FLAGS: Record<string, FlagSpec> = {
-  tokens: { type: 'integer', description: 'image tokens (a square number): 1024 = 512×512 px', default: 1024 },
-  layers: { type: 'integer', description: 'transformer blocks of the random PixArt-α-width model', default: 2 },
+  tokens: {
+    type: 'integer',
+    description: 'image tokens (a square number): 1024 = 512×512 px',
+    default: 1024,
+  },
+  layers: {
+    type: 'integer',
+    description: 'transformer blocks of the random PixArt-α-width model',
+    default: 2,
+  },
   reps: { type: 'integer', description: 'timed runs per variant, after one warm-up run', default: 1 },
   v2: { type: 'boolean', description: 'also run T-GATE V2 (gate 15, sp 3, warm-up 2)' },
   ...COMMON,
@@ -67,7 +75,9 @@ function squareTokens(value: string, command: string): number[] {
   for (const t of tokens) {
     const side = Math.round(Math.sqrt(t));
     if (!Number.isInteger(t) || t < 1 || side * side !== t) {
-      throw new OptionError(`${command}: --tokens must be square numbers (a square token grid), got "${value}"`);
+      throw new OptionError(
+        `${command}: --tokens must be square numbers (a square token grid), got "${value}"`,
+      );
     }
   }
   return tokens;
@@ -204,7 +214,7 @@ async function benchTgateCommand(argv: string[]): Promise<number> {
     console.log(
       usage(
         'bench tgate [options]',
-        'T-GATE at the authors\' PixArt setting (25 steps, gate 8, DPM-Solver++, CFG 4.5) vs the plain loop.',
+        "T-GATE at the authors' PixArt setting (25 steps, gate 8, DPM-Solver++, CFG 4.5) vs the plain loop.",
         TGATE_FLAGS,
       ),
     );
@@ -221,10 +231,7 @@ async function benchTgateCommand(argv: string[]): Promise<number> {
     threads: flags.threads as number,
     variants: flags.v2 === true ? ['tgate-v1' as const, 'tgate-v2' as const] : ['tgate-v1' as const],
   };
-  const rows = await benchPipeline(
-    options,
-    json ? (s) => console.error(s) : (s) => console.log(s),
-  );
+  const rows = await benchPipeline(options, json ? (s) => console.error(s) : (s) => console.log(s));
   if (json) console.log(JSON.stringify(tgateJson(rows, options)));
   return 0;
 }

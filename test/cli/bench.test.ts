@@ -91,3 +91,29 @@ describe('velodiff bench tgate', () => {
     assert.equal((await capture(['bench', 'tgate', '--layers', '0'])).code, 2);
   });
 });
+
+describe('velodiff bench tgate --json', () => {
+  it('prints {steps: 25, gate_step: 8, baseline_ms, tgate_ms, speedup} as the last line', async () => {
+    const { code, out } = await capture([
+      'bench',
+      'tgate',
+      '--tokens',
+      '4',
+      '--layers',
+      '1',
+      '--reps',
+      '1',
+      '--json',
+    ]);
+    assert.equal(code, 0);
+    const result = JSON.parse(out.trim().split('\n').pop() as string) as Record<string, number | null>;
+    assert.equal(result.steps, 25);
+    assert.equal(result.gate_step, 8);
+    const { baseline_ms: base, tgate_ms: gated, speedup } = result as Record<string, number>;
+    assert.ok(base > 0 && gated > 0, `${base} / ${gated}`);
+    assert.ok(Math.abs(speedup - base / gated) < 1e-9);
+    // After the gate the CFG batch and the cross-attention are gone: fewer FLOPs, whatever the timing.
+    assert.ok((result.flop_ratio as number) > 1.5, String(result.flop_ratio));
+    assert.equal(result.v2_ms, null);
+  });
+});

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { clearAttention, clearSelfAttention } from '../src/attention/clear.js';
-import { clearPlan, tilingSizes } from '../src/attention/clear-window.js';
+import { clearPlan } from '../src/attention/clear-window.js';
 import { LinFusionWeights } from '../src/attention/linfusion.js';
 import { linfusionSelfAttention, normalizedLinearAttention } from '../src/attention/linfusion.js';
 import type { SelfAttentionLayer } from '../src/attention/types.js';
@@ -64,7 +64,7 @@ export const ATTENTION_VARIANTS: readonly AttentionVariant[] = [
 
 /**
  * FLOPs (2 per multiply-add) of one self-attention layer or its kernel, as the lowering executes it
- * (CLEAR: every score of the tiles' windows, padding included).
+ * (CLEAR: every score of every block, windows clipped at the grid's border, padding slots included).
  */
 export function attentionFlops(v: AttentionVariant, side: number, scope: AttentionScope = 'layer'): number {
   const N = side * side;
@@ -84,9 +84,9 @@ export function attentionFlops(v: AttentionVariant, side: number, scope: Attenti
     numHeads: HEADS,
     channels: 2 * (DIM / HEADS),
   });
-  if (plan.kind === 'dense' || !plan.tiling) return projections + 2 * 2 * N * (N + pooled) * DIM;
-  const { tiles, tileTokens, windowKeys } = tilingSizes(plan.tiling);
-  return projections + 2 * 2 * tiles * tileTokens * (windowKeys + pooled) * DIM;
+  // Every block scores its query slots (padding included) against its keys: Q·Kᵀ and P·V.
+  const scores = plan.blocks.reduce((n, b) => n + b.tiles * b.tileTokens * b.keyCount, 0);
+  return projections + 2 * 2 * scores * DIM;
 }
 
 function randomTensors(names: Record<string, number[]>, seed: number): Record<string, TensorToWrite> {

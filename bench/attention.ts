@@ -3,15 +3,15 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { clearAttention, clearSelfAttention } from '../src/attention/clear.js';
+import { clearAttention } from '../src/attention/clear.js';
+import { selfAttentionModule } from '../src/attention/self-attention.js';
 import { clearPlan } from '../src/attention/clear-window.js';
 import { LinFusionWeights } from '../src/attention/linfusion.js';
-import { linfusionSelfAttention, normalizedLinearAttention } from '../src/attention/linfusion.js';
+import { normalizedLinearAttention } from '../src/attention/linfusion.js';
 import type { SelfAttentionLayer } from '../src/attention/types.js';
 import { Graph, attention } from '../src/graph/index.js';
 import type { TensorToWrite } from '../src/io/safetensors.js';
 import { SafetensorsFile, writeSafetensors } from '../src/io/safetensors.js';
-import { Linear } from '../src/nn/layers.js';
 import { Params } from '../src/nn/params.js';
 import { hostTensor } from '../src/runtime/host-tensor.js';
 import { Runtime } from '../src/runtime/runtime.js';
@@ -173,18 +173,7 @@ function buildCase(
     grid,
     textTokens: 0,
   };
-  let y;
-  if (v.kind === 'full') {
-    const q = Linear(p.child('to_q'), x, DIM, DIM);
-    const k = Linear(p.child('to_k'), x, DIM, DIM);
-    const vv = Linear(p.child('to_v'), x, DIM, DIM);
-    y = Linear(p.child('to_out').child(0), attention(q, k, vv, { numHeads: HEADS }), DIM, DIM);
-  } else if (v.kind === 'clear') {
-    y = clearSelfAttention(layer, { radius: v.radius, downFactor: v.downFactor });
-  } else {
-    y = linfusionSelfAttention(layer, linfusion as LinFusionWeights, 'attn1');
-  }
-  g.output('y', y);
+  g.output('y', selfAttentionModule(layer, v, { linfusion }));
   return ['x'];
 }
 

@@ -83,6 +83,25 @@ function squareTokens(value: string, command: string): number[] {
   return tokens;
 }
 
+/**
+ * A bench command's flags, or undefined after printing its help. With --json the tables go to
+ * stderr (`log`), so the last line of stdout is the JSON object alone.
+ */
+function benchFlags(
+  argv: string[],
+  specs: Record<string, FlagSpec>,
+  command: string,
+  summary: string,
+): { flags: Record<string, unknown>; json: boolean; log: (s: string) => void } | undefined {
+  const { flags } = parseArgs(argv, specs, command);
+  if (flags.help) {
+    console.log(usage(`${command} [options]`, summary, specs));
+    return undefined;
+  }
+  const json = flags.json === true;
+  return { flags, json, log: json ? (s) => console.error(s) : (s) => console.log(s) };
+}
+
 function positive(flags: Record<string, unknown>, keys: string[], command: string): void {
   for (const key of keys) {
     if ((flags[key] as number) < 1) throw new OptionError(`${command}: --${key} must be ≥ 1`);
@@ -102,20 +121,16 @@ export async function benchCommand(argv: string[]): Promise<number> {
 // The benchmark code lives in bench/ and ships in the package build.
 
 async function benchEngineCommand(argv: string[]): Promise<number> {
-  const { flags } = parseArgs(argv, ENGINE_FLAGS, 'bench engine');
-  if (flags.help) {
-    console.log(
-      usage(
-        'bench engine [options]',
-        'IR vs hand-written ONNX MatMul chain, per-run overhead, GFLOP/s.',
-        ENGINE_FLAGS,
-      ),
-    );
-    return 0;
-  }
+  const parsed = benchFlags(
+    argv,
+    ENGINE_FLAGS,
+    'bench engine',
+    'IR vs hand-written ONNX MatMul chain, per-run overhead, GFLOP/s.',
+  );
+  if (!parsed) return 0;
+  const { flags, json, log } = parsed;
   positive(flags, ['m', 'k', 'layers', 'reps'], 'bench engine');
   const { benchEngine } = await import('../../bench/engine.js');
-  const json = flags.json === true;
   const result = await benchEngine(
     {
       m: flags.m as number,
@@ -124,34 +139,24 @@ async function benchEngineCommand(argv: string[]): Promise<number> {
       reps: flags.reps as number,
       threads: flags.threads as number,
     },
-    json ? (s) => console.error(s) : (s) => console.log(s),
+    log,
   );
   if (json) console.log(JSON.stringify(result));
   return 0;
 }
 
 async function benchDitCommand(argv: string[]): Promise<number> {
-  const { flags } = parseArgs(argv, DIT_FLAGS, 'bench dit');
-  if (flags.help) {
-    console.log(
-      usage('bench dit [options]', 'PixArt-α-width denoiser forward vs MatMul throughput.', DIT_FLAGS),
-    );
-    return 0;
-  }
+  const parsed = benchFlags(
+    argv,
+    DIT_FLAGS,
+    'bench dit',
+    'PixArt-α-width denoiser forward vs MatMul throughput.',
+  );
+  if (!parsed) return 0;
+  const { flags, json, log } = parsed;
   positive(flags, ['layers', 'batch', 'reps'], 'bench dit');
-  const tokens = String(flags.tokens)
-    .split(',')
-    .map((t) => Number(t.trim()));
-  for (const t of tokens) {
-    const side = Math.round(Math.sqrt(t));
-    if (!Number.isInteger(t) || t < 1 || side * side !== t) {
-      throw new OptionError(
-        `bench dit: --tokens must be square numbers (a square latent grid), got "${flags.tokens}"`,
-      );
-    }
-  }
+  const tokens = squareTokens(String(flags.tokens), 'bench dit');
   const { benchDit } = await import('../../bench/dit.js');
-  const json = flags.json === true;
   const rows = await benchDit(
     {
       tokens,
@@ -160,7 +165,7 @@ async function benchDitCommand(argv: string[]): Promise<number> {
       reps: flags.reps as number,
       threads: flags.threads as number,
     },
-    json ? (s) => console.error(s) : (s) => console.log(s),
+    log,
   );
   if (json) {
     // One size: the object itself, as the contract says; several: the last line lists them all.
@@ -170,17 +175,14 @@ async function benchDitCommand(argv: string[]): Promise<number> {
 }
 
 async function benchAttentionCommand(argv: string[]): Promise<number> {
-  const { flags } = parseArgs(argv, ATTENTION_FLAGS, 'bench attention');
-  if (flags.help) {
-    console.log(
-      usage(
-        'bench attention [options]',
-        'One PixArt-α-width self-attention layer and its kernel: full vs CLEAR r = 8/16/32 (d = 1, 4) vs LinFusion.',
-        ATTENTION_FLAGS,
-      ),
-    );
-    return 0;
-  }
+  const parsed = benchFlags(
+    argv,
+    ATTENTION_FLAGS,
+    'bench attention',
+    'One PixArt-α-width self-attention layer and its kernel: full vs CLEAR r = 8/16/32 (d = 1, 4) vs LinFusion.',
+  );
+  if (!parsed) return 0;
+  const { flags, json, log } = parsed;
   positive(flags, ['reps', 'max-full-tokens', 'max-down-tokens'], 'bench attention');
   const tokens = squareTokens(String(flags.tokens), 'bench attention');
   const scope = String(flags.scope);
@@ -188,7 +190,6 @@ async function benchAttentionCommand(argv: string[]): Promise<number> {
     throw new OptionError(`bench attention: --scope must be layer, kernel or both, got "${scope}"`);
   }
   const { attentionJson, benchAttention } = await import('../../bench/attention.js');
-  const json = flags.json === true;
   const rows = await benchAttention(
     {
       tokens,
@@ -199,7 +200,7 @@ async function benchAttentionCommand(argv: string[]): Promise<number> {
       scopes: scope === 'both' ? ['layer', 'kernel'] : [scope as 'layer' | 'kernel'],
       isolate: flags.isolate === true,
     },
-    json ? (s) => console.error(s) : (s) => console.log(s),
+    log,
   );
   if (json) {
     const out = tokens.map((t) => attentionJson(rows, t));
@@ -209,21 +210,17 @@ async function benchAttentionCommand(argv: string[]): Promise<number> {
 }
 
 async function benchTgateCommand(argv: string[]): Promise<number> {
-  const { flags } = parseArgs(argv, TGATE_FLAGS, 'bench tgate');
-  if (flags.help) {
-    console.log(
-      usage(
-        'bench tgate [options]',
-        "T-GATE at the authors' PixArt setting (25 steps, gate 8, DPM-Solver++, CFG 4.5) vs the plain loop.",
-        TGATE_FLAGS,
-      ),
-    );
-    return 0;
-  }
+  const parsed = benchFlags(
+    argv,
+    TGATE_FLAGS,
+    'bench tgate',
+    "T-GATE at the authors' PixArt setting (25 steps, gate 8, DPM-Solver++, CFG 4.5) vs the plain loop.",
+  );
+  if (!parsed) return 0;
+  const { flags, json, log } = parsed;
   positive(flags, ['layers', 'reps'], 'bench tgate');
   squareTokens(String(flags.tokens), 'bench tgate');
   const { benchPipeline, tgateJson } = await import('../../bench/pipeline.js');
-  const json = flags.json === true;
   const options = {
     tokens: flags.tokens as number,
     layers: flags.layers as number,
@@ -231,7 +228,7 @@ async function benchTgateCommand(argv: string[]): Promise<number> {
     threads: flags.threads as number,
     variants: flags.v2 === true ? ['tgate-v1' as const, 'tgate-v2' as const] : ['tgate-v1' as const],
   };
-  const rows = await benchPipeline(options, json ? (s) => console.error(s) : (s) => console.log(s));
+  const rows = await benchPipeline(options, log);
   if (json) console.log(JSON.stringify(tgateJson(rows, options)));
   return 0;
 }

@@ -177,19 +177,28 @@ function buildCase(
   return ['x'];
 }
 
+/** One case of the attention benchmark. */
+export interface AttentionCase {
+  /** The folder writeLayerWeights filled. */
+  dir: string;
+  v: AttentionVariant;
+  side: number;
+  reps: number;
+  threads: number;
+  scope: AttentionScope;
+  /** Untimed runs first: a new session's first runs are 30–80 % slower while ORT's arena grows. */
+  warmups: number;
+  /** The runtime's flushDenormals (its default is true). */
+  flushDenormals: boolean;
+}
+
 /**
- * One case, in this process: build, compile, one warm-up run, `reps` timed runs, release. Peak RSS
- * is the process's maximum so far (the case's own when it runs in a child process).
+ * One case, in this process: build, compile, `warmups` untimed runs, `reps` timed runs, release.
+ * Peak RSS is the process's maximum so far (the case's own when it runs in a child process).
  */
-export async function runAttentionCase(
-  dir: string,
-  v: AttentionVariant,
-  side: number,
-  reps: number,
-  threads: number,
-  scope: AttentionScope = 'layer',
-): Promise<AttentionCaseResult> {
-  const runtime = new Runtime({ worker: false, threads });
+export async function runAttentionCase(c: AttentionCase): Promise<AttentionCaseResult> {
+  const { dir, v, side, reps, threads, scope } = c;
+  const runtime = new Runtime({ worker: false, threads, flushDenormals: c.flushDenormals });
   const file = await SafetensorsFile.open(join(dir, 'layer.safetensors'));
   const source = {
     has: (n: string) => file.has(n),
@@ -215,7 +224,7 @@ export async function runAttentionCase(
       ]),
     );
     const times: number[] = [];
-    for (let r = -1; r < reps; r++) {
+    for (let r = -c.warmups; r < reps; r++) {
       const t0 = nowMs();
       await compiled.run(input);
       if (r >= 0) times.push(nowMs() - t0);
@@ -252,6 +261,10 @@ export interface AttentionBenchOptions {
   scopes?: AttentionScope[];
   /** Each case in its own child process, so its peak RSS is its own (default); else all in this one. */
   isolate?: boolean;
+  /** Untimed runs per case; default 2. */
+  warmups?: number;
+  /** Default true, the runtime's default. */
+  flushDenormals?: boolean;
 }
 
 /** The results of one token count, as `bench attention --json` prints them. */
@@ -313,21 +326,26 @@ export async function benchAttention(
         if (v.kind === 'clear' && v.downFactor > 1 && tokens > o.maxDownTokens) continue;
         for (const scope of scopes) {
           const reps = tokens >= 16384 ? Math.min(o.reps, 3) : o.reps;
+          const c: AttentionCase = {
+            dir,
+            v,
+            side,
+            reps,
+            threads: o.threads,
+            scope,
+            warmups: o.warmups ?? 2,
+            flushDenormals: o.flushDenormals ?? true,
+          };
           let row: AttentionCaseResult;
           if (isolate) {
             const out = execFileSync(
               process.execPath,
-              [
-                ...process.execArgv,
-                fileURLToPath(import.meta.url),
-                '--case',
-                JSON.stringify({ dir, v, side, reps, threads: o.threads, scope }),
-              ],
+              [...process.execArgv, fileURLToPath(import.meta.url), '--case', JSON.stringify(c)],
               { encoding: 'utf8', maxBuffer: 1 << 20 },
             );
             row = JSON.parse(out.trim().split('\n').pop() as string) as AttentionCaseResult;
           } else {
-            row = await runAttentionCase(dir, v, side, reps, o.threads, scope);
+            row = await runAttentionCase(c);
           }
           rows.push(row);
           log(
@@ -366,13 +384,5 @@ export async function benchAttention(
 
 // Child-process entry: one case, printed as JSON.
 if (process.argv[2] === '--case' && process.argv[1] === fileURLToPath(import.meta.url)) {
-  const c = JSON.parse(process.argv[3]) as {
-    dir: string;
-    v: AttentionVariant;
-    side: number;
-    reps: number;
-    threads: number;
-    scope: AttentionScope;
-  };
-  console.log(JSON.stringify(await runAttentionCase(c.dir, c.v, c.side, c.reps, c.threads, c.scope)));
+  console.log(JSON.stringify(await runAttentionCase(JSON.parse(process.argv[3]) as AttentionCase)));
 }

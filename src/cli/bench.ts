@@ -51,6 +51,11 @@ const ATTENTION_FLAGS: Record<string, FlagSpec> = {
     default: 16384,
   },
   isolate: { type: 'boolean', description: 'run each case in its own process (its own peak RSS)' },
+  warmups: { type: 'integer', description: 'untimed runs per case before the timed ones', default: 2 },
+  'keep-denormals': {
+    type: 'boolean',
+    description: 'run with flushDenormals: false (to measure what flushing saves)',
+  },
   ...COMMON,
 };
 
@@ -184,6 +189,7 @@ async function benchAttentionCommand(argv: string[]): Promise<number> {
   if (!parsed) return 0;
   const { flags, json, log } = parsed;
   positive(flags, ['reps', 'max-full-tokens', 'max-down-tokens'], 'bench attention');
+  if ((flags.warmups as number) < 0) throw new OptionError('bench attention: --warmups must be ≥ 0');
   const tokens = squareTokens(String(flags.tokens), 'bench attention');
   const scope = String(flags.scope);
   if (!['layer', 'kernel', 'both'].includes(scope)) {
@@ -199,6 +205,8 @@ async function benchAttentionCommand(argv: string[]): Promise<number> {
       threads: flags.threads as number,
       scopes: scope === 'both' ? ['layer', 'kernel'] : [scope as 'layer' | 'kernel'],
       isolate: flags.isolate === true,
+      warmups: flags.warmups as number,
+      flushDenormals: flags['keep-denormals'] !== true,
     },
     log,
   );

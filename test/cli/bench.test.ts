@@ -80,6 +80,9 @@ describe('velodiff bench attention', () => {
     const scope = await capture(['bench', 'attention', '--scope', 'all']);
     assert.equal(scope.code, 2);
     assert.match(scope.err, /--scope must be layer, kernel or both/);
+    const warmups = await capture(['bench', 'attention', '--warmups', '-1']);
+    assert.equal(warmups.code, 2);
+    assert.match(warmups.err, /--warmups must be ≥ 0/);
   });
 });
 

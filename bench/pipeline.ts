@@ -217,10 +217,10 @@ export function tgateJson(rows: readonly PipelineBenchRow[], o: PipelineBenchOpt
     gate_step: 8,
     baseline_ms: plain.ms,
     tgate_ms: v1.ms,
-    speedup: plain.ms / v1.ms,
+    speedup: v1.speedup,
     flop_ratio: plain.gflop / v1.gflop,
     v2_ms: v2?.ms ?? null,
-    v2_speedup: v2 ? plain.ms / v2.ms : null,
+    v2_speedup: v2?.speedup ?? null,
     tokens: o.tokens,
     layers: o.layers,
   };

@@ -246,7 +246,7 @@ function heads(x: Tensor, c: Checked, d: number): Tensor {
  * softmax over the allowed keys of `scores` [B, H, tiles, queries, keys]: the additive bias (0 or
  * MASKED) applied first. A masked score's exp underflows to zero — or, in MLAS's exp, to a
  * denormal, which is why the runtime flushes denormals by default (RuntimeOptions.flushDenormals):
- * without that, the softmax and the product with V ran about 2× slower.
+ * without it CLEAR r = 16 at 16K tokens took 1202 ms instead of 877 ms.
  */
 function maskedSoftmax(scores: Tensor, bias: Tensor): Tensor {
   return softmax(add(scores, cast(bias, scores.dtype)), -1);

@@ -20,9 +20,9 @@ export interface RuntimeOptions {
   disablePrepacking?: boolean;
   /**
    * Flush denormal floats (|x| < 1.2e-38) to zero in ORT's kernels; default true. Denormals change
-   * no result a diffusion model cares about, but this CPU computes with them many times slower: a
-   * masked softmax (CLEAR) whose masked scores underflow to denormals ran its exp, sum and product
-   * with V about 2× slower with flushing off.
+   * no result a diffusion model cares about, but this CPU computes with them slowly: CLEAR r = 16 at
+   * 16K tokens, whose masked scores underflow to denormals, took 1202 ms with flushing off against
+   * 877 ms with it (BENCHMARKS.md).
    */
   flushDenormals?: boolean;
   /** Run ORT in a worker thread (default true) so runs never block the event loop. */

@@ -1,4 +1,3 @@
-import assert from 'node:assert/strict';
 import type { DType, Graph, Tensor } from '../src/graph/index.js';
 import { Graph as GraphClass } from '../src/graph/index.js';
 import type { HostTensor } from '../src/runtime/host-tensor.js';
@@ -11,18 +10,6 @@ let shared: Runtime | undefined;
 export function testRuntime(): Runtime {
   shared ??= new Runtime({ worker: false, threads: 1 });
   return shared;
-}
-
-/** Seeded uniform random numbers (mulberry32), so failures reproduce. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Fresh random float32 values in [lo, hi). */
@@ -62,39 +49,8 @@ export async function runGraph(
   return compiled.run(feeds);
 }
 
-/** Assert |actual − expected| ≤ atol + rtol·|expected| elementwise, reporting the worst element. */
-export function assertClose(
-  actual: ArrayLike<number>,
-  expected: ArrayLike<number>,
-  { atol = 1e-5, rtol = 1e-5, what = 'values' }: { atol?: number; rtol?: number; what?: string } = {},
-): void {
-  assert.equal(
-    actual.length,
-    expected.length,
-    `${what}: length ${actual.length} vs expected ${expected.length}`,
-  );
-  let worst = -1;
-  let worstExcess = 0;
-  for (let i = 0; i < expected.length; i++) {
-    const a = actual[i];
-    const e = expected[i];
-    if (Number.isNaN(e) || Number.isNaN(a)) {
-      if (Number.isNaN(e) !== Number.isNaN(a)) assert.fail(`${what}[${i}]: ${a} vs expected ${e}`);
-      continue;
-    }
-    if (e === a) continue;
-    const excess = Math.abs(a - e) - (atol + rtol * Math.abs(e));
-    if (excess > worstExcess || (excess > 0 && worst < 0)) {
-      worst = i;
-      worstExcess = excess;
-    }
-  }
-  if (worst >= 0) {
-    assert.fail(
-      `${what}[${worst}]: ${actual[worst]} vs expected ${expected[worst]} (|diff| ${Math.abs(actual[worst] - expected[worst]).toExponential(3)}, atol ${atol}, rtol ${rtol})`,
-    );
-  }
-}
+/** The suite's one comparator (test/compare.ts), re-exported for the files that import it from here. */
+export { assertClose } from './compare.js';
 
 /** Every tensor of a safetensors file as host tensors: floats as float32, int64 kept as int64. */
 export async function readAllTensors(path: string): Promise<Record<string, HostTensor>> {

@@ -24,7 +24,9 @@ import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
 import type { ClearRefOptions } from '../reference/clear.js';
 import { clearAllowed, clearAttentionRef } from '../reference/clear.js';
-import { randomArray, randomTensor, rng, runGraph, testRuntime } from '../helpers.js';
+import { assertMaxAbsError } from '../compare.js';
+import { randomArray, randomTensor, runGraph, testRuntime } from '../helpers.js';
+import { seededUniform } from '../random.js';
 
 /** Float32 rounding of O(1) outputs; the worst error seen is about 6e-7. */
 const TOLERANCE = 1e-5;
@@ -59,18 +61,8 @@ interface Case {
   seed: number;
 }
 
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let worst = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i]);
-    if (!(d <= worst)) worst = d; // NaN propagates as a failure below
-  }
-  return worst;
-}
-
 async function check(c: Case): Promise<number> {
-  const random = rng(c.seed);
+  const random = seededUniform(c.seed);
   const [height, width] = c.grid;
   const textTokens = c.textTokens ?? 0;
   const downFactor = c.downFactor ?? 1;
@@ -137,9 +129,7 @@ async function check(c: Case): Promise<number> {
       scale: c.scale,
     },
   );
-  const err = maxAbsDiff(out.o.data as Float32Array, expected);
-  assert.ok(err <= TOLERANCE, `${c.name}: max |diff| ${err} > ${TOLERANCE}`);
-  return err;
+  return assertMaxAbsError(out.o.data as Float32Array, expected, TOLERANCE, c.name).maxAbsError;
 }
 
 const CASES: Case[] = [
@@ -674,7 +664,7 @@ describe('clearSelfAttention (diffusers Attention with the CLEAR kernel)', () =>
   for (const c of cases) {
     it(c.name, async () => {
       dir ??= await mkdtemp(join(tmpdir(), 'velodiff-clear-'));
-      const random = rng(c.seed);
+      const random = seededUniform(c.seed);
       const dim = 8;
       const heads = 2;
       const grid = { height: 4, width: 6 };
@@ -738,8 +728,7 @@ describe('clearSelfAttention (diffusers Attention with the CLEAR kernel)', () =>
           spatialWeight: c.withWeight ? w('processor.spatial_weight') : undefined,
         });
         const expected = linearRef(o, w('to_out.0.weight'), bias('to_out.0'), dim);
-        const err = maxAbsDiff(out.data as Float32Array, expected);
-        assert.ok(err <= TOLERANCE, `max |diff| ${err}`);
+        assertMaxAbsError(out.data as Float32Array, expected, TOLERANCE, c.name);
       } finally {
         await file.close();
       }

@@ -14,7 +14,8 @@ import { hostTensor } from '../../src/runtime/host-tensor.js';
 import type { RefMask } from '../reference/attention.js';
 import { attentionRef } from '../reference/attention.js';
 import { assertMatchesRef, fromHost, sizeOf } from '../reference/layout.js';
-import { randomTensor, rng, testRuntime } from '../helpers.js';
+import { randomTensor, testRuntime } from '../helpers.js';
+import { seededUniform } from '../random.js';
 
 const TOL = { atol: 1e-5, rtol: 1e-5 };
 
@@ -39,7 +40,7 @@ function boolMask(shape: number[], random: () => number): Uint8Array {
 }
 
 async function check(c: Case): Promise<void> {
-  const random = rng(c.seed);
+  const random = seededUniform(c.seed);
   const feeds: Record<string, HostTensor> = {
     q: randomTensor(c.q, random, -2, 2),
     k: randomTensor(c.k, random, -2, 2),

@@ -8,7 +8,8 @@ import type { Padding2d } from '../../src/graph/index.js';
 import { avgPool2d, conv2d, upsample2d } from '../../src/graph/index.js';
 import { avgPool2dRef, conv2dRef, upsampleBilinearRef, upsampleNearestRef } from '../reference/conv.js';
 import { assertMatchesRef, fromHost } from '../reference/layout.js';
-import { randomArray, randomTensor, rng, runGraph } from '../helpers.js';
+import { randomArray, randomTensor, runGraph } from '../helpers.js';
+import { seededUniform } from '../random.js';
 
 const TOL = { atol: 1e-5, rtol: 1e-5 };
 
@@ -74,7 +75,7 @@ describe('conv2d', () => {
   ];
   for (const c of cases) {
     it(c.name, async () => {
-      const random = rng(c.seed);
+      const random = seededUniform(c.seed);
       const feeds = {
         x: randomTensor(c.x, random),
         w: randomTensor(c.w, random),
@@ -93,7 +94,7 @@ describe('conv2d', () => {
   }
 
   it('with the weight and bias as graph weights (initializers ORT may repack)', async () => {
-    const random = rng(207);
+    const random = seededUniform(207);
     const x = randomTensor([1, 4, 8, 8], random);
     const wValues = randomArray(8 * 2 * 3 * 3, random);
     const bValues = randomArray(8, random);
@@ -204,7 +205,7 @@ describe('avgPool2d (torch semantics)', () => {
   ];
   for (const c of cases) {
     it(c.name, async () => {
-      const x = randomTensor(c.x, rng(c.seed));
+      const x = randomTensor(c.x, seededUniform(c.seed));
       const out = await runGraph(
         (_g, t) => ({
           y: avgPool2d(t.x, c.kernel, {
@@ -246,7 +247,7 @@ describe('upsample2d', () => {
   ];
   for (const c of nearest) {
     it(c.name, async () => {
-      const x = randomTensor(c.x, rng(c.seed));
+      const x = randomTensor(c.x, seededUniform(c.seed));
       const out = await runGraph(
         (_g, t) => ({ y: upsample2d(t.x, { mode: 'nearest', scale: c.scale, size: c.size }) }),
         { x },
@@ -319,7 +320,7 @@ describe('upsample2d', () => {
   ];
   for (const c of bilinear) {
     it(c.name, async () => {
-      const x = randomTensor(c.x, rng(c.seed));
+      const x = randomTensor(c.x, seededUniform(c.seed));
       const out = await runGraph(
         (_g, t) => ({
           y: upsample2d(t.x, {

@@ -44,7 +44,8 @@ import {
 } from '../../src/graph/index.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
-import { randomTensor, rng } from '../helpers.js';
+import { randomTensor } from '../helpers.js';
+import { seededUniform } from '../random.js';
 import {
   assertBuildError,
   assertMatches,
@@ -103,7 +104,7 @@ describe('binary arithmetic with broadcasting', () => {
   ARITHMETIC.forEach(({ name, op, f, left, right }, opIndex) => {
     BROADCASTS.forEach(([aShape, bShape], caseIndex) => {
       it(`${name} ${shapeName(aShape)} ${shapeName(bShape)}`, async () => {
-        const random = rng(1000 + 50 * opIndex + caseIndex);
+        const random = seededUniform(1000 + 50 * opIndex + caseIndex);
         const a = randomTensor(aShape, random, ...left);
         const b = randomTensor(bShape, random, ...right);
         const y = await runOp((t) => op(t.a, t.b), { a, b });
@@ -112,7 +113,7 @@ describe('binary arithmetic with broadcasting', () => {
     });
 
     it(`${name} with a number on either side`, async () => {
-      const random = rng(1040 + 50 * opIndex);
+      const random = seededUniform(1040 + 50 * opIndex);
       const a = randomTensor([3, 4], random, ...left);
       const b = randomTensor([4, 3], random, ...right);
       const scalar = 1.5;
@@ -133,7 +134,7 @@ describe('binary arithmetic with broadcasting', () => {
 
   for (const dtype of ['int32', 'int64'] as const) {
     it(`add, sub, mul, maximum, minimum of ${dtype} tensors are exact`, async () => {
-      const random = rng(dtype === 'int32' ? 1500 : 1501);
+      const random = seededUniform(dtype === 'int32' ? 1500 : 1501);
       const ints = (shape: number[]): HostTensor => {
         const values = Array.from({ length: ref.sizeOf(shape) }, () => Math.floor(random() * 2001) - 1000);
         return hostTensor(dtype, shape, values);
@@ -190,7 +191,7 @@ describe('comparisons give bool tensors', () => {
     it(`${name} with broadcasting and a number operand`, async () => {
       for (const [caseIndex, [aShape, bShape]] of shapes.entries()) {
         // Small integers, so that equal operands are common.
-        const random = rng(2000 + 10 * opIndex + caseIndex);
+        const random = seededUniform(2000 + 10 * opIndex + caseIndex);
         const a = randomIntegers(aShape, random, -2, 2);
         const b = randomIntegers(bShape, random, -2, 2);
         const y = await runOp((t) => op(t.a, t.b), { a, b });
@@ -201,7 +202,7 @@ describe('comparisons give bool tensors', () => {
           what: `${name} ${shapeName(aShape)} ${shapeName(bShape)}`,
         });
       }
-      const x = randomIntegers([4, 4], rng(2005 + 10 * opIndex), -2, 2);
+      const x = randomIntegers([4, 4], seededUniform(2005 + 10 * opIndex), -2, 2);
       const y = await runOp((t) => op(t.x, 1), { x });
       assertMatches(
         y,
@@ -214,7 +215,7 @@ describe('comparisons give bool tensors', () => {
 
 describe('logical ops', () => {
   it('and, or with broadcasting; not', async () => {
-    const random = rng(2100);
+    const random = seededUniform(2100);
     const a = randomBools([2, 3, 4], random);
     const b = randomBools([3, 1], random);
     const both = await runOp((t) => and(t.a, t.b), { a, b });
@@ -251,7 +252,7 @@ describe('where', () => {
   ];
   cases.forEach(([condShape, aShape, bShape], caseIndex) => {
     it(`condition ${shapeName(condShape)}, values ${shapeName(aShape)} and ${shapeName(bShape)}`, async () => {
-      const random = rng(2200 + caseIndex);
+      const random = seededUniform(2200 + caseIndex);
       const c = randomBools(condShape, random);
       const a = randomTensor(aShape, random);
       const b = randomTensor(bShape, random);
@@ -261,7 +262,7 @@ describe('where', () => {
   });
 
   it('takes a number for either value', async () => {
-    const random = rng(2210);
+    const random = seededUniform(2210);
     const c = randomBools([3, 4], random);
     const x = randomTensor([3, 4], random);
     const zeroElse = await runOp((t) => where(t.c, t.x, 0), { c, x });
@@ -315,7 +316,7 @@ const UNARY: UnaryCase[] = [
 describe('unary math and activations', () => {
   UNARY.forEach(({ name, op, f, range, tol = 1e-6 }, opIndex) => {
     it(name, async () => {
-      const x = randomTensor([3, 41], rng(3000 + opIndex), ...range);
+      const x = randomTensor([3, 41], seededUniform(3000 + opIndex), ...range);
       const y = await runOp((t) => op(t.x), { x });
       assertMatches(y, ref.mapUnary(toRef(x), f), { atol: tol, rtol: tol, what: name });
     });
@@ -326,7 +327,7 @@ describe('unary math and activations', () => {
   });
 
   it('neg, abs and relu of int32 are exact', async () => {
-    const random = rng(3100);
+    const random = seededUniform(3100);
     const x = hostTensor(
       'int32',
       [2, 6],

@@ -8,7 +8,8 @@ import { describe, it } from 'node:test';
 import type { Graph, Tensor } from '../../src/graph/index.js';
 import { Graph as GraphClass, linear, matmul } from '../../src/graph/index.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
-import { randomTensor, rng } from '../helpers.js';
+import { randomTensor } from '../helpers.js';
+import { seededUniform } from '../random.js';
 import { assertBuildError, assertMatches, runOp, toRef } from '../reference/check.js';
 import * as ref from '../reference/math.js';
 
@@ -31,7 +32,7 @@ describe('matmul', () => {
   ];
   cases.forEach(({ a: aShape, b: bShape, out }, caseIndex) => {
     it(`${shapeName(aShape)} @ ${shapeName(bShape)} → ${shapeName(out)}`, async () => {
-      const random = rng(5000 + caseIndex);
+      const random = seededUniform(5000 + caseIndex);
       const a = randomTensor(aShape, random);
       const b = randomTensor(bShape, random);
       let built: Tensor | undefined;
@@ -44,7 +45,7 @@ describe('matmul', () => {
   });
 
   it('with a long inner dim (k = 256)', async () => {
-    const random = rng(5100);
+    const random = seededUniform(5100);
     const a = randomTensor([3, 256], random);
     const b = randomTensor([256, 4], random);
     const y = await runOp((t) => matmul(t.a, t.b), { a, b });
@@ -101,7 +102,7 @@ describe('linear', () => {
   ];
   cases.forEach(({ x: xShape, inFeatures, outFeatures, bias }, caseIndex) => {
     it(`x ${shapeName(xShape)}, weight [${outFeatures}, ${inFeatures}]${bias ? ' and bias' : ''}`, async () => {
-      const random = rng(5200 + caseIndex);
+      const random = seededUniform(5200 + caseIndex);
       const x = randomTensor(xShape, random);
       const w = randomTensor([outFeatures, inFeatures], random);
       const b = randomTensor([outFeatures], random);
@@ -116,7 +117,7 @@ describe('linear', () => {
   it('a wrong input width names the expected and actual shapes, and the scope', () => {
     const g = new GraphClass('errors');
     const x = g.input('x', 'float32', [2, 3, 5]);
-    const w = weightOf(g, 'w', randomTensor([6, 8], rng(5300)));
+    const w = weightOf(g, 'w', randomTensor([6, 8], seededUniform(5300)));
     assertBuildError(() => linear(x, w), 'linear', 'expected [*, 8], got [2, 3, 5]');
     assertBuildError(
       () => g.scope('blocks.0', () => linear(x, w)),
@@ -130,7 +131,7 @@ describe('linear', () => {
   it('a bias that is not [out] (add would broadcast it)', () => {
     const g = new GraphClass('errors');
     const x = g.input('x', 'float32', [2, 8]);
-    const w = weightOf(g, 'w', randomTensor([6, 8], rng(5302)));
+    const w = weightOf(g, 'w', randomTensor([6, 8], seededUniform(5302)));
     for (const shape of [[1], [2, 6], [8]]) {
       const b = g.input(`b${shape.join('x')}`, 'float32', shape);
       assertBuildError(() => linear(x, w, b), 'linear', 'bias', '[6]', `[${shape.join(', ')}]`);
@@ -140,7 +141,7 @@ describe('linear', () => {
   it('a weight that is not [out, in]', () => {
     const g = new GraphClass('errors');
     const x = g.input('x', 'float32', [2, 8]);
-    const w = weightOf(g, 'w', randomTensor([8], rng(5301)));
+    const w = weightOf(g, 'w', randomTensor([8], seededUniform(5301)));
     assertBuildError(() => linear(x, w), 'linear', '[8]', '[out, in]');
   });
 });

@@ -32,11 +32,12 @@ import {
   splitRef,
   transposeRef,
 } from '../reference/layout.js';
-import { randomTensor, rng, runGraph } from '../helpers.js';
+import { randomTensor, runGraph } from '../helpers.js';
+import { seededUniform } from '../random.js';
 
 describe('reshape', () => {
   it('static target with and without -1', async () => {
-    const x = randomTensor([2, 3, 4], rng(101));
+    const x = randomTensor([2, 3, 4], seededUniform(101));
     const out = await runGraph(
       (_g, { x: t }) => ({ a: reshape(t, [4, -1]), b: reshape(t, [6, 4]), c: reshape(t, [-1]) }),
       { x },
@@ -47,7 +48,7 @@ describe('reshape', () => {
   });
 
   it('named dims: split the last dim into heads, then merge everything but one with -1', async () => {
-    const x = randomTensor([3, 5, 6], rng(102));
+    const x = randomTensor([3, 5, 6], seededUniform(102));
     let heads: Tensor | undefined;
     let rows: Tensor | undefined;
     const out = await runGraph(
@@ -78,7 +79,7 @@ describe('transpose', () => {
   ];
   for (const { shape, perm, seed } of cases) {
     it(`[${shape.join(', ')}] by ${perm ? `[${perm.join(', ')}]` : 'reversal'}`, async () => {
-      const x = randomTensor(shape, rng(seed));
+      const x = randomTensor(shape, seededUniform(seed));
       const out = await runGraph((_g, { x: t }) => ({ y: transpose(t, perm) }), { x });
       const p = perm ?? shape.map((_, i) => shape.length - 1 - i);
       assertMatchesRef(out.y, transposeRef(fromHost(x), p), 'transpose');
@@ -118,7 +119,7 @@ describe('concat', () => {
   ];
   for (const { shapes, axis, seed } of cases) {
     it(`three inputs along axis ${axis}`, async () => {
-      const random = rng(seed);
+      const random = seededUniform(seed);
       const feeds = {
         a: randomTensor(shapes[0], random),
         b: randomTensor(shapes[1], random),
@@ -137,7 +138,7 @@ describe('concat', () => {
 
 describe('split', () => {
   it('by sizes along axis 1', async () => {
-    const x = randomTensor([2, 6, 3], rng(131));
+    const x = randomTensor([2, 6, 3], seededUniform(131));
     const out = await runGraph(
       (_g, { x: t }) => {
         const [p, q, r] = split(t, [1, 3, 2], 1);
@@ -152,7 +153,7 @@ describe('split', () => {
   });
 
   it('into equal parts along the last axis', async () => {
-    const x = randomTensor([2, 3, 6], rng(132));
+    const x = randomTensor([2, 3, 6], seededUniform(132));
     const out = await runGraph(
       (_g, { x: t }) => {
         const [p, q, r] = split(t, 3, -1);
@@ -200,7 +201,7 @@ describe('slice (Python semantics)', () => {
   ];
   for (const { name, specs, seed } of cases) {
     it(name, async () => {
-      const x = randomTensor([5, 6, 7], rng(seed));
+      const x = randomTensor([5, 6, 7], seededUniform(seed));
       let y: Tensor | undefined;
       const out = await runGraph(
         (_g, { x: t }) => {
@@ -218,7 +219,7 @@ describe('slice (Python semantics)', () => {
 
 describe('gather', () => {
   it('axis 0 with int64 indices, negative ones included', async () => {
-    const x = randomTensor([5, 4], rng(161));
+    const x = randomTensor([5, 4], seededUniform(161));
     const idx = [4, -1, 0, -5, 2];
     const out = await runGraph((_g, { x: t, i }) => ({ y: gather(t, i, 0) }), {
       x,
@@ -228,7 +229,7 @@ describe('gather', () => {
   });
 
   it('axis 1 with 2-D int32 indices', async () => {
-    const x = randomTensor([3, 5], rng(162));
+    const x = randomTensor([3, 5], seededUniform(162));
     const idx = [1, -1, 0, 2, -3, 4];
     const out = await runGraph((_g, { x: t, i }) => ({ y: gather(t, i, 1) }), {
       x,
@@ -238,7 +239,7 @@ describe('gather', () => {
   });
 
   it('axis 1 of a 3-D tensor with constant 2-D int64 indices', async () => {
-    const x = randomTensor([2, 4, 3], rng(163));
+    const x = randomTensor([2, 4, 3], seededUniform(163));
     const idx = [3, 0, -2, 1];
     const out = await runGraph(
       (g, { x: t }) => ({ y: gather(t, g.constant(BigInt64Array.from(idx, BigInt), 'int64', [2, 2]), 1) }),
@@ -257,7 +258,7 @@ describe('expand', () => {
   ];
   for (const { from, to, seed } of cases) {
     it(`[${from.join(', ')}] to [${to.join(', ')}]`, async () => {
-      const x = randomTensor(from, rng(seed));
+      const x = randomTensor(from, seededUniform(seed));
       const out = await runGraph((_g, { x: t }) => ({ y: expand(t, to) }), { x });
       assertMatchesRef(out.y, expandRef(fromHost(x), to), 'expand');
     });
@@ -322,7 +323,7 @@ describe('pad', () => {
   ];
   for (const { name, shape, pads, mode, value, seed } of cases) {
     it(name, async () => {
-      const x = randomTensor(shape, rng(seed));
+      const x = randomTensor(shape, seededUniform(seed));
       const out = await runGraph((_g, { x: t }) => ({ y: pad(t, pads, { mode, value }) }), { x });
       assertMatchesRef(out.y, padRef(fromHost(x), pads, mode, value ?? 0), `pad ${mode}`);
     });
@@ -331,7 +332,7 @@ describe('pad', () => {
 
 describe('unsqueeze and squeeze', () => {
   it('unsqueeze at positive and negative axes', async () => {
-    const x = randomTensor([2, 3], rng(191));
+    const x = randomTensor([2, 3], seededUniform(191));
     const out = await runGraph(
       (_g, { x: t }) => ({ a: unsqueeze(t, [0, -1]), b: unsqueeze(t, 1), c: unsqueeze(t, []) }),
       { x },
@@ -342,7 +343,7 @@ describe('unsqueeze and squeeze', () => {
   });
 
   it('squeeze only the named unit axes', async () => {
-    const x = randomTensor([1, 2, 1, 3, 1], rng(192));
+    const x = randomTensor([1, 2, 1, 3, 1], seededUniform(192));
     const out = await runGraph(
       (_g, { x: t }) => ({ a: squeeze(t, [0, 2]), b: squeeze(t, -1), c: squeeze(t, []) }),
       { x },

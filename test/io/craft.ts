@@ -1,4 +1,4 @@
-/** Shared helpers for the io tests: hand-built safetensors bytes, temp folders, seeded randomness. */
+/** Shared helpers for the io tests: hand-built safetensors bytes, temp folders, f32 bit patterns. */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -36,22 +36,6 @@ export async function tempDir(): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'velodiff-io-'));
   after(() => rm(dir, { recursive: true, force: true }));
   return dir;
-}
-
-/** A seeded PRNG (mulberry32) so a failing random case can be replayed from the seed in its message. */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-export function freshSeed(): number {
-  return Math.floor(Math.random() * 2 ** 32);
 }
 
 /** The f32 with bit pattern `bits`. */

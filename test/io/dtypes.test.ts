@@ -16,7 +16,8 @@ import {
   toFloat32,
   type SafetensorsDtype,
 } from '../../src/io/dtypes.js';
-import { bitsOfF32, f32FromBits, freshSeed, seededRandom } from './craft.js';
+import { seededUniform, testSeed } from '../random.js';
+import { bitsOfF32, f32FromBits } from './craft.js';
 
 /** IEEE binary16 decoded with float64 arithmetic. */
 function halfValue(bits: number): number {
@@ -75,7 +76,7 @@ function isBf16NaN(bits: number): boolean {
 /** Random f32 values: raw bit patterns, magnitudes across (and beyond) the half range, and exact
  * midpoints between neighbouring halves / bf16s, which exercise ties-to-even. */
 function randomF32(seed: number, count: number): Float32Array {
-  const random = seededRandom(seed);
+  const random = seededUniform(seed);
   const values = new Float32Array(count);
   for (let i = 0; i < count; i++) {
     const sign = random() < 0.5 ? -1 : 1;
@@ -176,7 +177,7 @@ describe('bf16', () => {
   });
 
   it('rounds random f32 values to the nearest bf16, ties to even', () => {
-    const seed = freshSeed();
+    const seed = testSeed('random f32 values rounded to bf16');
     const values = randomF32(seed, 20000);
     const encoded = f32ToBf16(values);
     values.forEach((value, i) => {
@@ -250,7 +251,7 @@ describe('f16', () => {
   });
 
   it('rounds random f32 values to the nearest half, ties to even', () => {
-    const seed = freshSeed();
+    const seed = testSeed('random f32 values rounded to f16');
     const values = randomF32(seed, 20000);
     const encoded = f32ToF16(values);
     values.forEach((value, i) => {

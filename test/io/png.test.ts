@@ -2,11 +2,11 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { PNG } from 'pngjs';
 import { encodePng, imagesToRgb } from '../../src/io/png.js';
-import { rng } from '../helpers.js';
+import { seededUniform } from '../random.js';
 
 describe('PNG', () => {
   it('encodes RGB and RGBA pixels that an independent decoder (pngjs) reads back exactly', () => {
-    const random = rng(3);
+    const random = seededUniform(3);
     for (const channels of [3, 4] as const) {
       const [w, h] = [7, 5];
       const pixels = Uint8Array.from({ length: w * h * channels }, () => Math.floor(random() * 256));

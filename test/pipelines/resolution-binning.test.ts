@@ -25,7 +25,9 @@ import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
 import { Runtime } from '../../src/runtime/runtime.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
-import { assertClose, randomTensor, readAllTensors, rng } from '../helpers.js';
+import { assertClose, compareValues } from '../compare.js';
+import { randomTensor, readAllTensors } from '../helpers.js';
+import { seededUniform, testSeed } from '../random.js';
 
 const GOLDEN_CASE = fileURLToPath(
   new URL('../golden/pipelines/pipeline_pixart_alpha_ddim/', import.meta.url),
@@ -33,8 +35,8 @@ const GOLDEN_CASE = fileURLToPath(
 const runtime = new Runtime({ worker: false, threads: 1 });
 after(() => runtime.dispose());
 
-/** A fresh seed per run, named in failure messages so a failure reproduces. */
-const SEED = Math.floor(Math.random() * 2 ** 31);
+/** A fresh seed per run, printed and named in failure messages; VELODIFF_TEST_SEED replays it. */
+const SEED = testSeed('resolution binning inputs');
 
 describe('classifyHeightWidthBin', () => {
   const cases: {
@@ -248,19 +250,19 @@ describe('resizeAndCropTensor (ORT graph) vs a float64 reference', () => {
   ];
   cases.forEach((c, i) => {
     it(`${c.what}: [${c.shape.join(', ')}] → ${c.newHeight}×${c.newWidth}`, async () => {
-      const x = randomTensor(c.shape, rng(SEED + i), -1.5, 1.5);
+      const x = randomTensor(c.shape, seededUniform(SEED + i), -1.5, 1.5);
       const out = await resizeAndCropTensor(runtime, x, c.newWidth, c.newHeight);
       assert.deepEqual(out.shape, [c.shape[0], c.shape[1], c.newHeight, c.newWidth]);
       assertClose(out.data as Float32Array, resizeAndCropRef(x, c.newWidth, c.newHeight), {
         atol: resizeTolerance(c.shape[2], c.shape[3], 3),
         rtol: 0,
-        what: `${c.what} (seed ${SEED + i})`,
+        what: `${c.what} (seed ${SEED}, case ${i})`,
       });
     });
   });
 
   it('returns the images unchanged at the target size', async () => {
-    const x = randomTensor([1, 3, 4, 6], rng(SEED));
+    const x = randomTensor([1, 3, 4, 6], seededUniform(SEED));
     assert.equal(await resizeAndCropTensor(runtime, x, 6, 4), x);
   });
 });
@@ -281,7 +283,7 @@ describe('PixArtPipeline.run with resolution binning (tiny pipeline, sample_size
     // 21/203 = 0.103 → "0.25": [128, 512]; the VAE factor is 2, so latents are 64 × 256. Neither 21
     // nor 203 is a multiple of 4 (VAE factor × patch size): binning makes them valid.
     const latentShape = [1, 4, 64, 256];
-    const latents = randomTensor(latentShape, rng(SEED), -2, 2);
+    const latents = randomTensor(latentShape, seededUniform(SEED), -2, 2);
     const out = await pipe.run({
       promptEmbeds: inputs.prompt_embeds,
       promptAttentionMask: inputs.prompt_attention_mask,
@@ -311,7 +313,7 @@ describe('PixArtPipeline.run with resolution binning (tiny pipeline, sample_size
     assertClose(out.images.data as Float32Array, expected, { atol, rtol: 0, what: `image (seed ${SEED})` });
     // The order matters where the decoder leaves [-1, 1]: clamping before the resize differs.
     const clampedFirst = resizeAndCropRef(hostTensor('float32', decoded.shape, values.map(toUnit)), 203, 21);
-    const orderGap = clampedFirst.reduce((m, v, i) => Math.max(m, Math.abs(v - expected[i])), 0);
+    const orderGap = compareValues(clampedFirst, expected, 'clamp-then-resize').maxAbsError;
     assert.ok(
       orderGap > 10 * atol,
       `clamp-then-resize differs by only ${orderGap}: the check cannot see the order`,

@@ -4,7 +4,8 @@ import { GraphBuildError } from '../../src/errors.js';
 import type { DType, Graph, Tensor } from '../../src/graph/index.js';
 import type { HostData, HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
-import { assertClose, runGraph } from '../helpers.js';
+import { assertClose } from '../compare.js';
+import { runGraph } from '../helpers.js';
 import type { RefTensor } from './math.js';
 import { refTensor } from './math.js';
 

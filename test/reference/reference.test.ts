@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { f32ToF16 } from '../../src/io/dtypes.js';
-import { rng } from '../helpers.js';
+import { seededUniform } from '../random.js';
 import { float16Value, roundToFloat16 } from './float16.js';
 import { erf, geluExact, groupNorm, layerNorm, matmul, reduce, refTensor } from './math.js';
 
@@ -53,7 +53,7 @@ describe('reference float16', () => {
   });
 
   it('agrees with src/io f32ToF16 on random float32 values (cross-check)', () => {
-    const random = rng(7001);
+    const random = seededUniform(7001);
     const values = Float32Array.from({ length: 4096 }, () => (random() - 0.5) * 2 ** (40 * random() - 26));
     const bits = f32ToF16(values);
     values.forEach((v, i) => assert.equal(float16Value(bits[i]), roundToFloat16(v), `f32ToF16(${v})`));

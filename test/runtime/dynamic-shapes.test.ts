@@ -42,14 +42,15 @@ import {
   splitRef,
   transposeRef,
 } from '../reference/layout.js';
-import { randomArray, randomTensor, rng } from '../helpers.js';
+import { randomArray, randomTensor } from '../helpers.js';
+import { seededUniform } from '../random.js';
 
 const HIDDEN = 8;
 const HEADS = 2;
 const HEAD_DIM = HIDDEN / HEADS;
 const TOL = { atol: 1e-5, rtol: 1e-5 };
 
-const weightValues = randomArray(HIDDEN * 3 * HIDDEN, rng(401));
+const weightValues = randomArray(HIDDEN * 3 * HIDDEN, seededUniform(401));
 
 /**
  * x [B, S, 8] → qkv projection → split → (a) heads [B, 2, S, 4] with a key-padding mask, explicit
@@ -116,7 +117,7 @@ function blockRef(x: RefArray, keep: Uint8Array): Record<string, RefArray> {
 }
 
 function feedsFor(batch: number, seq: number, seed: number): Record<string, HostTensor> {
-  const random = rng(seed);
+  const random = seededUniform(seed);
   const keep = Uint8Array.from({ length: batch * seq }, () => (random() < 0.7 ? 1 : 0));
   for (let b = 0; b < batch; b++) keep[b * seq + Math.floor(random() * seq)] = 1;
   return {
@@ -170,7 +171,7 @@ describe('a graph with named dims served at several sizes', () => {
   });
 });
 
-const convWeight = randomArray(4 * 3 * 3 * 3, rng(420));
+const convWeight = randomArray(4 * 3 * 3 * 3, seededUniform(420));
 
 /** x [B, 3, H, W] → strided conv → nearest ×2 → pool, bilinear ×2, edge pad, and a broadcast. */
 function buildImageGraph(): Graph {
@@ -216,7 +217,7 @@ describe('an image graph with named H and W', () => {
         [1, 8, 6],
       ];
       for (const [i, [batch, h, w]] of sizes.entries()) {
-        const random = rng(430 + i);
+        const random = seededUniform(430 + i);
         const feeds = {
           x: randomTensor([batch, 3, h, w], random),
           bias: randomTensor([batch, 4, 1, 1], random),

@@ -11,7 +11,8 @@ import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
 import type { CompiledGraph } from '../../src/runtime/runtime.js';
 import { assertMatchesRef, concatRef, fromHost } from '../reference/layout.js';
-import { randomTensor, rng, testRuntime } from '../helpers.js';
+import { randomTensor, testRuntime } from '../helpers.js';
+import { seededUniform } from '../random.js';
 
 /** x [B, S, 4] and m [B, S, 4]: y = concat(m, x) along S. */
 function buildGraph(): Graph {
@@ -33,7 +34,7 @@ function rejects(code: string, message: RegExp): (e: unknown) => boolean {
 
 describe('feeds are checked against the compiled inputs', () => {
   let compiled: CompiledGraph;
-  const random = rng(501);
+  const random = seededUniform(501);
   const x = randomTensor([2, 3, 4], random);
   const m = randomTensor([2, 3, 4], random);
   before(async () => {

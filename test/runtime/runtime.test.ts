@@ -10,7 +10,9 @@ import { SafetensorsFile, writeSafetensors } from '../../src/io/safetensors.js';
 import { weightFromFile } from '../../src/nn/weights.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
 import { Runtime } from '../../src/runtime/runtime.js';
-import { assertClose, randomArray, rng } from '../helpers.js';
+import { assertClose } from '../compare.js';
+import { randomArray } from '../helpers.js';
+import { seededUniform } from '../random.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'velodiff-rt-test-'));
 const runtimes: Runtime[] = [];
@@ -45,7 +47,7 @@ function linearRef(
 
 describe('runtime', () => {
   it('runs weights stored as f32, f16 and bf16 in a safetensors file in place, cast to float32 in the graph', async () => {
-    const random = rng(11);
+    const random = seededUniform(11);
     const [m, k, n] = [3, 8, 5];
     const w = randomArray(n * k, random);
     const b = randomArray(n, random);
@@ -105,7 +107,7 @@ describe('runtime', () => {
   });
 
   it('gives the same results in a worker thread and in this thread', async () => {
-    const random = rng(12);
+    const random = seededUniform(12);
     const build = (): Graph => {
       const g = new Graph();
       const a = g.input('a', 'float32', ['N', 4]);

@@ -9,18 +9,20 @@ import { describe, it } from 'node:test';
 import { OptionError } from '../../src/errors.js';
 import { calculateShift, FlowMatchEulerDiscreteScheduler } from '../../src/schedulers/index.js';
 import { testGoldenCases } from './golden.js';
-import { assertRelativeClose, randomNormal, seededUniform, testSeed } from './random.js';
+import { assertScaledMaxAbsError } from '../compare.js';
+import { seededUniform, testSeed } from '../random.js';
+import { randomNormal } from './random.js';
 
 describe('FlowMatchEulerDiscreteScheduler golden cases', () => {
   testGoldenCases(['sched_flowmatch_default', 'sched_flowmatch_sd3', 'sched_flowmatch_flux_dynamic']);
 });
 
 describe('FlowMatchEulerDiscreteScheduler behaviour', () => {
-  const seed = testSeed();
+  const seed = testSeed('FlowMatchEulerDiscreteScheduler behaviour');
 
   it('calculateShift is linear in the sequence length (FLUX: 1024 tokens → 0.63)', () => {
-    assertRelativeClose([calculateShift(1024)], [0.63], 1e-15, 'mu');
-    assertRelativeClose([calculateShift(256), calculateShift(4096)], [0.5, 1.15], 1e-15, 'ends');
+    assertScaledMaxAbsError([calculateShift(1024)], [0.63], 1e-15, 'mu');
+    assertScaledMaxAbsError([calculateShift(256), calculateShift(4096)], [0.5, 1.15], 1e-15, 'ends');
   });
 
   it('dynamic shifting needs mu', () => {
@@ -29,7 +31,7 @@ describe('FlowMatchEulerDiscreteScheduler behaviour', () => {
     scheduler.setTimesteps(4, { mu: calculateShift(4096) });
     // exp(μ)/(exp(μ) + 1/t − 1) on t = linspace(1, 1/1000, 4).
     const expected = [1, 0.667, 0.334, 0.001].map((t) => Math.exp(1.15) / (Math.exp(1.15) + 1 / t - 1));
-    assertRelativeClose(scheduler.sigmas.subarray(0, 4), expected, 1e-6, 'sigmas');
+    assertScaledMaxAbsError(scheduler.sigmas.subarray(0, 4), expected, 1e-6, 'sigmas');
   });
 
   it(`stochastic sampling re-noises x̂0 to the next level (seed ${seed})`, () => {
@@ -44,8 +46,8 @@ describe('FlowMatchEulerDiscreteScheduler behaviour', () => {
       const next = scheduler.sigmas[i + 1];
       const x0 = Array.from(sample.data, (v, k) => v - sigma * velocity.data[k]);
       const out = scheduler.step(velocity, t, sample, { noise });
-      assertRelativeClose(out.predOriginalSample.data, x0, 1e-6, 'x̂0');
-      assertRelativeClose(
+      assertScaledMaxAbsError(out.predOriginalSample.data, x0, 1e-6, 'x̂0');
+      assertScaledMaxAbsError(
         out.prevSample.data,
         x0.map((v, k) => (1 - next) * v + next * noise.data[k]),
         1e-6,
@@ -58,19 +60,19 @@ describe('FlowMatchEulerDiscreteScheduler behaviour', () => {
   it('invert_sigmas and shift_terminal reshape the schedule', () => {
     const inverted = new FlowMatchEulerDiscreteScheduler({ invert_sigmas: true });
     inverted.setTimesteps(4);
-    assertRelativeClose(inverted.sigmas, [0, 0.333, 0.666, 0.999, 1], 1e-6, 'inverted sigmas');
-    assertRelativeClose(inverted.timesteps, [0, 333, 666, 999], 1e-6, 'inverted timesteps');
+    assertScaledMaxAbsError(inverted.sigmas, [0, 0.333, 0.666, 0.999, 1], 1e-6, 'inverted sigmas');
+    assertScaledMaxAbsError(inverted.timesteps, [0, 333, 666, 999], 1e-6, 'inverted timesteps');
     const stretched = new FlowMatchEulerDiscreteScheduler({ shift: 3, shift_terminal: 0.1 });
     stretched.setTimesteps(8);
-    assertRelativeClose([stretched.sigmas[7]], [0.1], 1e-7, 'last sigma');
-    assertRelativeClose([stretched.sigmas[0]], [1], 1e-7, 'first sigma');
+    assertScaledMaxAbsError([stretched.sigmas[7]], [0.1], 1e-7, 'last sigma');
+    assertScaledMaxAbsError([stretched.sigmas[0]], [1], 1e-7, 'first sigma');
   });
 
   it('setShift and custom timesteps', () => {
     const scheduler = new FlowMatchEulerDiscreteScheduler();
     scheduler.setShift(3);
     scheduler.setTimesteps(undefined, { timesteps: [1000, 500] });
-    assertRelativeClose(scheduler.sigmas, [1, 0.75, 0], 1e-7, 'shifted custom timesteps');
+    assertScaledMaxAbsError(scheduler.sigmas, [1, 0.75, 0], 1e-7, 'shifted custom timesteps');
     assert.equal(scheduler.numInferenceSteps, 2);
     assert.throws(() => scheduler.setTimesteps(3, { sigmas: [1, 0.5] }), OptionError);
     assert.throws(
@@ -89,7 +91,7 @@ describe('FlowMatchEulerDiscreteScheduler behaviour', () => {
     const t = scheduler.timesteps[2];
     assert.deepEqual(scheduler.scaleNoise(x, t, noise), scheduler.addNoise(x, noise, t));
     const sigma = scheduler.sigmas[2];
-    assertRelativeClose(
+    assertScaledMaxAbsError(
       scheduler.addNoise(x, noise, t).data,
       Array.from(x.data, (v, i) => sigma * noise.data[i] + (1 - sigma) * v),
       1e-6,
@@ -97,7 +99,7 @@ describe('FlowMatchEulerDiscreteScheduler behaviour', () => {
     );
     scheduler.setBeginIndex(4);
     const sigmaBegin = scheduler.sigmas[4];
-    assertRelativeClose(
+    assertScaledMaxAbsError(
       scheduler.addNoise(x, noise, 12345).data,
       Array.from(x.data, (v, i) => sigmaBegin * noise.data[i] + (1 - sigmaBegin) * v),
       1e-6,

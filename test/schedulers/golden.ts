@@ -1,6 +1,9 @@
 /**
  * Replays a golden scheduler case (test/golden/schedulers/<case>/, from diffusers 0.40) exactly as its
- * meta.json `loop`, `add_noise` and table fields describe, comparing every recorded tensor.
+ * meta.json `loop`, `add_noise` and table fields describe, comparing every recorded tensor bit for bit:
+ * velodiff follows torch's float32 operations, so any difference at all is a bug (10× torch's fp32
+ * noise, the bound of the model goldens, would be 3.5e-6 to 2.1e-3 here). One exception is measured
+ * and explained at TIMESTEPS_NOT_EXACT.
  */
 import assert from 'node:assert/strict';
 import { it } from 'node:test';
@@ -17,6 +20,7 @@ import {
   type SetTimestepsOptions,
   type StepOptions,
 } from '../../src/schedulers/index.js';
+import { assertExactlyEqual, assertMaxAbsError } from '../compare.js';
 
 const GOLDEN_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'golden', 'schedulers');
 
@@ -96,41 +100,16 @@ export function whole(source: GoldenTensor): SchedulerTensor {
   return { data: Float32Array.from(source.values), shape: [...source.shape] };
 }
 
-/** The suggested golden check: max|ours − golden| ≤ 1e-4 · max(1, max|golden|). */
-export function assertGoldenClose(
-  actual: ArrayLike<number>,
-  expected: ArrayLike<number>,
-  what: string,
-): number {
-  assert.equal(actual.length, expected.length, `${what}: length`);
-  let scale = 1;
-  for (let i = 0; i < expected.length; i++) scale = Math.max(scale, Math.abs(expected[i]));
-  let worst = 0;
-  let worstIndex = 0;
-  for (let i = 0; i < expected.length; i++) {
-    const error = Math.abs(actual[i] - expected[i]);
-    if (!(error <= worst)) {
-      worst = error;
-      worstIndex = i;
-    }
-  }
-  assert.ok(
-    worst <= 1e-4 * scale,
-    `${what}: max |ours − golden| = ${worst} at ${worstIndex} (ours ${actual[worstIndex]}, golden ` +
-      `${expected[worstIndex]}) exceeds 1e-4 · ${scale}`,
-  );
-  return worst / scale;
-}
-
-export function assertExact(actual: ArrayLike<number>, expected: ArrayLike<number>, what: string): void {
-  assert.deepEqual(Array.from(actual), Array.from(expected), what);
-}
-
-/** Timesteps: exact when diffusers keeps them int64, within the golden tolerance when float32. */
-function assertTimesteps(actual: readonly number[], expected: GoldenTensor, what: string): void {
-  if (expected.dtype === 'I64') assertExact(actual, expected.values, what);
-  else assertGoldenClose(actual, expected.values, what);
-}
+/**
+ * The one exception to bit-exactness: the float32 timesteps of sched_euler_karras_vpred_leading. 13 of
+ * its 132 timesteps (`timesteps` and the tables) differ, by measured max 6.1e-5 absolute (one float32
+ * ulp at t = 765.56; 8 ulps, 3.8e-6, at t = 6.97). Most likely cause: _sigma_to_t takes log σ of the
+ * Karras sigmas in float32 — numpy's vectorized logf there, a rounded Math.log here, which can differ
+ * in the last bit — and the interpolation weight divides that by the log-σ step between table rows,
+ * so the error is absolute in t, not relative. Allowed: 1e-4.
+ */
+const TIMESTEPS_NOT_EXACT = new Set(['sched_euler_karras_vpred_leading']);
+const TIMESTEPS_TOLERANCE = 1e-4;
 
 /** numpy's linspace for the FLUX case's sigmas (its last value is exactly `stop`). */
 function numpyLinspace(start: number, stop: number, count: number): number[] {
@@ -152,8 +131,7 @@ class ReplayGenerator implements NoiseGenerator {
 }
 
 export interface ReplayReport {
-  /** Worst error relative to max(1, max|golden|), over every compared float tensor. */
-  readonly worstRelative: number;
+  /** How many recorded tensors were compared (each bit for bit). */
   readonly comparisons: number;
 }
 
@@ -171,10 +149,18 @@ function setTimestepsOptions(golden: GoldenCase): SetTimestepsOptions {
 
 export function replayGoldenCase(golden: GoldenCase): ReplayReport {
   const { meta, inputs, outputs } = golden;
-  let worstRelative = 0;
   let comparisons = 0;
-  const close = (actual: ArrayLike<number>, expected: ArrayLike<number>, what: string): void => {
-    worstRelative = Math.max(worstRelative, assertGoldenClose(actual, expected, `${golden.name} ${what}`));
+  // Int64 and float32 timesteps, sigmas, samples: all equal to the last bit (see the file's comment).
+  const exact = (actual: ArrayLike<number>, expected: ArrayLike<number>, what: string): void => {
+    assertExactlyEqual(actual, expected, `${golden.name} ${what}`);
+    comparisons += 1;
+  };
+  const timestepsMatch = (actual: readonly number[], expected: GoldenTensor, what: string): void => {
+    if (expected.dtype !== 'F32' || !TIMESTEPS_NOT_EXACT.has(golden.name)) {
+      exact(actual, expected.values, what);
+      return;
+    }
+    assertMaxAbsError(actual, expected.values, TIMESTEPS_TOLERANCE, `${golden.name} ${what}`);
     comparisons += 1;
   };
 
@@ -182,18 +168,18 @@ export function replayGoldenCase(golden: GoldenCase): ReplayReport {
   const scheduler = schedulerOf(golden);
   scheduler.setTimesteps(meta.num_inference_steps, setTimestepsOptions(golden));
   const timesteps = tensor(outputs, 'timesteps');
-  assertTimesteps(scheduler.timesteps, timesteps, `${golden.name} timesteps`);
+  timestepsMatch(scheduler.timesteps, timesteps, 'timesteps');
   const goldenSigmas = outputs.get('sigmas');
   if (goldenSigmas !== undefined) {
     assert.ok('sigmas' in scheduler, `${golden.name}: the scheduler exposes sigmas`);
-    close(scheduler.sigmas, goldenSigmas.values, 'sigmas');
+    exact(scheduler.sigmas, goldenSigmas.values, 'sigmas');
   }
   const goldenAlphasCumprod = outputs.get('alphas_cumprod');
   if (goldenAlphasCumprod !== undefined) {
     assert.ok('alphasCumprod' in scheduler, `${golden.name}: the scheduler exposes alphasCumprod`);
-    close(scheduler.alphasCumprod, goldenAlphasCumprod.values, 'alphas_cumprod');
+    exact(scheduler.alphasCumprod, goldenAlphasCumprod.values, 'alphas_cumprod');
   }
-  close([scheduler.initNoiseSigma], tensor(outputs, 'init_noise_sigma').values, 'init_noise_sigma');
+  exact([scheduler.initNoiseSigma], tensor(outputs, 'init_noise_sigma').values, 'init_noise_sigma');
 
   const generator = meta.noise === 'generator' ? new ReplayGenerator(tensor(inputs, 'noises')) : undefined;
   const predictedOriginal = outputs.get('pred_original_samples') ?? outputs.get('denoised');
@@ -201,7 +187,7 @@ export function replayGoldenCase(golden: GoldenCase): ReplayReport {
   scheduler.timesteps.forEach((t, i) => {
     const scaled = outputs.get('scaled_model_inputs');
     if (scaled !== undefined)
-      close(scheduler.scaleModelInput(sample, t).data, item(scaled, i).data, `scaled_model_inputs[${i}]`);
+      exact(scheduler.scaleModelInput(sample, t).data, item(scaled, i).data, `scaled_model_inputs[${i}]`);
     const options: StepOptions = {
       ...(meta.step_kwargs.eta === undefined ? {} : { eta: meta.step_kwargs.eta }),
       ...(meta.noise === 'variance_noise' ? { noise: item(tensor(inputs, 'noises'), i) } : {}),
@@ -209,9 +195,9 @@ export function replayGoldenCase(golden: GoldenCase): ReplayReport {
     };
     const out = scheduler.step(item(tensor(inputs, 'model_outputs'), i), t, sample, options);
     assert.deepEqual(out.prevSample.shape, sample.shape);
-    close(out.prevSample.data, item(tensor(outputs, 'prev_samples'), i).data, `prev_samples[${i}]`);
+    exact(out.prevSample.data, item(tensor(outputs, 'prev_samples'), i).data, `prev_samples[${i}]`);
     if (predictedOriginal !== undefined) {
-      close(
+      exact(
         out.predOriginalSample.data,
         item(predictedOriginal, i).data,
         `pred_original_samples/denoised[${i}]`,
@@ -234,7 +220,7 @@ export function replayGoldenCase(golden: GoldenCase): ReplayReport {
       whole(tensor(inputs, 'add_noise_noise')),
       [t],
     );
-    close(noisy.data, item(tensor(outputs, 'add_noise_results'), j).data, `add_noise_results[${j}]`);
+    exact(noisy.data, item(tensor(outputs, 'add_noise_results'), j).data, `add_noise_results[${j}]`);
   });
 
   // Tables of set_timesteps(N).
@@ -248,31 +234,23 @@ export function replayGoldenCase(golden: GoldenCase): ReplayReport {
       ? { mu: meta.set_timesteps_kwargs.mu, sigmas: numpyLinspace(1, 1 / count, count) }
       : setTimestepsOptions(golden);
     table.setTimesteps(count, options);
-    assertTimesteps(table.timesteps, expected, `${golden.name} ${name}`);
-    comparisons += 1;
+    timestepsMatch(table.timesteps, expected, name);
     const expectedSigmas = outputs.get(`table_sigmas_n${count}`);
     if (expectedSigmas !== undefined) {
       assert.ok('sigmas' in table, `${golden.name}: the scheduler exposes sigmas`);
-      close(table.sigmas, expectedSigmas.values, `table_sigmas_n${count}`);
+      exact(table.sigmas, expectedSigmas.values, `table_sigmas_n${count}`);
     }
   }
-  return { worstRelative, comparisons };
+  return { comparisons };
 }
 
-/**
- * One test per case: the replay must stay within the golden tolerance, and (what velodiff achieves
- * by following torch's float32 operations) match diffusers bit for bit.
- */
+/** One test per case: the replay matches diffusers bit for bit (but TIMESTEPS_NOT_EXACT). */
 export function testGoldenCases(caseNames: readonly string[]): void {
   for (const name of caseNames) {
-    it(`${name}: matches diffusers' loop, add_noise and set_timesteps tables`, async () => {
+    const how = TIMESTEPS_NOT_EXACT.has(name) ? 'bit for bit (timesteps: within 1e-4)' : 'bit for bit';
+    it(`${name}: matches diffusers' loop, add_noise and set_timesteps tables ${how}`, async () => {
       const report = replayGoldenCase(await loadGoldenCase(name));
       assert.ok(report.comparisons > 20, `${name}: only ${report.comparisons} comparisons`);
-      assert.equal(
-        report.worstRelative,
-        0,
-        `${name}: within tolerance but not bit for bit (worst relative error ${report.worstRelative})`,
-      );
     });
   }
 }

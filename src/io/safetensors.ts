@@ -7,6 +7,7 @@
  * at `8 + N + begin` (notes/onnxruntime.md §4), so the header is validated completely: a wrong offset
  * would silently feed garbage weights to a model instead of failing here.
  */
+import type { BigIntStats } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { resolve } from 'node:path';
 
@@ -330,39 +331,29 @@ function checkExtents(
 // Lazy reader.
 
 /**
- * An open safetensors file. Opening reads and validates only the header; tensor bytes are read on
- * demand at their offsets, so a multi-gigabyte checkpoint costs nothing until a tensor is used.
+ * A safetensors file, opened lazily. Opening reads and validates only the header; tensor bytes are
+ * read on demand at their offsets, so a multi-gigabyte checkpoint costs nothing until a tensor is used.
+ *
+ * No descriptor stays open between calls: after load only the header is used (ONNX Runtime reads the
+ * weights by path), and a FileHandle left to the garbage collector makes Node warn (DEP0137). Each
+ * read opens the file, checks that it is still the file the header came from, reads and closes.
  */
 export class SafetensorsFile {
-  #handle: FileHandle | undefined;
+  #closed = false;
 
   private constructor(
     /** Absolute path of the file. */
     readonly path: string,
     readonly header: SafetensorsHeader,
-    handle: FileHandle,
-  ) {
-    this.#handle = handle;
-  }
+    /** Device and inode at open: a later read must find the same file behind the path. */
+    private readonly identity: FileIdentity,
+  ) {}
 
   /** Opens `path` and validates its header. Throws FileFormatError (FILE_MISSING, SAFETENSORS_*). */
   static async open(path: string): Promise<SafetensorsFile> {
     const absolutePath = resolve(path);
-    let handle: FileHandle;
-    try {
-      handle = await open(absolutePath, 'r');
-    } catch (error) {
-      if (errnoCode(error) === 'ENOENT') {
-        throw new FileFormatError(
-          `Safetensors file not found: ${absolutePath}.`,
-          'FILE_MISSING',
-          absolutePath,
-        );
-      }
-      throw error;
-    }
-    try {
-      const { size } = await handle.stat();
+    return withFile(absolutePath, async (handle, stats) => {
+      const size = Number(stats.size);
       const lengthPrefix = new Uint8Array(LENGTH_PREFIX_BYTES);
       const prefixRead = await readFully(handle, lengthPrefix, 0);
       // Validated before the header buffer below is allocated.
@@ -375,11 +366,8 @@ export class SafetensorsFile {
         size,
         absolutePath,
       );
-      return new SafetensorsFile(absolutePath, header, handle);
-    } catch (error) {
-      await handle.close();
-      throw error;
-    }
+      return new SafetensorsFile(absolutePath, header, { dev: stats.dev, ino: stats.ino });
+    });
   }
 
   get metadata(): Record<string, string> {
@@ -410,20 +398,31 @@ export class SafetensorsFile {
 
   /** The raw little-endian bytes of tensor `name`, in a fresh buffer. */
   async readBytes(name: string): Promise<Uint8Array> {
-    const info = this.info(name);
-    const handle = this.#openHandle();
-    const bytes = new Uint8Array(info.byteLength);
-    const bytesRead = await readFully(handle, bytes, info.fileOffset);
-    if (bytesRead !== info.byteLength) {
-      const { size } = await handle.stat();
-      throw invalid(
-        this.path,
-        'SAFETENSORS_TRUNCATED',
-        `tensor '${name}' occupies bytes [${info.fileOffset}, ${info.fileOffset + info.byteLength}) but the ` +
-          `file now has ${size} bytes. It was truncated or replaced after it was opened; open it again.`,
-      );
+    if (this.#closed) {
+      throw new WeightError(`Cannot read from ${this.path}: the file has been closed.`, 'WEIGHT_FILE_CLOSED');
     }
-    return bytes;
+    const info = this.info(name);
+    return withFile(this.path, async (handle, stats) => {
+      if (stats.dev !== this.identity.dev || stats.ino !== this.identity.ino) {
+        throw invalid(
+          this.path,
+          'SAFETENSORS_REPLACED',
+          `cannot read tensor '${name}': another file has replaced the one whose header was read ` +
+            '(the tensor offsets no longer apply). Open it again.',
+        );
+      }
+      const bytes = new Uint8Array(info.byteLength);
+      const bytesRead = await readFully(handle, bytes, info.fileOffset);
+      if (bytesRead !== info.byteLength) {
+        throw invalid(
+          this.path,
+          'SAFETENSORS_TRUNCATED',
+          `tensor '${name}' occupies bytes [${info.fileOffset}, ${info.fileOffset + info.byteLength}) but the ` +
+            `file now has ${stats.size} bytes. It was truncated or replaced after it was opened; open it again.`,
+        );
+      }
+      return bytes;
+    });
   }
 
   /** Tensor `name` decoded to float32 (see toFloat32 for how each dtype converts). */
@@ -432,17 +431,39 @@ export class SafetensorsFile {
     return toFloat32(await this.readBytes(name), dtype);
   }
 
+  /** Ends reading: later reads throw WEIGHT_FILE_CLOSED. Idempotent; no descriptor is held to release. */
   async close(): Promise<void> {
-    const handle = this.#handle;
-    this.#handle = undefined;
-    await handle?.close();
+    this.#closed = true;
   }
+}
 
-  #openHandle(): FileHandle {
-    if (this.#handle === undefined) {
-      throw new WeightError(`Cannot read from ${this.path}: the file has been closed.`, 'WEIGHT_FILE_CLOSED');
+interface FileIdentity {
+  readonly dev: bigint;
+  readonly ino: bigint;
+}
+
+/**
+ * Opens `path` for reading, runs `use` with the handle and its status, and closes the handle whatever
+ * happens. Throws FileFormatError FILE_MISSING if there is no file.
+ */
+async function withFile<T>(
+  path: string,
+  use: (handle: FileHandle, stats: BigIntStats) => Promise<T>,
+): Promise<T> {
+  let handle: FileHandle;
+  try {
+    handle = await open(path, 'r');
+  } catch (error) {
+    if (errnoCode(error) === 'ENOENT') {
+      throw new FileFormatError(`Safetensors file not found: ${path}.`, 'FILE_MISSING', path);
     }
-    return this.#handle;
+    throw error;
+  }
+  try {
+    // Inodes are 64-bit: as numbers, two files could compare equal.
+    return await use(handle, await handle.stat({ bigint: true }));
+  } finally {
+    await handle.close();
   }
 }
 

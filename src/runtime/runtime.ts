@@ -38,6 +38,12 @@ export interface RunOptions {
 
 const PROVIDERS: readonly ExecutionProvider[] = ['cpu', 'cuda', 'webgpu', 'coreml', 'dml'];
 
+// A Runtime dropped without dispose() would otherwise keep its worker thread, the thread's
+// descriptors and every session until the process exits. The backend is what stays reachable.
+const droppedRuntimes = new FinalizationRegistry<Backend>((backend) => {
+  backend.dispose().catch(() => undefined);
+});
+
 /**
  * Compiles graphs into ONNX Runtime sessions and runs them. Sessions are cached by graph signature,
  * so building the same graph twice compiles it once.
@@ -67,6 +73,7 @@ export class Runtime {
       flushDenormals: options.flushDenormals ?? true,
     };
     this.backend = options.worker === false ? new InlineBackend() : new WorkerBackend();
+    droppedRuntimes.register(this, this.backend);
   }
 
   /**
@@ -105,7 +112,7 @@ export class Runtime {
           { bytes: serialized.model, externalRoot: serialized.externalRoot },
           this.settings,
         );
-        return new CompiledGraph(this.backend, session, serialized, signature);
+        return new CompiledGraph(this, this.backend, session, serialized, signature);
       })();
       this.cache.set(signature, entry);
       entry.catch(() => this.cache.delete(signature));
@@ -135,6 +142,8 @@ export class CompiledGraph {
   readonly outputs: readonly SerializedValue[];
 
   constructor(
+    /** The runtime that compiled it: holding a compiled graph keeps its runtime's sessions alive. */
+    readonly runtime: Runtime,
     private readonly backend: Backend,
     private readonly session: number,
     private readonly graph: SerializedGraph,

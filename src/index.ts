@@ -1,5 +1,7 @@
 // The public API of velodiff.
 export * from './errors.js';
+export { VelodiffWarning, emitWarning } from './warnings.js';
+export type { WarningHandler } from './warnings.js';
 export * from './graph/index.js';
 export { Runtime, CompiledGraph } from './runtime/runtime.js';
 export type { RuntimeOptions, RunOptions } from './runtime/runtime.js';

@@ -13,12 +13,15 @@ import { Graph } from '../graph/graph.js';
 import type { Tensor } from '../graph/graph.js';
 import { exp, maximum, minimum, mul, split } from '../graph/ops/index.js';
 import { formatShape } from '../graph/shape.js';
-import { readConfig, WeightStore } from '../io/diffusers.js';
+import { readConfig } from '../io/diffusers.js';
+import type { WeightStore } from '../io/diffusers.js';
 import { Conv2d } from '../nn/layers.js';
 import { Params } from '../nn/params.js';
+import type { TensorSource } from '../nn/weights.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
+import { openCheckedWeights } from './model.js';
 import type { AutoencoderKLConfig } from './vae/config.js';
 import { parseAutoencoderKLConfig } from './vae/config.js';
 import { Decoder, Encoder } from './vae/coders.js';
@@ -75,24 +78,23 @@ export class AutoencoderKL implements DiffusersModel {
    */
   static async fromPretrained(dir: string, options: LoadOptions): Promise<AutoencoderKL> {
     const raw = await readConfig(dir);
-    const config = parseAutoencoderKLConfig(raw, join(dir, 'config.json'));
-    const weights = await WeightStore.open(dir);
-    const model = new AutoencoderKL(dir, config, weights, options.runtime);
-    try {
-      // Building reads every parameter with its expected shape; nothing is compiled.
-      const f = model.vaeScaleFactor;
-      model.buildGraph('encode', [1, config.inChannels, f, f]);
-      model.buildGraph('decode', [1, config.latentChannels, 1, 1]);
-    } catch (error) {
-      await weights.close();
-      throw error;
-    }
-    return model;
+    const config = parseAutoencoderKLConfig(raw, join(dir, 'config.json'), options.onWarning);
+    // Building encode and decode reads every parameter with its expected shape; nothing is compiled.
+    const f = scaleFactor(config);
+    const weights = await openCheckedWeights(dir, {
+      className: 'AutoencoderKL',
+      build: (source) => {
+        buildAutoencoderKLGraph(config, source, 'encode', [1, config.inChannels, f, f]);
+        buildAutoencoderKLGraph(config, source, 'decode', [1, config.latentChannels, 1, 1]);
+      },
+      onWarning: options.onWarning,
+    });
+    return new AutoencoderKL(dir, config, weights, options.runtime);
   }
 
   /** Image size / latent size: 2^(number of blocks − 1), diffusers pipelines' `vae_scale_factor`. */
   get vaeScaleFactor(): number {
-    return 2 ** (this.config.blockOutChannels.length - 1);
+    return scaleFactor(this.config);
   }
 
   /** Image [N, in_channels, H, W] (H and W multiples of `vaeScaleFactor`) → the latent posterior. */
@@ -144,58 +146,12 @@ export class AutoencoderKL implements DiffusersModel {
   /** The graph of `method` for an input of `shape` (static), with its checkpoint weights. */
   buildGraph(method: AutoencoderKLMethod, shape: readonly number[]): Graph {
     this.checkInput(method, shape, 'float32');
-    const graph = new Graph(`AutoencoderKL.${method}`);
-    const params = Params.of(graph, this.weights);
-    const input = graph.input(GRAPH_INPUT[method], 'float32', shape);
-    if (method === 'decode') {
-      graph.output('sample', this.decodeLatents(params, input));
-      return graph;
-    }
-    const posterior = this.encodeImage(params, input);
-    if (method === 'encode') {
-      graph.output('latent_mean', posterior.mean);
-      graph.output('latent_logvar', posterior.logvar);
-      graph.output('latent_std', posterior.std);
-    } else {
-      graph.output('sample', this.decodeLatents(params, posterior.mean));
-    }
-    return graph;
+    return buildAutoencoderKLGraph(this.config, this.weights, method, shape);
   }
 
   async close(): Promise<void> {
     this.compiled.clear();
     await this.weights.close();
-  }
-
-  private encodeImage(params: Params, sample: Tensor): { mean: Tensor; logvar: Tensor; std: Tensor } {
-    let moments = Encoder(params.child('encoder'), sample, this.config);
-    if (this.config.useQuantConv) {
-      const channels = 2 * this.config.latentChannels;
-      moments = Conv2d(params.child('quant_conv'), moments, {
-        inChannels: channels,
-        outChannels: channels,
-        kernel: 1,
-      });
-    }
-    // DiagonalGaussianDistribution (autoencoders/vae.py).
-    return params.scope(() => {
-      const [mean, rawLogvar] = split(moments, 2, 1);
-      const logvar = minimum(maximum(rawLogvar, LOGVAR_MIN), LOGVAR_MAX);
-      return { mean, logvar, std: exp(mul(logvar, 0.5)) };
-    });
-  }
-
-  private decodeLatents(params: Params, z: Tensor): Tensor {
-    let h = z;
-    if (this.config.usePostQuantConv) {
-      const channels = this.config.latentChannels;
-      h = Conv2d(params.child('post_quant_conv'), h, {
-        inChannels: channels,
-        outChannels: channels,
-        kernel: 1,
-      });
-    }
-    return Decoder(params.child('decoder'), h, this.config);
   }
 
   private async run(method: AutoencoderKLMethod, input: HostTensor): Promise<Record<string, HostTensor>> {
@@ -232,6 +188,71 @@ export class AutoencoderKL implements DiffusersModel {
       );
     }
   }
+}
+
+/** Every block but the last halves the image. */
+function scaleFactor(config: AutoencoderKLConfig): number {
+  return 2 ** (config.blockOutChannels.length - 1);
+}
+
+/** The graph of `method` for an input of `shape` (static), with the weights of `source`. */
+export function buildAutoencoderKLGraph(
+  config: AutoencoderKLConfig,
+  source: TensorSource,
+  method: AutoencoderKLMethod,
+  shape: readonly number[],
+): Graph {
+  const graph = new Graph(`AutoencoderKL.${method}`);
+  const params = Params.of(graph, source);
+  const input = graph.input(GRAPH_INPUT[method], 'float32', shape);
+  if (method === 'decode') {
+    graph.output('sample', decodeLatents(params, input, config));
+    return graph;
+  }
+  const posterior = encodeImage(params, input, config);
+  if (method === 'encode') {
+    graph.output('latent_mean', posterior.mean);
+    graph.output('latent_logvar', posterior.logvar);
+    graph.output('latent_std', posterior.std);
+  } else {
+    graph.output('sample', decodeLatents(params, posterior.mean, config));
+  }
+  return graph;
+}
+
+function encodeImage(
+  params: Params,
+  sample: Tensor,
+  config: AutoencoderKLConfig,
+): { mean: Tensor; logvar: Tensor; std: Tensor } {
+  let moments = Encoder(params.child('encoder'), sample, config);
+  if (config.useQuantConv) {
+    const channels = 2 * config.latentChannels;
+    moments = Conv2d(params.child('quant_conv'), moments, {
+      inChannels: channels,
+      outChannels: channels,
+      kernel: 1,
+    });
+  }
+  // DiagonalGaussianDistribution (autoencoders/vae.py).
+  return params.scope(() => {
+    const [mean, rawLogvar] = split(moments, 2, 1);
+    const logvar = minimum(maximum(rawLogvar, LOGVAR_MIN), LOGVAR_MAX);
+    return { mean, logvar, std: exp(mul(logvar, 0.5)) };
+  });
+}
+
+function decodeLatents(params: Params, z: Tensor, config: AutoencoderKLConfig): Tensor {
+  let h = z;
+  if (config.usePostQuantConv) {
+    const channels = config.latentChannels;
+    h = Conv2d(params.child('post_quant_conv'), h, {
+      inChannels: channels,
+      outChannels: channels,
+      kernel: 1,
+    });
+  }
+  return Decoder(params.child('decoder'), h, config);
 }
 
 function checkKwargs(method: AutoencoderKLMethod, kwargs: Record<string, unknown>): void {

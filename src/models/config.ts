@@ -1,8 +1,18 @@
 import { FileFormatError } from '../errors.js';
+import type { WarningHandler } from '../warnings.js';
+import { VelodiffWarning, emitWarning } from '../warnings.js';
+
+/** JSON values a config key can be pinned to. */
+type ConfigScalar = string | number | boolean | null;
 
 /**
- * Typed access to a config.json: each key read with its type and default, unsupported values and
- * keys no known version of the class has rejected with the file and key named.
+ * Typed access to a config.json, and the config rules every model class follows (README "Models"):
+ * - a value of the wrong type, or one that would change the math and is not implemented, is a
+ *   FileFormatError naming the key, the value, the file and what is supported;
+ * - keys the class does not read are accepted with one warning naming them and the file, as
+ *   diffusers logs "config attributes {…} were passed to X, but are not expected and will be
+ *   ignored"; keys starting with `_` (`_class_name`, `_diffusers_version`, `_name_or_path`) and keys
+ *   the parser `accept`s as harmless are silent.
  */
 export class ConfigReader {
   private readonly read = new Set<string>();
@@ -87,21 +97,61 @@ export class ConfigReader {
     return v as string[];
   }
 
-  /** Mark keys that older or newer diffusers versions write and that do not change the model. */
+  /** The raw value of `key`, marked as read: for parsers that check the value themselves. */
+  get(key: string): unknown {
+    return this.value(key);
+  }
+
+  /**
+   * `key` changes the math, and velodiff implements only the `supported` values of it (or its
+   * absence, or null): any other value is an error, not a silent difference from diffusers.
+   */
+  supported(key: string, supported: readonly ConfigScalar[], why = ''): void {
+    const v = this.value(key);
+    if (v === undefined || v === null || supported.includes(v as ConfigScalar)) return;
+    const values = ['absent', 'null', ...supported.map((s) => JSON.stringify(s))].join(', ');
+    this.unsupported(key, `${values}${why ? ` (${why})` : ''}`);
+  }
+
+  /** Reject the value of `key` as one velodiff does not implement; `supported` says what it does. */
+  unsupported(key: string, supported: string): never {
+    throw new FileFormatError(
+      `${this.path}: "${key}" is ${key in this.raw ? shortJson(this.raw[key]) : 'absent'}, which ${this.className} in velodiff does not ` +
+        `implement; supported: ${supported}. The checkpoint needs a model velodiff does not build.`,
+      'CONFIG_UNSUPPORTED',
+      this.path,
+    );
+  }
+
+  /** Mark keys that older or newer versions write and that do not change the model. */
   accept(...keys: string[]): void {
     for (const k of keys) this.read.add(k);
   }
 
-  /** Throw for keys that were never read or accepted (underscore keys are metadata). */
-  checkNoUnknownKeys(): void {
-    const unknown = Object.keys(this.raw).filter((k) => !k.startsWith('_') && !this.read.has(k));
-    if (unknown.length > 0) {
-      throw new FileFormatError(
-        `${this.path}: unknown config key${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => `"${k}"`).join(', ')} for ${this.className}; ` +
-          'the checkpoint may need a newer velodiff, or the folder holds another model',
-        'CONFIG_UNKNOWN_KEY',
+  /**
+   * Ends parsing. Rejects what no model class implements (`quantization_config`: quantized weights
+   * need their own kernels), then reports keys that were never read or accepted in one warning.
+   */
+  finish(onWarning: WarningHandler = emitWarning): void {
+    this.supported('quantization_config', [], 'velodiff loads unquantized float checkpoints');
+    const unused = Object.keys(this.raw).filter((k) => !k.startsWith('_') && !this.read.has(k));
+    if (unused.length === 0) return;
+    const attributes = unused.map((k) => `"${k}": ${shortJson(this.raw[k])}`).join(', ');
+    const plural = unused.length > 1;
+    onWarning(
+      new VelodiffWarning(
+        `${this.path}: the config attribute${plural ? 's' : ''} {${attributes}} ${plural ? 'were' : 'was'} ` +
+          `passed to ${this.className}, but ${plural ? 'are' : 'is'} not expected and will be ignored; check ` +
+          'that the folder holds this model, or whether a newer velodiff reads the key',
+        'CONFIG_UNUSED_KEYS',
         this.path,
-      );
-    }
+        unused,
+      ),
+    );
   }
+}
+
+function shortJson(value: unknown): string {
+  const json = JSON.stringify(value) ?? String(value);
+  return json.length > 60 ? `${json.slice(0, 57)}…` : json;
 }

@@ -1,7 +1,11 @@
 import type { AttentionOption } from '../attention/types.js';
+import { WeightStore } from '../io/diffusers.js';
 import type { AdapterSet, LoadedLora } from '../lora/adapters.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import type { Runtime } from '../runtime/runtime.js';
+import type { TensorSource } from '../nn/weights.js';
+import { checkWeights } from '../nn/weights.js';
+import type { WarningHandler } from '../warnings.js';
 
 /**
  * A model loaded from a diffusers/transformers component folder. `forward` takes tensors named as
@@ -32,4 +36,33 @@ export interface DiffusersModel {
 
 export interface LoadOptions {
   runtime: Runtime;
+  /**
+   * Receives what the load accepts but ignores (config keys the class does not read, tensors it does
+   * not use); default: a process warning (`console.warn` in browsers). Errors are thrown, not passed.
+   */
+  onWarning?: WarningHandler;
+}
+
+/**
+ * The weights in `dir`, checked as every model class checks them at load (`checkWeights`: presence,
+ * shape and dtype of each tensor `build` reads, a warning for the ones none reads); closed again when
+ * a check fails.
+ */
+export async function openCheckedWeights(
+  dir: string,
+  options: {
+    className: string;
+    build: (source: TensorSource, weights: WeightStore) => void;
+    ignoreUnused?: (name: string) => boolean;
+    onWarning?: WarningHandler;
+  },
+): Promise<WeightStore> {
+  const weights = await WeightStore.open(dir);
+  try {
+    checkWeights(weights, { ...options, build: (source) => options.build(source, weights) });
+  } catch (error) {
+    await weights.close();
+    throw error;
+  }
+  return weights;
 }

@@ -15,7 +15,8 @@ import {
   sub,
   transpose,
 } from '../graph/ops/index.js';
-import { WeightStore, readConfig } from '../io/diffusers.js';
+import type { WeightStore } from '../io/diffusers.js';
+import { readConfig } from '../io/diffusers.js';
 import { Conv2d, Linear } from '../nn/layers.js';
 import type { LoadedLora } from '../lora/adapters.js';
 import { AdapterSet } from '../lora/adapters.js';
@@ -35,6 +36,8 @@ import type { TensorSource } from '../nn/weights.js';
 import { ConfigReader } from './config.js';
 import { TimestepEmbedding, sincosPositionEmbedding2d, sinusoidalEmbedding } from './embeddings.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
+import { openCheckedWeights } from './model.js';
+import type { WarningHandler } from '../warnings.js';
 
 export interface PixArtTransformerConfig {
   numAttentionHeads: number;
@@ -54,8 +57,15 @@ export interface PixArtTransformerConfig {
   innerDim: number;
 }
 
-/** Read and validate a PixArtTransformer2DModel config.json (diffusers 0.40 keys and defaults). */
-export function parsePixArtConfig(raw: Record<string, unknown>, path: string): PixArtTransformerConfig {
+/**
+ * Read and validate a PixArtTransformer2DModel config.json (diffusers 0.40 keys and defaults). Keys
+ * that change the math are implemented or rejected; unused keys go to `onWarning` (ConfigReader).
+ */
+export function parsePixArtConfig(
+  raw: Record<string, unknown>,
+  path: string,
+  onWarning?: WarningHandler,
+): PixArtTransformerConfig {
   const c = new ConfigReader(raw, path, 'PixArtTransformer2DModel');
   if (
     raw._class_name !== undefined &&
@@ -72,13 +82,24 @@ export function parsePixArtConfig(raw: Record<string, unknown>, path: string): P
   const attentionHeadDim = c.integer('attention_head_dim', 72, 1);
   const inChannels = c.integer('in_channels', 4, 1);
   const sampleSize = c.integer('sample_size', 128, 1);
+  // diffusers: out_channels 8 when absent, in_channels when null.
+  const outChannels = raw.out_channels === undefined ? 8 : (c.optionalNumber('out_channels') ?? inChannels);
+  c.accept('out_channels');
+  // diffusers builds no cross-attention without cross_attention_dim, and no caption projection
+  // without caption_channels; velodiff's PixArt always has both.
+  if (raw.cross_attention_dim === null) {
+    c.unsupported('cross_attention_dim', 'an integer ≥ 1 (with null diffusers builds no cross-attention)');
+  }
+  if (raw.caption_channels === undefined || raw.caption_channels === null) {
+    c.unsupported('caption_channels', 'an integer ≥ 1 (without it diffusers builds no caption projection)');
+  }
   const config: PixArtTransformerConfig = {
     numAttentionHeads,
     attentionHeadDim,
     inChannels,
-    outChannels: c.optionalNumber('out_channels') ?? inChannels,
+    outChannels,
     numLayers: c.integer('num_layers', 28, 0),
-    crossAttentionDim: c.optionalNumber('cross_attention_dim') ?? numAttentionHeads * attentionHeadDim,
+    crossAttentionDim: c.integer('cross_attention_dim', 1152, 1),
     attentionBias: c.boolean('attention_bias', true),
     sampleSize,
     patchSize: c.integer('patch_size', 2, 1),
@@ -92,21 +113,20 @@ export function parsePixArtConfig(raw: Record<string, unknown>, path: string): P
   c.string('norm_type', 'ada_norm_single', ['ada_norm_single']);
   c.string('activation_fn', 'gelu-approximate', ['gelu-approximate']);
   c.string('attention_type', 'default', ['default']);
-  if (c.boolean('norm_elementwise_affine', false)) {
-    throw new FileFormatError(
-      `${path}: norm_elementwise_affine must be false for PixArt (adaLN-single)`,
-      'CONFIG_VALUE',
-      path,
-    );
-  }
+  c.supported('norm_elementwise_affine', [false], 'adaLN-single norms have no affine parameters');
+  // Keys of the Transformer2DModel era of PixArt checkpoints: diffusers 0.40 ignores them, but a
+  // true value there meant another block (cross-attention only, two self-attentions, discrete input).
+  c.supported('only_cross_attention', [false]);
+  c.supported('double_self_attention', [false]);
+  c.supported('num_vector_embeds', [false], 'a number means discrete (VQ) inputs, not latents');
   // Upcasting only changes half-precision runs; velodiff computes attention in float32.
   c.boolean('upcast_attention', false);
   c.number('dropout', 0);
   c.integer('norm_num_groups', 32);
   c.integer('num_embeds_ada_norm', 1000);
-  // Keys written by the Transformer2DModel era of PixArt checkpoints; PixArt ignores them.
-  c.accept('double_self_attention', 'num_vector_embeds', 'only_cross_attention', 'use_linear_projection');
-  c.checkNoUnknownKeys();
+  // Only non-patched Transformer2DModel inputs use a linear projection; PixArt's are patched.
+  c.accept('use_linear_projection');
+  c.finish(onWarning);
   if (config.outChannels !== config.inChannels && config.outChannels !== 2 * config.inChannels) {
     throw new FileFormatError(
       `${path}: out_channels ${config.outChannels} must be in_channels or 2·in_channels (learned sigma)`,
@@ -392,16 +412,15 @@ export class PixArtTransformer2DModel implements DiffusersModel {
   static async fromPretrained(dir: string, options: LoadOptions): Promise<PixArtTransformer2DModel> {
     const abs = resolve(dir);
     const raw = await readConfig(abs);
-    const config = parsePixArtConfig(raw, join(abs, 'config.json'));
-    const weights = await WeightStore.open(abs);
-    try {
-      // Build (not compile) a minimal graph so that a missing or misshapen weight fails at load time.
-      const p = config.patchSize;
-      buildPixArtGraph(config, weights, { height: p, width: p, captionLength: 1, withMask: true });
-    } catch (e) {
-      await weights.close();
-      throw e;
-    }
+    const config = parsePixArtConfig(raw, join(abs, 'config.json'), options.onWarning);
+    // A minimal graph with every optional input reads every weight the config implies.
+    const p = config.patchSize;
+    const weights = await openCheckedWeights(abs, {
+      className: 'PixArtTransformer2DModel',
+      build: (source) =>
+        buildPixArtGraph(config, source, { height: p, width: p, captionLength: 1, withMask: true }),
+      onWarning: options.onWarning,
+    });
     return new PixArtTransformer2DModel(abs, config, weights, options.runtime);
   }
 

@@ -24,14 +24,18 @@ import {
   transpose,
   unsqueeze,
 } from '../graph/ops/index.js';
-import { WeightStore, readConfig } from '../io/diffusers.js';
-import { describeJson } from '../io/json.js';
+import type { WeightStore } from '../io/diffusers.js';
+import { readConfig } from '../io/diffusers.js';
+import { describeJson, isPlainObject } from '../io/json.js';
 import { Linear, RMSNorm } from '../nn/layers.js';
 import { Params } from '../nn/params.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
 import { ConfigReader } from './config.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
+import { openCheckedWeights } from './model.js';
+import type { TensorSource } from '../nn/weights.js';
+import type { WarningHandler } from '../warnings.js';
 
 /** Activations transformers' ACT2FN maps `dense_act_fn` to, for the ones T5 checkpoints use. */
 const ACTIVATIONS = ['relu', 'gelu', 'gelu_new', 'gelu_pytorch_tanh', 'gelu_fast', 'silu', 'swish'] as const;
@@ -45,6 +49,79 @@ const ARCHITECTURES = [
   'MT5EncoderModel',
   'MT5Model',
   'MT5ForConditionalGeneration',
+];
+
+/**
+ * Keys of T5Config and of transformers' PretrainedConfig that do not change the encoder's math:
+ * decoder, training, generation and bookkeeping settings. transformers' T5EncoderModel ignores them.
+ */
+const HARMLESS_KEYS = [
+  // T5Config
+  'num_decoder_layers',
+  'dropout_rate',
+  'classifier_dropout',
+  'initializer_factor',
+  'use_cache',
+  'is_encoder_decoder',
+  'n_positions',
+  'output_past',
+  'gradient_checkpointing',
+  // PretrainedConfig
+  'architectures',
+  'model_type',
+  'transformers_version',
+  'torch_dtype',
+  'dtype',
+  'use_bfloat16',
+  'tie_word_embeddings',
+  'tie_encoder_decoder',
+  'add_cross_attention',
+  'cross_attention_hidden_size',
+  'chunk_size_feed_forward',
+  'return_dict',
+  'output_hidden_states',
+  'output_attentions',
+  'torchscript',
+  'tf_legacy_loss',
+  'pad_token_id',
+  'eos_token_id',
+  'bos_token_id',
+  'sep_token_id',
+  'decoder_start_token_id',
+  'task_specific_params',
+  'finetuning_task',
+  'id2label',
+  'label2id',
+  'num_labels',
+  'problem_type',
+  'tokenizer_class',
+  'prefix',
+  // generation defaults PretrainedConfig used to hold
+  'max_length',
+  'min_length',
+  'do_sample',
+  'early_stopping',
+  'num_beams',
+  'num_beam_groups',
+  'diversity_penalty',
+  'temperature',
+  'top_k',
+  'top_p',
+  'typical_p',
+  'repetition_penalty',
+  'length_penalty',
+  'no_repeat_ngram_size',
+  'encoder_no_repeat_ngram_size',
+  'bad_words_ids',
+  'num_return_sequences',
+  'output_scores',
+  'return_dict_in_generate',
+  'forced_bos_token_id',
+  'forced_eos_token_id',
+  'remove_invalid_values',
+  'exponential_decay_length_penalty',
+  'suppress_tokens',
+  'begin_suppress_tokens',
 ];
 
 /** torch.finfo(torch.float32).min, which transformers multiplies the inverted mask by. */
@@ -73,9 +150,14 @@ export interface T5EncoderConfig {
  * transformers, `dense_act_fn` and `is_gated_act` come from `feed_forward_proj` unless the file
  * sets them itself (PretrainedConfig applies saved keys after T5Config derives them).
  */
-export function parseT5EncoderConfig(raw: Record<string, unknown>, path: string): T5EncoderConfig {
+export function parseT5EncoderConfig(
+  raw: Record<string, unknown>,
+  path: string,
+  onWarning?: WarningHandler,
+): T5EncoderConfig {
   checkModelKind(raw, path);
   const c = new ConfigReader(raw, path, 'T5EncoderModel');
+  c.accept(...HARMLESS_KEYS);
   const feedForwardProj = c.string<string>('feed_forward_proj', 'relu');
   const parts = feedForwardProj.split('-');
   if ((parts.length > 1 && parts[0] !== 'gated') || parts.length > 2) {
@@ -129,13 +211,23 @@ export function parseT5EncoderConfig(raw: Record<string, unknown>, path: string)
       path,
     );
   }
-  if (raw.is_decoder === true) {
+  if (c.boolean('is_decoder', false)) {
     throw new FileFormatError(
       `${path}: "is_decoder" is true; T5EncoderModel is the bidirectional encoder stack`,
       'CONFIG_VALUE',
       path,
     );
   }
+  // Pruned heads leave layers with fewer heads than num_heads, which this graph does not build.
+  const pruned = c.get('pruned_heads');
+  if (
+    pruned !== undefined &&
+    pruned !== null &&
+    !(isPlainObject(pruned) && Object.keys(pruned).length === 0)
+  ) {
+    c.unsupported('pruned_heads', '{} (every layer with num_heads heads)');
+  }
+  c.finish(onWarning);
   return config;
 }
 
@@ -248,7 +340,7 @@ export interface T5EncoderGraphOptions {
  */
 export function buildT5EncoderGraph(
   config: T5EncoderConfig,
-  weights: WeightStore,
+  weights: TensorSource,
   o: T5EncoderGraphOptions,
 ): Graph {
   const { dModel, numHeads } = config;
@@ -379,16 +471,30 @@ export class T5EncoderModel implements DiffusersModel {
 
   static async fromPretrained(dir: string, options: LoadOptions): Promise<T5EncoderModel> {
     const abs = resolve(dir);
-    const config = parseT5EncoderConfig(await readConfig(abs), join(abs, 'config.json'));
-    const weights = await WeightStore.open(abs);
-    if (!weights.has('shared.weight') && !weights.has('encoder.embed_tokens.weight')) {
-      await weights.close();
-      throw new WeightError(
-        `Tensor 'shared.weight' (or its tied copy 'encoder.embed_tokens.weight') is not in the weights of ${abs} ` +
-          `(from ${weights.sourcePath}); the token embedding of T5EncoderModel is missing`,
-        'WEIGHT_MISSING',
-      );
-    }
+    const config = parseT5EncoderConfig(await readConfig(abs), join(abs, 'config.json'), options.onWarning);
+    const weights = await openCheckedWeights(abs, {
+      className: 'T5EncoderModel',
+      build: (source, store) => {
+        if (!source.has('shared.weight') && !source.has('encoder.embed_tokens.weight')) {
+          throw new WeightError(
+            `Tensor 'shared.weight' (or its tied copy 'encoder.embed_tokens.weight') is not in the weights of ${abs} ` +
+              `(from ${store.sourcePath}); the token embedding of T5EncoderModel is missing`,
+            'WEIGHT_MISSING',
+          );
+        }
+        // The mask input and one token read every weight of the encoder.
+        buildT5EncoderGraph(config, source, {
+          seqLength: 1,
+          idsDType: 'int64',
+          maskDType: 'int64',
+          outputHiddenStates: false,
+        });
+      },
+      // transformers' T5EncoderModel: the embedding copy is tied to `shared`, and a full T5
+      // checkpoint's decoder is ignored (_keys_to_ignore_on_load_unexpected).
+      ignoreUnused: (name) => name === 'encoder.embed_tokens.weight' || name.startsWith('decoder.'),
+      onWarning: options.onWarning,
+    });
     return new T5EncoderModel(abs, config, weights, options.runtime);
   }
 

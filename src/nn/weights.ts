@@ -1,9 +1,12 @@
 import { WeightError } from '../errors.js';
 import type { DType } from '../graph/dtype.js';
+import { isFloatDType } from '../graph/dtype.js';
 import type { Graph, StoredDType, Tensor } from '../graph/graph.js';
 import { formatShape } from '../graph/shape.js';
 import type { SafetensorsDtype } from '../io/dtypes.js';
 import type { TensorInfo } from '../io/safetensors.js';
+import type { WarningHandler } from '../warnings.js';
+import { VelodiffWarning, emitWarning, listNames } from '../warnings.js';
 
 const STORED: Partial<Record<SafetensorsDtype, StoredDType>> = {
   F32: 'float32',
@@ -18,6 +21,9 @@ const STORED: Partial<Record<SafetensorsDtype, StoredDType>> = {
   BOOL: 'bool',
 };
 
+/** Stored dtypes a float weight can come from (converted to the graph's dtype in the graph). */
+const FLOAT_STORED: readonly SafetensorsDtype[] = ['F32', 'F16', 'BF16', 'F64'];
+
 /** Something that holds named tensors in files: a WeightStore, or a single SafetensorsFile. */
 export interface TensorSource {
   has(name: string): boolean;
@@ -27,8 +33,9 @@ export interface TensorSource {
 
 /**
  * A graph weight that points straight into the safetensors file holding `name` (no copy; a bf16 or
- * fp16 tensor is cast to `dtype` in the graph). `expectedShape` is checked first, naming the tensor
- * and the file.
+ * fp16 tensor is cast to `dtype` in the graph). The weight rules of README "Models" are checked here,
+ * for every model: a missing tensor, a shape other than `expectedShape`, or a float weight stored as
+ * BOOL or integers is a WeightError naming the tensor, the file, and what was expected and found.
  */
 export function weightFromFile(
   graph: Graph,
@@ -36,7 +43,7 @@ export function weightFromFile(
   name: string,
   options: { dtype?: DType; expectedShape?: readonly number[]; path?: string } = {},
 ): Tensor {
-  const info = source.info(name);
+  const info = infoExpecting(source, name, options.expectedShape);
   const path = info.path ?? options.path;
   if (!path) throw new WeightError(`tensor '${name}': the file that holds it is unknown`, 'WEIGHT_SOURCE');
   const expected = options.expectedShape;
@@ -47,14 +54,16 @@ export function weightFromFile(
       'WEIGHT_SHAPE',
     );
   }
+  const dtype = options.dtype ?? 'float32';
   const stored = STORED[info.dtype];
-  if (!stored) {
+  if (!stored || (isFloatDType(dtype) && !FLOAT_STORED.includes(info.dtype))) {
     throw new WeightError(
-      `tensor '${name}' in ${path}: dtype ${info.dtype} is not supported for weights`,
+      `tensor '${name}' in ${path}: expected a float dtype (${FLOAT_STORED.join(', ')}), found ${info.dtype}; ` +
+        `the model reads it as a ${dtype} weight, which ${info.dtype} values cannot be. The file is not a ` +
+        'float checkpoint of this model (quantized or corrupted?)',
       'WEIGHT_DTYPE',
     );
   }
-  const dtype = options.dtype ?? 'float32';
   return graph.weight(name, dtype, info.shape, {
     kind: 'file',
     path,
@@ -62,6 +71,24 @@ export function weightFromFile(
     byteLength: info.byteLength,
     storedDType: stored,
   });
+}
+
+/** `source.info(name)`; a missing tensor's error also says which shape the model expects. */
+function infoExpecting(
+  source: TensorSource,
+  name: string,
+  expected: readonly number[] | undefined,
+): TensorInfo & { path?: string } {
+  try {
+    return source.info(name);
+  } catch (error) {
+    if (!(error instanceof WeightError) || error.code !== 'WEIGHT_MISSING' || !expected) throw error;
+    throw new WeightError(
+      `${error.message} The model expects it with shape ${formatShape(expected)}; the checkpoint does not ` +
+        'match the model config',
+      'WEIGHT_MISSING',
+    );
+  }
 }
 
 /**
@@ -89,4 +116,58 @@ export class OverlayTensorSource implements TensorSource {
     }
     return this.base.info(name);
   }
+}
+
+/** A TensorSource that notes which tensors were read, so a load can tell which ones a model leaves unused. */
+export class RecordingTensorSource implements TensorSource {
+  readonly read = new Set<string>();
+  constructor(readonly source: TensorSource) {}
+
+  has(name: string): boolean {
+    return this.source.has(name);
+  }
+
+  info(name: string): TensorInfo & { path?: string } {
+    this.read.add(name);
+    return this.source.info(name);
+  }
+}
+
+/** A checkpoint as a whole: its tensors by name, and the file they were opened from (for messages). */
+export interface Checkpoint extends TensorSource {
+  names(): string[];
+  readonly sourcePath: string;
+}
+
+/**
+ * The load-time weight rules every model class follows (README "Models"). `build` builds the model's
+ * graphs (nothing is compiled) from the source it is given, so every tensor the config implies passes
+ * through `weightFromFile`: a missing, misshapen or non-float tensor throws here, before any forward.
+ * Tensors of the checkpoint that no build read are accepted with one warning naming them and the
+ * file, as diffusers warns of "unexpected keys"; `ignoreUnused` names those the model's Python class
+ * ignores silently (tied copies, a decoder).
+ */
+export function checkWeights(
+  checkpoint: Checkpoint,
+  options: {
+    className: string;
+    build: (source: TensorSource) => void;
+    ignoreUnused?: (name: string) => boolean;
+    onWarning?: WarningHandler;
+  },
+): void {
+  const recorder = new RecordingTensorSource(checkpoint);
+  options.build(recorder);
+  const unused = checkpoint.names().filter((n) => !recorder.read.has(n) && !options.ignoreUnused?.(n));
+  if (unused.length === 0) return;
+  (options.onWarning ?? emitWarning)(
+    new VelodiffWarning(
+      `${checkpoint.sourcePath}: ${unused.length} tensor${unused.length > 1 ? 's' : ''} of the checkpoint ` +
+        `${unused.length > 1 ? 'are' : 'is'} not used by ${options.className} and ignored: ${listNames(unused)}; ` +
+        'the checkpoint may be for another variant of the model (compare its config.json)',
+      'WEIGHTS_UNUSED',
+      checkpoint.sourcePath,
+      unused,
+    ),
+  );
 }

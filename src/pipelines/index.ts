@@ -2,6 +2,7 @@ import { resolve } from 'node:path';
 import { FileFormatError } from '../errors.js';
 import { readModelIndex } from '../io/diffusers.js';
 import type { Runtime } from '../runtime/runtime.js';
+import type { WarningHandler } from '../warnings.js';
 import { PixArtPipeline } from './pixart.js';
 
 export { PixArtPipeline } from './pixart.js';
@@ -9,7 +10,10 @@ export type { PixArtRunOptions, PixArtOutput, ProgressEvent, StepEndInfo } from 
 
 /** diffusers' `DiffusionPipeline.fromPretrained`: the pipeline class is chosen by model_index.json. */
 export const DiffusionPipeline = {
-  async fromPretrained(dir: string, options: { runtime?: Runtime } = {}): Promise<PixArtPipeline> {
+  async fromPretrained(
+    dir: string,
+    options: { runtime?: Runtime; onWarning?: WarningHandler } = {},
+  ): Promise<PixArtPipeline> {
     const abs = resolve(dir);
     const index = await readModelIndex(abs);
     switch (index.className) {

@@ -5,6 +5,7 @@ import { readModelIndex } from '../io/diffusers.js';
 import { readTextFile } from '../io/text.js';
 import { AutoencoderKL } from '../models/autoencoder-kl.js';
 import { PixArtTransformer2DModel } from '../models/pixart-transformer.js';
+import type { WarningHandler } from '../warnings.js';
 import type { NoiseGenerator } from '../random/torch-generator.js';
 import { TorchGenerator } from '../random/torch-generator.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
@@ -138,9 +139,13 @@ export class PixArtPipeline {
     return this.vae?.vaeScaleFactor ?? 8;
   }
 
+  /**
+   * Loads every component with its model class's load checks; an error names the component's file,
+   * and `onWarning` (default: a process warning) receives each component's ignored keys and tensors.
+   */
   static async fromPretrained(
     dir: string,
-    options: { runtime?: Runtime; index?: ModelIndex } = {},
+    options: { runtime?: Runtime; index?: ModelIndex; onWarning?: WarningHandler } = {},
   ): Promise<PixArtPipeline> {
     const abs = resolve(dir);
     const index = options.index ?? (await readModelIndex(abs));
@@ -162,13 +167,30 @@ export class PixArtPipeline {
       }
     }
     const runtime = options.runtime ?? new Runtime();
-    const transformer = await PixArtTransformer2DModel.fromPretrained(join(abs, 'transformer'), { runtime });
-    const vae = await AutoencoderKL.fromPretrained(join(abs, 'vae'), { runtime });
-    const schedulerPath = join(abs, 'scheduler', 'scheduler_config.json');
-    // diffusers writes Python's -Infinity/NaN into some configs; schedulerFromConfig parses the text itself.
-    const scheduler = schedulerFromConfig(await readTextFile(schedulerPath, 'the scheduler config'));
-    const hasText = index.components.text_encoder?.[1] && index.components.tokenizer?.[1];
-    const promptEncoder = hasText ? await loadT5PromptEncoder(abs, runtime) : undefined;
+    const load = { runtime, onWarning: options.onWarning };
+    // Components loaded before a failing one are closed again, so a failed load holds no files.
+    const loaded: { close(): Promise<void> }[] = [];
+    const track = <T extends { close(): Promise<void> }>(component: T): T => {
+      loaded.push(component);
+      return component;
+    };
+    let transformer: PixArtTransformer2DModel;
+    let vae: AutoencoderKL;
+    let scheduler: Scheduler;
+    let promptEncoder: PromptEncoder | undefined;
+    try {
+      transformer = track(await PixArtTransformer2DModel.fromPretrained(join(abs, 'transformer'), load));
+      vae = track(await AutoencoderKL.fromPretrained(join(abs, 'vae'), load));
+      const schedulerPath = join(abs, 'scheduler', 'scheduler_config.json');
+      // diffusers writes Python's -Infinity/NaN into some configs; schedulerFromConfig parses the text itself.
+      scheduler = schedulerFromConfig(await readTextFile(schedulerPath, 'the scheduler config'));
+      const hasText = index.components.text_encoder?.[1] && index.components.tokenizer?.[1];
+      promptEncoder = hasText ? await loadT5PromptEncoder(abs, runtime, load) : undefined;
+    } catch (error) {
+      await Promise.all(loaded.map((component) => component.close()));
+      if (options.runtime === undefined) await runtime.dispose();
+      throw error;
+    }
     return new PixArtPipeline(
       index.className,
       abs,

@@ -4,6 +4,7 @@ import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
 import type { Runtime } from '../runtime/runtime.js';
 import { T5Tokenizer, toModelInputs } from '../tokenizers/t5-tokenizer.js';
+import type { WarningHandler } from '../warnings.js';
 
 /** Turns prompts into text-encoder embeddings and masks. */
 export interface PromptEncoder {
@@ -17,9 +18,16 @@ export interface PromptEncoder {
  * the optional bs4/ftfy caption cleaning), T5 tokens padded and truncated to `maxLength`, and the
  * encoder's last hidden state with the attention mask.
  */
-export async function loadT5PromptEncoder(pipelineDir: string, runtime: Runtime): Promise<PromptEncoder> {
+export async function loadT5PromptEncoder(
+  pipelineDir: string,
+  runtime: Runtime,
+  options: { onWarning?: WarningHandler } = {},
+): Promise<PromptEncoder> {
   const tokenizer = await T5Tokenizer.fromPretrained(join(pipelineDir, 'tokenizer'));
-  const encoder = await T5EncoderModel.fromPretrained(join(pipelineDir, 'text_encoder'), { runtime });
+  const encoder = await T5EncoderModel.fromPretrained(join(pipelineDir, 'text_encoder'), {
+    runtime,
+    onWarning: options.onWarning,
+  });
   return {
     async encode(prompts, maxLength) {
       const texts = prompts.map((p) => p.toLowerCase().trim());

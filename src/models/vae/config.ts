@@ -1,10 +1,13 @@
 /**
  * The config.json of a diffusers `AutoencoderKL`, checked and camel-cased. Defaults are diffusers'
- * (0.40) constructor defaults; keys diffusers accepts but velodiff does not use are kept in `raw`.
+ * (0.40) constructor defaults; every key diffusers' AutoencoderKL takes is read, and other keys are
+ * kept in `raw` and reported to `onWarning` (ConfigReader's rules, shared by every model class).
  */
 import { FileFormatError } from '../../errors.js';
 import type { ModelConfig } from '../../io/diffusers.js';
 import { describeJson } from '../../io/json.js';
+import type { WarningHandler } from '../../warnings.js';
+import { ConfigReader } from '../config.js';
 
 /** Activations diffusers' `get_activation` knows. */
 export const VAE_ACTIVATIONS = ['silu', 'swish', 'mish', 'gelu', 'relu'] as const;
@@ -48,7 +51,13 @@ function isListOf<T>(value: unknown, isItem: (item: unknown) => item is T): valu
 }
 
 /** Checks `raw` (read from `path`) and fills in diffusers' defaults. */
-export function parseAutoencoderKLConfig(raw: ModelConfig, path: string): AutoencoderKLConfig {
+export function parseAutoencoderKLConfig(
+  raw: ModelConfig,
+  path: string,
+  onWarning?: WarningHandler,
+): AutoencoderKLConfig {
+  // Tracks which keys are read; the values are checked here, with this parser's own messages.
+  const c = new ConfigReader(raw, path, 'AutoencoderKL');
   const invalid = (key: string, expected: string, found: unknown): never => {
     throw new FileFormatError(
       `Expected "${key}" in ${path} to be ${expected}, found ${describeJson(found)}.`,
@@ -56,8 +65,8 @@ export function parseAutoencoderKLConfig(raw: ModelConfig, path: string): Autoen
       path,
     );
   };
-  const value = (key: string): unknown => raw[key];
-  const has = (key: string): boolean => raw[key] !== undefined;
+  const value = (key: string): unknown => c.get(key);
+  const has = (key: string): boolean => c.get(key) !== undefined;
 
   const positiveInt = (key: string, fallback: number): number => {
     const v = has(key) ? value(key) : fallback;
@@ -175,7 +184,7 @@ export function parseAutoencoderKLConfig(raw: ModelConfig, path: string): Autoen
     }
   }
 
-  return Object.freeze({
+  const config = Object.freeze({
     inChannels: positiveInt('in_channels', 3),
     outChannels: positiveInt('out_channels', 3),
     downBlockTypes,
@@ -196,4 +205,6 @@ export function parseAutoencoderKLConfig(raw: ModelConfig, path: string): Autoen
     midBlockAddAttention: bool('mid_block_add_attention', true),
     raw: Object.freeze({ ...raw }),
   });
+  c.finish(onWarning);
+  return config;
 }

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { main } from '../../src/cli/main.js';
+import { assertMaxAbsError } from '../compare.js';
 
 async function capture(argv: string[]): Promise<{ code: number; out: string; err: string }> {
   const out: string[] = [];
@@ -38,7 +39,7 @@ describe('velodiff bench engine', () => {
     const result = JSON.parse(last) as Record<string, number>;
     for (const key of ['ir_gflops', 'raw_gflops', 'ratio'])
       assert.ok(result[key] > 0, `${key} = ${result[key]}`);
-    assert.ok(Math.abs(result.ratio - result.ir_gflops / result.raw_gflops) < 1e-9);
+    assertMaxAbsError([result.ratio], [result.ir_gflops / result.raw_gflops], 1e-9, 'ratio');
     assert.equal(result.flops, 2 * 32 * 32 * 32 * 2);
   });
 
@@ -114,7 +115,7 @@ describe('velodiff bench tgate --json', () => {
     assert.equal(result.gate_step, 8);
     const { baseline_ms: base, tgate_ms: gated, speedup } = result as Record<string, number>;
     assert.ok(base > 0 && gated > 0, `${base} / ${gated}`);
-    assert.ok(Math.abs(speedup - base / gated) < 1e-9);
+    assertMaxAbsError([speedup], [base / gated], 1e-9, 'speedup');
     // After the gate the CFG batch and the cross-attention are gone: fewer FLOPs, whatever the timing.
     assert.ok((result.flop_ratio as number) > 1.5, String(result.flop_ratio));
     assert.equal(result.v2_ms, null);

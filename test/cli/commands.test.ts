@@ -3,12 +3,24 @@ import { readFileSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { PNG } from 'pngjs';
+import { clearPlan } from '../../src/attention/clear-window.js';
 import { main } from '../../src/cli/main.js';
+import { writeHostTensors } from '../../src/io/host-tensors.js';
+import type { PixArtRunOptions } from '../../src/pipelines/index.js';
+import { DiffusionPipeline } from '../../src/pipelines/index.js';
+import type { HostTensor } from '../../src/runtime/host-tensor.js';
+import { hostTensor } from '../../src/runtime/host-tensor.js';
+import { Runtime } from '../../src/runtime/runtime.js';
+import { schedulerFromConfig } from '../../src/schedulers/index.js';
+import { assertClose, assertMaxAbsError, maxAbs } from '../compare.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
-import { assertClose, readAllTensors } from '../helpers.js';
+import { randomArray, readAllTensors } from '../helpers.js';
+import { PixArtReference, refInputs } from '../pipelines/pixart-reference.js';
+import { STEP_TOLERANCE } from '../pipelines/record-steps.js';
+import { seededUniform, testSeed } from '../random.js';
 
 const GOLDEN = fileURLToPath(new URL('../golden/', import.meta.url));
 
@@ -34,8 +46,56 @@ async function capture(argv: string[]): Promise<{ code: number; out: string; err
   }
 }
 
-function maxAbs(a: Float32Array): number {
-  return a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+const random = seededUniform(testSeed('test/cli/commands.test.ts'));
+const runtime = new Runtime({ worker: false, threads: 1 });
+after(() => runtime.dispose());
+
+/** The `forward` command on a model folder and an inputs file; returns the outputs it wrote. */
+async function forward(model: string, inputs: string, extra: string[]): Promise<Record<string, HostTensor>> {
+  const out = join(await mkdtemp(join(tmpdir(), 'velodiff-fwd-')), 'out.safetensors');
+  const r = await capture(['forward', model, '--inputs', inputs, '--out', out, ...extra]);
+  assert.equal(r.code, 0, r.err);
+  return readAllTensors(out);
+}
+
+/**
+ * The RGB bytes a PNG written by `generate` should hold: the library pipeline run with the options
+ * the flags stand for, mapped to 8 bits as diffusers' numpy_to_pil does ((x·255).round()).
+ */
+async function expectedPixels(
+  dir: string,
+  options: PixArtRunOptions,
+  scheduler?: string,
+): Promise<Uint8Array> {
+  const pipe = await DiffusionPipeline.fromPretrained(dir, { runtime });
+  try {
+    if (scheduler) pipe.scheduler = schedulerFromConfig({ ...pipe.scheduler.config, _class_name: scheduler });
+    const { images } = await pipe.run(options);
+    const [, channels, height, width] = (images as HostTensor).shape;
+    const data = (images as HostTensor).data as Float32Array;
+    const rgb = new Uint8Array(height * width * channels);
+    for (let c = 0; c < channels; c++) {
+      for (let i = 0; i < height * width; i++)
+        rgb[i * channels + c] = Math.round(data[c * height * width + i] * 255);
+    }
+    return rgb;
+  } finally {
+    await pipe.close();
+  }
+}
+
+/** The RGB bytes of a PNG file (dropping alpha). */
+function pixels(png: Buffer): Uint8Array {
+  const { data, width, height } = PNG.sync.read(png);
+  return Uint8Array.from({ length: width * height * 3 }, (_, i) => data[Math.floor(i / 3) * 4 + (i % 3)]);
+}
+
+/**
+ * The PNG equals the library's image to within one 8-bit level (the command and this process compile
+ * their own sessions, and a value next to a rounding boundary may land on either side).
+ */
+function assertSameImage(actual: Uint8Array, expected: Uint8Array, what: string): void {
+  assertMaxAbsError(actual, expected, 1, what);
 }
 
 describe('velodiff forward', () => {
@@ -72,24 +132,62 @@ describe('velodiff forward', () => {
 
   it('--attention clear:R with a window covering the token grid reproduces the golden (full-attention) output', async () => {
     const model = 'models/pixart_alpha_tiny';
-    const out = join(await mkdtemp(join(tmpdir(), 'velodiff-fwd-')), 'out.safetensors');
-    const r = await capture([
-      'forward',
-      `${GOLDEN}${model}/model`,
-      '--inputs',
-      `${GOLDEN}${model}/inputs.safetensors`,
-      '--out',
-      out,
+    const ours = await forward(`${GOLDEN}${model}/model`, `${GOLDEN}${model}/inputs.safetensors`, [
       '--attention',
       'clear:6',
     ]);
-    assert.equal(r.code, 0, r.err);
     const g = (await readAllTensors(`${GOLDEN}${model}/outputs.safetensors`)).sample.data as Float32Array;
-    assertClose((await readAllTensors(out)).sample.data as Float32Array, g, {
+    assertClose(ours.sample.data as Float32Array, g, {
       atol: 1e-4 * Math.max(1, maxAbs(g)),
       rtol: 0,
       what: 'sample',
     });
+  });
+
+  it('--attention clear:R with a window smaller than the grid equals a dense masked float64 reference (dense and tiled plans)', async () => {
+    const model = `${GOLDEN}models/pixart_alpha_tiny/model`;
+    const reference = await PixArtReference.load(model);
+    const dir = await mkdtemp(join(tmpdir(), 'velodiff-fwd-'));
+    // The golden inputs (8×8 latent: a 4×4 token grid) and fresh ones at 16×16 (an 8×8 grid).
+    const golden = await readAllTensors(`${GOLDEN}models/pixart_alpha_tiny/inputs.safetensors`);
+    const mask = Float32Array.from({ length: 12 }, (_, i) => (i % 6 < 4 ? 1 : 0));
+    const fresh = {
+      hidden_states: hostTensor('float32', [2, 4, 16, 16], randomArray(2 * 4 * 16 * 16, random, -2, 2)),
+      timestep: hostTensor('float32', [2], Float32Array.of(Math.floor(random() * 1000), 37)),
+      encoder_hidden_states: hostTensor('float32', [2, 6, 32], randomArray(2 * 6 * 32, random, -2, 2)),
+      encoder_attention_mask: hostTensor('float32', [2, 6], mask),
+    };
+    await writeHostTensors(join(dir, 'fresh.safetensors'), fresh);
+    for (const { inputs, path, radius, plan } of [
+      {
+        inputs: golden,
+        path: `${GOLDEN}models/pixart_alpha_tiny/inputs.safetensors`,
+        radius: 2,
+        plan: 'dense',
+      },
+      { inputs: fresh, path: join(dir, 'fresh.safetensors'), radius: 3, plan: 'tiled' },
+    ] as const) {
+      const side = inputs.hidden_states.shape[2] / 2;
+      const grid = { height: side, width: side };
+      // Not the whole-grid fallback, and the masked lowering runs with this plan (3 heads, D 8 + Dv 8).
+      assert.ok(
+        (side - 1) ** 2 * 2 >= radius * radius,
+        `r=${radius} leaves part of the ${side}×${side} grid out`,
+      );
+      assert.equal(
+        clearPlan(grid, radius, { textTokens: 0, pooledTokens: 0, numHeads: 3, channels: 16 }).kind,
+        plan,
+      );
+      const ours = await forward(model, path, ['--attention', `clear:${radius}`]);
+      const expected = reference.forward(refInputs(inputs), { selfAttention: { kind: 'clear', radius } });
+      assert.deepEqual(ours.sample.shape, expected.shape);
+      assertMaxAbsError(
+        ours.sample.data as Float32Array,
+        expected.data,
+        STEP_TOLERANCE * Math.max(1, maxAbs(expected.data)),
+        `clear:${radius} on the ${side}×${side} grid`,
+      );
+    }
   });
 
   it('rejects malformed acceleration flags, and acceleration flags on models that take none', async () => {
@@ -130,7 +228,6 @@ describe('velodiff forward', () => {
     const dir = await mkdtemp(join(tmpdir(), 'velodiff-fwd-'));
     const model = `${GOLDEN}models/vae_kl_tiny`;
     const inputs = await readAllTensors(`${model}/inputs.safetensors`);
-    const { writeHostTensors } = await import('../../src/io/host-tensors.js');
     // The fixture stores the encoder input as `image`; the CLI takes diffusers' argument name `sample`.
     await writeHostTensors(join(dir, 'in.safetensors'), { sample: inputs.image });
     const r = await capture([
@@ -239,6 +336,15 @@ describe('velodiff generate', () => {
     assert.equal(png.height, 16);
     assert.ok(a.equals(b), 'same seed gives the same file');
     assert.ok(!a.equals(c), 'another seed gives another image');
+    const run7 = {
+      prompt: 'a cat',
+      numInferenceSteps: 3,
+      guidanceScale: 4.5,
+      seed: 7,
+      width: 16,
+      height: 16,
+    };
+    assertSameImage(pixels(a), await expectedPixels(dir, run7), 'the PNG holds the pipeline image, seed 7');
   });
 
   it('takes --attention, --tgate and rejects a malformed --tgate', async () => {
@@ -264,6 +370,26 @@ describe('velodiff generate', () => {
     const ok = await capture([...common, '--attention', 'clear:2', '--tgate', '2,1,1,0']);
     assert.equal(ok.code, 0, ok.err);
     assert.equal(PNG.sync.read(readFileSync(path)).width, 16);
+    // The image is the pipeline's with CLEAR r=2 and T-GATE (gate 2, sp 1, fi 1, warm-up 0).
+    const run: PixArtRunOptions = {
+      prompt: 'a cat',
+      numInferenceSteps: 4,
+      guidanceScale: 4.5,
+      seed: 1,
+      width: 16,
+      height: 16,
+    };
+    const expected = await expectedPixels(dir, {
+      ...run,
+      attention: { kind: 'clear', radius: 2 },
+      tgate: { gateStep: 2, spInterval: 1, fiInterval: 1, warmUp: 0 },
+    });
+    assertSameImage(pixels(readFileSync(path)), expected, '--attention clear:2 --tgate 2,1,1,0');
+    const plain = await expectedPixels(dir, run);
+    assert.ok(
+      plain.some((v, i) => Math.abs(v - expected[i]) > 1),
+      'the flags change the image by more than the tolerance',
+    );
     const bad = await capture([...common, '--tgate', '2,x']);
     assert.equal(bad.code, 2);
     assert.match(bad.err, /--tgate sp interval must be an integer/);
@@ -292,6 +418,21 @@ describe('velodiff generate', () => {
       path,
     ]);
     assert.equal(ok.code, 0, ok.err);
+    const run: PixArtRunOptions = {
+      prompt: 'the cat',
+      numInferenceSteps: 2,
+      guidanceScale: 4.5,
+      seed: 1,
+      width: 16,
+      height: 16,
+    };
+    const expected = await expectedPixels(dir, run, 'DPMSolverMultistepScheduler');
+    assertSameImage(pixels(readFileSync(path)), expected, '--scheduler dpm++');
+    const ddim = await expectedPixels(dir, run);
+    assert.ok(
+      ddim.some((v, i) => Math.abs(v - expected[i]) > 1),
+      "DPM-Solver++ gives another image than the folder's DDIM",
+    );
     const bad = await capture([
       'generate',
       '--model',

@@ -9,7 +9,9 @@ import { writeSafetensors } from '../../src/io/safetensors.js';
 import { AdapterSet, loraScaleInputName } from '../../src/lora/adapters.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import type { CompiledGraph } from '../../src/runtime/runtime.js';
-import { assertClose, rng, testRuntime } from '../helpers.js';
+import { assertClose, assertExactlyEqual } from '../compare.js';
+import { testRuntime } from '../helpers.js';
+import { seededUniform, testSeed } from '../random.js';
 import type { LoraWeights, ReferenceTerm, Weights } from './fixture.js';
 import {
   EMBEDDER,
@@ -27,8 +29,8 @@ import {
   writePeft,
 } from './fixture.js';
 
-const seed = Date.now() >>> 0;
-const random = rng(seed);
+const seed = testSeed('test/lora/adapters.test.ts');
+const random = seededUniform(seed);
 const runtime = testRuntime();
 let dir: string;
 let store: WeightStore;
@@ -72,8 +74,9 @@ function assertMatches(
 }
 
 function assertSame(a: Record<string, HostTensor>, b: Record<string, HostTensor>, what: string): void {
-  for (const name of ['ff', 'out', 'patches'])
-    assert.deepEqual(a[name].data, b[name].data, `${what}: ${name}`);
+  for (const name of ['ff', 'out', 'patches']) {
+    assertExactlyEqual(a[name].data as Float32Array, b[name].data as Float32Array, `${what}: ${name}`);
+  }
 }
 
 /** A reference term with one scale per module (alpha/r may differ between modules). */
@@ -213,19 +216,41 @@ describe('AdapterSet', () => {
     assertSame(unfused.outputs, both.outputs, 'unfused again');
   });
 
-  it('unfuse and unload restore the base output exactly', async () => {
+  it('fuse folds W + s·B·A (float64) into the graph only; unfuse gives the never-fused outputs back bit for bit, and unload the base model', async () => {
     const plain = await run();
     const lora = randomLora(random, { [FF]: 2, [TO_OUT]: 2, [PATCH]: 2 });
     const adapters = new AdapterSet();
-    await adapters.load(await writePeft(join(dir, 'restore'), lora, { r: 2, lora_alpha: 2 }), {
+    // alpha/r = 3/2.
+    await adapters.load(await writePeft(join(dir, 'restore'), lora, { r: 2, lora_alpha: 3 }), {
       adapterName: 'a',
       modelParameters: store,
     });
-    adapters.fuse({ loraScale: 1.5 });
-    assertMatches((await run(adapters)).outputs, [{ lora, scale: 1.5 }], 'fused at 1.5');
+    adapters.setAdapters('a', 0.75);
+    const neverFused = await run(adapters);
+    assertMatches(neverFused.outputs, [{ lora, scale: 0.75 * 1.5 }], 'switchable at 0.75');
+
+    adapters.fuse({ loraScale: 2 });
+    const fused = await run(adapters);
+    assertMatches(fused.outputs, [{ lora, scale: 0.75 * 2 * 1.5 }], 'fused at 0.75 × loraScale 2');
+    // The update lives in the fused graph's constants; the model's own tensors stay the base ones.
+    for (const module of [FF, TO_OUT, PATCH]) {
+      assertExactlyEqual(
+        await store.readFloat32(`${module}.weight`),
+        base[module].weight,
+        `${module}.weight`,
+      );
+    }
+
     adapters.unfuse();
+    assert.deepEqual(adapters.fused, []);
+    assert.equal(adapters.weightOf('a'), 0.75, 'unfusing keeps the adapter weight');
+    const unfused = await run(adapters);
+    assert.equal(unfused.compiled, neverFused.compiled, 'the never-fused session again');
+    assertSame(unfused.outputs, neverFused.outputs, 'unfused vs never fused');
     adapters.setAdapters('a', 0);
     assertSame((await run(adapters)).outputs, plain.outputs, 'unfused at weight 0');
+
+    adapters.setAdapters('a', 1);
     adapters.fuse();
     adapters.unload('a');
     assert.deepEqual(adapters.loaded, []);

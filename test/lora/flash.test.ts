@@ -8,7 +8,9 @@ import type { WeightStore } from '../../src/io/diffusers.js';
 import { AdapterSet } from '../../src/lora/adapters.js';
 import { FLASH_PRESET, flashScheduler, flashTrainedTimesteps, loadFlashLora } from '../../src/lora/flash.js';
 import { LCMScheduler } from '../../src/schedulers/index.js';
-import { assertClose, rng, testRuntime } from '../helpers.js';
+import { assertClose } from '../compare.js';
+import { testRuntime } from '../helpers.js';
+import { seededUniform, testSeed } from '../random.js';
 import type { Weights } from './fixture.js';
 import {
   FF,
@@ -30,8 +32,8 @@ const PIXART_SCHEDULER = fileURLToPath(
   ),
 );
 
-const seed = Date.now() >>> 0;
-const random = rng(seed);
+const seed = testSeed('test/lora/flash.test.ts');
+const random = seededUniform(seed);
 let dir: string;
 let store: WeightStore;
 let base: Weights;

@@ -10,7 +10,7 @@ import { WeightStore } from '../../src/io/diffusers.js';
 import { writeSafetensors } from '../../src/io/safetensors.js';
 import type { LoraFileContents, ModelParameters } from '../../src/lora/format.js';
 import { readLoraFile } from '../../src/lora/format.js';
-import { rng } from '../helpers.js';
+import { seededUniform, testSeed } from '../random.js';
 import {
   EMBEDDER,
   FF,
@@ -24,8 +24,8 @@ import {
   writePeft,
 } from './fixture.js';
 
-const seed = Date.now() >>> 0;
-const random = rng(seed);
+const seed = testSeed('test/lora/format.test.ts');
+const random = seededUniform(seed);
 let dir: string;
 let store: WeightStore;
 

@@ -10,8 +10,42 @@ import type { HostData, HostTensor } from './host-tensor.js';
 // onnxruntime-node is CommonJS; load it lazily so importing velodiff does not load the native binding.
 let ortModule: typeof Ort | undefined;
 export function ort(): typeof Ort {
-  ortModule ??= createRequire(import.meta.url)('onnxruntime-node') as typeof Ort;
+  if (!ortModule) {
+    try {
+      ortModule = createRequire(import.meta.url)('onnxruntime-node') as typeof Ort;
+    } catch (e) {
+      throw ortLoadError(e);
+    }
+  }
   return ortModule;
+}
+
+/** The install command of the README's "Install" section: no CUDA download, npm registry only. */
+export const INSTALL_COMMAND = 'ONNXRUNTIME_NODE_INSTALL=skip npm install velodiff';
+
+/** onnxruntime-node is missing or its native library does not load: say why and what to run. */
+export function ortLoadError(e: unknown): RuntimeError {
+  const cause = (e instanceof Error ? e.message : String(e)).split('\n')[0];
+  if (cause.includes("Cannot find module 'onnxruntime-node'")) {
+    return new RuntimeError(
+      `ONNX Runtime is not installed: the onnxruntime-node package was not found (${cause}). ` +
+        `Install velodiff with its dependencies: \`${INSTALL_COMMAND}\` (README, "Install").`,
+      'ORT_MISSING',
+    );
+  }
+  let where = 'node_modules/onnxruntime-node';
+  try {
+    where = dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json'));
+  } catch {
+    // keep the usual location
+  }
+  return new RuntimeError(
+    `ONNX Runtime's native library could not be loaded on ${process.platform}/${process.arch} (${cause}). ` +
+      'onnxruntime-node 1.30.0 ships CPU builds for Linux (glibc), macOS and Windows on x64 and arm64. ' +
+      `If this is one of them, the install is incomplete: delete ${where} and run \`${INSTALL_COMMAND}\` ` +
+      'again (README, "Install").',
+    'ORT_LOAD',
+  );
 }
 
 /**

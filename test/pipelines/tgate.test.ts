@@ -25,13 +25,9 @@ before(async () => {
 });
 after(() => runtime.dispose());
 
-async function setup(): Promise<{
-  pipe: PixArtPipeline;
-  run: (o: Partial<PixArtRunOptions>) => Promise<Float32Array>;
-  close: () => Promise<void>;
-}> {
-  const pipe = await DiffusionPipeline.fromPretrained(`${CASE}pipeline`, { runtime });
-  const base: PixArtRunOptions = {
+/** The golden pipeline case's embeddings, latents and guidance, as run options. */
+function goldenRunOptions(): PixArtRunOptions {
+  return {
     promptEmbeds: inputs.prompt_embeds,
     promptAttentionMask: inputs.prompt_attention_mask,
     negativePromptEmbeds: inputs.negative_prompt_embeds,
@@ -42,6 +38,15 @@ async function setup(): Promise<{
     width: 16,
     outputType: 'latent',
   };
+}
+
+async function setup(): Promise<{
+  pipe: PixArtPipeline;
+  run: (o: Partial<PixArtRunOptions>) => Promise<Float32Array>;
+  close: () => Promise<void>;
+}> {
+  const pipe = await DiffusionPipeline.fromPretrained(`${CASE}pipeline`, { runtime });
+  const base = goldenRunOptions();
   return {
     pipe,
     run: async (o) => (await pipe.run({ ...base, ...o })).latents.data as Float32Array,
@@ -199,15 +204,7 @@ describe('T-GATE in the PixArt pipeline', () => {
     try {
       latents = (
         await pipe.run({
-          promptEmbeds: inputs.prompt_embeds,
-          promptAttentionMask: inputs.prompt_attention_mask,
-          negativePromptEmbeds: inputs.negative_prompt_embeds,
-          negativePromptAttentionMask: inputs.negative_prompt_attention_mask,
-          latents: inputs.latents,
-          guidanceScale: GUIDANCE,
-          height: 16,
-          width: 16,
-          outputType: 'latent',
+          ...goldenRunOptions(),
           numInferenceSteps: 8,
           tgate,
         })

@@ -33,4 +33,5 @@ export { tgatePlan, pruneDeadStores, resolveTGateOptions } from './attention/tga
 export type { TGateOptions, TGateStep, LayerAction } from './attention/tgate.js';
 export { clearAttention, clearSelfAttention } from './attention/clear.js';
 export { LinFusionWeights, linfusionAttention, linfusionSelfAttention } from './attention/linfusion.js';
-export { OverlayTensorSource } from './nn/weights.js';
+export { OverlayTensorSource, ParameterInputs } from './nn/weights.js';
+export type { TensorSource } from './nn/weights.js';

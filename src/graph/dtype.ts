@@ -1,7 +1,18 @@
-/** Element types a graph tensor can have. */
-export type DType = 'float32' | 'float16' | 'bfloat16' | 'int64' | 'int32' | 'bool';
+/**
+ * Element types a graph tensor can have. `float64` is for gradient checks and references: ORT's CPU
+ * EP has double kernels for the core math but not for every op (measured: see src/graph/grad.ts).
+ */
+export type DType = 'float32' | 'float64' | 'float16' | 'bfloat16' | 'int64' | 'int32' | 'bool';
 
-export const DTYPES: readonly DType[] = ['float32', 'float16', 'bfloat16', 'int64', 'int32', 'bool'];
+export const DTYPES: readonly DType[] = [
+  'float32',
+  'float64',
+  'float16',
+  'bfloat16',
+  'int64',
+  'int32',
+  'bool',
+];
 
 /** ONNX TensorProto.DataType codes. */
 export const ONNX_DTYPE_CODE: Readonly<Record<DType, number>> = {
@@ -10,11 +21,12 @@ export const ONNX_DTYPE_CODE: Readonly<Record<DType, number>> = {
   int64: 7,
   bool: 9,
   float16: 10,
+  float64: 11,
   bfloat16: 16,
 };
 
 export function isFloatDType(dtype: DType): boolean {
-  return dtype === 'float32' || dtype === 'float16' || dtype === 'bfloat16';
+  return dtype === 'float32' || dtype === 'float64' || dtype === 'float16' || dtype === 'bfloat16';
 }
 
 export function isIntDType(dtype: DType): boolean {
@@ -30,6 +42,7 @@ export function dtypeByteSize(dtype: DType): number {
     case 'bfloat16':
       return 2;
     case 'int64':
+    case 'float64':
       return 8;
     case 'bool':
       return 1;

@@ -23,8 +23,8 @@ export type WeightSource =
       storedDType: StoredDType;
     };
 
-/** Element types weights may be stored as (a superset of DType: f64 checkpoints exist). */
-export type StoredDType = DType | 'float64' | 'int8' | 'uint8' | 'int16';
+/** Element types weights may be stored as (a superset of DType: int8 checkpoints exist). */
+export type StoredDType = DType | 'int8' | 'uint8' | 'int16';
 
 /** Written by an op's `infer` for a dim it cannot express; the graph names it. */
 export const UNKNOWN_DIM = '?';
@@ -70,7 +70,8 @@ export type Leaf =
   | { kind: 'weight'; name: string; tensor: Tensor; source: WeightSource }
   | { kind: 'constant'; tensor: Tensor; values: ConstantValues };
 
-export type ConstantValues = Float32Array | BigInt64Array | Int32Array | Uint8Array | Uint16Array;
+export type ConstantValues =
+  Float32Array | Float64Array | BigInt64Array | Int32Array | Uint8Array | Uint16Array;
 
 /**
  * A graph under construction. Tensors are created by ops on tensors of the same graph; nodes are

@@ -5,3 +5,4 @@ export { defineOp, getOp, registeredOps, apply } from './op.js';
 export type { OpDef, LowerContext, Vjp } from './op.js';
 export * from './ops/index.js';
 export * from './serialize.js';
+export { grad, gradScope, vjp } from './grad.js';

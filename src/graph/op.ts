@@ -1,5 +1,6 @@
 import { GraphBuildError, VelodiffError } from '../errors.js';
 import type { DType } from './dtype.js';
+import { isFloatDType } from './dtype.js';
 import type { Node, Tensor, TensorType } from './graph.js';
 import type { OnnxAttr } from './onnx/model.js';
 import type { Dim, Shape } from './shape.js';
@@ -29,9 +30,15 @@ export interface LowerContext {
   reshape(input: string, from: Shape, to: Shape, out?: string): string;
 }
 
-/** The vector-Jacobian product of an op: cotangents of the outputs → cotangents of the inputs. */
+/**
+ * The vector-Jacobian product of an op: cotangents of the outputs → cotangents of the inputs, one
+ * per input (undefined: none), each of its input's shape and dtype. `grad()` calls it in the scope
+ * `grad/<forward scope>`, only for nodes on a path from a parameter to the loss, with undefined for
+ * outputs that do not reach the loss (at least one is defined). Inputs whose `needsGrad` is false
+ * lead to no parameter: skip them, so frozen parts cost no gradient work.
+ */
 export type Vjp<A> = (
-  node: { inputs: readonly Tensor[]; outputs: readonly Tensor[]; attrs: A },
+  node: { inputs: readonly Tensor[]; outputs: readonly Tensor[]; attrs: A; needsGrad: readonly boolean[] },
   outputGrads: readonly (Tensor | undefined)[],
 ) => (Tensor | undefined)[];
 
@@ -43,7 +50,11 @@ export interface OpDef<A> {
   readonly name: string;
   infer(inputs: readonly TensorType[], attrs: A): TensorType[];
   lower(ctx: LowerContext, node: Node & { attrs: A }, out: string[]): void;
-  /** Filled in by the autodiff issue; `grad()` reports ops that still lack one. */
+  /**
+   * Absent for ops that have no gradient rule yet: `grad()` reports them when they lie on a path
+   * from a parameter to the loss. Ops whose outputs are never float (comparisons, logic) need none:
+   * non-float values stop gradients.
+   */
   vjp?: Vjp<A>;
 }
 
@@ -95,9 +106,15 @@ export function fail(message: string, code = 'GRAPH_BUILD'): never {
   throw new GraphBuildError(message, code);
 }
 
-export function expectFloat(t: TensorType, what: string): void {
-  if (t.dtype !== 'float32' && t.dtype !== 'float16' && t.dtype !== 'bfloat16') {
-    fail(`${what}: expected a float tensor, got ${t.dtype}`, 'DTYPE');
+/**
+ * A float input. `float64: false` for ops whose ONNX Runtime CPU kernel has no double version
+ * (measured: Erf, Elu, LeakyRelu, Conv, AveragePool, Resize, InstanceNormalization), so that the
+ * graph fails here rather than at session creation.
+ */
+export function expectFloat(t: TensorType, what: string, options: { float64?: boolean } = {}): void {
+  if (!isFloatDType(t.dtype)) fail(`${what}: expected a float tensor, got ${t.dtype}`, 'DTYPE');
+  if (t.dtype === 'float64' && options.float64 === false) {
+    fail(`${what}: ONNX Runtime has no float64 kernel for this op; cast the input to float32 first`, 'DTYPE');
   }
 }
 

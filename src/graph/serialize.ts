@@ -15,7 +15,6 @@ const IR_VERSION = 10;
 
 export const STORED_DTYPE_CODE: Readonly<Record<StoredDType, number>> = {
   ...ONNX_DTYPE_CODE,
-  float64: 11,
   int8: 3,
   uint8: 2,
   int16: 5,
@@ -287,15 +286,23 @@ class Lowering implements LowerContext {
     let n = this.memo.get(key);
     if (n) return n;
     n = this.fresh('scalar');
-    if (dtype === 'float32' || dtype === 'int32' || dtype === 'int64' || dtype === 'bool') {
+    if (
+      dtype === 'float32' ||
+      dtype === 'float64' ||
+      dtype === 'int32' ||
+      dtype === 'int64' ||
+      dtype === 'bool'
+    ) {
       const values: ConstantValues =
         dtype === 'float32'
           ? Float32Array.of(value)
-          : dtype === 'int32'
-            ? Int32Array.of(value)
-            : dtype === 'int64'
-              ? BigInt64Array.of(BigInt(value))
-              : Uint8Array.of(value ? 1 : 0);
+          : dtype === 'float64'
+            ? Float64Array.of(value)
+            : dtype === 'int32'
+              ? Int32Array.of(value)
+              : dtype === 'int64'
+                ? BigInt64Array.of(BigInt(value))
+                : Uint8Array.of(value ? 1 : 0);
       this.initializers.push({
         name: n,
         dataType: ONNX_DTYPE_CODE[dtype],

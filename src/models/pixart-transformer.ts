@@ -290,8 +290,11 @@ export function buildPixArtGraph(
   return g;
 }
 
-/** BasicTransformerBlock with norm_type 'ada_norm_single' (PixArt). */
-function pixArtBlock(
+/**
+ * BasicTransformerBlock with norm_type 'ada_norm_single' (PixArt). Exported for the module-level
+ * gradient checks (test/models/grad-modules.test.ts).
+ */
+export function pixArtBlock(
   p: Params,
   index: number,
   hidden: Tensor,

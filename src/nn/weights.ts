@@ -29,6 +29,80 @@ export interface TensorSource {
   has(name: string): boolean;
   /** Throws WeightError (WEIGHT_MISSING) naming the tensor and file. */
   info(name: string): TensorInfo & { path?: string };
+  /**
+   * Makes the graph tensor of `name` (already checked against the model's shape) some other way
+   * than as a weight pointing into its file: `ParameterInputs` declares a graph input.
+   */
+  tensor?(graph: Graph, name: string, dtype: DType, shape: readonly number[]): Tensor;
+}
+
+/**
+ * A model's parameters as graph inputs named by their checkpoint names, for training: the model
+ * is built as usual with this as its TensorSource, every parameter it reads becomes an input (fed
+ * at each run, zero-copy, notes §4), and `inputsOf(graph)` gives them by name for `grad()`:
+ *
+ *   const params = new ParameterInputs(checkpoint);
+ *   const graph = buildModelGraph(config, params, options);
+ *   const grads = grad(loss, params.inputsOf(graph));
+ *
+ * A graph input already declared under a parameter's name, with its dtype and shape, is used as it is.
+ */
+export class ParameterInputs implements TensorSource {
+  private readonly declared = new WeakMap<Graph, Map<string, Tensor>>();
+
+  /** `source` says which parameters exist and their shapes; its files are not read. */
+  constructor(readonly source: TensorSource) {}
+
+  /** Parameters of the given shapes, with no checkpoint behind them (training from scratch, tests). */
+  static fromShapes(shapes: Readonly<Record<string, readonly number[]>>): ParameterInputs {
+    return new ParameterInputs({
+      has: (name) => Object.hasOwn(shapes, name),
+      info: (name) => {
+        const shape = Object.hasOwn(shapes, name) ? shapes[name] : undefined;
+        if (!shape) {
+          throw new WeightError(
+            `tensor '${name}' is not among the ${Object.keys(shapes).length} parameter shapes given`,
+            'WEIGHT_MISSING',
+          );
+        }
+        const count = shape.reduce((a, b) => a * b, 1);
+        return { name, dtype: 'F32', shape: [...shape], byteLength: 4 * count, fileOffset: 0 };
+      },
+    });
+  }
+
+  has(name: string): boolean {
+    return this.source.has(name);
+  }
+
+  info(name: string): TensorInfo & { path?: string } {
+    return this.source.info(name);
+  }
+
+  tensor(graph: Graph, name: string, dtype: DType, shape: readonly number[]): Tensor {
+    let inputs = this.declared.get(graph);
+    if (!inputs) {
+      inputs = new Map();
+      this.declared.set(graph, inputs);
+    }
+    const have = inputs.get(name) ?? graph.inputs.find((i) => i.name === name)?.tensor;
+    if (have) {
+      if (have.dtype !== dtype || have.rank !== shape.length || have.shape.some((d, i) => d !== shape[i])) {
+        throw new WeightError(
+          `parameter '${name}': the graph input of that name is ${have.toString()}, but the model reads it as ${dtype}${formatShape(shape)}`,
+          'WEIGHT_SHAPE',
+        );
+      }
+    }
+    const t = have ?? graph.input(name, dtype, shape);
+    inputs.set(name, t);
+    return t;
+  }
+
+  /** The parameters `graph` takes as inputs, by checkpoint name, in the order the model read them. */
+  inputsOf(graph: Graph): Record<string, Tensor> {
+    return Object.fromEntries(this.declared.get(graph) ?? []);
+  }
 }
 
 /**
@@ -45,11 +119,10 @@ export function weightFromFile(
 ): Tensor {
   const info = infoExpecting(source, name, options.expectedShape);
   const path = info.path ?? options.path;
-  if (!path) throw new WeightError(`tensor '${name}': the file that holds it is unknown`, 'WEIGHT_SOURCE');
   const expected = options.expectedShape;
   if (expected && (expected.length !== info.shape.length || expected.some((d, i) => d !== info.shape[i]))) {
     throw new WeightError(
-      `tensor '${name}' in ${path}: expected shape ${formatShape(expected)}, found ${formatShape(info.shape)}; ` +
+      `tensor '${name}' in ${path ?? 'its source'}: expected shape ${formatShape(expected)}, found ${formatShape(info.shape)}; ` +
         'the checkpoint does not match the model config',
       'WEIGHT_SHAPE',
     );
@@ -58,12 +131,14 @@ export function weightFromFile(
   const stored = STORED[info.dtype];
   if (!stored || (isFloatDType(dtype) && !FLOAT_STORED.includes(info.dtype))) {
     throw new WeightError(
-      `tensor '${name}' in ${path}: expected a float dtype (${FLOAT_STORED.join(', ')}), found ${info.dtype}; ` +
+      `tensor '${name}' in ${path ?? 'its source'}: expected a float dtype (${FLOAT_STORED.join(', ')}), found ${info.dtype}; ` +
         `the model reads it as a ${dtype} weight, which ${info.dtype} values cannot be. The file is not a ` +
         'float checkpoint of this model (quantized or corrupted?)',
       'WEIGHT_DTYPE',
     );
   }
+  if (source.tensor) return source.tensor(graph, name, dtype, info.shape);
+  if (!path) throw new WeightError(`tensor '${name}': the file that holds it is unknown`, 'WEIGHT_SOURCE');
   return graph.weight(name, dtype, info.shape, {
     kind: 'file',
     path,

@@ -2,7 +2,7 @@ import type { DType } from '../graph/dtype.js';
 import { RuntimeError } from '../errors.js';
 
 /** Typed arrays that carry tensor data across the JS/ORT boundary. bfloat16 cannot cross it (ORT 1.30). */
-export type HostData = Float32Array | Uint16Array | BigInt64Array | Int32Array | Uint8Array;
+export type HostData = Float32Array | Float64Array | Uint16Array | BigInt64Array | Int32Array | Uint8Array;
 
 /** A tensor in host memory: row-major data with a concrete shape. */
 export interface HostTensor {
@@ -13,6 +13,7 @@ export interface HostTensor {
 
 const ARRAY_OF: Readonly<Record<Exclude<DType, 'bfloat16'>, string>> = {
   float32: 'Float32Array',
+  float64: 'Float64Array',
   float16: 'Uint16Array',
   int64: 'BigInt64Array',
   int32: 'Int32Array',
@@ -38,6 +39,8 @@ function allocate(dtype: DType, size: number): HostData {
   switch (dtype) {
     case 'float32':
       return new Float32Array(size);
+    case 'float64':
+      return new Float64Array(size);
     case 'float16':
       return new Uint16Array(size);
     case 'int64':

@@ -1,5 +1,6 @@
 import { OptionError, RuntimeError } from '../errors.js';
 import type { Graph } from '../graph/graph.js';
+import { Graph as GraphClass } from '../graph/graph.js';
 import type { SerializedGraph, SerializedValue } from '../graph/serialize.js';
 import { serialize } from '../graph/serialize.js';
 import { formatShape } from '../graph/shape.js';
@@ -104,13 +105,14 @@ export class Runtime {
       const plan = planExternalData(weightFiles(graph as Graph));
       serialized = serialize(graph as Graph, { locate: plan.locate, externalRoot: plan.root });
     }
-    const signature = graphSignature(serialized, JSON.stringify(this.settings));
+    const settings = computesInFloat64(graph, serialized) ? float64Settings(this.settings) : this.settings;
+    const signature = graphSignature(serialized, JSON.stringify(settings));
     let entry = this.cache.get(signature);
     if (!entry) {
       entry = (async () => {
         const session = await this.backend.create(
           { bytes: serialized.model, externalRoot: serialized.externalRoot },
-          this.settings,
+          settings,
         );
         return new CompiledGraph(this, this.backend, session, serialized, signature);
       })();
@@ -134,6 +136,28 @@ export class Runtime {
     this.cache.clear();
     await this.backend.dispose();
   }
+}
+
+/**
+ * Whether a graph computes in float64 (gradient checks, references): any float64 value in a Graph,
+ * or a float64 input or output of a serialized one.
+ */
+function computesInFloat64(graph: Graph | SerializedGraph, serialized: SerializedGraph): boolean {
+  if (graph instanceof GraphClass) {
+    for (const leaf of graph.leaves.values()) if (leaf.tensor.dtype === 'float64') return true;
+    return graph.nodes.some((n) => n.outputs.some((t) => t.dtype === 'float64'));
+  }
+  return [...serialized.inputs, ...serialized.outputs].some((v) => v.dtype === 'float64');
+}
+
+/**
+ * ORT's extended fusions do not check that the fused kernel has a double version: x·sigmoid(x) in
+ * float64 becomes com.microsoft QuickGelu, which is float-only, and the session fails to create
+ * (measured, onnxruntime-node 1.30). Float64 graphs are optimized at the basic level.
+ */
+function float64Settings(settings: SessionSettings): SessionSettings {
+  const level = settings.optimizationLevel;
+  return level === 'disabled' || level === 'basic' ? settings : { ...settings, optimizationLevel: 'basic' };
 }
 
 /** A graph compiled into a session: run it many times, at any size its named dims allow. */

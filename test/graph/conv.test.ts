@@ -1,15 +1,22 @@
 /**
- * conv2d, avgPool2d and upsample2d (src/graph/ops/conv.ts) through ONNX Runtime against the float64
- * loops of test/reference/conv.ts, which follow PyTorch's definitions.
+ * conv2d, convTranspose2d, avgPool2d and upsample2d (src/graph/ops/conv.ts) through ONNX Runtime
+ * against the float64 loops of test/reference/conv.ts, which follow PyTorch's definitions.
  */
+import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import type { Padding2d } from '../../src/graph/index.js';
-import { avgPool2d, conv2d, upsample2d } from '../../src/graph/index.js';
-import { avgPool2dRef, conv2dRef, upsampleBilinearRef, upsampleNearestRef } from '../reference/conv.js';
+import { Graph, avgPool2d, conv2d, convTranspose2d, mul, upsample2d } from '../../src/graph/index.js';
+import {
+  avgPool2dRef,
+  conv2dRef,
+  convTranspose2dRef,
+  upsampleBilinearRef,
+  upsampleNearestRef,
+} from '../reference/conv.js';
 import { assertMatchesRef, fromHost } from '../reference/layout.js';
 import { randomArray, randomTensor, runGraph } from '../helpers.js';
-import { seededUniform } from '../random.js';
+import { seededUniform, testSeed } from '../random.js';
 
 const TOL = { atol: 1e-5, rtol: 1e-5 };
 
@@ -129,6 +136,82 @@ describe('conv2d', () => {
   });
 });
 
+describe('convTranspose2d', () => {
+  const cases: {
+    name: string;
+    x: number[];
+    w: number[];
+    bias: boolean;
+    stride?: Pair;
+    padding?: Padding2d;
+    outputPadding?: Pair;
+    dilation?: Pair;
+    groups?: number;
+  }[] = [
+    { name: '3×3, padding 1, with bias', x: [2, 3, 4, 5], w: [3, 2, 3, 3], bias: true, padding: 1 },
+    {
+      name: 'stride 2, output padding 1, asymmetric padding',
+      x: [1, 2, 4, 3],
+      w: [2, 3, 3, 2],
+      bias: false,
+      stride: [2, 2],
+      padding: [1, 0, 0, 1],
+      outputPadding: [1, 1],
+    },
+    {
+      name: 'stride [3, 1], dilation [1, 2], groups 2',
+      x: [1, 4, 3, 4],
+      w: [4, 3, 2, 3],
+      bias: true,
+      stride: [3, 1],
+      dilation: [1, 2],
+      groups: 2,
+    },
+  ];
+  for (const c of cases) {
+    it(c.name, async () => {
+      const random = seededUniform(testSeed(`convTranspose2d ${c.name}`));
+      const cout = c.w[1] * (c.groups ?? 1);
+      const feeds = {
+        x: randomTensor(c.x, random),
+        w: randomTensor(c.w, random),
+        ...(c.bias ? { b: randomTensor([cout], random) } : {}),
+      };
+      const options = {
+        stride: c.stride,
+        padding: c.padding,
+        outputPadding: c.outputPadding,
+        dilation: c.dilation,
+        groups: c.groups,
+      };
+      const out = await runGraph((_g, t) => ({ y: convTranspose2d(t.x, t.w, t.b, options) }), feeds);
+      const expected = convTranspose2dRef(
+        fromHost(feeds.x),
+        fromHost(feeds.w),
+        feeds.b && fromHost(feeds.b),
+        {
+          stride: c.stride ?? [1, 1],
+          pads: pads4(c.padding ?? 0),
+          dilation: c.dilation ?? [1, 1],
+          groups: c.groups ?? 1,
+          outputPadding: c.outputPadding ?? [0, 0],
+        },
+      );
+      assertMatchesRef(out.y, expected, 'convTranspose2d', TOL);
+    });
+  }
+
+  it('errors: an output padding not below the stride (ONNX Runtime refuses it when run)', () => {
+    const g = new Graph('errors');
+    const x = g.input('x', 'float32', [1, 2, 4, 4]);
+    const w = g.input('w', 'float32', [2, 2, 3, 3]);
+    assert.throws(
+      () => convTranspose2d(x, w, undefined, { stride: 2, dilation: 3, outputPadding: 2 }),
+      /convTranspose2d: output padding \[2, 2\] must be smaller than the stride \[2, 2\]/,
+    );
+  });
+});
+
 describe('avgPool2d (torch semantics)', () => {
   const cases: {
     name: string;
@@ -228,6 +311,20 @@ describe('avgPool2d (torch semantics)', () => {
       assertMatchesRef(out.y, expected, 'avgPool2d', TOL);
     });
   }
+
+  it('a dropped ceil-mode window: a later node of the torch size compiles (ONNX infers one more)', async () => {
+    const random = seededUniform(testSeed('avgPool2d dropped window'));
+    const x = randomTensor([1, 2, 5, 5], random);
+    const scale = randomTensor([1, 2, 2, 2], random);
+    const out = await runGraph(
+      (_g, t) => ({ y: mul(avgPool2d(t.x, 2, { stride: 3, padding: 1, ceilMode: true }), t.scale) }),
+      { x, scale },
+    );
+    const pooled = avgPool2dRef(fromHost(x), [2, 2], [3, 3], [1, 1], true, true);
+    const factors = scale.data as Float32Array;
+    const expected = { shape: pooled.shape, data: pooled.data.map((v, i) => v * factors[i]) };
+    assertMatchesRef(out.y, expected, 'avgPool2d · scale', TOL);
+  });
 });
 
 /** torch's output size for a scale factor: floor(in · scale). */

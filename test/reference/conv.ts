@@ -1,6 +1,6 @@
 /**
  * Float64 references for NCHW convolution, pooling and resizing, following PyTorch's definitions
- * (torch.nn.functional.conv2d, avg_pool2d, interpolate) as direct loops.
+ * (torch.nn.functional.conv2d, conv_transpose2d, avg_pool2d, interpolate) as direct loops.
  */
 import type { RefArray } from './layout.js';
 import { at, generate } from './layout.js';
@@ -39,6 +39,48 @@ export function conv2dRef(x: RefArray, w: RefArray, bias: RefArray | undefined, 
     }
     return sum;
   });
+}
+
+/**
+ * torch.nn.functional.conv_transpose2d: every input value scatters its kernel window into the output,
+ * weight [Cin, Cout/groups, kH, kW]; `outputPadding` extends the bottom and right.
+ */
+export function convTranspose2dRef(
+  x: RefArray,
+  w: RefArray,
+  bias: RefArray | undefined,
+  o: RefConv2d & { outputPadding: [number, number] },
+): RefArray {
+  const [n, cin, h, wd] = x.shape;
+  const [, coutPerGroup, kh, kw] = w.shape;
+  const [sh, sw] = o.stride;
+  const [pt, pl, pb, pr] = o.pads;
+  const [dh, dw] = o.dilation;
+  const oh = (h - 1) * sh - pt - pb + dh * (kh - 1) + o.outputPadding[0] + 1;
+  const ow = (wd - 1) * sw - pl - pr + dw * (kw - 1) + o.outputPadding[1] + 1;
+  const cout = coutPerGroup * o.groups;
+  const cinPerGroup = cin / o.groups;
+  const out = generate([n, cout, oh, ow], ([, co]) => (bias ? bias.data[co] : 0));
+  for (let b = 0; b < n; b++)
+    for (let ci = 0; ci < cin; ci++) {
+      const group = Math.floor(ci / cinPerGroup);
+      for (let iy = 0; iy < h; iy++)
+        for (let ix = 0; ix < wd; ix++) {
+          const v = at(x, [b, ci, iy, ix]);
+          for (let c = 0; c < coutPerGroup; c++)
+            for (let ky = 0; ky < kh; ky++) {
+              const y = iy * sh - pt + ky * dh;
+              if (y < 0 || y >= oh) continue;
+              for (let kx = 0; kx < kw; kx++) {
+                const xo = ix * sw - pl + kx * dw;
+                if (xo < 0 || xo >= ow) continue;
+                const co = group * coutPerGroup + c;
+                out.data[((b * cout + co) * oh + y) * ow + xo] += v * at(w, [ci, c, ky, kx]);
+              }
+            }
+        }
+    }
+  return out;
 }
 
 /** torch's pooling output size (aten/src/ATen/native/Pool.h, pooling_output_shape). */

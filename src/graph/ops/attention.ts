@@ -3,6 +3,11 @@ import { attr } from '../onnx/model.js';
 import { apply, defineOp, expectFloat, fail } from '../op.js';
 import type { Dim } from '../shape.js';
 import { broadcastShapes, dimEquals, formatShape } from '../shape.js';
+import { add, mul, sub, where } from './elementwise.js';
+import { matmul } from './matmul.js';
+import { reshape, transpose } from './movement.js';
+import { softmax } from './norm.js';
+import { sum, sumToShape } from './reduce.js';
 
 export interface AttentionAttrs {
   numHeads: number;
@@ -142,6 +147,44 @@ export const AttentionOp = defineOp<AttentionAttrs>({
     ctx.emit('Transpose', [ctxHeads], [merged], { perm: attr.ints([0, 2, 1, 3]) });
     const dv = (v.shape[2] as number) / numHeads;
     ctx.reshape(merged, [q.shape[0], q.shape[1], numHeads, dv], node.outputs[0].shape, out);
+  },
+  vjp({ inputs: [q, k, v, mask], outputs: [out], attrs: { numHeads, scale, hasMask }, needsGrad }, [dOut]) {
+    if (!dOut) return [];
+    // Recompute the probabilities on [B, H, S, D] (no kernel keeps them), then backward through
+    // P·V, the softmax and q·kᵀ — composed from matmuls, as ORT has no attention gradient kernel.
+    const packed = q.rank === 3;
+    const toHeads = (t: Tensor): Tensor =>
+      packed
+        ? transpose(
+            reshape(t, [t.shape[0], t.shape[1], numHeads, (t.shape[2] as number) / numHeads]),
+            [0, 2, 1, 3],
+          )
+        : t;
+    const fromHeads = (t: Tensor, like: Tensor): Tensor =>
+      packed ? reshape(transpose(t, [0, 2, 1, 3]), like.shape) : t;
+    const swapLast = (t: Tensor): Tensor => transpose(t, [0, 1, 3, 2]);
+    const [qh, kh, vh, dOutHeads] = [q, k, v, dOut].map(toHeads);
+    let scores = mul(matmul(qh, swapLast(kh)), scale);
+    if (hasMask) scores = mask.dtype === 'bool' ? where(mask, scores, -Infinity) : add(scores, mask);
+    const probs = softmax(scores, -1);
+    const [needsQ, needsK, needsV] = needsGrad;
+    // A bool mask selects and has no gradient; an additive float mask is a bias on the scores.
+    const needsMask = hasMask && mask.dtype !== 'bool' && needsGrad[3];
+    let dScores: Tensor | undefined;
+    if (needsQ || needsK || needsMask) {
+      const dProbs = matmul(dOutHeads, swapLast(vh));
+      // Σ_j dP_ij · P_ij = dO_i · O_i (FlashAttention, Dao et al. 2022, App. B.2): a row sum over
+      // Dv instead of Skv.
+      const rowDot = sum(mul(dOutHeads, toHeads(out)), -1, true);
+      dScores = mul(probs, sub(dProbs, rowDot));
+    }
+    const grads: (Tensor | undefined)[] = [
+      dScores && needsQ ? fromHeads(mul(matmul(dScores, kh), scale), q) : undefined,
+      dScores && needsK ? fromHeads(mul(matmul(swapLast(dScores), qh), scale), k) : undefined,
+      needsV ? fromHeads(matmul(swapLast(probs), dOutHeads), v) : undefined,
+    ];
+    if (hasMask) grads.push(dScores && needsMask ? sumToShape(dScores, mask.shape) : undefined);
+    return grads;
   },
 });
 

@@ -4,7 +4,11 @@ import type { OnnxAttr } from '../onnx/model.js';
 import { attr } from '../onnx/model.js';
 import { apply, defineOp, expectFloat, expectRank, fail } from '../op.js';
 import type { Dim } from '../shape.js';
-import { dimEquals, dimMul, formatShape } from '../shape.js';
+import { dimEquals, dimMul, formatShape, isStaticShape } from '../shape.js';
+import { asTensor, cast, mul } from './elementwise.js';
+import { matmul } from './matmul.js';
+import { expand, reshape, slice, transpose } from './movement.js';
+import { sum } from './reduce.js';
 
 type Pair = readonly [number, number];
 /** A padding: one value for all sides, [vertical, horizontal], or [top, left, bottom, right]. */
@@ -51,6 +55,9 @@ function windowOut(
   return out;
 }
 
+// float64 is rejected when a graph is built: ORT's CPU EP has no double Conv, ConvTranspose,
+// AveragePool or Resize kernels.
+
 export interface Conv2dAttrs {
   stride: Pair;
   pads: [number, number, number, number];
@@ -62,7 +69,7 @@ export interface Conv2dAttrs {
 export const Conv2dOp = defineOp<Conv2dAttrs>({
   name: 'conv2d',
   infer([x, w, b], { stride, pads, dilation, groups, hasBias }) {
-    expectFloat(x, 'input');
+    expectFloat(x, 'input', { float64: false });
     expectRank(x, 4, 'input [N, C, H, W]');
     expectRank(w, 4, 'weight [Cout, Cin/groups, kH, kW]');
     if (w.dtype !== x.dtype) fail(`weight dtype ${w.dtype} differs from input ${x.dtype}`, 'DTYPE');
@@ -102,7 +109,118 @@ export const Conv2dOp = defineOp<Conv2dAttrs>({
       },
     );
   },
+  vjp({ inputs: [x, w], attrs, needsGrad }, [dy]) {
+    if (!dy) return [];
+    const kernel = w.shape.slice(2) as [number, number];
+    return [
+      // The input gradient is the transposed convolution with the same weight, sized back to x.
+      needsGrad[0] ? convTranspose2dSized(dy, w, attrs, x, kernel) : undefined,
+      needsGrad[1] ? convWeightGrad(x, dy, attrs, kernel) : undefined,
+      attrs.hasBias && needsGrad[2] ? sum(dy, [0, 2, 3]) : undefined,
+    ];
+  },
 });
+
+/** What the gradients of a convolution depend on. */
+type ConvGeometry = Pick<Conv2dAttrs, 'stride' | 'pads' | 'dilation' | 'groups'>;
+
+/**
+ * dW[o, i, a, b] = Σ_{n,y,x} dY[n, o, y, x] · X[n, g·I + i, y·s + a·d − p, …]: a convolution of X with
+ * dY as its kernel, over the batch (X's channels become the batch, and each group's batch entries
+ * its channels), with stride and dilation swapped; windows past the kernel size are cut off.
+ */
+function convWeightGrad(input: Tensor, outGrad: Tensor, a: ConvGeometry, kernel: Pair): Tensor {
+  const [n, channels, h, w] = input.shape;
+  const outChannels = outGrad.shape[1];
+  if (
+    typeof channels !== 'number' ||
+    typeof outChannels !== 'number' ||
+    !isStaticShape(outGrad.shape.slice(2))
+  ) {
+    fail(
+      `the weight gradient of a convolution needs static channels and output sizes, got input ${formatShape(input.shape)} and output gradient ${formatShape(outGrad.shape)}; declare the spatial dims as numbers`,
+      'SHAPE',
+    );
+  }
+  const g = a.groups;
+  const [oh, ow] = outGrad.shape.slice(2) as number[];
+  const inputAsBatch = reshape(transpose(reshape(input, [n, g, channels / g, h, w]), [2, 1, 0, 3, 4]), [
+    channels / g,
+    dimMul(g, n),
+    h,
+    w,
+  ]);
+  const gradAsKernel = reshape(
+    transpose(reshape(outGrad, [n, g, outChannels / g, oh, ow]), [1, 2, 0, 3, 4]),
+    [outChannels, n, oh, ow],
+  );
+  let dw = conv2d(inputAsBatch, gradAsKernel, undefined, {
+    stride: a.dilation,
+    padding: a.pads,
+    dilation: a.stride,
+    groups: g,
+  });
+  if (dw.shape[2] !== kernel[0] || dw.shape[3] !== kernel[1]) {
+    dw = slice(dw, [
+      { axis: 2, end: kernel[0] },
+      { axis: 3, end: kernel[1] },
+    ]);
+  }
+  return transpose(dw, [1, 0, 2, 3]);
+}
+
+/**
+ * The pads and output padding along one axis that make a transposed convolution of `outSize`
+ * windows produce `inSize` values again: the forward's windows may stop short of the padded end
+ * (floor) or run past it (ceil mode).
+ */
+function transposedPads(
+  inSize: Dim,
+  outSize: Dim,
+  kernel: number,
+  stride: number,
+  dilation: number,
+  padBefore: number,
+  padAfter: number,
+): { after: number; outputPadding: number } {
+  if (typeof inSize !== 'number' || typeof outSize !== 'number') {
+    // Only a stride-1 window keeps a named dim (windowOut), and then the pads are the forward's.
+    if (stride === 1) return { after: padAfter, outputPadding: 0 };
+    fail(`the gradient of a strided window over a named dim (${String(inSize)}) is not supported`, 'SHAPE');
+  }
+  const after = stride * (outSize - 1) + dilation * (kernel - 1) + 1 - inSize - padBefore;
+  return after >= 0 ? { after, outputPadding: 0 } : { after: 0, outputPadding: -after };
+}
+
+/** convTranspose2d(dy, w) with pads chosen so that the result has the spatial size of `like`. */
+function convTranspose2dSized(dy: Tensor, w: Tensor, a: ConvGeometry, like: Tensor, kernel: Pair): Tensor {
+  const rows = transposedPads(
+    like.shape[2],
+    dy.shape[2],
+    kernel[0],
+    a.stride[0],
+    a.dilation[0],
+    a.pads[0],
+    a.pads[2],
+  );
+  const cols = transposedPads(
+    like.shape[3],
+    dy.shape[3],
+    kernel[1],
+    a.stride[1],
+    a.dilation[1],
+    a.pads[1],
+    a.pads[3],
+  );
+  return apply(ConvTranspose2dOp, [dy, w], {
+    stride: a.stride,
+    pads: [a.pads[0], a.pads[1], rows.after, cols.after],
+    dilation: a.dilation,
+    groups: a.groups,
+    outputPadding: [rows.outputPadding, cols.outputPadding],
+    hasBias: false,
+  })[0];
+}
 
 /** 2-D convolution over NCHW (torch.nn.functional.conv2d). */
 export function conv2d(
@@ -121,6 +239,123 @@ export function conv2d(
   return apply(Conv2dOp, bias ? [x, weight, bias] : [x, weight], attrs)[0];
 }
 
+export interface ConvTranspose2dAttrs extends Conv2dAttrs {
+  /** Extra rows and columns at the bottom and right of the output (torch output_padding). */
+  outputPadding: Pair;
+}
+
+/** Output size of a transposed convolution along one axis: (in − 1)·s − pads + d·(k − 1) + 1 + outputPadding. */
+function transposedOut(
+  size: Dim,
+  padBefore: number,
+  padAfter: number,
+  kernel: number,
+  stride: number,
+  dilation: number,
+  outputPadding: number,
+): Dim {
+  const growth = dilation * (kernel - 1) + outputPadding - padBefore - padAfter;
+  if (typeof size !== 'number') return stride === 1 && growth === 0 ? size : UNKNOWN_DIM;
+  const out = (size - 1) * stride + 1 + growth;
+  if (out < 1) fail(`the padding (${padBefore} + ${padAfter}) leaves no output of ${size} values`, 'SHAPE');
+  return out;
+}
+
+/**
+ * The transposed convolution (torch.nn.functional.conv_transpose2d): the adjoint of conv2d with the
+ * same weight, [Cin, Cout/groups, kH, kW], and geometry. It is conv2d's input gradient, and conv2d
+ * is its own.
+ */
+export const ConvTranspose2dOp = defineOp<ConvTranspose2dAttrs>({
+  name: 'convTranspose2d',
+  infer([x, w, b], { stride, pads, dilation, groups, outputPadding, hasBias }) {
+    expectFloat(x, 'input', { float64: false });
+    expectRank(x, 4, 'input [N, C, H, W]');
+    expectRank(w, 4, 'weight [Cin, Cout/groups, kH, kW]');
+    if (w.dtype !== x.dtype) fail(`weight dtype ${w.dtype} differs from input ${x.dtype}`, 'DTYPE');
+    checkPositive([...stride, ...dilation, groups], 'stride, dilation and groups');
+    checkPositive([...pads, ...outputPadding], 'padding and output padding', true);
+    // torch also allows padding below the dilation; ONNX Runtime refuses it at run time.
+    if (outputPadding.some((p, i) => p >= stride[i])) {
+      fail(
+        `output padding [${outputPadding.join(', ')}] must be smaller than the stride [${stride.join(', ')}]`,
+        'ATTR',
+      );
+    }
+    const [cin, coutPerGroup, kh, kw] = w.shape;
+    if (typeof kh !== 'number' || typeof kw !== 'number' || typeof coutPerGroup !== 'number') {
+      fail(`weight shape ${formatShape(w.shape)} must be static`, 'SHAPE');
+    }
+    if (!dimEquals(x.shape[1], cin)) {
+      fail(
+        `input ${formatShape(x.shape)} has ${String(x.shape[1])} channels, weight ${formatShape(w.shape)} expects ${String(cin)}`,
+        'SHAPE',
+      );
+    }
+    if (typeof cin === 'number' && cin % groups !== 0)
+      fail(`${cin} input channels do not split into ${groups} groups`, 'SHAPE');
+    const cout = coutPerGroup * groups;
+    if (hasBias && (b.shape.length !== 1 || b.shape[0] !== cout)) {
+      fail(`bias must be [${cout}], got ${formatShape(b.shape)}`, 'SHAPE');
+    }
+    const h = transposedOut(x.shape[2], pads[0], pads[2], kh, stride[0], dilation[0], outputPadding[0]);
+    const wd = transposedOut(x.shape[3], pads[1], pads[3], kw, stride[1], dilation[1], outputPadding[1]);
+    return [{ dtype: x.dtype, shape: [x.shape[0], cout, h, wd] }];
+  },
+  lower(ctx, node, [out]) {
+    const { stride, pads, dilation, groups, outputPadding } = node.attrs;
+    ctx.emit(
+      'ConvTranspose',
+      node.inputs.map((t) => ctx.name(t)),
+      [out],
+      {
+        strides: attr.ints(stride),
+        pads: attr.ints(pads),
+        dilations: attr.ints(dilation),
+        group: attr.int(groups),
+        output_padding: attr.ints(outputPadding),
+        kernel_shape: attr.ints(node.inputs[1].shape.slice(2) as number[]),
+      },
+    );
+  },
+  vjp({ inputs: [x, w], attrs, needsGrad }, [dz]) {
+    if (!dz) return [];
+    const kernel = w.shape.slice(2) as [number, number];
+    const { stride, pads, dilation, groups } = attrs;
+    return [
+      // conv2d with the same weight: with the output padding below the stride, it has x's size.
+      needsGrad[0] ? conv2d(dz, w, undefined, { stride, padding: pads, dilation, groups }) : undefined,
+      // Z = Wᵀ ⋆ X has the weight gradient of a convolution of dZ whose output gradient is X.
+      needsGrad[1] ? convWeightGrad(dz, x, attrs, kernel) : undefined,
+      attrs.hasBias && needsGrad[2] ? sum(dz, [0, 2, 3]) : undefined,
+    ];
+  },
+});
+
+/** Transposed 2-D convolution over NCHW (torch.nn.functional.conv_transpose2d); weight [Cin, Cout/groups, kH, kW]. */
+export function convTranspose2d(
+  x: Tensor,
+  weight: Tensor,
+  bias?: Tensor,
+  options: {
+    stride?: number | Pair;
+    padding?: Padding2d;
+    outputPadding?: number | Pair;
+    dilation?: number | Pair;
+    groups?: number;
+  } = {},
+): Tensor {
+  const attrs: ConvTranspose2dAttrs = {
+    stride: pair(options.stride ?? 1),
+    pads: pads4(options.padding ?? 0),
+    dilation: pair(options.dilation ?? 1),
+    groups: options.groups ?? 1,
+    outputPadding: pair(options.outputPadding ?? 0),
+    hasBias: bias !== undefined,
+  };
+  return apply(ConvTranspose2dOp, bias ? [x, weight, bias] : [x, weight], attrs)[0];
+}
+
 export interface AvgPool2dAttrs {
   kernel: Pair;
   stride: Pair;
@@ -132,7 +367,7 @@ export interface AvgPool2dAttrs {
 export const AvgPool2dOp = defineOp<AvgPool2dAttrs>({
   name: 'avgPool2d',
   infer([x], { kernel, stride, pads, ceilMode }) {
-    expectFloat(x, 'input');
+    expectFloat(x, 'input', { float64: false });
     expectRank(x, 4, 'input [N, C, H, W]');
     checkPositive([...kernel, ...stride], 'kernel and stride');
     checkPositive(pads, 'padding', true);
@@ -144,15 +379,92 @@ export const AvgPool2dOp = defineOp<AvgPool2dAttrs>({
   },
   lower(ctx, node, [out]) {
     const { kernel, stride, pads, countIncludePad, ceilMode } = node.attrs;
-    ctx.emit('AveragePool', [ctx.name(node.inputs[0])], [out], {
+    const x = node.inputs[0];
+    // ONNX's shape inference keeps a ceil-mode window that would start in the end padding, which
+    // torch and ORT's kernel drop; a later node checked against the larger size fails at session
+    // creation. A Slice to the true size states it.
+    const cut = [0, 1].filter((i) => {
+      const [d, o] = [x.shape[2 + i], node.outputs[0].shape[2 + i]];
+      const onnxSize =
+        typeof d === 'number' ? Math.ceil((d + pads[i] + pads[i + 2] - kernel[i]) / stride[i]) + 1 : o;
+      return ceilMode && o !== onnxSize;
+    });
+    const pooled = cut.length > 0 ? ctx.fresh('pooled') : out;
+    ctx.emit('AveragePool', [ctx.name(x)], [pooled], {
       kernel_shape: attr.ints(kernel),
       strides: attr.ints(stride),
       pads: attr.ints(pads),
       count_include_pad: attr.int(countIncludePad ? 1 : 0),
       ceil_mode: attr.int(ceilMode ? 1 : 0),
     });
+    if (cut.length > 0) {
+      const ends = cut.map((i) => node.outputs[0].shape[2 + i] as number);
+      const zeros = cut.map(() => 0);
+      ctx.emit(
+        'Slice',
+        [pooled, ctx.int64s(zeros), ctx.int64s(ends), ctx.int64s(cut.map((i) => 2 + i))],
+        [out],
+      );
+    }
+  },
+  vjp({ inputs: [x], attrs }, [dy]) {
+    if (!dy) return [undefined];
+    const { kernel, stride, pads, countIncludePad, ceilMode } = attrs;
+    const channels = x.shape[1];
+    if (typeof channels !== 'number')
+      fail(`the gradient needs a static channel count, got ${formatShape(x.shape)}`, 'SHAPE');
+    // y = window sum / divisor(position), so dx is the transposed all-ones depthwise convolution
+    // of dy / divisor.
+    let perWindow: Tensor;
+    if (countIncludePad && !ceilMode) perWindow = mul(dy, 1 / (kernel[0] * kernel[1]));
+    else {
+      const [h, w] = x.shape.slice(2);
+      const [oh, ow] = dy.shape.slice(2);
+      if (
+        typeof h !== 'number' ||
+        typeof w !== 'number' ||
+        typeof oh !== 'number' ||
+        typeof ow !== 'number'
+      ) {
+        fail(
+          `the gradient with ceil mode or uncounted padding needs static sizes, got ${formatShape(x.shape)}`,
+          'SHAPE',
+        );
+      }
+      perWindow = mul(dy, constantLike(dy, poolReciprocalDivisors(h, w, oh, ow, attrs), [oh, ow]));
+    }
+    const ones = expand(asTensor(1, dy), [channels, 1, kernel[0], kernel[1]]);
+    const geometry = { stride, pads, dilation: [1, 1] as const, groups: channels };
+    return [convTranspose2dSized(perWindow, ones, geometry, x, kernel)];
   },
 });
+
+/**
+ * 1 / divisor of each output position as torch's avg_pool2d divides (aten AvgPool2d): the window
+ * clipped to the padded input, then, without count_include_pad, to the input.
+ */
+function poolReciprocalDivisors(
+  h: number,
+  w: number,
+  oh: number,
+  ow: number,
+  a: AvgPool2dAttrs,
+): Float64Array {
+  const extent = (o: number, axis: 0 | 1, size: number): number => {
+    const start = o * a.stride[axis] - a.pads[axis];
+    const end = Math.min(start + a.kernel[axis], size + a.pads[axis + 2]);
+    return a.countIncludePad ? end - start : Math.min(end, size) - Math.max(start, 0);
+  };
+  const out = new Float64Array(oh * ow);
+  for (let y = 0; y < oh; y++)
+    for (let x = 0; x < ow; x++) out[y * ow + x] = 1 / (extent(y, 0, h) * extent(x, 1, w));
+  return out;
+}
+
+/** Values computed when the graph is built, as a constant of `like`'s dtype. */
+function constantLike(like: Tensor, values: ArrayLike<number>, shape: readonly number[]): Tensor {
+  return cast(like.graph.constant(Float32Array.from(values), 'float32', shape), like.dtype);
+}
 
 /** Average pooling over NCHW (torch.nn.functional.avg_pool2d; count_include_pad defaults to true as in torch). */
 export function avgPool2d(
@@ -186,7 +498,7 @@ export interface Upsample2dAttrs {
 export const Upsample2dOp = defineOp<Upsample2dAttrs>({
   name: 'upsample2d',
   infer([x], { mode, scale, size, alignCorners }) {
-    expectFloat(x, 'input');
+    expectFloat(x, 'input', { float64: false });
     expectRank(x, 4, 'input [N, C, H, W]');
     if (mode !== 'nearest' && mode !== 'bilinear')
       fail(`mode must be 'nearest' or 'bilinear', got ${String(mode)}`, 'ATTR');
@@ -226,7 +538,78 @@ export const Upsample2dOp = defineOp<Upsample2dAttrs>({
       ctx.emit('Resize', [ctx.name(x), '', '', sizes], [out], attrs);
     }
   },
+  vjp({ inputs: [x], attrs }, [dy]) {
+    if (!dy) return [undefined];
+    const [n, c, h, w] = x.shape;
+    const [oh, ow] = dy.shape.slice(2);
+    // Nearest with whole factors copies each pixel into an f×f block; its adjoint sums the block.
+    const factors =
+      attrs.mode === 'nearest' ? wholeFactors(x.shape.slice(2), dy.shape.slice(2), attrs.scale) : undefined;
+    if (factors) return [sum(reshape(dy, [n, c, h, factors[0], w, factors[1]]), [3, 5])];
+    // Otherwise the resize is separable, y = A_h · x · A_wᵀ with matrices fixed by the sizes, so
+    // dx = A_hᵀ · dy · A_w.
+    if (typeof h !== 'number' || typeof w !== 'number' || typeof oh !== 'number' || typeof ow !== 'number') {
+      fail(
+        `the gradient of a ${attrs.mode} resize by other than whole factors needs static sizes, got ${formatShape(x.shape)} → ${formatShape(dy.shape)}`,
+        'SHAPE',
+      );
+    }
+    const rows = resizeMatrix(h, oh, attrs, attrs.scale?.[0], true);
+    const cols = resizeMatrix(w, ow, attrs, attrs.scale?.[1], false);
+    return [matmul(matmul(constantLike(dy, rows, [h, oh]), dy), constantLike(dy, cols, [ow, w]))];
+  },
 });
+
+/** The whole per-axis factors of a resize, when both are whole numbers. */
+function wholeFactors(from: readonly Dim[], to: readonly Dim[], scale: Pair | undefined): Pair | undefined {
+  const factor = (i: number): number | undefined => {
+    if (scale) return Number.isInteger(scale[i]) ? scale[i] : undefined;
+    const [a, b] = [from[i], to[i]];
+    return typeof a === 'number' && typeof b === 'number' && b % a === 0 ? b / a : undefined;
+  };
+  const [fh, fw] = [factor(0), factor(1)];
+  return fh !== undefined && fw !== undefined ? [fh, fw] : undefined;
+}
+
+/**
+ * The interpolation matrix of one axis, A[out, in] (or its transpose [in, out]), with the source
+ * coordinates of the forward (torch's: nearest floor(dst · in/out), or dst / scale when a scale is
+ * given; bilinear half-pixel clamped at 0, or align_corners).
+ */
+function resizeMatrix(
+  inSize: number,
+  outSize: number,
+  a: Upsample2dAttrs,
+  scale: number | undefined,
+  transposed: boolean,
+): Float64Array {
+  const m = new Float64Array(inSize * outSize);
+  const put = (dst: number, src: number, weight: number): void => {
+    m[transposed ? src * outSize + dst : dst * inSize + src] += weight;
+  };
+  const ratio = scale === undefined ? inSize / outSize : 1 / scale;
+  for (let dst = 0; dst < outSize; dst++) {
+    if (a.mode === 'nearest') {
+      put(
+        dst,
+        Math.min(Math.floor(scale === undefined ? (dst * inSize) / outSize : dst / scale), inSize - 1),
+        1,
+      );
+      continue;
+    }
+    const src = a.alignCorners
+      ? outSize > 1
+        ? (dst * (inSize - 1)) / (outSize - 1)
+        : 0
+      : Math.max((dst + 0.5) * ratio - 0.5, 0);
+    const i0 = Math.min(Math.floor(src), inSize - 1);
+    const i1 = Math.min(i0 + 1, inSize - 1);
+    const frac = src - i0;
+    put(dst, i0, 1 - frac);
+    put(dst, i1, frac);
+  }
+  return m;
+}
 
 /** Resize NCHW by a scale factor or to a size (torch.nn.functional.interpolate, nearest or bilinear). */
 export function upsample2d(

@@ -2,9 +2,13 @@ import type { DType } from '../dtype.js';
 import { ONNX_DTYPE_CODE, isFloatDType, isIntDType } from '../dtype.js';
 import type { Tensor, TensorType } from '../graph.js';
 import { attr } from '../onnx/model.js';
-import type { OpDef } from '../op.js';
+import type { OpDef, Vjp } from '../op.js';
 import { apply, defineOp, expectFloat, expectSameDType, fail } from '../op.js';
 import { broadcastShapes, formatShape } from '../shape.js';
+import { sumToShape } from './reduce.js';
+
+// Gradients: every float op here has a VJP. Comparisons (equal, less, …) and logic (and, or, not)
+// have none and need none: their bool outputs stop gradients, as do int values.
 
 /** A tensor, or a number taken as a scalar of the other operand's dtype. */
 export type TensorLike = Tensor | number;
@@ -17,9 +21,28 @@ function broadcastType(a: TensorType, b: TensorType, dtype: DType): TensorType {
 
 type BinaryKind = 'arith' | 'compare' | 'logical';
 
-function binaryOp(name: string, onnxOp: string, kind: BinaryKind): OpDef<Record<string, never>> {
-  return defineOp<Record<string, never>>({
+type NoAttrs = Record<string, never>;
+
+/** The VJP of a broadcasting binary op from the cotangents of a and b at the broadcast shape. */
+function binaryVjp(
+  rule: (a: Tensor, b: Tensor, y: Tensor, g: Tensor, needs: readonly boolean[]) => (Tensor | undefined)[],
+): Vjp<NoAttrs> {
+  return ({ inputs: [a, b], outputs: [y], needsGrad }, [g]) => {
+    const [ga, gb] = rule(a, b, y, g as Tensor, needsGrad);
+    return [
+      needsGrad[0] && ga ? sumToShape(ga, a.shape) : undefined,
+      needsGrad[1] && gb ? sumToShape(gb, b.shape) : undefined,
+    ];
+  };
+}
+
+/** `f()` when `needed`, else undefined: a VJP builds only the cotangents asked for. */
+const when = (needed: boolean, f: () => Tensor): Tensor | undefined => (needed ? f() : undefined);
+
+function binaryOp(name: string, onnxOp: string, kind: BinaryKind, vjp?: Vjp<NoAttrs>): OpDef<NoAttrs> {
+  return defineOp<NoAttrs>({
     name,
+    vjp,
     infer([a, b]) {
       expectSameDType(a, b, 'operands');
       if (kind === 'logical' && a.dtype !== 'bool') fail(`expected bool tensors, got ${a.dtype}`, 'DTYPE');
@@ -32,13 +55,63 @@ function binaryOp(name: string, onnxOp: string, kind: BinaryKind): OpDef<Record<
   });
 }
 
-export const AddOp = binaryOp('add', 'Add', 'arith');
-export const SubOp = binaryOp('sub', 'Sub', 'arith');
-export const MulOp = binaryOp('mul', 'Mul', 'arith');
-export const DivOp = binaryOp('div', 'Div', 'arith');
-export const PowOp = binaryOp('pow', 'Pow', 'arith');
-export const MaximumOp = binaryOp('maximum', 'Max', 'arith');
-export const MinimumOp = binaryOp('minimum', 'Min', 'arith');
+export const AddOp = binaryOp(
+  'add',
+  'Add',
+  'arith',
+  binaryVjp((_a, _b, _y, g) => [g, g]),
+);
+export const SubOp = binaryOp(
+  'sub',
+  'Sub',
+  'arith',
+  binaryVjp((_a, _b, _y, g, needs) => [g, when(needs[1], () => neg(g))]),
+);
+export const MulOp = binaryOp(
+  'mul',
+  'Mul',
+  'arith',
+  binaryVjp((a, b, _y, g, needs) => [when(needs[0], () => mul(g, b)), when(needs[1], () => mul(g, a))]),
+);
+// d(a/b)/db = −a/b² = −y/b.
+export const DivOp = binaryOp(
+  'div',
+  'Div',
+  'arith',
+  binaryVjp((_a, b, y, g, needs) => [
+    when(needs[0], () => div(g, b)),
+    when(needs[1], () => neg(div(mul(g, y), b))),
+  ]),
+);
+// d(aᵇ)/da = b·aᵇ⁻¹; d(aᵇ)/db = aᵇ·ln a, taken as 0 where a = 0 (torch's rule; NaN for a < 0).
+export const PowOp = binaryOp(
+  'pow',
+  'Pow',
+  'arith',
+  binaryVjp((a, b, y, g, needs) => [
+    when(needs[0], () => mul(g, mul(b, pow(a, sub(b, 1))))),
+    when(needs[1], () => mul(g, where(equal(a, 0), 0, mul(y, log(a))))),
+  ]),
+);
+// Ties share the cotangent equally (torch's rule for maximum/minimum).
+function selectVjp(picksA: (a: Tensor, b: Tensor) => Tensor): Vjp<NoAttrs> {
+  return binaryVjp((a, b, _y, g, needs) => {
+    const share = add(cast(picksA(a, b), g.dtype), mul(cast(equal(a, b), g.dtype), 0.5));
+    return [when(needs[0], () => mul(g, share)), when(needs[1], () => mul(g, sub(1, share)))];
+  });
+}
+export const MaximumOp = binaryOp(
+  'maximum',
+  'Max',
+  'arith',
+  selectVjp((a, b) => greater(a, b)),
+);
+export const MinimumOp = binaryOp(
+  'minimum',
+  'Min',
+  'arith',
+  selectVjp((a, b) => less(a, b)),
+);
 export const EqualOp = binaryOp('equal', 'Equal', 'compare');
 export const LessOp = binaryOp('less', 'Less', 'compare');
 export const LessEqualOp = binaryOp('lessEqual', 'LessOrEqual', 'compare');
@@ -62,6 +135,8 @@ export function asTensor(x: TensorLike, like: Tensor, op = 'scalar operand'): Te
   switch (like.dtype) {
     case 'float32':
       return g.constant(Float32Array.of(x), 'float32', []);
+    case 'float64':
+      return g.constant(Float64Array.of(x), 'float64', []);
     case 'int32':
       return g.constant(Int32Array.of(x), 'int32', []);
     case 'int64':
@@ -103,6 +178,14 @@ export const or = (a: Tensor, b: Tensor): Tensor => binary(OrOp, a, b);
 
 export const WhereOp = defineOp<Record<string, never>>({
   name: 'where',
+  vjp: ({ inputs: [cond, a, b], needsGrad }, [g]) => {
+    const cot = g as Tensor;
+    return [
+      undefined,
+      when(needsGrad[1], () => sumToShape(where(cond, cot, 0), a.shape)),
+      when(needsGrad[2], () => sumToShape(where(cond, 0, cot), b.shape)),
+    ];
+  },
   infer([cond, a, b]) {
     if (cond.dtype !== 'bool') fail(`condition must be bool, got ${cond.dtype}`, 'DTYPE');
     expectSameDType(a, b, 'values');
@@ -130,11 +213,21 @@ export function where(condition: Tensor, a: TensorLike, b: TensorLike): Tensor {
 
 type UnaryDomain = 'float' | 'numeric' | 'bool';
 
-function unaryOp(name: string, onnxOp: string, domain: UnaryDomain): OpDef<Record<string, never>> {
-  return defineOp<Record<string, never>>({
+/** The input's cotangent from x, y = f(x) and the output's cotangent g. */
+type UnaryVjp = (x: Tensor, y: Tensor, g: Tensor) => Tensor;
+
+function unaryOp(
+  name: string,
+  onnxOp: string,
+  domain: UnaryDomain,
+  vjp?: UnaryVjp,
+  options: { float64?: boolean } = {},
+): OpDef<NoAttrs> {
+  return defineOp<NoAttrs>({
     name,
+    vjp: vjp && (({ inputs: [x], outputs: [y] }, [g]) => [vjp(x, y, g as Tensor)]),
     infer([x]) {
-      if (domain === 'float') expectFloat(x, 'input');
+      if (domain === 'float') expectFloat(x, 'input', options);
       if (domain === 'numeric' && x.dtype === 'bool') fail(`expected a numeric tensor, got bool`, 'DTYPE');
       if (domain === 'bool' && x.dtype !== 'bool') fail(`expected a bool tensor, got ${x.dtype}`, 'DTYPE');
       return [{ dtype: x.dtype, shape: x.shape }];
@@ -145,18 +238,29 @@ function unaryOp(name: string, onnxOp: string, domain: UnaryDomain): OpDef<Recor
   });
 }
 
-export const NegOp = unaryOp('neg', 'Neg', 'numeric');
-export const AbsOp = unaryOp('abs', 'Abs', 'numeric');
-export const ExpOp = unaryOp('exp', 'Exp', 'float');
-export const LogOp = unaryOp('log', 'Log', 'float');
-export const SqrtOp = unaryOp('sqrt', 'Sqrt', 'float');
-export const ReciprocalOp = unaryOp('reciprocal', 'Reciprocal', 'float');
-export const SinOp = unaryOp('sin', 'Sin', 'float');
-export const CosOp = unaryOp('cos', 'Cos', 'float');
-export const TanhOp = unaryOp('tanh', 'Tanh', 'float');
-export const ErfOp = unaryOp('erf', 'Erf', 'float');
-export const SigmoidOp = unaryOp('sigmoid', 'Sigmoid', 'float');
-export const ReluOp = unaryOp('relu', 'Relu', 'numeric');
+export const NegOp = unaryOp('neg', 'Neg', 'numeric', (_x, _y, g) => neg(g));
+/** +1, −1 or 0 (at 0, as torch) in x's dtype. */
+const sign = (x: Tensor): Tensor => sub(cast(greater(x, 0), x.dtype), cast(less(x, 0), x.dtype));
+export const AbsOp = unaryOp('abs', 'Abs', 'numeric', (x, _y, g) => mul(g, sign(x)));
+export const ExpOp = unaryOp('exp', 'Exp', 'float', (_x, y, g) => mul(g, y));
+export const LogOp = unaryOp('log', 'Log', 'float', (x, _y, g) => div(g, x));
+export const SqrtOp = unaryOp('sqrt', 'Sqrt', 'float', (_x, y, g) => div(mul(g, 0.5), y));
+export const ReciprocalOp = unaryOp('reciprocal', 'Reciprocal', 'float', (_x, y, g) =>
+  neg(mul(g, mul(y, y))),
+);
+export const SinOp = unaryOp('sin', 'Sin', 'float', (x, _y, g) => mul(g, cos(x)));
+export const CosOp = unaryOp('cos', 'Cos', 'float', (x, _y, g) => neg(mul(g, sin(x))));
+export const TanhOp = unaryOp('tanh', 'Tanh', 'float', (_x, y, g) => mul(g, sub(1, mul(y, y))));
+// d erf(x)/dx = 2/√π · e^(−x²).
+export const ErfOp = unaryOp(
+  'erf',
+  'Erf',
+  'float',
+  (x, _y, g) => mul(g, mul(exp(neg(mul(x, x))), 2 / Math.sqrt(Math.PI))),
+  { float64: false },
+);
+export const SigmoidOp = unaryOp('sigmoid', 'Sigmoid', 'float', (_x, y, g) => mul(g, mul(y, sub(1, y))));
+export const ReluOp = unaryOp('relu', 'Relu', 'numeric', (x, _y, g) => where(greater(x, 0), g, 0));
 export const NotOp = unaryOp('not', 'Not', 'bool');
 
 const unary =
@@ -192,7 +296,24 @@ export const EluOp = defineOp<{ alpha: number }>({
     return [{ dtype: x.dtype, shape: x.shape }];
   },
   lower(ctx, node, [out]) {
-    ctx.emit('Elu', [ctx.name(node.inputs[0])], [out], { alpha: attr.float(node.attrs.alpha) });
+    const x = node.inputs[0];
+    const { alpha } = node.attrs;
+    if (x.dtype !== 'float64') {
+      ctx.emit('Elu', [ctx.name(x)], [out], { alpha: attr.float(alpha) });
+      return;
+    }
+    // ORT has no double Elu kernel: where(x > 0, x, α·(eˣ − 1)).
+    const [positive, e, em1, scaled] = ['elu_pos', 'elu_exp', 'elu_em1', 'elu_neg'].map((h) => ctx.fresh(h));
+    ctx.emit('Greater', [ctx.name(x), ctx.scalar(0, 'float64')], [positive]);
+    ctx.emit('Exp', [ctx.name(x)], [e]);
+    ctx.emit('Sub', [e, ctx.scalar(1, 'float64')], [em1]);
+    ctx.emit('Mul', [em1, ctx.scalar(alpha, 'float64')], [scaled]);
+    ctx.emit('Where', [positive, ctx.name(x), scaled], [out]);
+  },
+  // For x ≤ 0, d/dx α(eˣ − 1) = αeˣ = y + α.
+  vjp: ({ inputs: [x], outputs: [y], attrs }, [g]) => {
+    const cot = g as Tensor;
+    return [where(greater(x, 0), cot, mul(cot, add(y, attrs.alpha)))];
   },
 });
 
@@ -209,7 +330,21 @@ export const LeakyReluOp = defineOp<{ slope: number }>({
     return [{ dtype: x.dtype, shape: x.shape }];
   },
   lower(ctx, node, [out]) {
-    ctx.emit('LeakyRelu', [ctx.name(node.inputs[0])], [out], { alpha: attr.float(node.attrs.slope) });
+    const x = node.inputs[0];
+    const { slope } = node.attrs;
+    if (x.dtype !== 'float64') {
+      ctx.emit('LeakyRelu', [ctx.name(x)], [out], { alpha: attr.float(slope) });
+      return;
+    }
+    // ORT has no double LeakyRelu kernel: where(x < 0, slope·x, x).
+    const [negative, scaled] = ['leaky_neg', 'leaky_scaled'].map((h) => ctx.fresh(h));
+    ctx.emit('Less', [ctx.name(x), ctx.scalar(0, 'float64')], [negative]);
+    ctx.emit('Mul', [ctx.name(x), ctx.scalar(slope, 'float64')], [scaled]);
+    ctx.emit('Where', [negative, scaled, ctx.name(x)], [out]);
+  },
+  vjp: ({ inputs: [x], attrs }, [g]) => {
+    const cot = g as Tensor;
+    return [where(less(x, 0), mul(cot, attrs.slope), cot)];
   },
 });
 
@@ -221,7 +356,8 @@ export function leakyRelu(x: Tensor, slope = 0.01): Tensor {
 export const GeluOp = defineOp<{ approximate: 'none' | 'tanh' }>({
   name: 'gelu',
   infer([x], { approximate }) {
-    expectFloat(x, 'input');
+    // The exact form needs Erf, which ORT has no double kernel for; the tanh form runs in double.
+    expectFloat(x, 'input', { float64: approximate === 'tanh' });
     if (approximate !== 'none' && approximate !== 'tanh') {
       fail(`approximate must be 'none' or 'tanh', got ${String(approximate)}`, 'ATTR');
     }
@@ -231,7 +367,22 @@ export const GeluOp = defineOp<{ approximate: 'none' | 'tanh' }>({
     // Gelu-20 is within opset 21; ORT fuses the tanh form to FastGelu.
     ctx.emit('Gelu', [ctx.name(node.inputs[0])], [out], { approximate: attr.string(node.attrs.approximate) });
   },
+  vjp: ({ inputs: [x], attrs }, [g]) => [mul(g as Tensor, geluDerivative(x, attrs.approximate))],
 });
+
+/** d gelu(x)/dx: Φ(x) + x·φ(x) exactly; for the tanh form y = ½x(1 + t), t = tanh(√(2/π)(x + 0.044715x³)). */
+function geluDerivative(x: Tensor, approximate: 'none' | 'tanh'): Tensor {
+  if (approximate === 'none') {
+    const cdf = mul(add(erf(mul(x, Math.SQRT1_2)), 1), 0.5);
+    const pdf = mul(exp(mul(mul(x, x), -0.5)), 1 / Math.sqrt(2 * Math.PI));
+    return add(cdf, mul(x, pdf));
+  }
+  const k = Math.sqrt(2 / Math.PI);
+  const x2 = mul(x, x);
+  const t = tanh(mul(mul(x, add(mul(x2, 0.044715), 1)), k));
+  const du = mul(add(mul(x2, 3 * 0.044715), 1), k);
+  return add(mul(add(t, 1), 0.5), mul(mul(mul(x, 0.5), sub(1, mul(t, t))), du));
+}
 
 /** GELU: exact (erf) by default, or the tanh approximation (torch `approximate='tanh'`). */
 export function gelu(x: Tensor, approximate: 'none' | 'tanh' = 'none'): Tensor {
@@ -247,6 +398,10 @@ export const CastOp = defineOp<{ to: DType }>({
   lower(ctx, node, [out]) {
     ctx.emit('Cast', [ctx.name(node.inputs[0])], [out], { to: attr.int(ONNX_DTYPE_CODE[node.attrs.to]) });
   },
+  // Between float types the cotangent is cast back; a cast to or from int or bool stops gradients.
+  vjp: ({ inputs: [x], outputs: [y] }, [g]) => [
+    isFloatDType(x.dtype) && isFloatDType(y.dtype) ? cast(g as Tensor, x.dtype) : undefined,
+  ],
 });
 
 export function cast(x: Tensor, to: DType): Tensor {

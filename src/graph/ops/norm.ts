@@ -2,6 +2,35 @@ import type { Tensor } from '../graph.js';
 import { attr } from '../onnx/model.js';
 import { apply, defineOp, expectFloat, fail } from '../op.js';
 import { dimEquals, formatShape, isStaticShape, normalizeAxis } from '../shape.js';
+import { add, mul, rsqrt, sub } from './elementwise.js';
+import { reshape } from './movement.js';
+import { mean, sum } from './reduce.js';
+
+// The VJPs below are composed from standard ops: ORT's npm builds have no SoftmaxGrad or
+// LayerNormalizationGrad kernels (notes/onnxruntime.md §8).
+
+/** Softmax backward: dx = y ⊙ (dy − Σ dy ⊙ y) along `axis`. */
+function softmaxBackward(y: Tensor, dy: Tensor, axis: number): Tensor {
+  return mul(y, sub(dy, sum(mul(dy, y), axis, true)));
+}
+
+const range = (from: number, to: number): number[] => Array.from({ length: to - from }, (_, i) => from + i);
+
+/** x̂ = (x − mean) · rstd over `axes`, with rstd = 1/√(var + eps) kept for the backward pass. */
+function standardize(x: Tensor, axes: readonly number[], eps: number): { normed: Tensor; rstd: Tensor } {
+  const centered = sub(x, mean(x, axes, true));
+  const rstd = rsqrt(add(mean(mul(centered, centered), axes, true), eps));
+  return { normed: mul(centered, rstd), rstd };
+}
+
+/** Backward of x̂ = standardize(x): dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ ⊙ x̂)) over `axes`. */
+function standardizeBackward(normed: Tensor, rstd: Tensor, dNormed: Tensor, axes: readonly number[]): Tensor {
+  const centered = sub(dNormed, mean(dNormed, axes, true));
+  return mul(rstd, sub(centered, mul(normed, mean(mul(dNormed, normed), axes, true))));
+}
+
+/** Sum over `axes`, or `t` itself when there are none. */
+const sumOver = (t: Tensor, axes: readonly number[]): Tensor => (axes.length > 0 ? sum(t, axes) : t);
 
 export const SoftmaxOp = defineOp<{ axis: number }>({
   name: 'softmax',
@@ -13,6 +42,9 @@ export const SoftmaxOp = defineOp<{ axis: number }>({
   lower(ctx, node, [out]) {
     const axis = normalizeAxis(node.attrs.axis, node.inputs[0].shape.length, 'softmax');
     ctx.emit('Softmax', [ctx.name(node.inputs[0])], [out], { axis: attr.int(axis) });
+  },
+  vjp({ outputs: [y], attrs: { axis } }, [dy]) {
+    return [dy && softmaxBackward(y, dy, axis)];
   },
 });
 
@@ -64,6 +96,24 @@ export const LayerNormOp = defineOp<{ axis: number; eps: number; hasWeight: bool
     if (hasBias) inputs.push(ctx.name(params[hasWeight ? 1 : 0]));
     ctx.emit('LayerNormalization', inputs, [out], { axis: attr.int(ax), epsilon: attr.float(eps) });
   },
+  vjp({ inputs: [x, ...params], attrs: { axis, eps, hasWeight, hasBias }, needsGrad }, [dy]) {
+    if (!dy) return [];
+    const ax = normalizeAxis(axis, x.rank, 'layerNorm');
+    const normalized = range(ax, x.rank);
+    const leading = range(0, ax);
+    const weight = hasWeight ? params[0] : undefined;
+    const needsWeight = hasWeight && needsGrad[1];
+    const needsBias = hasBias && needsGrad[hasWeight ? 2 : 1];
+    const { normed, rstd } = needsGrad[0] || needsWeight ? standardize(x, normalized, eps) : {};
+    const grads: (Tensor | undefined)[] = [
+      normed && rstd && needsGrad[0]
+        ? standardizeBackward(normed, rstd, weight ? mul(dy, weight) : dy, normalized)
+        : undefined,
+    ];
+    if (hasWeight) grads.push(normed && needsWeight ? sumOver(mul(dy, normed), leading) : undefined);
+    if (hasBias) grads.push(needsBias ? sumOver(dy, leading) : undefined);
+    return grads;
+  },
 });
 
 export function layerNorm(
@@ -85,7 +135,8 @@ export function layerNorm(
 export const GroupNormOp = defineOp<{ numGroups: number; eps: number }>({
   name: 'groupNorm',
   infer([x, weight, bias], { numGroups, eps }) {
-    expectFloat(x, 'input');
+    // float64: ORT has no double InstanceNormalization, which the lowering uses.
+    expectFloat(x, 'input', { float64: false });
     if (x.shape.length < 3) fail(`expected [N, C, ...], got ${formatShape(x.shape)}`, 'SHAPE');
     const c = x.shape[1];
     if (!Number.isInteger(numGroups) || numGroups < 1) fail(`numGroups must be a positive integer`, 'ATTR');
@@ -123,6 +174,21 @@ export const GroupNormOp = defineOp<{ numGroups: number; eps: number }>({
     const scaled = ctx.fresh('gn_scaled');
     ctx.emit('Mul', [ungrouped, ctx.reshape(ctx.name(weight), weight.shape, perChannel)], [scaled]);
     ctx.emit('Add', [scaled, ctx.reshape(ctx.name(bias), bias.shape, perChannel)], [out]);
+  },
+  vjp({ inputs: [x, weight], attrs: { numGroups, eps }, needsGrad }, [dy]) {
+    if (!dy) return [];
+    const notChannel = [0, ...range(2, x.rank)];
+    const db = needsGrad[2] ? sum(dy, notChannel) : undefined;
+    if (!needsGrad[0] && !needsGrad[1]) return [undefined, undefined, db];
+    // Standardized per group over [N, G, C/G · spatial]; the affine is per channel.
+    const grouped = (t: Tensor): Tensor => reshape(t, [x.shape[0], numGroups, -1]);
+    const { normed, rstd } = standardize(grouped(x), [2], eps);
+    const perChannel = reshape(weight, [x.shape[1], ...x.shape.slice(2).map(() => 1)]);
+    const dx = needsGrad[0]
+      ? reshape(standardizeBackward(normed, rstd, grouped(mul(dy, perChannel)), [2]), x.shape)
+      : undefined;
+    const dw = needsGrad[1] ? sum(mul(dy, reshape(normed, x.shape)), notChannel) : undefined;
+    return [dx, dw, db];
   },
 });
 

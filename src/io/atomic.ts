@@ -63,7 +63,7 @@ export async function writeFully(handle: FileHandle, bytes: Uint8Array, position
 }
 
 /** Makes the rename itself durable. Best effort: some platforms (Windows) cannot open a directory. */
-async function syncDirectory(directory: string): Promise<void> {
+export async function syncDirectory(directory: string): Promise<void> {
   try {
     const handle = await open(directory, 'r');
     try {

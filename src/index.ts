@@ -35,3 +35,4 @@ export { clearAttention, clearSelfAttention } from './attention/clear.js';
 export { LinFusionWeights, linfusionAttention, linfusionSelfAttention } from './attention/linfusion.js';
 export { OverlayTensorSource, ParameterInputs } from './nn/weights.js';
 export type { TensorSource } from './nn/weights.js';
+export * from './train/index.js';

@@ -4,6 +4,7 @@ import { benchAttention } from './attention.js';
 import { benchDenoiser } from './denoiser.js';
 import { benchEngine } from './engine.js';
 import { benchPipeline } from './pipeline.js';
+import { benchTrain } from './train.js';
 import { machineLine } from './stats.js';
 
 const BENCHES: Record<string, () => Promise<unknown>> = {
@@ -16,6 +17,11 @@ const BENCHES: Record<string, () => Promise<unknown>> = {
     ),
   denoiser: () => benchDenoiser({ tokens: [4096, 16384], layers: 2, reps: 2, threads: 0 }, console.log),
   pipeline: () => benchPipeline({ tokens: 1024, layers: 2, reps: 2, threads: 0 }, console.log),
+  train: () =>
+    benchTrain(
+      { batch: 32, vaeBatch: 8, reps: 3, threads: 0, vocab: 4000, textLength: 32, inline: false },
+      console.log,
+    ),
 };
 
 const names = process.argv.slice(2).filter((a) => !a.startsWith('-'));

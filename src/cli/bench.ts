@@ -75,6 +75,23 @@ const TGATE_FLAGS: Record<string, FlagSpec> = {
   ...COMMON,
 };
 
+const TRAIN_FLAGS: Record<string, FlagSpec> = {
+  batch: { type: 'integer', description: 'micro-batch of the text-to-image step', default: 32 },
+  'vae-batch': { type: 'integer', description: 'micro-batch of the VAE step', default: 8 },
+  reps: { type: 'integer', description: 'timed updates per model, after two untimed', default: 3 },
+  vocab: {
+    type: 'integer',
+    description: "text encoder's vocabulary (the trainer's tokenizer size)",
+    default: 4000,
+  },
+  'text-length': { type: 'integer', description: 'caption tokens', default: 32 },
+  inline: {
+    type: 'boolean',
+    description: 'run ORT in the calling thread, not in a worker as `velodiff train` does',
+  },
+  ...COMMON,
+};
+
 function squareTokens(value: string, command: string): number[] {
   const tokens = value.split(',').map((t) => Number(t.trim()));
   for (const t of tokens) {
@@ -120,7 +137,10 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (name === 'dit') return benchDitCommand(rest);
   if (name === 'attention') return benchAttentionCommand(rest);
   if (name === 'tgate') return benchTgateCommand(rest);
-  throw new OptionError(`bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate`);
+  if (name === 'train') return benchTrainCommand(rest);
+  throw new OptionError(
+    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train`,
+  );
 }
 
 // The benchmark code lives in bench/ and ships in the package build.
@@ -238,5 +258,36 @@ async function benchTgateCommand(argv: string[]): Promise<number> {
   };
   const rows = await benchPipeline(options, log);
   if (json) console.log(JSON.stringify(tgateJson(rows, options)));
+  return 0;
+}
+
+async function benchTrainCommand(argv: string[]): Promise<number> {
+  const parsed = benchFlags(
+    argv,
+    TRAIN_FLAGS,
+    'bench train',
+    'Training throughput of the text-to-image and VAE steps (samples/s, GFLOP/s) vs fp32 MatMul GFLOP/s.',
+  );
+  if (!parsed) return 0;
+  const { flags, json, log } = parsed;
+  positive(flags, ['batch', 'vae-batch', 'reps', 'vocab', 'text-length'], 'bench train');
+  const { benchTrain } = await import('../../bench/train.js');
+  const result = await benchTrain(
+    {
+      batch: flags.batch as number,
+      vaeBatch: flags['vae-batch'] as number,
+      reps: flags.reps as number,
+      threads: flags.threads as number,
+      vocab: flags.vocab as number,
+      textLength: flags['text-length'] as number,
+      inline: flags.inline === true,
+    },
+    log,
+  );
+  if (json) {
+    const { samples_per_s, gflops, matmul_gflops, fraction, ...rest } = result;
+    // The contract's four keys first; the VAE's and each row's figures after them.
+    console.log(JSON.stringify({ samples_per_s, gflops, matmul_gflops, fraction, ...rest }));
+  }
   return 0;
 }

@@ -220,7 +220,8 @@ export function buildAutoencoderKLGraph(
   return graph;
 }
 
-function encodeImage(
+/** The encoder and DiagonalGaussianDistribution's parameters, in `params`' graph (training builds on it). */
+export function encodeImage(
   params: Params,
   sample: Tensor,
   config: AutoencoderKLConfig,
@@ -242,7 +243,8 @@ function encodeImage(
   });
 }
 
-function decodeLatents(params: Params, z: Tensor, config: AutoencoderKLConfig): Tensor {
+/** post_quant_conv and the decoder, in `params`' graph (training builds on it). */
+export function decodeLatents(params: Params, z: Tensor, config: AutoencoderKLConfig): Tensor {
   let h = z;
   if (config.usePostQuantConv) {
     const channels = config.latentChannels;

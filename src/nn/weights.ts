@@ -27,8 +27,12 @@ const FLOAT_STORED: readonly SafetensorsDtype[] = ['F32', 'F16', 'BF16', 'F64'];
 /** Something that holds named tensors in files: a WeightStore, or a single SafetensorsFile. */
 export interface TensorSource {
   has(name: string): boolean;
-  /** Throws WeightError (WEIGHT_MISSING) naming the tensor and file. */
-  info(name: string): TensorInfo & { path?: string };
+  /**
+   * Throws WeightError (WEIGHT_MISSING) naming the tensor and file. `expectedShape` is the shape the
+   * model reads it with, when known: a source with no file behind it may answer with it
+   * (discoverParameterShapes in src/train/parameters.ts); a checkpoint ignores it.
+   */
+  info(name: string, expectedShape?: readonly number[]): TensorInfo & { path?: string };
   /**
    * Makes the graph tensor of `name` (already checked against the model's shape) some other way
    * than as a weight pointing into its file: `ParameterInputs` declares a graph input.
@@ -75,8 +79,8 @@ export class ParameterInputs implements TensorSource {
     return this.source.has(name);
   }
 
-  info(name: string): TensorInfo & { path?: string } {
-    return this.source.info(name);
+  info(name: string, expectedShape?: readonly number[]): TensorInfo & { path?: string } {
+    return this.source.info(name, expectedShape);
   }
 
   tensor(graph: Graph, name: string, dtype: DType, shape: readonly number[]): Tensor {
@@ -155,7 +159,7 @@ function infoExpecting(
   expected: readonly number[] | undefined,
 ): TensorInfo & { path?: string } {
   try {
-    return source.info(name);
+    return source.info(name, expected);
   } catch (error) {
     if (!(error instanceof WeightError) || error.code !== 'WEIGHT_MISSING' || !expected) throw error;
     throw new WeightError(
@@ -202,9 +206,9 @@ export class RecordingTensorSource implements TensorSource {
     return this.source.has(name);
   }
 
-  info(name: string): TensorInfo & { path?: string } {
+  info(name: string, expectedShape?: readonly number[]): TensorInfo & { path?: string } {
     this.read.add(name);
-    return this.source.info(name);
+    return this.source.info(name, expectedShape);
   }
 }
 

@@ -7,7 +7,7 @@ import type { Dim } from '../shape.js';
 import { dimEquals, dimMul, formatShape, isStaticShape } from '../shape.js';
 import { asTensor, cast, mul } from './elementwise.js';
 import { matmul } from './matmul.js';
-import { expand, reshape, slice, transpose } from './movement.js';
+import { concat, expand, pad, reshape, slice, transpose } from './movement.js';
 import { sum } from './reduce.js';
 
 type Pair = readonly [number, number];
@@ -125,12 +125,14 @@ export const Conv2dOp = defineOp<Conv2dAttrs>({
 type ConvGeometry = Pick<Conv2dAttrs, 'stride' | 'pads' | 'dilation' | 'groups'>;
 
 /**
- * dW[o, i, a, b] = Σ_{n,y,x} dY[n, o, y, x] · X[n, g·I + i, y·s + a·d − p, …]: a convolution of X with
- * dY as its kernel, over the batch (X's channels become the batch, and each group's batch entries
- * its channels), with stride and dilation swapped; windows past the kernel size are cut off.
+ * dW[o, i, a, b] = Σ_{n,y,x} dY[n, o, y, x] · X[n, i, y·s + a·d − p, x·s + b·d − p]. Ungrouped, as one
+ * MatMul per batch entry over the kernel's kH·kW shifted views of X (im2col), summed over the batch:
+ * MatMul runs at the engine's full rate, where ORT's Conv with dY as a kernel the size of the output
+ * map ran 3.6× slower than the forward convolution of the same FLOPs (the emoji VAE step, measured with
+ * bench/profile-train.ts). Grouped convolutions take the convolution form (convWeightGradAsConv).
  */
 function convWeightGrad(input: Tensor, outGrad: Tensor, a: ConvGeometry, kernel: Pair): Tensor {
-  const [n, channels, h, w] = input.shape;
+  const [n, channels] = input.shape;
   const outChannels = outGrad.shape[1];
   if (
     typeof channels !== 'number' ||
@@ -142,6 +144,47 @@ function convWeightGrad(input: Tensor, outGrad: Tensor, a: ConvGeometry, kernel:
       'SHAPE',
     );
   }
+  if (a.groups !== 1) return convWeightGradAsConv(input, outGrad, a, kernel);
+  const [oh, ow] = outGrad.shape.slice(2) as number[];
+  const [top, left, bottom, right] = a.pads;
+  const padded = a.pads.some((p) => p > 0)
+    ? pad(input, [
+        [0, 0],
+        [0, 0],
+        [top, bottom],
+        [left, right],
+      ])
+    : input;
+  // The view of X under kernel tap (a, b): rows a·d, a·d + s, …, oh of them; columns likewise.
+  const taps: Tensor[] = [];
+  for (let row = 0; row < kernel[0]; row++) {
+    for (let column = 0; column < kernel[1]; column++) {
+      const y0 = row * a.dilation[0];
+      const x0 = column * a.dilation[1];
+      taps.push(
+        slice(padded, [
+          { axis: 2, start: y0, end: y0 + a.stride[0] * (oh - 1) + 1, step: a.stride[0] },
+          { axis: 3, start: x0, end: x0 + a.stride[1] * (ow - 1) + 1, step: a.stride[1] },
+        ]),
+      );
+    }
+  }
+  const taps2d = kernel[0] * kernel[1];
+  // [N, kH·kW·C, oh·ow], rows ordered (a, b, i).
+  const columns = reshape(taps.length === 1 ? taps[0] : concat(taps, 1), [n, taps2d * channels, oh * ow]);
+  const perImage = matmul(reshape(outGrad, [n, outChannels, oh * ow]), transpose(columns, [0, 2, 1]));
+  const dw = reshape(sum(perImage, 0), [outChannels, kernel[0], kernel[1], channels]);
+  return transpose(dw, [0, 3, 1, 2]);
+}
+
+/**
+ * The weight gradient as a convolution of X with dY as its kernel, over the batch (X's channels become
+ * the batch, and each group's batch entries its channels), with stride and dilation swapped; windows
+ * past the kernel size are cut off.
+ */
+function convWeightGradAsConv(input: Tensor, outGrad: Tensor, a: ConvGeometry, kernel: Pair): Tensor {
+  const [n, channels, h, w] = input.shape as [Dim, number, Dim, Dim];
+  const outChannels = outGrad.shape[1] as number;
   const g = a.groups;
   const [oh, ow] = outGrad.shape.slice(2) as number[];
   const inputAsBatch = reshape(transpose(reshape(input, [n, g, channels / g, h, w]), [2, 1, 0, 3, 4]), [

@@ -190,17 +190,69 @@ export function buildPixArtGraph(
   o: PixArtGraphOptions,
   extras: PixArtExtras = {},
 ): Graph {
+  const tokens = (o.height / config.patchSize) * (o.width / config.patchSize);
+  const g = new Graph('PixArtTransformer2DModel');
+  const root = Params.of(g, weights, { lora: extras.lora });
+  const tgate = o.tgate ?? { selfAttention: 'compute', crossAttention: 'compute', average: false };
+  const needsText = tgate.crossAttention !== 'reuse';
+  const inputs: PixArtInputs = {
+    hiddenStates: g.input('hidden_states', 'float32', ['B', config.inChannels, o.height, o.width]),
+    timestep: g.input('timestep', 'float32', ['B']),
+    posEmbed: g.input('pos_embed', 'float32', [1, tokens, config.innerDim]),
+  };
+  if (config.useAdditionalConditions) {
+    inputs.resolution = g.input('resolution', 'float32', ['B', 2]);
+    inputs.aspectRatio = g.input('aspect_ratio', 'float32', ['B', 1]);
+  }
+  if (needsText) {
+    inputs.encoderHiddenStates = g.input('encoder_hidden_states', 'float32', [
+      'B',
+      o.captionLength,
+      config.captionChannels,
+    ]);
+    if (o.withMask)
+      inputs.encoderAttentionMask = g.input('encoder_attention_mask', 'float32', ['B', o.captionLength]);
+  }
+  g.output('sample', pixArtTransformer(root, config, inputs, o, extras));
+  return g;
+}
+
+/** The tensors PixArtTransformer2DModel.forward takes, as graph tensors (see `buildPixArtGraph`). */
+export interface PixArtInputs {
+  /** [B, in_channels, H, W] */
+  hiddenStates: Tensor;
+  /** [B] float32 */
+  timestep: Tensor;
+  /** [1, N, inner_dim]: `sincosPositionEmbedding2d` for the token grid. */
+  posEmbed: Tensor;
+  /** [B, L, caption_channels]; absent only when every cross-attention is reused (T-GATE). */
+  encoderHiddenStates?: Tensor;
+  /** [B, L] float32, 1 = keep. */
+  encoderAttentionMask?: Tensor;
+  /** Micro-conditions [B, 2] and [B, 1], for models with use_additional_conditions. */
+  resolution?: Tensor;
+  aspectRatio?: Tensor;
+}
+
+/**
+ * PixArtTransformer2DModel's forward, built into the graph of `root` from tensors of that graph:
+ * the predicted `sample` [B, out_channels, H, W]. `buildPixArtGraph` wraps it with graph inputs;
+ * a trainer calls it with the text encoder's output to train both in one graph.
+ */
+export function pixArtTransformer(
+  root: Params,
+  config: PixArtTransformerConfig,
+  inputs: PixArtInputs,
+  o: Pick<PixArtGraphOptions, 'height' | 'width' | 'tgate' | 'attention'>,
+  extras: PixArtExtras = {},
+): Tensor {
   const { innerDim: dim, patchSize: p } = config;
   const h = o.height / p;
   const w = o.width / p;
   const tokens = h * w;
-  const g = new Graph('PixArtTransformer2DModel');
-  const root = Params.of(g, weights, { lora: extras.lora });
-  const x = g.input('hidden_states', 'float32', ['B', config.inChannels, o.height, o.width]);
+  const x = inputs.hiddenStates;
   const tgate = o.tgate ?? { selfAttention: 'compute', crossAttention: 'compute', average: false };
   const needsText = tgate.crossAttention !== 'reuse';
-  const timestep = g.input('timestep', 'float32', ['B']);
-  const posEmbed = g.input('pos_embed', 'float32', [1, tokens, dim]);
 
   // Patch embedding: a stride-p conv, flattened to tokens, plus the 2-D sin-cos position embedding.
   const patches = Conv2d(root.child('pos_embed').child('proj'), x, {
@@ -209,28 +261,27 @@ export function buildPixArtGraph(
     kernel: p,
     stride: p,
   });
-  let hidden = add(transpose(reshape(patches, ['B', dim, tokens]), [0, 2, 1]), posEmbed);
+  let hidden = add(transpose(reshape(patches, ['B', dim, tokens]), [0, 2, 1]), inputs.posEmbed);
 
   // adaLN-single: one timestep (+ micro-condition) embedding shared by every block.
   const ada = root.child('adaln_single');
   const emb = ada.child('emb');
   let embedded = TimestepEmbedding(
     emb.child('timestep_embedder'),
-    sinusoidalEmbedding(timestep, 256, { flipSinToCos: true, downscaleFreqShift: 0 }),
+    sinusoidalEmbedding(inputs.timestep, 256, { flipSinToCos: true, downscaleFreqShift: 0 }),
     256,
     dim,
   );
   if (config.useAdditionalConditions) {
     const sizeDim = Math.floor(dim / 3);
-    const resolution = g.input('resolution', 'float32', ['B', 2]);
-    const aspectRatio = g.input('aspect_ratio', 'float32', ['B', 1]);
-    const condition = (input: Tensor, name: string, count: number): Tensor => {
+    const condition = (input: Tensor | undefined, name: string, count: number): Tensor => {
+      if (!input) throw new OptionError(`PixArtTransformer2DModel with micro-conditions needs ${name}`);
       const s = sinusoidalEmbedding(reshape(input, [-1]), 256, { flipSinToCos: true, downscaleFreqShift: 0 });
       return reshape(TimestepEmbedding(emb.child(name), s, 256, sizeDim), ['B', count * sizeDim]);
     };
     const micro = [
-      condition(resolution, 'resolution_embedder', 2),
-      condition(aspectRatio, 'aspect_ratio_embedder', 1),
+      condition(inputs.resolution, 'resolution_embedder', 2),
+      condition(inputs.aspectRatio, 'aspect_ratio_embedder', 1),
     ];
     embedded = add(embedded, concat(micro, 1));
   }
@@ -238,12 +289,10 @@ export function buildPixArtGraph(
 
   // Caption projection to the model width (not needed when every cross-attention is reused).
   let text: Tensor | undefined;
+  let crossMask: Tensor | undefined;
   if (needsText) {
-    const captions = g.input('encoder_hidden_states', 'float32', [
-      'B',
-      o.captionLength,
-      config.captionChannels,
-    ]);
+    const captions = inputs.encoderHiddenStates;
+    if (!captions) throw new OptionError('PixArtTransformer2DModel needs encoder_hidden_states');
     const cp = root.child('caption_projection');
     text = Linear(
       cp.child('linear_2'),
@@ -251,12 +300,9 @@ export function buildPixArtGraph(
       dim,
       dim,
     );
-  }
-  let crossMask: Tensor | undefined;
-  if (o.withMask && needsText) {
+    const mask = inputs.encoderAttentionMask;
     // (1 − mask)·−10000 added to the cross-attention scores, as PixArtTransformer2DModel does.
-    const mask = g.input('encoder_attention_mask', 'float32', ['B', o.captionLength]);
-    crossMask = reshape(mul(sub(1, mask), -10000), ['B', 1, 1, o.captionLength]);
+    if (mask) crossMask = reshape(mul(sub(1, mask), -10000), ['B', 1, 1, captions.shape[1]]);
   }
 
   const modulation = reshape(timestepMod, ['B', 6, dim]);
@@ -285,9 +331,7 @@ export function buildPixArtGraph(
   hidden = add(mul(hidden, add(scale, 1)), shift);
   const out = Linear(root.child('proj_out'), hidden, dim, p * p * config.outChannels);
   const grid = reshape(out, ['B', h, w, p, p, config.outChannels]);
-  const sample = reshape(transpose(grid, [0, 5, 1, 3, 2, 4]), ['B', config.outChannels, o.height, o.width]);
-  g.output('sample', sample);
-  return g;
+  return reshape(transpose(grid, [0, 5, 1, 3, 2, 4]), ['B', config.outChannels, o.height, o.width]);
 }
 
 /**

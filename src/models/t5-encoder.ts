@@ -343,12 +343,35 @@ export function buildT5EncoderGraph(
   weights: TensorSource,
   o: T5EncoderGraphOptions,
 ): Graph {
-  const { dModel, numHeads } = config;
-  const length = o.seqLength;
   const g = new Graph('T5EncoderModel');
-  const root = Params.of(g, weights);
-  const inputIds = g.input('input_ids', o.idsDType, ['B', length]);
-  const mask = o.maskDType ? g.input('attention_mask', o.maskDType, ['B', length]) : undefined;
+  const inputIds = g.input('input_ids', o.idsDType, ['B', o.seqLength]);
+  const mask = o.maskDType ? g.input('attention_mask', o.maskDType, ['B', o.seqLength]) : undefined;
+  const hiddenStates = t5Encoder(Params.of(g, weights), config, inputIds, mask);
+  g.output('last_hidden_state', hiddenStates[hiddenStates.length - 1]);
+  if (o.outputHiddenStates) hiddenStates.forEach((t, i) => g.output(`hidden_states.${i}`, t));
+  return g;
+}
+
+/**
+ * The T5 encoder stack built into the graph of `root` from `inputIds` [B, S] (and an optional
+ * `mask` [B, S], 1 = keep): transformers' hidden-states tuple, the last entry being
+ * `last_hidden_state` [B, S, d_model]. `buildT5EncoderGraph` wraps it with graph inputs; a trainer
+ * calls it to feed a denoiser in the same graph.
+ */
+export function t5Encoder(
+  root: Params,
+  config: T5EncoderConfig,
+  inputIds: Tensor,
+  mask: Tensor | undefined,
+): Tensor[] {
+  const { dModel, numHeads } = config;
+  const g = root.graph;
+  const length = inputIds.shape[1];
+  if (typeof length !== 'number') {
+    throw new OptionError(
+      `T5EncoderModel: the sequence length of input_ids must be known, got ${inputIds.toString()}`,
+    );
+  }
 
   // `shared` and `encoder.embed_tokens` are tied; transformers saves whichever it keeps.
   const embedName =
@@ -356,7 +379,7 @@ export function buildT5EncoderGraph(
       ? 'shared.weight'
       : 'encoder.embed_tokens.weight';
   const table = root.get(embedName, [config.vocabSize, dModel]);
-  let hidden = g.scope('encoder.embed_tokens', () => gather(table, inputIds, 0));
+  let hidden = g.scope(root.fullName('encoder.embed_tokens'), () => gather(table, inputIds, 0));
   const hiddenStates: Tensor[] = [hidden];
 
   const encoder = root.child('encoder');
@@ -383,7 +406,7 @@ export function buildT5EncoderGraph(
   });
   if (mask) {
     // transformers: (1 − mask)·finfo(float32).min, added to the bias, so masked keys stay finite.
-    const inverted = g.scope('attention_mask', () =>
+    const inverted = g.scope(root.fullName('attention_mask'), () =>
       reshape(mul(sub(1, cast(mask, 'float32')), FLOAT32_MIN), ['B', 1, 1, length]),
     );
     positionBias = add(positionBias, inverted);
@@ -399,12 +422,8 @@ export function buildT5EncoderGraph(
     hidden = add(hidden, T5DenseReluDense(feedForward.child('DenseReluDense'), ffNormed, config));
     if (i < config.numLayers - 1) hiddenStates.push(hidden);
   }
-  hidden = T5LayerNorm(encoder.child('final_layer_norm'), hidden, config);
-  hiddenStates.push(hidden);
-
-  g.output('last_hidden_state', hidden);
-  if (o.outputHiddenStates) hiddenStates.forEach((t, i) => g.output(`hidden_states.${i}`, t));
-  return g;
+  hiddenStates.push(T5LayerNorm(encoder.child('final_layer_norm'), hidden, config));
+  return hiddenStates;
 }
 
 /** T5LayerNorm: RMS norm with a weight, no mean subtraction and no bias (float32 throughout here). */

@@ -66,12 +66,9 @@ export class T5Tokenizer {
     const root = resolve(dir);
     const folder = await findTokenizerFolder(root);
     const config = await readTokenizerConfig(folder.dir);
-    let json: TokenizerJson;
+    let json: unknown;
     if (folder.file === 'tokenizer.json') {
-      json = checkTokenizerJson(
-        await readJsonFile(folder.path, 'the fast tokenizer (tokenizer.json)'),
-        folder.path,
-      );
+      json = await readJsonFile(folder.path, 'the fast tokenizer (tokenizer.json)');
     } else {
       let bytes: Uint8Array;
       try {
@@ -102,21 +99,30 @@ export class T5Tokenizer {
         );
       }
     }
+    return T5Tokenizer.fromJson(json, config, folder.path);
+  }
+
+  /**
+   * A tokenizer from the parsed contents of tokenizer.json and tokenizer_config.json (e.g. ones
+   * `buildT5Tokenizer` made in memory); `path` names them in errors.
+   */
+  static fromJson(tokenizerJson: unknown, config: Record<string, unknown>, path: string): T5Tokenizer {
+    const json = checkTokenizerJson(tokenizerJson, path);
     let fast: FastTokenizer;
     try {
       fast = createFastTokenizer(json);
     } catch (error) {
       throw new FileFormatError(
-        `${folder.path}: the tokenizer cannot be built: ${(error as Error).message}`,
+        `${path}: the tokenizer cannot be built: ${(error as Error).message}`,
         'TOKENIZER_INVALID',
-        folder.path,
+        path,
       );
     }
-    const { prefix, suffix } = templateSpecialIds(json, folder.path);
+    const { prefix, suffix } = templateSpecialIds(json, path);
     const padToken = tokenContent(config.pad_token) ?? '<pad>';
     const maxLength = config.model_max_length;
     return new T5Tokenizer(
-      folder.path,
+      path,
       fast,
       prefix,
       suffix,

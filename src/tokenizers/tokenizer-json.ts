@@ -30,6 +30,9 @@ export interface TemplateProcessingJson {
 /** The top level of a tokenizer.json; components other than the model and post-processor stay opaque. */
 export interface TokenizerJson {
   version?: string;
+  /** Encoding-time truncation and padding saved with the tokenizer (null in transformers' files). */
+  truncation?: Record<string, unknown> | null;
+  padding?: Record<string, unknown> | null;
   added_tokens: AddedTokenJson[];
   normalizer: Record<string, unknown> | null;
   pre_tokenizer: Record<string, unknown> | null;

@@ -2,11 +2,13 @@ import { join, resolve } from 'node:path';
 import { FileFormatError } from '../errors.js';
 import { readConfig } from '../io/diffusers.js';
 import { AutoencoderKL } from './autoencoder-kl.js';
+import { VelodiffEmojiClassifier } from './emoji-classifier.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
 import { PixArtTransformer2DModel } from './pixart-transformer.js';
 import { T5EncoderModel } from './t5-encoder.js';
 
 export { AutoencoderKL } from './autoencoder-kl.js';
+export { VelodiffEmojiClassifier } from './emoji-classifier.js';
 export { PixArtTransformer2DModel } from './pixart-transformer.js';
 export { T5EncoderModel } from './t5-encoder.js';
 export type { DiffusersModel, LoadOptions } from './model.js';
@@ -18,6 +20,7 @@ export const MODEL_CLASSES: Readonly<Record<string, Loader>> = {
   PixArtTransformer2DModel: (d, o) => PixArtTransformer2DModel.fromPretrained(d, o),
   AutoencoderKL: (d, o) => AutoencoderKL.fromPretrained(d, o),
   T5EncoderModel: (d, o) => T5EncoderModel.fromPretrained(d, o),
+  VelodiffEmojiClassifier: (d, o) => VelodiffEmojiClassifier.fromPretrained(d, o),
 };
 
 /** The class a model folder's config.json names. */

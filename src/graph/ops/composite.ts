@@ -1,10 +1,10 @@
 import type { Tensor } from '../graph.js';
 import { fail } from '../op.js';
 import { dimEquals, formatShape } from '../shape.js';
-import { add, mul, rsqrt } from './elementwise.js';
+import { add, exp, log, mul, rsqrt, sub } from './elementwise.js';
 import { matmul } from './matmul.js';
 import { transpose } from './movement.js';
-import { mean } from './reduce.js';
+import { max, mean, sum } from './reduce.js';
 
 // Composites: built from primitives, so they need no lowering or VJP of their own.
 
@@ -48,4 +48,13 @@ export function rmsNorm(x: Tensor, weight: Tensor | undefined, eps = 1e-6): Tens
   }
   const normed = mul(x, rsqrt(add(mean(mul(x, x), -1, true), eps)));
   return weight ? mul(normed, weight) : normed;
+}
+
+/**
+ * log softmax(x) along `axis`: x − m − log Σ exp(x − m) with m = max(x), so no exp overflows. The
+ * max's own gradient cancels (Σ softmax = 1), so the VJP composed from the primitives is exact.
+ */
+export function logSoftmax(x: Tensor, axis = -1): Tensor {
+  const shifted = sub(x, max(x, axis, true));
+  return sub(shifted, log(sum(exp(shifted), axis, true)));
 }

@@ -1,0 +1,177 @@
+/**
+ * `evaluateTextToImage` end to end on the emoji data set with a tiny random classifier: a generator
+ * that returns the held-out emoji themselves scores exactly the real ceiling; the tiny PixArt
+ * pipeline (16×16 images, resized to the classifier's 64×64) gives figures in range, FED that the
+ * test recomputes from the classifier's features, 0 for a set against itself, and images that do not
+ * depend on the batch size.
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import { VelodiffEmojiClassifier } from '../../../src/models/emoji-classifier.js';
+import { PixArtPipeline } from '../../../src/pipelines/pixart.js';
+import { hostTensor } from '../../../src/runtime/host-tensor.js';
+import type { HostTensor } from '../../../src/runtime/host-tensor.js';
+import type { ImageTextDataset } from '../../../src/train/data/dataset.js';
+import { datasetImage } from '../../../src/train/data/dataset.js';
+import { loadEmojiDataset } from '../../../src/train/data/emoji-dataset.js';
+import { evaluateTextToImage, pipelineGenerator } from '../../../src/train/eval/evaluate.js';
+import type { ImageGenerator } from '../../../src/train/eval/evaluate.js';
+import { featureStatistics, frechetDistance } from '../../../src/train/eval/fed.js';
+import { heldOutSet } from '../../../src/train/eval/held-out.js';
+import { classifierInput, datasetClassifierInput } from '../../../src/train/eval/images.js';
+import { imagesToRgb } from '../../../src/io/png.js';
+import { assertClose } from '../../compare.js';
+import { tinyEmojiClassifier } from '../../fixtures/tiny-emoji-classifier.js';
+import { tinyPixArtPipeline } from '../../fixtures/tiny-pixart-pipeline.js';
+import { testRuntime } from '../../helpers.js';
+import { testSeed } from '../../random.js';
+
+let dataset: ImageTextDataset;
+let classifier: VelodiffEmojiClassifier;
+let pipeline: PixArtPipeline;
+
+before(async () => {
+  dataset = await loadEmojiDataset();
+  const labelNames = dataset.labelNames;
+  assert.ok(labelNames);
+  classifier = await VelodiffEmojiClassifier.fromPretrained(
+    await tinyEmojiClassifier(labelNames, testSeed('tiny classifier')),
+    {
+      runtime: testRuntime(),
+    },
+  );
+  pipeline = await PixArtPipeline.fromPretrained(await tinyPixArtPipeline(), { runtime: testRuntime() });
+});
+after(async () => {
+  await pipeline.close();
+  await classifier.close();
+});
+
+test('the held-out set: validation emoji without skin tones, halves disjoint by emoji, every category referenced', () => {
+  const set = heldOutSet(dataset);
+  const all = [...set.reference, ...set.prompts];
+  assert.equal(new Set(all).size, all.length);
+  for (const i of all) {
+    assert.equal(dataset.split[i], 'validation');
+    assert.ok(!/-1F3F[B-F]/.test(dataset.items[i].id), `${dataset.items[i].id} has a skin tone`);
+  }
+  const groups = (indices: readonly number[]): Set<string> =>
+    new Set(indices.map((i) => dataset.items[i].group));
+  const referenceGroups = groups(set.reference);
+  assert.ok(
+    [...groups(set.prompts)].every((g) => !referenceGroups.has(g)),
+    'an emoji is in both halves',
+  );
+  const categories = new Set(set.reference.map((i) => dataset.items[i].labels?.category));
+  assert.equal(categories.size, dataset.labelNames?.category.length);
+  const ratio = set.prompts.length / all.length;
+  assert.ok(ratio > 0.4 && ratio < 0.6, `prompt half is ${set.prompts.length} of ${all.length}`);
+});
+
+test('a generator that draws the held-out emoji themselves scores the real ceiling', async () => {
+  const byCaption = new Map(dataset.items.map((item, i) => [item.captions[0], i]));
+  const perfect: ImageGenerator = async ({ prompts }) => {
+    const size = dataset.size;
+    const images = new Float32Array(prompts.length * 3 * size * size);
+    prompts.forEach((prompt, n) => {
+      const rgb = datasetImage(dataset, byCaption.get(prompt) as number);
+      for (let p = 0; p < size * size; p++)
+        for (let c = 0; c < 3; c++) images[(n * 3 + c) * size * size + p] = rgb[p * 3 + c] / 255;
+    });
+    return hostTensor('float32', [prompts.length, 3, size, size], images);
+  };
+  const result = await evaluateTextToImage({
+    dataset,
+    classifier,
+    generate: perfect,
+    samples: 40,
+    steps: 1,
+    seed: 0,
+  });
+  assertClose([result.generated.fed], [result.real.fed], {
+    rtol: 1e-6,
+    atol: 1e-9,
+    what: 'FED against real FED',
+  });
+  assert.equal(result.generated.alignment, result.real.alignment);
+  assert.equal(result.generated.subcategoryAlignment, result.real.subcategoryAlignment);
+  assert.equal(result.samples, 40);
+});
+
+test('the tiny PixArt pipeline: figures in range, FED recomputed from the features, 0 against itself, batch-independent', async () => {
+  const recorded: HostTensor[] = [];
+  const generate = pipelineGenerator(pipeline, { guidance: 4.5 });
+  const recording: ImageGenerator = async (request) => {
+    const images = await generate(request);
+    if (request.steps > 1) recorded.push(images);
+    return images;
+  };
+  const samples = 12;
+  const result = await evaluateTextToImage({
+    dataset,
+    classifier,
+    generate: recording,
+    samples,
+    steps: 2,
+    seed: 7,
+    batchSize: 5,
+  });
+  for (const [name, value] of Object.entries({
+    fed: result.generated.fed,
+    real_fed: result.real.fed,
+  }))
+    assert.ok(Number.isFinite(value) && value >= -1e-9, `${name} = ${value}`);
+  for (const value of [
+    result.generated.alignment,
+    result.generated.subcategoryAlignment,
+    result.real.alignment,
+    result.real.subcategoryAlignment,
+  ]) {
+    assert.ok(value >= 0 && value <= 1, `alignment ${value}`);
+  }
+  assert.ok(result.msPerImage > 0 && Number.isFinite(result.msPerImage));
+  // 12 images and 8 feature dims: full rank, no ε.
+  assert.equal(result.fedEpsilon, 0);
+
+  // The same FED from the recorded images, classified here.
+  const rgb = recorded.flatMap((images) => imagesToRgb(images.data as Float32Array, images.shape));
+  assert.equal(rgb.length, samples);
+  assert.deepEqual(recorded[0].shape.slice(2), [16, 16]);
+  const dims = classifier.config.featureDim;
+  const generated = await classifier.classify(await classifierInput(rgb, 16, 16, 64));
+  const referenceImages = await classifier.classify(
+    await datasetClassifierInput(dataset, heldOutSet(dataset).reference, 64),
+  );
+  const generatedStats = featureStatistics(generated.features, samples, dims);
+  const reference = featureStatistics(referenceImages.features, referenceImages.count, dims);
+  assertClose([frechetDistance(generatedStats, reference).distance], [result.generated.fed], {
+    rtol: 1e-9,
+    atol: 1e-12,
+    what: 'FED',
+  });
+  const self = frechetDistance(generatedStats, generatedStats).distance;
+  let trace = 0;
+  for (let d = 0; d < dims; d++) trace += generatedStats.covariance[d * dims + d];
+  assert.ok(
+    Math.abs(self) <= 1e-9 * Math.max(trace, 1e-12),
+    `FED of the generated set with itself: ${self} (trace ${trace})`,
+  );
+
+  // Image i comes from seed + i whatever the batch: another batch size gives the same figures.
+  const again = await evaluateTextToImage({
+    dataset,
+    classifier,
+    generate,
+    samples,
+    steps: 2,
+    seed: 7,
+    batchSize: 4,
+  });
+  assertClose([again.generated.fed], [result.generated.fed], {
+    rtol: 1e-5,
+    atol: 1e-9,
+    what: 'FED with batch 4 against batch 5',
+  });
+  assert.equal(again.generated.alignment, result.generated.alignment);
+});

@@ -18,6 +18,7 @@ export { writeFileAtomic } from './io/atomic.js';
 export { weightFromFile } from './nn/weights.js';
 export { readHostTensors, writeHostTensors } from './io/host-tensors.js';
 export { encodePng, imagesToRgb } from './io/png.js';
+export { importOptional, MissingPackageError } from './io/optional-package.js';
 export { Params } from './nn/params.js';
 export * from './nn/layers.js';
 export * from './models/index.js';
@@ -26,6 +27,8 @@ export type { PixArtTransformerConfig, PixArtGraphOptions } from './models/pixar
 export * from './schedulers/index.js';
 export * from './random/index.js';
 export { T5Tokenizer, toModelInputs } from './tokenizers/t5-tokenizer.js';
+export { buildT5Tokenizer, writeT5TokenizerFolder } from './tokenizers/build-t5-tokenizer.js';
+export type { T5TokenizerBuildOptions, T5TokenizerFiles } from './tokenizers/build-t5-tokenizer.js';
 export * from './pipelines/index.js';
 export * from './lora/index.js';
 export * from './attention/types.js';

@@ -2,10 +2,12 @@ import { writeFileAtomic } from '../io/atomic.js';
 import { encodePng, imagesToRgb } from '../io/png.js';
 import { OptionError } from '../errors.js';
 import { DiffusionPipeline } from '../pipelines/index.js';
+import { SHIPPED_MODEL_PATH, shippedModelDir } from '../pipelines/shipped-model.js';
 import { Runtime } from '../runtime/runtime.js';
 import { SCHEDULER_NAMES, schedulerFromConfig } from '../schedulers/index.js';
 import type { FlagSpec } from './args.js';
 import { parseArgs, usage } from './args.js';
+import { progressBar, ProgressLine } from './progress.js';
 import { runtimeFlags, runtimeOptions } from './runtime-flags.js';
 import {
   attentionFlags,
@@ -16,8 +18,11 @@ import {
 } from './acceleration-flags.js';
 
 const FLAGS: Record<string, FlagSpec> = {
-  model: { type: 'string', description: 'a diffusers pipeline folder (model_index.json)' },
-  prompt: { type: 'string', description: 'what to draw' },
+  model: {
+    type: 'string',
+    description: `a diffusers pipeline folder (model_index.json); default: the shipped emoji model, ${SHIPPED_MODEL_PATH}/`,
+  },
+  prompt: { type: 'string', description: 'what to draw (or give it as the first argument)' },
   'negative-prompt': { type: 'string', description: 'what to steer away from (with guidance > 1)' },
   steps: { type: 'integer', description: 'denoising steps', default: 20 },
   guidance: { type: 'number', description: 'classifier-free guidance scale (off at ≤ 1)', default: 4.5 },
@@ -44,12 +49,10 @@ const FLAGS: Record<string, FlagSpec> = {
   help: { type: 'boolean', description: 'show this help' },
 };
 
-function progressBar(step: number, total: number, elapsedMs: number): string {
-  const width = 24;
-  const filled = Math.round((step / total) * width);
+function stepLine(step: number, total: number, elapsedMs: number): string {
   const rate = step / (elapsedMs / 1000);
   const eta = rate > 0 ? (total - step) / rate : 0;
-  return `step ${step}/${total} |${'█'.repeat(filled)}${' '.repeat(width - filled)}| ${rate.toFixed(2)} it/s, ETA ${eta.toFixed(0)}s`;
+  return `step ${step}/${total} ${progressBar(step / total)} ${rate.toFixed(2)} it/s, ETA ${eta.toFixed(0)}s`;
 }
 
 export async function generateCommand(argv: string[]): Promise<number> {
@@ -57,23 +60,24 @@ export async function generateCommand(argv: string[]): Promise<number> {
   if (flags.help) {
     console.log(
       usage(
-        'generate --model DIR --prompt "…" [options]',
+        'generate "PROMPT" [--model DIR] [options]',
         'Text to image with a diffusers PixArt-α/Σ folder.',
         FLAGS,
       ),
     );
     return 0;
   }
-  const prompt = (flags.prompt as string | undefined) ?? positional.join(' ');
-  if (!prompt) throw new OptionError('generate: give a prompt (--prompt "…")');
-  if (!flags.model) {
+  if (flags.prompt !== undefined && positional.length > 0) {
     throw new OptionError(
-      'generate: give --model DIR, a diffusers PixArt-α/Σ folder (the embedded default model is not part of this version yet)',
+      `generate: the prompt is given twice, as --prompt and as "${positional.join(' ')}"; give one`,
     );
   }
+  const prompt = (flags.prompt as string | undefined) ?? positional.join(' ');
+  if (!prompt) throw new OptionError('generate: give a prompt: velodiff generate "red heart"');
+  const model = flags.model === undefined ? shippedModelDir() : String(flags.model);
   const runtime = new Runtime(runtimeOptions(flags));
   try {
-    const pipe = await DiffusionPipeline.fromPretrained(String(flags.model), { runtime });
+    const pipe = await DiffusionPipeline.fromPretrained(model, { runtime });
     try {
       const stepsGiven = argv.some((a) => a === '--steps' || a.startsWith('--steps='));
       const guidanceGiven = argv.some((a) => a === '--guidance' || a.startsWith('--guidance='));
@@ -106,7 +110,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
         const className = SCHEDULER_NAMES[name] ?? name;
         pipe.scheduler = schedulerFromConfig({ ...pipe.scheduler.config, _class_name: className });
       }
-      const tty = process.stderr.isTTY;
+      const progress = new ProgressLine();
       const output = await pipe.run({
         prompt,
         negativePrompt: flags['negative-prompt'] as string | undefined,
@@ -118,12 +122,9 @@ export async function generateCommand(argv: string[]): Promise<number> {
         width: flags.width as number | undefined,
         height: flags.height as number | undefined,
         numImagesPerPrompt: flags.images as number,
-        onProgress: (e) => {
-          const line = progressBar(e.step, e.totalSteps, e.elapsedMs);
-          process.stderr.write(tty ? `\r${line}` : `${line}\n`);
-        },
+        onProgress: (e) => progress.update(stepLine(e.step, e.totalSteps, e.elapsedMs)),
       });
-      if (tty) process.stderr.write('\n');
+      progress.done();
       const images = output.images;
       if (!images) throw new Error('the pipeline returned no images');
       const [, , h, w] = images.shape;

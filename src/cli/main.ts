@@ -1,21 +1,26 @@
 import { VelodiffError } from '../errors.js';
 import { benchCommand } from './bench.js';
+import { evalCommand } from './eval.js';
 import { forwardCommand } from './forward.js';
 import { generateCommand } from './generate.js';
 import { inspectCommand } from './inspect.js';
+import { trainCommand } from './train.js';
 
 const HELP = `velodiff — fast text-to-image diffusion on ONNX Runtime
 
 usage: velodiff <command> [options]
 
 commands:
-  generate         text to image with a diffusers PixArt-α/Σ folder
+  generate         text to image: velodiff generate "red heart" (the shipped emoji model, or --model DIR)
+  train            train a VAE, the text-to-image model or the emoji classifier: --config FILE
+  eval             FED, prompt alignment and ms/image of a text-to-image model on held-out emoji
   forward          one forward call of a model folder on safetensors inputs (parity checks with Python)
   inspect          class, parameter count, dtypes and size of a model or pipeline folder
   bench engine     engine benchmark: IR vs hand-written ONNX MatMul chain, per-run overhead, GFLOP/s
   bench dit        PixArt-α-width denoiser forward: ms, GFLOP/s, fraction of MatMul throughput
   bench attention  one attention layer and kernel: full vs CLEAR vs LinFusion, ms, FLOPs, GFLOP/s
   bench tgate      T-GATE at the authors' PixArt setting (25 steps, gate 8) vs the plain loop
+  bench train      training throughput of the text-to-image and VAE steps: samples/s, GFLOP/s vs MatMul
   help             this text
 
 Run "velodiff <command> --help" for a command's options.`;
@@ -42,6 +47,10 @@ export async function main(argv: string[]): Promise<number> {
         return await inspectCommand(rest);
       case 'generate':
         return await generateCommand(rest);
+      case 'eval':
+        return await evalCommand(rest);
+      case 'train':
+        return await trainCommand(rest);
       default:
         console.error(`velodiff: unknown command "${command}"\n\n${HELP}`);
         return 2;

@@ -6,6 +6,7 @@ import type { WarningHandler } from '../warnings.js';
 import { PixArtPipeline } from './pixart.js';
 
 export { PixArtPipeline } from './pixart.js';
+export { packageRoot, SHIPPED_MODEL_PATH, shippedModelDir } from './shipped-model.js';
 export type { PixArtRunOptions, PixArtOutput, ProgressEvent, StepEndInfo } from './pixart.js';
 
 /** diffusers' `DiffusionPipeline.fromPretrained`: the pipeline class is chosen by model_index.json. */

@@ -32,3 +32,81 @@ export type { StopSignalName } from './stop-signal.js';
 export type { NamedArrays } from './named-arrays.js';
 export type { JsonObject, JsonValue } from './json-value.js';
 export * from './data/index.js';
+export { discoverParameterShapes, initParameters } from './parameters.js';
+export type { InitOptions, InitRule } from './parameters.js';
+export { saveModelFolder, DIFFUSERS_VERSION, TRANSFORMERS_VERSION } from './save-model.js';
+export type { SaveModelOptions, SavedDType } from './save-model.js';
+export { TrainStep, buildTrainStepGraph, countFlops } from './train-step.js';
+export type { TrainStepGraph, TrainStepResult, TrainStepSpec } from './train-step.js';
+export { trainLoop } from './loop.js';
+export type { BatchSource, StatefulGenerator, StepInfo, TrainLoopOptions, TrainLoopResult } from './loop.js';
+export { crossEntropy, oneHot } from './losses.js';
+export * from './eval/index.js';
+export { minSnrWeights } from './min-snr.js';
+export type { MinSnrPrediction } from './min-snr.js';
+export { encodeDatasetLatents, hashModelFolder } from './latent-cache.js';
+export type { DatasetLatents, EncodeDatasetOptions } from './latent-cache.js';
+export {
+  EMOJI_TEXT_TO_IMAGE_MODEL,
+  PIXART_ALPHA_SCHEDULER_CONFIG,
+  TEXT_TO_IMAGE_SAMPLE_DEFAULTS,
+  textToImageTrainer,
+  textToImageStepSpec,
+  writePixArtPipelineFolder,
+} from './trainers/text-to-image.js';
+export type {
+  SampleOptions,
+  TextToImageBatch,
+  TextToImageTrainer,
+  TextToImageTrainerOptions,
+} from './trainers/text-to-image.js';
+export {
+  DEFAULT_SAMPLE_PROMPTS,
+  TRAIN_DEFAULTS,
+  TRAIN_KINDS,
+  TrainConfigError,
+  optimizerFromConfig,
+  parseTrainConfig,
+  readTrainConfig,
+  resumeIdentity,
+  scheduleFromConfig,
+  trainConfigJson,
+} from './config.js';
+export type {
+  ClassifierModelConfig,
+  DataConfig,
+  LrScheduleConfig,
+  OptimizerConfig,
+  ParseTrainConfigOptions,
+  SampleConfig,
+  TextToImageModelConfig,
+  TrainConfig,
+  TrainKind,
+  VaeModelConfig,
+} from './config.js';
+export { checkpointsIn, createRunTrainer, loadConfiguredDataset, RUN_FILES, runTraining } from './run.js';
+export type { TrainRunEvents, TrainRunOptions, TrainRunResult } from './run.js';
+export { classifierRun, fixedSampleIndices } from './run-trainers.js';
+export type { RunTrainer } from './run-trainers.js';
+export { METRICS_LOG, MetricsLog, readMetricsLog } from './metrics-log.js';
+export type { MetricsRecord } from './metrics-log.js';
+export { formatDuration, TrainingProgress } from './progress.js';
+export type { ProgressOptions, ProgressReport } from './progress.js';
+export {
+  lossCurvePoints,
+  lossCurveSpec,
+  PLOT_PACKAGES,
+  renderLossCurve,
+  renderVegaLiteSvg,
+  svgToPng,
+} from './loss-curve.js';
+export type { LossCurveOptions, LossPoint } from './loss-curve.js';
+export { gridLabelsSvg, gridLayout, gridPixels, renderSampleGrid, tensorImages } from './sample-grid.js';
+export type {
+  GridCell,
+  GridLayout,
+  GridLayoutOptions,
+  GridRow,
+  RgbImage,
+  SampleGrid,
+} from './sample-grid.js';

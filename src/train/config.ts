@@ -1,0 +1,809 @@
+/**
+ * The training configuration file of `velodiff train --config FILE`: one JSON object whose `kind`
+ * says what is trained ('vae', 'text-to-image', 'classifier'), with the optimizer, schedule, batch,
+ * steps, clipping, EMA, checkpoints, samples, data and model. Every key has a default except `kind`
+ * and `steps` (TRAIN_DEFAULTS, README "Training configuration").
+ *
+ * Validation reads the whole file before anything is built and reports every problem at once, each
+ * with the file and the key path ("configs/x.json: optimizer.lr: expected a number > 0, found -1");
+ * a key no section reads is an error with the closest known key, not a silent default. Model sections
+ * are checked by the model classes' own config parsers (a key the model does not read is an error
+ * here too), and optimizer, EMA and schedule values by the classes that own them.
+ */
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+
+import { FileFormatError, VelodiffError } from '../errors.js';
+import { errnoCode } from '../io/errno.js';
+import { describeJson, isPlainObject } from '../io/json.js';
+import { didYouMean } from '../io/suggest.js';
+import { parseAutoencoderKLConfig } from '../models/vae/config.js';
+import { parseEmojiClassifierConfig } from '../models/emoji-classifier.js';
+import { parsePixArtConfig } from '../models/pixart-transformer.js';
+import { parseT5EncoderConfig } from '../models/t5-encoder.js';
+import type { VelodiffWarning } from '../warnings.js';
+import { ADAMW_DEFAULTS, AdamW, type AdamWOptions } from './adamw.js';
+import { EMA_DEFAULTS, EmaModel, type EmaOptions, type EmaWarmup } from './ema.js';
+import type { JsonObject } from './json-value.js';
+import { constantWithWarmup, warmupCosine, type LrSchedule } from './lr-schedule.js';
+import { weightDecayGroups, type Optimizer } from './optimizer.js';
+import { Prodigy, PRODIGY_GLOBAL_DEFAULTS, PRODIGY_GROUP_DEFAULTS, type ProdigyOptions } from './prodigy.js';
+import { checkImageSize } from './data/dataset.js';
+import { EMOJI_SETS, type EmojiSet } from './data/emoji.js';
+import { EMOJI_TEXT_TO_IMAGE_MODEL } from './trainers/text-to-image.js';
+import { EMOJI_VAE_CONFIG, VAE_KL_WEIGHT } from './trainers/vae.js';
+
+export const TRAIN_KINDS = ['vae', 'text-to-image', 'classifier'] as const;
+export type TrainKind = (typeof TRAIN_KINDS)[number];
+
+export type OptimizerConfig =
+  | ({ readonly kind: 'adamw' } & Readonly<AdamWOptions>)
+  | ({ readonly kind: 'prodigy' } & Readonly<ProdigyOptions>);
+
+export type LrScheduleConfig =
+  | { readonly kind: 'constant'; readonly warmupSteps: number }
+  /** Decays to minLrRatio at the run's last step (`steps`). */
+  | { readonly kind: 'warmup-cosine'; readonly warmupSteps: number; readonly minLrRatio: number };
+
+export interface EmojiDataConfig {
+  readonly source: 'emoji';
+  readonly size: number;
+  readonly sets: readonly EmojiSet[];
+  readonly skinTones: 'all' | 'none';
+  /** Only these base emoji (emoji-datasource `unified`), for quick runs and tests; undefined: all. */
+  readonly unified: readonly string[] | undefined;
+  readonly validationFraction: number;
+}
+
+export interface FolderDataConfig {
+  readonly source: 'folder';
+  /** Absolute (a relative path is resolved against the current directory). */
+  readonly folder: string;
+  readonly size: number;
+  readonly onBadFile: 'error' | 'skip';
+  readonly captionColumn: string;
+  readonly validationFraction: number;
+}
+
+/** Where images come from, and what the loader does with them. */
+export type DataConfig = (EmojiDataConfig | FolderDataConfig) & {
+  readonly captionDropout: number;
+  readonly horizontalFlip: boolean;
+  /** Prepared data sets are kept here (absolute); undefined: the data module's default cache. */
+  readonly cacheDir: string | undefined;
+};
+
+export interface CheckpointConfig {
+  /** Optimizer updates between checkpoints (one is also written at the end and on SIGINT). */
+  readonly every: number;
+  /** Checkpoints kept, newest first. */
+  readonly keep: number;
+}
+
+export interface SampleConfig {
+  /** Optimizer updates between sample grids and loss plots (0: only at the end). */
+  readonly every: number;
+  /** Text-to-image: the grid's prompts (rows). */
+  readonly prompts: readonly string[];
+  /** Text-to-image: one column per seed. */
+  readonly seeds: readonly number[];
+  /** Text-to-image: denoising steps and guidance of the samples. */
+  readonly steps: number;
+  readonly guidance: number;
+  /** VAE and classifier: validation images shown (the first ones of the split: the same every time). */
+  readonly count: number;
+}
+
+export interface LogConfig {
+  /** Optimizer updates between plain log lines when stderr is not a terminal. */
+  readonly every: number;
+}
+
+export interface VaeModelConfig {
+  /** AutoencoderKL's diffusers config.json keys. */
+  readonly vae: JsonObject;
+  /** Weight of the KL term against the reconstruction loss. */
+  readonly klWeight: number;
+}
+
+export interface TextToImageModelConfig {
+  /** PixArtTransformer2DModel's diffusers config.json keys. */
+  readonly transformer: JsonObject;
+  /** T5EncoderModel's transformers config.json keys (trained jointly). */
+  readonly textEncoder: JsonObject;
+  /** A trained AutoencoderKL folder, e.g. a vae run's model/ (absolute; relative to the current directory). */
+  readonly vae: string;
+  /** Min-SNR-γ loss weighting (Hang et al. 2023, eq. 6); 0: off. */
+  readonly minSnrGamma: number;
+  /** Tokens of a caption, padded or cut. */
+  readonly maxTextLength: number;
+}
+
+export interface ClassifierModelConfig {
+  /** VelodiffEmojiClassifier's config.json keys (its `heads` come from `labels` and the data). */
+  readonly classifier: JsonObject;
+  /** Which labels it predicts, one head each. */
+  readonly labels: readonly ('category' | 'subcategory' | 'style')[];
+  /** Largest random shift of a training image in pixels, each way (augmentation; 0: none). */
+  readonly maxShift: number;
+}
+
+interface CommonConfig {
+  /** The run folder (absolute); `--out` overrides. Default: runs/<config file name without .json>. */
+  readonly output: string;
+  readonly seed: number;
+  /** Optimizer updates of the whole run (a resumed run continues to this step). */
+  readonly steps: number;
+  /** Images per micro-batch. */
+  readonly batchSize: number;
+  /** Micro-batches per optimizer update. */
+  readonly accumulation: number;
+  /** Largest global gradient norm (clipGradNorm); null: no clipping. */
+  readonly clip: number | null;
+  readonly optimizer: OptimizerConfig;
+  readonly lrSchedule: LrScheduleConfig;
+  /** An exponential moving average of the weights, saved beside them; null: none. */
+  readonly ema: Readonly<EmaOptions> | null;
+  readonly checkpoint: CheckpointConfig;
+  readonly sample: SampleConfig;
+  readonly log: LogConfig;
+  readonly data: DataConfig;
+}
+
+export type TrainConfig =
+  | (CommonConfig & { readonly kind: 'vae'; readonly model: VaeModelConfig })
+  | (CommonConfig & { readonly kind: 'text-to-image'; readonly model: TextToImageModelConfig })
+  | (CommonConfig & { readonly kind: 'classifier'; readonly model: ClassifierModelConfig });
+
+/** Prompts of the default sample grid: the categories the issue's targets name. */
+export const DEFAULT_SAMPLE_PROMPTS: readonly string[] = [
+  'grinning face, noto style',
+  'red heart, noto style',
+  'flag: Japan, twemoji style',
+  'dog face, noto style',
+  'pizza, twemoji style',
+  'rocket, noto style',
+];
+
+/**
+ * Every default, for the README's reference and the tests. Model sections left out mean the model
+ * class's own defaults for each key the file does not give.
+ */
+export const TRAIN_DEFAULTS = {
+  seed: 0,
+  batchSize: 32,
+  accumulation: 1,
+  clip: 1.0,
+  optimizer: { kind: 'adamw', ...ADAMW_DEFAULTS },
+  lrSchedule: { kind: 'constant', warmupSteps: 0 },
+  ema: null,
+  /** What `ema: {}` (or any partial object) is completed with. */
+  emaOptions: { ...EMA_DEFAULTS },
+  checkpoint: { every: 500, keep: 3 },
+  sample: { every: 500, prompts: DEFAULT_SAMPLE_PROMPTS, seeds: [0, 1], steps: 25, guidance: 4.5, count: 8 },
+  log: { every: 50 },
+  data: {
+    source: 'emoji',
+    size: 64,
+    sets: EMOJI_SETS,
+    skinTones: 'all',
+    validationFraction: { emoji: 0.1, folder: 0 },
+    captionDropout: { 'text-to-image': 0.1, vae: 0, classifier: 0 },
+    horizontalFlip: false,
+    onBadFile: 'error',
+    captionColumn: 'text',
+  },
+  model: {
+    vae: { klWeight: VAE_KL_WEIGHT },
+    'text-to-image': { minSnrGamma: 5, maxTextLength: 32 },
+    classifier: { labels: ['category', 'subcategory'], maxShift: 4 },
+  },
+} as const;
+
+/** A configuration file that does not validate: every problem, each with its key path. */
+export class TrainConfigError extends FileFormatError {
+  override readonly name: string = 'TrainConfigError';
+  constructor(
+    path: string,
+    /** 'key.path: what is wrong', one per problem. */
+    readonly problems: readonly string[],
+  ) {
+    super(
+      problems.length === 1
+        ? `${path}: ${problems[0]}`
+        : `${path}: ${problems.length} problems:\n${problems.map((p) => `  ${p}`).join('\n')}`,
+      'TRAIN_CONFIG',
+      path,
+    );
+  }
+}
+
+/** Reads one section of the file, tracking which keys were read and collecting problems. */
+class Section {
+  readonly #read = new Set<string>();
+
+  constructor(
+    readonly raw: Record<string, unknown>,
+    /** 'optimizer', 'data', '' for the top level. */
+    readonly path: string,
+    readonly problems: string[],
+  ) {}
+
+  keyPath(key: string): string {
+    return this.path ? `${this.path}.${key}` : key;
+  }
+
+  problem(key: string, expected: string, found: unknown): void {
+    this.problems.push(`${this.keyPath(key)}: expected ${expected}, found ${describeJson(found)}`);
+  }
+
+  has(key: string): boolean {
+    return this.raw[key] !== undefined;
+  }
+
+  value(key: string): unknown {
+    this.#read.add(key);
+    return this.raw[key];
+  }
+
+  number(
+    key: string,
+    fallback: number,
+    check: (n: number) => boolean = () => true,
+    expected = 'a number',
+  ): number {
+    const v = this.value(key);
+    if (v === undefined) return fallback;
+    if (typeof v !== 'number' || !Number.isFinite(v) || !check(v)) {
+      this.problem(key, expected, v);
+      return fallback;
+    }
+    return v;
+  }
+
+  integer(key: string, fallback: number, min: number): number {
+    return this.number(key, fallback, (n) => Number.isSafeInteger(n) && n >= min, `an integer ≥ ${min}`);
+  }
+
+  boolean(key: string, fallback: boolean): boolean {
+    const v = this.value(key);
+    if (v === undefined) return fallback;
+    if (typeof v !== 'boolean') {
+      this.problem(key, 'true or false', v);
+      return fallback;
+    }
+    return v;
+  }
+
+  string(key: string, fallback: string): string {
+    const v = this.value(key);
+    if (v === undefined) return fallback;
+    if (typeof v !== 'string' || v === '') {
+      this.problem(key, 'a non-empty string', v);
+      return fallback;
+    }
+    return v;
+  }
+
+  oneOf<T extends string>(key: string, fallback: T, allowed: readonly T[]): T {
+    const v = this.value(key);
+    if (v === undefined) return fallback;
+    if (typeof v !== 'string' || !allowed.includes(v as T)) {
+      this.problem(key, `one of ${allowed.map((a) => `'${a}'`).join(', ')}`, v);
+      return fallback;
+    }
+    return v as T;
+  }
+
+  list<T>(
+    key: string,
+    fallback: readonly T[],
+    isItem: (x: unknown) => x is T,
+    expected: string,
+  ): readonly T[] {
+    const v = this.value(key);
+    if (v === undefined) return fallback;
+    if (!Array.isArray(v) || !v.every(isItem)) {
+      this.problem(key, expected, v);
+      return fallback;
+    }
+    return v;
+  }
+
+  /** A nested section; undefined (and a problem) when the value is not an object. */
+  section(key: string): Section | undefined {
+    const v = this.value(key);
+    if (v === undefined) return new Section({}, this.keyPath(key), this.problems);
+    if (!isPlainObject(v)) {
+      this.problem(key, 'an object', v);
+      return undefined;
+    }
+    return new Section(v, this.keyPath(key), this.problems);
+  }
+
+  /** The object under `key` as JSON, for sections another parser checks. */
+  object(key: string): JsonObject {
+    const v = this.value(key);
+    if (v === undefined) return {};
+    if (!isPlainObject(v)) {
+      this.problem(key, 'an object', v);
+      return {};
+    }
+    return v as JsonObject;
+  }
+
+  /** Reports the keys nothing read, with the closest known key. */
+  finish(known: readonly string[]): void {
+    for (const key of Object.keys(this.raw)) {
+      if (this.#read.has(key) || key.startsWith('$') || key.startsWith('//')) continue;
+      this.problems.push(
+        `${this.keyPath(key)}: unknown key.${didYouMean(key, known)} Known keys here: ${known.join(', ')}`,
+      );
+    }
+  }
+}
+
+const isString = (x: unknown): x is string => typeof x === 'string' && x !== '';
+const isInteger = (x: unknown): x is number => Number.isSafeInteger(x);
+const isEmojiSet = (x: unknown): x is EmojiSet => EMOJI_SETS.includes(x as EmojiSet);
+const isLabel = (x: unknown): x is 'category' | 'subcategory' | 'style' =>
+  x === 'category' || x === 'subcategory' || x === 'style';
+
+/** Runs a check owned by another module (optimizer, EMA, schedule) and keeps its message as a problem. */
+function ownedCheck(problems: string[], path: string, check: () => void): void {
+  try {
+    check();
+  } catch (error) {
+    if (!(error instanceof VelodiffError)) throw error;
+    problems.push(`${path}: ${error.message}`);
+  }
+}
+
+function isPair(x: unknown): x is readonly [number, number] {
+  return Array.isArray(x) && x.length === 2 && x.every((n) => typeof n === 'number' && Number.isFinite(n));
+}
+
+/** `betas`: two numbers. */
+function readBetas(s: Section, fallback: readonly [number, number]): readonly [number, number] {
+  const v = s.value('betas');
+  if (v === undefined) return fallback;
+  if (!isPair(v)) {
+    s.problem('betas', 'two numbers [β1, β2]', v);
+    return fallback;
+  }
+  return v;
+}
+
+function readOptimizer(s: Section): OptimizerConfig {
+  const kind = s.oneOf('kind', 'adamw', ['adamw', 'prodigy']);
+  const positive = (n: number): boolean => n > 0;
+  const nonNegative = (n: number): boolean => n >= 0;
+  if (kind === 'adamw') {
+    const d = ADAMW_DEFAULTS;
+    const options: AdamWOptions = {
+      lr: s.number('lr', d.lr, nonNegative, 'a number ≥ 0'),
+      betas: readBetas(s, d.betas),
+      eps: s.number('eps', d.eps, positive, 'a number > 0'),
+      weightDecay: s.number('weightDecay', d.weightDecay, nonNegative, 'a number ≥ 0'),
+      amsgrad: s.boolean('amsgrad', d.amsgrad),
+      maximize: s.boolean('maximize', d.maximize),
+    };
+    s.finish(['kind', ...Object.keys(d)]);
+    ownedCheck(s.problems, s.path, () => new AdamW(['a parameter'], options));
+    return { kind, ...options };
+  }
+  const defaults: ProdigyOptions = { ...PRODIGY_GROUP_DEFAULTS, ...PRODIGY_GLOBAL_DEFAULTS };
+  const beta3Value = s.value('beta3');
+  if (beta3Value !== undefined && beta3Value !== null && typeof beta3Value !== 'number') {
+    s.problem('beta3', 'a number, or null for √β2', beta3Value);
+  }
+  const options: ProdigyOptions = {
+    lr: s.number('lr', defaults.lr, nonNegative, 'a number ≥ 0'),
+    weightDecay: s.number('weightDecay', defaults.weightDecay, nonNegative, 'a number ≥ 0'),
+    eps: s.number('eps', defaults.eps, positive, 'a number > 0'),
+    safeguardWarmup: s.boolean('safeguardWarmup', defaults.safeguardWarmup),
+    sliceP: s.integer('sliceP', defaults.sliceP, 1),
+    betas: readBetas(s, defaults.betas),
+    beta3: typeof beta3Value === 'number' ? beta3Value : undefined,
+    decouple: s.boolean('decouple', defaults.decouple),
+    useBiasCorrection: s.boolean('useBiasCorrection', defaults.useBiasCorrection),
+    d0: s.number('d0', defaults.d0, positive, 'a number > 0'),
+    dCoef: s.number('dCoef', defaults.dCoef, positive, 'a number > 0'),
+    // JSON has no Infinity: a growth rate left out is unbounded.
+    growthRate: s.number('growthRate', defaults.growthRate, positive, 'a number > 0'),
+  };
+  s.finish(['kind', ...Object.keys(defaults)]);
+  ownedCheck(s.problems, s.path, () => new Prodigy(['a parameter'], options));
+  return { kind, ...options };
+}
+
+function readLrSchedule(s: Section, steps: number): LrScheduleConfig {
+  const kind = s.oneOf('kind', 'constant', ['constant', 'warmup-cosine']);
+  const warmupSteps = s.integer('warmupSteps', 0, 0);
+  if (kind === 'constant') {
+    s.finish(['kind', 'warmupSteps']);
+    ownedCheck(s.problems, s.path, () => constantWithWarmup({ warmupSteps }));
+    return { kind, warmupSteps };
+  }
+  const minLrRatio = s.number('minLrRatio', 0, (n) => n >= 0 && n <= 1, 'a number in [0, 1]');
+  s.finish(['kind', 'warmupSteps', 'minLrRatio']);
+  ownedCheck(s.problems, s.path, () => warmupCosine({ warmupSteps, totalSteps: steps, minLrRatio }));
+  return { kind, warmupSteps, minLrRatio };
+}
+
+function readEma(parent: Section): Readonly<EmaOptions> | null {
+  const value = parent.raw.ema;
+  if (value === null || value === false) {
+    parent.value('ema');
+    return null;
+  }
+  if (value === undefined) {
+    parent.value('ema');
+    return TRAIN_DEFAULTS.ema;
+  }
+  const s = parent.section('ema');
+  if (!s) return null;
+  const d = EMA_DEFAULTS;
+  const options: EmaOptions = {
+    decay: s.number('decay', d.decay, (n) => n >= 0 && n <= 1, 'a number in [0, 1]'),
+    minDecay: s.number('minDecay', d.minDecay, (n) => n >= 0 && n <= 1, 'a number in [0, 1]'),
+    updateAfterStep: s.integer('updateAfterStep', d.updateAfterStep, 0),
+    warmup: s.oneOf<EmaWarmup>('warmup', d.warmup, ['diffusers', 'power', 'none']),
+    invGamma: s.number('invGamma', d.invGamma, (n) => n > 0, 'a number > 0'),
+    power: s.number('power', d.power, (n) => n > 0, 'a number > 0'),
+  };
+  s.finish(Object.keys(d));
+  ownedCheck(s.problems, s.path, () => new EmaModel(new Map(), options));
+  return options;
+}
+
+/** Keys of `data` that only the emoji source reads, and only an image folder. */
+const EMOJI_DATA_KEYS = ['sets', 'skinTones', 'unified'];
+const FOLDER_DATA_KEYS = ['onBadFile', 'captionColumn'];
+
+function readData(
+  parent: Section,
+  kind: TrainKind,
+  baseDir: string,
+  dataOverride: string | undefined,
+): DataConfig {
+  // "data": "emoji" or "data": "some/folder" is short for {"source": …}.
+  const raw = parent.raw.data;
+  const s =
+    typeof raw === 'string'
+      ? (parent.value('data'), new Section({ source: raw }, 'data', parent.problems))
+      : parent.section('data');
+  const d = TRAIN_DEFAULTS.data;
+  if (!s) return { ...emojiDefaults(), ...loaderDefaults(kind) };
+  const sourceValue = dataOverride ?? s.string('source', d.source);
+  if (dataOverride !== undefined) s.value('source');
+  const size = s.integer('size', d.size, 8);
+  ownedCheck(s.problems, s.keyPath('size'), () => checkImageSize(size));
+  const common = {
+    captionDropout: s.number(
+      'captionDropout',
+      d.captionDropout[kind],
+      (n) => n >= 0 && n <= 1,
+      'a number in [0, 1]',
+    ),
+    horizontalFlip: s.boolean('horizontalFlip', d.horizontalFlip),
+    cacheDir: s.has('cacheDir')
+      ? resolve(baseDir, s.string('cacheDir', ''))
+      : (s.value('cacheDir'), undefined),
+  };
+  const fraction = (fallback: number): number =>
+    s.number('validationFraction', fallback, (n) => n >= 0 && n < 1, 'a number in [0, 1)');
+  // --data replaces the file's source: the keys of the source it replaces no longer apply.
+  if (dataOverride !== undefined) {
+    for (const key of [...EMOJI_DATA_KEYS, ...FOLDER_DATA_KEYS]) s.value(key);
+  }
+  if (sourceValue === 'emoji') {
+    const config: DataConfig = {
+      source: 'emoji',
+      size,
+      sets: s.list('sets', d.sets, isEmojiSet, `a list of ${EMOJI_SETS.map((x) => `'${x}'`).join(', ')}`),
+      skinTones: s.oneOf('skinTones', d.skinTones, ['all', 'none']),
+      unified: s.has('unified')
+        ? s.list('unified', [], isString, 'a list of emoji code points such as "2764-FE0F"')
+        : (s.value('unified'), undefined),
+      validationFraction: fraction(d.validationFraction.emoji),
+      ...common,
+    };
+    s.finish([
+      'source',
+      'size',
+      'sets',
+      'skinTones',
+      'unified',
+      'validationFraction',
+      ...Object.keys(common),
+    ]);
+    return config;
+  }
+  const folder = dataOverride !== undefined ? resolve(dataOverride) : resolve(baseDir, sourceValue);
+  const config: DataConfig = {
+    source: 'folder',
+    folder,
+    size,
+    onBadFile: s.oneOf('onBadFile', d.onBadFile, ['error', 'skip']),
+    captionColumn: s.string('captionColumn', d.captionColumn),
+    validationFraction: fraction(d.validationFraction.folder),
+    ...common,
+  };
+  s.finish(['source', 'size', 'onBadFile', 'captionColumn', 'validationFraction', ...Object.keys(common)]);
+  return config;
+
+  function emojiDefaults(): EmojiDataConfig {
+    return {
+      source: 'emoji',
+      size: d.size,
+      sets: d.sets,
+      skinTones: d.skinTones,
+      unified: undefined,
+      validationFraction: d.validationFraction.emoji,
+    };
+  }
+  function loaderDefaults(k: TrainKind) {
+    return { captionDropout: d.captionDropout[k], horizontalFlip: d.horizontalFlip, cacheDir: undefined };
+  }
+}
+
+function readSample(s: Section, kind: TrainKind): SampleConfig {
+  const d = TRAIN_DEFAULTS.sample;
+  const every = s.integer('every', d.every, 0);
+  if (kind === 'text-to-image') {
+    const config = {
+      every,
+      prompts: s.list('prompts', d.prompts, isString, 'a list of non-empty strings'),
+      seeds: s.list('seeds', d.seeds, isInteger, 'a list of integers'),
+      steps: s.integer('steps', d.steps, 1),
+      guidance: s.number('guidance', d.guidance, (n) => n >= 0, 'a number ≥ 0'),
+      count: d.count,
+    };
+    if (config.prompts.length === 0) s.problem('prompts', 'at least one prompt', []);
+    if (config.seeds.length === 0) s.problem('seeds', 'at least one seed', []);
+    s.finish(['every', 'prompts', 'seeds', 'steps', 'guidance']);
+    return config;
+  }
+  const config = { ...d, every, count: s.integer('count', d.count, 1) };
+  s.finish(['every', 'count']);
+  return config;
+}
+
+/** Runs a model class's config parser on a section; its errors and unused-key warnings become problems. */
+function modelSection(
+  problems: string[],
+  file: string,
+  keyPath: string,
+  raw: JsonObject,
+  parse: (raw: Record<string, unknown>, path: string, onWarning: (w: VelodiffWarning) => void) => unknown,
+  /** What a saved config.json says of its class (`_class_name`, `model_type`), which a section may leave out. */
+  identity: JsonObject = {},
+): void {
+  const where = `${file} (${keyPath})`;
+  try {
+    parse({ ...identity, ...raw }, where, (warning) => {
+      if (warning.code === 'CONFIG_UNUSED_KEYS') {
+        for (const name of warning.names) problems.push(`${keyPath}.${name}: unknown key for this model`);
+      } else problems.push(`${keyPath}: ${warning.message}`);
+    });
+  } catch (error) {
+    if (!(error instanceof VelodiffError)) throw error;
+    problems.push(`${keyPath}: ${error.message.replace(`${where}: `, '')}`);
+  }
+}
+
+function readModel(s: Section, kind: TrainKind, file: string, baseDir: string): TrainConfig['model'] {
+  if (kind === 'vae') {
+    const vae = s.object('vae');
+    // The trainer builds the file's keys over the emoji VAE's (EMOJI_VAE_CONFIG): checked the same way.
+    modelSection(s.problems, file, s.keyPath('vae'), vae, parseAutoencoderKLConfig, {
+      _class_name: 'AutoencoderKL',
+      ...(EMOJI_VAE_CONFIG as JsonObject),
+    });
+    const klWeight = s.number('klWeight', TRAIN_DEFAULTS.model.vae.klWeight, (n) => n >= 0, 'a number ≥ 0');
+    s.finish(['vae', 'klWeight']);
+    return { vae, klWeight };
+  }
+  if (kind === 'text-to-image') {
+    const d = TRAIN_DEFAULTS.model['text-to-image'];
+    const transformer = s.object('transformer');
+    // Keys the trainer derives from the VAE and the text encoder (caption_channels, sample_size, …) may
+    // be left out: a stand-in lets the parser check the rest; the trainer checks any that are given.
+    // The trainer builds the file's keys over the emoji model's (EMOJI_TEXT_TO_IMAGE_MODEL).
+    modelSection(s.problems, file, s.keyPath('transformer'), transformer, parsePixArtConfig, {
+      caption_channels: 1,
+      ...EMOJI_TEXT_TO_IMAGE_MODEL.transformer,
+    });
+    const textEncoder = s.object('textEncoder');
+    modelSection(s.problems, file, s.keyPath('textEncoder'), textEncoder, parseT5EncoderConfig, {
+      model_type: 't5',
+      ...EMOJI_TEXT_TO_IMAGE_MODEL.textEncoder,
+    });
+    const vae = s.string('vae', '');
+    if (vae === '' && !s.has('vae'))
+      s.problem('vae', 'the folder of a trained AutoencoderKL (a vae run’s model/)', undefined);
+    const config = {
+      transformer,
+      textEncoder,
+      vae: vae === '' ? '' : resolve(baseDir, vae),
+      minSnrGamma: s.number('minSnrGamma', d.minSnrGamma, (n) => n >= 0, 'a number ≥ 0 (0: off)'),
+      maxTextLength: s.integer('maxTextLength', d.maxTextLength, 1),
+    };
+    s.finish(['transformer', 'textEncoder', 'vae', 'minSnrGamma', 'maxTextLength']);
+    return config;
+  }
+  const labels = s.list(
+    'labels',
+    TRAIN_DEFAULTS.model.classifier.labels,
+    isLabel,
+    "a list of 'category', 'subcategory', 'style'",
+  );
+  if (labels.length === 0) s.problem('labels', 'at least one label', []);
+  const classifier = s.object('classifier');
+  modelSection(s.problems, file, s.keyPath('classifier'), classifier, parseEmojiClassifierConfig);
+  const config = {
+    classifier,
+    labels,
+    maxShift: s.integer('maxShift', TRAIN_DEFAULTS.model.classifier.maxShift, 0),
+  };
+  s.finish(['classifier', 'labels', 'maxShift']);
+  return config;
+}
+
+export interface ParseTrainConfigOptions {
+  /** The file's path, for messages and for the default output folder's name. */
+  readonly path: string;
+  /** `--data DIR`: replaces data.source. */
+  readonly data?: string;
+  /** `--out DIR`: replaces output. */
+  readonly output?: string;
+}
+
+const TOP_KEYS = [
+  'kind',
+  'output',
+  'seed',
+  'steps',
+  'batchSize',
+  'accumulation',
+  'clip',
+  'optimizer',
+  'lrSchedule',
+  'ema',
+  'checkpoint',
+  'sample',
+  'log',
+  'data',
+  'model',
+] as const;
+
+/** Checks a parsed configuration file and fills in every default; throws TrainConfigError listing all problems. */
+export function parseTrainConfig(raw: unknown, options: ParseTrainConfigOptions): TrainConfig {
+  const file = options.path;
+  // Paths in the file are relative to the current directory, as paths on the command line are.
+  const baseDir = process.cwd();
+  const problems: string[] = [];
+  if (!isPlainObject(raw))
+    throw new TrainConfigError(file, [`expected a JSON object, found ${describeJson(raw)}`]);
+  const top = new Section(raw, '', problems);
+  const kindValue = top.value('kind');
+  if (!TRAIN_KINDS.includes(kindValue as TrainKind)) {
+    problems.push(
+      `kind: expected one of ${TRAIN_KINDS.map((k) => `'${k}'`).join(', ')}, found ${describeJson(kindValue)}`,
+    );
+    throw new TrainConfigError(file, problems);
+  }
+  const kind = kindValue as TrainKind;
+  const stepsValue = top.value('steps');
+  if (stepsValue === undefined) problems.push('steps: required: the optimizer updates of the whole run');
+  const steps = top.integer('steps', 1, 1);
+  const defaultOutput = resolve('runs', file.replace(/^.*[\\/]/, '').replace(/\.json$/i, ''));
+  const outputValue = top.has('output')
+    ? resolve(baseDir, top.string('output', '.'))
+    : (top.value('output'), defaultOutput);
+  const clipValue = top.value('clip');
+  let clip: number | null = TRAIN_DEFAULTS.clip;
+  if (clipValue === null) clip = null;
+  else if (clipValue !== undefined)
+    clip = top.number('clip', TRAIN_DEFAULTS.clip, (n) => n > 0, 'a number > 0, or null for none');
+  const section = (key: string): Section => top.section(key) ?? new Section({}, key, problems);
+  const checkpointSection = section('checkpoint');
+  const checkpoint = {
+    every: checkpointSection.integer('every', TRAIN_DEFAULTS.checkpoint.every, 1),
+    keep: checkpointSection.integer('keep', TRAIN_DEFAULTS.checkpoint.keep, 1),
+  };
+  checkpointSection.finish(['every', 'keep']);
+  const logSection = section('log');
+  const log = { every: logSection.integer('every', TRAIN_DEFAULTS.log.every, 1) };
+  logSection.finish(['every']);
+  const common = {
+    output: options.output !== undefined ? resolve(options.output) : outputValue,
+    seed: top.integer('seed', TRAIN_DEFAULTS.seed, 0),
+    steps,
+    batchSize: top.integer('batchSize', TRAIN_DEFAULTS.batchSize, 1),
+    accumulation: top.integer('accumulation', TRAIN_DEFAULTS.accumulation, 1),
+    clip,
+    optimizer: readOptimizer(section('optimizer')),
+    lrSchedule: readLrSchedule(section('lrSchedule'), steps),
+    ema: readEma(top),
+    checkpoint,
+    sample: readSample(section('sample'), kind),
+    log,
+    data: readData(top, kind, baseDir, options.data),
+  };
+  const model = readModel(section('model'), kind, file, baseDir);
+  top.finish(TOP_KEYS);
+  if (problems.length > 0) throw new TrainConfigError(file, problems);
+  return { kind, ...common, model } as TrainConfig;
+}
+
+/** Reads and checks a configuration file (parseTrainConfig), naming the file when it is missing or not JSON. */
+export async function readTrainConfig(
+  path: string,
+  overrides: Omit<ParseTrainConfigOptions, 'path'> = {},
+): Promise<TrainConfig> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (error) {
+    const code = errnoCode(error);
+    throw new FileFormatError(
+      code === 'ENOENT'
+        ? `${path}: no such training configuration file (see configs/ for examples)`
+        : `${path}: cannot read the training configuration (${code ?? (error as Error).message})`,
+      'TRAIN_CONFIG_MISSING',
+      path,
+    );
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (error) {
+    throw new FileFormatError(
+      `${path}: not valid JSON: ${(error as Error).message}`,
+      'TRAIN_CONFIG_JSON',
+      path,
+    );
+  }
+  return parseTrainConfig(raw, { ...overrides, path });
+}
+
+/** The configuration as JSON (Infinity, which JSON lacks, as the string "Infinity"): the run folder's config.json. */
+export function trainConfigJson(config: TrainConfig): JsonObject {
+  return JSON.parse(
+    JSON.stringify(config, (_key, value: unknown) => (value === Infinity ? 'Infinity' : value)),
+  ) as JsonObject;
+}
+
+/**
+ * What a resumed run must share with the run it continues (the checkpoints' training configuration):
+ * everything that changes the weights. Where the run folder is, how often it logs, samples and saves
+ * may change; so may `steps` under a constant schedule, so that a run can be continued for longer.
+ */
+export function resumeIdentity(config: TrainConfig): JsonObject {
+  const { output, log, sample, checkpoint, steps, ...identity } = trainConfigJson(config);
+  void output;
+  void log;
+  void sample;
+  void checkpoint;
+  return config.lrSchedule.kind === 'constant' ? identity : { ...identity, steps };
+}
+
+/**
+ * The configured optimizer over `trainable`, biases and norm weights without weight decay (the usual
+ * split, as diffusers' and PixArt's training scripts make it).
+ */
+export function optimizerFromConfig(config: OptimizerConfig, trainable: readonly string[]): Optimizer {
+  const { kind, ...options } = config;
+  return kind === 'adamw'
+    ? new AdamW(weightDecayGroups<AdamWOptions>(trainable), options as AdamWOptions)
+    : new Prodigy(weightDecayGroups(trainable), options as ProdigyOptions);
+}
+
+/** The configured lr schedule of a run of `steps` updates. */
+export function scheduleFromConfig(config: LrScheduleConfig, steps: number): LrSchedule {
+  return config.kind === 'constant'
+    ? constantWithWarmup({ warmupSteps: config.warmupSteps })
+    : warmupCosine({ warmupSteps: config.warmupSteps, totalSteps: steps, minLrRatio: config.minLrRatio });
+}

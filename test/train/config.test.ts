@@ -1,0 +1,227 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, readdir, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+import { FileFormatError } from '../../src/errors.js';
+import { AdamW } from '../../src/train/adamw.js';
+import {
+  optimizerFromConfig,
+  parseTrainConfig,
+  readTrainConfig,
+  resumeIdentity,
+  scheduleFromConfig,
+  TRAIN_DEFAULTS,
+  TRAIN_KINDS,
+  TrainConfigError,
+  type TrainConfig,
+} from '../../src/train/config.js';
+import { ADAMW_DEFAULTS } from '../../src/train/adamw.js';
+import { EMA_DEFAULTS } from '../../src/train/ema.js';
+import { Prodigy } from '../../src/train/prodigy.js';
+import { seededUniform, testSeed } from '../random.js';
+
+const CONFIGS = fileURLToPath(new URL('../../configs/', import.meta.url));
+const random = seededUniform(testSeed('test/train/config.test.ts'));
+const FILE = 'configs/test.json';
+
+/** The TrainConfigError `raw` raises, or a failure when it validates. */
+function problemsOf(raw: unknown, overrides: { data?: string } = {}): TrainConfigError {
+  try {
+    parseTrainConfig(raw, { path: FILE, ...overrides });
+  } catch (error) {
+    assert.ok(error instanceof TrainConfigError, `expected a TrainConfigError, got ${String(error)}`);
+    return error;
+  }
+  assert.fail(`${JSON.stringify(raw)} validated`);
+}
+
+const MINIMAL: Record<(typeof TRAIN_KINDS)[number], Record<string, unknown>> = {
+  vae: { kind: 'vae', steps: 10 },
+  'text-to-image': { kind: 'text-to-image', steps: 10, model: { vae: 'runs/emoji-vae/model' } },
+  classifier: { kind: 'classifier', steps: 10 },
+};
+
+describe('training configuration', () => {
+  it('fills in every documented default from a file with only kind and steps', () => {
+    for (const kind of TRAIN_KINDS) {
+      const config = parseTrainConfig(MINIMAL[kind], { path: FILE });
+      assert.equal(config.kind, kind);
+      assert.equal(config.steps, 10);
+      assert.equal(config.seed, TRAIN_DEFAULTS.seed);
+      assert.equal(config.batchSize, TRAIN_DEFAULTS.batchSize);
+      assert.equal(config.accumulation, TRAIN_DEFAULTS.accumulation);
+      assert.equal(config.clip, TRAIN_DEFAULTS.clip);
+      assert.deepEqual(config.optimizer, { kind: 'adamw', ...ADAMW_DEFAULTS });
+      assert.deepEqual(config.lrSchedule, TRAIN_DEFAULTS.lrSchedule);
+      assert.equal(config.ema, null);
+      assert.deepEqual(config.checkpoint, TRAIN_DEFAULTS.checkpoint);
+      assert.equal(config.sample.every, TRAIN_DEFAULTS.sample.every);
+      assert.deepEqual(config.log, TRAIN_DEFAULTS.log);
+      assert.equal(config.data.source, 'emoji');
+      assert.equal(config.data.size, 64);
+      assert.equal(config.data.captionDropout, TRAIN_DEFAULTS.data.captionDropout[kind]);
+      // The default run folder is named after the file, under runs/ of the current directory.
+      assert.equal(config.output, resolve('runs', 'test'));
+    }
+    const t2i = parseTrainConfig(MINIMAL['text-to-image'], { path: FILE });
+    assert.ok(t2i.kind === 'text-to-image');
+    assert.equal(t2i.model.vae, resolve('runs/emoji-vae/model'));
+    assert.equal(t2i.model.minSnrGamma, 5);
+    assert.deepEqual(t2i.sample.prompts, TRAIN_DEFAULTS.sample.prompts);
+    const ema = parseTrainConfig({ ...MINIMAL.vae, ema: {} }, { path: FILE });
+    assert.deepEqual(ema.ema, EMA_DEFAULTS, 'ema: {} is EMA with the EMA defaults');
+  });
+
+  it('names every unknown key with its key path and the closest known key, all at once', () => {
+    const error = problemsOf({
+      kind: 'vae',
+      steps: 10,
+      batchsize: 8,
+      optimizer: { lr: 1e-3, weight_decay: 0.1 },
+      checkpoint: { every: 5, kep: 2 },
+      data: { source: 'emoji', colorSpace: 'srgb' },
+      model: { vae: { latent_chanels: 4 } },
+    });
+    assert.ok(error.message.startsWith(`${FILE}: 5 problems:`), error.message);
+    const expected = [
+      /^batchsize: unknown key\. Did you mean 'batchSize'\?/,
+      /^optimizer\.weight_decay: unknown key\. Did you mean 'weightDecay'\?/,
+      /^checkpoint\.kep: unknown key\. Did you mean 'keep'\?/,
+      /^data\.colorSpace: unknown key\./,
+      /^model\.vae\.latent_chanels: unknown key for this model/,
+    ];
+    for (const pattern of expected) {
+      assert.ok(
+        error.problems.some((p) => pattern.test(p)),
+        `${pattern} in:\n${error.problems.join('\n')}`,
+      );
+    }
+    assert.equal(error.path, FILE);
+  });
+
+  it('names bad values with their key path, expected and found (random bad values)', () => {
+    const badLr = -(1 + Math.floor(random() * 100)) / 1000;
+    const badBatch = 1 + Math.floor(random() * 50) + 0.5;
+    const badDropout = 1 + random();
+    const error = problemsOf({
+      kind: 'text-to-image',
+      steps: 100,
+      batchSize: badBatch,
+      optimizer: { kind: 'adamw', lr: badLr, betas: [0.9] },
+      lrSchedule: { kind: 'warmup-cosine', warmupSteps: 101 },
+      ema: { decay: 2 },
+      data: { captionDropout: badDropout, sets: ['apple'] },
+      sample: { prompts: [] },
+      model: { vae: 'v', transformer: { patch_size: 'two' }, maxTextLength: 0 },
+    });
+    const expected = [
+      `batchSize: expected an integer ≥ 1, found ${badBatch}`,
+      `optimizer.lr: expected a number ≥ 0, found ${badLr}`,
+      'optimizer.betas: expected two numbers [β1, β2], found [0.9]',
+      'ema.decay: expected a number in [0, 1], found 2',
+      `data.captionDropout: expected a number in [0, 1], found ${badDropout}`,
+      "data.sets: expected a list of 'google', 'twitter', found [\"apple\"]",
+      'sample.prompts: expected at least one prompt, found []',
+      'model.maxTextLength: expected an integer ≥ 1, found 0',
+    ];
+    for (const line of expected)
+      assert.ok(error.problems.includes(line), `${line}\nin:\n${error.problems.join('\n')}`);
+    // Checked by the classes that own them, with their own words.
+    assert.ok(error.problems.some((p) => p.startsWith('lrSchedule: ') && /warmupSteps 101/.test(p)));
+    assert.ok(error.problems.some((p) => p.startsWith('model.transformer: ') && /patch_size/.test(p)));
+  });
+
+  it('requires kind and steps', () => {
+    assert.match(
+      problemsOf({ steps: 3 }).message,
+      /kind: expected one of 'vae', 'text-to-image', 'classifier', found nothing/,
+    );
+    assert.match(problemsOf({ kind: 'vae' }).message, /steps: required/);
+    assert.match(problemsOf([]).message, /expected a JSON object/);
+  });
+
+  it('takes data as a name or a folder; --data and --out replace the file’s', () => {
+    const folder = parseTrainConfig({ ...MINIMAL.vae, data: 'my/images' }, { path: FILE });
+    assert.ok(folder.data.source === 'folder');
+    assert.equal(folder.data.folder, resolve('my/images'));
+    assert.equal(folder.data.onBadFile, 'error');
+    const overridden = parseTrainConfig(
+      { ...MINIMAL.vae, data: { source: 'emoji', size: 32 }, output: 'runs/a' },
+      { path: FILE, data: 'other', output: 'elsewhere' },
+    );
+    assert.ok(overridden.data.source === 'folder');
+    assert.equal(overridden.data.folder, resolve('other'));
+    assert.equal(overridden.data.size, 32);
+    assert.equal(overridden.output, resolve('elsewhere'));
+    // Keys of the other source are unknown here.
+    assert.match(
+      problemsOf({ ...MINIMAL.vae, data: { source: 'x', sets: ['google'] } }).message,
+      /data\.sets: unknown key/,
+    );
+  });
+
+  it('builds the configured optimizer (no weight decay on biases and norms) and schedule', () => {
+    const config = parseTrainConfig(
+      { ...MINIMAL.vae, optimizer: { kind: 'adamw', lr: 0.01, weightDecay: 0.2 } },
+      { path: FILE },
+    );
+    const adamw = optimizerFromConfig(config.optimizer, ['conv.weight', 'conv.bias', 'norm1.weight']);
+    assert.ok(adamw instanceof AdamW);
+    const decay = new Map(adamw.groups.flatMap((g) => g.params.map((p) => [p, g.options.weightDecay])));
+    assert.deepEqual(Object.fromEntries(decay), { 'conv.weight': 0.2, 'conv.bias': 0, 'norm1.weight': 0 });
+    const prodigy = parseTrainConfig(
+      { ...MINIMAL.vae, optimizer: { kind: 'prodigy', d0: 1e-5 } },
+      { path: FILE },
+    );
+    assert.ok(optimizerFromConfig(prodigy.optimizer, ['w']) instanceof Prodigy);
+    const steps = 50 + Math.floor(random() * 100);
+    const cosine = parseTrainConfig(
+      { ...MINIMAL.vae, steps, lrSchedule: { kind: 'warmup-cosine', warmupSteps: 10, minLrRatio: 0.25 } },
+      { path: FILE },
+    );
+    const schedule = scheduleFromConfig(cosine.lrSchedule, cosine.steps);
+    assert.equal(schedule.factor(5), 0.5);
+    assert.ok(Math.abs(schedule.factor(steps) - 0.25) < 1e-12, 'reaches minLrRatio at the last step');
+  });
+
+  it('resume identity: output, logging, samples and checkpoints may change; steps only under a constant schedule', () => {
+    const base = { ...MINIMAL.vae, steps: 100 };
+    const identity = (raw: Record<string, unknown>): string =>
+      JSON.stringify(resumeIdentity(parseTrainConfig(raw, { path: FILE })));
+    const a = identity(base);
+    assert.equal(
+      identity({ ...base, output: 'x', sample: { every: 7 }, log: { every: 3 }, checkpoint: { every: 9 } }),
+      a,
+    );
+    assert.equal(identity({ ...base, steps: 200 }), a, 'a constant schedule continues for longer');
+    assert.notEqual(identity({ ...base, batchSize: 16 }), a);
+    const cosine = { ...base, lrSchedule: { kind: 'warmup-cosine', warmupSteps: 0 } };
+    assert.notEqual(
+      identity({ ...cosine, steps: 200 }),
+      identity(cosine),
+      'a cosine reaches its end at steps',
+    );
+  });
+
+  it('every example in configs/ validates', async () => {
+    const files = (await readdir(CONFIGS)).filter((f) => f.endsWith('.json'));
+    assert.ok(files.length >= 4, files.join(', '));
+    const kinds = new Set<TrainConfig['kind']>();
+    for (const file of files) kinds.add((await readTrainConfig(join(CONFIGS, file))).kind);
+    assert.deepEqual([...kinds].sort(), [...TRAIN_KINDS].sort());
+  });
+
+  it('a missing file and a file that is not JSON are named', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'velodiff-config-'));
+    await assert.rejects(readTrainConfig(join(dir, 'none.json')), (e: unknown) => {
+      assert.ok(e instanceof FileFormatError);
+      assert.match(e.message, /none\.json: no such training configuration file/);
+      return true;
+    });
+    await writeFile(join(dir, 'bad.json'), '{ "kind": "vae", }');
+    await assert.rejects(readTrainConfig(join(dir, 'bad.json')), /bad\.json: not valid JSON/);
+  });
+});

@@ -1,27 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { main } from '../../src/cli/main.js';
 import { assertMaxAbsError } from '../compare.js';
-
-async function capture(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const log = console.log;
-  const error = console.error;
-  console.log = (...a: unknown[]) => void out.push(a.join(' '));
-  console.error = (...a: unknown[]) => void err.push(a.join(' '));
-  try {
-    const code = await main(argv);
-    return { code, out: out.join('\n'), err: err.join('\n') };
-  } finally {
-    console.log = log;
-    console.error = error;
-  }
-}
+import { captureCli } from './capture.js';
 
 describe('velodiff bench engine', () => {
   it('prints one JSON object with ir_gflops, raw_gflops and their ratio as the last line', async () => {
-    const { code, out } = await capture([
+    const { code, out } = await captureCli([
       'bench',
       'engine',
       '--m',
@@ -44,16 +28,16 @@ describe('velodiff bench engine', () => {
   });
 
   it('rejects unknown options and benchmarks with exit code 2', async () => {
-    assert.equal((await capture(['bench', 'engine', '--size', '3'])).code, 2);
-    assert.match((await capture(['bench', 'engine', '--size', '3'])).err, /unknown option --size/);
-    assert.equal((await capture(['bench', 'nothing'])).code, 2);
-    assert.equal((await capture(['bench', 'engine', '--reps', 'x'])).code, 2);
+    assert.equal((await captureCli(['bench', 'engine', '--size', '3'])).code, 2);
+    assert.match((await captureCli(['bench', 'engine', '--size', '3'])).err, /unknown option --size/);
+    assert.equal((await captureCli(['bench', 'nothing'])).code, 2);
+    assert.equal((await captureCli(['bench', 'engine', '--reps', 'x'])).code, 2);
   });
 });
 
 describe('velodiff bench attention', () => {
   it('runs every kind in one process and prints {tokens, results: [{kind, ms, …}]} as the last line', async () => {
-    const { code, out } = await capture(['bench', 'attention', '--tokens', '64', '--reps', '1', '--json']);
+    const { code, out } = await captureCli(['bench', 'attention', '--tokens', '64', '--reps', '1', '--json']);
     assert.equal(code, 0);
     const result = JSON.parse(out.trim().split('\n').pop() as string) as {
       tokens: number;
@@ -75,13 +59,13 @@ describe('velodiff bench attention', () => {
   });
 
   it('rejects token counts that are not square and unknown scopes', async () => {
-    const bad = await capture(['bench', 'attention', '--tokens', '100,50']);
+    const bad = await captureCli(['bench', 'attention', '--tokens', '100,50']);
     assert.equal(bad.code, 2);
     assert.match(bad.err, /square numbers/);
-    const scope = await capture(['bench', 'attention', '--scope', 'all']);
+    const scope = await captureCli(['bench', 'attention', '--scope', 'all']);
     assert.equal(scope.code, 2);
     assert.match(scope.err, /--scope must be layer, kernel or both/);
-    const warmups = await capture(['bench', 'attention', '--warmups', '-1']);
+    const warmups = await captureCli(['bench', 'attention', '--warmups', '-1']);
     assert.equal(warmups.code, 2);
     assert.match(warmups.err, /--warmups must be ≥ 0/);
   });
@@ -89,16 +73,16 @@ describe('velodiff bench attention', () => {
 
 describe('velodiff bench tgate', () => {
   it('rejects bad sizes before building anything', async () => {
-    const bad = await capture(['bench', 'tgate', '--tokens', '10']);
+    const bad = await captureCli(['bench', 'tgate', '--tokens', '10']);
     assert.equal(bad.code, 2);
     assert.match(bad.err, /square number/);
-    assert.equal((await capture(['bench', 'tgate', '--layers', '0'])).code, 2);
+    assert.equal((await captureCli(['bench', 'tgate', '--layers', '0'])).code, 2);
   });
 });
 
 describe('velodiff bench tgate --json', () => {
   it('prints {steps: 25, gate_step: 8, baseline_ms, tgate_ms, speedup} as the last line', async () => {
-    const { code, out } = await capture([
+    const { code, out } = await captureCli([
       'bench',
       'tgate',
       '--tokens',

@@ -20,7 +20,7 @@ export async function captureCli(argv: string[]): Promise<CliResult> {
   const error = console.error;
   const write = process.stderr.write.bind(process.stderr);
   console.log = (...a: unknown[]) => void out.push(a.join(' '));
-  console.error = (...a: unknown[]) => void err.push(a.join(' '));
+  console.error = (...a: unknown[]) => void err.push(`${a.join(' ')}\n`);
   process.stderr.write = ((chunk: string | Uint8Array) => (
     err.push(String(chunk)),
     true

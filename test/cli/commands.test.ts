@@ -7,7 +7,6 @@ import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { PNG } from 'pngjs';
 import { clearPlan } from '../../src/attention/clear-window.js';
-import { main } from '../../src/cli/main.js';
 import { writeHostTensors } from '../../src/io/host-tensors.js';
 import type { PixArtRunOptions } from '../../src/pipelines/index.js';
 import { DiffusionPipeline } from '../../src/pipelines/index.js';
@@ -21,29 +20,13 @@ import { randomArray, readAllTensors } from '../helpers.js';
 import { PixArtReference, refInputs } from '../pipelines/pixart-reference.js';
 import { STEP_TOLERANCE } from '../pipelines/record-steps.js';
 import { seededUniform, testSeed } from '../random.js';
+import { captureCli, type CliResult } from './capture.js';
 
 const GOLDEN = fileURLToPath(new URL('../golden/', import.meta.url));
 
-async function capture(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const log = console.log;
-  const error = console.error;
-  const write = process.stderr.write.bind(process.stderr);
-  console.log = (...a: unknown[]) => void out.push(a.join(' '));
-  console.error = (...a: unknown[]) => void err.push(a.join(' '));
-  process.stderr.write = ((chunk: string | Uint8Array) => (
-    err.push(String(chunk)),
-    true
-  )) as typeof process.stderr.write;
-  try {
-    const code = await main(argv[0] === 'inspect' ? argv : [...argv, '--threads', '1']);
-    return { code, out: out.join('\n'), err: err.join('\n') };
-  } finally {
-    console.log = log;
-    console.error = error;
-    process.stderr.write = write;
-  }
+/** `velodiff ...argv` in this process on one thread (inspect takes no --threads). */
+function capture(argv: string[]): Promise<CliResult> {
+  return captureCli(argv[0] === 'inspect' ? argv : [...argv, '--threads', '1']);
 }
 
 const random = seededUniform(testSeed('test/cli/commands.test.ts'));

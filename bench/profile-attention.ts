@@ -1,7 +1,7 @@
 // `npx tsx bench/profile-attention.ts KIND SIDE [RUNS]`: ORT's per-op profile of one attention kernel
 // (q, k, v [1, SIDE², 1152] given; KIND = full | clear:R[:D] | linfusion), steady-state runs only.
 // Where a kernel's time goes, op type by op type, e.g. `clear:16 128` for CLEAR r = 16 at 16K tokens.
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { clearAttention } from '../src/attention/clear.js';
@@ -9,7 +9,7 @@ import { normalizedLinearAttention } from '../src/attention/linfusion.js';
 import { Graph, attention } from '../src/graph/index.js';
 import { serialize } from '../src/graph/serialize.js';
 import { ort } from '../src/runtime/ort-node.js';
-import { table } from './stats.js';
+import { readKernelProfile, table } from './stats.js';
 
 const DIM = 1152;
 const HEADS = 16;
@@ -51,17 +51,7 @@ try {
   for (let r = 0; r < runs; r++) await session.run(feeds);
   session.endProfiling();
   await session.release();
-  const file = join(dir, readdirSync(dir).find((f) => f.startsWith('profile')) as string);
-  const events = (
-    JSON.parse(readFileSync(file, 'utf8')) as {
-      cat: string;
-      name: string;
-      dur: number;
-      args: { op_name?: string };
-    }[]
-  ).filter((e) => e.cat === 'Node' && e.name.endsWith('_kernel_time'));
-  const perRun = events.length / runs;
-  const steady = events.slice(SKIPPED * perRun);
+  const { perRun, steady } = readKernelProfile(dir, runs, SKIPPED);
   const byOp = new Map<string, number>();
   for (const e of steady)
     byOp.set(

@@ -2,7 +2,7 @@
 // training step graph of bench/train.ts (forward + backward, parameters fed, gradients returned), in
 // steady-state runs: kernel time by op type, forward vs backward (`grad/` scopes), and the time of
 // session.run that no kernel accounts for (feeding parameters, returning gradients, scheduling).
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -10,7 +10,7 @@ import { serialize } from '../src/graph/serialize.js';
 import type { HostTensor } from '../src/runtime/host-tensor.js';
 import { ort, sessionOptions } from '../src/runtime/ort-node.js';
 import { buildTrainStepGraph } from '../src/train/train-step.js';
-import { nowMs, table } from './stats.js';
+import { nowMs, readKernelProfile, table } from './stats.js';
 import { textToImageCase, vaeCase } from './train.js';
 
 /** The first runs of a session are slower while ORT's arena grows (measured: 124K minor page faults in
@@ -60,17 +60,7 @@ try {
   }
   session.endProfiling();
   await session.release();
-  const file = join(dir, readdirSync(dir).find((f) => f.startsWith('profile')) as string);
-  const events = (
-    JSON.parse(readFileSync(file, 'utf8')) as {
-      cat: string;
-      name: string;
-      dur: number;
-      args: { op_name?: string };
-    }[]
-  ).filter((e) => e.cat === 'Node' && e.name.endsWith('_kernel_time'));
-  const perRun = events.length / runs;
-  const steady = events.slice(SKIPPED * perRun);
+  const { perRun, steady } = readKernelProfile(dir, runs, SKIPPED);
   const steadyRuns = runs - SKIPPED;
   const byOp = new Map<string, number>();
   const byNode = new Map<string, number>();

@@ -1,4 +1,6 @@
-/** Timing helpers shared by the benchmarks: medians of repeated runs, tables. */
+/** Helpers shared by the benchmarks: medians of repeated runs, tables, ORT kernel profiles. */
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
 
 export function median(values: readonly number[]): number {
   const s = [...values].sort((a, b) => a - b);
@@ -36,4 +38,29 @@ export function formatNumber(x: number): string {
 
 export function machineLine(): string {
   return `node ${process.version}, ${process.platform}/${process.arch}`;
+}
+
+/** One kernel event of ORT's JSON profile. */
+export interface KernelEvent {
+  readonly name: string;
+  /** Microseconds. */
+  readonly dur: number;
+  readonly args: { readonly op_name?: string };
+}
+
+/**
+ * The kernel events of the ORT profile written into `dir` over `runs` runs of one session, without
+ * the first `skipped` runs (ORT's arena still grows through them).
+ */
+export function readKernelProfile(
+  dir: string,
+  runs: number,
+  skipped: number,
+): { perRun: number; steady: KernelEvent[] } {
+  const file = join(dir, readdirSync(dir).find((f) => f.startsWith('profile')) as string);
+  const events = (JSON.parse(readFileSync(file, 'utf8')) as (KernelEvent & { cat: string })[]).filter(
+    (e) => e.cat === 'Node' && e.name.endsWith('_kernel_time'),
+  );
+  const perRun = events.length / runs;
+  return { perRun, steady: events.slice(skipped * perRun) };
 }

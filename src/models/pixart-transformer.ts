@@ -4,7 +4,6 @@ import type { Tensor } from '../graph/graph.js';
 import { Graph } from '../graph/graph.js';
 import {
   add,
-  attention,
   concat,
   gelu,
   layerNorm,
@@ -18,6 +17,7 @@ import {
 import type { WeightStore } from '../io/diffusers.js';
 import { readConfig } from '../io/diffusers.js';
 import { Conv2d, Linear } from '../nn/layers.js';
+import { BasicTransformerBlock } from '../nn/transformer-block.js';
 import type { LoadedLora } from '../lora/adapters.js';
 import { AdapterSet } from '../lora/adapters.js';
 import { Params } from '../nn/params.js';
@@ -29,7 +29,7 @@ import { LinFusionWeights } from '../attention/linfusion.js';
 import { selfAttentionModule } from '../attention/self-attention.js';
 import type { LayerAction } from '../attention/tgate.js';
 import { gatedAttention } from '../attention/tgate.js';
-import type { AttentionChoice, AttentionOption, SelfAttentionLayer, TokenGrid } from '../attention/types.js';
+import type { AttentionChoice, AttentionOption, TokenGrid } from '../attention/types.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { OverlayTensorSource } from '../nn/weights.js';
 import type { TensorSource } from '../nn/weights.js';
@@ -349,85 +349,44 @@ export function pixArtBlock(
   tgate: NonNullable<PixArtGraphOptions['tgate']>,
   selfAttention: { choice: AttentionChoice; grid: TokenGrid; extras: PixArtExtras },
 ): Tensor {
-  const g = p.graph;
-  // T-GATE: an attention module's output is computed, computed and kept, or taken from the cache.
-  const gated = (role: 'attn1' | 'attn2', action: LayerAction, compute: () => Tensor): Tensor =>
-    gatedAttention(
-      g,
-      { layer: index, role },
-      action,
-      tgate.average,
-      ['B', hidden.shape[1], config.innerDim],
-      compute,
-    );
   const dim = config.innerDim;
   const heads = config.numAttentionHeads;
-  const table = p.get('scale_shift_table', [6, dim]);
-  const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = p.scope(() =>
-    split(add(reshape(table, [1, 6, dim]), modulation), 6, 1),
-  );
-  const eps = config.normEps;
-  // Self-attention on the modulated, normalised tokens, gated.
-  let norm = p.scope(() =>
-    add(mul(layerNorm(hidden, undefined, undefined, { eps }), add(scaleMsa, 1)), shiftMsa),
-  );
-  const a1 = p.child('attn1');
-  const bias = config.attentionBias;
-  const normed = norm;
-  const selfOut = gated('attn1', tgate.selfAttention, () => {
-    const layer: SelfAttentionLayer = {
-      params: a1,
-      x: normed,
-      dim,
-      heads,
-      qkvBias: bias,
-      grid: selfAttention.grid,
-      textTokens: 0,
-    };
-    return selfAttentionModule(layer, selfAttention.choice, selfAttention.extras);
+  return BasicTransformerBlock(p, hidden, text, {
+    dim,
+    heads,
+    dimHead: dim / heads,
+    crossAttentionDim: config.crossAttentionDim,
+    attentionBias: config.attentionBias,
+    normType: 'ada_norm_single',
+    normEps: config.normEps,
+    normElementwiseAffine: false,
+    activation: 'gelu-approximate',
+    modulation,
+    crossMask,
+    selfAttention: (params, x) =>
+      selfAttentionModule(
+        {
+          params,
+          x,
+          dim,
+          heads,
+          qkvBias: config.attentionBias,
+          grid: selfAttention.grid,
+          textTokens: 0,
+        },
+        selfAttention.choice,
+        selfAttention.extras,
+      ),
+    around: (role, compute) =>
+      gatedAttention(
+        p.graph,
+        { layer: index, role },
+        role === 'attn1' ? tgate.selfAttention : tgate.crossAttention,
+        tgate.average,
+        ['B', hidden.shape[1], dim],
+        compute,
+      ),
   });
-  hidden = add(hidden, mul(gateMsa, selfOut));
-  // Cross-attention to the caption (PixArt applies no norm before it).
-  const query = hidden;
-  const crossOut = gated('attn2', tgate.crossAttention, () =>
-    attentionModule(
-      p.child('attn2'),
-      query,
-      text as Tensor,
-      dim,
-      config.crossAttentionDim,
-      heads,
-      bias,
-      crossMask,
-    ),
-  );
-  hidden = add(hidden, crossOut);
-  // Feed-forward: GELU(tanh) MLP with 4× width, modulated and gated.
-  norm = p.scope(() =>
-    add(mul(layerNorm(hidden, undefined, undefined, { eps }), add(scaleMlp, 1)), shiftMlp),
-  );
-  const ff = p.child('ff').child('net');
-  const inner = gelu(Linear(ff.child(0).child('proj'), norm, dim, 4 * dim), 'tanh');
-  const ffOut = Linear(ff.child(2), inner, 4 * dim, dim);
-  return add(hidden, mul(gateMlp, ffOut));
-}
-
-/** diffusers `Attention` with to_q/to_k/to_v/to_out.0 around scaled dot-product attention. */
-function attentionModule(
-  p: Params,
-  x: Tensor,
-  context: Tensor,
-  dim: number,
-  contextDim: number,
-  heads: number,
-  bias: boolean,
-  mask: Tensor | undefined,
-): Tensor {
-  const q = Linear(p.child('to_q'), x, dim, dim, bias);
-  const k = Linear(p.child('to_k'), context, contextDim, dim, bias);
-  const v = Linear(p.child('to_v'), context, contextDim, dim, bias);
-  const o = p.scope(() => attention(q, k, v, { numHeads: heads, mask }));
-  return Linear(p.child('to_out').child(0), o, dim, dim, true);
 }
 
 /** PixArt-α/Σ denoiser, loaded from a diffusers `transformer/` folder. */

@@ -4,10 +4,11 @@ import { OptionError } from '../errors.js';
 import { Runtime } from '../runtime/runtime.js';
 import { readTrainConfig } from '../train/config.js';
 import { formatDuration, type ProgressReport } from '../train/progress.js';
-import { runTraining } from '../train/run.js';
+import { exportCheckpoint, runTraining } from '../train/run.js';
+import type { TrainConfig } from '../train/config.js';
 import { StopRequest } from '../train/stop-signal.js';
 import type { FlagSpec } from './args.js';
-import { parseArgs, usage } from './args.js';
+import { parseArgs, usage, type ParsedArgs } from './args.js';
 import { progressBar, ProgressLine } from './progress.js';
 import { runtimeFlags, runtimeOptions } from './runtime-flags.js';
 
@@ -22,6 +23,11 @@ const FLAGS: Record<string, FlagSpec> = {
     type: 'string',
     description: 'the run folder (default: the config\'s "output", or runs/<config name>)',
   },
+  export: {
+    type: 'string',
+    description: "write the model of the run's newest checkpoint (EMA weights) to DIR, without training",
+  },
+  checkpoint: { type: 'integer', description: 'with --export: the step of the checkpoint to export' },
   ...runtimeFlags,
   help: { type: 'boolean', description: 'show this help' },
 };
@@ -48,7 +54,13 @@ function progressText(report: ProgressReport): string {
 export async function trainCommand(argv: string[]): Promise<number> {
   const { positional, flags } = parseArgs(argv, FLAGS, 'train');
   if (flags.help) {
-    console.log(usage('train --config FILE [--data DIR] [--resume] [--out DIR]', SUMMARY, FLAGS));
+    console.log(
+      usage(
+        'train --config FILE [--data DIR] [--resume] [--out DIR] [--export DIR [--checkpoint N]]',
+        SUMMARY,
+        FLAGS,
+      ),
+    );
     return 0;
   }
   if (positional.length > 0) throw new OptionError(`train: unexpected argument "${positional[0]}"`);
@@ -59,6 +71,13 @@ export async function trainCommand(argv: string[]): Promise<number> {
     output: flags.out as string | undefined,
   });
   const where = relative(process.cwd(), config.output) || '.';
+  if (flags.checkpoint !== undefined && flags.export === undefined) {
+    throw new OptionError('train: --checkpoint chooses the checkpoint of --export; give --export DIR too');
+  }
+  if (flags.export !== undefined) {
+    if (flags.resume === true) throw new OptionError('train: --export does not train; drop --resume');
+    return exportCommand(config, String(flags.export), flags);
+  }
   const line = new ProgressLine();
   const stop = new StopRequest(['SIGINT', 'SIGTERM']);
   const runtime = new Runtime(runtimeOptions(flags));
@@ -117,6 +136,37 @@ export async function trainCommand(argv: string[]): Promise<number> {
   } finally {
     line.done();
     stop.dispose();
+    await runtime.dispose();
+  }
+}
+
+async function exportCommand(
+  config: TrainConfig,
+  out: string,
+  flags: ParsedArgs['flags'],
+): Promise<number> {
+  const line = new ProgressLine();
+  const runtime = new Runtime(runtimeOptions(flags));
+  try {
+    const result = await exportCheckpoint({
+      config,
+      runtime,
+      out,
+      step: flags.checkpoint as number | undefined,
+      onDataProgress: (done, total) => {
+        if (line.inPlace || done === total) line.update(`preparing images ${done}/${total}`);
+      },
+      onEncodeProgress: (done, total) => {
+        if (line.inPlace || done === total) line.update(`encoding latents ${done}/${total}`);
+      },
+    });
+    line.done();
+    console.log(
+      `exported step ${result.step} (${relative(process.cwd(), result.checkpoint)}) → ${relative(process.cwd(), result.modelDir) || '.'}/`,
+    );
+    return 0;
+  } finally {
+    line.done();
     await runtime.dispose();
   }
 }

@@ -318,3 +318,58 @@ export async function runTraining(options: TrainRunOptions): Promise<TrainRunRes
   }
   return { step: result.step, resumedFrom: result.resumedFrom, stopped: result.stopped, output, modelDir };
 }
+
+export interface ExportOptions {
+  config: TrainConfig;
+  runtime: Runtime;
+  /** Where the model folder is written (replaced if it exists). */
+  out: string;
+  /** The checkpoint's step; the newest when absent. */
+  step?: number;
+  dataset?: ImageTextDataset;
+  onDataProgress?: (done: number, total: number) => void;
+  onEncodeProgress?: (done: number, total: number) => void;
+}
+
+/**
+ * Writes the model of one checkpoint of a run (EMA weights when the run keeps an EMA), as the run
+ * would have written it at its end, without training: to try a model while its run goes on, or to
+ * ship the state a stopped run reached. Only reads the run folder, so it is safe beside a live run.
+ */
+export async function exportCheckpoint(
+  options: ExportOptions,
+): Promise<{ step: number; checkpoint: string; modelDir: string }> {
+  const { config } = options;
+  const entries = await checkpointsIn(config.output);
+  if (entries.length === 0) {
+    throw new OptionError(
+      `train --export: ${config.output} holds no checkpoint to export`,
+      'RUN_NO_CHECKPOINT',
+    );
+  }
+  const entry =
+    options.step === undefined ? entries[entries.length - 1] : entries.find((e) => e.step === options.step);
+  if (entry === undefined) {
+    throw new OptionError(
+      `train --export: ${config.output} has no checkpoint at step ${options.step}; ` +
+        `it has ${entries.map((e) => e.step).join(', ')}`,
+      'RUN_NO_CHECKPOINT',
+    );
+  }
+  const dataset = options.dataset ?? (await loadConfiguredDataset(config.data, options.onDataProgress));
+  const trainer = await createRunTrainer(config, dataset, options.runtime, options.onEncodeProgress);
+  const spec = trainer.stepSpec(config.batchSize);
+  const params = trainer.initialParameters(config.seed);
+  const manager = new CheckpointManager({
+    directory: config.output,
+    parameterShapes: new Map(spec.trainable.map((name) => [name, spec.shapes.get(name) ?? []])),
+    modelConfig: trainer.modelConfig,
+    trainingConfig: resumeIdentity(config),
+  });
+  const snapshot = await manager.load(entry.name);
+  const weights = new Map(params);
+  for (const [name, values] of snapshot.weights) weights.set(name, values);
+  if (snapshot.ema) for (const [name, values] of snapshot.ema.shadow) weights.set(name, values);
+  await trainer.saveModel(options.out, weights);
+  return { step: snapshot.step, checkpoint: entry.path, modelDir: options.out };
+}

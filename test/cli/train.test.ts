@@ -132,6 +132,41 @@ describe('velodiff train', () => {
     assert.equal(model._class_name, 'VelodiffEmojiClassifier');
     assert.ok(existsSync(join(out, 'model', 'diffusion_pytorch_model.safetensors')));
 
+    // --export writes a checkpoint's model without training: the final checkpoint's is the run's model.
+    const exported = join(work, 'classifier-export');
+    const x = await captureCli([
+      'train',
+      '--config',
+      config,
+      '--out',
+      out,
+      '--export',
+      exported,
+      '--threads',
+      '1',
+    ]);
+    assert.equal(x.code, 0, x.err);
+    assert.match(x.out, /exported step 6 \(.*checkpoint-6\)/);
+    for (const file of ['config.json', 'diffusion_pytorch_model.safetensors']) {
+      assert.ok(
+        readFileSync(join(exported, file)).equals(readFileSync(join(out, 'model', file))),
+        `${file}: the export of checkpoint-6 equals the model the run wrote`,
+      );
+    }
+    const missing = await captureCli([
+      'train',
+      '--config',
+      config,
+      '--out',
+      out,
+      '--export',
+      exported,
+      '--checkpoint',
+      '5',
+    ]);
+    assert.equal(missing.code, 2);
+    assert.match(missing.err, /has no checkpoint at step 5; it has 6/);
+
     // The same folder again without --resume is refused; with --resume and more steps, it continues.
     const again = await captureCli(['train', '--config', config, '--out', out, '--threads', '1']);
     assert.equal(again.code, 2);
@@ -297,6 +332,15 @@ describe('velodiff train', () => {
       unknown
     >;
     assert.equal(vaeConfig._class_name, 'AutoencoderKL');
+    // The EMA weights are what a run ships, and what --export writes from its last checkpoint.
+    const vaeExport = join(work, 'vae-export');
+    const ve = await captureCli(['train', '--config', vae, '--out', vaeOut, '--export', vaeExport]);
+    assert.equal(ve.code, 0, ve.err);
+    assert.ok(
+      readFileSync(join(vaeExport, 'diffusion_pytorch_model.safetensors')).equals(
+        readFileSync(join(vaeOut, 'model', 'diffusion_pytorch_model.safetensors')),
+      ),
+    );
 
     const t2iOut = join(work, 't2i');
     const t2i = await configFile('t2i', {

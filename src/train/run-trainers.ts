@@ -102,6 +102,7 @@ export function classifierRun(
         ],
       };
     },
-    saveModel: (dir, weights) => trainer.saveFolder(dir, weights),
+    // The shipped classifier's dtype (2.5 MB), converted back to float32 at load.
+    saveModel: (dir, weights) => trainer.saveFolder(dir, weights, { dtype: 'float16' }),
   };
 }

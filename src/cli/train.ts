@@ -140,11 +140,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
   }
 }
 
-async function exportCommand(
-  config: TrainConfig,
-  out: string,
-  flags: ParsedArgs['flags'],
-): Promise<number> {
+async function exportCommand(config: TrainConfig, out: string, flags: ParsedArgs['flags']): Promise<number> {
   const line = new ProgressLine();
   const runtime = new Runtime(runtimeOptions(flags));
   try {

@@ -30,7 +30,8 @@ import {
 } from '../graph/ops/index.js';
 import type { Dim } from '../graph/shape.js';
 import { formatShape } from '../graph/shape.js';
-import { Linear } from '../nn/layers.js';
+import type { AttentionKernel } from '../nn/attention.js';
+import { Attention } from '../nn/attention.js';
 import type { ClearBias, ClearPlan } from './clear-window.js';
 import { clearPlan } from './clear-window.js';
 import type { SelfAttentionLayer, TokenGrid } from './types.js';
@@ -115,6 +116,21 @@ interface Checked {
   spatialWeight: Tensor | undefined;
 }
 
+/**
+ * What is wrong with a CLEAR window, or undefined: the radius is a finite number ≥ 1 (a query always
+ * sees itself) and the down factor a positive integer. The one definition; callers pass it on.
+ */
+export function clearWindowProblem(o: { radius: number; downFactor?: number }): string | undefined {
+  if (!(Number.isFinite(o.radius) && o.radius >= 1)) {
+    return `radius must be a finite number ≥ 1 (a query always sees itself), got ${o.radius}`;
+  }
+  const downFactor = o.downFactor ?? 1;
+  if (!Number.isInteger(downFactor) || downFactor < 1) {
+    return `downFactor must be a positive integer, got ${downFactor}`;
+  }
+  return undefined;
+}
+
 /** The module path and op for errors, as apply() writes them. */
 function site(t: Tensor): string {
   const scope = t.graph.currentScope;
@@ -131,15 +147,13 @@ function checkOptions(q: Tensor, k: Tensor, v: Tensor, o: ClearAttentionOptions)
   if (!positiveInt(grid.height) || !positiveInt(grid.width)) {
     bad(`grid must be positive integers, got ${grid.height}×${grid.width}`, 'ATTR');
   }
-  if (!(Number.isFinite(o.radius) && o.radius >= 1)) {
-    bad(`radius must be a finite number ≥ 1 (a query always sees itself), got ${o.radius}`, 'ATTR');
-  }
+  const window = clearWindowProblem(o);
+  if (window) bad(window, 'ATTR');
   const textTokens = o.textTokens ?? 0;
   if (!Number.isInteger(textTokens) || textTokens < 0) {
     bad(`textTokens must be an integer ≥ 0, got ${textTokens}`, 'ATTR');
   }
   const downFactor = o.downFactor ?? 1;
-  if (!positiveInt(downFactor)) bad(`downFactor must be a positive integer, got ${downFactor}`, 'ATTR');
   if (o.tileSize !== undefined && !positiveInt(o.tileSize)) {
     bad(`tileSize must be a positive integer, got ${o.tileSize}`, 'ATTR');
   }
@@ -318,25 +332,21 @@ export function clearSelfAttention(
   layer: SelfAttentionLayer,
   choice: { radius: number; downFactor?: number; tileSize?: number },
 ): Tensor {
-  const { params: p, x, dim, heads: numHeads, qkvBias } = layer;
-  const q = Linear(p.child('to_q'), x, dim, dim, qkvBias);
-  const k = Linear(p.child('to_k'), x, dim, dim, qkvBias);
-  const v = Linear(p.child('to_v'), x, dim, dim, qkvBias);
+  const { params: p, x, dim, heads, qkvBias } = layer;
   const downFactor = choice.downFactor ?? 1;
   const spatialWeight =
     downFactor > 1
       ? p.child('processor').optional('spatial_weight', [1, 1, 1, downFactor, 1, downFactor, 1])
       : undefined;
-  const o = p.scope(() =>
+  const kernel: AttentionKernel = (q, k, v, o) =>
     clearAttention(q, k, v, {
-      numHeads,
+      numHeads: o.heads,
       grid: layer.grid,
       radius: choice.radius,
       textTokens: layer.textTokens,
       downFactor,
       spatialWeight,
       tileSize: choice.tileSize,
-    }),
-  );
-  return Linear(p.child('to_out').child(0), o, dim, dim, true);
+    });
+  return Attention(p, x, undefined, { queryDim: dim, heads, dimHead: dim / heads, bias: qkvBias, kernel });
 }

@@ -29,6 +29,7 @@ import { formatShape } from '../graph/shape.js';
 import { WeightStore, readConfig } from '../io/diffusers.js';
 import { describeJson, isPlainObject } from '../io/json.js';
 import { didYouMean } from '../io/suggest.js';
+import { Attention } from '../nn/attention.js';
 import { LayerNorm, Linear } from '../nn/layers.js';
 import { Params } from '../nn/params.js';
 import type { SelfAttentionLayer } from './types.js';
@@ -67,11 +68,15 @@ export function linfusionAttention(p: Params, x: Tensor, shape: LinFusionShape):
       'SHAPE',
     );
   }
-  const q = Linear(p.child('to_q'), add(x, inputMlp(p.child('to_q_'), x, dim, midDim)), dim, dim, false);
-  const k = Linear(p.child('to_k'), add(x, inputMlp(p.child('to_k_'), x, dim, midDim)), dim, dim, false);
-  const v = Linear(p.child('to_v'), x, dim, dim, false);
-  const o = p.scope(() => normalizedLinearAttention(q, k, v, heads));
-  return Linear(p.child('to_out').child(0), o, dim, dim, true);
+  // to_q and to_k see the tokens plus a residual MLP of them; to_v the tokens (§2.2).
+  return Attention(p, x, undefined, {
+    queryDim: dim,
+    heads,
+    dimHead: dim / heads,
+    queryInput: add(x, inputMlp(p.child('to_q_'), x, dim, midDim)),
+    keyInput: add(x, inputMlp(p.child('to_k_'), x, dim, midDim)),
+    kernel: (q, k, v, o) => normalizedLinearAttention(q, k, v, o.heads),
+  });
 }
 
 /** The residual input transform: Linear(C→m) → LayerNorm(m) → LeakyReLU(0.01) → Linear(m→C). */

@@ -1,15 +1,14 @@
 import { OptionError } from '../errors.js';
 import type { Tensor } from '../graph/graph.js';
-import { attention } from '../graph/ops/index.js';
-import { Linear } from '../nn/layers.js';
+import { Attention } from '../nn/attention.js';
 import { clearSelfAttention } from './clear.js';
 import type { LinFusionWeights } from './linfusion.js';
 import { linfusionSelfAttention } from './linfusion.js';
 import type { AttentionChoice, SelfAttentionLayer } from './types.js';
 
 /**
- * A denoiser's self-attention module (diffusers `Attention`: to_q/to_k/to_v, attention, to_out.0)
- * with the kernel the build chose. Every model builds its self-attention layers through this, so
+ * A denoiser's self-attention module (nn/'s diffusers `Attention`: to_q/to_k/to_v, the kernel,
+ * to_out.0) with the kernel the build chose. Every model builds its self-attention layers through this, so
  * CLEAR and LinFusion reach them by configuration.
  */
 export function selfAttentionModule(
@@ -20,11 +19,7 @@ export function selfAttentionModule(
   switch (choice.kind) {
     case 'full': {
       const { params: p, x, dim, heads, qkvBias } = layer;
-      const q = Linear(p.child('to_q'), x, dim, dim, qkvBias);
-      const k = Linear(p.child('to_k'), x, dim, dim, qkvBias);
-      const v = Linear(p.child('to_v'), x, dim, dim, qkvBias);
-      const o = p.scope(() => attention(q, k, v, { numHeads: heads }));
-      return Linear(p.child('to_out').child(0), o, dim, dim, true);
+      return Attention(p, x, undefined, { queryDim: dim, heads, dimHead: dim / heads, bias: qkvBias });
     }
     case 'clear':
       return clearSelfAttention(layer, { radius: choice.radius, downFactor: choice.downFactor ?? 1 });

@@ -2,6 +2,7 @@ import { OptionError } from '../errors.js';
 import type { Graph, Tensor } from '../graph/graph.js';
 import type { Dim } from '../graph/shape.js';
 import { add, mul, split } from '../graph/ops/index.js';
+import type { TensorRef } from '../runtime/backend.js';
 
 /**
  * T-GATE V2 (methods/tgate_flash.md §1): what every attention layer of a role does at a step.
@@ -118,8 +119,69 @@ export function pruneDeadStores(plan: readonly TGateStep[]): TGateStep[] {
 }
 
 /** Names of T-GATE cache outputs (stored this step) and inputs (reused) of a layer's attention. */
-export const tgateCacheName = (layer: number, role: string): string => `cache.${layer}.${role}`;
-export const tgateCachedName = (layer: number, role: string): string => `cached.${layer}.${role}`;
+export const tgateCacheName = (layer: number, role: string): string => `${CACHE}${layer}.${role}`;
+export const tgateCachedName = (layer: number, role: string): string => `${CACHED}${layer}.${role}`;
+const CACHE = 'cache.';
+const CACHED = 'cached.';
+
+/** Whether a step graph's output is an attention output T-GATE stores at this step. */
+export function isTGateCacheOutput(name: string): boolean {
+  return name.startsWith(CACHE);
+}
+
+/**
+ * The feeds of a step graph's reused attention outputs: for each of its `cached.<i>.<role>` inputs,
+ * the tensor an earlier step returned as `cache.<i>.<role>` (kept in `caches` by that name).
+ */
+export function tgateCacheFeeds(
+  inputs: readonly { name: string }[],
+  caches: Readonly<Record<string, TensorRef>>,
+): Record<string, TensorRef> {
+  const feeds: Record<string, TensorRef> = {};
+  for (const { name } of inputs) {
+    if (!name.startsWith(CACHED)) continue;
+    const stored = CACHE + name.slice(CACHED.length);
+    const ref = caches[stored];
+    if (!ref) {
+      throw new OptionError(
+        `T-GATE step reuses "${stored}", which no earlier step stored (kept: ${Object.keys(caches).join(', ') || 'none'})`,
+      );
+    }
+    feeds[name] = ref;
+  }
+  return feeds;
+}
+
+/**
+ * The attention outputs a sampling loop keeps between T-GATE steps, where the sessions run: each
+ * step's stored outputs replace (and free) the ones of the same layer; `release` frees them all.
+ */
+export class TGateCaches {
+  private readonly kept = new Map<string, TensorRef>();
+
+  constructor(private readonly runtime: { releaseTensors(refs: readonly TensorRef[]): Promise<void> }) {}
+
+  /** The kept tensors by output name, for `tgateCacheFeeds`. */
+  get current(): Readonly<Record<string, TensorRef>> {
+    return Object.fromEntries(this.kept);
+  }
+
+  /** Keep the T-GATE outputs among a step's retained outputs. */
+  async keep(retained: Readonly<Record<string, TensorRef>>): Promise<void> {
+    for (const [name, ref] of Object.entries(retained)) {
+      if (!isTGateCacheOutput(name)) continue;
+      const old = this.kept.get(name);
+      this.kept.set(name, ref);
+      if (old) await this.runtime.releaseTensors([old]);
+    }
+  }
+
+  async release(): Promise<void> {
+    const refs = [...this.kept.values()];
+    this.kept.clear();
+    await this.runtime.releaseTensors(refs);
+  }
+}
 
 /** Mean of the two batch halves [uncond; cond]: what T-GATE keeps at the gate step. */
 export function halfMean(t: Tensor): Tensor {

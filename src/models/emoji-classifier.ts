@@ -19,7 +19,6 @@ import { FileFormatError, RuntimeError } from '../errors.js';
 import { Graph } from '../graph/graph.js';
 import type { Tensor } from '../graph/graph.js';
 import { mean, silu } from '../graph/ops/index.js';
-import { formatShape } from '../graph/shape.js';
 import { readConfig } from '../io/diffusers.js';
 import type { ModelConfig, WeightStore } from '../io/diffusers.js';
 import { describeJson, isPlainObject } from '../io/json.js';
@@ -29,7 +28,9 @@ import { ParameterInputs } from '../nn/weights.js';
 import type { TensorSource } from '../nn/weights.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
-import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
+import type { Runtime } from '../runtime/runtime.js';
+import type { InputSpecs } from '../runtime/runnable-model.js';
+import { RunnableModel } from '../runtime/runnable-model.js';
 import type { WarningHandler } from '../warnings.js';
 import { ConfigReader } from './config.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
@@ -246,17 +247,25 @@ const RUN_BATCH = 32;
 export class VelodiffEmojiClassifier implements DiffusersModel {
   readonly className = EMOJI_CLASSIFIER_CLASS;
   readonly methods: readonly string[] = [];
-  private compiled: Promise<CompiledGraph> | undefined;
+  /** One layout: batches are cut or padded to RUN_BATCH images. */
+  private readonly runnable: RunnableModel<{ batch: number }>;
 
   private constructor(
     readonly dir: string,
     readonly config: EmojiClassifierConfig,
-    private readonly source: TensorSource,
+    source: TensorSource,
     /** Fed with every run when the parameters are graph inputs. */
     private readonly parameterFeeds: Record<string, HostTensor>,
     private readonly weights: WeightStore | undefined,
-    private readonly runtime: Runtime,
-  ) {}
+    runtime: Runtime,
+  ) {
+    this.runnable = new RunnableModel({
+      className: EMOJI_CLASSIFIER_CLASS,
+      dir,
+      runtime,
+      build: ({ batch }: { batch: number }) => buildEmojiClassifierGraph(config, source, batch),
+    });
+  }
 
   static async fromPretrained(dir: string, options: LoadOptions): Promise<VelodiffEmojiClassifier> {
     const abs = resolve(dir);
@@ -303,17 +312,13 @@ export class VelodiffEmojiClassifier implements DiffusersModel {
   /** Images [N, C, S, S] in [-1, 1] → features and logits, run RUN_BATCH images at a time. */
   async classify(pixels: HostTensor): Promise<EmojiClassification> {
     const { inChannels: c, sampleSize: s } = this.config;
-    if (
-      pixels.dtype !== 'float32' ||
-      pixels.shape.length !== 4 ||
-      pixels.shape[1] !== c ||
-      pixels.shape[2] !== s ||
-      pixels.shape[3] !== s
-    ) {
+    try {
+      this.runnable.checkInputs({ [EMOJI_CLASSIFIER_INPUT]: pixels }, this.inputSpecs, 'classify');
+    } catch (error) {
+      if (!(error instanceof RuntimeError)) throw error;
       throw new RuntimeError(
-        `${EMOJI_CLASSIFIER_CLASS} (${this.dir}): expected float32 images [N, ${c}, ${s}, ${s}] in [-1, 1], got ` +
-          `${pixels.dtype}${formatShape(pixels.shape)}; resize them to ${s}×${s} first (classifierInput does)`,
-        'SHAPE',
+        `${error.message}; resize the images to ${s}×${s}, in [-1, 1], first (classifierInput does)`,
+        error.code,
       );
     }
     const count = pixels.shape[0];
@@ -322,16 +327,19 @@ export class VelodiffEmojiClassifier implements DiffusersModel {
     const features = new Float32Array(count * this.config.featureDim);
     const logits: Record<string, Float32Array> = {};
     for (const head of this.config.heads) logits[head.label] = new Float32Array(count * head.classes.length);
-    const compiled = await this.compile();
     for (let start = 0; start < count; start += RUN_BATCH) {
       const n = Math.min(RUN_BATCH, count - start);
       // The last chunk is padded with zeros (grey images) whose outputs are dropped.
       const chunk = new Float32Array(RUN_BATCH * perImage);
       chunk.set(data.subarray(start * perImage, (start + n) * perImage));
-      const out = await compiled.run({
-        ...this.parameterFeeds,
-        [EMOJI_CLASSIFIER_INPUT]: hostTensor('float32', [RUN_BATCH, c, s, s], chunk),
-      });
+      const { host: out } = await this.runnable.run(
+        { batch: RUN_BATCH },
+        {
+          ...this.parameterFeeds,
+          [EMOJI_CLASSIFIER_INPUT]: hostTensor('float32', [RUN_BATCH, c, s, s], chunk),
+        },
+        { method: 'classify' },
+      );
       const f = this.config.featureDim;
       features.set((out['features'].data as Float32Array).subarray(0, n * f), start * f);
       for (const head of this.config.heads) {
@@ -344,14 +352,12 @@ export class VelodiffEmojiClassifier implements DiffusersModel {
   }
 
   /** DiffusersModel: `pixel_values` → `features` and `<label>_logits`. */
-  async forward(inputs: Record<string, HostTensor>): Promise<Record<string, HostTensor>> {
-    const names = Object.keys(inputs);
-    if (names.length !== 1 || names[0] !== EMOJI_CLASSIFIER_INPUT) {
-      throw new RuntimeError(
-        `${EMOJI_CLASSIFIER_CLASS} takes one tensor named "${EMOJI_CLASSIFIER_INPUT}", got ${names.map((n) => `"${n}"`).join(', ') || 'none'}`,
-        'INPUT',
-      );
-    }
+  async forward(
+    inputs: Record<string, HostTensor>,
+    options: { method?: string } = {},
+  ): Promise<Record<string, HostTensor>> {
+    this.runnable.checkMethod(options.method, ['forward']);
+    this.runnable.checkInputs(inputs, this.inputSpecs);
     const result = await this.classify(inputs[EMOJI_CLASSIFIER_INPUT]);
     const out: Record<string, HostTensor> = {
       features: hostTensor('float32', [result.count, this.config.featureDim], result.features),
@@ -367,18 +373,13 @@ export class VelodiffEmojiClassifier implements DiffusersModel {
   }
 
   async close(): Promise<void> {
-    this.compiled = undefined;
+    this.runnable.clear();
     await this.weights?.close();
   }
 
-  private compile(): Promise<CompiledGraph> {
-    if (this.compiled === undefined) {
-      const entry = this.runtime.compile(buildEmojiClassifierGraph(this.config, this.source, RUN_BATCH));
-      entry.catch(() => {
-        if (this.compiled === entry) this.compiled = undefined;
-      });
-      this.compiled = entry;
-    }
-    return this.compiled;
+  /** `pixel_values`: float32 images [N, C, S, S] at the classifier's size. */
+  private get inputSpecs(): InputSpecs {
+    const { inChannels: c, sampleSize: s } = this.config;
+    return { [EMOJI_CLASSIFIER_INPUT]: { dtypes: ['float32'], shape: ['N', c, s, s] } };
   }
 }

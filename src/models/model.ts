@@ -13,7 +13,8 @@ import type { WarningHandler } from '../warnings.js';
  * and returns outputs named as diffusers/transformers name them (`sample`; `latent_mean`,
  * `latent_logvar`, `latent_std` for a VAE encode; `last_hidden_state`, `pooler_output`,
  * `text_embeds`, `hidden_states.N` for text encoders). Graphs are built for the shapes they are
- * called with and compiled once per shape by the runtime's session cache.
+ * called with, through runtime/'s RunnableModel: inputs checked against the method's specs, one
+ * graph per input layout.
  */
 export interface DiffusersModel {
   /** diffusers/transformers class name, e.g. 'PixArtTransformer2DModel'. */

@@ -1,5 +1,5 @@
 import { join, resolve } from 'node:path';
-import { FileFormatError, OptionError, RuntimeError } from '../errors.js';
+import { FileFormatError, OptionError } from '../errors.js';
 import type { Tensor } from '../graph/graph.js';
 import { Graph } from '../graph/graph.js';
 import {
@@ -25,13 +25,13 @@ import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
 import type { Feed, RunResult, TensorRef } from '../runtime/backend.js';
 import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
-import { LinFusionWeights } from '../attention/linfusion.js';
+import { NUMERIC_DTYPES, RunnableModel, asBatch, asFloat32 } from '../runtime/runnable-model.js';
+import { AttentionWeightFiles, resolveAttentionOption } from '../attention/attention-option.js';
+import type { LinFusionWeights } from '../attention/linfusion.js';
 import { selfAttentionModule } from '../attention/self-attention.js';
 import type { LayerAction } from '../attention/tgate.js';
-import { gatedAttention } from '../attention/tgate.js';
+import { gatedAttention, isTGateCacheOutput, tgateCacheFeeds } from '../attention/tgate.js';
 import type { AttentionChoice, AttentionOption, TokenGrid } from '../attention/types.js';
-import { SafetensorsFile } from '../io/safetensors.js';
-import { OverlayTensorSource } from '../nn/weights.js';
 import type { TensorSource } from '../nn/weights.js';
 import { ConfigReader } from './config.js';
 import { TimestepEmbedding, sincosPositionEmbedding2d, sinusoidalEmbedding } from './embeddings.js';
@@ -153,9 +153,9 @@ export interface PixArtGraphOptions {
   /** Whether an encoder attention mask [B, L] (1 = keep) is an input. */
   withMask: boolean;
   /**
-   * T-GATE actions of this step graph. `store` adds outputs `cache.<i>.attn1|attn2` (the attention
-   * module outputs, averaged over the CFG halves with `average`); `reuse` takes them as inputs
-   * `cached.<i>.attn1|attn2` instead of attending. Reusing cross-attention drops the caption inputs.
+   * T-GATE actions of this step graph. `store` adds the attention module outputs (averaged over the
+   * CFG halves with `average`) as T-GATE cache outputs; `reuse` takes them as inputs instead of
+   * attending (attention/tgate.ts names both). Reusing cross-attention drops the caption inputs.
    */
   tgate?: { selfAttention: LayerAction; crossAttention: LayerAction; average: boolean };
   /** Kernel of every self-attention (attn1) layer; default full attention. */
@@ -389,6 +389,12 @@ export function pixArtBlock(
   });
 }
 
+/** What one compiled step graph is built for: its input layout and the acceleration's weights. */
+interface PixArtLayout {
+  graph: PixArtGraphOptions;
+  acceleration: PixArtAcceleration;
+}
+
 /** PixArt-α/Σ denoiser, loaded from a diffusers `transformer/` folder. */
 export class PixArtTransformer2DModel implements DiffusersModel {
   readonly className = 'PixArtTransformer2DModel';
@@ -396,24 +402,32 @@ export class PixArtTransformer2DModel implements DiffusersModel {
   private readonly posEmbeds = new Map<string, HostTensor>();
   /** LoRA adapters (diffusers' loadLoraWeights / setAdapters / fuseLora …). */
   readonly adapters = new AdapterSet();
-
-  /** Load a LoRA (diffusers/PEFT file or folder, kohya file); it becomes active with weight 1. */
-  loadLoraWeights(path: string, options: { adapterName?: string } = {}): Promise<LoadedLora> {
-    return this.adapters.load(path, { adapterName: options.adapterName, modelParameters: this.weights });
-  }
-  /** Acceleration weights, opened once per file and kept while the model is open. */
-  private readonly clearOverlays = new Map<string, { file: SafetensorsFile; source: OverlayTensorSource }>();
-  private readonly linfusions = new Map<string, LinFusionWeights>();
-  /** Compiled graphs by input layout: building and hashing a graph per call would cost every step. */
-  private readonly compiled = new Map<string, Promise<CompiledGraph>>();
+  /** CLEAR and LinFusion weights opened for attention options, kept while the model is open. */
+  private readonly attentionFiles = new AttentionWeightFiles();
+  private readonly runnable: RunnableModel<PixArtLayout>;
 
   private constructor(
     readonly dir: string,
     readonly config: PixArtTransformerConfig,
     /** The checkpoint's tensors (the base for overlays such as CLEAR weights). */
     readonly weights: WeightStore,
-    private readonly runtime: Runtime,
-  ) {}
+    runtime: Runtime,
+  ) {
+    this.runnable = new RunnableModel<PixArtLayout>({
+      className: this.className,
+      dir,
+      runtime,
+      build: ({ graph, acceleration }) =>
+        buildPixArtGraph(config, acceleration.weights ?? weights, graph, acceleration),
+      key: ({ graph, acceleration }) =>
+        JSON.stringify([graph, acceleration.key ?? '', acceleration.lora?.graphKey ?? '']),
+    });
+  }
+
+  /** Load a LoRA (diffusers/PEFT file or folder, kohya file); it becomes active with weight 1. */
+  loadLoraWeights(path: string, options: { adapterName?: string } = {}): Promise<LoadedLora> {
+    return this.adapters.load(path, { adapterName: options.adapterName, modelParameters: this.weights });
+  }
 
   static async fromPretrained(dir: string, options: LoadOptions): Promise<PixArtTransformer2DModel> {
     const abs = resolve(dir);
@@ -431,60 +445,24 @@ export class PixArtTransformer2DModel implements DiffusersModel {
   }
 
   /**
-   * Resolve a self-attention option (opening the method's weights once per file) together with
-   * the loaded LoRA adapters into what step graphs are built with.
+   * Resolve a self-attention option (attention/'s resolveAttentionOption, which opens the method's
+   * weights once per file) together with the loaded LoRA adapters into what step graphs are built with.
    */
   async resolveAcceleration(
     option: AttentionOption | undefined,
   ): Promise<{ attention?: AttentionChoice; acceleration: PixArtAcceleration }> {
-    const lora = this.adapters.loaded.length > 0 ? this.adapters : undefined;
-    if (!option || option.kind === 'full') return { acceleration: { lora } };
-    if (option.kind === 'clear') {
-      if (!Number.isInteger(option.radius) || option.radius < 1) {
-        throw new OptionError(`attention.radius must be an integer ≥ 1, got ${option.radius}`);
-      }
-      const downFactor = option.downFactor ?? 1;
-      if (!Number.isInteger(downFactor) || downFactor < 1) {
-        throw new OptionError(`attention.downFactor must be an integer ≥ 1, got ${downFactor}`);
-      }
-      const attention: AttentionChoice = { kind: 'clear', radius: option.radius, downFactor };
-      if (!option.weights) return { attention, acceleration: { lora } };
-      const path = resolve(option.weights);
-      let overlay = this.clearOverlays.get(path);
-      if (!overlay) {
-        const file = await SafetensorsFile.open(path);
-        overlay = { file, source: new OverlayTensorSource(this.weights, file, path) };
-        this.clearOverlays.set(path, overlay);
-      }
-      return { attention, acceleration: { weights: overlay.source, key: `clear:${path}`, lora } };
-    }
-    if (option.kind === 'linfusion') {
-      if (!option.weights)
-        throw new OptionError("attention kind 'linfusion' needs weights: the LinFusion folder");
-      const dir = resolve(option.weights);
-      let linfusion = this.linfusions.get(dir);
-      if (!linfusion) {
-        linfusion = await LinFusionWeights.open(dir);
-        this.linfusions.set(dir, linfusion);
-      }
-      return { attention: { kind: 'linfusion' }, acceleration: { linfusion, key: `linfusion:${dir}`, lora } };
-    }
-    throw new OptionError(
-      `unknown attention kind "${(option as { kind: string }).kind}"; expected full, clear or linfusion`,
-    );
+    const resolved = await resolveAttentionOption(option, this.weights, this.attentionFiles);
+    const acceleration: PixArtAcceleration = {};
+    if (resolved.weights) acceleration.weights = resolved.weights;
+    if (resolved.linfusion) acceleration.linfusion = resolved.linfusion;
+    if (resolved.key) acceleration.key = resolved.key;
+    if (this.adapters.loaded.length > 0) acceleration.lora = this.adapters;
+    return { ...(resolved.choice ? { attention: resolved.choice } : {}), acceleration };
   }
 
   /** The graph for one input layout, compiled once (the runtime caches sessions by signature). */
   compile(o: PixArtGraphOptions, acceleration: PixArtAcceleration = {}): Promise<CompiledGraph> {
-    const key = JSON.stringify([o, acceleration.key ?? '', acceleration.lora?.graphKey ?? '']);
-    let c = this.compiled.get(key);
-    if (!c) {
-      const source = acceleration.weights ?? this.weights;
-      c = this.runtime.compile(buildPixArtGraph(this.config, source, o, acceleration));
-      this.compiled.set(key, c);
-      c.catch(() => this.compiled.delete(key));
-    }
-    return c;
+    return this.runnable.compile({ graph: o, acceleration });
   }
 
   private positionEmbedding(gridH: number, gridW: number): HostTensor {
@@ -517,153 +495,79 @@ export class PixArtTransformer2DModel implements DiffusersModel {
   }
 
   /**
-   * One denoiser call for a sampler: like `forward`, plus a T-GATE step kind. Cached attention
-   * outputs come in as `cached` (TensorRefs by layer) and the ones this step stores come back as
-   * `retained` TensorRefs named `cache.<i>.attn1|attn2`, kept where the session runs.
+   * One denoiser call for a sampler: like `forward`, plus a T-GATE step kind. The attention outputs
+   * this step stores come back as `retained` TensorRefs (T-GATE's cache outputs, kept where the
+   * session runs); the ones it reuses are read from `cached`, by the names earlier steps returned
+   * them under (attention/tgate.ts's TGateCaches keeps them).
    */
   async step(
     inputs: Record<string, HostTensor>,
     options: {
       tgate?: PixArtGraphOptions['tgate'];
-      cached?: Record<string, TensorRef>;
+      cached?: Readonly<Record<string, TensorRef>>;
       attention?: AttentionChoice;
       acceleration?: PixArtAcceleration;
     } = {},
   ): Promise<RunResult> {
-    const known = [
-      'hidden_states',
-      'encoder_hidden_states',
-      'timestep',
-      'encoder_attention_mask',
-      'resolution',
-      'aspect_ratio',
-    ];
-    for (const name of Object.keys(inputs)) {
-      if (!known.includes(name))
-        throw new OptionError(
-          `PixArtTransformer2DModel.forward: unknown input "${name}"; expected ${known.join(', ')}`,
-        );
-    }
     const tgate = options.tgate;
     const needsText = tgate?.crossAttention !== 'reuse';
-    const x = required(inputs, 'hidden_states');
-    const { inChannels, patchSize, captionChannels } = this.config;
-    if (x.shape.length !== 4 || x.shape[1] !== inChannels) {
-      throw new RuntimeError(
-        `hidden_states: expected [B, ${inChannels}, H, W], got [${x.shape.join(', ')}]`,
-        'SHAPE',
-      );
-    }
-    const [batch, , height, width] = x.shape;
+    const { inChannels, patchSize, captionChannels, useAdditionalConditions } = this.config;
+    const dims = this.runnable.checkInputs(inputs, {
+      hidden_states: { dtypes: ['float32'], shape: ['B', inChannels, 'H', 'W'] },
+      timestep: { dtypes: NUMERIC_DTYPES, shape: { oneOf: [[], [1], ['B']] } },
+      // Not fed while T-GATE reuses every cross-attention output.
+      encoder_hidden_states: {
+        dtypes: ['float32'],
+        shape: ['B', 'L', captionChannels],
+        optional: !needsText,
+      },
+      encoder_attention_mask: { dtypes: NUMERIC_DTYPES, shape: ['B', 'L'], optional: true },
+      // Micro-conditions: read only by models with use_additional_conditions.
+      resolution: { dtypes: NUMERIC_DTYPES, shape: ['B', 2], optional: !useAdditionalConditions },
+      aspect_ratio: { dtypes: NUMERIC_DTYPES, shape: ['B', 1], optional: !useAdditionalConditions },
+    });
+    const { B: batch, H: height, W: width } = dims;
     if (height % patchSize || width % patchSize) {
-      throw new RuntimeError(
-        `hidden_states: height and width (${height}×${width}) must be multiples of the patch size ${patchSize}`,
-        'SHAPE',
+      throw this.runnable.inputError(
+        'hidden_states',
+        `height and width (${height}×${width}) must be multiples of the patch size ${patchSize}`,
       );
     }
     const feeds: Record<string, Feed> = {
-      hidden_states: x,
-      timestep: toFloat32Batch(required(inputs, 'timestep'), batch, 'timestep'),
+      hidden_states: inputs.hidden_states,
+      timestep: asBatch(asFloat32(inputs.timestep), batch),
       pos_embed: this.positionEmbedding(height / patchSize, width / patchSize),
     };
-    let captionLength = 0;
-    const mask = needsText ? inputs.encoder_attention_mask : undefined;
-    if (needsText) {
-      const text = required(inputs, 'encoder_hidden_states');
-      if (text.shape.length !== 3 || text.shape[0] !== batch || text.shape[2] !== captionChannels) {
-        throw new RuntimeError(
-          `encoder_hidden_states: expected [${batch}, L, ${captionChannels}], got [${text.shape.join(', ')}]`,
-          'SHAPE',
-        );
-      }
-      feeds.encoder_hidden_states = text;
-      captionLength = text.shape[1];
-      if (mask) {
-        if (mask.shape.length !== 2 || mask.shape[0] !== batch || mask.shape[1] !== captionLength) {
-          throw new RuntimeError(
-            `encoder_attention_mask: expected [${batch}, ${captionLength}], got [${mask.shape.join(', ')}]`,
-            'SHAPE',
-          );
-        }
-        feeds.encoder_attention_mask = toFloat32(mask);
-      }
+    const text = needsText ? inputs.encoder_hidden_states : undefined;
+    const mask = text ? inputs.encoder_attention_mask : undefined;
+    if (text) feeds.encoder_hidden_states = text;
+    if (mask) feeds.encoder_attention_mask = asFloat32(mask);
+    if (useAdditionalConditions) {
+      feeds.resolution = asFloat32(inputs.resolution);
+      feeds.aspect_ratio = asFloat32(inputs.aspect_ratio);
     }
-    if (this.config.useAdditionalConditions) {
-      for (const [name, width2] of [
-        ['resolution', 2],
-        ['aspect_ratio', 1],
-      ] as const) {
-        const t = inputs[name];
-        if (!t)
-          throw new OptionError(
-            `PixArtTransformer2DModel.forward: this model uses micro-conditions and needs "${name}" [B, ${width2}]`,
-          );
-        if (t.shape.length !== 2 || t.shape[0] !== batch || t.shape[1] !== width2) {
-          throw new RuntimeError(
-            `${name}: expected [${batch}, ${width2}], got [${t.shape.join(', ')}]`,
-            'SHAPE',
-          );
-        }
-        feeds[name] = toFloat32(t);
-      }
-    }
-    const compiled = await this.compile(
-      {
-        height,
-        width,
-        captionLength,
-        withMask: mask !== undefined,
-        ...(tgate ? { tgate } : {}),
-        ...(options.attention && options.attention.kind !== 'full' ? { attention: options.attention } : {}),
-      },
-      options.acceleration,
-    );
-    const retain: string[] = [];
-    for (const input of compiled.inputs) {
-      if (!input.name.startsWith('cached.')) continue;
-      const ref = options.cached?.[input.name.slice('cached.'.length)];
-      if (!ref) throw new OptionError(`T-GATE step needs the cached attention output "${input.name}"`);
-      feeds[input.name] = ref;
-    }
-    for (const output of compiled.outputs) if (output.name.startsWith('cache.')) retain.push(output.name);
-    // Unfused LoRA adapters: their weights are inputs, so switching them needs no new graph.
-    Object.assign(feeds, options.acceleration?.lora?.scaleFeeds(compiled.inputs) ?? {});
-    return compiled.runRetaining(feeds, retain);
+    const graph: PixArtGraphOptions = {
+      height,
+      width,
+      captionLength: text ? dims.L : 0,
+      withMask: mask !== undefined,
+      ...(tgate ? { tgate } : {}),
+      ...(options.attention && options.attention.kind !== 'full' ? { attention: options.attention } : {}),
+    };
+    const acceleration = options.acceleration ?? {};
+    return this.runnable.run({ graph, acceleration }, feeds, {
+      retain: isTGateCacheOutput,
+      graphFeeds: (compiled) => ({
+        ...tgateCacheFeeds(compiled.inputs, options.cached ?? {}),
+        // Unfused LoRA adapters: their weights are inputs, so switching them needs no new graph.
+        ...(acceleration.lora?.scaleFeeds(compiled.inputs) ?? {}),
+      }),
+    });
   }
 
   async close(): Promise<void> {
-    for (const { file } of this.clearOverlays.values()) await file.close();
-    for (const lf of this.linfusions.values()) await lf.close();
+    this.runnable.clear();
+    await this.attentionFiles.close();
     await this.weights.close();
   }
-}
-
-function required(inputs: Record<string, HostTensor>, name: string): HostTensor {
-  const t = inputs[name];
-  if (!t) throw new OptionError(`PixArtTransformer2DModel.forward: missing input "${name}"`);
-  return t;
-}
-
-/** Any numeric host tensor as float32 values (timesteps and masks arrive as int64 from diffusers). */
-export function toFloat32(t: HostTensor): HostTensor {
-  if (t.dtype === 'float32') return t;
-  if (t.dtype === 'int64')
-    return hostTensor(
-      'float32',
-      t.shape,
-      Float32Array.from(t.data as BigInt64Array, (v) => Number(v)),
-    );
-  if (t.dtype === 'float16' || t.dtype === 'bfloat16')
-    throw new RuntimeError(`${t.dtype} inputs must be converted to float32`, 'DTYPE');
-  return hostTensor('float32', t.shape, Float32Array.from(t.data as Int32Array));
-}
-
-function toFloat32Batch(t: HostTensor, batch: number, name: string): HostTensor {
-  const f = toFloat32(t);
-  const n = f.data.length;
-  if (f.shape.length > 1 || (n !== 1 && n !== batch)) {
-    throw new RuntimeError(`${name}: expected a scalar or [${batch}], got [${t.shape.join(', ')}]`, 'SHAPE');
-  }
-  if (n === batch && f.shape.length === 1) return f;
-  return hostTensor('float32', [batch], new Float32Array(batch).fill((f.data as Float32Array)[0]));
 }

@@ -7,9 +7,9 @@
 import { join, resolve } from 'node:path';
 
 import { FileFormatError, OptionError, RuntimeError, WeightError } from '../errors.js';
-import type { DType } from '../graph/dtype.js';
 import type { Tensor } from '../graph/graph.js';
 import { Graph } from '../graph/graph.js';
+import { formatShape } from '../graph/shape.js';
 import {
   add,
   attention,
@@ -31,6 +31,7 @@ import { Linear, RMSNorm } from '../nn/layers.js';
 import { Params } from '../nn/params.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
+import { RunnableModel } from '../runtime/runnable-model.js';
 import { ConfigReader } from './config.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
 import { openCheckedWeights } from './model.js';
@@ -471,22 +472,29 @@ function activation(x: Tensor, name: T5Activation): Tensor {
   }
 }
 
-const INPUTS = ['input_ids', 'attention_mask'];
 const KWARGS = ['output_hidden_states', 'return_dict'];
+/** transformers' attention masks: 1 = attend, in any of these dtypes. */
+const MASK_DTYPES = ['int64', 'int32', 'float32', 'bool'] as const;
 
 /** T5 text encoder loaded from a transformers folder (`config.json` + `model.safetensors`). */
 export class T5EncoderModel implements DiffusersModel {
   readonly className = 'T5EncoderModel';
   readonly methods: readonly string[] = [];
-  /** Compiled graphs by input layout; building and hashing a graph per call would cost every prompt. */
-  private readonly compiled = new Map<string, Promise<CompiledGraph>>();
+  private readonly runnable: RunnableModel<T5EncoderGraphOptions>;
 
   private constructor(
     readonly dir: string,
     readonly config: T5EncoderConfig,
     private readonly weights: WeightStore,
-    private readonly runtime: Runtime,
-  ) {}
+    runtime: Runtime,
+  ) {
+    this.runnable = new RunnableModel<T5EncoderGraphOptions>({
+      className: this.className,
+      dir,
+      runtime,
+      build: (layout) => buildT5EncoderGraph(config, weights, layout),
+    });
+  }
 
   static async fromPretrained(dir: string, options: LoadOptions): Promise<T5EncoderModel> {
     const abs = resolve(dir);
@@ -519,14 +527,7 @@ export class T5EncoderModel implements DiffusersModel {
 
   /** The graph for one input layout, compiled once. */
   compile(o: T5EncoderGraphOptions): Promise<CompiledGraph> {
-    const key = JSON.stringify(o);
-    let c = this.compiled.get(key);
-    if (!c) {
-      c = (async () => this.runtime.compile(buildT5EncoderGraph(this.config, this.weights, o)))();
-      this.compiled.set(key, c);
-      c.catch(() => this.compiled.delete(key));
-    }
-    return c;
+    return this.runnable.compile(o);
   }
 
   /**
@@ -539,70 +540,39 @@ export class T5EncoderModel implements DiffusersModel {
     inputs: Record<string, HostTensor>,
     options: { method?: string; kwargs?: Record<string, unknown> } = {},
   ): Promise<Record<string, HostTensor>> {
-    if (options.method !== undefined && options.method !== 'forward') {
-      throw new OptionError(`T5EncoderModel has no method "${options.method}"; it has only forward`);
-    }
-    for (const name of Object.keys(inputs)) {
-      if (!INPUTS.includes(name))
-        throw new OptionError(
-          `T5EncoderModel.forward: unknown input "${name}"; expected ${INPUTS.join(', ')}`,
-        );
-    }
+    this.runnable.checkMethod(options.method, ['forward']);
     const kwargs = options.kwargs ?? {};
-    for (const [name, value] of Object.entries(kwargs)) {
-      if (!KWARGS.includes(name))
-        throw new OptionError(
-          `T5EncoderModel.forward: unknown kwarg "${name}"; expected ${KWARGS.join(', ')}`,
-        );
-      if (value !== undefined && value !== null && typeof value !== 'boolean') {
-        throw new OptionError(
-          `T5EncoderModel.forward: kwarg "${name}" must be true or false, got ${describeJson(value)}`,
-        );
-      }
-    }
+    this.runnable.checkKwargs(kwargs, KWARGS);
+    const dims = this.runnable.checkInputs(inputs, {
+      input_ids: { dtypes: ['int64', 'int32'], shape: ['B', 'S'] },
+      attention_mask: { dtypes: MASK_DTYPES, shape: ['B', 'S'], optional: true },
+    });
     const ids = inputs.input_ids;
-    if (!ids) throw new OptionError('T5EncoderModel.forward: missing input "input_ids" [B, S]');
-    if (ids.dtype !== 'int64' && ids.dtype !== 'int32') {
-      throw new RuntimeError(`input_ids: expected int64 or int32 token ids, got ${ids.dtype}`, 'DTYPE');
-    }
-    if (ids.shape.length !== 2 || ids.shape[1] < 1) {
-      throw new RuntimeError(
-        `input_ids: expected shape [B, S] with S ≥ 1, got [${ids.shape.join(', ')}]`,
-        'SHAPE',
+    if (dims.S < 1) {
+      throw this.runnable.inputError(
+        'input_ids',
+        `expected at least one token, got ${formatShape(ids.shape)}`,
       );
     }
     checkTokenIds(ids, this.config.vocabSize, this.dir);
     const mask = inputs.attention_mask;
-    if (mask) {
-      if (mask.shape.length !== 2 || mask.shape[0] !== ids.shape[0] || mask.shape[1] !== ids.shape[1]) {
-        throw new RuntimeError(
-          `attention_mask: expected the shape of input_ids [${ids.shape.join(', ')}], got [${mask.shape.join(', ')}]`,
-          'SHAPE',
-        );
-      }
-      if (!isMaskDType(mask.dtype)) {
-        throw new RuntimeError(
-          `attention_mask: expected int64, int32, float32 or bool, got ${mask.dtype}`,
-          'DTYPE',
-        );
-      }
-    }
-    const compiled = await this.compile({
-      seqLength: ids.shape[1],
-      idsDType: ids.dtype,
+    const layout: T5EncoderGraphOptions = {
+      seqLength: dims.S,
+      idsDType: ids.dtype as T5EncoderGraphOptions['idsDType'],
       ...(mask ? { maskDType: mask.dtype as T5EncoderGraphOptions['maskDType'] } : {}),
       outputHiddenStates: kwargs.output_hidden_states === true,
-    });
-    return compiled.run(mask ? { input_ids: ids, attention_mask: mask } : { input_ids: ids });
+    };
+    const result = await this.runnable.run(
+      layout,
+      mask ? { input_ids: ids, attention_mask: mask } : { input_ids: ids },
+    );
+    return result.host;
   }
 
   async close(): Promise<void> {
+    this.runnable.clear();
     await this.weights.close();
   }
-}
-
-function isMaskDType(dtype: DType): boolean {
-  return dtype === 'int64' || dtype === 'int32' || dtype === 'float32' || dtype === 'bool';
 }
 
 /** torch's embedding rejects ids outside the table; ORT's Gather would read negative ids from the end. */

@@ -42,6 +42,12 @@ export interface AttentionOptions {
   mask?: Tensor;
   /** The product between the projections; scaled dot-product attention by default. */
   kernel?: AttentionKernel;
+  /**
+   * What to_q and to_k project when it is not x and the context: LinFusion feeds them the tokens
+   * plus a residual MLP of them (methods/clear_linfusion.md §2.2). Same widths as x and the context.
+   */
+  queryInput?: Tensor;
+  keyInput?: Tensor;
 }
 
 /**
@@ -54,8 +60,8 @@ export function Attention(p: Params, x: Tensor, context: Tensor | undefined, o: 
   const bias = o.bias ?? false;
   const source = context ?? x;
   const sourceDim = context === undefined ? o.queryDim : (o.crossAttentionDim ?? o.queryDim);
-  let q = Linear(p.child('to_q'), x, o.queryDim, inner, bias);
-  let k = Linear(p.child('to_k'), source, sourceDim, inner, bias);
+  let q = Linear(p.child('to_q'), o.queryInput ?? x, o.queryDim, inner, bias);
+  let k = Linear(p.child('to_k'), o.keyInput ?? source, sourceDim, inner, bias);
   const v = Linear(p.child('to_v'), source, sourceDim, inner, bias);
   if (o.qkNorm !== undefined) {
     q = headNorm(p.child('norm_q'), q, o);

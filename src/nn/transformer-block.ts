@@ -152,16 +152,18 @@ export function BasicTransformerBlock(
 
   // 2. Cross-attention to the text states.
   if (o.crossAttentionDim !== undefined) {
-    if (text === undefined) throw new GraphBuildError(`${p.path}: cross-attention needs the text states`);
-    const query = o.normType === 'ada_norm_single' ? hidden : norm('norm2', hidden);
-    const crossOut = around('attn2', () =>
-      Attention(p.child('attn2'), query, text, {
+    // Built inside `around`: a T-GATE step that reuses attn2's output has no text states.
+    const residual = hidden;
+    const crossOut = around('attn2', () => {
+      if (text === undefined) throw new GraphBuildError(`${p.path}: cross-attention needs the text states`);
+      const query = o.normType === 'ada_norm_single' ? residual : norm('norm2', residual);
+      return Attention(p.child('attn2'), query, text, {
         ...attentionOptions,
         queryDim: dim,
         crossAttentionDim: o.crossAttentionDim,
         mask: o.crossMask,
-      }),
-    );
+      });
+    });
     hidden = p.scope(() => add(hidden, crossOut));
   }
 

@@ -13,8 +13,7 @@ import { hostTensor } from '../runtime/host-tensor.js';
 import { Runtime } from '../runtime/runtime.js';
 import type { Scheduler, SchedulerTensor } from '../schedulers/scheduler.js';
 import type { TGateOptions } from '../attention/tgate.js';
-import { pruneDeadStores, tgatePlan } from '../attention/tgate.js';
-import type { TensorRef } from '../runtime/backend.js';
+import { TGateCaches, pruneDeadStores, tgatePlan } from '../attention/tgate.js';
 import type { AttentionOption } from '../attention/types.js';
 import type { LoadedLora } from '../lora/adapters.js';
 import { FLASH_PRESET, loadFlashLora } from '../lora/flash.js';
@@ -296,8 +295,8 @@ export class PixArtPipeline {
     };
     const resolved = await this.transformer.resolveAcceleration(o.attention);
     const plan = o.tgate ? pruneDeadStores(tgatePlan(timesteps.length, o.tgate, cfg)) : undefined;
-    // T-GATE caches by layer ('<i>.attn1'), kept where the sessions run; cleared for every generation.
-    const caches = new Map<string, TensorRef>();
+    // T-GATE's kept attention outputs, where the sessions run; released after every generation.
+    const caches = new TGateCaches(this.runtime);
     const started = Date.now();
     try {
       for (let i = 0; i < timesteps.length; i++) {
@@ -326,16 +325,11 @@ export class PixArtPipeline {
           : undefined;
         const result = await this.transformer.step(inputs, {
           tgate,
-          cached: Object.fromEntries(caches),
+          cached: caches.current,
           attention: resolved.attention,
           acceleration: resolved.acceleration,
         });
-        for (const [name, ref] of Object.entries(result.retained)) {
-          const key = name.slice('cache.'.length);
-          const old = caches.get(key);
-          if (old) await this.runtime.releaseTensors([old]);
-          caches.set(key, ref);
-        }
+        await caches.keep(result.retained);
         let eps = result.host.sample;
         if (stepCfg) eps = guide(eps, guidance);
         // Learned sigma: the model predicts [ε, σ]; the sampler uses ε.
@@ -357,7 +351,7 @@ export class PixArtPipeline {
         });
       }
     } finally {
-      await this.runtime.releaseTensors([...caches.values()]);
+      await caches.release();
     }
     o.signal?.throwIfAborted();
     if (o.outputType === 'latent') return { latents, timesteps };

@@ -35,6 +35,8 @@ export interface RunOptions {
   transfer?: boolean;
   /** Outputs to compute; default all. */
   outputs?: string[];
+  /** Prefixed to feed and output errors (`PixArtTransformer2DModel.forward (dir)`): who ran the graph. */
+  label?: string;
 }
 
 const PROVIDERS: readonly ExecutionProvider[] = ['cpu', 'cuda', 'webgpu', 'coreml', 'dml'];
@@ -191,12 +193,18 @@ export class CompiledGraph {
     retain: readonly string[],
     options: RunOptions = {},
   ): Promise<RunResult> {
-    this.checkFeeds(feeds);
+    const prefix = options.label === undefined ? '' : `${options.label}: `;
+    try {
+      this.checkFeeds(feeds);
+    } catch (error) {
+      if (error instanceof RuntimeError && prefix) throw new RuntimeError(prefix + error.message, error.code);
+      throw error;
+    }
     const outputs = options.outputs ?? this.outputs.map((o) => o.name);
     for (const name of [...outputs, ...retain]) {
       if (!this.outputs.some((o) => o.name === name)) {
         throw new RuntimeError(
-          `unknown output "${name}"; the graph has ${this.outputs.map((o) => o.name).join(', ')}`,
+          `${prefix}unknown output "${name}"; the graph has ${this.outputs.map((o) => o.name).join(', ')}`,
           'OUTPUT',
         );
       }

@@ -2,7 +2,16 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { OptionError } from '../../src/errors.js';
 import type { TGateStep } from '../../src/attention/tgate.js';
-import { pruneDeadStores, tgatePlan } from '../../src/attention/tgate.js';
+import {
+  TGateCaches,
+  isTGateCacheOutput,
+  pruneDeadStores,
+  tgateCacheFeeds,
+  tgateCacheName,
+  tgateCachedName,
+  tgatePlan,
+} from '../../src/attention/tgate.js';
+import type { TensorRef } from '../../src/runtime/backend.js';
 
 /** The plan as the worked schedules of methods/tgate_flash.md §1.3 write it: ✓ compute, ★ store, ♻ reuse. */
 function symbols(plan: TGateStep[], role: 'selfAttention' | 'crossAttention'): string {
@@ -65,5 +74,44 @@ describe('T-GATE V2 plan (tgate_scheduler)', () => {
     assert.throws(() => tgatePlan(10, { gateStep: 3, spInterval: 0 }, true), /spInterval/);
     assert.throws(() => tgatePlan(10, { gateStep: 3, warmUp: -1 }, true), /warmUp/);
     assert.throws(() => tgatePlan(4, { gateStep: 1, lcm: true }, true), /guidanceScale ≤ 1/);
+  });
+});
+
+describe('T-GATE cache names, spelled by tgate.ts only', () => {
+  const ref = (id: number): TensorRef => ({ ref: id, dtype: 'float32', shape: [2, 4, 8] });
+
+  it('a step graph reuses, under its cached inputs, what earlier steps stored', () => {
+    const stored = tgateCacheName(3, 'attn2');
+    assert.ok(isTGateCacheOutput(stored));
+    assert.ok(!isTGateCacheOutput('sample'));
+    assert.ok(!isTGateCacheOutput(tgateCachedName(3, 'attn2')), 'an input name is not an output name');
+    const inputs = [{ name: 'hidden_states' }, { name: tgateCachedName(3, 'attn2') }];
+    assert.deepEqual(tgateCacheFeeds(inputs, { [stored]: ref(7), [tgateCacheName(0, 'attn1')]: ref(8) }), {
+      [tgateCachedName(3, 'attn2')]: ref(7),
+    });
+    assert.throws(
+      () => tgateCacheFeeds(inputs, { [tgateCacheName(0, 'attn1')]: ref(8) }),
+      (e: unknown) =>
+        e instanceof OptionError && e.message.includes(`reuses "${stored}", which no earlier step stored`),
+    );
+  });
+
+  it('TGateCaches keeps the latest output of each layer and frees the ones it replaces', async () => {
+    const released: number[] = [];
+    const caches = new TGateCaches({
+      releaseTensors: async (refs) => {
+        released.push(...refs.map((r) => r.ref));
+      },
+    });
+    const a1 = tgateCacheName(0, 'attn1');
+    const a2 = tgateCacheName(0, 'attn2');
+    await caches.keep({ [a1]: ref(1), [a2]: ref(2), other: ref(3) });
+    assert.deepEqual(Object.keys(caches.current).sort(), [a1, a2].sort(), 'only T-GATE outputs are kept');
+    await caches.keep({ [a1]: ref(4) });
+    assert.deepEqual(released, [1]);
+    assert.equal(caches.current[a1].ref, 4);
+    await caches.release();
+    assert.deepEqual(released.sort(), [1, 2, 4]);
+    assert.deepEqual(caches.current, {});
   });
 });

@@ -298,7 +298,7 @@ describe('T5EncoderModel vs transformers golden (t5_encoder_tiny, gated-gelu, ma
     const short = hostTensor('int64', [2, 5]);
     await assert.rejects(
       model.forward({ input_ids: ids, attention_mask: short }),
-      /attention_mask: expected the shape of input_ids \[2, 12\], got \[2, 5\]/,
+      /T5EncoderModel\.forward \(.*\): input "attention_mask": expected int64, int32, float32 or bool \[B, S\] with S = 12 \(from input "input_ids"\), got int64 \[2, 5\]/,
     );
   });
 });

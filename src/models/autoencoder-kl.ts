@@ -12,14 +12,15 @@ import { OptionError, RuntimeError } from '../errors.js';
 import { Graph } from '../graph/graph.js';
 import type { Tensor } from '../graph/graph.js';
 import { exp, maximum, minimum, mul, split } from '../graph/ops/index.js';
-import { formatShape } from '../graph/shape.js';
 import { readConfig } from '../io/diffusers.js';
 import type { WeightStore } from '../io/diffusers.js';
 import { Conv2d } from '../nn/layers.js';
 import { Params } from '../nn/params.js';
 import type { TensorSource } from '../nn/weights.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
-import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
+import type { Runtime } from '../runtime/runtime.js';
+import { hostTensor } from '../runtime/host-tensor.js';
+import { RunnableModel } from '../runtime/runnable-model.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
 import { openCheckedWeights } from './model.js';
 import type { AutoencoderKLConfig } from './vae/config.js';
@@ -61,16 +62,23 @@ const LOGVAR_MAX = 20;
 export class AutoencoderKL implements DiffusersModel {
   readonly className = 'AutoencoderKL';
   readonly methods: readonly string[] = ['encode', 'decode'];
-  /** Compiled graphs by method and input shape; the runtime's cache dedups across models too. */
-  private readonly compiled = new Map<string, Promise<CompiledGraph>>();
+  /** Compiles one graph per method and input shape. */
+  private readonly runnable: RunnableModel<AutoencoderKLLayout>;
 
   private constructor(
     readonly dir: string,
     readonly config: AutoencoderKLConfig,
     /** The checkpoint, read in place by the compiled graphs. */
     readonly weights: WeightStore,
-    private readonly runtime: Runtime,
-  ) {}
+    runtime: Runtime,
+  ) {
+    this.runnable = new RunnableModel<AutoencoderKLLayout>({
+      className: this.className,
+      dir,
+      runtime,
+      build: ({ method, shape }) => buildAutoencoderKLGraph(config, weights, method, shape),
+    });
+  }
 
   /**
    * Loads `<dir>/config.json` and the weights in `dir`, and checks every tensor the config implies
@@ -99,7 +107,7 @@ export class AutoencoderKL implements DiffusersModel {
 
   /** Image [N, in_channels, H, W] (H and W multiples of `vaeScaleFactor`) → the latent posterior. */
   async encode(sample: HostTensor): Promise<AutoencoderKLEncoding> {
-    const out = await this.run('encode', sample);
+    const out = await this.run('encode', 'sample', sample);
     return {
       latentMean: out['latent_mean'],
       latentLogvar: out['latent_logvar'],
@@ -109,7 +117,7 @@ export class AutoencoderKL implements DiffusersModel {
 
   /** Latents [N, latent_channels, h, w], unscaled → image [N, out_channels, h·f, w·f]. */
   async decode(latents: HostTensor): Promise<{ sample: HostTensor }> {
-    const out = await this.run('decode', latents);
+    const out = await this.run('decode', 'z', latents);
     return { sample: out['sample'] };
   }
 
@@ -140,54 +148,67 @@ export class AutoencoderKL implements DiffusersModel {
         'INPUT',
       );
     }
-    return this.run(method, inputs[names[0]]);
+    return this.run(method, names[0], inputs[names[0]]);
   }
 
   /** The graph of `method` for an input of `shape` (static), with its checkpoint weights. */
   buildGraph(method: AutoencoderKLMethod, shape: readonly number[]): Graph {
-    this.checkInput(method, shape, 'float32');
+    this.checkInput(method, GRAPH_INPUT[method], hostTensor('float32', shape));
     return buildAutoencoderKLGraph(this.config, this.weights, method, shape);
   }
 
   async close(): Promise<void> {
-    this.compiled.clear();
+    this.runnable.clear();
     await this.weights.close();
   }
 
-  private async run(method: AutoencoderKLMethod, input: HostTensor): Promise<Record<string, HostTensor>> {
-    this.checkInput(method, input.shape, input.dtype);
-    const key = `${method}:${input.shape.join('x')}`;
-    let entry = this.compiled.get(key);
-    if (!entry) {
-      entry = this.runtime.compile(this.buildGraph(method, input.shape));
-      this.compiled.set(key, entry);
-      entry.catch(() => this.compiled.delete(key));
-    }
-    return (await entry).run({ [GRAPH_INPUT[method]]: input });
+  /** Runs `method` on `input`, given under the name `name` (named in errors). */
+  private async run(
+    method: AutoencoderKLMethod,
+    name: string,
+    input: HostTensor,
+  ): Promise<Record<string, HostTensor>> {
+    this.checkInput(method, name, input);
+    const layout = { method, shape: [...input.shape] };
+    return (await this.runnable.run(layout, { [GRAPH_INPUT[method]]: input }, { method })).host;
   }
 
-  private checkInput(method: AutoencoderKLMethod, shape: readonly number[], dtype: string): void {
+  private checkInput(method: AutoencoderKLMethod, name: string, input: HostTensor): void {
     const decoding = method === 'decode';
-    const what = decoding ? 'latents' : 'image';
     const channels = decoding ? this.config.latentChannels : this.config.inChannels;
-    const expected = decoding ? `[N, ${channels}, h, w]` : `[N, ${channels}, H, W]`;
-    const where = `AutoencoderKL.${method} (${this.dir})`;
-    if (dtype !== 'float32') {
-      throw new RuntimeError(`${where}: ${what} must be float32, got ${dtype}.`, 'DTYPE');
-    }
-    if (shape.length !== 4 || shape[1] !== channels || shape.some((d) => !Number.isSafeInteger(d) || d < 1)) {
-      throw new RuntimeError(`${where}: expected ${what} ${expected}, got ${formatShape(shape)}.`, 'SHAPE');
+    // Latent sizes are any; image sizes must halve at every block but the last.
+    const shape = decoding ? ['N', channels, 'h', 'w'] : ['N', channels, 'H', 'W'];
+    const dims = this.runnable.checkInputs(
+      { [name]: input },
+      { [name]: { dtypes: ['float32'], shape } },
+      method,
+    );
+    if (input.shape.some((d) => d < 1)) {
+      throw this.runnable.inputError(
+        name,
+        `every dim must be at least 1, got [${input.shape.join(', ')}]`,
+        'SHAPE',
+        method,
+      );
     }
     const f = this.vaeScaleFactor;
-    if (!decoding && (shape[2] % f !== 0 || shape[3] % f !== 0)) {
+    if (!decoding && (dims.H % f !== 0 || dims.W % f !== 0)) {
       const round = (d: number): number => Math.max(f, Math.round(d / f) * f);
-      throw new RuntimeError(
-        `${where}: image height and width must be multiples of ${f} (the VAE downsamples by ${f}), got ` +
-          `${shape[2]}×${shape[3]}; resize or crop it to e.g. ${round(shape[2])}×${round(shape[3])}.`,
+      throw this.runnable.inputError(
+        name,
+        `image height and width must be multiples of ${f} (the VAE downsamples by ${f}), got ` +
+          `${dims.H}×${dims.W}; resize or crop it to e.g. ${round(dims.H)}×${round(dims.W)}.`,
         'SHAPE',
+        method,
       );
     }
   }
+}
+
+/** What one compiled AutoencoderKL graph serves. */
+interface AutoencoderKLLayout {
+  method: AutoencoderKLMethod;
+  shape: number[];
 }
 
 /** Every block but the last halves the image. */

@@ -1,5 +1,7 @@
 import type { Tensor } from '../graph/graph.js';
-import { cast, concat, cos, mul, silu, sin, unsqueeze } from '../graph/ops/index.js';
+import { add, cast, concat, cos, mul, pad, sin, unsqueeze } from '../graph/ops/index.js';
+import type { Activation } from '../nn/activations.js';
+import { activation } from '../nn/activations.js';
 import { Linear } from '../nn/layers.js';
 import type { Params } from '../nn/params.js';
 import { torchExpFloat32 } from '../random/torch-exp.js';
@@ -19,14 +21,14 @@ export function timestepFrequencies(
 ): Float32Array {
   const half = Math.floor(numChannels / 2);
   const minusLog = f(-Math.log(maxPeriod));
-  return Float32Array.from({ length: half }, (_, i) =>
-    torchExpFloat32(f(f(minusLog * i) / (half - downscaleFreqShift))),
-  );
+  const divisor = f(half - downscaleFreqShift);
+  return Float32Array.from({ length: half }, (_, i) => torchExpFloat32(f(f(minusLog * i) / divisor)));
 }
 
 /**
  * Sinusoidal embedding of a [N] float32 tensor (diffusers `Timesteps`): [sin | cos], or [cos | sin]
- * with flipSinToCos. Computed in the graph in float32, as torch does.
+ * with flipSinToCos, and a zero column when numChannels is odd. Computed in the graph in float32,
+ * as torch does.
  */
 export function sinusoidalEmbedding(
   t: Tensor,
@@ -38,13 +40,55 @@ export function sinusoidalEmbedding(
   let args = mul(unsqueeze(cast(t, 'float32'), 1), g.constant(freqs, 'float32', [1, freqs.length]));
   if (options.scale !== undefined && options.scale !== 1) args = mul(args, options.scale);
   const parts = options.flipSinToCos ? [cos(args), sin(args)] : [sin(args), cos(args)];
-  return concat(parts, 1);
+  const embedding = concat(parts, 1);
+  return numChannels % 2 === 1
+    ? pad(embedding, [
+        [0, 0],
+        [0, 1],
+      ])
+    : embedding;
 }
 
-/** diffusers `TimestepEmbedding`: linear_1 → SiLU → linear_2. */
-export function TimestepEmbedding(p: Params, x: Tensor, inChannels: number, timeEmbedDim: number): Tensor {
-  const h = silu(Linear(p.child('linear_1'), x, inChannels, timeEmbedDim));
-  return Linear(p.child('linear_2'), h, timeEmbedDim, timeEmbedDim);
+/** diffusers `TimestepEmbedding`'s optional constructor arguments (and forward's `condition`). */
+export interface TimestepEmbeddingOptions {
+  /** `act_fn` between the linears, SiLU by default. */
+  act?: Activation;
+  /** `post_act_fn` after linear_2; none by default. */
+  postAct?: Activation;
+  /** linear_2's output width (`out_dim`), timeEmbedDim by default. */
+  outDim?: number;
+  /**
+   * forward's `condition` [N, condProjDim] (LCM's guidance embedding), added to x through the
+   * bias-free `cond_proj` before linear_1.
+   */
+  condition?: { tensor: Tensor; condProjDim: number };
+}
+
+/** diffusers `TimestepEmbedding`: (x + cond_proj(condition)) → linear_1 → act → linear_2 (→ post_act). */
+export function TimestepEmbedding(
+  p: Params,
+  x: Tensor,
+  inChannels: number,
+  timeEmbedDim: number,
+  options: TimestepEmbeddingOptions = {},
+): Tensor {
+  let sample = x;
+  const condition = options.condition;
+  if (condition !== undefined) {
+    const projected = Linear(
+      p.child('cond_proj'),
+      condition.tensor,
+      condition.condProjDim,
+      inChannels,
+      false,
+    );
+    sample = p.scope(() => add(sample, projected));
+  }
+  const first = Linear(p.child('linear_1'), sample, inChannels, timeEmbedDim);
+  const h = p.scope(() => activation(first, options.act ?? 'silu'));
+  const out = Linear(p.child('linear_2'), h, timeEmbedDim, options.outDim ?? timeEmbedDim);
+  const post = options.postAct;
+  return post === undefined ? out : p.scope(() => activation(out, post));
 }
 
 /**

@@ -6,7 +6,8 @@
  * - the full self-attention module (src/attention/self-attention.ts) and a PixArt transformer block
  *   (adaLN-single modulation, self-attention, masked cross-attention, GELU-tanh MLP): float64, the
  *   harness's 1e-7 tolerance;
- * - the VAE's ResnetBlock2D (with its 1×1 conv shortcut) and mid-block (resnet, attention, resnet):
+ * - ResnetBlock2D (nn/resnet.ts, as the VAE builds it: 1×1 conv shortcut, no time embedding) and the
+ *   VAE's mid-block (resnet, attention, resnet):
  *   float32, as ORT has no double Conv or InstanceNormalization; the harness's float32 tolerance
  *   (2e-3 relative, h = 1e-2).
  *
@@ -21,7 +22,8 @@ import type { Graph, Tensor } from '../../src/graph/index.js';
 import { Graph as GraphClass, grad, mul, sum } from '../../src/graph/index.js';
 import { selfAttentionModule } from '../../src/attention/self-attention.js';
 import { parsePixArtConfig, pixArtBlock } from '../../src/models/pixart-transformer.js';
-import { ResnetBlock2D, UNetMidBlock2D } from '../../src/models/vae/blocks.js';
+import { UNetMidBlock2D } from '../../src/models/vae/blocks.js';
+import { ResnetBlock2D } from '../../src/nn/resnet.js';
 import type { VaeBlockSettings } from '../../src/models/vae/blocks.js';
 import { Params } from '../../src/nn/params.js';
 import { ParameterInputs } from '../../src/nn/weights.js';
@@ -175,7 +177,12 @@ describe('VAE block gradients (float32: ORT has no double Conv or InstanceNormal
       dtype: 'float32',
       inputs: { x: { shape: [2, 2, 4, 4] }, ...parameterSpecs(resnetShapes('', 2, 4)) },
       coordinates: 10,
-      build: (g, inputs) => ResnetBlock2D(paramsOf(g, inputs), inputs.x, 2, 4, settings),
+      build: (g, inputs) =>
+        ResnetBlock2D(paramsOf(g, inputs), inputs.x, undefined, {
+          inChannels: 2,
+          outChannels: 4,
+          ...settings,
+        }),
     });
   });
 

@@ -1,26 +1,15 @@
 /**
  * The blocks of diffusers' VAE Encoder and Decoder as graph builders, named and laid out as in
- * diffusers (resnet.py, unet_2d_blocks.py, attention_processor.py) so that parameter paths are the
+ * diffusers (unet_2d_blocks.py, attention_processor.py) so that parameter paths are the
  * checkpoint's: `down_blocks.1.resnets.0.conv_shortcut`, `mid_block.attentions.0.to_q`, ….
- * Only what AutoencoderKL uses: no time embedding, output_scale_factor 1, group norms.
+ * The resnets, downsamplers and upsamplers are nn/resnet.ts' (shared with the UNet); the VAE's have
+ * no time embedding and output_scale_factor 1.
  */
 import type { Tensor } from '../../graph/graph.js';
-import {
-  add,
-  attention,
-  exp,
-  gelu,
-  log,
-  mul,
-  relu,
-  reshape,
-  silu,
-  tanh,
-  transpose,
-  upsample2d,
-} from '../../graph/ops/index.js';
-import { Conv2d, GroupNorm, Linear } from '../../nn/layers.js';
+import { add, attention, reshape, transpose } from '../../graph/ops/index.js';
+import { GroupNorm, Linear } from '../../nn/layers.js';
 import type { Params } from '../../nn/params.js';
+import { Downsample2D, ResnetBlock2D, Upsample2D } from '../../nn/resnet.js';
 import type { VaeActivation } from './config.js';
 
 /** What every block of one VAE shares. */
@@ -32,43 +21,15 @@ export interface VaeBlockSettings {
   act: VaeActivation;
 }
 
-/** diffusers' get_activation. */
-export function activation(x: Tensor, act: VaeActivation): Tensor {
-  switch (act) {
-    case 'silu':
-    case 'swish':
-      return silu(x);
-    case 'gelu':
-      return gelu(x);
-    case 'relu':
-      return relu(x);
-    case 'mish':
-      // x·tanh(softplus(x)); softplus as log(1 + eˣ) is exact enough here: for large x it is +inf and
-      // tanh gives 1.
-      return mul(x, tanh(log(add(exp(x), 1))));
-  }
-}
-
-/** ResnetBlock2D without a time embedding: norm1 → act → conv1 → norm2 → act → conv2, plus the shortcut. */
-export function ResnetBlock2D(
-  p: Params,
-  x: Tensor,
-  inChannels: number,
-  outChannels: number,
-  s: VaeBlockSettings,
-): Tensor {
-  let h = GroupNorm(p.child('norm1'), x, s.groups, inChannels, s.eps);
-  h = p.scope(() => activation(h, s.act));
-  h = Conv2d(p.child('conv1'), h, { inChannels, outChannels, kernel: 3, padding: 1 });
-  h = GroupNorm(p.child('norm2'), h, s.groups, outChannels, s.eps);
-  h = p.scope(() => activation(h, s.act));
-  // Dropout is the identity at inference.
-  h = Conv2d(p.child('conv2'), h, { inChannels: outChannels, outChannels, kernel: 3, padding: 1 });
-  const shortcut =
-    inChannels === outChannels
-      ? x
-      : Conv2d(p.child('conv_shortcut'), x, { inChannels, outChannels, kernel: 1 });
-  return p.scope(() => add(shortcut, h));
+/** A VAE resnet: ResnetBlock2D without a time embedding. */
+function resnet(p: Params, x: Tensor, inChannels: number, outChannels: number, s: VaeBlockSettings): Tensor {
+  return ResnetBlock2D(p, x, undefined, {
+    inChannels,
+    outChannels,
+    groups: s.groups,
+    eps: s.eps,
+    act: s.act,
+  });
 }
 
 /**
@@ -103,14 +64,14 @@ export function UNetMidBlock2D(
   addAttention: boolean,
   s: VaeBlockSettings,
 ): Tensor {
-  let h = ResnetBlock2D(p.child('resnets').child(0), x, channels, channels, s);
+  let h = resnet(p.child('resnets').child(0), x, channels, channels, s);
   if (addAttention) h = VaeAttention(p.child('attentions').child(0), h, channels, s);
-  return ResnetBlock2D(p.child('resnets').child(1), h, channels, channels, s);
+  return resnet(p.child('resnets').child(1), h, channels, channels, s);
 }
 
 /**
  * DownEncoderBlock2D: `layers` resnets, then (except in the last block) Downsample2D with
- * padding=0, which pads right and bottom by one before its stride-2 3×3 conv (resnet.py).
+ * padding=0, which pads right and bottom by one before its stride-2 3×3 conv.
  */
 export function DownEncoderBlock2D(
   p: Params,
@@ -120,22 +81,13 @@ export function DownEncoderBlock2D(
 ): Tensor {
   let h = x;
   for (let i = 0; i < o.layers; i++) {
-    h = ResnetBlock2D(
-      p.child('resnets').child(i),
-      h,
-      i === 0 ? o.inChannels : o.outChannels,
-      o.outChannels,
-      s,
-    );
+    h = resnet(p.child('resnets').child(i), h, i === 0 ? o.inChannels : o.outChannels, o.outChannels, s);
   }
   if (!o.addDownsample) return h;
-  return Conv2d(p.child('downsamplers').child(0).child('conv'), h, {
-    inChannels: o.outChannels,
-    outChannels: o.outChannels,
-    kernel: 3,
-    stride: 2,
-    // [top, left, bottom, right]: torch's F.pad(x, (0, 1, 0, 1)) folded into the conv.
-    padding: [0, 0, 1, 1],
+  return Downsample2D(p.child('downsamplers').child(0), h, {
+    channels: o.outChannels,
+    useConv: true,
+    padding: 0,
   });
 }
 
@@ -148,21 +100,8 @@ export function UpDecoderBlock2D(
 ): Tensor {
   let h = x;
   for (let i = 0; i < o.layers; i++) {
-    h = ResnetBlock2D(
-      p.child('resnets').child(i),
-      h,
-      i === 0 ? o.inChannels : o.outChannels,
-      o.outChannels,
-      s,
-    );
+    h = resnet(p.child('resnets').child(i), h, i === 0 ? o.inChannels : o.outChannels, o.outChannels, s);
   }
   if (!o.addUpsample) return h;
-  const upsampler = p.child('upsamplers').child(0);
-  const upsampled = upsampler.scope(() => upsample2d(h, { scale: 2, mode: 'nearest' }));
-  return Conv2d(upsampler.child('conv'), upsampled, {
-    inChannels: o.outChannels,
-    outChannels: o.outChannels,
-    kernel: 3,
-    padding: 1,
-  });
+  return Upsample2D(p.child('upsamplers').child(0), h, { channels: o.outChannels, useConv: true });
 }

@@ -6,12 +6,14 @@
 import { FileFormatError } from '../../errors.js';
 import type { ModelConfig } from '../../io/diffusers.js';
 import { describeJson } from '../../io/json.js';
+import type { Activation } from '../../nn/activations.js';
+import { ACTIVATIONS } from '../../nn/activations.js';
 import type { WarningHandler } from '../../warnings.js';
 import { ConfigReader } from '../config.js';
 
 /** Activations diffusers' `get_activation` knows. */
-export const VAE_ACTIVATIONS = ['silu', 'swish', 'mish', 'gelu', 'relu'] as const;
-export type VaeActivation = (typeof VAE_ACTIVATIONS)[number];
+export const VAE_ACTIVATIONS = ACTIVATIONS;
+export type VaeActivation = Activation;
 
 export interface AutoencoderKLConfig {
   readonly inChannels: number;

@@ -24,11 +24,21 @@ export * from './nn/layers.js';
 export * from './models/index.js';
 export { buildPixArtGraph, parsePixArtConfig } from './models/pixart-transformer.js';
 export type { PixArtTransformerConfig, PixArtGraphOptions } from './models/pixart-transformer.js';
+export { buildUNetGraph, parseUNetConfig, unet2DCondition } from './models/unet-2d-condition.js';
+export type {
+  UNet2DConditionConfig,
+  UNetBuildHooks,
+  UNetGraphOptions,
+  UNetInputs,
+  UNetTransformerSite,
+} from './models/unet-2d-condition.js';
 export * from './schedulers/index.js';
 export * from './random/index.js';
 export { T5Tokenizer, toModelInputs } from './tokenizers/t5-tokenizer.js';
 export { buildT5Tokenizer, writeT5TokenizerFolder } from './tokenizers/build-t5-tokenizer.js';
 export type { T5TokenizerBuildOptions, T5TokenizerFiles } from './tokenizers/build-t5-tokenizer.js';
+export { CLIPTokenizer } from './tokenizers/clip-tokenizer.js';
+export type { CLIPEncodeOptions, CLIPEncoding } from './tokenizers/clip-tokenizer.js';
 export * from './pipelines/index.js';
 export * from './lora/index.js';
 export * from './attention/types.js';

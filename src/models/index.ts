@@ -2,15 +2,19 @@ import { join, resolve } from 'node:path';
 import { FileFormatError } from '../errors.js';
 import { readConfig } from '../io/diffusers.js';
 import { AutoencoderKL } from './autoencoder-kl.js';
+import { CLIPTextModel, CLIPTextModelWithProjection } from './clip-text.js';
 import { VelodiffEmojiClassifier } from './emoji-classifier.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
 import { PixArtTransformer2DModel } from './pixart-transformer.js';
 import { T5EncoderModel } from './t5-encoder.js';
+import { UNet2DConditionModel } from './unet-2d-condition.js';
 
 export { AutoencoderKL } from './autoencoder-kl.js';
+export { CLIPTextModel, CLIPTextModelWithProjection } from './clip-text.js';
 export { VelodiffEmojiClassifier } from './emoji-classifier.js';
 export { PixArtTransformer2DModel } from './pixart-transformer.js';
 export { T5EncoderModel } from './t5-encoder.js';
+export { UNet2DConditionModel } from './unet-2d-condition.js';
 export type { DiffusersModel, LoadOptions } from './model.js';
 
 type Loader = (dir: string, options: LoadOptions) => Promise<DiffusersModel>;
@@ -18,8 +22,11 @@ type Loader = (dir: string, options: LoadOptions) => Promise<DiffusersModel>;
 /** Model classes by the name diffusers (`_class_name`) or transformers (`architectures[0]`) writes. */
 export const MODEL_CLASSES: Readonly<Record<string, Loader>> = {
   PixArtTransformer2DModel: (d, o) => PixArtTransformer2DModel.fromPretrained(d, o),
+  UNet2DConditionModel: (d, o) => UNet2DConditionModel.fromPretrained(d, o),
   AutoencoderKL: (d, o) => AutoencoderKL.fromPretrained(d, o),
   T5EncoderModel: (d, o) => T5EncoderModel.fromPretrained(d, o),
+  CLIPTextModel: (d, o) => CLIPTextModel.fromPretrained(d, o),
+  CLIPTextModelWithProjection: (d, o) => CLIPTextModelWithProjection.fromPretrained(d, o),
   VelodiffEmojiClassifier: (d, o) => VelodiffEmojiClassifier.fromPretrained(d, o),
 };
 

@@ -7,10 +7,9 @@
  */
 import { join, resolve } from 'node:path';
 
-import { FileFormatError, OptionError, RuntimeError } from '../errors.js';
+import { FileFormatError, OptionError } from '../errors.js';
 import type { Tensor } from '../graph/graph.js';
 import { Graph } from '../graph/graph.js';
-import { formatShape } from '../graph/shape.js';
 import {
   add,
   attention,
@@ -18,18 +17,17 @@ import {
   cumsum,
   equal,
   gather,
-  gelu,
   max,
   mul,
   not,
   reshape,
-  sigmoid,
   sum,
   unsqueeze,
 } from '../graph/ops/index.js';
 import type { WeightStore } from '../io/diffusers.js';
 import { readConfig } from '../io/diffusers.js';
-import { describeJson } from '../io/json.js';
+import type { TransformersActivation } from '../nn/activations.js';
+import { transformersActivation } from '../nn/activations.js';
 import { LayerNorm, Linear } from '../nn/layers.js';
 import { Params } from '../nn/params.js';
 import type { TensorSource } from '../nn/weights.js';
@@ -37,88 +35,28 @@ import type { HostTensor } from '../runtime/host-tensor.js';
 import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
 import { RunnableModel } from '../runtime/runnable-model.js';
 import type { WarningHandler } from '../warnings.js';
-import { ConfigReader } from './config.js';
+import { ConfigReader, PRETRAINED_CONFIG_KEYS, checkModelKind } from './config.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
 import { openCheckedWeights } from './model.js';
-import { FLOAT32_MIN } from './t5-encoder.js';
+import type { TextEncoderLayout } from './text-encoder.js';
+import { FLOAT32_MIN, textEncoderCall } from './text-encoder.js';
 
-/** Activations transformers' ACT2FN maps `hidden_act` to, for the ones CLIP checkpoints use. */
-const ACTIVATIONS = ['quick_gelu', 'gelu', 'gelu_new', 'gelu_pytorch_tanh', 'gelu_fast'] as const;
+/** The `hidden_act` values CLIP checkpoints use (of transformers' ACT2FN). */
+const ACTIVATIONS = [
+  'quick_gelu',
+  'gelu',
+  'gelu_new',
+  'gelu_pytorch_tanh',
+  'gelu_fast',
+] as const satisfies readonly TransformersActivation[];
 export type CLIPActivation = (typeof ACTIVATIONS)[number];
 
 /** The two classes; both read a CLIPTextConfig and the weights under `text_model.`. */
 export type CLIPTextClassName = 'CLIPTextModel' | 'CLIPTextModelWithProjection';
 const ARCHITECTURES: readonly CLIPTextClassName[] = ['CLIPTextModel', 'CLIPTextModelWithProjection'];
 
-/**
- * Keys of CLIPTextConfig and of transformers' PretrainedConfig that do not change the text
- * encoder's forward: dropout, initialisation, generation and bookkeeping settings.
- */
-const HARMLESS_KEYS = [
-  // CLIPTextConfig (and older files' `dropout`)
-  'attention_dropout',
-  'dropout',
-  'initializer_range',
-  'initializer_factor',
-  'pad_token_id',
-  'bos_token_id',
-  // PretrainedConfig
-  'architectures',
-  'model_type',
-  'transformers_version',
-  'torch_dtype',
-  'dtype',
-  'use_bfloat16',
-  'tie_word_embeddings',
-  'tie_encoder_decoder',
-  'is_encoder_decoder',
-  'is_decoder',
-  'add_cross_attention',
-  'cross_attention_hidden_size',
-  'chunk_size_feed_forward',
-  'return_dict',
-  'output_hidden_states',
-  'output_attentions',
-  'torchscript',
-  'tf_legacy_loss',
-  'gradient_checkpointing',
-  'sep_token_id',
-  'decoder_start_token_id',
-  'task_specific_params',
-  'finetuning_task',
-  'id2label',
-  'label2id',
-  'num_labels',
-  'problem_type',
-  'tokenizer_class',
-  'prefix',
-  'pruned_heads',
-  'max_length',
-  'min_length',
-  'do_sample',
-  'early_stopping',
-  'num_beams',
-  'num_beam_groups',
-  'diversity_penalty',
-  'temperature',
-  'top_k',
-  'top_p',
-  'typical_p',
-  'repetition_penalty',
-  'length_penalty',
-  'no_repeat_ngram_size',
-  'encoder_no_repeat_ngram_size',
-  'bad_words_ids',
-  'num_return_sequences',
-  'output_scores',
-  'return_dict_in_generate',
-  'forced_bos_token_id',
-  'forced_eos_token_id',
-  'remove_invalid_values',
-  'exponential_decay_length_penalty',
-  'suppress_tokens',
-  'begin_suppress_tokens',
-];
+/** Keys of CLIPTextConfig (and older files' `dropout`) that do not change the forward. */
+const CLIP_TEXT_CONFIG_KEYS = ['attention_dropout', 'dropout', 'initializer_range', 'initializer_factor'];
 
 export interface CLIPTextConfig {
   vocabSize: number;
@@ -149,9 +87,24 @@ export function parseCLIPTextConfig(
   className: CLIPTextClassName = 'CLIPTextModel',
   onWarning?: WarningHandler,
 ): CLIPTextConfig {
-  checkModelKind(raw, path, className);
+  if (raw.model_type === 'clip') {
+    throw new FileFormatError(
+      `${path}: "model_type" is "clip", the config of a whole CLIPModel (text and vision towers); ` +
+        `${className} loads a text encoder folder whose config.json has "model_type": "clip_text_model" ` +
+        "(a diffusers pipeline's text_encoder/ or text_encoder_2/)",
+      'CONFIG_CLASS',
+      path,
+    );
+  }
+  checkModelKind(raw, path, {
+    className,
+    description: 'a CLIP text config',
+    modelTypes: ['clip_text_model'],
+    architectures: ARCHITECTURES,
+    modelTypeHint: () => 'Is this the folder of another text encoder (e.g. text_encoder_3/ holds T5)?',
+  });
   const c = new ConfigReader(raw, path, className);
-  c.accept(...HARMLESS_KEYS);
+  c.accept(...CLIP_TEXT_CONFIG_KEYS, ...PRETRAINED_CONFIG_KEYS);
   const config: CLIPTextConfig = {
     vocabSize: c.integer('vocab_size', 49408, 1),
     hiddenSize: c.integer('hidden_size', 512, 1),
@@ -191,62 +144,7 @@ export function parseCLIPTextConfig(
   return config;
 }
 
-/** `model_type` and `architectures` must say CLIP's text model. */
-function checkModelKind(raw: Record<string, unknown>, path: string, className: CLIPTextClassName): void {
-  const modelType = raw.model_type;
-  const architectures = raw.architectures;
-  if (modelType === 'clip') {
-    throw new FileFormatError(
-      `${path}: "model_type" is "clip", the config of a whole CLIPModel (text and vision towers); ` +
-        `${className} loads a text encoder folder whose config.json has "model_type": "clip_text_model" ` +
-        "(a diffusers pipeline's text_encoder/ or text_encoder_2/)",
-      'CONFIG_CLASS',
-      path,
-    );
-  }
-  if (modelType !== undefined && modelType !== 'clip_text_model') {
-    throw new FileFormatError(
-      `${path}: "model_type" is ${describeJson(modelType)}; expected "clip_text_model" for ${className}. ` +
-        'Is this the folder of another text encoder (e.g. text_encoder_3/ holds T5)?',
-      'CONFIG_CLASS',
-      path,
-    );
-  }
-  if (architectures !== undefined) {
-    if (!Array.isArray(architectures) || architectures.some((a) => typeof a !== 'string')) {
-      throw new FileFormatError(
-        `${path}: "architectures" is ${describeJson(architectures)}; expected a list of class names`,
-        'CONFIG_VALUE',
-        path,
-      );
-    }
-    if (!architectures.some((a) => ARCHITECTURES.includes(a as CLIPTextClassName))) {
-      throw new FileFormatError(
-        `${path}: "architectures" is ${describeJson(architectures)}; expected one of ${ARCHITECTURES.join(', ')}`,
-        'CONFIG_CLASS',
-        path,
-      );
-    }
-  }
-  if (modelType === undefined && architectures === undefined) {
-    throw new FileFormatError(
-      `${path}: neither "model_type" nor "architectures" is set, so nothing says this is a CLIP text config; ` +
-        'expected "model_type": "clip_text_model" as transformers writes it',
-      'CONFIG_CLASS',
-      path,
-    );
-  }
-}
-
-export interface CLIPTextGraphOptions {
-  /** Sequence length S, at most max_position_embeddings. */
-  seqLength: number;
-  /** Element type of `input_ids`. */
-  idsDType: 'int64' | 'int32';
-  /** Element type of `attention_mask` (1 = keep), or undefined when there is none. */
-  maskDType?: 'int64' | 'int32' | 'float32' | 'bool';
-  /** Also output `hidden_states.0` … `hidden_states.{num_hidden_layers}` as transformers numbers them. */
-  outputHiddenStates: boolean;
+export interface CLIPTextGraphOptions extends TextEncoderLayout {
   /** CLIPTextModelWithProjection: output `text_embeds` instead of `pooler_output`. */
   withProjection: boolean;
 }
@@ -400,30 +298,11 @@ function CLIPMLP(p: Params, x: Tensor, c: CLIPTextConfig): Tensor {
   const inner = Linear(p.child('fc1'), x, c.hiddenSize, c.intermediateSize);
   return Linear(
     p.child('fc2'),
-    p.scope(() => activation(inner, c.hiddenAct)),
+    p.scope(() => transformersActivation(inner, c.hiddenAct)),
     c.intermediateSize,
     c.hiddenSize,
   );
 }
-
-function activation(x: Tensor, name: CLIPActivation): Tensor {
-  switch (name) {
-    // OpenAI CLIP's x·σ(1.702·x) (transformers' QuickGELUActivation).
-    case 'quick_gelu':
-      return mul(x, sigmoid(mul(x, 1.702)));
-    case 'gelu':
-      return gelu(x, 'none');
-    // gelu_new, gelu_pytorch_tanh and gelu_fast are all 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
-    case 'gelu_new':
-    case 'gelu_pytorch_tanh':
-    case 'gelu_fast':
-      return gelu(x, 'tanh');
-  }
-}
-
-const KWARGS = ['output_hidden_states', 'return_dict'];
-/** transformers' attention masks: 1 = attend, in any of these dtypes. */
-const MASK_DTYPES = ['int64', 'int32', 'float32', 'bool'] as const;
 
 /** The shared body of CLIPTextModel and CLIPTextModelWithProjection (which differ in one output). */
 class CLIPTextModelBase implements DiffusersModel {
@@ -495,34 +374,12 @@ class CLIPTextModelBase implements DiffusersModel {
     inputs: Record<string, HostTensor>,
     options: { method?: string; kwargs?: Record<string, unknown> } = {},
   ): Promise<Record<string, HostTensor>> {
-    this.runnable.checkMethod(options.method, ['forward']);
-    const kwargs = options.kwargs ?? {};
-    this.runnable.checkKwargs(kwargs, KWARGS);
-    const dims = this.runnable.checkInputs(inputs, {
-      input_ids: { dtypes: ['int64', 'int32'], shape: ['B', 'S'] },
-      attention_mask: { dtypes: MASK_DTYPES, shape: ['B', 'S'], optional: true },
+    const call = textEncoderCall(this.runnable, inputs, options, {
+      vocabSize: this.config.vocabSize,
+      maxLength: this.config.maxPositionEmbeddings,
+      encoder: 'the CLIP text encoder',
     });
-    const ids = inputs.input_ids;
-    const maxLength = this.config.maxPositionEmbeddings;
-    if (dims.S < 1 || dims.S > maxLength) {
-      throw this.runnable.inputError(
-        'input_ids',
-        `expected 1 to ${maxLength} tokens (max_position_embeddings), got ${formatShape(ids.shape)}; ` +
-          "truncate the prompt to the tokenizer's model_max_length",
-      );
-    }
-    checkTokenIds(ids, this.config.vocabSize, this.dir);
-    const mask = inputs.attention_mask;
-    const layout = this.layout({
-      seqLength: dims.S,
-      idsDType: ids.dtype as CLIPTextGraphOptions['idsDType'],
-      ...(mask ? { maskDType: mask.dtype as CLIPTextGraphOptions['maskDType'] } : {}),
-      outputHiddenStates: kwargs.output_hidden_states === true,
-    });
-    const result = await this.runnable.run(
-      layout,
-      mask ? { input_ids: ids, attention_mask: mask } : { input_ids: ids },
-    );
+    const result = await this.runnable.run(this.layout(call.layout), call.feeds);
     return result.host;
   }
 
@@ -550,21 +407,6 @@ export class CLIPTextModelWithProjection extends CLIPTextModelBase {
       opened.config,
       opened.weights,
       options.runtime,
-    );
-  }
-}
-
-/** torch's embedding rejects ids outside the table; ORT's Gather would read negative ids from the end. */
-function checkTokenIds(ids: HostTensor, vocabSize: number, dir: string): void {
-  const data = ids.data;
-  for (let i = 0; i < data.length; i++) {
-    const id = Number(data[i]);
-    if (id >= 0 && id < vocabSize) continue;
-    const seq = ids.shape[1];
-    throw new RuntimeError(
-      `input_ids[${Math.floor(i / seq)}, ${i % seq}] is ${id}, outside the vocabulary [0, ${vocabSize}) of the CLIP text encoder in ${dir}; ` +
-        'the ids come from a tokenizer with a larger vocabulary than this model (vocab_size in config.json)',
-      'INPUT_RANGE',
     );
   }
 }

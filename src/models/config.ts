@@ -1,4 +1,5 @@
 import { FileFormatError } from '../errors.js';
+import { describeJson } from '../io/json.js';
 import type { WarningHandler } from '../warnings.js';
 import { VelodiffWarning, emitWarning } from '../warnings.js';
 
@@ -154,4 +155,128 @@ export class ConfigReader {
 function shortJson(value: unknown): string {
   const json = JSON.stringify(value) ?? String(value);
   return json.length > 60 ? `${json.slice(0, 57)}…` : json;
+}
+
+/**
+ * Keys of transformers' PretrainedConfig that do not change a text encoder's forward: training,
+ * generation and bookkeeping settings. A class whose math does depend on one (T5's `is_decoder`,
+ * `pruned_heads`) reads it as well, and reading still checks its value.
+ */
+export const PRETRAINED_CONFIG_KEYS = [
+  'architectures',
+  'model_type',
+  'transformers_version',
+  'torch_dtype',
+  'dtype',
+  'use_bfloat16',
+  'tie_word_embeddings',
+  'tie_encoder_decoder',
+  'is_encoder_decoder',
+  'is_decoder',
+  'add_cross_attention',
+  'cross_attention_hidden_size',
+  'chunk_size_feed_forward',
+  'return_dict',
+  'output_hidden_states',
+  'output_attentions',
+  'torchscript',
+  'tf_legacy_loss',
+  'gradient_checkpointing',
+  'pruned_heads',
+  'pad_token_id',
+  'eos_token_id',
+  'bos_token_id',
+  'sep_token_id',
+  'decoder_start_token_id',
+  'task_specific_params',
+  'finetuning_task',
+  'id2label',
+  'label2id',
+  'num_labels',
+  'problem_type',
+  'tokenizer_class',
+  'prefix',
+  // generation defaults PretrainedConfig used to hold
+  'max_length',
+  'min_length',
+  'do_sample',
+  'early_stopping',
+  'num_beams',
+  'num_beam_groups',
+  'diversity_penalty',
+  'temperature',
+  'top_k',
+  'top_p',
+  'typical_p',
+  'repetition_penalty',
+  'length_penalty',
+  'no_repeat_ngram_size',
+  'encoder_no_repeat_ngram_size',
+  'bad_words_ids',
+  'num_return_sequences',
+  'output_scores',
+  'return_dict_in_generate',
+  'forced_bos_token_id',
+  'forced_eos_token_id',
+  'remove_invalid_values',
+  'exponential_decay_length_penalty',
+  'suppress_tokens',
+  'begin_suppress_tokens',
+] as const;
+
+/** What a transformers config.json must say to be loaded by one class. */
+export interface TransformersModelKind {
+  className: string;
+  /** What the config is, for messages: 'a T5 config'. */
+  description: string;
+  /** `model_type` values the class loads; the first is the one transformers writes. */
+  modelTypes: readonly string[];
+  /** Checkpoint classes whose weights the class reads; `architectures` must name one of them. */
+  architectures: readonly string[];
+  /** A sentence after the error for another `model_type`: why it is refused, or where to look. */
+  modelTypeHint: (modelType: unknown) => string;
+}
+
+/**
+ * `model_type` and `architectures` of a transformers config.json must name `kind` (at least one of
+ * them must be present), so that the folder of another model fails with a FileFormatError naming
+ * both and the file.
+ */
+export function checkModelKind(raw: Record<string, unknown>, path: string, kind: TransformersModelKind): void {
+  const modelType = raw.model_type;
+  const architectures = raw.architectures;
+  const [written, ...others] = kind.modelTypes;
+  if (modelType !== undefined && !kind.modelTypes.includes(modelType as string)) {
+    const alternatives = others.length > 0 ? ` (or ${others.map((t) => JSON.stringify(t)).join(', ')})` : '';
+    throw new FileFormatError(
+      `${path}: "model_type" is ${describeJson(modelType)}; expected ${JSON.stringify(written)}${alternatives} ` +
+        `for ${kind.className}. ${kind.modelTypeHint(modelType)}`,
+      'CONFIG_CLASS',
+      path,
+    );
+  }
+  if (architectures !== undefined) {
+    if (!Array.isArray(architectures) || architectures.some((a) => typeof a !== 'string')) {
+      throw new FileFormatError(
+        `${path}: "architectures" is ${describeJson(architectures)}; expected a list of class names`,
+        'CONFIG_VALUE',
+        path,
+      );
+    }
+    if (!architectures.some((a) => kind.architectures.includes(a as string))) {
+      throw new FileFormatError(
+        `${path}: "architectures" is ${describeJson(architectures)}; expected one of ${kind.architectures.join(', ')}`,
+        'CONFIG_CLASS',
+        path,
+      );
+    }
+  }
+  if (modelType === undefined && architectures === undefined) {
+    throw new FileFormatError(
+      `${path}: neither "model_type" nor "architectures" is set, so nothing says this is ${kind.description}; ` +
+        `expected "model_type": ${JSON.stringify(written)} as transformers writes it`,
+      'CONFIG_CLASS',
+      path,
+    );
+  }
 }

@@ -307,21 +307,19 @@ export function pixArtTransformer(
 
   const modulation = reshape(timestepMod, ['B', 6, dim]);
   for (let i = 0; i < config.numLayers; i++) {
-    hidden = pixArtBlock(
-      root.child('transformer_blocks').child(i),
-      i,
-      hidden,
+    hidden = pixArtBlock(root.child('transformer_blocks').child(i), hidden, {
+      index: i,
       text,
       modulation,
       crossMask,
       config,
       tgate,
-      {
+      selfAttention: {
         choice: o.attention ?? { kind: 'full' },
         grid: { height: h, width: w },
         extras,
       },
-    );
+    });
   }
 
   // Final adaLN modulation, projection, and unpatchify (nhwpqc → nchpwq).
@@ -334,21 +332,28 @@ export function pixArtTransformer(
   return reshape(transpose(grid, [0, 5, 1, 3, 2, 4]), ['B', config.outChannels, o.height, o.width]);
 }
 
+/** What one PixArt block is built from besides its parameters and its input tokens. */
+export interface PixArtBlockOptions {
+  /** The block's place in transformer_blocks, which names its T-GATE cache entries. */
+  index: number;
+  /** The projected caption [B, M, inner_dim]; absent when the graph has no encoder_hidden_states. */
+  text: Tensor | undefined;
+  /** adaLN-single's per-sample shift, scale and gate rows [B, 6, inner_dim]. */
+  modulation: Tensor;
+  /** Additive caption mask [B, 1, 1, M], or undefined when every caption token is attended. */
+  crossMask: Tensor | undefined;
+  config: PixArtTransformerConfig;
+  tgate: NonNullable<PixArtGraphOptions['tgate']>;
+  /** The self-attention kernel choice, the token grid it works on and the method weights it reads. */
+  selfAttention: { choice: AttentionChoice; grid: TokenGrid; extras: PixArtExtras };
+}
+
 /**
- * BasicTransformerBlock with norm_type 'ada_norm_single' (PixArt). Exported for the module-level
- * gradient checks (test/models/grad-modules.test.ts).
+ * BasicTransformerBlock with norm_type 'ada_norm_single' (PixArt) on `hidden` [B, N, inner_dim].
+ * Exported for the module-level gradient checks (test/models/grad-modules.test.ts).
  */
-export function pixArtBlock(
-  p: Params,
-  index: number,
-  hidden: Tensor,
-  text: Tensor | undefined,
-  modulation: Tensor,
-  crossMask: Tensor | undefined,
-  config: PixArtTransformerConfig,
-  tgate: NonNullable<PixArtGraphOptions['tgate']>,
-  selfAttention: { choice: AttentionChoice; grid: TokenGrid; extras: PixArtExtras },
-): Tensor {
+export function pixArtBlock(p: Params, hidden: Tensor, o: PixArtBlockOptions): Tensor {
+  const { index, text, modulation, crossMask, config, tgate, selfAttention } = o;
   const dim = config.innerDim;
   const heads = config.numAttentionHeads;
   return BasicTransformerBlock(p, hidden, text, {

@@ -6,40 +6,48 @@
  */
 import { join, resolve } from 'node:path';
 
-import { FileFormatError, OptionError, RuntimeError, WeightError } from '../errors.js';
+import { FileFormatError, OptionError, WeightError } from '../errors.js';
 import type { Tensor } from '../graph/graph.js';
 import { Graph } from '../graph/graph.js';
-import { formatShape } from '../graph/shape.js';
 import {
   add,
   attention,
   cast,
   gather,
-  gelu,
   mul,
-  relu,
   reshape,
-  silu,
   sub,
   transpose,
   unsqueeze,
 } from '../graph/ops/index.js';
 import type { WeightStore } from '../io/diffusers.js';
 import { readConfig } from '../io/diffusers.js';
-import { describeJson, isPlainObject } from '../io/json.js';
+import { isPlainObject } from '../io/json.js';
+import type { TransformersActivation } from '../nn/activations.js';
+import { transformersActivation } from '../nn/activations.js';
 import { Linear, RMSNorm } from '../nn/layers.js';
 import { Params } from '../nn/params.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
 import { RunnableModel } from '../runtime/runnable-model.js';
-import { ConfigReader } from './config.js';
+import { ConfigReader, PRETRAINED_CONFIG_KEYS, checkModelKind } from './config.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
 import { openCheckedWeights } from './model.js';
+import type { TextEncoderLayout } from './text-encoder.js';
+import { FLOAT32_MIN, textEncoderCall } from './text-encoder.js';
 import type { TensorSource } from '../nn/weights.js';
 import type { WarningHandler } from '../warnings.js';
 
-/** Activations transformers' ACT2FN maps `dense_act_fn` to, for the ones T5 checkpoints use. */
-const ACTIVATIONS = ['relu', 'gelu', 'gelu_new', 'gelu_pytorch_tanh', 'gelu_fast', 'silu', 'swish'] as const;
+/** The `dense_act_fn` values T5 checkpoints use (of transformers' ACT2FN). */
+const ACTIVATIONS = [
+  'relu',
+  'gelu',
+  'gelu_new',
+  'gelu_pytorch_tanh',
+  'gelu_fast',
+  'silu',
+  'swish',
+] as const satisfies readonly TransformersActivation[];
 export type T5Activation = (typeof ACTIVATIONS)[number];
 
 /** Checkpoint classes whose weights hold a T5 encoder under `encoder.` with `shared.weight`. */
@@ -52,81 +60,16 @@ const ARCHITECTURES = [
   'MT5ForConditionalGeneration',
 ];
 
-/**
- * Keys of T5Config and of transformers' PretrainedConfig that do not change the encoder's math:
- * decoder, training, generation and bookkeeping settings. transformers' T5EncoderModel ignores them.
- */
-const HARMLESS_KEYS = [
-  // T5Config
+/** Keys of T5Config that do not change the encoder's math: decoder, training and generation settings. */
+const T5_CONFIG_KEYS = [
   'num_decoder_layers',
   'dropout_rate',
   'classifier_dropout',
   'initializer_factor',
   'use_cache',
-  'is_encoder_decoder',
   'n_positions',
   'output_past',
-  'gradient_checkpointing',
-  // PretrainedConfig
-  'architectures',
-  'model_type',
-  'transformers_version',
-  'torch_dtype',
-  'dtype',
-  'use_bfloat16',
-  'tie_word_embeddings',
-  'tie_encoder_decoder',
-  'add_cross_attention',
-  'cross_attention_hidden_size',
-  'chunk_size_feed_forward',
-  'return_dict',
-  'output_hidden_states',
-  'output_attentions',
-  'torchscript',
-  'tf_legacy_loss',
-  'pad_token_id',
-  'eos_token_id',
-  'bos_token_id',
-  'sep_token_id',
-  'decoder_start_token_id',
-  'task_specific_params',
-  'finetuning_task',
-  'id2label',
-  'label2id',
-  'num_labels',
-  'problem_type',
-  'tokenizer_class',
-  'prefix',
-  // generation defaults PretrainedConfig used to hold
-  'max_length',
-  'min_length',
-  'do_sample',
-  'early_stopping',
-  'num_beams',
-  'num_beam_groups',
-  'diversity_penalty',
-  'temperature',
-  'top_k',
-  'top_p',
-  'typical_p',
-  'repetition_penalty',
-  'length_penalty',
-  'no_repeat_ngram_size',
-  'encoder_no_repeat_ngram_size',
-  'bad_words_ids',
-  'num_return_sequences',
-  'output_scores',
-  'return_dict_in_generate',
-  'forced_bos_token_id',
-  'forced_eos_token_id',
-  'remove_invalid_values',
-  'exponential_decay_length_penalty',
-  'suppress_tokens',
-  'begin_suppress_tokens',
 ];
-
-/** torch.finfo(torch.float32).min, which transformers multiplies the inverted mask by. */
-export const FLOAT32_MIN = -3.4028234663852886e38;
 
 export interface T5EncoderConfig {
   vocabSize: number;
@@ -156,9 +99,18 @@ export function parseT5EncoderConfig(
   path: string,
   onWarning?: WarningHandler,
 ): T5EncoderConfig {
-  checkModelKind(raw, path);
+  checkModelKind(raw, path, {
+    className: 'T5EncoderModel',
+    description: 'a T5 config',
+    modelTypes: ['t5', 'mt5'],
+    architectures: ARCHITECTURES,
+    modelTypeHint: (modelType) =>
+      modelType === 'umt5'
+        ? 'UMT5 gives every layer its own relative attention bias, which this class does not build.'
+        : 'Is this the folder of another text encoder (e.g. text_encoder/ instead of text_encoder_2/)?',
+  });
   const c = new ConfigReader(raw, path, 'T5EncoderModel');
-  c.accept(...HARMLESS_KEYS);
+  c.accept(...T5_CONFIG_KEYS, ...PRETRAINED_CONFIG_KEYS);
   const feedForwardProj = c.string<string>('feed_forward_proj', 'relu');
   const parts = feedForwardProj.split('-');
   if ((parts.length > 1 && parts[0] !== 'gated') || parts.length > 2) {
@@ -232,47 +184,6 @@ export function parseT5EncoderConfig(
   return config;
 }
 
-/** `model_type` and `architectures` must say T5 (or mT5, the same encoder). */
-function checkModelKind(raw: Record<string, unknown>, path: string): void {
-  const modelType = raw.model_type;
-  const architectures = raw.architectures;
-  if (modelType !== undefined && modelType !== 't5' && modelType !== 'mt5') {
-    const hint =
-      modelType === 'umt5'
-        ? ' UMT5 gives every layer its own relative attention bias, which this class does not build.'
-        : ' Is this the folder of another text encoder (e.g. text_encoder/ instead of text_encoder_2/)?';
-    throw new FileFormatError(
-      `${path}: "model_type" is ${describeJson(modelType)}; expected "t5" (or "mt5") for T5EncoderModel.${hint}`,
-      'CONFIG_CLASS',
-      path,
-    );
-  }
-  if (architectures !== undefined) {
-    if (!Array.isArray(architectures) || architectures.some((a) => typeof a !== 'string')) {
-      throw new FileFormatError(
-        `${path}: "architectures" is ${describeJson(architectures)}; expected a list of class names`,
-        'CONFIG_VALUE',
-        path,
-      );
-    }
-    if (!architectures.some((a) => ARCHITECTURES.includes(a as string))) {
-      throw new FileFormatError(
-        `${path}: "architectures" is ${describeJson(architectures)}; expected one of ${ARCHITECTURES.join(', ')}`,
-        'CONFIG_CLASS',
-        path,
-      );
-    }
-  }
-  if (modelType === undefined && architectures === undefined) {
-    throw new FileFormatError(
-      `${path}: neither "model_type" nor "architectures" is set, so nothing says this is a T5 config; ` +
-        'expected "model_type": "t5" as transformers writes it',
-      'CONFIG_CLASS',
-      path,
-    );
-  }
-}
-
 /**
  * T5's relative position bucket (Mesh TensorFlow `_relative_position_bucket`): exact buckets for
  * small distances, log-spaced ones up to `maxDistance`, one bucket beyond; bidirectional halves the
@@ -321,16 +232,7 @@ export function relativePositionBuckets(
   return out;
 }
 
-export interface T5EncoderGraphOptions {
-  /** Sequence length S (the position bias is built for it). */
-  seqLength: number;
-  /** Element type of `input_ids`. */
-  idsDType: 'int64' | 'int32';
-  /** Element type of `attention_mask` (1 = keep), or undefined when there is none. */
-  maskDType?: 'int64' | 'int32' | 'float32' | 'bool';
-  /** Also output `hidden_states.0` … `hidden_states.{numLayers}` as transformers numbers them. */
-  outputHiddenStates: boolean;
-}
+export type T5EncoderGraphOptions = TextEncoderLayout;
 
 /**
  * Build the T5 encoder graph. Inputs: `input_ids` [B, S] and optionally `attention_mask` [B, S].
@@ -447,34 +349,15 @@ function T5DenseReluDense(p: Params, x: Tensor, c: T5EncoderConfig): Tensor {
   const inner = c.isGatedAct
     ? p.scope(() =>
         mul(
-          activation(Linear(p.child('wi_0'), x, c.dModel, c.dFf, false), c.denseActFn),
+          transformersActivation(Linear(p.child('wi_0'), x, c.dModel, c.dFf, false), c.denseActFn),
           Linear(p.child('wi_1'), x, c.dModel, c.dFf, false),
         ),
       )
-    : p.scope(() => activation(Linear(p.child('wi'), x, c.dModel, c.dFf, false), c.denseActFn));
+    : p.scope(() =>
+        transformersActivation(Linear(p.child('wi'), x, c.dModel, c.dFf, false), c.denseActFn),
+      );
   return Linear(p.child('wo'), inner, c.dFf, c.dModel, false);
 }
-
-function activation(x: Tensor, name: T5Activation): Tensor {
-  switch (name) {
-    case 'relu':
-      return relu(x);
-    case 'gelu':
-      return gelu(x, 'none');
-    // gelu_new, gelu_pytorch_tanh and gelu_fast are all 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
-    case 'gelu_new':
-    case 'gelu_pytorch_tanh':
-    case 'gelu_fast':
-      return gelu(x, 'tanh');
-    case 'silu':
-    case 'swish':
-      return silu(x);
-  }
-}
-
-const KWARGS = ['output_hidden_states', 'return_dict'];
-/** transformers' attention masks: 1 = attend, in any of these dtypes. */
-const MASK_DTYPES = ['int64', 'int32', 'float32', 'bool'] as const;
 
 /** T5 text encoder loaded from a transformers folder (`config.json` + `model.safetensors`). */
 export class T5EncoderModel implements DiffusersModel {
@@ -540,53 +423,16 @@ export class T5EncoderModel implements DiffusersModel {
     inputs: Record<string, HostTensor>,
     options: { method?: string; kwargs?: Record<string, unknown> } = {},
   ): Promise<Record<string, HostTensor>> {
-    this.runnable.checkMethod(options.method, ['forward']);
-    const kwargs = options.kwargs ?? {};
-    this.runnable.checkKwargs(kwargs, KWARGS);
-    const dims = this.runnable.checkInputs(inputs, {
-      input_ids: { dtypes: ['int64', 'int32'], shape: ['B', 'S'] },
-      attention_mask: { dtypes: MASK_DTYPES, shape: ['B', 'S'], optional: true },
+    const { layout, feeds } = textEncoderCall(this.runnable, inputs, options, {
+      vocabSize: this.config.vocabSize,
+      encoder: 'the T5 encoder',
     });
-    const ids = inputs.input_ids;
-    if (dims.S < 1) {
-      throw this.runnable.inputError(
-        'input_ids',
-        `expected at least one token, got ${formatShape(ids.shape)}`,
-      );
-    }
-    checkTokenIds(ids, this.config.vocabSize, this.dir);
-    const mask = inputs.attention_mask;
-    const layout: T5EncoderGraphOptions = {
-      seqLength: dims.S,
-      idsDType: ids.dtype as T5EncoderGraphOptions['idsDType'],
-      ...(mask ? { maskDType: mask.dtype as T5EncoderGraphOptions['maskDType'] } : {}),
-      outputHiddenStates: kwargs.output_hidden_states === true,
-    };
-    const result = await this.runnable.run(
-      layout,
-      mask ? { input_ids: ids, attention_mask: mask } : { input_ids: ids },
-    );
+    const result = await this.runnable.run(layout, feeds);
     return result.host;
   }
 
   async close(): Promise<void> {
     this.runnable.clear();
     await this.weights.close();
-  }
-}
-
-/** torch's embedding rejects ids outside the table; ORT's Gather would read negative ids from the end. */
-function checkTokenIds(ids: HostTensor, vocabSize: number, dir: string): void {
-  const data = ids.data;
-  for (let i = 0; i < data.length; i++) {
-    const id = Number(data[i]);
-    if (id < 0 || id >= vocabSize) {
-      const seq = ids.shape[1];
-      throw new RuntimeError(
-        `input_ids[${Math.floor(i / seq)}, ${i % seq}] is ${id}, outside the vocabulary [0, ${vocabSize}) of the T5 encoder in ${dir}; ` +
-          'the ids come from a tokenizer with a larger vocabulary than this model (vocab_size in config.json)',
-        'INPUT_RANGE',
-      );
-    }
   }
 }

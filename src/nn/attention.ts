@@ -48,7 +48,14 @@ export interface AttentionOptions {
    */
   queryInput?: Tensor;
   keyInput?: Tensor;
+  /**
+   * The checkpoint's names of the projections where they are not diffusers' current to_q, to_k,
+   * to_v, to_out.0 (VAEs saved before diffusers 0.14: query, key, value, proj_attn).
+   */
+  projectionNames?: { q: string; k: string; v: string; out: string };
 }
+
+const PROJECTION_NAMES = { q: 'to_q', k: 'to_k', v: 'to_v', out: 'to_out.0' };
 
 /**
  * diffusers `Attention` (to_q, to_k, to_v, optional norm_q/norm_k, the kernel, to_out.0) on
@@ -60,16 +67,17 @@ export function Attention(p: Params, x: Tensor, context: Tensor | undefined, o: 
   const bias = o.bias ?? false;
   const source = context ?? x;
   const sourceDim = context === undefined ? o.queryDim : (o.crossAttentionDim ?? o.queryDim);
-  let q = Linear(p.child('to_q'), o.queryInput ?? x, o.queryDim, inner, bias);
-  let k = Linear(p.child('to_k'), o.keyInput ?? source, sourceDim, inner, bias);
-  const v = Linear(p.child('to_v'), source, sourceDim, inner, bias);
+  const names = o.projectionNames ?? PROJECTION_NAMES;
+  let q = Linear(p.child(names.q), o.queryInput ?? x, o.queryDim, inner, bias);
+  let k = Linear(p.child(names.k), o.keyInput ?? source, sourceDim, inner, bias);
+  const v = Linear(p.child(names.v), source, sourceDim, inner, bias);
   if (o.qkNorm !== undefined) {
     q = headNorm(p.child('norm_q'), q, o);
     k = headNorm(p.child('norm_k'), k, o);
   }
   const kernel = o.kernel ?? scaledDotProductKernel;
   const out = p.scope(() => kernel(q, k, v, { heads: o.heads, mask: o.mask }));
-  return Linear(p.child('to_out').child(0), out, inner, o.outDim ?? o.queryDim, o.outBias ?? true);
+  return Linear(p.child(names.out), out, inner, o.outDim ?? o.queryDim, o.outBias ?? true);
 }
 
 /** A norm over each head's dimHead features of [B, N, heads·dimHead]. */

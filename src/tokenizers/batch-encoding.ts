@@ -5,6 +5,8 @@
  */
 import { OptionError } from '../errors.js';
 import { describeJson } from '../io/json.js';
+import type { HostTensor } from '../runtime/host-tensor.js';
+import { hostTensor } from '../runtime/host-tensor.js';
 
 export type PaddingStrategy = 'max_length' | 'longest' | false;
 
@@ -106,5 +108,23 @@ export function assembleBatch(
   return {
     inputIds: sequences.map((s) => [...s, ...fill(target - s.length, pad)]),
     attentionMask: sequences.map((s) => [...fill(s.length, 1), ...fill(target - s.length, 0)]),
+  };
+}
+
+/** An encoding as the int64 `input_ids` and `attention_mask` [B, L] that text encoders' forward takes. */
+export function toModelInputs(encoding: Encoding): { input_ids: HostTensor; attention_mask: HostTensor } {
+  const batch = encoding.inputIds.length;
+  const length = batch > 0 ? encoding.inputIds[0].length : 0;
+  encoding.inputIds.forEach((row, i) => {
+    if (row.length !== length || encoding.attentionMask[i]?.length !== length) {
+      throw new OptionError(
+        `toModelInputs: row ${i} has ${row.length} tokens but row 0 has ${length}; encode with padding 'max_length' or 'longest' to get a rectangular batch`,
+      );
+    }
+  });
+  const flat = (rows: number[][]): BigInt64Array => BigInt64Array.from(rows.flat(), (v) => BigInt(v));
+  return {
+    input_ids: hostTensor('int64', [batch, length], flat(encoding.inputIds)),
+    attention_mask: hostTensor('int64', [batch, length], flat(encoding.attentionMask)),
   };
 }

@@ -13,10 +13,10 @@ import { FileFormatError } from '../errors.js';
 import { readJsonFile } from '../io/diffusers.js';
 import { describeJson, isPlainObject } from '../io/json.js';
 import type { EncodeOptions, Encoding } from './batch-encoding.js';
-import { assembleBatch, textsOf } from './batch-encoding.js';
 import { postProcessorSpecialIds } from './post-processor.js';
-import type { AddedTokenJson, FastTokenizer, TokenizerJson } from './tokenizer-json.js';
-import { createFastTokenizer } from './tokenizer-json.js';
+import { PreTrainedTokenizer } from './pretrained-tokenizer.js';
+import type { AddedTokenJson, TokenizerJson, TokenizerModelKind } from './tokenizer-json.js';
+import { checkTokenizerJson, createFastTokenizer } from './tokenizer-json.js';
 import {
   findTokenizerFolder,
   modelMaxLength,
@@ -142,19 +142,7 @@ export function parseMerges(text: string, path: string): [string, string][] {
   });
 }
 
-export class CLIPTokenizer {
-  private constructor(
-    /** The file the tokenizer was read from (tokenizer.json or vocab.json). */
-    readonly path: string,
-    private readonly fast: FastTokenizer,
-    /** Special token ids the post-processor puts before and after the text (`<|startoftext|>`, `<|endoftext|>`). */
-    private readonly prefixIds: readonly number[],
-    private readonly suffixIds: readonly number[],
-    readonly padTokenId: number | undefined,
-    /** tokenizer_config.json's model_max_length (77 for CLIP), when it sets a real limit. */
-    readonly modelMaxLength: number | undefined,
-  ) {}
-
+export class CLIPTokenizer extends PreTrainedTokenizer {
   /**
    * Load from `dir` holding tokenizer.json or vocab.json + merges.txt (with tokenizer_config.json and
    * special_tokens_map.json), or from a diffusers pipeline folder whose `tokenizer/` holds them.
@@ -229,7 +217,7 @@ export class CLIPTokenizer {
     config: Record<string, unknown>,
     path: string,
   ): CLIPTokenizer {
-    const json = checkTokenizerJson(tokenizerJson, path);
+    const json = checkTokenizerJson(tokenizerJson, path, BPE_MODEL);
     // checkTokenizerJson checked it; TokenizerJson types only a Unigram vocabulary.
     const vocab = checkVocab((json.model as Record<string, unknown>).vocab, path);
     const known = new Set(json.added_tokens.map((t) => t.content));
@@ -238,25 +226,18 @@ export class CLIPTokenizer {
       (t) => !known.has(t.content),
     );
     const full: TokenizerJson = { ...json, added_tokens: [...json.added_tokens, ...added] };
-    let fast: FastTokenizer;
-    try {
-      fast = createFastTokenizer(full);
-    } catch (error) {
-      throw new FileFormatError(
-        `${path}: the tokenizer cannot be built: ${(error as Error).message}`,
-        'TOKENIZER_INVALID',
-        path,
-      );
-    }
+    const fast = createFastTokenizer(full, path);
     const { prefix, suffix } = postProcessorSpecialIds(full, path);
-    return new CLIPTokenizer(
+    return new CLIPTokenizer({
+      className: 'CLIPTokenizer',
       path,
       fast,
-      prefix,
-      suffix,
-      fast.token_to_id(specials.pad_token),
-      modelMaxLength(config),
-    );
+      prefixIds: prefix,
+      suffixIds: suffix,
+      padTokenId: fast.token_to_id(specials.pad_token),
+      modelMaxLength: modelMaxLength(config),
+      maxLengthHint: 'CLIP text encoders take 77',
+    });
   }
 
   /** The id of `<|startoftext|>`, which the post-processor puts first. */
@@ -264,43 +245,10 @@ export class CLIPTokenizer {
     return this.prefixIds[0];
   }
 
-  /** The id of `<|endoftext|>`, which the post-processor appends (CLIPTextModel pools there). */
-  get eosTokenId(): number | undefined {
-    return this.suffixIds[this.suffixIds.length - 1];
-  }
-
-  /** The BPE tokens of `text` without special tokens, e.g. ['a</w>', 'photo</w>']. */
-  tokenize(text: string): string[] {
-    const [checked] = textsOf(text, 'CLIPTokenizer');
-    return this.fast.encode(checked, { add_special_tokens: false }).tokens;
-  }
-
-  /**
-   * transformers' `tokenizer(text, max_length=…, padding=…, truncation=…)`; diffusers' pipelines call
-   * it with `padding: 'max_length', truncation: true` (maxLength defaults to model_max_length, 77).
-   */
-  encode(text: string | readonly string[], options: CLIPEncodeOptions = {}): CLIPEncoding {
-    const texts = textsOf(text, 'CLIPTokenizer');
-    return assembleBatch(
-      texts.map((t) => this.fast.encode(t, { add_special_tokens: false }).ids),
-      options,
-      {
-        tokenizer: 'CLIPTokenizer',
-        path: this.path,
-        prefix: this.prefixIds,
-        suffix: this.suffixIds,
-        modelMaxLength: this.modelMaxLength,
-        padTokenId: this.padTokenId,
-        maxLengthHint: 'CLIP text encoders take 77',
-      },
-    );
-  }
-
   /** Text of `ids`; `skipSpecialTokens` drops `<|startoftext|>`, `<|endoftext|>` and the pad token. */
-  decode(ids: readonly number[], options: { skipSpecialTokens?: boolean } = {}): string {
-    if (ids.length === 0) return '';
+  override decode(ids: readonly number[], options: { skipSpecialTokens?: boolean } = {}): string {
     // transformers' CLIPTokenizer strips the space the last `</w>` leaves.
-    return this.fast.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? false }).trim();
+    return super.decode(ids, options).trim();
   }
 }
 
@@ -409,39 +357,12 @@ function checkVocab(raw: unknown, path: string): Record<string, number> {
   return raw as Record<string, number>;
 }
 
-function checkTokenizerJson(raw: unknown, path: string): TokenizerJson {
-  const fail = (what: string): never => {
-    throw new FileFormatError(`${path}: ${what}`, 'TOKENIZER_INVALID', path);
-  };
-  if (!isPlainObject(raw)) return fail(`expected a JSON object, found ${describeJson(raw)}`);
-  const model = raw.model;
-  if (!isPlainObject(model)) return fail(`"model" is ${describeJson(model)}; expected an object`);
-  if (model.type !== 'BPE') {
-    return fail(`"model.type" is ${describeJson(model.type)}; a CLIP tokenizer is a byte-level "BPE" model`);
-  }
-  checkVocab(model.vocab, `${path} "model.vocab"`);
-  if (!Array.isArray(model.merges)) return fail('"model.merges" must be a list of merges');
-  const added = raw.added_tokens ?? [];
-  if (
-    !Array.isArray(added) ||
-    added.some((t) => !isPlainObject(t) || typeof t.id !== 'number' || typeof t.content !== 'string')
-  ) {
-    return fail('"added_tokens" must be a list of {id, content, …} objects');
-  }
-  const component = (key: string): Record<string, unknown> | null => {
-    const value = raw[key];
-    if (value === undefined || value === null) return null;
-    return isPlainObject(value)
-      ? value
-      : fail(`"${key}" is ${describeJson(value)}; expected an object or null`);
-  };
-  return {
-    ...raw,
-    added_tokens: added as AddedTokenJson[],
-    normalizer: component('normalizer'),
-    pre_tokenizer: component('pre_tokenizer'),
-    post_processor: component('post_processor'),
-    decoder: component('decoder'),
-    model: model as TokenizerJson['model'],
-  };
-}
+/** A byte-level BPE model: a token → id vocabulary and a list of merges. */
+const BPE_MODEL: TokenizerModelKind = {
+  type: 'BPE',
+  description: 'a CLIP tokenizer is a byte-level "BPE" model',
+  check: (model, path, fail) => {
+    checkVocab(model.vocab, `${path} "model.vocab"`);
+    if (!Array.isArray(model.merges)) fail('"model.merges" must be a list of merges');
+  },
+};

@@ -6,6 +6,9 @@
  */
 import * as tokenizers from '@huggingface/tokenizers';
 
+import { FileFormatError } from '../errors.js';
+import { describeJson, isPlainObject } from '../io/json.js';
+
 export interface AddedTokenJson {
   id: number;
   content: string;
@@ -56,9 +59,71 @@ export interface FastTokenizer {
 
 type FastTokenizerClass = new (tokenizerJson: object, tokenizerConfig: object) => FastTokenizer;
 
-/** A tokenizer running `json`; throws the package's Error for components it does not know. */
-export function createFastTokenizer(json: TokenizerJson): FastTokenizer {
+/**
+ * A tokenizer running `json`, read from `path`; a component the package does not know is a
+ * FileFormatError naming the file.
+ */
+export function createFastTokenizer(json: TokenizerJson, path: string): FastTokenizer {
   const Tokenizer = (tokenizers as unknown as { Tokenizer: FastTokenizerClass }).Tokenizer;
-  // The second argument is tokenizer_config.json; none of its keys changes encoding for T5.
-  return new Tokenizer(json, {});
+  try {
+    // The second argument is tokenizer_config.json; none of its keys changes encoding here.
+    return new Tokenizer(json, {});
+  } catch (error) {
+    throw new FileFormatError(
+      `${path}: the tokenizer cannot be built: ${(error as Error).message}`,
+      'TOKENIZER_INVALID',
+      path,
+    );
+  }
+}
+
+/** What one tokenizer class needs of a tokenizer.json's `model`. */
+export interface TokenizerModelKind {
+  /** `model.type`, e.g. 'Unigram' or 'BPE'. */
+  type: string;
+  /** The sentence after a wrong `model.type`: 'a T5 tokenizer is a SentencePiece "Unigram" model'. */
+  description: string;
+  /** Checks the rest of `model` of the file `path`; `fail` throws the FileFormatError naming it. */
+  check: (model: Record<string, unknown>, path: string, fail: (what: string) => never) => void;
+}
+
+/**
+ * The parsed contents of a tokenizer.json checked before `@huggingface/tokenizers` reads them: an
+ * object whose `model` is of `kind`, `added_tokens` a list of {id, content} objects, the pipeline
+ * components objects or null. Errors are FileFormatErrors (TOKENIZER_INVALID) naming `path`.
+ */
+export function checkTokenizerJson(raw: unknown, path: string, kind: TokenizerModelKind): TokenizerJson {
+  const fail = (what: string): never => {
+    throw new FileFormatError(`${path}: ${what}`, 'TOKENIZER_INVALID', path);
+  };
+  if (!isPlainObject(raw)) return fail(`expected a JSON object, found ${describeJson(raw)}`);
+  const model = raw.model;
+  if (!isPlainObject(model)) return fail(`"model" is ${describeJson(model)}; expected an object`);
+  if (model.type !== kind.type) {
+    return fail(`"model.type" is ${describeJson(model.type)}; ${kind.description}`);
+  }
+  kind.check(model, path, fail);
+  const added = raw.added_tokens ?? [];
+  if (
+    !Array.isArray(added) ||
+    added.some((t) => !isPlainObject(t) || typeof t.id !== 'number' || typeof t.content !== 'string')
+  ) {
+    return fail('"added_tokens" must be a list of {id, content, …} objects');
+  }
+  const component = (key: string): Record<string, unknown> | null => {
+    const value = raw[key];
+    if (value === undefined || value === null) return null;
+    return isPlainObject(value)
+      ? value
+      : fail(`"${key}" is ${describeJson(value)}; expected an object or null`);
+  };
+  return {
+    ...raw,
+    added_tokens: added as AddedTokenJson[],
+    normalizer: component('normalizer'),
+    pre_tokenizer: component('pre_tokenizer'),
+    post_processor: component('post_processor'),
+    decoder: component('decoder'),
+    model: model as TokenizerJson['model'],
+  };
 }

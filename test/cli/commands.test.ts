@@ -82,22 +82,43 @@ function assertSameImage(actual: Uint8Array, expected: Uint8Array, what: string)
 }
 
 describe('velodiff forward', () => {
-  for (const [model, method, outputs] of [
-    ['models/pixart_alpha_tiny', undefined, ['sample']],
-    ['models/pixart_alpha_tiny_microcond', undefined, ['sample']],
-    ['text_encoders/t5_encoder_tiny', undefined, ['last_hidden_state']],
+  const hiddenStates = ['--kwargs', '{"output_hidden_states": true}'];
+  const clipHidden = ['hidden_states.0', 'hidden_states.1', 'hidden_states.2', 'hidden_states.3'];
+  // [golden case, outputs compared, extra flags, the case whose model/ folder it runs when not its own]
+  for (const [model, outputs, extra, weights] of [
+    ['models/pixart_alpha_tiny', ['sample'], [], undefined],
+    ['models/pixart_alpha_tiny_microcond', ['sample'], [], undefined],
+    ['text_encoders/t5_encoder_tiny', ['last_hidden_state'], [], undefined],
+    [
+      'text_encoders/clip_text_tiny',
+      ['last_hidden_state', 'pooler_output', ...clipHidden],
+      hiddenStates,
+      undefined,
+    ],
+    [
+      'text_encoders/clip_text_with_projection_tiny',
+      ['last_hidden_state', 'text_embeds', ...clipHidden],
+      hiddenStates,
+      undefined,
+    ],
+    ['models/unet2d_sd15_tiny', ['sample'], [], undefined],
+    ['models/unet2d_sd15_tiny_scalar_t', ['sample'], [], 'models/unet2d_sd15_tiny'],
+    ['models/unet2d_sd2_linearproj_tiny', ['sample'], [], undefined],
+    ['models/unet2d_sdxl_tiny', ['sample'], [], undefined],
+    ['models/unet2d_lcm_timecond_tiny', ['sample'], [], undefined],
   ] as const) {
     it(`${model}: writes outputs named as diffusers, equal to the golden ones`, async () => {
       const out = join(await mkdtemp(join(tmpdir(), 'velodiff-fwd-')), 'out.safetensors');
       const args = [
         'forward',
-        `${GOLDEN}${model}/model`,
+        `${GOLDEN}${weights ?? model}/model`,
         '--inputs',
         `${GOLDEN}${model}/inputs.safetensors`,
         '--out',
         out,
+        ...extra,
       ];
-      const r = await capture(method ? [...args, '--method', method] : args);
+      const r = await capture(args);
       assert.equal(r.code, 0, r.err);
       const ours = await readAllTensors(out);
       const golden = await readAllTensors(`${GOLDEN}${model}/outputs.safetensors`);

@@ -118,17 +118,15 @@ function pixArtBlockShapes(): Record<string, number[]> {
 
 /** The block on [B, 4 tokens, DIM] with caption [B, 3, DIM], modulation [B, 6, DIM] and an additive caption mask. */
 function buildPixArtBlock(g: Graph, inputs: Record<string, Tensor>, params: Params): Tensor {
-  return pixArtBlock(
-    params,
-    0,
-    inputs.hidden,
-    inputs.text,
-    inputs.modulation,
-    inputs.mask,
-    pixArt,
-    { selfAttention: 'compute', crossAttention: 'compute', average: false },
-    { choice: { kind: 'full' }, grid: { height: 2, width: 2 }, extras: {} },
-  );
+  return pixArtBlock(params, inputs.hidden, {
+    index: 0,
+    text: inputs.text,
+    modulation: inputs.modulation,
+    crossMask: inputs.mask,
+    config: pixArt,
+    tgate: { selfAttention: 'compute', crossAttention: 'compute', average: false },
+    selfAttention: { choice: { kind: 'full' }, grid: { height: 2, width: 2 }, extras: {} },
+  });
 }
 
 const pixArtBlockInputs: Record<string, GradInputSpec> = {

@@ -102,6 +102,56 @@ const SUBJECTS: Subject[] = [
       [{ quantization_config: QUANTIZED }, 'quantization_config', 'bitsandbytes', 'unquantized'],
     ],
   },
+  {
+    className: 'CLIPTextModel',
+    golden: ['clip_text_tiny', 'clip_text_with_projection_tiny'].map((n) =>
+      join(GOLDEN, 'text_encoders', n, 'model'),
+    ),
+    weightsFile: 'model.safetensors',
+    probe: 'text_model.encoder.layers.1.mlp.fc1.weight',
+    harmlessKeys: {
+      dropout: 0.1,
+      gradient_checkpointing: false,
+      task_specific_params: { summarization: { num_beams: 4 } },
+    },
+    harmlessTensors: ['text_model.embeddings.position_ids'],
+    unsupported: [
+      [{ hidden_act: 'relu' }, 'hidden_act', '"relu"', '"quick_gelu"'],
+      [{ model_type: 't5' }, 'model_type', '"t5"', '"clip_text_model"'],
+      [{ model_type: 'clip' }, 'model_type', '"clip"', '"clip_text_model"'],
+      [{ quantization_config: QUANTIZED }, 'quantization_config', 'bitsandbytes', 'unquantized'],
+    ],
+  },
+  {
+    className: 'UNet2DConditionModel',
+    // unet2d_sd15_tiny_scalar_t has unet2d_sd15_tiny's weights and no folder of its own.
+    golden: ['unet2d_sd15_tiny', 'unet2d_sd2_linearproj_tiny', 'unet2d_sdxl_tiny', 'unet2d_lcm_timecond_tiny'].map(
+      (n) => join(GOLDEN, 'models', n, 'model'),
+    ),
+    weightsFile: 'diffusion_pytorch_model.safetensors',
+    probe: 'down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight',
+    harmlessKeys: { upcast_attention: true, dropout: 0.1, resnet_skip_time_act: true },
+    harmlessTensors: [],
+    unsupported: [
+      [{ class_embed_type: 'timestep' }, 'class_embed_type', '"timestep"', 'null'],
+      [{ dual_cross_attention: true }, 'dual_cross_attention', 'true', 'false'],
+      [{ resnet_time_scale_shift: 'scale_shift' }, 'resnet_time_scale_shift', '"scale_shift"', '"default"'],
+      [{ time_embedding_type: 'fourier' }, 'time_embedding_type', '"fourier"', '"positional"'],
+      [
+        { mid_block_type: 'UNetMidBlock2DSimpleCrossAttn' },
+        'mid_block_type',
+        'UNetMidBlock2DSimpleCrossAttn',
+        'UNetMidBlock2DCrossAttn',
+      ],
+      [
+        { down_block_types: ['CrossAttnDownBlock2D', 'AttnDownBlock2D', 'DownBlock2D'] },
+        'down_block_types',
+        'AttnDownBlock2D',
+        'CrossAttnDownBlock2D, DownBlock2D',
+      ],
+      [{ quantization_config: QUANTIZED }, 'quantization_config', 'bitsandbytes', 'unquantized'],
+    ],
+  },
 ];
 
 /** Loads `dir` with `loadModel`, collecting warnings; closes the model again. */

@@ -6,8 +6,9 @@
  * no time embedding and output_scale_factor 1.
  */
 import type { Tensor } from '../../graph/graph.js';
-import { add, attention, reshape, transpose } from '../../graph/ops/index.js';
-import { GroupNorm, Linear } from '../../nn/layers.js';
+import { add, reshape, transpose } from '../../graph/ops/index.js';
+import { Attention } from '../../nn/attention.js';
+import { GroupNorm } from '../../nn/layers.js';
 import type { Params } from '../../nn/params.js';
 import { Downsample2D, ResnetBlock2D, Upsample2D } from '../../nn/resnet.js';
 import type { VaeActivation } from './config.js';
@@ -32,27 +33,27 @@ function resnet(p: Params, x: Tensor, inChannels: number, outChannels: number, s
   });
 }
 
+/** The projection names of checkpoints saved before diffusers 0.14. */
+const LEGACY_PROJECTION_NAMES = { q: 'query', k: 'key', v: 'value', out: 'proj_attn' };
+
 /**
- * The mid-block self-attention over the H·W positions: Attention(heads=1, dim_head=channels,
- * group norm, residual_connection=True, rescale_output_factor=1, bias=True). Checkpoints saved before
- * diffusers 0.14 name its projections query/key/value/proj_attn; both spellings load.
+ * The mid-block self-attention over the H·W positions: diffusers' Attention(heads=1,
+ * dim_head=channels, bias=True) between a group norm and the residual connection
+ * (rescale_output_factor=1). Checkpoints saved before diffusers 0.14 name its projections
+ * query/key/value/proj_attn; both spellings load.
  */
 export function VaeAttention(p: Params, x: Tensor, channels: number, s: VaeBlockSettings): Tensor {
   const [batch, , height, width] = x.shape as readonly number[];
   const legacy = !p.child('to_q').has('weight') && p.child('query').has('weight');
-  const projection = (current: string, old: string): Params => (legacy ? p.child(old) : p.child(current));
   const normed = GroupNorm(p.child('group_norm'), x, s.groups, channels, s.eps);
   const tokens = p.scope(() => transpose(reshape(normed, [batch, channels, height * width]), [0, 2, 1]));
-  const q = Linear(projection('to_q', 'query'), tokens, channels, channels);
-  const k = Linear(projection('to_k', 'key'), tokens, channels, channels);
-  const v = Linear(projection('to_v', 'value'), tokens, channels, channels);
-  const attended = p.scope(() => attention(q, k, v, { numHeads: 1 }));
-  const out = Linear(
-    legacy ? p.child('proj_attn') : p.child('to_out').child(0),
-    attended,
-    channels,
-    channels,
-  );
+  const out = Attention(p, tokens, undefined, {
+    queryDim: channels,
+    heads: 1,
+    dimHead: channels,
+    bias: true,
+    ...(legacy ? { projectionNames: LEGACY_PROJECTION_NAMES } : {}),
+  });
   return p.scope(() => add(reshape(transpose(out, [0, 2, 1]), [batch, channels, height, width]), x));
 }
 

@@ -18,6 +18,8 @@ export { writeFileAtomic } from './io/atomic.js';
 export { weightFromFile } from './nn/weights.js';
 export { readHostTensors, writeHostTensors } from './io/host-tensors.js';
 export { encodePng, imagesToRgb } from './io/png.js';
+export { decodePng, readImageFile, rgbToTensor } from './io/image.js';
+export type { RgbImage } from './io/image.js';
 export { importOptional, MissingPackageError } from './io/optional-package.js';
 export { Params } from './nn/params.js';
 export * from './nn/layers.js';

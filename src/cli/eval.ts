@@ -1,6 +1,6 @@
 import { OptionError } from '../errors.js';
 import { VelodiffEmojiClassifier } from '../models/emoji-classifier.js';
-import { DiffusionPipeline } from '../pipelines/index.js';
+import { PixArtPipeline } from '../pipelines/index.js';
 import { shippedModelDir } from '../pipelines/shipped-model.js';
 import { Runtime } from '../runtime/runtime.js';
 import { loadEmojiDataset } from '../train/data/emoji-dataset.js';
@@ -73,7 +73,7 @@ export async function evalCommand(argv: string[]): Promise<number> {
         progress.update(`eval: preparing emoji ${progressBar(done / total)} ${done}/${total}`),
     });
     const classifier = await VelodiffEmojiClassifier.fromPretrained(classifierDir, { runtime });
-    const pipeline = await DiffusionPipeline.fromPretrained(modelDir, { runtime });
+    const pipeline = await PixArtPipeline.fromPretrained(modelDir, { runtime });
     let result: EvalResult;
     try {
       result = await evaluateTextToImage({

@@ -4,26 +4,71 @@ import { readModelIndex } from '../io/diffusers.js';
 import type { Runtime } from '../runtime/runtime.js';
 import type { WarningHandler } from '../warnings.js';
 import { PixArtPipeline } from './pixart.js';
+import {
+  LatentConsistencyModelPipeline,
+  StableDiffusionImg2ImgPipeline,
+  StableDiffusionPipeline,
+} from './stable-diffusion.js';
+import { StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline } from './stable-diffusion-xl.js';
 
 export { PixArtPipeline } from './pixart.js';
+export {
+  LatentConsistencyModelPipeline,
+  StableDiffusionImg2ImgPipeline,
+  StableDiffusionPipeline,
+} from './stable-diffusion.js';
+export { StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline } from './stable-diffusion-xl.js';
+export { UNetPipeline } from './unet-pipeline.js';
+export { ClipPromptEncoder } from './clip-prompt.js';
+export { classifierFreeGuidance, guidanceScaleEmbedding, rescaleNoiseCfg } from './denoise.js';
+export { imageLatents, preprocessImage, strengthTimesteps } from './image-to-image.js';
 export { packageRoot, SHIPPED_MODEL_PATH, shippedModelDir } from './shipped-model.js';
-export type { PixArtRunOptions, PixArtOutput, ProgressEvent, StepEndInfo } from './pixart.js';
+export type { PixArtRunOptions, PixArtOutput } from './pixart.js';
+export type { PipelineOutput, ProgressEvent, StepEndInfo, LoopCallbacks } from './denoise.js';
+export type { ImageToImageOptions } from './image-to-image.js';
+export type { StableDiffusionRunOptions, LoadPipelineOptions } from './unet-pipeline.js';
+export type { StableDiffusionXLRunOptions, SizePair } from './stable-diffusion-xl.js';
+
+/** Every pipeline DiffusionPipeline.fromPretrained returns. */
+export type AnyPipeline = PixArtPipeline | StableDiffusionPipeline | StableDiffusionXLPipeline;
+
+/** model_index.json's `_class_name` values velodiff runs. */
+export const PIPELINE_CLASSES = [
+  'PixArtAlphaPipeline',
+  'PixArtSigmaPipeline',
+  'StableDiffusionPipeline',
+  'StableDiffusionImg2ImgPipeline',
+  'LatentConsistencyModelPipeline',
+  'StableDiffusionXLPipeline',
+  'StableDiffusionXLImg2ImgPipeline',
+] as const;
 
 /** diffusers' `DiffusionPipeline.fromPretrained`: the pipeline class is chosen by model_index.json. */
 export const DiffusionPipeline = {
   async fromPretrained(
     dir: string,
     options: { runtime?: Runtime; onWarning?: WarningHandler } = {},
-  ): Promise<PixArtPipeline> {
+  ): Promise<AnyPipeline> {
     const abs = resolve(dir);
     const index = await readModelIndex(abs);
+    const load = { ...options, index };
     switch (index.className) {
       case 'PixArtAlphaPipeline':
       case 'PixArtSigmaPipeline':
-        return PixArtPipeline.fromPretrained(abs, { ...options, index });
+        return PixArtPipeline.fromPretrained(abs, load);
+      case 'StableDiffusionPipeline':
+        return StableDiffusionPipeline.fromPretrained(abs, load);
+      case 'StableDiffusionImg2ImgPipeline':
+        return StableDiffusionImg2ImgPipeline.fromPretrained(abs, load);
+      case 'LatentConsistencyModelPipeline':
+        return LatentConsistencyModelPipeline.fromPretrained(abs, load);
+      case 'StableDiffusionXLPipeline':
+        return StableDiffusionXLPipeline.fromPretrained(abs, load);
+      case 'StableDiffusionXLImg2ImgPipeline':
+        return StableDiffusionXLImg2ImgPipeline.fromPretrained(abs, load);
       default:
         throw new FileFormatError(
-          `${abs}/model_index.json: pipeline class ${index.className} is not supported yet; velodiff runs PixArtAlphaPipeline and PixArtSigmaPipeline`,
+          `${abs}/model_index.json: pipeline class ${index.className} is not supported yet; velodiff runs ${PIPELINE_CLASSES.join(', ')}`,
           'PIPELINE_CLASS',
           abs,
         );

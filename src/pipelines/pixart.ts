@@ -7,35 +7,26 @@ import { AutoencoderKL } from '../models/autoencoder-kl.js';
 import { PixArtTransformer2DModel } from '../models/pixart-transformer.js';
 import type { WarningHandler } from '../warnings.js';
 import type { NoiseGenerator } from '../random/torch-generator.js';
-import { TorchGenerator } from '../random/torch-generator.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
 import { Runtime } from '../runtime/runtime.js';
-import type { Scheduler, SchedulerTensor } from '../schedulers/scheduler.js';
+import type { Scheduler } from '../schedulers/scheduler.js';
 import type { TGateOptions } from '../attention/tgate.js';
 import { TGateCaches, pruneDeadStores, tgatePlan } from '../attention/tgate.js';
 import type { AttentionOption } from '../attention/types.js';
 import type { LoadedLora } from '../lora/adapters.js';
 import { FLASH_PRESET, loadFlashLora } from '../lora/flash.js';
 import { schedulerFromConfig } from '../schedulers/index.js';
+import { asFloat, checkInteger, concatBatch, repeatBatch } from './batch.js';
+import type { LoopCallbacks, PipelineOutput } from './denoise.js';
+import { decodeImages, denoise, initialLatents, resolveGenerator } from './denoise.js';
+import type { ImageToImageOptions } from './image-to-image.js';
+import { imageHeightWidth, imageLatents, strengthTimesteps } from './image-to-image.js';
 import type { PromptEncoder } from './prompt.js';
 import { loadT5PromptEncoder } from './prompt.js';
 import { aspectRatioBinsFor, classifyHeightWidthBin, resizeAndCropTensor } from './resolution-binning.js';
 
-export interface StepEndInfo {
-  step: number;
-  timestep: number;
-  latents: HostTensor;
-}
-
-export interface ProgressEvent {
-  step: number;
-  totalSteps: number;
-  timestep: number;
-  elapsedMs: number;
-}
-
-export interface PixArtRunOptions {
+export interface PixArtRunOptions extends LoopCallbacks, ImageToImageOptions {
   prompt?: string | string[];
   negativePrompt?: string | string[];
   /** Precomputed T5 embeddings [B, L, C] with their masks [B, L] (1 = keep), instead of prompts. */
@@ -64,12 +55,6 @@ export interface PixArtRunOptions {
   eta?: number;
   /** Tokens per prompt (default 120 for PixArt-α, 300 for PixArt-Σ). */
   maxSequenceLength?: number;
-  /** Called after each step; may return new latents. */
-  callbackOnStepEnd?: (
-    info: StepEndInfo,
-  ) => void | { latents?: HostTensor } | Promise<void | { latents?: HostTensor }>;
-  onProgress?: (event: ProgressEvent) => void;
-  signal?: AbortSignal;
   outputType?: 'image' | 'latent';
   /** T-GATE (methods/tgate_flash.md §1): cache attention outputs after the gate step and drop CFG. */
   tgate?: TGateOptions;
@@ -78,6 +63,7 @@ export interface PixArtRunOptions {
 }
 
 export type { AttentionOption } from '../attention/types.js';
+export type { ProgressEvent, StepEndInfo } from './denoise.js';
 
 export interface GeneratedImage {
   width: number;
@@ -86,13 +72,7 @@ export interface GeneratedImage {
   rgb: Uint8Array;
 }
 
-export interface PixArtOutput {
-  /** Images in [0, 1], [B, 3, H, W] (diffusers' output_type 'pt'); absent for outputType 'latent'. */
-  images?: HostTensor;
-  /** The final latents (before VAE scaling is undone). */
-  latents: HostTensor;
-  timesteps: number[];
-}
+export type PixArtOutput = PipelineOutput;
 
 /** The PixArt-α / PixArt-Σ text-to-image pipeline (diffusers `PixArtAlphaPipeline`, `PixArtSigmaPipeline`). */
 export class PixArtPipeline {
@@ -212,19 +192,26 @@ export class PixArtPipeline {
     return this.transformer.config.sampleSize * this.vaeScaleFactor;
   }
 
+  /**
+   * Text-to-image, or image-to-image with `image` and `strength` (SDEdit, as diffusers'
+   * StableDiffusionImg2ImgPipeline; diffusers has no PixArt image-to-image pipeline, so this is
+   * velodiff's extension). With an image the output has the image's size and resolution binning is off.
+   */
   async run(o: PixArtRunOptions = {}): Promise<PixArtOutput> {
     const steps = o.numInferenceSteps ?? 20;
     const guidance = o.guidanceScale ?? 4.5;
     const perPrompt = o.numImagesPerPrompt ?? 1;
-    const origHeight = o.height ?? this.defaultSize;
-    const origWidth = o.width ?? this.defaultSize;
+    const imageSize = o.image ? imageHeightWidth(o.image, this.vaeScaleFactor, o) : undefined;
+    const origHeight = imageSize?.[0] ?? o.height ?? this.defaultSize;
+    const origWidth = imageSize?.[1] ?? o.width ?? this.defaultSize;
     checkInteger(origHeight, 'height', 1);
     checkInteger(origWidth, 'width', 1);
-    const bins = aspectRatioBinsFor(
-      this.className,
-      this.transformer.config.sampleSize,
-      o.useResolutionBinning,
-    );
+    if (o.image && o.useResolutionBinning) {
+      throw new OptionError('useResolutionBinning applies to text-to-image only: the image sets the size');
+    }
+    const bins = o.image
+      ? undefined
+      : aspectRatioBinsFor(this.className, this.transformer.config.sampleSize, o.useResolutionBinning);
     const [height, width] = bins
       ? classifyHeightWidthBin(origHeight, origWidth, bins)
       : [origHeight, origWidth];
@@ -249,33 +236,30 @@ export class PixArtPipeline {
 
     const scheduler = this.scheduler;
     scheduler.setTimesteps(steps);
-    const timesteps = [...scheduler.timesteps];
-    const generator =
-      o.generator ??
-      (o.seed !== undefined
-        ? new TorchGenerator(o.seed)
-        : new TorchGenerator(Math.floor(Math.random() * 2 ** 31)));
+    const generator = resolveGenerator(o);
     const channels = this.transformer.config.inChannels;
     const latentShape = [batch, channels, height / this.vaeScaleFactor, width / this.vaeScaleFactor];
+    let timesteps = [...scheduler.timesteps];
     let latents: HostTensor;
-    if (o.latents) {
-      if (o.latents.shape.join() !== latentShape.join()) {
-        throw new OptionError(
-          `latents: expected shape [${latentShape.join(', ')}], got [${o.latents.shape.join(', ')}]`,
-        );
-      }
-      latents = o.latents;
+    if (o.image) {
+      const vae = this.requireVae('image-to-image');
+      ({ timesteps } = strengthTimesteps(scheduler, steps, o.strength ?? 0.8));
+      latents = await imageLatents({
+        vae,
+        image: o.image,
+        batch,
+        numImagesPerPrompt: perPrompt,
+        generator,
+        scheduler,
+        timestep: timesteps[0],
+        noise: o.noise,
+      });
     } else {
-      latents = hostTensor('float32', latentShape, generator.randn(latentShape));
+      if (o.strength !== undefined || o.noise !== undefined) {
+        throw new OptionError('strength and noise are image-to-image options: give an image too');
+      }
+      latents = initialLatents(latentShape, o.latents, generator, scheduler.initNoiseSigma);
     }
-    // diffusers' prepare_latents: latents · init_noise_sigma, in float32.
-    const sigma = scheduler.initNoiseSigma;
-    if (sigma !== 1)
-      latents = hostTensor(
-        'float32',
-        latentShape,
-        (latents.data as Float32Array).map((v) => Math.fround(v * sigma)),
-      );
 
     const textEmbeds = cfg ? concatBatch(negEmbeds as HostTensor, embeds) : embeds;
     const textMask = cfg ? concatBatch(negMask as HostTensor, mask) : mask;
@@ -297,83 +281,66 @@ export class PixArtPipeline {
     const plan = o.tgate ? pruneDeadStores(tgatePlan(timesteps.length, o.tgate, cfg)) : undefined;
     // T-GATE's kept attention outputs, where the sessions run; released after every generation.
     const caches = new TGateCaches(this.runtime);
-    const started = Date.now();
     try {
-      for (let i = 0; i < timesteps.length; i++) {
-        o.signal?.throwIfAborted();
-        const t = timesteps[i];
-        const stepPlan = plan?.[i];
-        const stepCfg = stepPlan ? stepPlan.cfg : cfg;
-        const modelInput = stepCfg ? concatBatch(latents, latents) : latents;
-        const scaled = scheduler.scaleModelInput(schedulerTensor(modelInput), t);
-        const n = modelInput.shape[0];
-        const inputs: Record<string, HostTensor> = {
-          hidden_states: hostTensor('float32', modelInput.shape, scaled.data),
-          timestep: hostTensor('float32', [n], new Float32Array(n).fill(t)),
-          ...microConditions(n),
-        };
-        if (stepPlan?.crossAttention !== 'reuse') {
-          inputs.encoder_hidden_states = stepCfg ? textEmbeds : singleEmbeds;
-          inputs.encoder_attention_mask = stepCfg ? textMask : singleMask;
-        }
-        const tgate = stepPlan
-          ? {
-              selfAttention: stepPlan.selfAttention,
-              crossAttention: stepPlan.crossAttention,
-              average: stepPlan.average && stepCfg,
-            }
-          : undefined;
-        const result = await this.transformer.step(inputs, {
-          tgate,
-          cached: caches.current,
-          attention: resolved.attention,
-          acceleration: resolved.acceleration,
-        });
-        await caches.keep(result.retained);
-        let eps = result.host.sample;
-        if (stepCfg) eps = guide(eps, guidance);
-        // Learned sigma: the model predicts [ε, σ]; the sampler uses ε.
-        if (eps.shape[1] === 2 * channels) eps = firstChannels(eps, channels);
-        const out = scheduler.step(schedulerTensor(eps), t, schedulerTensor(latents), {
-          generator,
-          eta: o.eta ?? 0,
-        });
-        latents = hostTensor('float32', out.prevSample.shape, out.prevSample.data);
-        if (o.callbackOnStepEnd) {
-          const r = await o.callbackOnStepEnd({ step: i, timestep: t, latents });
-          if (r && r.latents) latents = r.latents;
-        }
-        o.onProgress?.({
-          step: i + 1,
-          totalSteps: timesteps.length,
-          timestep: t,
-          elapsedMs: Date.now() - started,
-        });
-      }
+      latents = await denoise({
+        scheduler,
+        timesteps,
+        latents,
+        generator,
+        eta: o.eta ?? 0,
+        guidanceScale: guidance,
+        latentChannels: channels,
+        cfgAt: (i) => (plan ? plan[i].cfg : cfg),
+        predict: async (modelInput, t, i, stepCfg) => {
+          const stepPlan = plan?.[i];
+          const n = modelInput.shape[0];
+          const inputs: Record<string, HostTensor> = {
+            hidden_states: modelInput,
+            timestep: hostTensor('float32', [n], new Float32Array(n).fill(t)),
+            ...microConditions(n),
+          };
+          if (stepPlan?.crossAttention !== 'reuse') {
+            inputs.encoder_hidden_states = stepCfg ? textEmbeds : singleEmbeds;
+            inputs.encoder_attention_mask = stepCfg ? textMask : singleMask;
+          }
+          const tgate = stepPlan
+            ? {
+                selfAttention: stepPlan.selfAttention,
+                crossAttention: stepPlan.crossAttention,
+                average: stepPlan.average && stepCfg,
+              }
+            : undefined;
+          const result = await this.transformer.step(inputs, {
+            tgate,
+            cached: caches.current,
+            attention: resolved.attention,
+            acceleration: resolved.acceleration,
+          });
+          await caches.keep(result.retained);
+          return result.host.sample;
+        },
+        callbackOnStepEnd: o.callbackOnStepEnd,
+        onProgress: o.onProgress,
+        signal: o.signal,
+      });
     } finally {
       await caches.release();
     }
-    o.signal?.throwIfAborted();
     if (o.outputType === 'latent') return { latents, timesteps };
-    if (!this.vae) throw new OptionError('this pipeline has no VAE: use outputType "latent"');
-    const scale = this.vae.config.scalingFactor;
-    const z = hostTensor(
-      'float32',
-      latents.shape,
-      (latents.data as Float32Array).map((v) => Math.fround(v / scale)),
-    );
-    let decoded = (await this.vae.decode(z)).sample;
+    const vae = this.requireVae('image output');
     // Binned back before the [0, 1] mapping, as diffusers (its clamp does not commute with the resize).
-    if (bins) decoded = await resizeAndCropTensor(this.runtime, decoded, origWidth, origHeight);
-    // (x / 2 + 0.5).clamp(0, 1), in float32 as torch.
-    const images = hostTensor(
-      'float32',
-      decoded.shape,
-      (decoded.data as Float32Array).map((v) =>
-        Math.min(1, Math.max(0, Math.fround(Math.fround(v / 2) + 0.5))),
-      ),
-    );
+    const images = await decodeImages(vae, latents, {
+      beforeMapping: bins
+        ? (decoded) => resizeAndCropTensor(this.runtime, decoded, origWidth, origHeight)
+        : undefined,
+    });
     return { images, latents, timesteps };
+  }
+
+  private requireVae(what: string): AutoencoderKL {
+    if (!this.vae)
+      throw new OptionError(`this pipeline has no VAE, which ${what} needs: use outputType "latent"`);
+    return this.vae;
   }
 
   private async encodePrompts(
@@ -512,63 +479,4 @@ export class PixArtPipeline {
     await this.promptEncoder?.close();
     if (this.ownsRuntime) await this.runtime.dispose();
   }
-}
-
-function schedulerTensor(t: HostTensor): SchedulerTensor {
-  if (t.dtype !== 'float32') throw new OptionError(`expected float32 latents, got ${t.dtype}`);
-  return { data: t.data as Float32Array, shape: t.shape };
-}
-
-function checkInteger(v: number, name: string, min: number): void {
-  if (!Number.isInteger(v) || v < min) throw new OptionError(`${name} must be an integer ≥ ${min}, got ${v}`);
-}
-
-function asFloat(t: HostTensor): HostTensor {
-  if (t.dtype === 'float32') return t;
-  if (t.dtype === 'int64')
-    return hostTensor('float32', t.shape, Float32Array.from(t.data as BigInt64Array, Number));
-  return hostTensor('float32', t.shape, Float32Array.from(t.data as Int32Array));
-}
-
-/** Concatenate along the batch axis. */
-function concatBatch(a: HostTensor, b: HostTensor): HostTensor {
-  const fa = asFloat(a);
-  const fb = asFloat(b);
-  const data = new Float32Array(fa.data.length + fb.data.length);
-  data.set(fa.data as Float32Array);
-  data.set(fb.data as Float32Array, fa.data.length);
-  return hostTensor('float32', [fa.shape[0] + fb.shape[0], ...fa.shape.slice(1)], data);
-}
-
-/** Each batch item repeated n times in place (torch's repeat + view as diffusers does). */
-function repeatBatch(t: HostTensor, n: number): HostTensor {
-  if (n === 1) return t;
-  const item = t.data.length / t.shape[0];
-  const data = new Float32Array(t.data.length * n);
-  for (let b = 0; b < t.shape[0]; b++) {
-    for (let r = 0; r < n; r++)
-      data.set((t.data as Float32Array).subarray(b * item, (b + 1) * item), (b * n + r) * item);
-  }
-  return hostTensor('float32', [t.shape[0] * n, ...t.shape.slice(1)], data);
-}
-
-/** uncond + g·(text − uncond) on the two batch halves, in float32 as torch. */
-function guide(out: HostTensor, g: number): HostTensor {
-  const half = out.data.length / 2;
-  const d = out.data as Float32Array;
-  const r = new Float32Array(half);
-  const f = Math.fround;
-  const gf = f(g);
-  for (let i = 0; i < half; i++) r[i] = f(d[i] + f(gf * f(d[half + i] - d[i])));
-  return hostTensor('float32', [out.shape[0] / 2, ...out.shape.slice(1)], r);
-}
-
-/** The first `c` channels of [B, C', H, W]. */
-function firstChannels(t: HostTensor, c: number): HostTensor {
-  const [b, all, h, w] = t.shape;
-  const plane = h * w;
-  const r = new Float32Array(b * c * plane);
-  for (let i = 0; i < b; i++)
-    r.set((t.data as Float32Array).subarray(i * all * plane, (i * all + c) * plane), i * c * plane);
-  return hostTensor('float32', [b, c, h, w], r);
 }

@@ -8,8 +8,8 @@ import { clearPlan } from '../../src/attention/clear-window.js';
 import { OptionError } from '../../src/errors.js';
 import type { TensorToWrite } from '../../src/io/safetensors.js';
 import { writeSafetensors } from '../../src/io/safetensors.js';
-import type { PixArtPipeline, PixArtRunOptions } from '../../src/pipelines/index.js';
-import { DiffusionPipeline } from '../../src/pipelines/index.js';
+import type { PixArtRunOptions } from '../../src/pipelines/index.js';
+import { PixArtPipeline } from '../../src/pipelines/index.js';
 import { Runtime } from '../../src/runtime/runtime.js';
 import { assertClose, assertExactlyEqual, compareValues } from '../compare.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
@@ -34,7 +34,7 @@ before(async () => {
 after(() => runtime.dispose());
 
 async function pipeline(): Promise<PixArtPipeline> {
-  return DiffusionPipeline.fromPretrained(await tinyPixArtPipeline(), { runtime });
+  return PixArtPipeline.fromPretrained(await tinyPixArtPipeline(), { runtime });
 }
 
 const base: PixArtRunOptions = {

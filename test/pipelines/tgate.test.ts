@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { DiffusionPipeline } from '../../src/pipelines/index.js';
-import type { PixArtPipeline, PixArtRunOptions } from '../../src/pipelines/index.js';
+import { PixArtPipeline } from '../../src/pipelines/index.js';
+import type { PixArtRunOptions } from '../../src/pipelines/index.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
 import { Runtime } from '../../src/runtime/runtime.js';
@@ -45,7 +45,7 @@ async function setup(): Promise<{
   run: (o: Partial<PixArtRunOptions>) => Promise<Float32Array>;
   close: () => Promise<void>;
 }> {
-  const pipe = await DiffusionPipeline.fromPretrained(`${CASE}pipeline`, { runtime });
+  const pipe = await PixArtPipeline.fromPretrained(`${CASE}pipeline`, { runtime });
   const base = goldenRunOptions();
   return {
     pipe,

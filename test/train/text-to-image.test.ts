@@ -17,7 +17,7 @@ import { f16ToF32, f32ToF16 } from '../../src/io/dtypes.js';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { AutoencoderKL } from '../../src/models/autoencoder-kl.js';
 import { ParameterInputs } from '../../src/nn/weights.js';
-import { DiffusionPipeline } from '../../src/pipelines/index.js';
+import { DiffusionPipeline, PixArtPipeline } from '../../src/pipelines/index.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
 import { AdamW } from '../../src/train/adamw.js';
@@ -266,7 +266,7 @@ describe('textToImageTrainer', () => {
       ).info('proj_out.weight').dtype;
       assert.equal(stored, dtype === 'float32' ? 'F32' : 'F16');
       const warnings: VelodiffWarning[] = [];
-      const pipe = await DiffusionPipeline.fromPretrained(dir, {
+      const pipe = await PixArtPipeline.fromPretrained(dir, {
         runtime: testRuntime(),
         onWarning: (w) => warnings.push(w),
       });

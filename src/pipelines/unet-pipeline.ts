@@ -1,0 +1,373 @@
+/**
+ * What the Stable Diffusion pipelines (SD 1.x/2.x, SDXL, LCM, and their image-to-image forms) share:
+ * the components (a UNet2DConditionModel, an AutoencoderKL, a scheduler), the run options, sizes,
+ * the initial or image latents, LCM's guidance embedding, and the UNet call in the shared denoising
+ * loop. Each pipeline says how prompts become the UNet's conditioning.
+ */
+import { join } from 'node:path';
+
+import { FileFormatError, OptionError } from '../errors.js';
+import type { TGateOptions } from '../attention/tgate.js';
+import type { AttentionOption } from '../attention/types.js';
+import type { ModelIndex } from '../io/diffusers.js';
+import { readTextFile } from '../io/text.js';
+import { AutoencoderKL } from '../models/autoencoder-kl.js';
+import { UNet2DConditionModel } from '../models/unet-2d-condition.js';
+import type { NoiseGenerator } from '../random/torch-generator.js';
+import type { HostTensor } from '../runtime/host-tensor.js';
+import { hostTensor } from '../runtime/host-tensor.js';
+import { Runtime } from '../runtime/runtime.js';
+import type { Scheduler } from '../schedulers/scheduler.js';
+import { schedulerFromConfig } from '../schedulers/index.js';
+import type { WarningHandler } from '../warnings.js';
+import { checkInteger, concatBatch } from './batch.js';
+import type { LoopCallbacks, PipelineOutput } from './denoise.js';
+import {
+  decodeImages,
+  denoise,
+  guidanceScaleEmbedding,
+  initialLatents,
+  resolveGenerator,
+} from './denoise.js';
+import type { ImageToImageOptions } from './image-to-image.js';
+import { imageHeightWidth, imageLatents, strengthTimesteps } from './image-to-image.js';
+
+/** Options of every Stable Diffusion pipeline's `run` (diffusers' `__call__` arguments in camelCase). */
+export interface StableDiffusionRunOptions extends LoopCallbacks, ImageToImageOptions {
+  prompt?: string | string[];
+  negativePrompt?: string | string[];
+  /** Precomputed text embeddings [B, 77, cross_attention_dim], instead of prompts. */
+  promptEmbeds?: HostTensor;
+  negativePromptEmbeds?: HostTensor;
+  /** Initial latents [B·n, 4, H/8, W/8] (text-to-image), or the already noised start (image-to-image). */
+  latents?: HostTensor;
+  numInferenceSteps?: number;
+  /** Classifier-free guidance scale; guidance runs when > 1 and the UNet has no time_cond_proj_dim. */
+  guidanceScale?: number;
+  /** diffusers' guidance_rescale φ (Lin et al. 2023 §3.4), applied after guidance; default 0. */
+  guidanceRescale?: number;
+  /** Layers skipped from the end of the text encoder (diffusers' clip_skip); default none. */
+  clipSkip?: number;
+  height?: number;
+  width?: number;
+  numImagesPerPrompt?: number;
+  /** Seed of a torch-compatible CPU generator (same seed → same latents as diffusers on CPU). */
+  seed?: number;
+  generator?: NoiseGenerator;
+  /** DDIM's eta (ignored by schedulers without it). */
+  eta?: number;
+  outputType?: 'image' | 'latent';
+  /** Not available on UNets yet (issue 10 §3); accepted so that an error can say so. */
+  tgate?: TGateOptions;
+  attention?: AttentionOption;
+}
+
+/** The UNet's conditioning for the positive (and, under CFG, negative) half of the batch. */
+export interface UNetConditioning {
+  /** [B·n, L, cross_attention_dim] */
+  embeds: HostTensor;
+  negEmbeds?: HostTensor;
+  /** SDXL's added_cond_kwargs, per half: `text_embeds` [B·n, T] and `time_ids` [B·n, N]. */
+  added?: {
+    textEmbeds: HostTensor;
+    timeIds: HostTensor;
+    negTextEmbeds?: HostTensor;
+    negTimeIds?: HostTensor;
+  };
+}
+
+export interface LoadPipelineOptions {
+  runtime?: Runtime;
+  /** model_index.json, when the caller has read it already. */
+  index?: ModelIndex;
+  /** Receives each component's ignored config keys and tensors (default: a process warning). */
+  onWarning?: WarningHandler;
+}
+
+export interface UNetComponents {
+  unet: UNet2DConditionModel;
+  /** Absent in pipelines built from components for latent output only. */
+  vae?: AutoencoderKL;
+  scheduler: Scheduler;
+}
+
+/** Defaults of a pipeline class's run, as its diffusers `__call__` signature has them. */
+export interface RunDefaults {
+  numInferenceSteps: number;
+  guidanceScale: number;
+  /** Image-to-image classes: the default strength, and an image is required. */
+  strength?: number;
+}
+
+export abstract class UNetPipeline {
+  /** The pipeline class model_index.json names (or the class built from components). */
+  abstract readonly className: string;
+  abstract readonly defaults: RunDefaults;
+  readonly unet: UNet2DConditionModel;
+  readonly vae: AutoencoderKL | undefined;
+  scheduler: Scheduler;
+
+  protected constructor(
+    readonly dir: string,
+    components: UNetComponents,
+    readonly runtime: Runtime,
+    protected readonly ownsRuntime: boolean,
+  ) {
+    this.unet = components.unet;
+    this.vae = components.vae;
+    this.scheduler = components.scheduler;
+  }
+
+  /** diffusers' `vae_scale_factor`: 2^(VAE levels − 1), 8 without a VAE. */
+  get vaeScaleFactor(): number {
+    return this.vae?.vaeScaleFactor ?? 8;
+  }
+
+  /** Default output [height, width]: the UNet's sample_size × the VAE factor (512 for SD 1.5, 1024 for SDXL). */
+  get defaultSize(): [number, number] {
+    const s = this.unet.config.sampleSize ?? 64;
+    const [h, w] = typeof s === 'number' ? [s, s] : s;
+    return [h * this.vaeScaleFactor, w * this.vaeScaleFactor];
+  }
+
+  /** SDXL scales latents with the VAE's latents_mean/latents_std where it has them; SD 1.x/2.x does not. */
+  protected get latentsStatistics(): boolean {
+    return false;
+  }
+
+  /** How prompts (or given embeddings) become the UNet's conditioning, repeated per image. */
+  protected abstract encodePrompt(
+    o: StableDiffusionRunOptions,
+    cfg: boolean,
+    perPrompt: number,
+    size: { height: number; width: number },
+  ): Promise<UNetConditioning>;
+
+  async run(o: StableDiffusionRunOptions = {}): Promise<PipelineOutput> {
+    if (o.tgate) throw notYet('tgate', this.className);
+    if (o.attention && o.attention.kind !== 'full')
+      throw notYet(`attention '${o.attention.kind}'`, this.className);
+    const steps = o.numInferenceSteps ?? this.defaults.numInferenceSteps;
+    const guidance = o.guidanceScale ?? this.defaults.guidanceScale;
+    const rescale = o.guidanceRescale ?? 0;
+    const perPrompt = o.numImagesPerPrompt ?? 1;
+    checkInteger(steps, 'numInferenceSteps', 1);
+    checkInteger(perPrompt, 'numImagesPerPrompt', 1);
+    if (!Number.isFinite(guidance)) throw new OptionError(`guidanceScale must be a number, got ${guidance}`);
+    if (!Number.isFinite(rescale) || rescale < 0) {
+      throw new OptionError(`guidanceRescale must be a number ≥ 0 (0.7 in Lin et al.), got ${rescale}`);
+    }
+    if (o.clipSkip !== undefined) checkInteger(o.clipSkip, 'clipSkip', 0);
+    if (this.defaults.strength !== undefined && !o.image) {
+      throw new OptionError(`${this.className} needs an image (run({ image, strength }))`);
+    }
+    const [height, width] = o.image
+      ? imageHeightWidth(o.image, this.vaeScaleFactor, o)
+      : [o.height ?? this.defaultSize[0], o.width ?? this.defaultSize[1]];
+    const factor = this.vaeScaleFactor;
+    for (const [name, v] of [
+      ['height', height],
+      ['width', width],
+    ] as const) {
+      checkInteger(v, name, 1);
+      if (v % factor !== 0) {
+        throw new OptionError(
+          `${name} ${v} must be a multiple of ${factor} (the VAE factor); try ${Math.max(factor, Math.round(v / factor) * factor)}`,
+        );
+      }
+    }
+    const timeCondDim = this.unet.config.timeCondProjDim;
+    // diffusers: LCM UNets take the guidance scale as an embedding and never run CFG.
+    const cfg = guidance > 1 && timeCondDim === null;
+    const cond = await this.encodePrompt(o, cfg, perPrompt, { height, width });
+    const batch = cond.embeds.shape[0];
+
+    const scheduler = this.scheduler;
+    scheduler.setTimesteps(steps);
+    const generator = resolveGenerator(o);
+    let timesteps = [...scheduler.timesteps];
+    let latents: HostTensor;
+    if (o.image) {
+      ({ timesteps } = strengthTimesteps(scheduler, steps, o.strength ?? this.defaults.strength ?? 0.8));
+      const shape = [batch, this.unet.config.inChannels, height / factor, width / factor];
+      if (o.latents) {
+        if (o.noise) throw new OptionError('give latents (the noised start) or noise, not both');
+        latents = initialLatents(shape, o.latents, generator, 1);
+      } else {
+        latents = await imageLatents({
+          vae: this.requireVae('image-to-image'),
+          image: o.image,
+          batch,
+          numImagesPerPrompt: perPrompt,
+          generator,
+          scheduler,
+          timestep: timesteps[0],
+          noise: o.noise,
+          latentsStatistics: this.latentsStatistics,
+        });
+      }
+    } else {
+      if (o.strength !== undefined || o.noise !== undefined) {
+        throw new OptionError('strength and noise are image-to-image options: give an image too');
+      }
+      const shape = [batch, this.unet.config.inChannels, height / factor, width / factor];
+      latents = initialLatents(shape, o.latents, generator, scheduler.initNoiseSigma);
+    }
+
+    // LCM's w embedding of guidance − 1 (diffusers' get_guidance_scale_embedding).
+    const timestepCond =
+      timeCondDim === null ? undefined : guidanceScaleEmbedding(guidance - 1, batch, timeCondDim);
+    const both = (neg: HostTensor | undefined, pos: HostTensor, stepCfg: boolean): HostTensor =>
+      stepCfg ? concatBatch(neg as HostTensor, pos) : pos;
+    const textEmbeds = both(cond.negEmbeds, cond.embeds, cfg);
+    const added: Record<string, HostTensor> = cond.added
+      ? {
+          text_embeds: both(cond.added.negTextEmbeds, cond.added.textEmbeds, cfg),
+          time_ids: both(cond.added.negTimeIds, cond.added.timeIds, cfg),
+        }
+      : {};
+    latents = await denoise({
+      scheduler,
+      timesteps,
+      latents,
+      generator,
+      eta: o.eta ?? 0,
+      guidanceScale: guidance,
+      guidanceRescale: rescale,
+      latentChannels: this.unet.config.inChannels,
+      cfgAt: () => cfg,
+      predict: async (modelInput, t) => {
+        const n = modelInput.shape[0];
+        const inputs: Record<string, HostTensor> = {
+          sample: modelInput,
+          timestep: hostTensor('float32', [n], new Float32Array(n).fill(t)),
+          encoder_hidden_states: textEmbeds,
+          ...added,
+        };
+        if (timestepCond) inputs.timestep_cond = timestepCond;
+        return (await this.unet.forward(inputs)).sample;
+      },
+      callbackOnStepEnd: o.callbackOnStepEnd,
+      onProgress: o.onProgress,
+      signal: o.signal,
+    });
+    if (o.outputType === 'latent') return { latents, timesteps };
+    const images = await decodeImages(this.requireVae('image output'), latents, {
+      latentsStatistics: this.latentsStatistics,
+    });
+    return { images, latents, timesteps };
+  }
+
+  private requireVae(what: string): AutoencoderKL {
+    if (!this.vae)
+      throw new OptionError(`this pipeline has no VAE, which ${what} needs: use outputType "latent"`);
+    return this.vae;
+  }
+
+  /** Text encoders and tokenizers, closed with the pipeline. */
+  protected abstract closeEncoders(): Promise<void>;
+
+  async close(): Promise<void> {
+    await this.unet.close();
+    await this.vae?.close();
+    await this.closeEncoders();
+    if (this.ownsRuntime) await this.runtime.dispose();
+  }
+}
+
+function notYet(what: string, className: string): OptionError {
+  return new OptionError(
+    `${what} is not available for ${className} yet (UNet accelerations are issue 10 §3); it runs on PixArt pipelines`,
+  );
+}
+
+/**
+ * Loads a UNet pipeline folder's shared components and then `more` (its text encoders); what was
+ * loaded before a failure is closed again, and a runtime made here disposed.
+ */
+export async function loadUNetFolder<T>(
+  dir: string,
+  index: ModelIndex,
+  options: { runtime?: Runtime; onWarning?: WarningHandler },
+  more: (load: {
+    runtime: Runtime;
+    onWarning?: WarningHandler;
+    track: <C extends { close(): Promise<void> }>(component: C) => C;
+  }) => Promise<T>,
+): Promise<{ components: Required<UNetComponents>; extra: T; runtime: Runtime; ownsRuntime: boolean }> {
+  for (const part of ['unet', 'vae', 'scheduler']) {
+    const entry = index.components[part];
+    if (!entry || entry[1] === null) {
+      throw new FileFormatError(
+        `${join(dir, 'model_index.json')}: the pipeline has no "${part}" component; a ${index.className} folder needs unet/, vae/ and scheduler/`,
+        'COMPONENT_MISSING',
+        dir,
+      );
+    }
+  }
+  const runtime = options.runtime ?? new Runtime();
+  const load = { runtime, onWarning: options.onWarning };
+  const loaded: { close(): Promise<void> }[] = [];
+  const track = <C extends { close(): Promise<void> }>(component: C): C => {
+    loaded.push(component);
+    return component;
+  };
+  try {
+    const unet = track(await UNet2DConditionModel.fromPretrained(join(dir, 'unet'), load));
+    const vae = track(await AutoencoderKL.fromPretrained(join(dir, 'vae'), load));
+    const schedulerPath = join(dir, 'scheduler', 'scheduler_config.json');
+    const scheduler = schedulerFromConfig(await readTextFile(schedulerPath, 'the scheduler config'));
+    const extra = await more({ ...load, track });
+    return {
+      components: { unet, vae, scheduler },
+      extra,
+      runtime,
+      ownsRuntime: options.runtime === undefined,
+    };
+  } catch (error) {
+    await Promise.all(loaded.map((component) => component.close()));
+    if (options.runtime === undefined) await runtime.dispose();
+    throw error;
+  }
+}
+
+/** `prompt` as a list, the batch size it gives, or the batch of `promptEmbeds`. */
+export function promptList(o: {
+  prompt?: string | string[];
+  promptEmbeds?: HostTensor;
+}): string[] | undefined {
+  if (o.promptEmbeds) {
+    if (o.prompt !== undefined) throw new OptionError('give either prompt or promptEmbeds, not both');
+    return undefined;
+  }
+  if (o.prompt === undefined) throw new OptionError('give a prompt (or promptEmbeds)');
+  const prompts = typeof o.prompt === 'string' ? [o.prompt] : o.prompt;
+  if (prompts.length === 0) throw new OptionError('prompt is an empty list');
+  return prompts;
+}
+
+/** A negative prompt (or list) for `count` prompts, default "" (diffusers' uncond tokens). */
+export function negativeList(
+  negative: string | string[] | undefined,
+  count: number,
+  what = 'negativePrompt',
+): string[] {
+  const neg = negative ?? '';
+  const list = typeof neg === 'string' ? new Array<string>(count).fill(neg) : neg;
+  if (list.length !== count) {
+    throw new OptionError(
+      `${what} has ${list.length} entries for ${count} prompts; give one, or one per prompt`,
+    );
+  }
+  return list;
+}
+
+/** Checks a given embedding's shape against what it must match. */
+export function checkEmbeds(name: string, t: HostTensor | undefined, shape: readonly number[]): HostTensor {
+  if (!t || t.shape.join() !== shape.join()) {
+    throw new OptionError(
+      `${name} must have shape [${shape.join(', ')}]${t ? `, got [${t.shape.join(', ')}]` : ''}`,
+    );
+  }
+  return t;
+}

@@ -5,6 +5,8 @@ import { benchDenoiser } from './denoiser.js';
 import { benchEngine } from './engine.js';
 import { benchPipeline } from './pipeline.js';
 import { benchTrain } from './train.js';
+import { SD15_UNET } from './random-unet.js';
+import { benchUNet } from './unet.js';
 import { machineLine } from './stats.js';
 
 const BENCHES: Record<string, () => Promise<unknown>> = {
@@ -20,6 +22,20 @@ const BENCHES: Record<string, () => Promise<unknown>> = {
   train: () =>
     benchTrain(
       { batch: 32, vaeBatch: 8, reps: 3, threads: 0, vocab: 4000, textLength: 32, inline: false },
+      console.log,
+    ),
+  unet: () =>
+    benchUNet(
+      {
+        shape: SD15_UNET,
+        latents: [
+          [64, 64],
+          [128, 128],
+        ],
+        reps: 3,
+        warmups: 1,
+        threads: 0,
+      },
       console.log,
     ),
 };

@@ -92,6 +92,31 @@ const TRAIN_FLAGS: Record<string, FlagSpec> = {
   ...COMMON,
 };
 
+const UNET_FLAGS: Record<string, FlagSpec> = {
+  latent: {
+    type: 'string',
+    description: 'latent sizes HxW, comma-separated; 64x64 = 512×512 px (npm run bench adds 128x128)',
+    default: '64x64',
+  },
+  levels: { type: 'integer', description: "SD 1.5's levels kept, from the top (1–4)", default: 4 },
+  'layers-per-block': { type: 'integer', description: 'resnets per down level (SD 1.5: 2)', default: 2 },
+  channels: {
+    type: 'string',
+    description: 'block_out_channels before --levels truncates them',
+    default: '320,640,1280,1280',
+  },
+  heads: { type: 'integer', description: 'attention_head_dim (SD 1.x: the number of heads)', default: 8 },
+  'cross-attention-dim': {
+    type: 'integer',
+    description: 'text embedding width (CLIP ViT-L: 768)',
+    default: 768,
+  },
+  'norm-groups': { type: 'integer', description: 'norm_num_groups', default: 32 },
+  reps: { type: 'integer', description: 'timed steps per size, after the warm-up', default: 3 },
+  warmups: { type: 'integer', description: 'untimed steps per size before the timed ones', default: 1 },
+  ...COMMON,
+};
+
 function squareTokens(value: string, command: string): number[] {
   const tokens = value.split(',').map((t) => Number(t.trim()));
   for (const t of tokens) {
@@ -138,8 +163,9 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (name === 'attention') return benchAttentionCommand(rest);
   if (name === 'tgate') return benchTgateCommand(rest);
   if (name === 'train') return benchTrainCommand(rest);
+  if (name === 'unet') return benchUNetCommand(rest);
   throw new OptionError(
-    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train`,
+    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train, unet`,
   );
 }
 
@@ -288,6 +314,73 @@ async function benchTrainCommand(argv: string[]): Promise<number> {
     const { samples_per_s, gflops, matmul_gflops, fraction, ...rest } = result;
     // The contract's four keys first; the VAE's and each row's figures after them.
     console.log(JSON.stringify({ samples_per_s, gflops, matmul_gflops, fraction, ...rest }));
+  }
+  return 0;
+}
+
+async function benchUNetCommand(argv: string[]): Promise<number> {
+  const parsed = benchFlags(
+    argv,
+    UNET_FLAGS,
+    'bench unet',
+    'One SD 1.5-width UNet2DConditionModel step (batch 2 as CFG runs it, 77 text tokens, random weights) vs MatMul and Conv throughput.',
+  );
+  if (!parsed) return 0;
+  const { flags, json, log } = parsed;
+  positive(
+    flags,
+    ['levels', 'layers-per-block', 'heads', 'cross-attention-dim', 'norm-groups', 'reps'],
+    'bench unet',
+  );
+  if ((flags.warmups as number) < 0) throw new OptionError('bench unet: --warmups must be ≥ 0');
+  const { parseLatents, benchUNet } = await import('../../bench/unet.js');
+  const latents = parseLatents(String(flags.latent));
+  if (!latents)
+    throw new OptionError(
+      `bench unet: --latent must be sizes HxW (e.g. 64x64,128x128), got "${String(flags.latent)}"`,
+    );
+  const channels = String(flags.channels)
+    .split(',')
+    .map((c) => Number(c.trim()));
+  if (!channels.every((c) => Number.isInteger(c) && c >= 1))
+    throw new OptionError(
+      `bench unet: --channels must be positive integers, got "${String(flags.channels)}"`,
+    );
+  const result = await benchUNet(
+    {
+      shape: {
+        levels: flags.levels as number,
+        layersPerBlock: flags['layers-per-block'] as number,
+        blockOutChannels: channels,
+        attentionHeadDim: flags.heads as number,
+        crossAttentionDim: flags['cross-attention-dim'] as number,
+        normNumGroups: flags['norm-groups'] as number,
+      },
+      latents,
+      reps: flags.reps as number,
+      warmups: flags.warmups as number,
+      threads: flags.threads as number,
+    },
+    log,
+  );
+  if (json) {
+    const [first] = result.rows;
+    const { latent, ms, gflops, matmul_gflops, fraction, ...rest } = first;
+    // The contract's five keys first, for the first latent size; every size's row after them.
+    console.log(
+      JSON.stringify({
+        latent,
+        ms,
+        gflops,
+        matmul_gflops,
+        fraction,
+        ...rest,
+        levels: flags.levels,
+        layers_per_block: flags['layers-per-block'],
+        parameters: result.parameters,
+        rows: result.rows,
+      }),
+    );
   }
   return 0;
 }

@@ -1,5 +1,6 @@
 import { resolve } from 'node:path';
 import type { AttentionOption } from '../attention/types.js';
+import type { DeepCacheOptions } from '../attention/deepcache.js';
 import type { TGateOptions } from '../attention/tgate.js';
 import { OptionError } from '../errors.js';
 import type { FlagSpec, ParsedArgs } from './args.js';
@@ -21,6 +22,30 @@ export const attentionFlags: Record<string, FlagSpec> = {
 export const tgateFlag: Record<string, FlagSpec> = {
   tgate: { type: 'string', description: 'T-GATE: G[,sp,fi,warmup][,lcm] (gate step, intervals, warm-up)' },
 };
+
+export const deepCacheFlags: Record<string, FlagSpec> = {
+  'deep-cache-interval': {
+    type: 'integer',
+    description: 'DeepCache (UNet models): a full step every N steps, the others reuse the deep features',
+  },
+  'deep-cache-branch': {
+    type: 'integer',
+    description: 'DeepCache: the cache branch id (0 = shallowest, default 0)',
+  },
+};
+
+/** `--deep-cache-interval N [--deep-cache-branch B]`. */
+export function deepCacheOption(flags: ParsedArgs['flags']): DeepCacheOptions | undefined {
+  const interval = flags['deep-cache-interval'] as number | undefined;
+  const branch = flags['deep-cache-branch'] as number | undefined;
+  if (interval === undefined) {
+    if (branch !== undefined) throw new OptionError('--deep-cache-branch needs --deep-cache-interval N');
+    return undefined;
+  }
+  integer(String(interval), '--deep-cache-interval', 1);
+  if (branch !== undefined) integer(String(branch), '--deep-cache-branch', 0);
+  return { cacheInterval: interval, cacheBranchId: branch ?? 0 };
+}
 
 function integer(text: string, what: string, min: number): number {
   const n = Number(text);

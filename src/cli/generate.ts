@@ -15,6 +15,8 @@ import { runtimeFlags, runtimeOptions } from './runtime-flags.js';
 import {
   attentionFlags,
   attentionOption,
+  deepCacheFlags,
+  deepCacheOption,
   loraOptions,
   tgateFlag,
   tgateOption,
@@ -66,6 +68,7 @@ const FLAGS: Record<string, FlagSpec> = {
   },
   ...attentionFlags,
   ...tgateFlag,
+  ...deepCacheFlags,
   flash: {
     type: 'string',
     description: 'Flash Diffusion LoRA: fused, LCM, 4 steps, guidance 0 unless overridden',
@@ -107,42 +110,41 @@ export async function generateCommand(argv: string[]): Promise<number> {
       let steps = flags.steps as number | undefined;
       let guidance = flags.guidance as number | undefined;
       const loras = loraOptions(flags);
-      if (!(pipe instanceof PixArtPipeline)) {
-        // LoRA and Flash Diffusion on UNets are issue 10 §3; said here rather than ignored.
-        if (flags.flash !== undefined || loras.length > 0) {
-          throw new OptionError(
-            `generate: --flash and --lora run on PixArt folders for now; ${pipe.className} (a UNet) does not take them yet`,
-          );
-        }
-      } else {
+      if (pipe instanceof PixArtPipeline) {
         for (const flag of ['guidance-rescale', 'clip-skip']) {
           if (flags[flag] !== undefined)
             throw new OptionError(
               `generate: --${flag} applies to Stable Diffusion folders, not ${pipe.className}`,
             );
         }
-        if (flags.flash !== undefined) {
-          const { adapter, runOptions } = await pipe.useFlashDiffusion(String(flags.flash));
-          steps ??= runOptions.numInferenceSteps;
-          guidance ??= runOptions.guidanceScale;
-          console.error(
-            `Flash Diffusion: ${adapter.modules.length} LoRA modules fused (alpha/r ${adapter.alphaOverRank.join(', ')}), LCM sampling`,
-          );
-        }
-        for (const [i, { path }] of loras.entries()) {
-          const loaded = await pipe.loadLoraWeights(path, { adapterName: `lora_${i}` });
-          if (loaded.ignored.length > 0) {
-            console.error(
-              `warning: ${path}: ${loaded.ignored.length} keys match no module of the model and are ignored`,
-            );
-          }
-        }
-        if (loras.length > 0)
-          pipe.setAdapters(
-            loras.map((_, i) => `lora_${i}`),
-            loras.map((l) => l.scale),
-          );
       }
+      // PixArt, SD and SDXL pipelines have the same LoRA verbs and Flash recipe.
+      if (flags.flash !== undefined) {
+        const { adapter, runOptions } = await pipe.useFlashDiffusion(String(flags.flash));
+        steps ??= runOptions.numInferenceSteps;
+        guidance ??= runOptions.guidanceScale;
+        console.error(
+          `Flash Diffusion: ${adapter.modules.length} LoRA modules fused (alpha/r ${adapter.alphaOverRank.join(', ')}), LCM sampling`,
+        );
+        if (adapter.ignored.length > 0) {
+          console.error(
+            `warning: ${String(flags.flash)}: ${adapter.ignored.length} keys match no module of the model and are ignored`,
+          );
+        }
+      }
+      for (const [i, { path }] of loras.entries()) {
+        const loaded = await pipe.loadLoraWeights(path, { adapterName: `lora_${i}` });
+        if (loaded.ignored.length > 0) {
+          console.error(
+            `warning: ${path}: ${loaded.ignored.length} keys match no module of the model and are ignored`,
+          );
+        }
+      }
+      if (loras.length > 0)
+        pipe.setAdapters(
+          loras.map((_, i) => `lora_${i}`),
+          loras.map((l) => l.scale),
+        );
       if (flags.scheduler !== undefined) {
         const name = String(flags.scheduler);
         const className = SCHEDULER_NAMES[name] ?? name;
@@ -169,11 +171,18 @@ export async function generateCommand(argv: string[]): Promise<number> {
         strength: flags.strength as number | undefined,
         onProgress: (e: ProgressEvent) => progress.update(stepLine(e.step, e.totalSteps, e.elapsedMs)),
       };
+      const deepCache = deepCacheOption(flags);
+      if (deepCache && pipe instanceof PixArtPipeline) {
+        throw new OptionError(
+          'generate: --deep-cache-interval works on UNet models (SD 1.x/2.x, SDXL), not PixArt',
+        );
+      }
       const output =
         pipe instanceof PixArtPipeline
           ? await pipe.run(common)
           : await pipe.run({
               ...common,
+              deepCache,
               guidanceRescale: flags['guidance-rescale'] as number | undefined,
               clipSkip: flags['clip-skip'] as number | undefined,
             });

@@ -23,7 +23,14 @@ import type { TensorSource } from '../nn/weights.js';
 import { weightFromFile } from '../nn/weights.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
-import type { IgnoredLoraKey, LoraFileContents, LoraFormat, LoraPair, ModelParameters } from './format.js';
+import type {
+  IgnoredLoraKey,
+  LoraComponent,
+  LoraFileContents,
+  LoraFormat,
+  LoraPair,
+  ModelParameters,
+} from './format.js';
 import { readLoraFile } from './format.js';
 
 export interface LoadLoraOptions {
@@ -31,6 +38,8 @@ export interface LoadLoraOptions {
   adapterName?: string;
   /** The parameters of the model the LoRA is for (its WeightStore): resolves and checks every module. */
   modelParameters: ModelParameters;
+  /** Which component's keys of the file apply (default the denoiser); the others are reported ignored. */
+  component?: LoraComponent;
 }
 
 /** What `load` found: the modules an adapter changes and the keys it could not apply. */
@@ -104,7 +113,7 @@ export class AdapterSet implements LoraProvider {
         'ADAPTER_EXISTS',
       );
     }
-    const contents = await readLoraFile(path, options.modelParameters);
+    const contents = await readLoraFile(path, options.modelParameters, options.component);
     if (contents.pairs.length === 0) {
       const shown = contents.ignored.slice(0, 3).map((i) => `'${i.key}': ${i.reason}`);
       throw new FileFormatError(

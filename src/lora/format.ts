@@ -28,6 +28,13 @@ import { didYouMean } from '../io/suggest.js';
 
 export type LoraFormat = 'peft' | 'diffusers' | 'kohya';
 
+/**
+ * The pipeline component a LoRA is loaded into: the denoiser (keys `unet.`/`transformer.`, kohya
+ * `lora_unet_`/`lora_transformer_`) or a text encoder (`text_encoder.`/`text_encoder_2.`, kohya
+ * `lora_te_`/`lora_te1_` and `lora_te2_`), as diffusers' `load_lora_weights` routes them.
+ */
+export type LoraComponent = 'denoiser' | 'text_encoder' | 'text_encoder_2';
+
 /** A tensor of a LoRA file: its header entry (`name` is the key in the file) and the file's path. */
 export type LoraTensorInfo = TensorInfo & { readonly path: string };
 
@@ -51,6 +58,8 @@ export interface LoraPair {
 export interface IgnoredLoraKey {
   readonly key: string;
   readonly reason: string;
+  /** Set when the key is ignored only because it belongs to another component (a pipeline routes it there). */
+  readonly component?: LoraComponent;
 }
 
 /** The parameters of the model a LoRA is for: a WeightStore or SafetensorsFile fits. */
@@ -92,7 +101,11 @@ const FLOAT_DTYPES: readonly string[] = ['F32', 'F16', 'BF16', 'F64'];
  * adapter_config.json. Only the header and the scalar alpha tensors are read; A and B stay in the
  * file, to be used in place by the graphs.
  */
-export async function readLoraFile(path: string, model: ModelParameters): Promise<LoraFileContents> {
+export async function readLoraFile(
+  path: string,
+  model: ModelParameters,
+  component: LoraComponent = 'denoiser',
+): Promise<LoraFileContents> {
   const given = resolve(path);
   let filePath = given;
   let configPath: string | undefined;
@@ -119,7 +132,7 @@ export async function readLoraFile(path: string, model: ModelParameters): Promis
       }
       config = parsePeftConfig(await readJsonFile(configPath, 'the PEFT adapter config'), configPath);
     } else {
-      config = diffusersMetadataConfig(file.metadata, filePath);
+      config = diffusersMetadataConfig(file.metadata, filePath, component);
     }
     const alphas = new Map<string, number>();
     for (const key of keys) {
@@ -132,8 +145,29 @@ export async function readLoraFile(path: string, model: ModelParameters): Promis
       configPath: format === 'peft' ? configPath : undefined,
       format,
       config,
-      ...pairLoraTensors(tensors, alphas, format, config, model, file.path),
+      ...pairLoraTensors(tensors, alphas, format, config, model, file.path, component),
     };
+  } finally {
+    await file.close();
+  }
+}
+
+/**
+ * The components whose keys a LoRA file (or PEFT folder) holds, for a pipeline to route it: keys
+ * without a component prefix, and PEFT folders (made for one model), count as the denoiser's.
+ */
+export async function loraFileComponents(path: string): Promise<Set<LoraComponent>> {
+  const given = resolve(path);
+  const directory = await isDirectory(given);
+  const file = await SafetensorsFile.open(directory ? join(given, PEFT_WEIGHTS) : given);
+  try {
+    const keys = file.names();
+    const format = detectFormat(keys, directory);
+    const found = new Set<LoraComponent>();
+    if (format === 'peft') return new Set(['denoiser']);
+    const prefixes = format === 'kohya' ? KOHYA_PREFIXES : DIFFUSERS_PREFIXES;
+    for (const key of keys) found.add(splitComponent(key, prefixes).component ?? 'denoiser');
+    return found;
   } finally {
     await file.close();
   }
@@ -150,7 +184,7 @@ export function detectFormat(keys: readonly string[], hasPeftConfig: boolean): L
 type KeyRole =
   | { kind: 'part'; module: string; role: 'down' | 'up' | 'alpha' }
   | { kind: 'unsupported'; module: string; reason: string }
-  | { kind: 'ignored'; reason: string };
+  | { kind: 'ignored'; reason: string; component?: LoraComponent };
 
 /** A module's keys as found in the file, before it is resolved to a model module. */
 interface KeyGroup {
@@ -172,13 +206,14 @@ export function pairLoraTensors(
   config: PeftLoraConfig | undefined,
   model: ModelParameters,
   filePath: string,
+  component: LoraComponent = 'denoiser',
 ): { pairs: LoraPair[]; ignored: IgnoredLoraKey[] } {
   const ignored: IgnoredLoraKey[] = [];
   const groups = new Map<string, KeyGroup>();
   for (const key of tensors.keys()) {
-    const role = classifyKey(key, format);
+    const role = classifyKey(key, format, component);
     if (role.kind === 'ignored') {
-      ignored.push({ key, reason: role.reason });
+      ignored.push({ key, reason: role.reason, ...(role.component ? { component: role.component } : {}) });
       continue;
     }
     let group = groups.get(role.module);
@@ -252,22 +287,66 @@ export function pairLoraTensors(
   return { pairs, ignored };
 }
 
-function classifyKey(key: string, format: LoraFormat): KeyRole {
-  if (format === 'kohya') return classifyKohyaKey(key);
+/** diffusers' component prefixes of a LoRA file's keys. */
+const DIFFUSERS_PREFIXES: readonly (readonly [RegExp, LoraComponent])[] = [
+  [/^(unet|transformer)\./, 'denoiser'],
+  [/^(text_encoder_2|te2)\./, 'text_encoder_2'],
+  [/^(text_encoder|te1?)\./, 'text_encoder'],
+];
+/** kohya's: `lora_unet_…`, `lora_te_…` (SD 1.x/2.x), `lora_te1_…` / `lora_te2_…` (SDXL). */
+const KOHYA_PREFIXES: readonly (readonly [RegExp, LoraComponent])[] = [
+  [/^lora_(unet|transformer)_/, 'denoiser'],
+  [/^lora_te2_/, 'text_encoder_2'],
+  [/^lora_te1?_/, 'text_encoder'],
+];
+
+/** The key's component (undefined when it names none) and the key without the component prefix. */
+function splitComponent(
+  key: string,
+  prefixes: readonly (readonly [RegExp, LoraComponent])[],
+): { component: LoraComponent | undefined; rest: string } {
+  for (const [pattern, component] of prefixes) {
+    const match = pattern.exec(key);
+    if (match) return { component, rest: key.slice(match[0].length) };
+  }
+  return { component: undefined, rest: key };
+}
+
+function otherComponent(component: LoraComponent, loadingInto: LoraComponent): KeyRole {
+  const what =
+    component === 'denoiser' ? 'a denoiser (UNet/transformer) LoRA' : `a text-encoder LoRA (${component})`;
+  return {
+    kind: 'ignored',
+    reason: `${what}, not for the ${loadingInto} it was loaded into; a pipeline's loadLoraWeights routes it there`,
+    component,
+  };
+}
+
+function classifyKey(key: string, format: LoraFormat, loadingInto: LoraComponent): KeyRole {
+  if (format === 'kohya') return classifyKohyaKey(key, loadingInto);
   let rest = key;
   if (format === 'peft') {
+    // A PEFT folder is for one model: the one it is loaded into.
     if (rest.startsWith('base_model.model.')) rest = rest.slice('base_model.model.'.length);
   } else {
-    if (/^(text_encoder(_\d)?|te\d?)\./.test(rest)) {
-      return { kind: 'ignored', reason: 'a text-encoder LoRA; velodiff applies LoRA to the denoiser only' };
-    }
-    rest = rest.replace(/^(unet|transformer)\./, '');
+    const split = splitComponent(rest, DIFFUSERS_PREFIXES);
+    // Keys without a component prefix belong to the model they are loaded into.
+    if (split.component !== undefined && split.component !== loadingInto)
+      return otherComponent(split.component, loadingInto);
+    rest = split.rest;
     // diffusers' old attention-processor spelling: …attn1.processor.to_q_lora.down.weight.
     rest = rest.replace(
       /\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$/,
       (_match, projection: string, role: string) =>
         `.${projection === 'to_out' ? 'to_out.0' : projection}.lora.${role}.weight`,
     );
+    // Its text-encoder spellings: …self_attn.to_q_lora.down.weight and …q_proj.lora_linear_layer.down.weight.
+    rest = rest.replace(
+      /\.self_attn\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$/,
+      (_match, projection: string, role: string) =>
+        `.self_attn.${{ to_q: 'q_proj', to_k: 'k_proj', to_v: 'v_proj', to_out: 'out_proj' }[projection]}.lora.${role}.weight`,
+    );
+    rest = rest.replace(/\.lora_linear_layer\.(down|up)\.weight$/, '.lora.$1.weight');
   }
   const dora = /^(.+)\.(lora_magnitude_vector(\.weight)?|dora_scale)$/.exec(rest);
   if (dora)
@@ -306,20 +385,17 @@ function classifyKey(key: string, format: LoraFormat): KeyRole {
   };
 }
 
-function classifyKohyaKey(key: string): KeyRole {
-  if (/^lora_te\d*_/.test(key)) {
-    return {
-      kind: 'ignored',
-      reason: 'a text-encoder LoRA (lora_te…); velodiff applies LoRA to the denoiser only',
-    };
-  }
-  const match = /^lora_(unet|transformer)_([^.]+)\.(.+)$/.exec(key);
+function classifyKohyaKey(key: string, loadingInto: LoraComponent): KeyRole {
+  const split = splitComponent(key, KOHYA_PREFIXES);
+  if (split.component !== undefined && split.component !== loadingInto)
+    return otherComponent(split.component, loadingInto);
+  const match = split.component === undefined ? null : /^([^.]+)\.(.+)$/.exec(split.rest);
   if (!match)
     return {
       kind: 'ignored',
-      reason: 'not a kohya LoRA key (expected lora_unet_<module>.lora_down.weight …)',
+      reason: 'not a kohya LoRA key (expected lora_unet_<module>.lora_down.weight, lora_te_… …)',
     };
-  const [, , module, suffix] = match;
+  const [, module, suffix] = match;
   if (suffix === 'lora_down.weight') return { kind: 'part', module, role: 'down' };
   if (suffix === 'lora_up.weight') return { kind: 'part', module, role: 'up' };
   if (suffix === 'alpha') return { kind: 'part', module, role: 'alpha' };
@@ -542,7 +618,11 @@ export function parsePeftConfig(raw: unknown, path: string): PeftLoraConfig {
  * diffusers (≥ 0.35) saves each component's LoraConfig as JSON in `__metadata__.lora_adapter_metadata`,
  * its keys prefixed by the component (`transformer.lora_alpha`); used when the file has no alpha tensors.
  */
-function diffusersMetadataConfig(metadata: Record<string, string>, path: string): PeftLoraConfig | undefined {
+function diffusersMetadataConfig(
+  metadata: Record<string, string>,
+  path: string,
+  component: LoraComponent,
+): PeftLoraConfig | undefined {
   const text = metadata[DIFFUSERS_METADATA_KEY];
   if (text === undefined) return undefined;
   let raw: unknown;
@@ -558,9 +638,9 @@ function diffusersMetadataConfig(metadata: Record<string, string>, path: string)
   if (!isPlainObject(raw)) return undefined;
   const config: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(raw)) {
-    const component = /^(transformer|unet)\.(.+)$/.exec(key);
-    if (component) config[component[2]] = value;
-    else if (!/^text_encoder/.test(key)) config[key] ??= value;
+    const split = splitComponent(key, DIFFUSERS_PREFIXES);
+    if (split.component === component) config[split.rest] = value;
+    else if (split.component === undefined) config[key] ??= value;
   }
   return Object.keys(config).length === 0
     ? undefined

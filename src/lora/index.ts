@@ -1,11 +1,13 @@
 // LoRA: reading the Hub's LoRA formats, named adapters, and the Flash Diffusion preset.
 export {
   detectFormat,
+  loraFileComponents,
   pairLoraTensors,
   parsePeftConfig,
   readLoraFile,
   type IgnoredLoraKey,
   type LoraFileContents,
+  type LoraComponent,
   type LoraFormat,
   type LoraPair,
   type LoraTensorInfo,
@@ -26,3 +28,4 @@ export {
   loadFlashLora,
   type FlashSetup,
 } from './flash.js';
+export { PipelineAdapters, type LoraTarget, type PipelineLoadedLora } from './pipeline-adapters.js';

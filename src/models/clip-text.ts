@@ -5,7 +5,7 @@
  * state at the end-of-text token as `pooler_output`, and for the projection class `text_embeds`.
  * Parameter names are the checkpoint's (`text_model.encoder.layers.3.self_attn.q_proj`, …).
  */
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 
 import { FileFormatError, OptionError } from '../errors.js';
 import type { Tensor } from '../graph/graph.js';
@@ -29,7 +29,11 @@ import { readConfig } from '../io/diffusers.js';
 import type { TransformersActivation } from '../nn/activations.js';
 import { transformersActivation } from '../nn/activations.js';
 import { LayerNorm, Linear } from '../nn/layers.js';
+import type { LoraProvider } from '../nn/params.js';
 import { Params } from '../nn/params.js';
+import type { LoadedLora } from '../lora/adapters.js';
+import { AdapterSet } from '../lora/adapters.js';
+import type { LoraComponent } from '../lora/format.js';
 import type { TensorSource } from '../nn/weights.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
@@ -160,11 +164,12 @@ export function buildCLIPTextGraph(
   config: CLIPTextConfig,
   weights: TensorSource,
   o: CLIPTextGraphOptions,
+  extras: { lora?: LoraProvider } = {},
 ): Graph {
   const g = new Graph(o.withProjection ? 'CLIPTextModelWithProjection' : 'CLIPTextModel');
   const inputIds = g.input('input_ids', o.idsDType, ['B', o.seqLength]);
   const mask = o.maskDType ? g.input('attention_mask', o.maskDType, ['B', o.seqLength]) : undefined;
-  const root = Params.of(g, weights);
+  const root = Params.of(g, weights, extras.lora ? { lora: extras.lora } : {});
   const text = clipTextTransformer(root.child('text_model'), config, inputIds, mask);
   g.output('last_hidden_state', text.lastHiddenState);
   if (o.withProjection) {
@@ -307,21 +312,40 @@ function CLIPMLP(p: Params, x: Tensor, c: CLIPTextConfig): Tensor {
 /** The shared body of CLIPTextModel and CLIPTextModelWithProjection (which differ in one output). */
 class CLIPTextModelBase implements DiffusersModel {
   readonly methods: readonly string[] = [];
+  /** LoRA adapters on the encoder's linears (diffusers' load_lora_into_text_encoder). */
+  readonly adapters = new AdapterSet();
   private readonly runnable: RunnableModel<CLIPTextGraphOptions>;
 
   protected constructor(
     readonly className: CLIPTextClassName,
     readonly dir: string,
     readonly config: CLIPTextConfig,
-    private readonly weights: WeightStore,
+    /** The checkpoint's tensors (what LoRA modules resolve against). */
+    readonly weights: WeightStore,
     runtime: Runtime,
   ) {
+    const adapters = this.adapters;
     this.runnable = new RunnableModel<CLIPTextGraphOptions>({
       className,
       dir,
       runtime,
-      build: (layout) => buildCLIPTextGraph(config, weights, layout),
+      build: (layout) =>
+        buildCLIPTextGraph(config, weights, layout, adapters.loaded.length > 0 ? { lora: adapters } : {}),
+      key: (layout) => JSON.stringify([layout, adapters.graphKey]),
     });
+  }
+
+  /**
+   * Load a LoRA (diffusers/PEFT file or folder, kohya file) onto this encoder: the file's keys of
+   * `component` (default: `text_encoder_2` for a folder of that name, else `text_encoder`), or its
+   * keys without a component prefix. It becomes active with weight 1, unfused.
+   */
+  loadLoraWeights(
+    path: string,
+    options: { adapterName?: string; component?: Exclude<LoraComponent, 'denoiser'> } = {},
+  ): Promise<LoadedLora> {
+    const component = options.component ?? (basename(this.dir) === 'text_encoder_2' ? 'text_encoder_2' : 'text_encoder');
+    return this.adapters.load(path, { adapterName: options.adapterName, modelParameters: this.weights, component });
   }
 
   /** Config and checked weights of the folder `dir`, as `className` reads them. */
@@ -379,7 +403,10 @@ class CLIPTextModelBase implements DiffusersModel {
       maxLength: this.config.maxPositionEmbeddings,
       encoder: 'the CLIP text encoder',
     });
-    const result = await this.runnable.run(this.layout(call.layout), call.feeds);
+    const result = await this.runnable.run(this.layout(call.layout), call.feeds, {
+      // Unfused LoRA adapters: their weights are inputs, so switching them needs no new graph.
+      graphFeeds: (compiled) => this.adapters.scaleFeeds(compiled.inputs),
+    });
     return result.host;
   }
 

@@ -14,11 +14,28 @@ import type { Dim } from '../graph/shape.js';
 import type { WeightStore } from '../io/diffusers.js';
 import { readConfig } from '../io/diffusers.js';
 import type { AttentionOption } from '../attention/types.js';
+import { AttentionWeightFiles, resolveAttentionOption } from '../attention/attention-option.js';
+import type { LinFusionWeights } from '../attention/linfusion.js';
+import { selfAttentionModule } from '../attention/self-attention.js';
+import type { LoadedLora } from '../lora/adapters.js';
+import { AdapterSet } from '../lora/adapters.js';
+import type { DeepCacheStep } from '../attention/deepcache.js';
+import {
+  deepCacheFeaturePath,
+  deepCacheFeeds,
+  deepCacheInputName,
+  deepCacheOutputName,
+  deepCacheSkips,
+  isDeepCacheOutput,
+} from '../attention/deepcache.js';
+import type { LayerAction } from '../attention/tgate.js';
+import { gatedAttention, isTGateCacheOutput, tgateCacheFeeds } from '../attention/tgate.js';
 import { activation } from '../nn/activations.js';
 import { Conv2d, GroupNorm } from '../nn/layers.js';
 import type { LoraProvider } from '../nn/params.js';
 import { Params } from '../nn/params.js';
 import type { TensorSource } from '../nn/weights.js';
+import type { RunResult, TensorRef } from '../runtime/backend.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
 import type { InputSpec } from '../runtime/runnable-model.js';
@@ -184,6 +201,69 @@ export interface UNetGraphOptions {
   withTimestepCond?: boolean;
   /** text_time UNets: the number of time ids (6 for SDXL, 5 for its refiner). */
   timeIds?: number;
+  /** The LinFusion folder (absolute path) whose modules replace every attn1 (attention kind 'linfusion'). */
+  linfusion?: string;
+  /**
+   * T-GATE actions of this step graph (attention/tgate.ts): `store` makes every attention output of
+   * the role a graph output (averaged over the CFG halves with `average`), `reuse` a graph input.
+   */
+  tgate?: { selfAttention: LayerAction; crossAttention: LayerAction; average: boolean };
+  /**
+   * DeepCache (attention/deepcache.ts): a full step also outputs the branch's deep feature; a skip
+   * step reads it as an input and builds only the shallow branch and the up path from there.
+   */
+  deepCache?: { cacheBranchId: number; step: DeepCacheStep };
+}
+
+/**
+ * The build hooks of a step graph's accelerations, around the caller's `base` hooks: T-GATE's
+ * gated attentions, and DeepCache's feature output (full step) or input (skip step). On a skip step
+ * the layers DeepCache skips are still built, then fall out of the serialized graph as nothing
+ * live reads them; their attentions are built plain, so that no T-GATE cache keeps them alive.
+ */
+function stepHooks(
+  graph: Graph,
+  config: UNet2DConditionConfig,
+  o: UNetGraphOptions,
+  base: UNetBuildHooks = {},
+): UNetBuildHooks {
+  const { tgate, deepCache } = o;
+  if (!tgate && !deepCache) return base;
+  let live = true;
+  const dead = (compute: () => Tensor): Tensor => {
+    const was = live;
+    live = false;
+    try {
+      return compute();
+    } finally {
+      live = was;
+    }
+  };
+  const hooks: UNetBuildHooks = { ...base };
+  if (tgate) {
+    hooks.around = (site, role, compute) => {
+      const run = (): Tensor => (base.around ? base.around(site, role, compute) : compute());
+      if (!live) return run();
+      const action = role === 'attn1' ? tgate.selfAttention : tgate.crossAttention;
+      const tokens = site.grid.height * site.grid.width;
+      return gatedAttention(graph, { layer: site.index, role }, action, tgate.average, ['B', tokens, site.dim], run);
+    };
+  }
+  if (deepCache) {
+    const { cacheBranchId, step } = deepCache;
+    const featurePath = deepCacheFeaturePath(config, cacheBranchId);
+    hooks.layer = (path, compute, g) => {
+      const run = (): Tensor => (base.layer ? base.layer(path, compute, g) : compute());
+      if (step === 'full') {
+        const out = run();
+        if (path === featurePath) g.output(deepCacheOutputName, out);
+        return out;
+      }
+      if (path === featurePath) return g.input(deepCacheInputName, 'float32', dead(run).shape);
+      return deepCacheSkips(config, cacheBranchId, path) ? dead(run) : run();
+    };
+  }
+  return hooks;
 }
 
 /**
@@ -219,8 +299,23 @@ export function buildUNetGraph(
     inputs.textEmbeds = g.input('text_embeds', 'float32', ['B', textWidth]);
     inputs.timeIds = g.input('time_ids', 'float32', ['B', count]);
   }
-  g.output('sample', unet2DCondition(root, config, inputs, extras.hooks));
+  g.output('sample', unet2DCondition(root, config, inputs, stepHooks(g, config, o, extras.hooks)));
   return g;
+}
+
+/**
+ * The build hook of attention kind 'linfusion': every attn1 of the UNet's transformer blocks is
+ * LinFusion's module for its path (methods/clear_linfusion.md §2.1), attn2 stays full attention.
+ */
+export function linfusionHooks(weights: LinFusionWeights): UNetBuildHooks {
+  return {
+    selfAttention: (site, params, x) =>
+      selfAttentionModule(
+        { params, x, dim: site.dim, heads: site.heads, qkvBias: false, grid: site.grid, textTokens: 0 },
+        { kind: 'linfusion' },
+        { linfusion: weights },
+      ),
+  };
 }
 
 /** The time ids a load-time build assumes: SDXL's 6 when they fit the add_embedding, else 1. */
@@ -234,6 +329,11 @@ function defaultTimeIds(config: UNet2DConditionConfig): number {
 export class UNet2DConditionModel implements DiffusersModel {
   readonly className = 'UNet2DConditionModel';
   readonly methods: readonly string[] = [];
+  /** LoRA adapters on the UNet's linears and convs (diffusers' load_lora_weights / set_adapters / fuse_lora …). */
+  readonly adapters = new AdapterSet();
+  /** LinFusion folders opened for attention options, kept while the model is open. */
+  private readonly attentionFiles = new AttentionWeightFiles();
+  private readonly linfusions = new Map<string, LinFusionWeights>();
   private readonly runnable: RunnableModel<UNetGraphOptions>;
 
   private constructor(
@@ -247,8 +347,42 @@ export class UNet2DConditionModel implements DiffusersModel {
       className: this.className,
       dir,
       runtime,
-      build: (layout) => buildUNetGraph(config, weights, layout),
+      build: (layout) => buildUNetGraph(config, weights, layout, this.buildExtras(layout)),
+      key: (layout) => JSON.stringify([layout, this.adapters.graphKey]),
     });
+  }
+
+  /** Load a LoRA (diffusers/PEFT file or folder, kohya file) onto the UNet; it becomes active with weight 1. */
+  loadLoraWeights(path: string, options: { adapterName?: string } = {}): Promise<LoadedLora> {
+    return this.adapters.load(path, { adapterName: options.adapterName, modelParameters: this.weights });
+  }
+
+  /**
+   * Resolve a self-attention option (attention/'s resolveAttentionOption, which opens LinFusion's
+   * folder once) into the layout field step graphs are built with. CLEAR is for DiTs only.
+   */
+  async resolveAttention(option: AttentionOption | undefined): Promise<Pick<UNetGraphOptions, 'linfusion'>> {
+    if (option && option.kind === 'clear') {
+      throw new OptionError(
+        `${this.runnable.where()}: attention kind 'clear' is not available for UNets (CLEAR is a DiT method); use full or linfusion`,
+      );
+    }
+    const resolved = await resolveAttentionOption(option, this.weights, this.attentionFiles);
+    if (!resolved.linfusion) return {};
+    this.linfusions.set(resolved.linfusion.dir, resolved.linfusion);
+    return { linfusion: resolved.linfusion.dir };
+  }
+
+  /** The LoRA provider and LinFusion hook a layout's graph is built with. */
+  private buildExtras(layout: UNetGraphOptions): { hooks?: UNetBuildHooks; lora?: LoraProvider } {
+    const extras: { hooks?: UNetBuildHooks; lora?: LoraProvider } = {};
+    if (this.adapters.loaded.length > 0) extras.lora = this.adapters;
+    if (layout.linfusion !== undefined) {
+      const weights = this.linfusions.get(layout.linfusion);
+      if (!weights) throw new OptionError(`${this.runnable.where()}: LinFusion folder ${layout.linfusion} was not opened`);
+      extras.hooks = linfusionHooks(weights);
+    }
+    return extras;
   }
 
   /**
@@ -290,14 +424,30 @@ export class UNet2DConditionModel implements DiffusersModel {
     inputs: Record<string, HostTensor>,
     options: { method?: string; kwargs?: Record<string, unknown>; attention?: AttentionOption } = {},
   ): Promise<Record<string, HostTensor>> {
-    const { config, runnable } = this;
+    const { runnable } = this;
     runnable.checkMethod(options.method, ['forward']);
     runnable.checkKwargs(options.kwargs ?? {}, ['return_dict']);
-    if (options.attention && options.attention.kind !== 'full') {
-      throw new OptionError(
-        `${runnable.where()}: attention kind '${options.attention.kind}' is not available for UNets yet; use full attention`,
-      );
-    }
+    return (await this.step(inputs, { attention: options.attention })).host;
+  }
+
+  /**
+   * One denoiser call for a sampler: like `forward`, plus a step kind (T-GATE's actions, DeepCache's
+   * full or skip step). The caches this step stores come back as `retained` TensorRefs, kept where
+   * the session runs; the ones it reads are taken from `cached`, by the names earlier steps returned
+   * them under (attention/tgate.ts's TGateCaches and attention/deepcache.ts's DeepCacheFeature keep them).
+   */
+  async step(
+    inputs: Record<string, HostTensor>,
+    options: {
+      tgate?: UNetGraphOptions['tgate'];
+      deepCache?: UNetGraphOptions['deepCache'];
+      cached?: Readonly<Record<string, TensorRef>>;
+      /** Self-attention kind: full (default) or LinFusion from its folder. */
+      attention?: AttentionOption;
+    } = {},
+  ): Promise<RunResult> {
+    const attention = await this.resolveAttention(options.attention);
+    const { config, runnable } = this;
     // Inputs of modules this UNet does not have: said so, rather than "unknown input".
     const absent = (name: string, why: string): void => {
       if (inputs[name]) throw new OptionError(`${runnable.where()}: ${name} was given, but ${why}`, 'INPUT');
@@ -359,11 +509,25 @@ export class UNet2DConditionModel implements DiffusersModel {
       feeds.time_ids = asFloat32(inputs.time_ids);
       layout.timeIds = dims.N;
     }
-    return (await runnable.run(layout, feeds)).host;
+    if (attention.linfusion !== undefined) layout.linfusion = attention.linfusion;
+    if (options.tgate) layout.tgate = options.tgate;
+    if (options.deepCache) layout.deepCache = options.deepCache;
+    const cached = options.cached ?? {};
+    return runnable.run(layout, feeds, {
+      retain: (name) => isTGateCacheOutput(name) || isDeepCacheOutput(name),
+      graphFeeds: (compiled) => ({
+        ...tgateCacheFeeds(compiled.inputs, cached),
+        ...deepCacheFeeds(compiled.inputs, cached),
+        // Unfused LoRA adapters: their weights are inputs, so switching them needs no new graph.
+        ...this.adapters.scaleFeeds(compiled.inputs),
+      }),
+    });
   }
 
   async close(): Promise<void> {
     this.runnable.clear();
+    this.linfusions.clear();
+    await this.attentionFiles.close();
     await this.weights.close();
   }
 }

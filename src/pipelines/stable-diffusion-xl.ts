@@ -4,7 +4,7 @@
  * one's projected `text_embeds` as the pooled embedding, and the micro-conditioning time ids
  * (original size, crop corner, target size — or the refiner's aesthetic score) as `added_cond_kwargs`.
  */
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 
 import { FileFormatError, OptionError } from '../errors.js';
 import { readModelIndex } from '../io/diffusers.js';
@@ -333,6 +333,19 @@ export class StableDiffusionXLPipeline extends UNetPipeline {
       );
     }
     return this.promptEncoders;
+  }
+
+  /** text_encoder and text_encoder_2; a refiner's one encoder is text_encoder_2. */
+  protected override loraTextEncoders(): ReturnType<UNetPipeline['loraTextEncoders']> {
+    const encoders = this.promptEncoders;
+    const components = ['text_encoder', 'text_encoder_2'] as const;
+    const offset = components.length - encoders.length;
+    return encoders.map((encoder, i) => {
+      // The folder's name where it is one of the two, else the position (built from components).
+      const folder = basename(encoder.textEncoder.dir);
+      const component = components.find((c) => c === folder) ?? components[offset + i];
+      return { component, model: encoder.textEncoder };
+    });
   }
 
   protected async closeEncoders(): Promise<void> {

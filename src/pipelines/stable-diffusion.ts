@@ -167,6 +167,10 @@ export class StableDiffusionPipeline extends UNetPipeline {
     return this.promptEncoder;
   }
 
+  protected override loraTextEncoders(): ReturnType<UNetPipeline['loraTextEncoders']> {
+    return this.promptEncoder ? [{ component: 'text_encoder', model: this.promptEncoder.textEncoder }] : [];
+  }
+
   protected async closeEncoders(): Promise<void> {
     await this.promptEncoder?.close();
   }

@@ -7,9 +7,18 @@
 import { join } from 'node:path';
 
 import { FileFormatError, OptionError } from '../errors.js';
-import type { TGateOptions } from '../attention/tgate.js';
+import type { DeepCacheOptions, DeepCacheStep } from '../attention/deepcache.js';
+import { DeepCacheFeature, deepCachePlan, tgateDeepCachePlan } from '../attention/deepcache.js';
+import type { TGateOptions, TGateStep } from '../attention/tgate.js';
+import { TGateCaches, pruneDeadStores, tgatePlan } from '../attention/tgate.js';
 import type { AttentionOption } from '../attention/types.js';
 import type { ModelIndex } from '../io/diffusers.js';
+import { FLASH_PRESET, loadFlashLora } from '../lora/flash.js';
+import type { LoadedLora } from '../lora/adapters.js';
+import type { LoraComponent } from '../lora/format.js';
+import type { LoraTarget, PipelineLoadedLora } from '../lora/pipeline-adapters.js';
+import { PipelineAdapters } from '../lora/pipeline-adapters.js';
+import type { CLIPTextModel, CLIPTextModelWithProjection } from '../models/clip-text.js';
 import { readTextFile } from '../io/text.js';
 import { AutoencoderKL } from '../models/autoencoder-kl.js';
 import { UNet2DConditionModel } from '../models/unet-2d-condition.js';
@@ -57,8 +66,16 @@ export interface StableDiffusionRunOptions extends LoopCallbacks, ImageToImageOp
   /** DDIM's eta (ignored by schedulers without it). */
   eta?: number;
   outputType?: 'image' | 'latent';
-  /** Not available on UNets yet (issue 10 §3); accepted so that an error can say so. */
+  /**
+   * T-GATE (methods/tgate_flash.md §1): attention outputs cached at the gate step, CFG dropped after
+   * it. With LCM UNets (no CFG) pass `lcm: true`.
+   */
   tgate?: TGateOptions;
+  /**
+   * DeepCache (horseee/DeepCache): full steps every `cacheInterval` steps, skip steps that reuse the
+   * deep feature below `cacheBranchId`. With `tgate`, as T-GATE's DeepCache pipelines combine them.
+   */
+  deepCache?: DeepCacheOptions;
   attention?: AttentionOption;
 }
 
@@ -144,9 +161,8 @@ export abstract class UNetPipeline {
   ): Promise<UNetConditioning>;
 
   async run(o: StableDiffusionRunOptions = {}): Promise<PipelineOutput> {
-    if (o.tgate) throw notYet('tgate', this.className);
-    if (o.attention && o.attention.kind !== 'full')
-      throw notYet(`attention '${o.attention.kind}'`, this.className);
+    // LinFusion runs on UNets (every attn1); CLEAR is a DiT method.
+    if (o.attention?.kind === 'clear') throw notYet(`attention 'clear'`, this.className);
     const steps = o.numInferenceSteps ?? this.defaults.numInferenceSteps;
     const guidance = o.guidanceScale ?? this.defaults.guidanceScale;
     const rescale = o.guidanceRescale ?? 0;
@@ -217,45 +233,161 @@ export abstract class UNetPipeline {
     // LCM's w embedding of guidance − 1 (diffusers' get_guidance_scale_embedding).
     const timestepCond =
       timeCondDim === null ? undefined : guidanceScaleEmbedding(guidance - 1, batch, timeCondDim);
-    const both = (neg: HostTensor | undefined, pos: HostTensor, stepCfg: boolean): HostTensor =>
-      stepCfg ? concatBatch(neg as HostTensor, pos) : pos;
-    const textEmbeds = both(cond.negEmbeds, cond.embeds, cfg);
-    const added: Record<string, HostTensor> = cond.added
-      ? {
-          text_embeds: both(cond.added.negTextEmbeds, cond.added.textEmbeds, cfg),
-          time_ids: both(cond.added.negTimeIds, cond.added.timeIds, cfg),
-        }
-      : {};
-    latents = await denoise({
-      scheduler,
-      timesteps,
-      latents,
-      generator,
-      eta: o.eta ?? 0,
-      guidanceScale: guidance,
-      guidanceRescale: rescale,
-      latentChannels: this.unet.config.inChannels,
-      cfgAt: () => cfg,
-      predict: async (modelInput, t) => {
-        const n = modelInput.shape[0];
-        const inputs: Record<string, HostTensor> = {
-          sample: modelInput,
-          timestep: hostTensor('float32', [n], new Float32Array(n).fill(t)),
-          encoder_hidden_states: textEmbeds,
-          ...added,
-        };
-        if (timestepCond) inputs.timestep_cond = timestepCond;
-        return (await this.unet.forward(inputs)).sample;
-      },
-      callbackOnStepEnd: o.callbackOnStepEnd,
-      onProgress: o.onProgress,
-      signal: o.signal,
-    });
+    // The CFG pair [negative; positive]; after T-GATE's gate the negative (null) conditioning alone,
+    // SDXL's pooled text and time ids included (§1.5), or the positive one in runs without CFG.
+    const conditioning = (stepCfg: boolean): Record<string, HostTensor> => {
+      const pick = (neg: HostTensor | undefined, pos: HostTensor): HostTensor =>
+        stepCfg ? concatBatch(neg as HostTensor, pos) : cfg ? (neg as HostTensor) : pos;
+      const added = cond.added;
+      return {
+        encoder_hidden_states: pick(cond.negEmbeds, cond.embeds),
+        ...(added
+          ? {
+              text_embeds: pick(added.negTextEmbeds, added.textEmbeds),
+              time_ids: pick(added.negTimeIds, added.timeIds),
+            }
+          : {}),
+      };
+    };
+    const plan = accelerationPlan(timesteps.length, o, cfg);
+    // The kept attention outputs and deep feature, where the sessions run; released after every generation.
+    const tgateCaches = new TGateCaches(this.runtime);
+    const deepFeature = new DeepCacheFeature(this.runtime);
+    try {
+      latents = await denoise({
+        scheduler,
+        timesteps,
+        latents,
+        generator,
+        eta: o.eta ?? 0,
+        guidanceScale: guidance,
+        guidanceRescale: rescale,
+        latentChannels: this.unet.config.inChannels,
+        cfgAt: (i) => (plan.tgate ? plan.tgate[i].cfg : cfg),
+        predict: async (modelInput, t, i, stepCfg) => {
+          const n = modelInput.shape[0];
+          const inputs: Record<string, HostTensor> = {
+            sample: modelInput,
+            timestep: hostTensor('float32', [n], new Float32Array(n).fill(t)),
+            ...conditioning(stepCfg),
+          };
+          if (timestepCond) inputs.timestep_cond = timestepCond;
+          const tgate = plan.tgate?.[i];
+          const deep = plan.deepCache?.[i];
+          const result = await this.unet.step(inputs, {
+            ...(tgate
+              ? {
+                  tgate: {
+                    selfAttention: tgate.selfAttention,
+                    crossAttention: tgate.crossAttention,
+                    average: tgate.average && stepCfg,
+                  },
+                }
+              : {}),
+            ...(deep && o.deepCache
+              ? { deepCache: { cacheBranchId: o.deepCache.cacheBranchId, step: deep } }
+              : {}),
+            cached: { ...tgateCaches.current, ...deepFeature.current },
+            ...(o.attention ? { attention: o.attention } : {}),
+          });
+          await tgateCaches.keep(result.retained);
+          await deepFeature.keep(result.retained);
+          return result.host.sample;
+        },
+        callbackOnStepEnd: o.callbackOnStepEnd,
+        onProgress: o.onProgress,
+        signal: o.signal,
+      });
+    } finally {
+      await tgateCaches.release();
+      await deepFeature.release();
+    }
     if (o.outputType === 'latent') return { latents, timesteps };
     const images = await decodeImages(this.requireVae('image output'), latents, {
       latentsStatistics: this.latentsStatistics,
     });
     return { images, latents, timesteps };
+  }
+
+  // --- LoRA (diffusers' StableDiffusionLoraLoaderMixin / StableDiffusionXLLoraLoaderMixin) ----------
+
+  /** The text encoders LoRA keys can be routed to, by the component name their keys carry. */
+  protected loraTextEncoders(): {
+    component: Exclude<LoraComponent, 'denoiser'>;
+    model: CLIPTextModel | CLIPTextModelWithProjection;
+  }[] {
+    return [];
+  }
+
+  private loraAdapters(): PipelineAdapters {
+    const targets: LoraTarget[] = [
+      { component: 'denoiser', adapters: this.unet.adapters, modelParameters: this.unet.weights },
+      ...this.loraTextEncoders().map(({ component, model }) => ({
+        component,
+        adapters: model.adapters,
+        modelParameters: model.weights,
+      })),
+    ];
+    return new PipelineAdapters(targets);
+  }
+
+  /**
+   * Load a LoRA (diffusers/PEFT file or folder, or kohya file): its `unet.` keys onto the UNet and
+   * `text_encoder.`/`text_encoder_2.` keys onto the text encoders (kohya: `lora_unet_`, `lora_te_`,
+   * `lora_te1_`, `lora_te2_`, alpha/r from its `.alpha` tensors). Active with weight 1, unfused;
+   * keys that match no module are reported in `ignored`, as diffusers warns.
+   */
+  loadLoraWeights(path: string, options: { adapterName?: string } = {}): Promise<PipelineLoadedLora> {
+    return this.loraAdapters().load(path, options);
+  }
+
+  /** Activate adapters with weights (default 1 each) in every component; switching needs no recompilation. */
+  setAdapters(names: string | string[], weights?: number | number[]): void {
+    this.loraAdapters().setAdapters(names, weights);
+  }
+
+  /** Merge the active adapters into the weights (ORT folds W + s·B·A once; no per-step cost). */
+  fuseLora(
+    options: { loraScale?: number; adapterNames?: string[]; components?: LoraComponent[] } = {},
+  ): void {
+    this.loraAdapters().fuse(options);
+  }
+
+  unfuseLora(options: { components?: LoraComponent[] } = {}): void {
+    this.loraAdapters().unfuse(options);
+  }
+
+  unloadLoraWeights(names?: string | string[]): void {
+    this.loraAdapters().unload(names);
+  }
+
+  /**
+   * The Flash Diffusion recipe for flash-sd / flash-sdxl (methods/tgate_flash.md §2.5): the LoRA
+   * loaded onto the UNet and fused at the authors' scale (its own alpha/r: 1 for both, alpha = r),
+   * LCMScheduler from this pipeline's scheduler config (timestep_spacing "trailing", which LCM
+   * ignores: 4 steps are [999, 759, 499, 259]), and the run options 4 steps, guidance 0 (no CFG).
+   */
+  async useFlashDiffusion(
+    path: string,
+    options: { adapterName?: string; fuse?: boolean } = {},
+  ): Promise<{
+    adapter: LoadedLora;
+    runOptions: Pick<StableDiffusionRunOptions, 'numInferenceSteps' | 'guidanceScale'>;
+  }> {
+    const setup = await loadFlashLora(this.unet.adapters, path, {
+      modelParameters: this.unet.weights,
+      schedulerConfig: this.scheduler.config as Record<string, unknown>,
+      adapterName: options.adapterName,
+      fuse: options.fuse,
+    });
+    this.scheduler = setup.scheduler;
+    return {
+      adapter: setup.adapter,
+      runOptions: {
+        numInferenceSteps: FLASH_PRESET.numInferenceSteps,
+        guidanceScale: FLASH_PRESET.guidanceScale,
+      },
+    };
   }
 
   private requireVae(what: string): AutoencoderKL {
@@ -273,6 +405,21 @@ export abstract class UNetPipeline {
     await this.closeEncoders();
     if (this.ownsRuntime) await this.runtime.dispose();
   }
+}
+
+/**
+ * The step kinds of a run: T-GATE's plan (stores nobody reads pruned), DeepCache's full and skip
+ * steps, or both as T-GATE's DeepCache pipelines combine them; absent parts are not accelerated.
+ */
+export function accelerationPlan(
+  numSteps: number,
+  o: { tgate?: TGateOptions; deepCache?: DeepCacheOptions },
+  cfg: boolean,
+): { tgate?: TGateStep[]; deepCache?: DeepCacheStep[] } {
+  if (o.tgate && o.deepCache) return tgateDeepCachePlan(numSteps, o.tgate, o.deepCache, cfg);
+  if (o.tgate) return { tgate: pruneDeadStores(tgatePlan(numSteps, o.tgate, cfg)) };
+  if (o.deepCache) return { deepCache: deepCachePlan(numSteps, o.deepCache) };
+  return {};
 }
 
 function notYet(what: string, className: string): OptionError {

@@ -38,10 +38,11 @@ after(() => runtime.dispose());
 /** Records every UNet call's inputs. */
 function recordUNet(pipe: UNetPipeline): Record<string, HostTensor>[] {
   const calls: Record<string, HostTensor>[] = [];
-  const forward = pipe.unet.forward.bind(pipe.unet);
-  pipe.unet.forward = async (inputs, options) => {
+  // The pipelines call the UNet through `step` (forward plus T-GATE/DeepCache step kinds).
+  const step = pipe.unet.step.bind(pipe.unet);
+  pipe.unet.step = async (inputs, options) => {
     calls.push({ ...inputs });
-    return forward(inputs, options);
+    return step(inputs, options);
   };
   return calls;
 }

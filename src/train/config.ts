@@ -117,7 +117,16 @@ export interface TextToImageModelConfig {
   readonly minSnrGamma: number;
   /** Tokens of a caption, padded or cut. */
   readonly maxTextLength: number;
+  /**
+   * How caption_projection's two linears start: `pixart`, N(0, 0.02) as PixArt's `initialize_weights`
+   * (sized for T5-XXL's 4096-wide output); `fan-in`, N(0, 1/fan_in), which keeps the text's scale
+   * through a narrow encoder (at 256 wide, PixArt's init leaves cross-attention keys and values at
+   * about 0.05 RMS, and the prompt is barely learnt).
+   */
+  readonly captionProjectionInit: CaptionProjectionInit;
 }
+
+export type CaptionProjectionInit = 'pixart' | 'fan-in';
 
 export interface ClassifierModelConfig {
   /** VelodiffEmojiClassifier's config.json keys (its `heads` come from `labels` and the data). */
@@ -195,7 +204,7 @@ export const TRAIN_DEFAULTS = {
   },
   model: {
     vae: { klWeight: VAE_KL_WEIGHT },
-    'text-to-image': { minSnrGamma: 5, maxTextLength: 32 },
+    'text-to-image': { minSnrGamma: 5, maxTextLength: 32, captionProjectionInit: 'pixart' },
     classifier: { labels: ['category', 'subcategory'], maxShift: 4 },
   },
 } as const;
@@ -629,8 +638,13 @@ function readModel(s: Section, kind: TrainKind, file: string, baseDir: string): 
       vae: vae === '' ? '' : resolve(baseDir, vae),
       minSnrGamma: s.number('minSnrGamma', d.minSnrGamma, (n) => n >= 0, 'a number ≥ 0 (0: off)'),
       maxTextLength: s.integer('maxTextLength', d.maxTextLength, 1),
+      captionProjectionInit: s.oneOf<CaptionProjectionInit>(
+        'captionProjectionInit',
+        d.captionProjectionInit,
+        ['pixart', 'fan-in'],
+      ),
     };
-    s.finish(['transformer', 'textEncoder', 'vae', 'minSnrGamma', 'maxTextLength']);
+    s.finish(['transformer', 'textEncoder', 'vae', 'minSnrGamma', 'maxTextLength', 'captionProjectionInit']);
     return config;
   }
   const labels = s.list(

@@ -115,7 +115,12 @@ describe('training configuration', () => {
       ema: { decay: 2 },
       data: { captionDropout: badDropout, sets: ['apple'] },
       sample: { prompts: [] },
-      model: { vae: 'v', transformer: { patch_size: 'two' }, maxTextLength: 0 },
+      model: {
+        vae: 'v',
+        transformer: { patch_size: 'two' },
+        maxTextLength: 0,
+        captionProjectionInit: 'xavier',
+      },
     });
     const expected = [
       `batchSize: expected an integer ≥ 1, found ${badBatch}`,
@@ -126,6 +131,7 @@ describe('training configuration', () => {
       "data.sets: expected a list of 'google', 'twitter', found [\"apple\"]",
       'sample.prompts: expected at least one prompt, found []',
       'model.maxTextLength: expected an integer ≥ 1, found 0',
+      "model.captionProjectionInit: expected one of 'pixart', 'fan-in', found \"xavier\"",
     ];
     for (const line of expected)
       assert.ok(error.problems.includes(line), `${line}\nin:\n${error.problems.join('\n')}`);

@@ -29,6 +29,7 @@ import type { TextToImageTrainer } from '../../src/train/trainers/text-to-image.
 import {
   preprocessCaption,
   textToImageForward,
+  textToImageInitRules,
   textToImageTrainer,
 } from '../../src/train/trainers/text-to-image.js';
 import type { VelodiffWarning } from '../../src/warnings.js';
@@ -75,6 +76,7 @@ const MODEL = {
   vae: VAE,
   minSnrGamma: 5,
   maxTextLength: TEXT_LENGTH,
+  captionProjectionInit: 'pixart' as const,
 };
 
 /** The training graph's forward (prediction only) on `params`, for the feeds of one batch. */
@@ -210,6 +212,30 @@ describe('textToImageTrainer', () => {
     }
     // Binomial(800, 0.1): mean 80, sd 8.5.
     assert.ok(dropped >= 50 && dropped <= 115, `${dropped} of ${total} captions dropped`);
+  });
+
+  it('starts caption_projection at N(0, 0.02) (PixArt) or N(0, 1/fan_in) as configured', () => {
+    const std = (v: Float32Array): number => Math.sqrt(v.reduce((a, x) => a + x * x, 0) / v.length);
+    const shapes = trainer.shapes;
+    for (const init of ['pixart', 'fan-in'] as const) {
+      const params = initParameters(shapes, {
+        seed,
+        rules: textToImageInitRules(shapes, trainer.textEncoder, init),
+      });
+      for (const i of [1, 2]) {
+        const name = `transformer.caption_projection.linear_${i}.weight`;
+        const [, fanIn] = shapes.get(name) as number[];
+        const values = params.get(name) as Float32Array;
+        const expected = init === 'pixart' ? 0.02 : fanIn ** -0.5;
+        // A sample std of n normal draws is within 5/sqrt(2n) of σ (relative) all but never.
+        const tolerance = 5 / Math.sqrt(2 * values.length);
+        assert.ok(
+          Math.abs(std(values) / expected - 1) < tolerance,
+          `${init} ${name}: std ${std(values)}, expected ${expected} (±${tolerance} relative)`,
+        );
+        assert.ok(values.every(Number.isFinite));
+      }
+    }
   });
 
   it('lowers the loss in a few AdamW steps on one batch', async () => {

@@ -52,7 +52,7 @@ import {
 } from '../../tokenizers/build-t5-tokenizer.js';
 import { T5Tokenizer } from '../../tokenizers/t5-tokenizer.js';
 import type { WarningHandler } from '../../warnings.js';
-import type { TextToImageModelConfig } from '../config.js';
+import type { CaptionProjectionInit, TextToImageModelConfig } from '../config.js';
 import { defaultCacheDir } from '../data/cache.js';
 import type { ImageTextDataset } from '../data/dataset.js';
 import { splitIndices } from '../data/dataset.js';
@@ -398,6 +398,7 @@ export function textToImageForward(
 export function textToImageInitRules(
   shapes: ReadonlyMap<string, readonly number[]>,
   textEncoder: T5EncoderConfig,
+  captionProjectionInit: CaptionProjectionInit = 'pixart',
 ): InitRule[] {
   const t = `^${TRANSFORMER_PREFIX}\\.`;
   const e = `^${TEXT_ENCODER_PREFIX}\\.`;
@@ -413,7 +414,14 @@ export function textToImageInitRules(
       init: { normal: 0.02 },
     },
     { match: new RegExp(`${t}adaln_single\\.linear\\.weight$`), init: { normal: 0.02 } },
-    { match: new RegExp(`${t}caption_projection\\.linear_[12]\\.weight$`), init: { normal: 0.02 } },
+    ...[1, 2].map((i) => {
+      const name = `${TRANSFORMER_PREFIX}.caption_projection.linear_${i}.weight`;
+      const fanIn = shapes.get(name)?.[1] ?? 1;
+      return {
+        match: new RegExp(`^${name.replace(/\./g, '\\.')}$`),
+        init: { normal: captionProjectionInit === 'fan-in' ? fanIn ** -0.5 : 0.02 },
+      };
+    }),
     { match: new RegExp(`${t}.*\\.bias$`), init: 'zeros' },
     { match: new RegExp(`${e}shared\\.weight$`), init: { normal: 1 } },
     { match: new RegExp(`${e}.*SelfAttention\\.q\\.weight$`), init: { normal: (dModel * dKv) ** -0.5 } },
@@ -551,7 +559,10 @@ export async function textToImageTrainer(o: TextToImageTrainerOptions): Promise<
     generators: { noise: generator },
 
     initialParameters(seed) {
-      return initParameters(shapes, { seed, rules: textToImageInitRules(shapes, textEncoder) });
+      return initParameters(shapes, {
+        seed,
+        rules: textToImageInitRules(shapes, textEncoder, model.captionProjectionInit),
+      });
     },
 
     stepSpec(batchSize) {

@@ -137,17 +137,44 @@ function upPathLayers(layout: DeepCacheUNetLayout): string[] {
 export function deepCacheFeaturePath(layout: DeepCacheUNetLayout, cacheBranchId: number): string {
   checkDeepCacheOptions({ cacheInterval: 1, cacheBranchId });
   const block = Math.floor(cacheBranchId / 3);
-  if (block >= layout.down.length || block >= layout.up.length) {
+  // Three branches per level (layer id mod 3: its resnets, then its downsampler), as the authors number them.
+  const levels = Math.min(layout.down.length, layout.up.length);
+  if (block >= levels) {
     throw new OptionError(
-      `deepCache.cacheBranchId ${cacheBranchId} is in down block ${block}, but this UNet has ${layout.down.length} (use 0 … ${3 * layout.down.length - 1})`,
+      `deepCache.cacheBranchId ${cacheBranchId} is in down block ${block}, but this UNet has ${levels} down ` +
+        `blocks: expected a branch id < ${3 * levels} (0 … ${3 * levels - 1}; block ⌊id / 3⌋, layer id mod 3), ` +
+        `found ${cacheBranchId}. Pick a shallower branch.`,
     );
   }
-  if (!layout.mid) throw new OptionError('DeepCache needs a UNet with a mid block (mid_block_type is null)');
+  if (!layout.mid) {
+    throw new OptionError(
+      'DeepCache needs a UNet with a mid block (skip steps reuse the deep features through it); this UNet ' +
+        'has none (mid_block_type is null). Run without deepCache.',
+    );
+  }
   const paths = upPathLayers(layout);
   const first = paths.findIndex((p) => !deepCacheSkips(layout, cacheBranchId, p));
-  if (first <= 0)
-    throw new OptionError(`deepCache.cacheBranchId ${cacheBranchId}: no up layer is recomputed`);
+  if (first <= 0) {
+    throw new OptionError(
+      `deepCache.cacheBranchId ${cacheBranchId}: expected a branch that leaves an up layer to recompute, ` +
+        `found that it skips all ${paths.length} mid and up layers of this UNet. Pick a shallower branch.`,
+    );
+  }
   return paths[first - 1];
+}
+
+/**
+ * Checks DeepCache's options against the UNet they will run on (a UNet2DConditionConfig fits the
+ * layout), for a pipeline to call once before any step: a branch id the UNet lacks fails here with
+ * what was expected, not when the first step graph is built.
+ */
+export function checkDeepCacheForUNet(
+  options: DeepCacheOptions,
+  layout: DeepCacheUNetLayout,
+): DeepCacheOptions {
+  checkDeepCacheOptions(options);
+  deepCacheFeaturePath(layout, options.cacheBranchId);
+  return options;
 }
 
 /** Names of the kept feature: the full step's output and the skip step's input. */

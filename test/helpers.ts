@@ -4,6 +4,7 @@ import type { HostTensor } from '../src/runtime/host-tensor.js';
 import { hostTensor } from '../src/runtime/host-tensor.js';
 import { Runtime } from '../src/runtime/runtime.js';
 import { SafetensorsFile } from '../src/io/safetensors.js';
+import { PNG } from 'pngjs';
 
 /** One in-thread runtime per test file (tests need no worker hop). */
 let shared: Runtime | undefined;
@@ -68,4 +69,25 @@ export async function readAllTensors(path: string): Promise<Record<string, HostT
     await file.close();
   }
   return out;
+}
+
+/** The RGB bytes of a PNG file (dropping alpha). */
+export function pngRgb(png: Buffer): Uint8Array {
+  const { data, width, height } = PNG.sync.read(png);
+  return Uint8Array.from({ length: width * height * 3 }, (_, i) => data[Math.floor(i / 3) * 4 + (i % 3)]);
+}
+
+/**
+ * The RGB bytes a PNG written by `generate` should hold for the first image of a pipeline's `images`
+ * [N, C, H, W] in [0, 1]: mapped to 8 bits as diffusers' numpy_to_pil does ((x·255).round()).
+ */
+export function imageRgb(images: HostTensor): Uint8Array {
+  const [, channels, height, width] = images.shape;
+  const data = images.data as Float32Array;
+  const rgb = new Uint8Array(height * width * channels);
+  for (let c = 0; c < channels; c++) {
+    for (let i = 0; i < height * width; i++)
+      rgb[i * channels + c] = Math.round(data[c * height * width + i] * 255);
+  }
+  return rgb;
 }

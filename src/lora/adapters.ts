@@ -85,6 +85,30 @@ export function loraScaleInputName(adapterName: string): string {
   return `lora_scale.${adapterName}`;
 }
 
+/**
+ * `setAdapters`' arguments as a list of names and one weight per name: a single name or weight
+ * stands for a list, and the weights default to 1 each.
+ */
+export function adapterWeights(
+  names: string | readonly string[],
+  weights?: number | readonly number[],
+): { list: string[]; values: number[] } {
+  const list = typeof names === 'string' ? [names] : [...names];
+  const values =
+    weights === undefined
+      ? list.map(() => 1)
+      : typeof weights === 'number'
+        ? list.map(() => weights)
+        : [...weights];
+  if (values.length !== list.length) {
+    throw new OptionError(
+      `setAdapters: ${list.length} adapter names but ${values.length} weights; pass one weight per adapter`,
+      'ADAPTER_WEIGHTS',
+    );
+  }
+  return { list, values };
+}
+
 export class AdapterSet implements LoraProvider {
   readonly #adapters = new Map<string, Adapter>();
   readonly #graphs = new WeakMap<Graph, GraphState>();
@@ -141,19 +165,7 @@ export class AdapterSet implements LoraProvider {
    * diffusers' `set_adapters`. Fused adapters are part of the weights: unfuse before changing them.
    */
   setAdapters(names: string | readonly string[], weights?: number | readonly number[]): void {
-    const list = typeof names === 'string' ? [names] : [...names];
-    const values =
-      weights === undefined
-        ? list.map(() => 1)
-        : typeof weights === 'number'
-          ? list.map(() => weights)
-          : [...weights];
-    if (values.length !== list.length) {
-      throw new OptionError(
-        `setAdapters: ${list.length} adapter names but ${values.length} weights; pass one weight per adapter`,
-        'ADAPTER_WEIGHTS',
-      );
-    }
+    const { list, values } = adapterWeights(names, weights);
     if (new Set(list).size !== list.length) {
       throw new OptionError(
         `setAdapters: an adapter is named twice in [${list.join(', ')}]`,

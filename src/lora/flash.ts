@@ -69,6 +69,8 @@ export interface FlashSetup {
   readonly scheduler: LCMScheduler;
   readonly numInferenceSteps: number;
   readonly guidanceScale: number;
+  /** The two settings above as the options a pipeline's run takes (spread into `run`). */
+  readonly runOptions: { numInferenceSteps: number; guidanceScale: number };
   /** The adapter's alpha/r per module (e.g. [0.125] for flash-pixart): the LoRA scale in effect. */
   readonly loraScale: readonly number[];
   readonly fused: boolean;
@@ -97,11 +99,13 @@ export async function loadFlashLora(
   const fuse = options.fuse ?? true;
   // alpha/r is applied per module from the file, so the fuse-time multiplier is 1 (fuse_lora's default).
   if (fuse) adapters.fuse({ adapterNames: [adapter.adapterName], loraScale: 1 });
+  const { numInferenceSteps, guidanceScale } = FLASH_PRESET;
   return {
     adapter,
     scheduler,
-    numInferenceSteps: FLASH_PRESET.numInferenceSteps,
-    guidanceScale: FLASH_PRESET.guidanceScale,
+    numInferenceSteps,
+    guidanceScale,
+    runOptions: { numInferenceSteps, guidanceScale },
     loraScale: adapter.alphaOverRank,
     fused: fuse,
   };

@@ -7,6 +7,7 @@
 import { FileFormatError, OptionError } from '../errors.js';
 import { didYouMean } from '../io/suggest.js';
 import type { AdapterSet, LoadedLora } from './adapters.js';
+import { adapterWeights } from './adapters.js';
 import type { IgnoredLoraKey, LoraComponent, ModelParameters } from './format.js';
 import { loraFileComponents, readLoraFile } from './format.js';
 
@@ -96,19 +97,7 @@ export class PipelineAdapters {
 
   /** diffusers' set_adapters: in each component, the named adapters it has are active, the others not. */
   setAdapters(names: string | readonly string[], weights?: number | readonly number[]): void {
-    const list = typeof names === 'string' ? [names] : [...names];
-    const values =
-      weights === undefined
-        ? list.map(() => 1)
-        : typeof weights === 'number'
-          ? list.map(() => weights)
-          : [...weights];
-    if (values.length !== list.length) {
-      throw new OptionError(
-        `setAdapters: ${list.length} adapter names but ${values.length} weights; pass one weight per adapter`,
-        'ADAPTER_WEIGHTS',
-      );
-    }
+    const { list, values } = adapterWeights(names, weights);
     this.checkKnown(list, 'setAdapters');
     for (const { adapters } of this.targets) {
       const mine = list

@@ -309,12 +309,22 @@ function CLIPMLP(p: Params, x: Tensor, c: CLIPTextConfig): Tensor {
   );
 }
 
+/** `text_model.final_layer_norm` alone, applied to hidden states [B, S, hidden] given as input. */
+function buildFinalLayerNormGraph(config: CLIPTextConfig, weights: TensorSource, seqLength: number): Graph {
+  const g = new Graph('CLIPTextModel.final_layer_norm');
+  const x = g.input('hidden_states', 'float32', ['B', seqLength, config.hiddenSize]);
+  const p = Params.of(g, weights).child('text_model').child('final_layer_norm');
+  g.output('last_hidden_state', LayerNorm(p, x, config.hiddenSize, { eps: config.layerNormEps }));
+  return g;
+}
+
 /** The shared body of CLIPTextModel and CLIPTextModelWithProjection (which differ in one output). */
 class CLIPTextModelBase implements DiffusersModel {
   readonly methods: readonly string[] = [];
   /** LoRA adapters on the encoder's linears (diffusers' load_lora_into_text_encoder). */
   readonly adapters = new AdapterSet();
   private readonly runnable: RunnableModel<CLIPTextGraphOptions>;
+  private readonly finalNorm: RunnableModel<{ seqLength: number }>;
 
   protected constructor(
     readonly className: CLIPTextClassName,
@@ -332,6 +342,12 @@ class CLIPTextModelBase implements DiffusersModel {
       build: (layout) =>
         buildCLIPTextGraph(config, weights, layout, adapters.loaded.length > 0 ? { lora: adapters } : {}),
       key: (layout) => JSON.stringify([layout, adapters.graphKey]),
+    });
+    this.finalNorm = new RunnableModel<{ seqLength: number }>({
+      className: 'CLIPTextModel.final_layer_norm',
+      dir,
+      runtime,
+      build: ({ seqLength }) => buildFinalLayerNormGraph(config, weights, seqLength),
     });
   }
 
@@ -410,8 +426,23 @@ class CLIPTextModelBase implements DiffusersModel {
     return result.host;
   }
 
+  /**
+   * `text_model.final_layer_norm(hidden_states)` for hidden_states [B, S, hidden]: Stable Diffusion
+   * 1.x/2.x apply it to an earlier layer's output for clip-skip (diffusers' `encode_prompt`:
+   * `text_encoder.text_model.final_layer_norm(hidden_states[-(clip_skip + 1)])`).
+   */
+  async finalLayerNorm(hiddenStates: HostTensor): Promise<HostTensor> {
+    const dims = this.finalNorm.checkInputs(
+      { hidden_states: hiddenStates },
+      { hidden_states: { dtypes: ['float32'], shape: ['B', 'S', hiddenStates.shape[2]] } },
+    );
+    const out = await this.finalNorm.run({ seqLength: dims.S }, { hidden_states: hiddenStates });
+    return out.host.last_hidden_state;
+  }
+
   async close(): Promise<void> {
     this.runnable.clear();
+    this.finalNorm.clear();
     await this.weights.close();
   }
 }

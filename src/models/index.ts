@@ -11,7 +11,6 @@ import { UNet2DConditionModel } from './unet-2d-condition.js';
 
 export { AutoencoderKL } from './autoencoder-kl.js';
 export { CLIPTextModel, CLIPTextModelWithProjection } from './clip-text.js';
-export { CLIPFinalLayerNorm } from './clip-final-layer-norm.js';
 export { VelodiffEmojiClassifier } from './emoji-classifier.js';
 export { PixArtTransformer2DModel } from './pixart-transformer.js';
 export { T5EncoderModel } from './t5-encoder.js';

@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 
 import { OptionError } from '../errors.js';
-import { CLIPFinalLayerNorm } from '../models/clip-final-layer-norm.js';
+import type { ModelIndex } from '../io/diffusers.js';
 import { CLIPTextModel, CLIPTextModelWithProjection } from '../models/clip-text.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
@@ -15,6 +15,7 @@ import type { Runtime } from '../runtime/runtime.js';
 import { CLIPTokenizer } from '../tokenizers/clip-tokenizer.js';
 import type { WarningHandler } from '../warnings.js';
 import { VelodiffWarning, emitWarning } from '../warnings.js';
+import { concatLastAxis } from './batch.js';
 
 /** Which hidden state a pipeline takes as the prompt embedding. */
 export type HiddenStateChoice =
@@ -34,12 +35,9 @@ export interface ClipEncoding {
 
 /** One tokenizer + text encoder pair of a pipeline folder (`tokenizer` + `text_encoder`, or the `_2` pair). */
 export class ClipPromptEncoder {
-  private finalNorm: CLIPFinalLayerNorm | undefined;
-
   private constructor(
     readonly tokenizer: CLIPTokenizer,
     readonly textEncoder: CLIPTextModel | CLIPTextModelWithProjection,
-    private readonly runtime: Runtime,
     private readonly onWarning: WarningHandler,
   ) {}
 
@@ -61,7 +59,22 @@ export class ClipPromptEncoder {
         `${dir}: text encoder class ${className} is not a CLIP text encoder (CLIPTextModel or CLIPTextModelWithProjection)`,
       );
     }
-    return new ClipPromptEncoder(tokenizer, encoder, options.runtime, options.onWarning ?? emitWarning);
+    return new ClipPromptEncoder(tokenizer, encoder, options.onWarning ?? emitWarning);
+  }
+
+  /**
+   * The pair `folders` of a pipeline folder as model_index.json lists it, or undefined where it lists
+   * the tokenizer or the text encoder as null or not at all (a folder for embeddings only).
+   */
+  static async fromModelIndex(
+    pipelineDir: string,
+    index: ModelIndex,
+    folders: { tokenizer: string; textEncoder: string },
+    options: { runtime: Runtime; onWarning?: WarningHandler },
+  ): Promise<ClipPromptEncoder | undefined> {
+    const className = index.components[folders.textEncoder]?.[1];
+    if (!className || !index.components[folders.tokenizer]?.[1]) return undefined;
+    return ClipPromptEncoder.fromPretrained(pipelineDir, folders, className, options);
   }
 
   /** The tokenizer's model_max_length (77 for every released CLIP). */
@@ -102,18 +115,7 @@ export class ClipPromptEncoder {
     if (choice.kind === 'last') hidden = out.last_hidden_state;
     else {
       const state = out[`hidden_states.${layers + 1 - choice.fromEnd}`];
-      if (choice.kind === 'raw') hidden = state;
-      else {
-        this.finalNorm ??= await CLIPFinalLayerNorm.fromPretrained(
-          this.textEncoder.dir,
-          this.textEncoder.config,
-          {
-            runtime: this.runtime,
-            onWarning: this.onWarning,
-          },
-        );
-        hidden = await this.finalNorm.forward(state);
-      }
+      hidden = choice.kind === 'raw' ? state : await this.textEncoder.finalLayerNorm(state);
     }
     return out.text_embeds ? { hidden, pooled: out.text_embeds } : { hidden };
   }
@@ -137,6 +139,26 @@ export class ClipPromptEncoder {
 
   async close(): Promise<void> {
     await this.textEncoder.close();
-    await this.finalNorm?.close();
   }
+}
+
+/**
+ * Prompts through several encoders, as SDXL's `encode_prompt`: `prompts[i]` through `encoders[i]`, the
+ * hidden states `choice` joined along the channel axis, and the first pooled `text_embeds` found.
+ */
+export async function encodeJoined(
+  encoders: readonly ClipPromptEncoder[],
+  prompts: readonly string[][],
+  choice: HiddenStateChoice,
+  maxLength?: number,
+): Promise<ClipEncoding> {
+  const hidden: HostTensor[] = [];
+  let pooled: HostTensor | undefined;
+  for (const [i, encoder] of encoders.entries()) {
+    const encoded = await encoder.encode(prompts[i], choice, maxLength);
+    pooled ??= encoded.pooled;
+    hidden.push(encoded.hidden);
+  }
+  const joined = concatLastAxis(hidden);
+  return pooled ? { hidden: joined, pooled } : { hidden: joined };
 }

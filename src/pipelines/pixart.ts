@@ -15,7 +15,7 @@ import type { TGateOptions } from '../attention/tgate.js';
 import { TGateCaches, pruneDeadStores, tgatePlan } from '../attention/tgate.js';
 import type { AttentionOption } from '../attention/types.js';
 import type { LoadedLora } from '../lora/adapters.js';
-import { FLASH_PRESET, loadFlashLora } from '../lora/flash.js';
+import { loadFlashLora } from '../lora/flash.js';
 import { schedulerFromConfig } from '../schedulers/index.js';
 import { asFloat, checkInteger, concatBatch, repeatBatch } from './batch.js';
 import type { LoopCallbacks, PipelineOutput } from './denoise.js';
@@ -449,19 +449,13 @@ export class PixArtPipeline {
     adapter: LoadedLora;
     runOptions: Pick<PixArtRunOptions, 'numInferenceSteps' | 'guidanceScale'>;
   }> {
-    const setup = await loadFlashLora(this.transformer.adapters, path, {
+    const flash = await loadFlashLora(this.transformer.adapters, path, {
       modelParameters: this.transformer.weights,
       schedulerConfig: this.scheduler.config as Record<string, unknown>,
       adapterName: options.adapterName,
     });
-    this.scheduler = setup.scheduler;
-    return {
-      adapter: setup.adapter,
-      runOptions: {
-        numInferenceSteps: FLASH_PRESET.numInferenceSteps,
-        guidanceScale: FLASH_PRESET.guidanceScale,
-      },
-    };
+    this.scheduler = flash.scheduler;
+    return { adapter: flash.adapter, runOptions: flash.runOptions };
   }
 
   private requireEncoder(): PromptEncoder {

@@ -4,15 +4,14 @@
  * one's projected `text_embeds` as the pooled embedding, and the micro-conditioning time ids
  * (original size, crop corner, target size — or the refiner's aesthetic score) as `added_cond_kwargs`.
  */
-import { basename, join, resolve } from 'node:path';
+import { basename, join } from 'node:path';
 
 import { FileFormatError, OptionError } from '../errors.js';
-import { readModelIndex } from '../io/diffusers.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
 import type { Runtime } from '../runtime/runtime.js';
-import { asFloat, concatLastAxis, repeatBatch, rows } from './batch.js';
-import { ClipPromptEncoder } from './clip-prompt.js';
+import { asFloat, repeatBatch, rows } from './batch.js';
+import { ClipPromptEncoder, encodeJoined } from './clip-prompt.js';
 import type { PipelineOutput } from './denoise.js';
 import type {
   LoadPipelineOptions,
@@ -21,7 +20,14 @@ import type {
   UNetComponents,
   UNetConditioning,
 } from './unet-pipeline.js';
-import { UNetPipeline, checkEmbeds, loadUNetFolder, negativeList, promptList } from './unet-pipeline.js';
+import {
+  UNetPipeline,
+  checkEmbeds,
+  loadUNetFolder,
+  negativeList,
+  promptList,
+  readPipelineIndex,
+} from './unet-pipeline.js';
 
 /** [height, width] or [top, left] in pixels, as diffusers' tuples. */
 export type SizePair = readonly [number, number];
@@ -118,16 +124,12 @@ export class StableDiffusionXLPipeline extends UNetPipeline {
     options: LoadPipelineOptions,
     as?: StableDiffusionXLClassName,
   ): Promise<{ className: StableDiffusionXLClassName; rest: Parts }> {
-    const abs = resolve(dir);
-    const index = options.index ?? (await readModelIndex(abs));
-    const className = index.className as StableDiffusionXLClassName;
-    if (!STABLE_DIFFUSION_XL_CLASSES.includes(className)) {
-      throw new FileFormatError(
-        `${join(abs, 'model_index.json')}: ${index.className} is not an SDXL pipeline (${STABLE_DIFFUSION_XL_CLASSES.join(', ')})`,
-        'PIPELINE_CLASS',
-        abs,
-      );
-    }
+    const { abs, index, className } = await readPipelineIndex(
+      dir,
+      options,
+      STABLE_DIFFUSION_XL_CLASSES,
+      'an SDXL pipeline',
+    );
     const flag = (key: string, fallback: boolean): boolean => {
       const value = index.raw[key];
       if (value === undefined) return fallback;
@@ -150,13 +152,8 @@ export class StableDiffusionXLPipeline extends UNetPipeline {
         ['tokenizer', 'text_encoder'],
         ['tokenizer_2', 'text_encoder_2'],
       ]) {
-        const encoderClass = index.components[textEncoder]?.[1];
-        if (!encoderClass || !index.components[tokenizer]?.[1]) continue;
-        encoders.push(
-          load.track(
-            await ClipPromptEncoder.fromPretrained(abs, { tokenizer, textEncoder }, encoderClass, load),
-          ),
-        );
+        const encoder = await ClipPromptEncoder.fromModelIndex(abs, index, { tokenizer, textEncoder }, load);
+        if (encoder) encoders.push(load.track(encoder));
       }
       return encoders;
     });
@@ -194,21 +191,13 @@ export class StableDiffusionXLPipeline extends UNetPipeline {
       const encoders = this.requireEncoders();
       const prompts2 = o.prompt2 === undefined ? prompts : negativeList(o.prompt2, prompts.length, 'prompt2');
       const fromEnd = o.clipSkip === undefined ? 2 : o.clipSkip + 2;
-      const hidden: HostTensor[] = [];
-      for (const [i, encoder] of encoders.entries()) {
-        const r = await encoder.encode(i === 0 ? prompts : prompts2, { kind: 'raw', fromEnd });
-        if (!pooled && r.pooled) pooled = r.pooled;
-        hidden.push(r.hidden);
-      }
-      embeds = concatLastAxis(hidden);
-    } else {
-      if (o.clipSkip !== undefined)
-        throw new OptionError('clipSkip applies to prompts; promptEmbeds are used as given');
-      if (!pooled) {
-        throw new OptionError(
-          "pooledPromptEmbeds must be given with promptEmbeds (text_encoder_2's text_embeds)",
-        );
-      }
+      const encoded = await encodeJoined(encoders, [prompts, prompts2], { kind: 'raw', fromEnd });
+      embeds = encoded.hidden;
+      pooled ??= encoded.pooled;
+    } else if (!pooled) {
+      throw new OptionError(
+        "pooledPromptEmbeds must be given with promptEmbeds (text_encoder_2's text_embeds)",
+      );
     }
     embeds = asFloat(embeds as HostTensor);
     if (!pooled)
@@ -236,18 +225,14 @@ export class StableDiffusionXLPipeline extends UNetPipeline {
         const negs = negativeList(o.negativePrompt, count);
         const negs2 =
           o.negativePrompt2 === undefined ? negs : negativeList(o.negativePrompt2, count, 'negativePrompt2');
-        const hidden: HostTensor[] = [];
-        negPooled = undefined;
-        for (const [i, encoder] of encoders.entries()) {
-          const r = await encoder.encode(
-            i === 0 ? negs : negs2,
-            { kind: 'raw', fromEnd: 2 },
-            embeds.shape[1],
-          );
-          if (!negPooled && r.pooled) negPooled = r.pooled;
-          hidden.push(r.hidden);
-        }
-        negEmbeds = concatLastAxis(hidden);
+        const encoded = await encodeJoined(
+          encoders,
+          [negs, negs2],
+          { kind: 'raw', fromEnd: 2 },
+          embeds.shape[1],
+        );
+        negEmbeds = encoded.hidden;
+        negPooled = encoded.pooled;
       }
     }
     if (cfg) {

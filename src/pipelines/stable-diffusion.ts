@@ -4,10 +4,7 @@
  * AutoencoderKL and the folder's scheduler. No safety checker runs (folders that list one load
  * without it).
  */
-import { join, resolve } from 'node:path';
-
-import { FileFormatError, OptionError } from '../errors.js';
-import { readModelIndex } from '../io/diffusers.js';
+import { OptionError } from '../errors.js';
 import type { Runtime } from '../runtime/runtime.js';
 import { asFloat, repeatBatch } from './batch.js';
 import { ClipPromptEncoder } from './clip-prompt.js';
@@ -18,7 +15,14 @@ import type {
   UNetComponents,
   UNetConditioning,
 } from './unet-pipeline.js';
-import { UNetPipeline, checkEmbeds, loadUNetFolder, negativeList, promptList } from './unet-pipeline.js';
+import {
+  UNetPipeline,
+  checkEmbeds,
+  loadUNetFolder,
+  negativeList,
+  promptList,
+  readPipelineIndex,
+} from './unet-pipeline.js';
 
 export type { StableDiffusionRunOptions } from './unet-pipeline.js';
 
@@ -88,28 +92,16 @@ export class StableDiffusionPipeline extends UNetPipeline {
     className: StableDiffusionClassName;
     rest: [string, UNetComponents, ClipPromptEncoder | undefined, Runtime, boolean];
   }> {
-    const abs = resolve(dir);
-    const index = options.index ?? (await readModelIndex(abs));
-    const className = index.className as StableDiffusionClassName;
-    if (!STABLE_DIFFUSION_CLASSES.includes(className)) {
-      throw new FileFormatError(
-        `${join(abs, 'model_index.json')}: ${index.className} is not a Stable Diffusion 1.x/2.x pipeline (${STABLE_DIFFUSION_CLASSES.join(', ')})`,
-        'PIPELINE_CLASS',
-        abs,
-      );
-    }
+    const { abs, index, className } = await readPipelineIndex(
+      dir,
+      options,
+      STABLE_DIFFUSION_CLASSES,
+      'a Stable Diffusion 1.x/2.x pipeline',
+    );
     const loaded = await loadUNetFolder(abs, index, options, async (load) => {
-      const encoderClass = index.components.text_encoder?.[1];
-      const hasText = encoderClass && index.components.tokenizer?.[1];
-      if (!hasText) return undefined;
-      return load.track(
-        await ClipPromptEncoder.fromPretrained(
-          abs,
-          { tokenizer: 'tokenizer', textEncoder: 'text_encoder' },
-          encoderClass,
-          load,
-        ),
-      );
+      const folders = { tokenizer: 'tokenizer', textEncoder: 'text_encoder' };
+      const encoder = await ClipPromptEncoder.fromModelIndex(abs, index, folders, load);
+      return encoder && load.track(encoder);
     });
     return {
       className: as ?? className,
@@ -136,8 +128,6 @@ export class StableDiffusionPipeline extends UNetPipeline {
           ? { kind: 'last' as const }
           : { kind: 'normed' as const, fromEnd: o.clipSkip + 1 };
       embeds = (await encoder.encode(prompts, choice)).hidden;
-    } else if (o.clipSkip !== undefined) {
-      throw new OptionError('clipSkip applies to prompts; promptEmbeds are used as given');
     }
     embeds = asFloat(embeds as typeof o.promptEmbeds & object);
     const count = embeds.shape[0];

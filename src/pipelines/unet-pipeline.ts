@@ -4,16 +4,22 @@
  * the initial or image latents, LCM's guidance embedding, and the UNet call in the shared denoising
  * loop. Each pipeline says how prompts become the UNet's conditioning.
  */
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 
 import { FileFormatError, OptionError } from '../errors.js';
 import type { DeepCacheOptions, DeepCacheStep } from '../attention/deepcache.js';
-import { DeepCacheFeature, deepCachePlan, tgateDeepCachePlan } from '../attention/deepcache.js';
+import {
+  DeepCacheFeature,
+  checkDeepCacheForUNet,
+  deepCachePlan,
+  tgateDeepCachePlan,
+} from '../attention/deepcache.js';
 import type { TGateOptions, TGateStep } from '../attention/tgate.js';
 import { TGateCaches, pruneDeadStores, tgatePlan } from '../attention/tgate.js';
 import type { AttentionOption } from '../attention/types.js';
 import type { ModelIndex } from '../io/diffusers.js';
-import { FLASH_PRESET, loadFlashLora } from '../lora/flash.js';
+import { readModelIndex } from '../io/diffusers.js';
+import { loadFlashLora } from '../lora/flash.js';
 import type { LoadedLora } from '../lora/adapters.js';
 import type { LoraComponent } from '../lora/format.js';
 import type { LoraTarget, PipelineLoadedLora } from '../lora/pipeline-adapters.js';
@@ -174,6 +180,8 @@ export abstract class UNetPipeline {
       throw new OptionError(`guidanceRescale must be a number ≥ 0 (0.7 in Lin et al.), got ${rescale}`);
     }
     if (o.clipSkip !== undefined) checkInteger(o.clipSkip, 'clipSkip', 0);
+    // A branch this UNet lacks fails here, before the text encoders or any step run.
+    if (o.deepCache) checkDeepCacheForUNet(o.deepCache, this.unet.config);
     if (this.defaults.strength !== undefined && !o.image) {
       throw new OptionError(`${this.className} needs an image (run({ image, strength }))`);
     }
@@ -374,20 +382,14 @@ export abstract class UNetPipeline {
     adapter: LoadedLora;
     runOptions: Pick<StableDiffusionRunOptions, 'numInferenceSteps' | 'guidanceScale'>;
   }> {
-    const setup = await loadFlashLora(this.unet.adapters, path, {
+    const flash = await loadFlashLora(this.unet.adapters, path, {
       modelParameters: this.unet.weights,
       schedulerConfig: this.scheduler.config as Record<string, unknown>,
       adapterName: options.adapterName,
       fuse: options.fuse,
     });
-    this.scheduler = setup.scheduler;
-    return {
-      adapter: setup.adapter,
-      runOptions: {
-        numInferenceSteps: FLASH_PRESET.numInferenceSteps,
-        guidanceScale: FLASH_PRESET.guidanceScale,
-      },
-    };
+    this.scheduler = flash.scheduler;
+    return { adapter: flash.adapter, runOptions: flash.runOptions };
   }
 
   private requireVae(what: string): AutoencoderKL {
@@ -426,6 +428,29 @@ function notYet(what: string, className: string): OptionError {
   return new OptionError(
     `${what} is not available for ${className} yet (UNet accelerations are issue 10 §3); it runs on PixArt pipelines`,
   );
+}
+
+/**
+ * The folder's model_index.json (or `options.index`), which must name one of `classes`; `kind` says
+ * what they are in the error.
+ */
+export async function readPipelineIndex<C extends string>(
+  dir: string,
+  options: { index?: ModelIndex },
+  classes: readonly C[],
+  kind: string,
+): Promise<{ abs: string; index: ModelIndex; className: C }> {
+  const abs = resolve(dir);
+  const index = options.index ?? (await readModelIndex(abs));
+  const className = index.className as C;
+  if (!classes.includes(className)) {
+    throw new FileFormatError(
+      `${join(abs, 'model_index.json')}: ${index.className} is not ${kind} (${classes.join(', ')})`,
+      'PIPELINE_CLASS',
+      abs,
+    );
+  }
+  return { abs, index, className };
 }
 
 /**
@@ -478,13 +503,17 @@ export async function loadUNetFolder<T>(
   }
 }
 
-/** `prompt` as a list, the batch size it gives, or the batch of `promptEmbeds`. */
+/** `prompt` as a list, the batch size it gives, or undefined for `promptEmbeds` (used as given). */
 export function promptList(o: {
   prompt?: string | string[];
   promptEmbeds?: HostTensor;
+  clipSkip?: number;
 }): string[] | undefined {
   if (o.promptEmbeds) {
     if (o.prompt !== undefined) throw new OptionError('give either prompt or promptEmbeds, not both');
+    if (o.clipSkip !== undefined) {
+      throw new OptionError('clipSkip applies to prompts; promptEmbeds are used as given');
+    }
     return undefined;
   }
   if (o.prompt === undefined) throw new OptionError('give a prompt (or promptEmbeds)');

@@ -16,7 +16,7 @@ import { Runtime } from '../../src/runtime/runtime.js';
 import { schedulerFromConfig } from '../../src/schedulers/index.js';
 import { assertClose, assertMaxAbsError, maxAbs } from '../compare.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
-import { randomArray, readAllTensors } from '../helpers.js';
+import { imageRgb, pngRgb, randomArray, readAllTensors } from '../helpers.js';
 import { PixArtReference, refInputs } from '../pipelines/pixart-reference.js';
 import { STEP_TOLERANCE } from '../pipelines/record-steps.js';
 import { seededUniform, testSeed } from '../random.js';
@@ -54,23 +54,10 @@ async function expectedPixels(
   try {
     if (scheduler) pipe.scheduler = schedulerFromConfig({ ...pipe.scheduler.config, _class_name: scheduler });
     const { images } = await pipe.run(options);
-    const [, channels, height, width] = (images as HostTensor).shape;
-    const data = (images as HostTensor).data as Float32Array;
-    const rgb = new Uint8Array(height * width * channels);
-    for (let c = 0; c < channels; c++) {
-      for (let i = 0; i < height * width; i++)
-        rgb[i * channels + c] = Math.round(data[c * height * width + i] * 255);
-    }
-    return rgb;
+    return imageRgb(images as HostTensor);
   } finally {
     await pipe.close();
   }
-}
-
-/** The RGB bytes of a PNG file (dropping alpha). */
-function pixels(png: Buffer): Uint8Array {
-  const { data, width, height } = PNG.sync.read(png);
-  return Uint8Array.from({ length: width * height * 3 }, (_, i) => data[Math.floor(i / 3) * 4 + (i % 3)]);
 }
 
 /**
@@ -348,7 +335,7 @@ describe('velodiff generate', () => {
       width: 16,
       height: 16,
     };
-    assertSameImage(pixels(a), await expectedPixels(dir, run7), 'the PNG holds the pipeline image, seed 7');
+    assertSameImage(pngRgb(a), await expectedPixels(dir, run7), 'the PNG holds the pipeline image, seed 7');
   });
 
   it('takes --attention, --tgate and rejects a malformed --tgate', async () => {
@@ -388,7 +375,7 @@ describe('velodiff generate', () => {
       attention: { kind: 'clear', radius: 2 },
       tgate: { gateStep: 2, spInterval: 1, fiInterval: 1, warmUp: 0 },
     });
-    assertSameImage(pixels(readFileSync(path)), expected, '--attention clear:2 --tgate 2,1,1,0');
+    assertSameImage(pngRgb(readFileSync(path)), expected, '--attention clear:2 --tgate 2,1,1,0');
     const plain = await expectedPixels(dir, run);
     assert.ok(
       plain.some((v, i) => Math.abs(v - expected[i]) > 1),
@@ -431,7 +418,7 @@ describe('velodiff generate', () => {
       height: 16,
     };
     const expected = await expectedPixels(dir, run, 'DPMSolverMultistepScheduler');
-    assertSameImage(pixels(readFileSync(path)), expected, '--scheduler dpm++');
+    assertSameImage(pngRgb(readFileSync(path)), expected, '--scheduler dpm++');
     const ddim = await expectedPixels(dir, run);
     assert.ok(
       ddim.some((v, i) => Math.abs(v - expected[i]) > 1),

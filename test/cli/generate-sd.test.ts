@@ -7,42 +7,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import { PNG } from 'pngjs';
-
 import { encodePng } from '../../src/io/png.js';
 import { readImageFile } from '../../src/io/image.js';
-import { StableDiffusionPipeline } from '../../src/pipelines/index.js';
-import type { StableDiffusionRunOptions } from '../../src/pipelines/index.js';
 import { Runtime } from '../../src/runtime/runtime.js';
 import { assertMaxAbsError } from '../compare.js';
-import { tinySdPipeline } from '../fixtures/tiny-sd-pipelines.js';
+import { sdLibraryRgb, tinySdPipeline } from '../fixtures/tiny-sd-pipelines.js';
+import { pngRgb } from '../helpers.js';
 import { captureCli } from './capture.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
 
 const runtime = new Runtime({ worker: false, threads: 1 });
 after(() => runtime.dispose());
-
-function pixels(png: Buffer): Uint8Array {
-  const { data, width, height } = PNG.sync.read(png);
-  return Uint8Array.from({ length: width * height * 3 }, (_, i) => data[Math.floor(i / 3) * 4 + (i % 3)]);
-}
-
-async function expectedPixels(dir: string, options: StableDiffusionRunOptions): Promise<Uint8Array> {
-  const pipe = await StableDiffusionPipeline.fromPretrained(dir, { runtime, onWarning: () => {} });
-  try {
-    const images = (await pipe.run(options)).images!;
-    const [, channels, height, width] = images.shape;
-    const data = images.data as Float32Array;
-    const rgb = new Uint8Array(height * width * channels);
-    for (let c = 0; c < channels; c++) {
-      for (let i = 0; i < height * width; i++)
-        rgb[i * channels + c] = Math.round(data[c * height * width + i] * 255);
-    }
-    return rgb;
-  } finally {
-    await pipe.close();
-  }
-}
 
 describe('velodiff generate with Stable Diffusion folders', () => {
   it('text-to-image with --negative-prompt --clip-skip --guidance-rescale, and --init-image --strength', async () => {
@@ -67,7 +42,7 @@ describe('velodiff generate with Stable Diffusion folders', () => {
     ]);
     assert.equal(r.code, 0, r.err);
     assert.match(r.err, /step 2\/2/);
-    const expected = await expectedPixels(dir, {
+    const expected = await sdLibraryRgb(runtime, dir, {
       prompt: 'a cat',
       negativePrompt: 'blurry',
       clipSkip: 1,
@@ -77,7 +52,7 @@ describe('velodiff generate with Stable Diffusion folders', () => {
       width: 32,
       height: 32,
     });
-    assertMaxAbsError(pixels(readFileSync(path)), expected, 1, 'text-to-image PNG');
+    assertMaxAbsError(pngRgb(readFileSync(path)), expected, 1, 'text-to-image PNG');
 
     // image-to-image from a PNG file: the output keeps the file's size.
     const init = join(outDir, 'init.png');
@@ -87,14 +62,14 @@ describe('velodiff generate with Stable Diffusion folders', () => {
     const r2 = await captureCli([...common, '--init-image', init, '--strength', '0.5', '--out', edited]);
     assert.equal(r2.code, 0, r2.err);
     assert.match(r2.err, /step 1\/1/, 'int(2 · 0.5) = 1 step');
-    const expected2 = await expectedPixels(dir, {
+    const expected2 = await sdLibraryRgb(runtime, dir, {
       prompt: 'a cat',
       image: await readImageFile(init),
       strength: 0.5,
       numInferenceSteps: 2,
       seed: 3,
     });
-    assertMaxAbsError(pixels(readFileSync(edited)), expected2, 1, 'image-to-image PNG');
+    assertMaxAbsError(pngRgb(readFileSync(edited)), expected2, 1, 'image-to-image PNG');
 
     const bad = await captureCli([...common, '--strength', '0.5', '--out', path]);
     assert.equal(bad.code, 2);

@@ -8,40 +8,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import { PNG } from 'pngjs';
-
-import { StableDiffusionPipeline } from '../../src/pipelines/index.js';
 import type { StableDiffusionRunOptions } from '../../src/pipelines/index.js';
 import { Runtime } from '../../src/runtime/runtime.js';
 import { assertMaxAbsError } from '../compare.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
-import { tinySdPipeline } from '../fixtures/tiny-sd-pipelines.js';
+import { sdLibraryRgb, tinySdPipeline } from '../fixtures/tiny-sd-pipelines.js';
+import { pngRgb } from '../helpers.js';
 import { captureCli } from './capture.js';
 
 const runtime = new Runtime({ worker: false, threads: 1 });
 after(() => runtime.dispose());
-
-function pixels(png: Buffer): Uint8Array {
-  const { data, width, height } = PNG.sync.read(png);
-  return Uint8Array.from({ length: width * height * 3 }, (_, i) => data[Math.floor(i / 3) * 4 + (i % 3)]);
-}
-
-async function libraryPixels(dir: string, options: StableDiffusionRunOptions): Promise<Uint8Array> {
-  const pipe = await StableDiffusionPipeline.fromPretrained(dir, { runtime, onWarning: () => {} });
-  try {
-    const images = (await pipe.run(options)).images!;
-    const [, channels, height, width] = images.shape;
-    const data = images.data as Float32Array;
-    const rgb = new Uint8Array(height * width * channels);
-    for (let c = 0; c < channels; c++) {
-      for (let i = 0; i < height * width; i++)
-        rgb[i * channels + c] = Math.round(data[c * height * width + i] * 255);
-    }
-    return rgb;
-  } finally {
-    await pipe.close();
-  }
-}
 
 describe('velodiff generate with T-GATE and DeepCache on a Stable Diffusion folder', () => {
   it('--tgate 2 --deep-cache-interval 2 --deep-cache-branch 1 gives the library run with those options', async () => {
@@ -78,16 +54,16 @@ describe('velodiff generate with T-GATE and DeepCache on a Stable Diffusion fold
       width: 32,
       height: 32,
     };
-    const expected = await libraryPixels(dir, {
+    const expected = await sdLibraryRgb(runtime, dir, {
       ...base,
       tgate: { gateStep: 2 },
       deepCache: { cacheInterval: 2, cacheBranchId: 1 },
     });
-    const written = pixels(readFileSync(path));
+    const written = pngRgb(readFileSync(path));
     assertMaxAbsError(written, expected, 1, 'PNG');
     assert.notDeepEqual(
       written,
-      await libraryPixels(dir, base),
+      await sdLibraryRgb(runtime, dir, base),
       'the accelerated image differs from the plain one',
     );
   });

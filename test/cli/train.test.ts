@@ -134,17 +134,8 @@ describe('velodiff train', () => {
 
     // --export writes a checkpoint's model without training: the final checkpoint's is the run's model.
     const exported = join(work, 'classifier-export');
-    const x = await captureCli([
-      'train',
-      '--config',
-      config,
-      '--out',
-      out,
-      '--export',
-      exported,
-      '--threads',
-      '1',
-    ]);
+    const exportArgs = ['train', '--config', config, '--out', out, '--export', exported];
+    const x = await captureCli([...exportArgs, '--threads', '1']);
     assert.equal(x.code, 0, x.err);
     assert.match(x.out, /exported step 6 \(.*checkpoint-6\)/);
     for (const file of ['config.json', 'diffusion_pytorch_model.safetensors']) {
@@ -153,17 +144,7 @@ describe('velodiff train', () => {
         `${file}: the export of checkpoint-6 equals the model the run wrote`,
       );
     }
-    const missing = await captureCli([
-      'train',
-      '--config',
-      config,
-      '--out',
-      out,
-      '--export',
-      exported,
-      '--checkpoint',
-      '5',
-    ]);
+    const missing = await captureCli([...exportArgs, '--checkpoint', '5']);
     assert.equal(missing.code, 2);
     assert.match(missing.err, /has no checkpoint at step 5; it has 6/);
 

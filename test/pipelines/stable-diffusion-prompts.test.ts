@@ -14,28 +14,16 @@ import {
   StableDiffusionImg2ImgPipeline,
   StableDiffusionPipeline,
 } from '../../src/pipelines/index.js';
-import type { UNetPipeline } from '../../src/pipelines/index.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
 import { Runtime } from '../../src/runtime/runtime.js';
 import { CLIPTokenizer } from '../../src/tokenizers/clip-tokenizer.js';
 import { assertMaxAbsError } from '../compare.js';
-import { tinySdPipeline } from '../fixtures/tiny-sd-pipelines.js';
+import { recordUNet, tinySdPipeline } from '../fixtures/tiny-sd-pipelines.js';
 
 const runtime = new Runtime({ worker: false, threads: 1 });
 after(() => runtime.dispose());
 const quiet = { runtime, onWarning: () => {} };
-
-function recordUNet(pipe: UNetPipeline): Record<string, HostTensor>[] {
-  const calls: Record<string, HostTensor>[] = [];
-  // The pipelines call the UNet through `step` (forward plus T-GATE/DeepCache step kinds).
-  const step = pipe.unet.step.bind(pipe.unet);
-  pipe.unet.step = async (inputs, options) => {
-    calls.push({ ...inputs });
-    return step(inputs, options);
-  };
-  return calls;
-}
 
 async function clipStates(dir: string, prompt: string): Promise<Record<string, HostTensor>> {
   const tokenizer = await CLIPTokenizer.fromPretrained(join(dir, 'tokenizer'));

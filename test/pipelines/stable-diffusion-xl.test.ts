@@ -18,13 +18,12 @@ import {
 } from '../../src/pipelines/index.js';
 import type { UNetPipeline } from '../../src/pipelines/index.js';
 import { TorchGenerator } from '../../src/random/torch-generator.js';
-import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
 import { Runtime } from '../../src/runtime/runtime.js';
 import { schedulerFromConfig } from '../../src/schedulers/index.js';
 import { CLIPTokenizer } from '../../src/tokenizers/clip-tokenizer.js';
 import { assertMaxAbsError, maxAbs } from '../compare.js';
-import { tinySdxlPipeline, type TinySdxlPipeline } from '../fixtures/tiny-sd-pipelines.js';
+import { recordUNet, tinySdxlPipeline, type TinySdxlPipeline } from '../fixtures/tiny-sd-pipelines.js';
 import { randomTensor } from '../helpers.js';
 import { seededUniform, testSeed } from '../random.js';
 
@@ -34,18 +33,6 @@ before(async () => {
   folder = await tinySdxlPipeline();
 });
 after(() => runtime.dispose());
-
-/** Records every UNet call's inputs. */
-function recordUNet(pipe: UNetPipeline): Record<string, HostTensor>[] {
-  const calls: Record<string, HostTensor>[] = [];
-  // The pipelines call the UNet through `step` (forward plus T-GATE/DeepCache step kinds).
-  const step = pipe.unet.step.bind(pipe.unet);
-  pipe.unet.step = async (inputs, options) => {
-    calls.push({ ...inputs });
-    return step(inputs, options);
-  };
-  return calls;
-}
 
 /** hidden_states[index] of both encoders run directly, joined along the channels, and encoder 2's text_embeds. */
 async function directConditioning(

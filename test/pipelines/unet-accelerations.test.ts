@@ -373,15 +373,17 @@ describe('UNet step schedules (methods/tgate_flash.md §1.3, §1.6; DeepCacheSDH
     assert.throws(() => deepCachePlan(5, { cacheInterval: 0, cacheBranchId: 0 }), OptionError);
     const { pipe, run } = await sdSetup('deepcache branch error');
     try {
-      // The tiny UNet has 3 down blocks: branches 0 … 8.
+      // The tiny UNet has 3 down blocks: branches 0 … 8. The id is checked with the options, before
+      // the prompts are looked at: mismatched embeddings would fail there, later.
       await assert.rejects(
         pipe.run({
           ...run,
+          negativePromptEmbeds: randomTensor([1, TOKENS, 8], seededUniform(1)),
           numInferenceSteps: 2,
           outputType: 'latent',
           deepCache: { cacheInterval: 2, cacheBranchId: 9 },
         }),
-        /cacheBranchId 9 is in down block 3/,
+        /cacheBranchId 9 is in down block 3.*found 9/s,
       );
     } finally {
       await pipe.close();

@@ -10,7 +10,8 @@
  *   spelling `…processor.to_q_lora.down.weight`, and diffusers' `lora_adapter_metadata` header entry.
  * - kohya: `lora_unet_<path_with_underscores>.lora_down.weight` / `.lora_up.weight` / `.alpha`
  *   (also `lora_transformer_`); underscores are ambiguous, so paths are resolved against the model's
- *   parameter names.
+ *   parameter names. SDXL files name UNet modules as the original SGM UNet does
+ *   (`lora_unet_input_blocks_4_1_…`): sgm-names.ts renames them for the UNet's levels first.
  *
  * Keys that apply to no module of the model are returned in `ignored` with the reason, as diffusers
  * warns about them; malformed files are FileFormatErrors naming the key, the file and the shapes.
@@ -25,6 +26,8 @@ import { errnoCode } from '../io/errno.js';
 import { describeJson, isPlainObject } from '../io/json.js';
 import { SafetensorsFile, type TensorInfo } from '../io/safetensors.js';
 import { didYouMean } from '../io/suggest.js';
+import type { SgmBlockMap } from './sgm-names.js';
+import { isSgmName, sgmBlockMap, sgmToDiffusersName, unetLayoutOfModules } from './sgm-names.js';
 
 export type LoraFormat = 'peft' | 'diffusers' | 'kohya';
 
@@ -410,6 +413,8 @@ function classifyKohyaKey(key: string, loadingInto: LoraComponent): KeyRole {
 class ModuleIndex {
   private readonly weights = new Set<string>();
   private underscored: Map<string, string[]> | undefined;
+  /** The UNet's SGM block numbering; null when the model is not a diffusers UNet. */
+  private sgmBlocks: SgmBlockMap | null | undefined;
 
   constructor(private readonly model: ModelParameters) {
     for (const name of model.names()) if (name.endsWith('.weight')) this.weights.add(name.slice(0, -7));
@@ -424,8 +429,25 @@ class ModuleIndex {
     return { reason: `no module '${modulePath}' in the model.${didYouMean(modulePath, this.weights)}` };
   }
 
-  /** kohya writes `transformer_blocks_0_ff_net_0_proj`; the model knows `transformer_blocks.0.ff.net.0.proj`. */
+  /**
+   * kohya writes `transformer_blocks_0_ff_net_0_proj`; the model knows `transformer_blocks.0.ff.net.0.proj`.
+   * On a UNet, SGM names (`input_blocks_4_1_…`) are renamed to diffusers' first.
+   */
   resolveKohya(name: string): string | { reason: string } {
+    if (this.sgmBlocks === undefined) {
+      const layout = unetLayoutOfModules(this.weights);
+      this.sgmBlocks = layout === undefined ? null : sgmBlockMap(layout);
+    }
+    if (this.sgmBlocks === null || !isSgmName(name)) return this.resolveUnderscored(name);
+    const renamed = sgmToDiffusersName(name, this.sgmBlocks);
+    if (typeof renamed !== 'string') return renamed;
+    const resolved = this.resolveUnderscored(renamed);
+    return typeof resolved === 'string'
+      ? resolved
+      : { reason: `SGM name '${name}' is diffusers' '${renamed}', but ${resolved.reason}` };
+  }
+
+  private resolveUnderscored(name: string): string | { reason: string } {
     if (this.underscored === undefined) {
       this.underscored = new Map();
       for (const path of this.weights) {

@@ -9,11 +9,13 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { OptionError } from '../src/errors.js';
-import { buildUNetGraph, parseUNetConfig } from '../src/models/unet-2d-condition.js';
+import { UNet2DConditionModel, buildUNetGraph, parseUNetConfig } from '../src/models/unet-2d-condition.js';
 import type { UNet2DConditionConfig } from '../src/models/unet-2d-condition.js';
+import { Runtime } from '../src/runtime/runtime.js';
 import { defaultCacheDir } from '../src/train/data/cache.js';
 import { discoverParameterShapes, initParameters } from '../src/train/parameters.js';
 import { saveModelFolder } from '../src/train/save-model.js';
+import { nowMs } from './stats.js';
 
 export interface UNetBenchShape {
   /** SD 1.5's levels kept, from the top (full resolution) down: 1–4. */
@@ -98,6 +100,8 @@ export interface RandomUNetFolder {
   /** Whether this call wrote it (false: read from the cache). */
   written: boolean;
   parameters: number;
+  /** Its config.json as the UNet reads it. */
+  config: UNet2DConditionConfig;
 }
 
 /**
@@ -122,8 +126,45 @@ export async function randomUNetFolder(
     'bench',
     `unet-sd15-l${shape.levels}-lpb${shape.layersPerBlock}-c${shape.blockOutChannels[0]}-${key}`,
   );
-  if (existsSync(join(dir, 'config.json'))) return { dir, written: false, parameters };
+  if (existsSync(join(dir, 'config.json'))) return { dir, written: false, parameters, config };
   const params = initParameters(shapes, { seed });
   await saveModelFolder(dir, { className: 'UNet2DConditionModel', config: raw, params, shapes });
-  return { dir, written: true, parameters };
+  return { dir, written: true, parameters, config };
+}
+
+/**
+ * `randomUNetFolder` for a benchmark: says whether it was written or reused, since a write's memory
+ * stays in the process's peak RSS.
+ */
+export async function benchUNetFolder(
+  shape: UNetBenchShape,
+  options: { cacheDir?: string },
+  log: (s: string) => void,
+): Promise<RandomUNetFolder> {
+  const t0 = nowMs();
+  const folder = await randomUNetFolder(
+    shape,
+    options.cacheDir === undefined ? {} : { cacheDir: options.cacheDir },
+  );
+  log(
+    `${folder.written ? 'wrote' : 'reusing'} random UNet ${folder.dir} ` +
+      `(${(folder.parameters / 1e6).toFixed(1)} M parameters${folder.written ? `, ${((nowMs() - t0) / 1e3).toFixed(1)} s` : ''})`,
+  );
+  if (folder.written)
+    log('peak RSS below includes writing that folder: rerun (it is cached) for the benchmark alone');
+  return folder;
+}
+
+/** The UNet in `dir` on a new in-thread runtime of `threads` (disposed again if the load fails). */
+export async function openUNet(
+  dir: string,
+  threads: number,
+): Promise<{ model: UNet2DConditionModel; runtime: Runtime }> {
+  const runtime = new Runtime({ worker: false, threads });
+  try {
+    return { model: await UNet2DConditionModel.fromPretrained(dir, { runtime }), runtime };
+  } catch (error) {
+    await runtime.dispose();
+    throw error;
+  }
 }

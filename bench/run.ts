@@ -7,6 +7,7 @@ import { benchPipeline } from './pipeline.js';
 import { benchTrain } from './train.js';
 import { SD15_UNET } from './random-unet.js';
 import { benchUNet } from './unet.js';
+import { benchUNetLoop } from './unet-loop.js';
 import { machineLine } from './stats.js';
 
 const BENCHES: Record<string, () => Promise<unknown>> = {
@@ -34,6 +35,21 @@ const BENCHES: Record<string, () => Promise<unknown>> = {
         ],
         reps: 3,
         warmups: 1,
+        threads: 0,
+      },
+      console.log,
+    ),
+  'unet-loop': () =>
+    benchUNetLoop(
+      {
+        // The top two SD 1.5 levels: T-GATE's five step graphs at full width need ≈ 18 GB.
+        shape: { ...SD15_UNET, levels: 2 },
+        latent: [32, 32],
+        steps: 25,
+        gateStep: 10,
+        cacheInterval: 3,
+        cacheBranchId: 0,
+        reps: 1,
         threads: 0,
       },
       console.log,

@@ -2,13 +2,12 @@ import { loadavg } from 'node:os';
 
 import { Graph } from '../src/graph/graph.js';
 import { conv2d, linear, sum } from '../src/graph/ops/index.js';
-import { UNet2DConditionModel, buildUNetGraph } from '../src/models/unet-2d-condition.js';
+import { buildUNetGraph } from '../src/models/unet-2d-condition.js';
 import { hostTensor } from '../src/runtime/host-tensor.js';
-import type { CompiledGraph } from '../src/runtime/runtime.js';
-import { Runtime } from '../src/runtime/runtime.js';
+import type { CompiledGraph, Runtime } from '../src/runtime/runtime.js';
 import { countFlops } from '../src/train/train-step.js';
 import type { UNetBenchShape } from './random-unet.js';
-import { randomUNetFolder } from './random-unet.js';
+import { benchUNetFolder, openUNet } from './random-unet.js';
 import { machineLine, median, nowMs, table } from './stats.js';
 
 /** Classifier-free guidance runs the conditional and unconditional halves as one batch. */
@@ -138,16 +137,8 @@ async function references(
  */
 export async function benchUNet(o: UNetBenchOptions, log: (s: string) => void): Promise<UNetBenchResult> {
   const { shape } = o;
-  const t0 = nowMs();
-  const folder = await randomUNetFolder(shape, o.cacheDir === undefined ? {} : { cacheDir: o.cacheDir });
-  log(
-    `${folder.written ? 'wrote' : 'reusing'} random UNet ${folder.dir} ` +
-      `(${(folder.parameters / 1e6).toFixed(1)} M parameters${folder.written ? `, ${((nowMs() - t0) / 1e3).toFixed(1)} s` : ''})`,
-  );
-  if (folder.written)
-    log('peak RSS below includes writing that folder: rerun (it is cached) for the step alone');
-  const runtime = new Runtime({ worker: false, threads: o.threads });
-  const model = await UNet2DConditionModel.fromPretrained(folder.dir, { runtime });
+  const folder = await benchUNetFolder(shape, o.cacheDir === undefined ? {} : { cacheDir: o.cacheDir }, log);
+  const { model, runtime } = await openUNet(folder.dir, o.threads);
   const rows: UNetBenchRow[] = [];
   try {
     log(

@@ -1,3 +1,4 @@
+import type { UNetBenchShape } from '../../bench/random-unet.js';
 import { OptionError } from '../errors.js';
 import type { FlagSpec } from './args.js';
 import { parseArgs, usage } from './args.js';
@@ -92,12 +93,8 @@ const TRAIN_FLAGS: Record<string, FlagSpec> = {
   ...COMMON,
 };
 
-const UNET_FLAGS: Record<string, FlagSpec> = {
-  latent: {
-    type: 'string',
-    description: 'latent sizes HxW, comma-separated; 64x64 = 512×512 px (npm run bench adds 128x128)',
-    default: '64x64',
-  },
+/** The random SD 1.5-width UNet's shape (bench/random-unet.ts), shared by `bench unet` and `bench unet-loop`. */
+const UNET_SHAPE_FLAGS: Record<string, FlagSpec> = {
   levels: { type: 'integer', description: "SD 1.5's levels kept, from the top (1–4)", default: 4 },
   'layers-per-block': { type: 'integer', description: 'resnets per down level (SD 1.5: 2)', default: 2 },
   channels: {
@@ -112,8 +109,44 @@ const UNET_FLAGS: Record<string, FlagSpec> = {
     default: 768,
   },
   'norm-groups': { type: 'integer', description: 'norm_num_groups', default: 32 },
+};
+
+const UNET_FLAGS: Record<string, FlagSpec> = {
+  latent: {
+    type: 'string',
+    description: 'latent sizes HxW, comma-separated; 64x64 = 512×512 px (npm run bench adds 128x128)',
+    default: '64x64',
+  },
+  ...UNET_SHAPE_FLAGS,
   reps: { type: 'integer', description: 'timed steps per size, after the warm-up', default: 3 },
   warmups: { type: 'integer', description: 'untimed steps per size before the timed ones', default: 1 },
+  ...COMMON,
+};
+
+const UNET_LOOP_FLAGS: Record<string, FlagSpec> = {
+  latent: {
+    type: 'string',
+    description: 'latent size HxW; 32x32 = 256×256 px (SD 1.5 generates at 64x64)',
+    default: '32x32',
+  },
+  steps: { type: 'integer', description: 'DDIM steps of every loop', default: 25 },
+  gate: { type: 'integer', description: "T-GATE's gate step (the authors' SD setting: 10)", default: 10 },
+  'cache-interval': {
+    type: 'integer',
+    description: "DeepCache's full-step interval N (the authors' setting with T-GATE: 3)",
+    default: 3,
+  },
+  'cache-branch': {
+    type: 'integer',
+    description: "DeepCache's cache_branch_id (0: only the outermost layers recompute)",
+    default: 0,
+  },
+  ...UNET_SHAPE_FLAGS,
+  reps: {
+    type: 'integer',
+    description: 'repetitions: per variant an untimed loop (compiling) and a timed one, on a fresh runtime',
+    default: 1,
+  },
   ...COMMON,
 };
 
@@ -164,8 +197,9 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (name === 'tgate') return benchTgateCommand(rest);
   if (name === 'train') return benchTrainCommand(rest);
   if (name === 'unet') return benchUNetCommand(rest);
+  if (name === 'unet-loop') return benchUNetLoopCommand(rest);
   throw new OptionError(
-    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train, unet`,
+    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train, unet, unet-loop`,
   );
 }
 
@@ -327,35 +361,18 @@ async function benchUNetCommand(argv: string[]): Promise<number> {
   );
   if (!parsed) return 0;
   const { flags, json, log } = parsed;
-  positive(
-    flags,
-    ['levels', 'layers-per-block', 'heads', 'cross-attention-dim', 'norm-groups', 'reps'],
-    'bench unet',
-  );
+  positive(flags, ['reps'], 'bench unet');
   if ((flags.warmups as number) < 0) throw new OptionError('bench unet: --warmups must be ≥ 0');
+  const shape = unetShape(flags, 'bench unet');
   const { parseLatents, benchUNet } = await import('../../bench/unet.js');
   const latents = parseLatents(String(flags.latent));
   if (!latents)
     throw new OptionError(
       `bench unet: --latent must be sizes HxW (e.g. 64x64,128x128), got "${String(flags.latent)}"`,
     );
-  const channels = String(flags.channels)
-    .split(',')
-    .map((c) => Number(c.trim()));
-  if (!channels.every((c) => Number.isInteger(c) && c >= 1))
-    throw new OptionError(
-      `bench unet: --channels must be positive integers, got "${String(flags.channels)}"`,
-    );
   const result = await benchUNet(
     {
-      shape: {
-        levels: flags.levels as number,
-        layersPerBlock: flags['layers-per-block'] as number,
-        blockOutChannels: channels,
-        attentionHeadDim: flags.heads as number,
-        crossAttentionDim: flags['cross-attention-dim'] as number,
-        normNumGroups: flags['norm-groups'] as number,
-      },
+      shape,
       latents,
       reps: flags.reps as number,
       warmups: flags.warmups as number,
@@ -382,5 +399,68 @@ async function benchUNetCommand(argv: string[]): Promise<number> {
       }),
     );
   }
+  return 0;
+}
+
+/** The random UNet's shape from UNET_SHAPE_FLAGS (bench/random-unet.ts checks levels and groups). */
+function unetShape(flags: Record<string, unknown>, command: string): UNetBenchShape {
+  positive(flags, ['levels', 'layers-per-block', 'heads', 'cross-attention-dim', 'norm-groups'], command);
+  const channels = String(flags.channels)
+    .split(',')
+    .map((c) => Number(c.trim()));
+  if (!channels.every((c) => Number.isInteger(c) && c >= 1))
+    throw new OptionError(
+      `${command}: --channels must be positive integers, got "${String(flags.channels)}"`,
+    );
+  return {
+    levels: flags.levels as number,
+    layersPerBlock: flags['layers-per-block'] as number,
+    blockOutChannels: channels,
+    attentionHeadDim: flags.heads as number,
+    crossAttentionDim: flags['cross-attention-dim'] as number,
+    normNumGroups: flags['norm-groups'] as number,
+  };
+}
+
+async function benchUNetLoopCommand(argv: string[]): Promise<number> {
+  const command = 'bench unet-loop';
+  const parsed = benchFlags(
+    argv,
+    UNET_LOOP_FLAGS,
+    command,
+    'The SD 1.5 sampling loop (DDIM, 25 steps, CFG 7.5, random prompt embeddings, latent output) on an SD 1.5-width UNet: plain vs T-GATE, DeepCache and both, ms and the speed-up their FLOPs predict. ' +
+      "Memory: each step graph is an ORT session with its own copy of the UNet's weights (as ORT lays them out); T-GATE runs 5, so ≈ 18 GB at the full SD 1.5 width (--levels 2: ≈ 4 GB).",
+  );
+  if (!parsed) return 0;
+  const { flags, json, log } = parsed;
+  positive(flags, ['steps', 'gate', 'cache-interval', 'reps'], command);
+  if ((flags['cache-branch'] as number) < 0) throw new OptionError(`${command}: --cache-branch must be ≥ 0`);
+  if ((flags.gate as number) > (flags.steps as number)) {
+    throw new OptionError(
+      `${command}: --gate ${String(flags.gate)} is past the last of --steps ${String(flags.steps)}: T-GATE would never reuse its cache`,
+    );
+  }
+  const shape = unetShape(flags, command);
+  const { parseLatents } = await import('../../bench/unet.js');
+  const latents = parseLatents(String(flags.latent));
+  if (!latents || latents.length !== 1)
+    throw new OptionError(
+      `${command}: --latent must be one size HxW (e.g. 32x32), got "${String(flags.latent)}"`,
+    );
+  const { benchUNetLoop } = await import('../../bench/unet-loop.js');
+  const result = await benchUNetLoop(
+    {
+      shape,
+      latent: latents[0],
+      steps: flags.steps as number,
+      gateStep: flags.gate as number,
+      cacheInterval: flags['cache-interval'] as number,
+      cacheBranchId: flags['cache-branch'] as number,
+      reps: flags.reps as number,
+      threads: flags.threads as number,
+    },
+    log,
+  );
+  if (json) console.log(JSON.stringify(result));
   return 0;
 }

@@ -28,6 +28,11 @@ export interface LowerContext {
   shapeOf(dims: Shape): string;
   /** Reshape `input` (of shape `from`) to `to`, using ONNX's 0 and -1 where that avoids shape arithmetic. */
   reshape(input: string, from: Shape, to: Shape, out?: string): string;
+  /**
+   * The value name of a 2-D weight when `t` is its transpose and the serializer leaves it to its
+   * MatMuls to read the weight transposed in place (FusedMatMul transB); otherwise undefined.
+   */
+  transposedWeight(t: Tensor): string | undefined;
 }
 
 /**

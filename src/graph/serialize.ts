@@ -73,6 +73,8 @@ class Lowering implements LowerContext {
   private readonly used = new Set<string>();
   private readonly memo = new Map<string, string>();
   private readonly files = new Map<string, string>();
+  /** Transposed weights (by the transpose's output id) that their MatMuls read in place. */
+  private inPlace = new Map<number, Tensor>();
   private counter = 0;
   private currentNodeName = '';
 
@@ -83,6 +85,7 @@ class Lowering implements LowerContext {
 
   run(): SerializedGraph {
     const live = this.liveNodes();
+    this.inPlace = weightTransposesReadInPlace(this.graph, live);
     const symbols = inputSymbols(this.graph);
     const outputNames = new Map<number, string>();
     const outputs: OnnxValueInfo[] = [];
@@ -97,6 +100,7 @@ class Lowering implements LowerContext {
 
     for (const node of this.graph.nodes) {
       if (!live.has(node.id)) continue;
+      if (node.op === 'transpose' && this.inPlace.has(node.outputs[0].id)) continue;
       const def = getOp(node.op);
       const out = node.outputs.map((t) => this.nameOfNodeOutput(t));
       this.currentNodeName = `${node.scope ? node.scope + '/' : ''}${node.op}_${node.id}`;
@@ -150,6 +154,11 @@ class Lowering implements LowerContext {
       }
     }
     return live;
+  }
+
+  transposedWeight(t: Tensor): string | undefined {
+    const weight = this.inPlace.get(t.id);
+    return weight && this.name(weight);
   }
 
   private nameOfNodeOutput(t: Tensor): string {
@@ -397,6 +406,33 @@ class Lowering implements LowerContext {
     }
     return out;
   }
+}
+
+/**
+ * Transposes [1, 0] of 2-D weights that only MatMuls read, as B of an operand of rank ≥ 2 (a
+ * Linear's weight): the MatMuls read the weight transposed in place. Emitted as a Transpose, ORT
+ * folds each into a transposed copy at session creation, so every session would hold a private
+ * copy of every Linear weight instead of reading the mmapped checkpoint (+1.1 GB per session at
+ * SD 1.5 width, level 'extended'). Keyed by the transpose's output id.
+ */
+function weightTransposesReadInPlace(graph: Graph, live: ReadonlySet<number>): Map<number, Tensor> {
+  const found = new Map<number, Tensor>();
+  for (const node of graph.nodes) {
+    const [weight] = node.inputs;
+    const perm = node.attrs.perm as readonly number[] | undefined;
+    if (live.has(node.id) && node.op === 'transpose' && weight.rank === 2 && perm?.[0] === 1) {
+      if (graph.leaves.get(weight.id)?.kind === 'weight') found.set(node.outputs[0].id, weight);
+    }
+  }
+  for (const node of graph.nodes) {
+    if (!live.has(node.id)) continue;
+    node.inputs.forEach((t, i) => {
+      if (found.has(t.id) && !(node.op === 'matmul' && i === 1 && node.inputs[0].rank >= 2))
+        found.delete(t.id);
+    });
+  }
+  for (const t of graph.outputs.values()) found.delete(t.id);
+  return found;
 }
 
 /** Named dims defined by graph inputs: where a runtime reads their values from the feeds. */

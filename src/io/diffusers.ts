@@ -9,6 +9,7 @@ import { FileFormatError, WeightError } from '../errors.js';
 import { errnoCode } from './errno.js';
 import { describeJson, isPlainObject } from './json.js';
 import { SafetensorsFile, type TensorInfo } from './safetensors.js';
+import type { SafetensorsDtype } from './dtypes.js';
 import { didYouMean } from './suggest.js';
 
 /** Parses the JSON file at `path`; `what` says what the file is for, for the error message. */
@@ -212,6 +213,11 @@ export class WeightStore {
 
   has(name: string): boolean {
     return this.owners.has(name);
+  }
+
+  /** The dtypes its tensors are stored in. */
+  dtypes(): Set<SafetensorsDtype> {
+    return new Set([...this.owners].map(([name, file]) => file.info(name).dtype));
   }
 
   /** Where tensor `name` is: its dtype, shape, byte range and the absolute path of its file. */

@@ -5,7 +5,7 @@ import { formatShape } from '../graph/shape.js';
 import type { Feed, RunResult } from './backend.js';
 import type { HostTensor } from './host-tensor.js';
 import { hostTensor, shapeSize } from './host-tensor.js';
-import type { CompiledGraph, Runtime } from './runtime.js';
+import type { CompiledGraph, GraphSessionSettings, Runtime } from './runtime.js';
 
 /** One dim of an input's expected shape: a number is fixed; a name is the same in every input of a call. */
 export type InputDim = number | string;
@@ -35,6 +35,8 @@ export interface RunnableModelOptions<Layout> {
   build: (layout: Layout) => Graph;
   /** Identifies a layout in the compile cache; JSON of the layout by default. */
   key?: (layout: Layout) => string;
+  /** Session settings of a layout's graph where they differ from the runtime's (Runtime.compile). */
+  settings?: (layout: Layout) => GraphSessionSettings;
 }
 
 export interface RunnableRunOptions {
@@ -60,6 +62,7 @@ export class RunnableModel<Layout> {
   readonly runtime: Runtime;
   private readonly build: (layout: Layout) => Graph;
   private readonly key: (layout: Layout) => string;
+  private readonly settings: (layout: Layout) => GraphSessionSettings;
   /** Building and hashing a graph per call would cost every step; one entry per layout. */
   private readonly compiled = new Map<string, Promise<CompiledGraph>>();
 
@@ -69,6 +72,7 @@ export class RunnableModel<Layout> {
     this.runtime = options.runtime;
     this.build = options.build;
     this.key = options.key ?? ((layout) => JSON.stringify(layout));
+    this.settings = options.settings ?? (() => ({}));
   }
 
   /** `Class.method (dir)`: the prefix of every error about a call. */
@@ -185,7 +189,7 @@ export class RunnableModel<Layout> {
     let entry = this.compiled.get(key);
     if (!entry) {
       // async, so that an error while building rejects like one while compiling.
-      entry = (async () => this.runtime.compile(this.build(layout)))();
+      entry = (async () => this.runtime.compile(this.build(layout), this.settings(layout)))();
       this.compiled.set(key, entry);
       entry.catch(() => this.compiled.delete(key));
     }

@@ -28,7 +28,20 @@ export interface RuntimeOptions {
   flushDenormals?: boolean;
   /** Run ORT in a worker thread (default true) so runs never block the event loop. */
   worker?: boolean;
+  /**
+   * Let a model compile its extra graphs (T-GATE's and DeepCache's step graphs beside the plain
+   * forward) under `sharedWeightSettings`, reading a float32 checkpoint in place rather than
+   * holding a copy each; default true. At SD 1.5 width a copy is 3.6 GB, and those settings cost
+   * about 9 % per step at 64×64 latents, 19 % at 32×32 (BENCHMARKS.md, "unet step graphs").
+   */
+  shareWeightsAcrossGraphs?: boolean;
 }
+
+/**
+ * The session settings one graph may choose for itself (Runtime.compile); providers, threads and
+ * denormal flushing stay the runtime's, as ORT applies them per thread.
+ */
+export type GraphSessionSettings = Partial<Pick<SessionSettings, 'optimizationLevel' | 'disablePrepacking'>>;
 
 export interface RunOptions {
   /** Hand the feeds' buffers to the worker instead of copying them; they are unusable afterwards. */
@@ -53,6 +66,8 @@ const droppedRuntimes = new FinalizationRegistry<Backend>((backend) => {
  */
 export class Runtime {
   readonly settings: SessionSettings;
+  /** The overrides under which a model's extra graphs share its checkpoint's weights; {} when that is off. */
+  readonly sharedWeightSettings: GraphSessionSettings;
   private readonly backend: Backend;
   private readonly cache = new Map<string, Promise<CompiledGraph>>();
 
@@ -75,6 +90,8 @@ export class Runtime {
       disablePrepacking: options.disablePrepacking ?? false,
       flushDenormals: options.flushDenormals ?? true,
     };
+    this.sharedWeightSettings =
+      options.shareWeightsAcrossGraphs === false ? {} : weightSharingSettings(this.settings);
     this.backend = options.worker === false ? new InlineBackend() : new WorkerBackend();
     droppedRuntimes.register(this, this.backend);
   }
@@ -99,15 +116,26 @@ export class Runtime {
     return usable;
   }
 
-  /** Serialize (if needed) and compile a graph; the same graph compiles once. */
-  async compile(graph: Graph | SerializedGraph): Promise<CompiledGraph> {
+  /**
+   * Serialize (if needed) and compile a graph; the same graph with the same settings compiles once.
+   * `overrides` replace the runtime's optimization level or prepacking for this graph's session.
+   */
+  async compile(
+    graph: Graph | SerializedGraph,
+    overrides: GraphSessionSettings = {},
+  ): Promise<CompiledGraph> {
     let serialized: SerializedGraph;
     if ('model' in graph && graph.model instanceof Uint8Array) serialized = graph;
     else {
       const plan = planExternalData(weightFiles(graph as Graph));
       serialized = serialize(graph as Graph, { locate: plan.locate, externalRoot: plan.root });
     }
-    const settings = computesInFloat64(graph, serialized) ? float64Settings(this.settings) : this.settings;
+    const chosen: SessionSettings = {
+      ...this.settings,
+      optimizationLevel: overrides.optimizationLevel ?? this.settings.optimizationLevel,
+      disablePrepacking: overrides.disablePrepacking ?? this.settings.disablePrepacking,
+    };
+    const settings = computesInFloat64(graph, serialized) ? float64Settings(chosen) : chosen;
     const signature = graphSignature(serialized, JSON.stringify(settings));
     let entry = this.cache.get(signature);
     if (!entry) {
@@ -116,7 +144,7 @@ export class Runtime {
           { bytes: serialized.model, externalRoot: serialized.externalRoot },
           settings,
         );
-        return new CompiledGraph(this, this.backend, session, serialized, signature);
+        return new CompiledGraph(this, this.backend, session, serialized, signature, settings);
       })();
       this.cache.set(signature, entry);
       entry.catch(() => this.cache.delete(signature));
@@ -138,6 +166,17 @@ export class Runtime {
     this.cache.clear();
     await this.backend.dispose();
   }
+}
+
+/**
+ * Settings under which a session reads float32 weights in place from the mmapped checkpoint, so
+ * that the sessions of one model share its pages: a level of at most 'extended' (at 'all' the CPU
+ * EP re-lays every Conv weight out, NCHWc, per session) and no prepacking (a packed copy of every
+ * MatMul weight per session). Lower levels are kept.
+ */
+export function weightSharingSettings(settings: SessionSettings): Required<GraphSessionSettings> {
+  const level = settings.optimizationLevel;
+  return { optimizationLevel: level === 'all' ? 'extended' : level, disablePrepacking: true };
 }
 
 /**
@@ -174,6 +213,8 @@ export class CompiledGraph {
     private readonly session: number,
     private readonly graph: SerializedGraph,
     readonly signature: string,
+    /** What its session was created with. */
+    readonly settings: SessionSettings,
   ) {
     this.inputs = graph.inputs;
     this.outputs = graph.outputs;

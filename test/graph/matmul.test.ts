@@ -6,9 +6,9 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import type { Graph, Tensor } from '../../src/graph/index.js';
-import { Graph as GraphClass, linear, matmul } from '../../src/graph/index.js';
+import { Graph as GraphClass, linear, matmul, serialize, transpose } from '../../src/graph/index.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
-import { randomTensor } from '../helpers.js';
+import { randomTensor, runGraph } from '../helpers.js';
 import { seededUniform } from '../random.js';
 import { assertBuildError, assertMatches, runOp, toRef } from '../reference/check.js';
 import * as ref from '../reference/math.js';
@@ -112,6 +112,38 @@ describe('linear', () => {
       );
       assertMatches(y, ref.linear(toRef(x), toRef(w), bias ? toRef(b) : undefined), { what: 'linear' });
     });
+  });
+
+  it('reads a weight transposed in place (FusedMatMul transB), leaving ORT no Transpose to fold into a copy', async () => {
+    const random = seededUniform(5210);
+    const x = randomTensor([2, 3, 8], random);
+    const w = randomTensor([6, 8], random);
+    const v = randomTensor([6, 8], random);
+    const build = (g: Graph, input: Tensor): { y: Tensor; z: Tensor; vt: Tensor } => {
+      // `v` is also read transposed by something other than a MatMul: its Transpose stays.
+      const vt = transpose(weightOf(g, 'other.weight', v), [1, 0]);
+      return { y: linear(input, weightOf(g, 'proj.weight', w)), z: matmul(input, vt), vt };
+    };
+    const g = new GraphClass('in_place');
+    const { y, z, vt } = build(g, g.input('x', 'float32', [2, 3, 8]));
+    g.output('y', y);
+    g.output('z', z);
+    g.output('vt', vt);
+    const mixed = Buffer.from(serialize(g).model);
+    assert.ok(mixed.includes('FusedMatMul') && mixed.includes('Transpose'), "other.weight's Transpose kept");
+    const only = new GraphClass('linear_only');
+    only.output('y', linear(only.input('x', 'float32', [2, 3, 8]), weightOf(only, 'proj.weight', w)));
+    const alone = Buffer.from(serialize(only).model);
+    assert.ok(alone.includes('FusedMatMul') && !alone.includes('Transpose'), 'proj.weight read in place');
+    const out = await runGraph(
+      (graph, inputs) => {
+        const built = build(graph, inputs.x);
+        return { y: built.y, z: built.z };
+      },
+      { x },
+    );
+    assertMatches(out.y, ref.linear(toRef(x), toRef(w)), { what: 'linear, weight in place' });
+    assertMatches(out.z, ref.linear(toRef(x), toRef(v)), { what: 'matmul by a transpose kept' });
   });
 
   it('a wrong input width names the expected and actual shapes, and the scope', () => {

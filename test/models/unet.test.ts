@@ -25,7 +25,9 @@ import {
   buildUNetGraph,
   parseUNetConfig,
 } from '../../src/models/unet-2d-condition.js';
-import type { UNetTransformerSite } from '../../src/models/unet-2d-condition.js';
+import type { UNetGraphOptions, UNetTransformerSite } from '../../src/models/unet-2d-condition.js';
+import type { LayerAction } from '../../src/attention/tgate.js';
+import { f32ToF16 } from '../../src/io/dtypes.js';
 import { Attention } from '../../src/nn/attention.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
@@ -360,6 +362,66 @@ describe('UNet2DConditionModel build hooks', () => {
       assert.ok(mentions(reuse, 'down_blocks.0.resnets.0.conv1.weight'));
     } finally {
       await unet.close();
+    }
+  });
+});
+
+describe("UNet2DConditionModel step graphs' session settings", () => {
+  const fixture = 'unet2d_sd15_tiny';
+  const layout = { height: 16, width: 16, textLength: 7 };
+  const gated = (selfAttention: LayerAction, crossAttention: LayerAction): UNetGraphOptions => ({
+    ...layout,
+    tgate: { selfAttention, crossAttention, average: false },
+  });
+  const deepCache = (step: 'full' | 'skip', cacheBranchId: number): UNetGraphOptions => ({
+    ...layout,
+    deepCache: { cacheBranchId, step },
+  });
+  const settingsOf = async (unet: UNet2DConditionModel, at: UNetGraphOptions): Promise<[string, boolean]> => {
+    const { settings } = await unet.compile(at);
+    return [settings.optimizationLevel, settings.disablePrepacking];
+  };
+
+  it("T-GATE's and DeepCache's graphs read a float32 checkpoint in place; the plain graph keeps the runtime's", async () => {
+    const random = seededUniform(testSeed('unet step graph settings'));
+    const branch = Math.floor(random() * 3);
+    const unet = await UNet2DConditionModel.fromPretrained(modelDir(fixture), { runtime });
+    try {
+      assert.deepEqual(await settingsOf(unet, layout), ['all', false]);
+      // Computing every attention builds the plain graph: its session, not one more.
+      assert.equal(await unet.compile(gated('compute', 'compute')), await unet.compile(layout));
+      const added = [
+        gated('store', 'compute'),
+        gated('reuse', 'compute'),
+        gated('compute', 'store'),
+        gated('compute', 'reuse'),
+        deepCache('full', branch),
+        deepCache('skip', branch),
+      ];
+      for (const at of added) assert.deepEqual(await settingsOf(unet, at), ['extended', true], JSON.stringify(at));
+    } finally {
+      await unet.close();
+    }
+  });
+
+  it('keeps the runtime settings where it says so, and for a float16 checkpoint (cast into a copy per session anyway)', async () => {
+    const own = new Runtime({ worker: false, threads: 1, shareWeightsAcrossGraphs: false });
+    const halfDir = await derivedModel(fixture, {}, (tensors) => {
+      for (const [name, t] of tensors)
+        tensors.set(name, { dtype: 'F16', shape: t.shape, data: f32ToF16(t.data as Float32Array) });
+    });
+    const unets = [
+      await UNet2DConditionModel.fromPretrained(modelDir(fixture), { runtime: own }),
+      await UNet2DConditionModel.fromPretrained(halfDir, { runtime }),
+    ];
+    try {
+      for (const unet of unets) {
+        for (const at of [gated('store', 'compute'), deepCache('skip', 0)])
+          assert.deepEqual(await settingsOf(unet, at), ['all', false], `${unet.dir}: ${JSON.stringify(at)}`);
+      }
+    } finally {
+      for (const unet of unets) await unet.close();
+      await own.dispose();
     }
   });
 });

@@ -207,6 +207,30 @@ describe('RunnableModel compile and run', () => {
     assertExactlyEqual(host.y.data as Float32Array, expected, 'y = 3x + bias');
   });
 
+  it("compiles each layout under the settings the model gives it, the others under the runtime's", async () => {
+    const runtime = testRuntime();
+    const m = new RunnableModel<{ scale: number }>({
+      className: 'TinyModel',
+      dir: '/models/tiny',
+      runtime,
+      build: buildScaled,
+      settings: (layout) => (layout.scale < 0 ? { optimizationLevel: 'basic', disablePrepacking: true } : {}),
+    });
+    const scale = -1 - Math.floor(random() * 4);
+    const own = await m.compile({ scale });
+    const plain = await m.compile({ scale: 2 });
+    assert.deepEqual([own.settings.optimizationLevel, own.settings.disablePrepacking], ['basic', true]);
+    assert.deepEqual(
+      [plain.settings.optimizationLevel, plain.settings.disablePrepacking],
+      [runtime.settings.optimizationLevel, runtime.settings.disablePrepacking],
+    );
+    const { host } = await m.run({ scale }, { x, bias });
+    const xs = x.data as Float32Array;
+    const bs = bias.data as Float32Array;
+    const expected = Float32Array.from(xs, (v, i) => Math.fround(Math.fround(v * scale) + bs[i % 3]));
+    assertExactlyEqual(host.y.data as Float32Array, expected, `y = ${scale}x + bias`);
+  });
+
   it('a build error rejects and is not kept', async () => {
     let calls = 0;
     const m = model((layout) => {

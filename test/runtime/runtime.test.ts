@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, symlinkSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { RuntimeError, OptionError } from '../../src/errors.js';
-import { Graph, add, gather, linear, matmul, mul } from '../../src/graph/index.js';
+import { Graph, add, conv2d, gather, linear, matmul, mul } from '../../src/graph/index.js';
 import { f32ToBf16, f32ToF16 } from '../../src/io/dtypes.js';
 import { SafetensorsFile, writeSafetensors } from '../../src/io/safetensors.js';
 import { weightFromFile } from '../../src/nn/weights.js';
@@ -12,7 +12,7 @@ import { hostTensor } from '../../src/runtime/host-tensor.js';
 import { Runtime } from '../../src/runtime/runtime.js';
 import { assertClose } from '../compare.js';
 import { randomArray } from '../helpers.js';
-import { seededUniform } from '../random.js';
+import { seededUniform, testSeed } from '../random.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'velodiff-rt-test-'));
 const runtimes: Runtime[] = [];
@@ -139,6 +139,84 @@ describe('runtime', () => {
     assert.equal(first, again);
     assert.notEqual(first, other);
     assert.equal(rt.cachedSessions, 2);
+  });
+
+  it('compiles a graph under its own optimization level and prepacking, one session per setting', async () => {
+    const rt = runtime(false);
+    const build = (): Graph => {
+      const g = new Graph();
+      g.output('y', mul(g.input('x', 'float32', ['N']), 2));
+      return g;
+    };
+    const plain = await rt.compile(build());
+    const shared = await rt.compile(build(), rt.sharedWeightSettings);
+    assert.deepEqual(rt.sharedWeightSettings, { optimizationLevel: 'extended', disablePrepacking: true });
+    assert.equal(
+      await rt.compile(build(), { optimizationLevel: 'extended', disablePrepacking: true }),
+      shared,
+    );
+    assert.notEqual(shared, plain);
+    assert.deepEqual([plain.settings.optimizationLevel, plain.settings.disablePrepacking], ['all', false]);
+    assert.deepEqual(
+      [shared.settings.optimizationLevel, shared.settings.disablePrepacking, shared.settings.intraOpThreads],
+      ['extended', true, 1],
+    );
+    const x = hostTensor('float32', [5], randomArray(5, seededUniform(testSeed('per-graph settings'))));
+    assert.deepEqual((await shared.run({ x })).y.data, (await plain.run({ x })).y.data);
+    // A lower level than 'extended' is kept; the option off leaves every graph the runtime's settings.
+    const basic = new Runtime({ worker: false, optimizationLevel: 'basic' });
+    const off = new Runtime({ worker: false, shareWeightsAcrossGraphs: false });
+    runtimes.push(basic, off);
+    assert.deepEqual(basic.sharedWeightSettings, { optimizationLevel: 'basic', disablePrepacking: true });
+    assert.deepEqual(off.sharedWeightSettings, {});
+  });
+
+  it('sessions under sharedWeightSettings read float32 Linear and Conv weights in place: no copy each', async (t) => {
+    if (process.platform !== 'linux') return t.skip('reads RssAnon from /proc/self/status');
+    const privateMb = (): number =>
+      Number(/^RssAnon:\s+(\d+) kB$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1]) / 1024;
+    const random = seededUniform(testSeed('runtime weights in place'));
+    const [width, channels] = [1024, 256];
+    const path = join(dir, 'in-place.safetensors');
+    const tensors: Record<string, { dtype: 'F32'; shape: number[]; data: Float32Array }> = {};
+    for (let i = 0; i < 4; i++) {
+      tensors[`linear${i}`] = {
+        dtype: 'F32',
+        shape: [width, width],
+        data: randomArray(width * width, random),
+      };
+      tensors[`conv${i}`] = {
+        dtype: 'F32',
+        shape: [channels, channels, 3, 3],
+        data: randomArray(channels * channels * 9, random),
+      };
+    }
+    await writeSafetensors(path, tensors);
+    const weightMb = (4 * (width * width + channels * channels * 9) * 4) / 2 ** 20; // 25 MB
+    const file = await SafetensorsFile.open(path);
+    const build = (session: number): Graph => {
+      const g = new Graph(`in_place_${session}`);
+      let h = g.input('h', 'float32', [2, 3, width]);
+      let c = g.input('c', 'float32', [1, channels, 4, 4]);
+      for (let i = 0; i < 4; i++) {
+        h = linear(h, weightFromFile(g, file, `linear${i}`, { path }));
+        c = conv2d(c, weightFromFile(g, file, `conv${i}`, { path }), undefined, { padding: 1 });
+      }
+      g.output('h_out', h);
+      g.output('c_out', c);
+      return g;
+    };
+    const rt = runtime(false);
+    const before = privateMb();
+    const sessions = 4;
+    for (let s = 0; s < sessions; s++) await rt.compile(build(s), rt.sharedWeightSettings);
+    const grown = privateMb() - before;
+    // A copy of the weights per session would be 4 × 25 MB; ORT's own bookkeeping is far below one copy.
+    t.diagnostic(
+      `${sessions} sessions: private memory +${grown.toFixed(1)} MB (weights ${weightMb.toFixed(0)} MB)`,
+    );
+    assert.ok(grown < weightMb, `${sessions} sessions grew private memory by ${grown.toFixed(1)} MB`);
+    await file.close();
   });
 
   it('keeps the event loop free while a worker runs a long graph', async () => {

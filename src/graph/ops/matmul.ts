@@ -1,4 +1,5 @@
 import type { Tensor } from '../graph.js';
+import { attr } from '../onnx/model.js';
 import { apply, defineOp, expectSameDType, fail } from '../op.js';
 import type { Dim } from '../shape.js';
 import { broadcastShapes, dimEquals, formatShape } from '../shape.js';
@@ -33,6 +34,17 @@ export const MatMulOp = defineOp<Record<string, never>>({
     return [{ dtype: a.dtype, shape }];
   },
   lower(ctx, node, [out]) {
+    const weight = ctx.transposedWeight(node.inputs[1]);
+    if (weight !== undefined) {
+      ctx.emit(
+        'FusedMatMul',
+        [ctx.name(node.inputs[0]), weight],
+        [out],
+        { transB: attr.int(1) },
+        'com.microsoft',
+      );
+      return;
+    }
     ctx.emit('MatMul', [ctx.name(node.inputs[0]), ctx.name(node.inputs[1])], [out]);
   },
   // dA = dY·Bᵀ, dB = Aᵀ·dY, with 1-D operands given their unit dim back and broadcast batch dims

@@ -12,6 +12,7 @@ import { OptionError } from '../src/errors.js';
 import { UNet2DConditionModel, buildUNetGraph, parseUNetConfig } from '../src/models/unet-2d-condition.js';
 import type { UNet2DConditionConfig } from '../src/models/unet-2d-condition.js';
 import { Runtime } from '../src/runtime/runtime.js';
+import type { RuntimeOptions } from '../src/runtime/runtime.js';
 import { defaultCacheDir } from '../src/train/data/cache.js';
 import { discoverParameterShapes, initParameters } from '../src/train/parameters.js';
 import { saveModelFolder } from '../src/train/save-model.js';
@@ -155,12 +156,20 @@ export async function benchUNetFolder(
   return folder;
 }
 
-/** The UNet in `dir` on a new in-thread runtime of `threads` (disposed again if the load fails). */
+/** ORT session settings a UNet benchmark runs under (Runtime's defaults: 'all', prepacking on). */
+export type UNetBenchSession = Pick<RuntimeOptions, 'optimizationLevel' | 'disablePrepacking'>;
+
+/** The UNet in `dir` on a new in-thread runtime (disposed again if the load fails). */
 export async function openUNet(
   dir: string,
-  threads: number,
+  options: { threads: number } & UNetBenchSession,
 ): Promise<{ model: UNet2DConditionModel; runtime: Runtime }> {
-  const runtime = new Runtime({ worker: false, threads });
+  const runtime = new Runtime({
+    worker: false,
+    threads: options.threads,
+    optimizationLevel: options.optimizationLevel,
+    disablePrepacking: options.disablePrepacking,
+  });
   try {
     return { model: await UNet2DConditionModel.fromPretrained(dir, { runtime }), runtime };
   } catch (error) {

@@ -42,7 +42,7 @@ const BENCHES: Record<string, () => Promise<unknown>> = {
   'unet-loop': () =>
     benchUNetLoop(
       {
-        // The top two SD 1.5 levels: T-GATE's five step graphs at full width need ≈ 18 GB.
+        // The top two SD 1.5 levels, for time: 25 full-width steps per loop take minutes each.
         shape: { ...SD15_UNET, levels: 2 },
         latent: [32, 32],
         steps: 25,

@@ -36,6 +36,24 @@ export function formatNumber(x: number): string {
   return x.toPrecision(3);
 }
 
+/**
+ * The process's anonymous resident memory in MB (Linux's RssAnon), or NaN elsewhere: what the
+ * weights ORT copied cost. RSS also counts every mapping of an mmapped checkpoint, once per session.
+ */
+export function privateMb(): number {
+  try {
+    const line = /^RssAnon:\s+(\d+) kB$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    return line ? Number(line[1]) / 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+/** ORT's session settings in words: `ORT level all, prepacking`. */
+export function sessionLine(settings: { optimizationLevel: string; disablePrepacking: boolean }): string {
+  return `ORT level ${settings.optimizationLevel}, ${settings.disablePrepacking ? 'no prepacking' : 'prepacking'}`;
+}
+
 export function machineLine(): string {
   return `node ${process.version}, ${process.platform}/${process.arch}`;
 }

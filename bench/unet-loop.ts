@@ -19,9 +19,9 @@ import type { HostTensor } from '../src/runtime/host-tensor.js';
 import { hostTensor } from '../src/runtime/host-tensor.js';
 import { DDIMScheduler } from '../src/schedulers/index.js';
 import { countFlops } from '../src/train/train-step.js';
-import type { UNetBenchShape } from './random-unet.js';
+import type { UNetBenchSession, UNetBenchShape } from './random-unet.js';
 import { SD15_UNET, benchUNetFolder, openUNet } from './random-unet.js';
-import { machineLine, median, nowMs, table } from './stats.js';
+import { machineLine, median, nowMs, privateMb, sessionLine, table } from './stats.js';
 import { TEXT_LENGTH } from './unet.js';
 
 /** StableDiffusionPipeline's default guidance, which T-GATE's SD runs keep (methods/tgate_flash.md §1.6). */
@@ -38,7 +38,7 @@ const SD15_DDIM = {
   steps_offset: 1,
 } as const;
 
-export interface UNetLoopBenchOptions {
+export interface UNetLoopBenchOptions extends UNetBenchSession {
   shape: UNetBenchShape;
   /** Latent [height, width]: 32×32 is a 256×256 image. */
   latent: readonly [number, number];
@@ -86,6 +86,8 @@ export interface UNetLoopRow {
   first_loop_ms: number;
   /** The process's RSS after the variant's loops, with its sessions alive (the largest over repetitions). */
   rss_mb: number;
+  /** Its anonymous part (RssAnon; NaN off Linux): the weights ORT copied, without the mapped checkpoint. */
+  private_mb: number;
   graphs: UNetLoopGraph[];
 }
 
@@ -103,6 +105,8 @@ export interface UNetLoopJson {
   parameters: number;
   /** Distinct step graphs the loops compiled (one ORT session each). */
   step_graphs: number;
+  optimization_level: string;
+  disable_prepacking: boolean;
   command: string;
   peak_rss_mb: number;
 }
@@ -233,6 +237,9 @@ export function unetLoopCommand(o: UNetLoopBenchOptions): string {
     flags.push(`--cross-attention-dim ${s.crossAttentionDim}`);
   if (s.normNumGroups !== SD15_UNET.normNumGroups) flags.push(`--norm-groups ${s.normNumGroups}`);
   if (o.threads !== 0) flags.push(`--threads ${o.threads}`);
+  if (o.optimizationLevel !== undefined && o.optimizationLevel !== 'all')
+    flags.push(`--optimization-level ${o.optimizationLevel}`);
+  if (o.disablePrepacking) flags.push('--disable-prepacking');
   return `npx velodiff bench unet-loop ${flags.join(' ')}`;
 }
 
@@ -253,9 +260,10 @@ function promptEmbeds(width: number, seed: number): HostTensor {
  * DeepCache restarted at steps G − 1 and G).
  *
  * Each variant runs on a runtime of its own, released before the next: every distinct step graph is
- * an ORT session, and at SD 1.5 width each full-size one holds 3.5 GB of its own (measured: the
- * weights as the CPU EP re-lays them out), so all 8 full-size graphs of the four variants at once
- * would need ≈ 28 GB. Per repetition, each variant runs one untimed loop (which compiles its
+ * an ORT session; at the runtime's settings one holds 3.6 GB of its own at SD 1.5 width (the weights
+ * as the CPU EP re-lays them out), the accelerations' added graphs read the checkpoint in place
+ * (Runtime's sharedWeightSettings; ≈ 0.3 GB each). The process's heap keeps some of what a released
+ * variant freed, so a later row's memory can include an earlier one's. Per repetition, each variant runs one untimed loop (which compiles its
  * graphs) and then the timed one; repetitions go round the variants, so a shared machine's load
  * falls on them alike.
  */
@@ -270,6 +278,10 @@ export async function benchUNetLoop(
     cacheBranchId: o.cacheBranchId,
   });
   const command = unetLoopCommand(o);
+  const session = {
+    optimizationLevel: o.optimizationLevel ?? 'all',
+    disablePrepacking: o.disablePrepacking === true,
+  };
   const folder = await benchUNetFolder(
     o.shape,
     o.cacheDir === undefined ? {} : { cacheDir: o.cacheDir },
@@ -306,18 +318,19 @@ export async function benchUNetLoop(
       `${(folder.parameters / 1e6).toFixed(1)} M parameters; latent ${height}x${width} ` +
       `(${base.height}×${base.width} px), ${TEXT_LENGTH} text tokens, DDIM (SD 1.5 betas), ${o.steps} steps, ` +
       `guidance ${SD_GUIDANCE}, latent output; per variant and repetition 1 untimed + 1 timed loop on a ` +
-      `runtime of its own, ${o.reps} repetition${o.reps === 1 ? '' : 's'}; ${machineLine()}; load average ${loadavg()
+      `runtime of its own, ${o.reps} repetition${o.reps === 1 ? '' : 's'}; ${sessionLine(session)}; ${machineLine()}; load average ${loadavg()
         .map((l) => l.toFixed(2))
         .join(' ')}`,
   );
   const times = variants.map(() => [] as number[]);
   const firstLoops = variants.map(() => [] as number[]);
   const rssMb = variants.map(() => 0);
+  const privMb = variants.map(() => 0);
   const recorded: UNetCall[][] = [];
   const graphs: UNetLoopGraph[][] = [];
   for (let r = 0; r < o.reps; r++) {
     for (const [v, variant] of variants.entries()) {
-      const { model, runtime } = await openUNet(folder.dir, o.threads);
+      const { model, runtime } = await openUNet(folder.dir, o);
       const calls: UNetCall[] = [];
       const pipe = StableDiffusionPipeline.fromComponents({
         unet: recordingUNet(model, calls),
@@ -337,6 +350,7 @@ export async function benchUNetLoop(
         }
         graphs[v] ??= countGraphs(model, recorded[v]);
         rssMb[v] = Math.max(rssMb[v], process.memoryUsage().rss / 2 ** 20);
+        privMb[v] = Math.max(privMb[v], privateMb());
       } finally {
         await pipe.close();
         await runtime.dispose();
@@ -359,6 +373,7 @@ export async function benchUNetLoop(
       id: variant.id,
       first_loop_ms: median(firstLoops[v]),
       rss_mb: rssMb[v],
+      private_mb: privMb[v],
       graphs: graphs[v],
     };
   });
@@ -368,7 +383,17 @@ export async function benchUNetLoop(
   log(`command: ${command}`);
   log(
     table(
-      ['variant', 'ms/loop', 'speed-up', 'GFLOP', 'FLOP ceiling', 'of ceiling', 'first loop ms', 'RSS MB'],
+      [
+        'variant',
+        'ms/loop',
+        'speed-up',
+        'GFLOP',
+        'FLOP ceiling',
+        'of ceiling',
+        'first loop ms',
+        'RSS MB',
+        'private MB',
+      ],
       rows.map((r) => [
         r.variant,
         r.ms,
@@ -378,6 +403,7 @@ export async function benchUNetLoop(
         r.of_ceiling.toFixed(3),
         r.first_loop_ms,
         r.rss_mb,
+        r.private_mb,
       ]),
     ),
   );
@@ -402,7 +428,7 @@ export async function benchUNetLoop(
       `depend on, times the steps that ran it, as recorded from the pipeline's UNet calls; FLOP ceiling: ` +
       `plain GFLOP / the variant's; of ceiling: speed-up / ceiling; first loop: the untimed one, which ` +
       `compiles the variant's step graphs (${stepGraphs} layouts in all); RSS: the process's after the ` +
-      `variant's loops, its sessions alive; peak RSS ${peakRssMb.toFixed(0)} MB; load average now ${loadavg()
+      `variant's loops, its sessions alive (private: its anonymous part, without the mapped checkpoint); peak RSS ${peakRssMb.toFixed(0)} MB; load average now ${loadavg()
         .map((l) => l.toFixed(2))
         .join(' ')}`,
   );
@@ -418,6 +444,8 @@ export async function benchUNetLoop(
     reps: o.reps,
     parameters: folder.parameters,
     step_graphs: stepGraphs,
+    optimization_level: session.optimizationLevel,
+    disable_prepacking: session.disablePrepacking,
     command,
     peak_rss_mb: peakRssMb,
   };

@@ -6,16 +6,16 @@ import { buildUNetGraph } from '../src/models/unet-2d-condition.js';
 import { hostTensor } from '../src/runtime/host-tensor.js';
 import type { CompiledGraph, Runtime } from '../src/runtime/runtime.js';
 import { countFlops } from '../src/train/train-step.js';
-import type { UNetBenchShape } from './random-unet.js';
+import type { UNetBenchSession, UNetBenchShape } from './random-unet.js';
 import { benchUNetFolder, openUNet } from './random-unet.js';
-import { machineLine, median, nowMs, table } from './stats.js';
+import { machineLine, median, nowMs, privateMb, sessionLine, table } from './stats.js';
 
 /** Classifier-free guidance runs the conditional and unconditional halves as one batch. */
 export const CFG_BATCH = 2;
 /** CLIP's context length: SD 1.5's encoder_hidden_states are [B, 77, 768]. */
 export const TEXT_LENGTH = 77;
 
-export interface UNetBenchOptions {
+export interface UNetBenchOptions extends UNetBenchSession {
   shape: UNetBenchShape;
   /** Latent [height, width] pairs, timed in this order. */
   latents: readonly (readonly [number, number])[];
@@ -45,12 +45,16 @@ export interface UNetBenchRow {
   /** ceiling_ms / ms. */
   of_ceiling: number;
   peak_rss_mb: number;
+  /** Anonymous resident memory after the size's runs, sessions alive (NaN off Linux). */
+  private_mb: number;
 }
 
 export interface UNetBenchResult {
   rows: UNetBenchRow[];
   parameters: number;
   dir: string;
+  optimization_level: string;
+  disable_prepacking: boolean;
 }
 
 /** `64x64,128x128` (or `64,128` for squares) as [height, width] pairs. */
@@ -138,14 +142,15 @@ async function references(
 export async function benchUNet(o: UNetBenchOptions, log: (s: string) => void): Promise<UNetBenchResult> {
   const { shape } = o;
   const folder = await benchUNetFolder(shape, o.cacheDir === undefined ? {} : { cacheDir: o.cacheDir }, log);
-  const { model, runtime } = await openUNet(folder.dir, o.threads);
+  const { model, runtime } = await openUNet(folder.dir, o);
+  const { settings } = runtime;
   const rows: UNetBenchRow[] = [];
   try {
     log(
       `SD 1.5 width (channels ${shape.blockOutChannels.slice(0, shape.levels).join('/')}, ` +
         `${shape.layersPerBlock} layers per block, ${shape.attentionHeadDim} heads, cross-attention ` +
         `${shape.crossAttentionDim}), batch ${CFG_BATCH}, text ${TEXT_LENGTH} tokens, ${o.warmups} warm-up + ` +
-        `${o.reps} timed runs per size; ${machineLine()}; load average ${loadavg()
+        `${o.reps} timed runs per size; ${sessionLine(settings)}; ${machineLine()}; load average ${loadavg()
           .map((l) => l.toFixed(2))
           .join(' ')}`,
     );
@@ -201,6 +206,7 @@ export async function benchUNet(o: UNetBenchOptions, log: (s: string) => void): 
         ceiling_ms: ceilingMs,
         of_ceiling: ceilingMs / ms,
         peak_rss_mb: process.resourceUsage().maxRSS / 1024,
+        private_mb: privateMb(),
       });
     }
   } finally {
@@ -221,6 +227,7 @@ export async function benchUNet(o: UNetBenchOptions, log: (s: string) => void): 
         'ceiling ms',
         'of ceiling',
         'peak RSS MB',
+        'private MB',
       ],
       rows.map((r) => [
         r.latent,
@@ -234,15 +241,23 @@ export async function benchUNet(o: UNetBenchOptions, log: (s: string) => void): 
         r.ceiling_ms,
         r.of_ceiling.toFixed(3),
         r.peak_rss_mb,
+        r.private_mb,
       ]),
     ),
   );
   log(
     `GFLOP: MatMul + Conv + attention products of the step graph (countFlops); ceiling: MatMuls and attention at ` +
       `the MatMul reference's rate, convolutions at the Conv reference's; peak RSS: the process maximum so far; ` +
+      `private: anonymous resident memory after the size's runs (RSS less the mapped checkpoint); ` +
       `load average now ${loadavg()
         .map((l) => l.toFixed(2))
         .join(' ')}`,
   );
-  return { rows, parameters: folder.parameters, dir: folder.dir };
+  return {
+    rows,
+    parameters: folder.parameters,
+    dir: folder.dir,
+    optimization_level: settings.optimizationLevel,
+    disable_prepacking: settings.disablePrepacking,
+  };
 }

@@ -2,6 +2,7 @@ import type { UNetBenchShape } from '../../bench/random-unet.js';
 import { OptionError } from '../errors.js';
 import type { FlagSpec } from './args.js';
 import { parseArgs, usage } from './args.js';
+import { sessionFlagOptions, sessionFlags } from './runtime-flags.js';
 
 const COMMON: Record<string, FlagSpec> = {
   threads: { type: 'integer', description: 'ORT intra-op threads, 0 = ORT default', default: 0 },
@@ -120,6 +121,7 @@ const UNET_FLAGS: Record<string, FlagSpec> = {
   ...UNET_SHAPE_FLAGS,
   reps: { type: 'integer', description: 'timed steps per size, after the warm-up', default: 3 },
   warmups: { type: 'integer', description: 'untimed steps per size before the timed ones', default: 1 },
+  ...sessionFlags,
   ...COMMON,
 };
 
@@ -147,6 +149,7 @@ const UNET_LOOP_FLAGS: Record<string, FlagSpec> = {
     description: 'repetitions: per variant an untimed loop (compiling) and a timed one, on a fresh runtime',
     default: 1,
   },
+  ...sessionFlags,
   ...COMMON,
 };
 
@@ -364,6 +367,7 @@ async function benchUNetCommand(argv: string[]): Promise<number> {
   positive(flags, ['reps'], 'bench unet');
   if ((flags.warmups as number) < 0) throw new OptionError('bench unet: --warmups must be ≥ 0');
   const shape = unetShape(flags, 'bench unet');
+  const session = sessionFlagOptions(flags, 'bench unet');
   const { parseLatents, benchUNet } = await import('../../bench/unet.js');
   const latents = parseLatents(String(flags.latent));
   if (!latents)
@@ -377,6 +381,7 @@ async function benchUNetCommand(argv: string[]): Promise<number> {
       reps: flags.reps as number,
       warmups: flags.warmups as number,
       threads: flags.threads as number,
+      ...session,
     },
     log,
   );
@@ -395,6 +400,8 @@ async function benchUNetCommand(argv: string[]): Promise<number> {
         levels: flags.levels,
         layers_per_block: flags['layers-per-block'],
         parameters: result.parameters,
+        optimization_level: result.optimization_level,
+        disable_prepacking: result.disable_prepacking,
         rows: result.rows,
       }),
     );
@@ -429,7 +436,7 @@ async function benchUNetLoopCommand(argv: string[]): Promise<number> {
     UNET_LOOP_FLAGS,
     command,
     'The SD 1.5 sampling loop (DDIM, 25 steps, CFG 7.5, random prompt embeddings, latent output) on an SD 1.5-width UNet: plain vs T-GATE, DeepCache and both, ms and the speed-up their FLOPs predict. ' +
-      "Memory: each step graph is an ORT session with its own copy of the UNet's weights (as ORT lays them out); T-GATE runs 5, so ≈ 18 GB at the full SD 1.5 width (--levels 2: ≈ 4 GB).",
+      "Memory: each step graph is an ORT session; the plain graph holds its own copy of the UNet's weights as ORT lays them out (3.6 GB at the full SD 1.5 width), T-GATE's and DeepCache's others read a float32 checkpoint in place (private: anonymous memory; RSS counts the mapped checkpoint once per session).",
   );
   if (!parsed) return 0;
   const { flags, json, log } = parsed;
@@ -441,6 +448,7 @@ async function benchUNetLoopCommand(argv: string[]): Promise<number> {
     );
   }
   const shape = unetShape(flags, command);
+  const session = sessionFlagOptions(flags, command);
   const { parseLatents } = await import('../../bench/unet.js');
   const latents = parseLatents(String(flags.latent));
   if (!latents || latents.length !== 1)
@@ -458,6 +466,7 @@ async function benchUNetLoopCommand(argv: string[]): Promise<number> {
       cacheBranchId: flags['cache-branch'] as number,
       reps: flags.reps as number,
       threads: flags.threads as number,
+      ...session,
     },
     log,
   );

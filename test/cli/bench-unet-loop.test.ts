@@ -290,6 +290,50 @@ describe('velodiff bench unet-loop --json', () => {
     assert.match(String(result.command), /^npx velodiff bench unet-loop --latent /);
   });
 
+  it('runs every variant under the ORT settings of --optimization-level and --disable-prepacking', async () => {
+    const uniform = seededUniform(testSeed('bench unet-loop session flags'));
+    const level = (['disabled', 'basic', 'extended'] as const)[Math.floor(uniform() * 3)];
+    const tiny: Tiny = {
+      channels: 32,
+      layersPerBlock: 1,
+      crossAttentionDim: 8,
+      height: 4,
+      width: 4,
+      cacheBranchId: 0,
+    };
+    const { code, out, err } = await captureCli([
+      'bench',
+      'unet-loop',
+      ...tinyFlags(tiny),
+      '--latent',
+      '4x4',
+      '--steps',
+      '3',
+      '--gate',
+      '2',
+      '--cache-interval',
+      '2',
+      '--optimization-level',
+      level,
+      '--disable-prepacking',
+      '--json',
+    ]);
+    assert.equal(code, 0, err);
+    const result = JSON.parse(out.trim().split('\n').pop() as string) as Record<string, unknown>;
+    assert.equal(result.optimization_level, level);
+    assert.equal(result.disable_prepacking, true);
+    assert.ok(err.includes(`ORT level ${level}, no prepacking`), err);
+    assert.match(String(result.command), new RegExp(` --optimization-level ${level} --disable-prepacking$`));
+    const rows = result.rows as (Row & { rss_mb: number; private_mb: number })[];
+    assert.equal(rows.length, 4);
+    if (process.platform === 'linux')
+      for (const row of rows) assert.ok(row.private_mb > 0 && row.private_mb <= row.rss_mb, row.id);
+
+    const bad = await captureCli(['bench', 'unet-loop', '--optimization-level', 'layout']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.err, /bench unet-loop: --optimization-level must be disabled, basic, extended, all/);
+  });
+
   it('rejects a gate past the last step, several latents and a branch deeper than the UNet', async () => {
     const gate = await captureCli(['bench', 'unet-loop', '--steps', '4', '--gate', '5', '--json']);
     assert.equal(gate.code, 2);

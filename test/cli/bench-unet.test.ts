@@ -144,6 +144,32 @@ describe('velodiff bench unet --json', () => {
     assert.deepEqual(await readdir(join(cacheDir, 'bench')), folders);
   });
 
+  it('runs under the ORT settings --optimization-level and --disable-prepacking give, and says so', async () => {
+    const uniform = seededUniform(testSeed('bench unet session flags'));
+    const level = (['disabled', 'basic', 'extended', 'all'] as const)[Math.floor(uniform() * 4)];
+    const prepacking = uniform() < 0.5;
+    const argv = ['bench', 'unet', '--channels', '32', '--levels', '1', '--layers-per-block', '1'];
+    argv.push('--cross-attention-dim', '8', '--latent', '4x4', '--reps', '1', '--warmups', '0');
+    argv.push('--optimization-level', level, ...(prepacking ? [] : ['--disable-prepacking']), '--json');
+    const { code, out, err } = await captureCli(argv);
+    assert.equal(code, 0, err);
+    const result = JSON.parse(out.trim().split('\n').pop() as string) as Record<string, unknown>;
+    assert.equal(result.optimization_level, level);
+    assert.equal(result.disable_prepacking, !prepacking);
+    assert.ok(err.includes(`ORT level ${level}, ${prepacking ? 'prepacking' : 'no prepacking'}`), err);
+    if (process.platform === 'linux') {
+      const [row] = result.rows as { private_mb: number; peak_rss_mb: number }[];
+      assert.ok(row.private_mb > 0 && row.private_mb <= row.peak_rss_mb, `private ${row.private_mb} MB`);
+    }
+
+    const bad = await captureCli(['bench', 'unet', '--optimization-level', 'fast', '--json']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.err, /--optimization-level must be disabled, basic, extended, all, got "fast"/);
+    const valued = await captureCli(['bench', 'unet', '--disable-prepacking=1']);
+    assert.equal(valued.code, 2);
+    assert.match(valued.err, /--disable-prepacking takes no value/);
+  });
+
   it('rejects bad latent sizes and level counts with exit code 2', async () => {
     const latent = await captureCli(['bench', 'unet', '--latent', '64x', '--json']);
     assert.equal(latent.code, 2);

@@ -22,6 +22,7 @@ commands:
   bench tgate      T-GATE at the authors' PixArt setting (25 steps, gate 8) vs the plain loop
   bench train      training throughput of the text-to-image and VAE steps: samples/s, GFLOP/s vs MatMul
   bench unet       one SD 1.5-width UNet step (batch 2, 77 tokens): ms, FLOPs, GFLOP/s vs MatMul and Conv
+  bench unet-loop  SD 1.5-width UNet sampling loops: plain vs T-GATE, DeepCache and both, with FLOP ceilings
   help             this text
 
 Run "velodiff <command> --help" for a command's options.`;

@@ -5,6 +5,10 @@ import { hostTensor } from '../src/runtime/host-tensor.js';
 import { Runtime } from '../src/runtime/runtime.js';
 import { SafetensorsFile } from '../src/io/safetensors.js';
 import { PNG } from 'pngjs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before } from 'node:test';
 
 /** One in-thread runtime per test file (tests need no worker hop). */
 let shared: Runtime | undefined;
@@ -90,4 +94,24 @@ export function imageRgb(images: HostTensor): Uint8Array {
       rgb[i * channels + c] = Math.round(data[c * height * width + i] * 255);
   }
   return rgb;
+}
+
+/**
+ * Points VELODIFF_CACHE_DIR at a fresh temporary folder for the file's tests (registered with the
+ * runner's before/after hooks), restores it and deletes the folder afterwards.
+ */
+export function useTempCacheDir(prefix: string): () => string {
+  let dir = '';
+  let saved: string | undefined;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), prefix));
+    saved = process.env.VELODIFF_CACHE_DIR;
+    process.env.VELODIFF_CACHE_DIR = dir;
+  });
+  after(async () => {
+    if (saved === undefined) delete process.env.VELODIFF_CACHE_DIR;
+    else process.env.VELODIFF_CACHE_DIR = saved;
+    await rm(dir, { recursive: true, force: true });
+  });
+  return () => dir;
 }

@@ -6,11 +6,9 @@
  * No timing is asserted beyond the ratios being the ones the row's own figures give.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 
+import { useTempCacheDir } from '../helpers.js';
 import { seededUniform, testSeed } from '../random.js';
 import { captureCli } from './capture.js';
 
@@ -142,18 +140,7 @@ interface Row {
 const close = (a: number, b: number, what: string): void =>
   assert.ok(Math.abs(a - b) <= 1e-12 * Math.abs(b), `${what}: ${a} ≠ ${b}`);
 
-let cacheDir: string;
-let savedCacheDir: string | undefined;
-before(async () => {
-  cacheDir = await mkdtemp(join(tmpdir(), 'velodiff-bench-unet-loop-'));
-  savedCacheDir = process.env.VELODIFF_CACHE_DIR;
-  process.env.VELODIFF_CACHE_DIR = cacheDir;
-});
-after(async () => {
-  if (savedCacheDir === undefined) delete process.env.VELODIFF_CACHE_DIR;
-  else process.env.VELODIFF_CACHE_DIR = savedCacheDir;
-  await rm(cacheDir, { recursive: true, force: true });
-});
+useTempCacheDir('velodiff-bench-unet-loop-');
 
 function tinyFlags(t: Tiny): string[] {
   return [

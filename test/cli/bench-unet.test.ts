@@ -4,11 +4,11 @@
  * UNet2DConditionModel (so the graph counter is checked, not only present). No timing is asserted.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 
+import { useTempCacheDir } from '../helpers.js';
 import { seededUniform, testSeed } from '../random.js';
 import { captureCli } from './capture.js';
 
@@ -67,18 +67,7 @@ function handCountedFlops(t: Tiny): { matmul: number; conv: number; attention: n
   return { matmul, conv, attention };
 }
 
-let cacheDir: string;
-let savedCacheDir: string | undefined;
-before(async () => {
-  cacheDir = await mkdtemp(join(tmpdir(), 'velodiff-bench-unet-'));
-  savedCacheDir = process.env.VELODIFF_CACHE_DIR;
-  process.env.VELODIFF_CACHE_DIR = cacheDir;
-});
-after(async () => {
-  if (savedCacheDir === undefined) delete process.env.VELODIFF_CACHE_DIR;
-  else process.env.VELODIFF_CACHE_DIR = savedCacheDir;
-  await rm(cacheDir, { recursive: true, force: true });
-});
+const cacheDir = useTempCacheDir('velodiff-bench-unet-');
 
 describe('velodiff bench unet --json', () => {
   it('prints {latent, ms, gflops, matmul_gflops, fraction, …} last, with the FLOPs counted by hand', async () => {
@@ -136,12 +125,12 @@ describe('velodiff bench unet --json', () => {
     assert.ok(Math.abs(numbers.gflops - gflopsFromMs) <= 1e-9 * gflopsFromMs, 'gflops = flops / ms');
 
     // The random model folder is cached by config: a second run reuses it, a new config adds one.
-    const folders = await readdir(join(cacheDir, 'bench'));
+    const folders = await readdir(join(cacheDir(), 'bench'));
     assert.equal(folders.length, 1);
     const again = await captureCli(argv);
     assert.equal(again.code, 0, again.err);
     assert.match(again.err, /reusing random UNet/);
-    assert.deepEqual(await readdir(join(cacheDir, 'bench')), folders);
+    assert.deepEqual(await readdir(join(cacheDir(), 'bench')), folders);
   });
 
   it('runs under the ORT settings --optimization-level and --disable-prepacking give, and says so', async () => {

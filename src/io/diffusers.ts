@@ -136,6 +136,15 @@ const PICKLE_EXTENSIONS = ['.bin', '.pt', '.pth', '.ckpt', '.pkl'];
  * The weights of one component folder, from a single safetensors file or from shards. Every file is
  * opened once (header only); tensors are read on demand.
  */
+/** Stored float types a graph casts to float32. */
+const CAST_TO_FLOAT32: ReadonlySet<SafetensorsDtype> = new Set<SafetensorsDtype>([
+  'F16',
+  'BF16',
+  'F64',
+  'F8_E4M3',
+  'F8_E5M2',
+]);
+
 export class WeightStore {
   private constructor(
     /** Absolute path of the component folder. */
@@ -218,6 +227,14 @@ export class WeightStore {
   /** The dtypes its tensors are stored in. */
   dtypes(): Set<SafetensorsDtype> {
     return new Set([...this.owners].map(([name, file]) => file.info(name).dtype));
+  }
+
+  /**
+   * Whether graphs can read every float tensor in place: none is stored in a float type a graph
+   * casts to float32, which ORT folds into a copy per session (notes/onnxruntime.md §9).
+   */
+  readsInPlace(): boolean {
+    return [...this.dtypes()].every((d) => !CAST_TO_FLOAT32.has(d));
   }
 
   /** Where tensor `name` is: its dtype, shape, byte range and the absolute path of its file. */

@@ -400,6 +400,12 @@ interface PixArtLayout {
   acceleration: PixArtAcceleration;
 }
 
+/** Whether a step graph stores or reuses T-GATE's attention caches (one that computes all is the plain graph). */
+function isTGateStepGraph(graph: PixArtGraphOptions): boolean {
+  const t = graph.tgate;
+  return t !== undefined && (t.selfAttention !== 'compute' || t.crossAttention !== 'compute');
+}
+
 /** PixArt-α/Σ denoiser, loaded from a diffusers `transformer/` folder. */
 export class PixArtTransformer2DModel implements DiffusersModel {
   readonly className = 'PixArtTransformer2DModel';
@@ -426,6 +432,12 @@ export class PixArtTransformer2DModel implements DiffusersModel {
         buildPixArtGraph(config, acceleration.weights ?? weights, graph, acceleration),
       key: ({ graph, acceleration }) =>
         JSON.stringify([graph, acceleration.key ?? '', acceleration.lora?.graphKey ?? '']),
+      // T-GATE's store and reuse step graphs are sessions beside the plain forward: as the UNet's,
+      // they read a float32 checkpoint in place rather than holding a packed copy each.
+      settings: ({ graph, acceleration }) =>
+        acceleration.weights === undefined && weights.readsInPlace() && isTGateStepGraph(graph)
+          ? runtime.sharedWeightSettings
+          : {},
     });
   }
 

@@ -318,9 +318,6 @@ export function linfusionHooks(weights: LinFusionWeights): UNetBuildHooks {
   };
 }
 
-/** Stored float types a graph casts to float32: ORT folds each cast into a copy per session (notes §9). */
-const CAST_TO_FLOAT32: ReadonlySet<string> = new Set(['F16', 'BF16', 'F64', 'F8_E4M3', 'F8_E5M2']);
-
 /**
  * Whether a layout's graph is one an acceleration adds beside the plain forward: a T-GATE step
  * that stores or reuses attention, or a DeepCache step. A T-GATE step that computes every attention
@@ -360,7 +357,7 @@ export class UNet2DConditionModel implements DiffusersModel {
     // Each step graph T-GATE or DeepCache adds is a session, which at the runtime's default settings
     // holds its own copy of the weights as ORT lays them out (3.6 GB at SD 1.5 width; T-GATE adds 4):
     // those graphs read the checkpoint in place instead, where it is stored as float32.
-    const sharesWeights = [...weights.dtypes()].every((d) => !CAST_TO_FLOAT32.has(d));
+    const sharesWeights = weights.readsInPlace();
     this.runnable = new RunnableModel<UNetGraphOptions>({
       className: this.className,
       dir,

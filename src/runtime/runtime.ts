@@ -30,7 +30,7 @@ export interface RuntimeOptions {
   worker?: boolean;
   /**
    * Let a model compile its extra graphs (T-GATE's and DeepCache's step graphs beside the plain
-   * forward) under `sharedWeightSettings`, reading a float32 checkpoint in place rather than
+   * forward, UNet and PixArt alike) under `sharedWeightSettings`, reading a float32 checkpoint in place rather than
    * holding a copy each; default true. At SD 1.5 width a copy is 3.6 GB, and those settings cost
    * about 9 % per step at 64×64 latents, 19 % at 32×32 (BENCHMARKS.md, "unet step graphs").
    */

@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { VelodiffError } from '../../src/errors.js';
+import type { LayerAction } from '../../src/attention/tgate.js';
+import type { PixArtGraphOptions } from '../../src/models/pixart-transformer.js';
 import { PixArtTransformer2DModel } from '../../src/models/pixart-transformer.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
@@ -96,5 +98,37 @@ describe('PixArtTransformer2DModel.forward checks its inputs (runtime/runnable-m
       model.forward({ ...inputs, hidden_states: hostTensor('float64', [...x.shape]) }),
       fails('DTYPE', /expected float32 \[B, 4, H, W\], got float64 \[2, 4, 8, 8\]/),
     );
+  });
+});
+
+describe("PixArtTransformer2DModel's T-GATE step graphs' session settings", () => {
+  const layout = { height: 8, width: 8, captionLength: 10, withMask: true };
+  const settingsOf = async (model: PixArtTransformer2DModel, o: PixArtGraphOptions): Promise<[string, boolean]> => {
+    const { settings } = await model.compile(o);
+    return [settings.optimizationLevel, settings.disablePrepacking];
+  };
+
+  it("store and reuse graphs read the float32 checkpoint in place; the plain graph keeps the runtime's", async () => {
+    const model = await PixArtTransformer2DModel.fromPretrained(`${GOLDEN}pixart_alpha_tiny/model`, { runtime });
+    const own = new Runtime({ worker: false, threads: 1, shareWeightsAcrossGraphs: false });
+    const unshared = await PixArtTransformer2DModel.fromPretrained(`${GOLDEN}pixart_alpha_tiny/model`, {
+      runtime: own,
+    });
+    try {
+      const gated = (selfAttention: LayerAction, crossAttention: LayerAction): PixArtGraphOptions => ({
+        ...layout,
+        tgate: { selfAttention, crossAttention, average: selfAttention === 'store' },
+      });
+      assert.deepEqual(await settingsOf(model, layout), ['all', false]);
+      assert.deepEqual(await settingsOf(model, gated('compute', 'compute')), ['all', false]);
+      for (const at of [gated('store', 'store'), gated('reuse', 'reuse'), gated('compute', 'reuse')]) {
+        assert.deepEqual(await settingsOf(model, at), ['extended', true], JSON.stringify(at.tgate));
+        assert.deepEqual(await settingsOf(unshared, at), ['all', false], JSON.stringify(at.tgate));
+      }
+    } finally {
+      await model.close();
+      await unshared.close();
+      await own.dispose();
+    }
   });
 });

@@ -2,7 +2,7 @@
  * Element types a graph tensor can have. `float64` is for gradient checks and references: ORT's CPU
  * EP has double kernels for the core math but not for every op (measured: see src/graph/grad.ts).
  */
-export type DType = 'float32' | 'float64' | 'float16' | 'bfloat16' | 'int64' | 'int32' | 'bool';
+export type DType = 'float32' | 'float64' | 'float16' | 'bfloat16' | 'int64' | 'int32' | 'int8' | 'bool';
 
 export const DTYPES: readonly DType[] = [
   'float32',
@@ -11,12 +11,14 @@ export const DTYPES: readonly DType[] = [
   'bfloat16',
   'int64',
   'int32',
+  'int8',
   'bool',
 ];
 
 /** ONNX TensorProto.DataType codes. */
 export const ONNX_DTYPE_CODE: Readonly<Record<DType, number>> = {
   float32: 1,
+  int8: 3,
   int32: 6,
   int64: 7,
   bool: 9,
@@ -44,6 +46,7 @@ export function dtypeByteSize(dtype: DType): number {
     case 'int64':
     case 'float64':
       return 8;
+    case 'int8':
     case 'bool':
       return 1;
   }

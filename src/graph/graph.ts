@@ -19,12 +19,12 @@ export type WeightSource =
   | {
       /** Values held in memory, embedded into the model. */
       kind: 'data';
-      data: Float32Array | Uint16Array | BigInt64Array | Int32Array | Uint8Array | Float64Array;
+      data: Float32Array | Uint16Array | BigInt64Array | Int32Array | Int8Array | Uint8Array | Float64Array;
       storedDType: StoredDType;
     };
 
 /** Element types weights may be stored as (a superset of DType: int8 checkpoints exist). */
-export type StoredDType = DType | 'int8' | 'uint8' | 'int16';
+export type StoredDType = DType | 'uint8' | 'int16';
 
 /** Written by an op's `infer` for a dim it cannot express; the graph names it. */
 export const UNKNOWN_DIM = '?';

@@ -501,24 +501,74 @@ export async function writeSafetensors(
   metadata?: Record<string, string>,
 ): Promise<void> {
   const names = Object.keys(tensors).sort();
+  const payloads = names.map((name) => tensorBytes(name, tensors[name]));
+  const declared = names.map((name, i) => ({
+    name,
+    dtype: tensors[name].dtype,
+    shape: tensors[name].shape,
+    byteLength: payloads[i].byteLength,
+  }));
+  await writeSafetensorsFromLayout(path, declared, metadata, async (handle, position) => {
+    for (const bytes of payloads) position = await writeFully(handle, bytes, position);
+  });
+}
+
+/** A tensor `writeSafetensorsStreaming` will write: its header entry, its bytes made on demand. */
+export interface TensorToStream {
+  name: string;
+  dtype: SafetensorsDtype;
+  shape: number[];
+  /** Called once, in sorted name order, when the tensor is written; must give `shape`'s bytes. */
+  data: () => Promise<ArrayBufferView> | ArrayBufferView;
+}
+
+/**
+ * `writeSafetensors` for tensors too large to hold at once (a quantized copy of a checkpoint): the
+ * header is written from the declared dtypes and shapes, then each tensor's bytes are made, checked
+ * and written before the next is asked for. Atomic like writeSafetensors.
+ */
+export async function writeSafetensorsStreaming(
+  path: string,
+  tensors: readonly TensorToStream[],
+  metadata?: Record<string, string>,
+): Promise<void> {
+  const sorted = [...tensors].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const declared = sorted.map((t) => ({
+    name: t.name,
+    dtype: t.dtype,
+    shape: t.shape,
+    byteLength: dtypeByteSize(t.dtype) * t.shape.reduce((a, b) => a * b, 1),
+  }));
+  await writeSafetensorsFromLayout(path, declared, metadata, async (handle, position) => {
+    for (const [i, t] of sorted.entries()) {
+      const bytes = tensorBytes(t.name, { dtype: t.dtype, shape: t.shape, data: await t.data() });
+      if (bytes.byteLength !== declared[i].byteLength) {
+        throw new WeightError(
+          `tensor '${t.name}': ${bytes.byteLength} bytes made for a declared ${t.dtype} [${t.shape.join(', ')}]`,
+          'WEIGHT_SHAPE',
+        );
+      }
+      position = await writeFully(handle, bytes, position);
+    }
+  });
+}
+
+async function writeSafetensorsFromLayout(
+  path: string,
+  declared: readonly { name: string; dtype: SafetensorsDtype; shape: number[]; byteLength: number }[],
+  metadata: Record<string, string> | undefined,
+  writePayloads: (handle: FileHandle, position: number) => Promise<void>,
+): Promise<void> {
   const headerEntries: string[] = [];
   if (metadata !== undefined) headerEntries.push(`"__metadata__":${JSON.stringify(checkMetadata(metadata))}`);
-  const payloads: Uint8Array[] = [];
   let offset = 0;
-  for (const name of names) {
-    const tensor = tensors[name];
-    const bytes = tensorBytes(name, tensor);
+  for (const { name, dtype, shape, byteLength } of declared) {
     // Written by hand rather than via JSON.stringify of one object, which would move integer-like
     // names ("0", "1") to the front and break the sorted layout.
     headerEntries.push(
-      `${JSON.stringify(name)}:${JSON.stringify({
-        dtype: tensor.dtype,
-        shape: tensor.shape,
-        data_offsets: [offset, offset + bytes.byteLength],
-      })}`,
+      `${JSON.stringify(name)}:${JSON.stringify({ dtype, shape, data_offsets: [offset, offset + byteLength] })}`,
     );
-    payloads.push(bytes);
-    offset += bytes.byteLength;
+    offset += byteLength;
   }
 
   const json = new TextEncoder().encode(`{${headerEntries.join(',')}}`);
@@ -535,8 +585,7 @@ export async function writeSafetensors(
   prefix.set(json, LENGTH_PREFIX_BYTES);
 
   await writeAtomic(path, async (handle) => {
-    let position = await writeFully(handle, prefix, 0);
-    for (const bytes of payloads) position = await writeFully(handle, bytes, position);
+    await writePayloads(handle, await writeFully(handle, prefix, 0));
   });
 }
 

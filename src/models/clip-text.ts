@@ -29,7 +29,7 @@ import { readConfig } from '../io/diffusers.js';
 import type { TransformersActivation } from '../nn/activations.js';
 import { transformersActivation } from '../nn/activations.js';
 import { LayerNorm, Linear } from '../nn/layers.js';
-import type { LoraProvider } from '../nn/params.js';
+import type { Int8Options, LoraProvider } from '../nn/params.js';
 import { Params } from '../nn/params.js';
 import type { LoadedLora } from '../lora/adapters.js';
 import { AdapterSet } from '../lora/adapters.js';
@@ -41,7 +41,8 @@ import { RunnableModel } from '../runtime/runnable-model.js';
 import type { WarningHandler } from '../warnings.js';
 import { ConfigReader, PRETRAINED_CONFIG_KEYS, checkModelKind } from './config.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
-import { openCheckedWeights } from './model.js';
+import type { ModelWeights } from './int8.js';
+import { openModelWeights } from './int8.js';
 import type { TextEncoderLayout } from './text-encoder.js';
 import { FLOAT32_MIN, textEncoderCall } from './text-encoder.js';
 
@@ -79,6 +80,8 @@ export interface CLIPTextConfig {
    * other id pools at its first occurrence.
    */
   eosTokenId: number;
+  /** The int8 Linear modules of a folder in velodiff's int8 format (`quantization_config`). */
+  int8Modules?: ReadonlySet<string>;
 }
 
 /**
@@ -144,6 +147,8 @@ export function parseCLIPTextConfig(
       path,
     );
   }
+  const int8Modules = c.int8Modules();
+  if (int8Modules) config.int8Modules = int8Modules;
   c.finish(onWarning);
   return config;
 }
@@ -164,12 +169,12 @@ export function buildCLIPTextGraph(
   config: CLIPTextConfig,
   weights: TensorSource,
   o: CLIPTextGraphOptions,
-  extras: { lora?: LoraProvider } = {},
+  extras: { lora?: LoraProvider; int8?: Int8Options } = {},
 ): Graph {
   const g = new Graph(o.withProjection ? 'CLIPTextModelWithProjection' : 'CLIPTextModel');
   const inputIds = g.input('input_ids', o.idsDType, ['B', o.seqLength]);
   const mask = o.maskDType ? g.input('attention_mask', o.maskDType, ['B', o.seqLength]) : undefined;
-  const root = Params.of(g, weights, extras.lora ? { lora: extras.lora } : {});
+  const root = Params.of(g, weights, { lora: extras.lora, int8: extras.int8 });
   const text = clipTextTransformer(root.child('text_model'), config, inputIds, mask);
   g.output('last_hidden_state', text.lastHiddenState);
   if (o.withProjection) {
@@ -325,22 +330,28 @@ class CLIPTextModelBase implements DiffusersModel {
   readonly adapters = new AdapterSet();
   private readonly runnable: RunnableModel<CLIPTextGraphOptions>;
   private readonly finalNorm: RunnableModel<{ seqLength: number }>;
+  /** The checkpoint's tensors (what LoRA modules resolve against). */
+  readonly weights: WeightStore;
 
   protected constructor(
     readonly className: CLIPTextClassName,
     readonly dir: string,
     readonly config: CLIPTextConfig,
-    /** The checkpoint's tensors (what LoRA modules resolve against). */
-    readonly weights: WeightStore,
+    private readonly loaded: ModelWeights,
     runtime: Runtime,
   ) {
     const adapters = this.adapters;
+    const weights = loaded.store;
+    this.weights = weights;
     this.runnable = new RunnableModel<CLIPTextGraphOptions>({
       className,
       dir,
       runtime,
       build: (layout) =>
-        buildCLIPTextGraph(config, weights, layout, adapters.loaded.length > 0 ? { lora: adapters } : {}),
+        buildCLIPTextGraph(config, loaded.source, layout, {
+          lora: adapters.loaded.length > 0 ? adapters : undefined,
+          int8: loaded.int8,
+        }),
       key: (layout) => JSON.stringify([layout, adapters.graphKey]),
     });
     this.finalNorm = new RunnableModel<{ seqLength: number }>({
@@ -349,6 +360,11 @@ class CLIPTextModelBase implements DiffusersModel {
       runtime,
       build: ({ seqLength }) => buildFinalLayerNormGraph(config, weights, seqLength),
     });
+  }
+
+  /** The Linear modules that run in int8 (a velodiff int8 folder, or `quantize: 'int8'`); undefined when float. */
+  get int8Modules(): ReadonlySet<string> | undefined {
+    return this.loaded.int8?.modules;
   }
 
   /**
@@ -369,7 +385,7 @@ class CLIPTextModelBase implements DiffusersModel {
     dir: string,
     className: CLIPTextClassName,
     options: LoadOptions,
-  ): Promise<{ dir: string; config: CLIPTextConfig; weights: WeightStore }> {
+  ): Promise<{ dir: string; config: CLIPTextConfig; weights: ModelWeights }> {
     const abs = resolve(dir);
     const config = parseCLIPTextConfig(
       await readConfig(abs),
@@ -377,17 +393,24 @@ class CLIPTextModelBase implements DiffusersModel {
       className,
       options.onWarning,
     );
-    const weights = await openCheckedWeights(abs, {
+    const weights = await openModelWeights(abs, {
       className,
+      folderInt8: config.int8Modules,
+      quantize: options.quantize,
       // The mask input and one token read every weight of the model.
-      build: (source) =>
-        buildCLIPTextGraph(config, source, {
-          seqLength: 1,
-          idsDType: 'int64',
-          maskDType: 'int64',
-          outputHiddenStates: false,
-          withProjection: className === 'CLIPTextModelWithProjection',
-        }),
+      build: (source, int8) =>
+        buildCLIPTextGraph(
+          config,
+          source,
+          {
+            seqLength: 1,
+            idsDType: 'int64',
+            maskDType: 'int64',
+            outputHiddenStates: false,
+            withProjection: className === 'CLIPTextModelWithProjection',
+          },
+          { int8 },
+        ),
       // Older checkpoints (SD 1.x) saved the position_ids buffer, which transformers ignores.
       ignoreUnused: (name) => name === 'text_model.embeddings.position_ids',
       onWarning: options.onWarning,
@@ -443,7 +466,7 @@ class CLIPTextModelBase implements DiffusersModel {
   async close(): Promise<void> {
     this.runnable.clear();
     this.finalNorm.clear();
-    await this.weights.close();
+    await this.loaded.close();
   }
 }
 

@@ -1,5 +1,6 @@
 import { FileFormatError } from '../errors.js';
 import { describeJson } from '../io/json.js';
+import { parseQuantizationConfig } from '../io/quantize.js';
 import type { WarningHandler } from '../warnings.js';
 import { VelodiffWarning, emitWarning } from '../warnings.js';
 
@@ -124,6 +125,11 @@ export class ConfigReader {
     );
   }
 
+  /** The int8 modules of velodiff's int8 format (io/quantize.ts), or undefined for a float checkpoint. */
+  int8Modules(): ReadonlySet<string> | undefined {
+    return parseQuantizationConfig(this.value('quantization_config'), this.path);
+  }
+
   /** Mark keys that older or newer versions write and that do not change the model. */
   accept(...keys: string[]): void {
     for (const k of keys) this.read.add(k);
@@ -134,7 +140,8 @@ export class ConfigReader {
    * need their own kernels), then reports keys that were never read or accepted in one warning.
    */
   finish(onWarning: WarningHandler = emitWarning): void {
-    this.supported('quantization_config', [], 'velodiff loads unquantized float checkpoints');
+    if (!this.read.has('quantization_config'))
+      this.supported('quantization_config', [], `${this.className} loads float checkpoints only`);
     const unused = Object.keys(this.raw).filter((k) => !k.startsWith('_') && !this.read.has(k));
     if (unused.length === 0) return;
     const attributes = unused.map((k) => `"${k}": ${shortJson(this.raw[k])}`).join(', ');

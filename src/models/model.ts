@@ -6,6 +6,7 @@ import type { Runtime } from '../runtime/runtime.js';
 import type { TensorSource } from '../nn/weights.js';
 import { checkWeights } from '../nn/weights.js';
 import type { WarningHandler } from '../warnings.js';
+import type { QuantizeOption } from './int8.js';
 
 /**
  * A model loaded from a diffusers/transformers component folder. `forward` takes tensors named as
@@ -31,6 +32,8 @@ export interface DiffusersModel {
   readonly adapters?: AdapterSet;
   /** Load a LoRA onto the model (denoisers). */
   loadLoraWeights?(path: string, options?: { adapterName?: string }): Promise<LoadedLora>;
+  /** The Linear modules that run in int8, for models that quantize (README "int8"); undefined when float. */
+  readonly int8Modules?: ReadonlySet<string>;
   /** Release files held open. */
   close(): Promise<void>;
 }
@@ -42,6 +45,12 @@ export interface LoadOptions {
    * not use); default: a process warning (`console.warn` in browsers). Errors are thrown, not passed.
    */
   onWarning?: WarningHandler;
+  /**
+   * 'int8': Linear weights applied to tokens or pixels become symmetric per-output-channel int8 at
+   * load and run on ORT's int8 GEMM with activations quantized at run time (README "int8"). A folder
+   * in velodiff's int8 format (`velodiff quantize`) is int8 whatever this says.
+   */
+  quantize?: QuantizeOption;
 }
 
 /**

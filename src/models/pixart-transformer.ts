@@ -21,6 +21,7 @@ import { BasicTransformerBlock } from '../nn/transformer-block.js';
 import type { LoadedLora } from '../lora/adapters.js';
 import { AdapterSet } from '../lora/adapters.js';
 import { Params } from '../nn/params.js';
+import type { Int8Options } from '../nn/params.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
 import type { Feed, RunResult, TensorRef } from '../runtime/backend.js';
@@ -36,7 +37,8 @@ import type { TensorSource } from '../nn/weights.js';
 import { ConfigReader } from './config.js';
 import { TimestepEmbedding, sincosPositionEmbedding2d, sinusoidalEmbedding } from './embeddings.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
-import { openCheckedWeights } from './model.js';
+import type { ModelWeights } from './int8.js';
+import { openModelWeights } from './int8.js';
 import type { WarningHandler } from '../warnings.js';
 
 export interface PixArtTransformerConfig {
@@ -55,6 +57,8 @@ export interface PixArtTransformerConfig {
   useAdditionalConditions: boolean;
   /** numAttentionHeads × attentionHeadDim */
   innerDim: number;
+  /** The int8 Linear modules of a folder in velodiff's int8 format (`quantization_config`). */
+  int8Modules?: ReadonlySet<string>;
 }
 
 /**
@@ -110,6 +114,8 @@ export function parsePixArtConfig(
     useAdditionalConditions: c.optionalBoolean('use_additional_conditions') ?? sampleSize === 128,
     innerDim: numAttentionHeads * attentionHeadDim,
   };
+  const int8Modules = c.int8Modules();
+  if (int8Modules) config.int8Modules = int8Modules;
   c.string('norm_type', 'ada_norm_single', ['ada_norm_single']);
   c.string('activation_fn', 'gelu-approximate', ['gelu-approximate']);
   c.string('attention_type', 'default', ['default']);
@@ -168,6 +174,8 @@ export interface PixArtExtras {
   linfusion?: LinFusionWeights;
   /** LoRA adapters applied to Linear/Conv2d layers (fused, or as switchable side branches). */
   lora?: AdapterSet;
+  /** The int8 Linear modules (src/models/int8.ts). */
+  int8?: Int8Options;
 }
 
 /** What a pipeline resolved from its acceleration options, for building step graphs. */
@@ -192,7 +200,7 @@ export function buildPixArtGraph(
 ): Graph {
   const tokens = (o.height / config.patchSize) * (o.width / config.patchSize);
   const g = new Graph('PixArtTransformer2DModel');
-  const root = Params.of(g, weights, { lora: extras.lora });
+  const root = Params.of(g, weights, { lora: extras.lora, int8: extras.int8 });
   const tgate = o.tgate ?? { selfAttention: 'compute', crossAttention: 'compute', average: false };
   const needsText = tgate.crossAttention !== 'reuse';
   const inputs: PixArtInputs = {
@@ -406,6 +414,9 @@ function isTGateStepGraph(graph: PixArtGraphOptions): boolean {
   return t !== undefined && (t.selfAttention !== 'compute' || t.crossAttention !== 'compute');
 }
 
+/** Linear layers quantization at load keeps in float32 (README "int8"): the last layer. */
+const PIXART_FLOAT_LINEARS: ReadonlySet<string> = new Set(['proj_out']);
+
 /** PixArt-α/Σ denoiser, loaded from a diffusers `transformer/` folder. */
 export class PixArtTransformer2DModel implements DiffusersModel {
   readonly className = 'PixArtTransformer2DModel';
@@ -416,29 +427,48 @@ export class PixArtTransformer2DModel implements DiffusersModel {
   /** CLEAR and LinFusion weights opened for attention options, kept while the model is open. */
   private readonly attentionFiles = new AttentionWeightFiles();
   private readonly runnable: RunnableModel<PixArtLayout>;
+  /** The checkpoint's tensors. */
+  readonly weights: WeightStore;
 
   private constructor(
     readonly dir: string,
     readonly config: PixArtTransformerConfig,
-    /** The checkpoint's tensors (the base for overlays such as CLEAR weights). */
-    readonly weights: WeightStore,
+    private readonly loaded: ModelWeights,
     runtime: Runtime,
   ) {
+    const weights = loaded.store;
+    this.weights = weights;
     this.runnable = new RunnableModel<PixArtLayout>({
       className: this.className,
       dir,
       runtime,
       build: ({ graph, acceleration }) =>
-        buildPixArtGraph(config, acceleration.weights ?? weights, graph, acceleration),
+        buildPixArtGraph(config, acceleration.weights ?? loaded.source, graph, {
+          ...acceleration,
+          int8: loaded.int8,
+        }),
       key: ({ graph, acceleration }) =>
         JSON.stringify([graph, acceleration.key ?? '', acceleration.lora?.graphKey ?? '']),
       // T-GATE's store and reuse step graphs are sessions beside the plain forward: as the UNet's,
       // they read a float32 checkpoint in place rather than holding a packed copy each.
       settings: ({ graph, acceleration }) =>
-        acceleration.weights === undefined && weights.readsInPlace() && isTGateStepGraph(graph)
+        acceleration.weights === undefined &&
+        loaded.int8 === undefined &&
+        weights.readsInPlace() &&
+        isTGateStepGraph(graph)
           ? runtime.sharedWeightSettings
           : {},
     });
+  }
+
+  /** The Linear modules that run in int8 (a velodiff int8 folder, or `quantize: 'int8'`); undefined when float. */
+  get int8Modules(): ReadonlySet<string> | undefined {
+    return this.loaded.int8?.modules;
+  }
+
+  /** What graphs read: the checkpoint, with the int8 weights of a quantization at load over it. */
+  get source(): TensorSource {
+    return this.loaded.source;
   }
 
   /** Load a LoRA (diffusers/PEFT file or folder, kohya file); it becomes active with weight 1. */
@@ -452,13 +482,16 @@ export class PixArtTransformer2DModel implements DiffusersModel {
     const config = parsePixArtConfig(raw, join(abs, 'config.json'), options.onWarning);
     // A minimal graph with every optional input reads every weight the config implies.
     const p = config.patchSize;
-    const weights = await openCheckedWeights(abs, {
+    const loaded = await openModelWeights(abs, {
       className: 'PixArtTransformer2DModel',
-      build: (source) =>
-        buildPixArtGraph(config, source, { height: p, width: p, captionLength: 1, withMask: true }),
+      folderInt8: config.int8Modules,
+      quantize: options.quantize,
+      keepFloat: (module) => PIXART_FLOAT_LINEARS.has(module),
+      build: (source, int8) =>
+        buildPixArtGraph(config, source, { height: p, width: p, captionLength: 1, withMask: true }, { int8 }),
       onWarning: options.onWarning,
     });
-    return new PixArtTransformer2DModel(abs, config, weights, options.runtime);
+    return new PixArtTransformer2DModel(abs, config, loaded, options.runtime);
   }
 
   /**
@@ -468,7 +501,7 @@ export class PixArtTransformer2DModel implements DiffusersModel {
   async resolveAcceleration(
     option: AttentionOption | undefined,
   ): Promise<{ attention?: AttentionChoice; acceleration: PixArtAcceleration }> {
-    const resolved = await resolveAttentionOption(option, this.weights, this.attentionFiles);
+    const resolved = await resolveAttentionOption(option, this.loaded.source, this.attentionFiles);
     const acceleration: PixArtAcceleration = {};
     if (resolved.weights) acceleration.weights = resolved.weights;
     if (resolved.linfusion) acceleration.linfusion = resolved.linfusion;
@@ -585,6 +618,6 @@ export class PixArtTransformer2DModel implements DiffusersModel {
   async close(): Promise<void> {
     this.runnable.clear();
     await this.attentionFiles.close();
-    await this.weights.close();
+    await this.loaded.close();
   }
 }

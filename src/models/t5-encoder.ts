@@ -20,19 +20,20 @@ import {
   transpose,
   unsqueeze,
 } from '../graph/ops/index.js';
-import type { WeightStore } from '../io/diffusers.js';
 import { readConfig } from '../io/diffusers.js';
 import { isPlainObject } from '../io/json.js';
 import type { TransformersActivation } from '../nn/activations.js';
 import { transformersActivation } from '../nn/activations.js';
 import { Linear, RMSNorm } from '../nn/layers.js';
+import type { Int8Options } from '../nn/params.js';
 import { Params } from '../nn/params.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
 import { RunnableModel } from '../runtime/runnable-model.js';
 import { ConfigReader, PRETRAINED_CONFIG_KEYS, checkModelKind } from './config.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
-import { openCheckedWeights } from './model.js';
+import type { ModelWeights } from './int8.js';
+import { openModelWeights } from './int8.js';
 import type { TextEncoderLayout } from './text-encoder.js';
 import { FLOAT32_MIN, textEncoderCall } from './text-encoder.js';
 import type { TensorSource } from '../nn/weights.js';
@@ -87,6 +88,8 @@ export interface T5EncoderConfig {
   denseActFn: T5Activation;
   /** numHeads × dKv */
   innerDim: number;
+  /** The int8 Linear modules of a folder in velodiff's int8 format (`quantization_config`). */
+  int8Modules?: ReadonlySet<string>;
 }
 
 /**
@@ -180,6 +183,8 @@ export function parseT5EncoderConfig(
   ) {
     c.unsupported('pruned_heads', '{} (every layer with num_heads heads)');
   }
+  const int8Modules = c.int8Modules();
+  if (int8Modules) config.int8Modules = int8Modules;
   c.finish(onWarning);
   return config;
 }
@@ -245,11 +250,12 @@ export function buildT5EncoderGraph(
   config: T5EncoderConfig,
   weights: TensorSource,
   o: T5EncoderGraphOptions,
+  int8?: Int8Options,
 ): Graph {
   const g = new Graph('T5EncoderModel');
   const inputIds = g.input('input_ids', o.idsDType, ['B', o.seqLength]);
   const mask = o.maskDType ? g.input('attention_mask', o.maskDType, ['B', o.seqLength]) : undefined;
-  const hiddenStates = t5Encoder(Params.of(g, weights), config, inputIds, mask);
+  const hiddenStates = t5Encoder(Params.of(g, weights, { int8 }), config, inputIds, mask);
   g.output('last_hidden_state', hiddenStates[hiddenStates.length - 1]);
   if (o.outputHiddenStates) hiddenStates.forEach((t, i) => g.output(`hidden_states.${i}`, t));
   return g;
@@ -368,23 +374,30 @@ export class T5EncoderModel implements DiffusersModel {
   private constructor(
     readonly dir: string,
     readonly config: T5EncoderConfig,
-    private readonly weights: WeightStore,
+    private readonly loaded: ModelWeights,
     runtime: Runtime,
   ) {
     this.runnable = new RunnableModel<T5EncoderGraphOptions>({
       className: this.className,
       dir,
       runtime,
-      build: (layout) => buildT5EncoderGraph(config, weights, layout),
+      build: (layout) => buildT5EncoderGraph(config, loaded.source, layout, loaded.int8),
     });
+  }
+
+  /** The Linear modules that run in int8 (a velodiff int8 folder, or `quantize: 'int8'`); undefined when float. */
+  get int8Modules(): ReadonlySet<string> | undefined {
+    return this.loaded.int8?.modules;
   }
 
   static async fromPretrained(dir: string, options: LoadOptions): Promise<T5EncoderModel> {
     const abs = resolve(dir);
     const config = parseT5EncoderConfig(await readConfig(abs), join(abs, 'config.json'), options.onWarning);
-    const weights = await openCheckedWeights(abs, {
+    const loaded = await openModelWeights(abs, {
       className: 'T5EncoderModel',
-      build: (source, store) => {
+      folderInt8: config.int8Modules,
+      quantize: options.quantize,
+      build: (source, int8, store) => {
         if (!source.has('shared.weight') && !source.has('encoder.embed_tokens.weight')) {
           throw new WeightError(
             `Tensor 'shared.weight' (or its tied copy 'encoder.embed_tokens.weight') is not in the weights of ${abs} ` +
@@ -393,19 +406,19 @@ export class T5EncoderModel implements DiffusersModel {
           );
         }
         // The mask input and one token read every weight of the encoder.
-        buildT5EncoderGraph(config, source, {
-          seqLength: 1,
-          idsDType: 'int64',
-          maskDType: 'int64',
-          outputHiddenStates: false,
-        });
+        buildT5EncoderGraph(
+          config,
+          source,
+          { seqLength: 1, idsDType: 'int64', maskDType: 'int64', outputHiddenStates: false },
+          int8,
+        );
       },
       // transformers' T5EncoderModel: the embedding copy is tied to `shared`, and a full T5
       // checkpoint's decoder is ignored (_keys_to_ignore_on_load_unexpected).
       ignoreUnused: (name) => name === 'encoder.embed_tokens.weight' || name.startsWith('decoder.'),
       onWarning: options.onWarning,
     });
-    return new T5EncoderModel(abs, config, weights, options.runtime);
+    return new T5EncoderModel(abs, config, loaded, options.runtime);
   }
 
   /** The graph for one input layout, compiled once. */
@@ -433,6 +446,6 @@ export class T5EncoderModel implements DiffusersModel {
 
   async close(): Promise<void> {
     this.runnable.clear();
-    await this.weights.close();
+    await this.loaded.close();
   }
 }

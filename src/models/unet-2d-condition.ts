@@ -32,7 +32,7 @@ import type { LayerAction } from '../attention/tgate.js';
 import { gatedAttention, isTGateCacheOutput, tgateCacheFeeds } from '../attention/tgate.js';
 import { activation } from '../nn/activations.js';
 import { Conv2d, GroupNorm } from '../nn/layers.js';
-import type { LoraProvider } from '../nn/params.js';
+import type { Int8Options, LoraProvider } from '../nn/params.js';
 import { Params } from '../nn/params.js';
 import type { TensorSource } from '../nn/weights.js';
 import type { RunResult, TensorRef } from '../runtime/backend.js';
@@ -42,7 +42,8 @@ import type { InputSpec } from '../runtime/runnable-model.js';
 import { NUMERIC_DTYPES, RunnableModel, asBatch, asFloat32 } from '../runtime/runnable-model.js';
 import { TimestepEmbedding, sinusoidalEmbedding } from './embeddings.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
-import { openCheckedWeights } from './model.js';
+import type { ModelWeights } from './int8.js';
+import { openModelWeights } from './int8.js';
 import type { UNetBlockContext, UNetBuildHooks } from './unet/blocks.js';
 import { UNetDownBlock, UNetMidBlock, UNetUpBlock } from './unet/blocks.js';
 import type { UNet2DConditionConfig } from './unet/config.js';
@@ -276,10 +277,10 @@ export function buildUNetGraph(
   config: UNet2DConditionConfig,
   weights: TensorSource,
   o: UNetGraphOptions,
-  extras: { hooks?: UNetBuildHooks; lora?: LoraProvider } = {},
+  extras: { hooks?: UNetBuildHooks; lora?: LoraProvider; int8?: Int8Options } = {},
 ): Graph {
   const g = new Graph('UNet2DConditionModel');
-  const root = Params.of(g, weights, extras.lora ? { lora: extras.lora } : {});
+  const root = Params.of(g, weights, { lora: extras.lora, int8: extras.int8 });
   const inputs: UNetInputs = {
     sample: g.input(SAMPLE_INPUT, 'float32', ['B', config.inChannels, o.height, o.width]),
     timestep: g.input('timestep', 'float32', ['B']),
@@ -346,27 +347,37 @@ export class UNet2DConditionModel implements DiffusersModel {
   private readonly attentionFiles = new AttentionWeightFiles();
   private readonly linfusions = new Map<string, LinFusionWeights>();
   private readonly runnable: RunnableModel<UNetGraphOptions>;
+  /** The checkpoint, read in place by the compiled graphs. */
+  readonly weights: WeightStore;
 
   private constructor(
     readonly dir: string,
     readonly config: UNet2DConditionConfig,
-    /** The checkpoint, read in place by the compiled graphs. */
-    readonly weights: WeightStore,
+    private readonly loaded: ModelWeights,
     runtime: Runtime,
   ) {
+    const weights = loaded.store;
+    this.weights = weights;
     // Each step graph T-GATE or DeepCache adds is a session, which at the runtime's default settings
     // holds its own copy of the weights as ORT lays them out (3.6 GB at SD 1.5 width; T-GATE adds 4):
     // those graphs read the checkpoint in place instead, where it is stored as float32.
-    const sharesWeights = weights.readsInPlace();
+    // An int8 model's packed weights are a quarter of that, and its int8 kernels need them packed.
+    const sharesWeights = loaded.int8 === undefined && weights.readsInPlace();
     this.runnable = new RunnableModel<UNetGraphOptions>({
       className: this.className,
       dir,
       runtime,
-      build: (layout) => buildUNetGraph(config, weights, layout, this.buildExtras(layout)),
+      build: (layout) =>
+        buildUNetGraph(config, loaded.source, layout, { ...this.buildExtras(layout), int8: loaded.int8 }),
       key: (layout) => JSON.stringify([layout, this.adapters.graphKey]),
       settings: (layout) =>
         sharesWeights && isAccelerationGraph(layout) ? runtime.sharedWeightSettings : {},
     });
+  }
+
+  /** The Linear modules that run in int8 (a velodiff int8 folder, or `quantize: 'int8'`); undefined when float. */
+  get int8Modules(): ReadonlySet<string> | undefined {
+    return this.loaded.int8?.modules;
   }
 
   /** Load a LoRA (diffusers/PEFT file or folder, kohya file) onto the UNet; it becomes active with weight 1. */
@@ -384,7 +395,7 @@ export class UNet2DConditionModel implements DiffusersModel {
         `${this.runnable.where()}: attention kind 'clear' is not available for UNets (CLEAR is a DiT method); use full or linfusion`,
       );
     }
-    const resolved = await resolveAttentionOption(option, this.weights, this.attentionFiles);
+    const resolved = await resolveAttentionOption(option, this.loaded.source, this.attentionFiles);
     if (!resolved.linfusion) return {};
     this.linfusions.set(resolved.linfusion.dir, resolved.linfusion);
     return { linfusion: resolved.linfusion.dir };
@@ -412,19 +423,20 @@ export class UNet2DConditionModel implements DiffusersModel {
     const config = parseUNetConfig(raw, join(abs, 'config.json'), options.onWarning);
     // The smallest latent every level can halve, with every optional input: reads every weight.
     const side = 2 ** config.up.filter((level) => level.addUpsample).length;
-    const weights = await openCheckedWeights(abs, {
+    const loaded = await openModelWeights(abs, {
       className: 'UNet2DConditionModel',
-      build: (source) =>
-        buildUNetGraph(config, source, {
-          height: side,
-          width: side,
-          textLength: 1,
-          withTimestepCond: true,
-          timeIds: defaultTimeIds(config),
-        }),
+      folderInt8: config.int8Modules,
+      quantize: options.quantize,
+      build: (source, int8) =>
+        buildUNetGraph(
+          config,
+          source,
+          { height: side, width: side, textLength: 1, withTimestepCond: true, timeIds: defaultTimeIds(config) },
+          { int8 },
+        ),
       onWarning: options.onWarning,
     });
-    return new UNet2DConditionModel(abs, config, weights, options.runtime);
+    return new UNet2DConditionModel(abs, config, loaded, options.runtime);
   }
 
   /** The graph for one input layout, compiled once. */
@@ -545,6 +557,6 @@ export class UNet2DConditionModel implements DiffusersModel {
     this.runnable.clear();
     this.linfusions.clear();
     await this.attentionFiles.close();
-    await this.weights.close();
+    await this.loaded.close();
   }
 }

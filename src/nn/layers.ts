@@ -5,6 +5,7 @@ import {
   add,
   conv2d,
   groupNorm,
+  int8Linear,
   layerNorm,
   linear,
   matmul,
@@ -18,12 +19,28 @@ import type { LoraModuleTerms, Params } from './params.js';
 // path with the shapes the config implies, and builds its graph fragment in that scope.
 
 export function Linear(p: Params, x: Tensor, inFeatures: number, outFeatures: number, bias = true): Tensor {
-  const w = p.get('weight', [outFeatures, inFeatures]);
+  const q = p.int8Linear(outFeatures, inFeatures, x.rank);
+  const w = q?.weight ?? p.get('weight', [outFeatures, inFeatures]);
   const b = bias ? p.get('bias', [outFeatures]) : undefined;
   return p.scope(() => {
     const lora = p.loraTerms();
+    if (q) return int8LinearWithLora(x, q.weight, q.scale, b, lora);
     return lora === undefined ? linear(x, w, b) : linearWithLora(x, w, b, lora);
   });
+}
+
+/** An int8 Linear; LoRA cannot fold into int8 weights, so every term runs as a side branch. */
+function int8LinearWithLora(
+  x: Tensor,
+  w: Tensor,
+  scale: Tensor,
+  b: Tensor | undefined,
+  lora: LoraModuleTerms | undefined,
+): Tensor {
+  let y = int8Linear(x, w, scale, b);
+  for (const term of [...(lora?.fused ?? []), ...(lora?.switchable ?? [])])
+    y = add(y, linear(mul(linear(x, term.down), term.scale), term.up));
+  return y;
 }
 
 export interface Conv2dOptions {

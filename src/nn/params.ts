@@ -23,6 +23,28 @@ export interface LoraProvider {
 }
 // --- end LoRA hook ---------------------------------------------------------------------------
 
+// --- int8 hook -------------------------------------------------------------------------------
+// Linear asks `Params.int8Linear()` whether its module's weight is stored as int8 with per-output
+// scales (`weight` I8 [out, in] + `weight_scale` F32 [out], src/io/quantize.ts); the model's loader
+// says which modules are (src/models/int8.ts), and can ask to hear of every Linear a build meets.
+
+/** A Linear layer as a build meets it. */
+export interface LinearSite {
+  modulePath: string;
+  outFeatures: number;
+  inFeatures: number;
+  /** Rank of its input: 2 for a [B, C] vector (a time embedding), 3 or more for tokens or pixels. */
+  inputRank: number;
+}
+
+export interface Int8Options {
+  /** Linear modules whose weight is read as int8 with its `weight_scale`. */
+  modules?: ReadonlySet<string>;
+  /** Called for every Linear the build meets, int8 or not. */
+  onLinear?: (site: LinearSite) => void;
+}
+// --- end int8 hook ---------------------------------------------------------------------------
+
 /** Shared by every Params of one model: graph, weights, and which tensors were used. */
 interface Root {
   graph: Graph;
@@ -30,6 +52,7 @@ interface Root {
   dtype: DType;
   used: Map<string, Tensor>;
   lora: LoraProvider | undefined;
+  int8: Int8Options | undefined;
 }
 
 /**
@@ -47,10 +70,17 @@ export class Params {
   static of(
     graph: Graph,
     source: TensorSource,
-    options: { dtype?: DType; prefix?: string; lora?: LoraProvider } = {},
+    options: { dtype?: DType; prefix?: string; lora?: LoraProvider; int8?: Int8Options } = {},
   ): Params {
     return new Params(
-      { graph, source, dtype: options.dtype ?? 'float32', used: new Map(), lora: options.lora },
+      {
+        graph,
+        source,
+        dtype: options.dtype ?? 'float32',
+        used: new Map(),
+        lora: options.lora,
+        int8: options.int8,
+      },
       options.prefix ?? '',
     );
   }
@@ -74,6 +104,10 @@ export class Params {
 
   /** The tensor `name` of this module, which must have `shape`. */
   get(name: string, shape: readonly number[]): Tensor {
+    return this.getAs(name, shape, this.root.dtype);
+  }
+
+  private getAs(name: string, shape: readonly number[], dtype: DType): Tensor {
     const full = this.fullName(name);
     const seen = this.root.used.get(full);
     if (seen) {
@@ -85,12 +119,28 @@ export class Params {
       }
       return seen;
     }
-    const t = weightFromFile(this.root.graph, this.root.source, full, {
-      dtype: this.root.dtype,
-      expectedShape: shape,
-    });
+    const t = weightFromFile(this.root.graph, this.root.source, full, { dtype, expectedShape: shape });
     this.root.used.set(full, t);
     return t;
+  }
+
+  /**
+   * The int8 weight [out, in] and per-output scale [out] of this Linear module when the loader
+   * made it int8 (Int8Options.modules), else undefined; tells `onLinear` of the site either way.
+   */
+  int8Linear(
+    outFeatures: number,
+    inFeatures: number,
+    inputRank: number,
+  ): { weight: Tensor; scale: Tensor } | undefined {
+    const int8 = this.root.int8;
+    if (!int8) return undefined;
+    int8.onLinear?.({ modulePath: this.path, outFeatures, inFeatures, inputRank });
+    if (!int8.modules?.has(this.path)) return undefined;
+    return {
+      weight: this.getAs('weight', [outFeatures, inFeatures], 'int8'),
+      scale: this.get('weight_scale', [outFeatures]),
+    };
   }
 
   /** Like `get`, or undefined when the checkpoint lacks it. */

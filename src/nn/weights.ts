@@ -141,6 +141,13 @@ export function weightFromFile(
       'WEIGHT_DTYPE',
     );
   }
+  if (dtype === 'int8' && info.dtype !== 'I8') {
+    throw new WeightError(
+      `tensor '${name}' in ${path ?? 'its source'}: expected I8 (an int8 Linear weight, as the config's ` +
+        `quantization_config lists its module), found ${info.dtype}; the file does not match its config`,
+      'WEIGHT_DTYPE',
+    );
+  }
   if (source.tensor) return source.tensor(graph, name, dtype, info.shape);
   if (!path) throw new WeightError(`tensor '${name}': the file that holds it is unknown`, 'WEIGHT_SOURCE');
   return graph.weight(name, dtype, info.shape, {

@@ -2,7 +2,8 @@ import type { DType } from '../graph/dtype.js';
 import { RuntimeError } from '../errors.js';
 
 /** Typed arrays that carry tensor data across the JS/ORT boundary. bfloat16 cannot cross it (ORT 1.30). */
-export type HostData = Float32Array | Float64Array | Uint16Array | BigInt64Array | Int32Array | Uint8Array;
+export type HostData =
+  Float32Array | Float64Array | Uint16Array | BigInt64Array | Int32Array | Int8Array | Uint8Array;
 
 /** A tensor in host memory: row-major data with a concrete shape. */
 export interface HostTensor {
@@ -17,6 +18,7 @@ const ARRAY_OF: Readonly<Record<Exclude<DType, 'bfloat16'>, string>> = {
   float16: 'Uint16Array',
   int64: 'BigInt64Array',
   int32: 'Int32Array',
+  int8: 'Int8Array',
   bool: 'Uint8Array',
 };
 
@@ -47,6 +49,8 @@ function allocate(dtype: DType, size: number): HostData {
       return new BigInt64Array(size);
     case 'int32':
       return new Int32Array(size);
+    case 'int8':
+      return new Int8Array(size);
     case 'bool':
       return new Uint8Array(size);
     case 'bfloat16':

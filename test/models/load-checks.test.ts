@@ -57,7 +57,7 @@ const SUBJECTS: Subject[] = [
       [{ cross_attention_dim: null }, 'cross_attention_dim', 'null', 'integer'],
       [{ caption_channels: null }, 'caption_channels', 'null', 'integer'],
       [{ caption_channels: undefined }, 'caption_channels', 'absent', 'integer'],
-      [{ quantization_config: QUANTIZED }, 'quantization_config', 'bitsandbytes', 'unquantized'],
+      [{ quantization_config: QUANTIZED }, 'quantization_config', 'bitsandbytes', 'float checkpoints'],
     ],
   },
   {
@@ -75,7 +75,7 @@ const SUBJECTS: Subject[] = [
         'AttnDownEncoderBlock2D',
         '"DownEncoderBlock2D"',
       ],
-      [{ quantization_config: QUANTIZED }, 'quantization_config', 'bitsandbytes', 'unquantized'],
+      [{ quantization_config: QUANTIZED }, 'quantization_config', 'bitsandbytes', 'float checkpoints'],
     ],
   },
   {
@@ -99,7 +99,7 @@ const SUBJECTS: Subject[] = [
       ],
       [{ pruned_heads: { '0': [1] } }, 'pruned_heads', '{"0":[1]}', '{}'],
       [{ model_type: 'umt5' }, 'model_type', '"umt5"', '"t5"'],
-      [{ quantization_config: QUANTIZED }, 'quantization_config', 'bitsandbytes', 'unquantized'],
+      [{ quantization_config: QUANTIZED }, 'quantization_config', 'bitsandbytes', 'float checkpoints'],
     ],
   },
   {
@@ -119,7 +119,7 @@ const SUBJECTS: Subject[] = [
       [{ hidden_act: 'relu' }, 'hidden_act', '"relu"', '"quick_gelu"'],
       [{ model_type: 't5' }, 'model_type', '"t5"', '"clip_text_model"'],
       [{ model_type: 'clip' }, 'model_type', '"clip"', '"clip_text_model"'],
-      [{ quantization_config: QUANTIZED }, 'quantization_config', 'bitsandbytes', 'unquantized'],
+      [{ quantization_config: QUANTIZED }, 'quantization_config', 'bitsandbytes', 'float checkpoints'],
     ],
   },
   {
@@ -149,7 +149,7 @@ const SUBJECTS: Subject[] = [
         'AttnDownBlock2D',
         'CrossAttnDownBlock2D, DownBlock2D',
       ],
-      [{ quantization_config: QUANTIZED }, 'quantization_config', 'bitsandbytes', 'unquantized'],
+      [{ quantization_config: QUANTIZED }, 'quantization_config', 'bitsandbytes', 'float checkpoints'],
     ],
   },
 ];

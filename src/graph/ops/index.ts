@@ -6,3 +6,4 @@ export * from './norm.js';
 export * from './conv.js';
 export * from './attention.js';
 export * from './composite.js';
+export * from './quantized.js';

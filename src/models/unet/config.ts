@@ -65,6 +65,8 @@ export interface UNetMidLevel {
 }
 
 export interface UNet2DConditionConfig {
+  /** The int8 Linear modules of a folder in velodiff's int8 format (`quantization_config`). */
+  readonly int8Modules?: ReadonlySet<string>;
   readonly inChannels: number;
   readonly outChannels: number;
   readonly sampleSize: number | readonly [number, number] | null;
@@ -405,9 +407,11 @@ export function parseUNetConfig(
     'mid_block_only_cross_attention',
     'addition_embed_type_num_heads',
   );
+  const int8Modules = c.int8Modules();
   c.finish(onWarning);
 
   return Object.freeze({
+    ...(int8Modules ? { int8Modules } : {}),
     inChannels,
     outChannels,
     sampleSize,

@@ -24,6 +24,13 @@ export { importOptional, MissingPackageError } from './io/optional-package.js';
 export { Params } from './nn/params.js';
 export * from './nn/layers.js';
 export * from './models/index.js';
+export { INT8_MODEL_CLASSES, quantizeFolder } from './models/quantize-folder.js';
+export type {
+  QuantizedComponent,
+  QuantizeFolderOptions,
+  QuantizeFolderResult,
+  QuantizeProgress,
+} from './models/quantize-folder.js';
 export { buildPixArtGraph, parsePixArtConfig } from './models/pixart-transformer.js';
 export type { PixArtTransformerConfig, PixArtGraphOptions } from './models/pixart-transformer.js';
 export { buildUNetGraph, parseUNetConfig, unet2DCondition } from './models/unet-2d-condition.js';

@@ -3,6 +3,7 @@ import type { AttentionOption } from '../attention/types.js';
 import type { DeepCacheOptions } from '../attention/deepcache.js';
 import type { TGateOptions } from '../attention/tgate.js';
 import { OptionError } from '../errors.js';
+import type { QuantizeOption } from '../models/int8.js';
 import type { FlagSpec, ParsedArgs } from './args.js';
 
 /** Flags of the accelerations, shared by `generate` and `forward`. */
@@ -18,6 +19,22 @@ export const attentionFlags: Record<string, FlagSpec> = {
     description: 'LoRA file or PEFT folder, optionally :scale (repeatable)',
   },
 };
+
+/** `--quantize int8`, for the commands that load a denoiser or text encoder. */
+export const quantizeFlag: Record<string, FlagSpec> = {
+  quantize: {
+    type: 'string',
+    description:
+      'int8: run the Linear layers of the denoiser and text encoders in int8, quantized at load (the VAE stays float32; a folder from velodiff quantize is int8 without it)',
+  },
+};
+
+/** `--quantize int8`: the load option `quantize`. */
+export function quantizeOption(flags: ParsedArgs['flags'], command: string): QuantizeOption | undefined {
+  const value = flags.quantize as string | undefined;
+  if (value === undefined || value === 'int8') return value;
+  throw new OptionError(`${command}: --quantize must be int8 (the one method velodiff has), got "${value}"`);
+}
 
 export const tgateFlag: Record<string, FlagSpec> = {
   tgate: { type: 'string', description: 'T-GATE: G[,sp,fi,warmup][,lcm] (gate step, intervals, warm-up)' },

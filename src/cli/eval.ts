@@ -7,7 +7,14 @@ import { loadEmojiDataset } from '../train/data/emoji-dataset.js';
 import type { EvalProgress, EvalResult } from '../train/eval/evaluate.js';
 import { evalJson, evaluateTextToImage, pipelineGenerator } from '../train/eval/evaluate.js';
 import { shippedClassifierDir } from '../train/eval/shipped-classifier.js';
-import { attentionFlags, attentionOption, tgateFlag, tgateOption } from './acceleration-flags.js';
+import {
+  attentionFlags,
+  attentionOption,
+  quantizeFlag,
+  quantizeOption,
+  tgateFlag,
+  tgateOption,
+} from './acceleration-flags.js';
 import type { FlagSpec } from './args.js';
 import { parseArgs, usage } from './args.js';
 import { ProgressLine, progressBar } from './progress.js';
@@ -33,6 +40,7 @@ const FLAGS: Record<string, FlagSpec> = {
   json: { type: 'boolean', description: 'end with one JSON line of the figures' },
   ...attentionFlags,
   ...tgateFlag,
+  ...quantizeFlag,
   ...runtimeFlags,
   help: { type: 'boolean', description: 'show this help' },
 };
@@ -58,6 +66,7 @@ export async function evalCommand(argv: string[]): Promise<number> {
   }
   if (positional.length > 0)
     throw new OptionError(`eval: unexpected argument "${positional[0]}"; see velodiff eval --help`);
+  const quantize = quantizeOption(flags, 'eval');
   const modelDir = flags.model === undefined ? shippedModelDir() : String(flags.model);
   const classifierDir = flags.classifier === undefined ? shippedClassifierDir() : String(flags.classifier);
   const samples = flags.samples as number | undefined;
@@ -73,7 +82,7 @@ export async function evalCommand(argv: string[]): Promise<number> {
         progress.update(`eval: preparing emoji ${progressBar(done / total)} ${done}/${total}`),
     });
     const classifier = await VelodiffEmojiClassifier.fromPretrained(classifierDir, { runtime });
-    const pipeline = await PixArtPipeline.fromPretrained(modelDir, { runtime });
+    const pipeline = await PixArtPipeline.fromPretrained(modelDir, { runtime, quantize });
     let result: EvalResult;
     try {
       result = await evaluateTextToImage({

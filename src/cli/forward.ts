@@ -1,11 +1,18 @@
 import { OptionError } from '../errors.js';
 import { readHostTensors, writeHostTensors } from '../io/host-tensors.js';
-import { loadModel } from '../models/index.js';
+import { loadModel, modelClassOf } from '../models/index.js';
+import { INT8_MODEL_CLASSES } from '../models/quantize-folder.js';
 import { Runtime } from '../runtime/runtime.js';
 import type { FlagSpec } from './args.js';
 import { parseArgs, usage } from './args.js';
 import { runtimeFlags, runtimeOptions } from './runtime-flags.js';
-import { attentionFlags, attentionOption, loraOptions } from './acceleration-flags.js';
+import {
+  attentionFlags,
+  attentionOption,
+  loraOptions,
+  quantizeFlag,
+  quantizeOption,
+} from './acceleration-flags.js';
 
 const FLAGS: Record<string, FlagSpec> = {
   inputs: { type: 'string', description: 'safetensors file of inputs named as the forward arguments' },
@@ -16,6 +23,7 @@ const FLAGS: Record<string, FlagSpec> = {
     description: 'JSON of non-tensor arguments, e.g. {"output_hidden_states": true}',
   },
   ...attentionFlags,
+  ...quantizeFlag,
   ...runtimeFlags,
   help: { type: 'boolean', description: 'show this help' },
 };
@@ -47,9 +55,18 @@ export async function forwardCommand(argv: string[]): Promise<number> {
       throw new OptionError('forward: --kwargs must be a JSON object');
     }
   }
+  const quantize = quantizeOption(flags, 'forward');
+  if (quantize !== undefined) {
+    const className = await modelClassOf(positional[0]);
+    if (!INT8_MODEL_CLASSES.has(className)) {
+      throw new OptionError(
+        `forward: --quantize applies to ${[...INT8_MODEL_CLASSES].join(', ')}; ${className} stays float32`,
+      );
+    }
+  }
   const runtime = new Runtime(runtimeOptions(flags));
   try {
-    const model = await loadModel(positional[0], { runtime });
+    const model = await loadModel(positional[0], { runtime, quantize });
     try {
       const method = flags.method === undefined ? undefined : String(flags.method);
       if (method !== undefined && method !== 'forward' && !model.methods.includes(method)) {

@@ -18,6 +18,8 @@ import {
   deepCacheFlags,
   deepCacheOption,
   loraOptions,
+  quantizeFlag,
+  quantizeOption,
   tgateFlag,
   tgateOption,
 } from './acceleration-flags.js';
@@ -73,6 +75,7 @@ const FLAGS: Record<string, FlagSpec> = {
     type: 'string',
     description: 'Flash Diffusion LoRA: fused, LCM, 4 steps, guidance 0 unless overridden',
   },
+  ...quantizeFlag,
   ...runtimeFlags,
   help: { type: 'boolean', description: 'show this help' },
 };
@@ -102,11 +105,19 @@ export async function generateCommand(argv: string[]): Promise<number> {
   }
   const prompt = (flags.prompt as string | undefined) ?? positional.join(' ');
   if (!prompt) throw new OptionError('generate: give a prompt: velodiff generate "red heart"');
+  const quantize = quantizeOption(flags, 'generate');
   const model = flags.model === undefined ? shippedModelDir() : String(flags.model);
   const runtime = new Runtime(runtimeOptions(flags));
   try {
-    const pipe = await DiffusionPipeline.fromPretrained(model, { runtime });
+    const pipe = await DiffusionPipeline.fromPretrained(model, { runtime, quantize });
     try {
+      // Said whether asked for or read from a folder in the int8 format.
+      const denoiser = pipe instanceof PixArtPipeline ? pipe.transformer : pipe.unet;
+      if (denoiser.int8Modules) {
+        console.error(
+          `int8: ${denoiser.int8Modules.size} Linear modules of the ${denoiser.className} run in int8 (the VAE in float32)`,
+        );
+      }
       let steps = flags.steps as number | undefined;
       let guidance = flags.guidance as number | undefined;
       const loras = loraOptions(flags);

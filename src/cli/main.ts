@@ -4,6 +4,7 @@ import { evalCommand } from './eval.js';
 import { forwardCommand } from './forward.js';
 import { generateCommand } from './generate.js';
 import { inspectCommand } from './inspect.js';
+import { quantizeCommand } from './quantize.js';
 import { trainCommand } from './train.js';
 
 const HELP = `velodiff — fast text-to-image diffusion on ONNX Runtime
@@ -16,6 +17,7 @@ commands:
   eval             FED, prompt alignment and ms/image of a text-to-image model on held-out emoji
   forward          one forward call of a model folder on safetensors inputs (parity checks with Python)
   inspect          class, parameter count, dtypes and size of a model or pipeline folder
+  quantize         copy a model or pipeline folder with int8 Linear weights: velodiff quantize DIR --out DIR2
   bench engine     engine benchmark: IR vs hand-written ONNX MatMul chain, per-run overhead, GFLOP/s
   bench dit        PixArt-α-width denoiser forward: ms, GFLOP/s, fraction of MatMul throughput
   bench attention  one attention layer and kernel: full vs CLEAR vs LinFusion, ms, FLOPs, GFLOP/s
@@ -23,6 +25,8 @@ commands:
   bench train      training throughput of the text-to-image and VAE steps: samples/s, GFLOP/s vs MatMul
   bench unet       one SD 1.5-width UNet step (batch 2, 77 tokens): ms, FLOPs, GFLOP/s vs MatMul and Conv
   bench unet-loop  SD 1.5-width UNet sampling loops: plain vs T-GATE, DeepCache and both, with FLOP ceilings
+  bench quant      int8 vs float32: PixArt-α-width denoiser ms and error, T5-XXL-shaped encoder peak RSS
+  bench spinning   ORT intra-op spinning on vs off over whole generations of the shipped model
   help             this text
 
 Run "velodiff <command> --help" for a command's options.`;
@@ -47,6 +51,8 @@ export async function main(argv: string[]): Promise<number> {
         return await forwardCommand(rest);
       case 'inspect':
         return await inspectCommand(rest);
+      case 'quantize':
+        return await quantizeCommand(rest);
       case 'generate':
         return await generateCommand(rest);
       case 'eval':

@@ -10,7 +10,7 @@ export const runtimeFlags: Record<string, FlagSpec> = {
     description: 'execution providers in order of preference, e.g. cuda,cpu',
     default: 'cpu',
   },
-  threads: { type: 'integer', description: 'ORT intra-op threads, 0 = ORT default', default: 0 },
+  threads: { type: 'integer', description: 'ORT intra-op threads, 0 = one per physical core', default: 0 },
 };
 
 export function runtimeOptions(flags: ParsedArgs['flags']): RuntimeOptions {

@@ -5,14 +5,17 @@ import { describeJson, isPlainObject } from './json.js';
 // `<module>.weight` stored as I8 [out, in] with `<module>.weight_scale` F32 [out] beside it
 // (w ≈ scale[o]·q[o, i], symmetric, per output channel); every other tensor is unchanged. The
 // component's config.json says so in `quantization_config`, which also lists the modules, so a
-// loader can check the file against it. diffusers rejects the unknown `quant_method` with an
-// error (DiffusersAutoQuantizer), and a velodiff without int8 support rejects the I8 weights.
+// loader can check the file against it. The config has no `quant_method` on purpose: diffusers
+// (DiffusersAutoQuantizer.from_dict) and transformers 5 (AutoHfQuantizer.supports_quant_method)
+// both raise "The model's quantization config from the arguments has no `quant_method` attribute"
+// for it, where an unknown quant_method would only make transformers warn and load the int8
+// numbers as floats. A velodiff without int8 support rejects the I8 weights.
 
-/** `quantization_config.quant_method` of velodiff's int8 format. */
-export const INT8_QUANT_METHOD = 'velodiff_int8';
+/** `quantization_config.velodiff_format` of velodiff's int8 format. */
+export const INT8_FORMAT = 'int8';
 
 export interface Int8QuantizationConfig {
-  quant_method: typeof INT8_QUANT_METHOD;
+  velodiff_format: typeof INT8_FORMAT;
   weights: 'int8, symmetric, one scale per output channel (<module>.weight_scale)';
   activations: 'uint8, dynamic, one scale and zero point per tensor, computed at run time';
   /** The Linear modules stored as int8, sorted. */
@@ -21,7 +24,7 @@ export interface Int8QuantizationConfig {
 
 export function int8QuantizationConfig(modules: Iterable<string>): Int8QuantizationConfig {
   return {
-    quant_method: INT8_QUANT_METHOD,
+    velodiff_format: INT8_FORMAT,
     weights: 'int8, symmetric, one scale per output channel (<module>.weight_scale)',
     activations: 'uint8, dynamic, one scale and zero point per tensor, computed at run time',
     modules: [...modules].sort(),
@@ -30,7 +33,8 @@ export function int8QuantizationConfig(modules: Iterable<string>): Int8Quantizat
 
 /**
  * The int8 modules a config's `quantization_config` lists, or undefined when it has none. Any other
- * quantization method is an error: its weights need kernels velodiff does not have.
+ * quantization (a `quant_method`: bitsandbytes, GGUF, torchao …) is an error: its weights need
+ * kernels velodiff does not have.
  */
 export function parseQuantizationConfig(value: unknown, path: string): ReadonlySet<string> | undefined {
   if (value === undefined || value === null) return undefined;
@@ -38,11 +42,12 @@ export function parseQuantizationConfig(value: unknown, path: string): ReadonlyS
     throw new FileFormatError(`${path}: "quantization_config" ${what}`, 'CONFIG_UNSUPPORTED', path);
   };
   if (!isPlainObject(value)) return fail(`is ${describeJson(value)}; expected an object`);
-  const method = value.quant_method;
-  if (method !== INT8_QUANT_METHOD) {
+  if (value.velodiff_format !== INT8_FORMAT) {
+    const method =
+      value.quant_method === undefined ? '' : ` has quant_method ${describeJson(value.quant_method)};`;
     return fail(
-      `has quant_method ${describeJson(method)}; velodiff loads float checkpoints and its own int8 format ` +
-        `("${INT8_QUANT_METHOD}", written by \`velodiff quantize\`); other quantized weights need kernels velodiff does not have`,
+      `is ${describeJson(value)};${method} velodiff loads float checkpoints and its own int8 format ` +
+        `(velodiff_format "${INT8_FORMAT}", written by \`velodiff quantize\`); other quantized weights need kernels velodiff does not have`,
     );
   }
   const modules = value.modules;

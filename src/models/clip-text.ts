@@ -376,8 +376,13 @@ class CLIPTextModelBase implements DiffusersModel {
     path: string,
     options: { adapterName?: string; component?: Exclude<LoraComponent, 'denoiser'> } = {},
   ): Promise<LoadedLora> {
-    const component = options.component ?? (basename(this.dir) === 'text_encoder_2' ? 'text_encoder_2' : 'text_encoder');
-    return this.adapters.load(path, { adapterName: options.adapterName, modelParameters: this.weights, component });
+    const component =
+      options.component ?? (basename(this.dir) === 'text_encoder_2' ? 'text_encoder_2' : 'text_encoder');
+    return this.adapters.load(path, {
+      adapterName: options.adapterName,
+      modelParameters: this.weights,
+      component,
+    });
   }
 
   /** Config and checked weights of the folder `dir`, as `className` reads them. */

@@ -249,7 +249,11 @@ export interface TransformersModelKind {
  * them must be present), so that the folder of another model fails with a FileFormatError naming
  * both and the file.
  */
-export function checkModelKind(raw: Record<string, unknown>, path: string, kind: TransformersModelKind): void {
+export function checkModelKind(
+  raw: Record<string, unknown>,
+  path: string,
+  kind: TransformersModelKind,
+): void {
   const modelType = raw.model_type;
   const architectures = raw.architectures;
   const [written, ...others] = kind.modelTypes;

@@ -25,7 +25,10 @@ export function checkQuantizeOption(value: unknown, where: string): QuantizeOpti
  * layer, layers whose error dominates: README "int8" gives the measurements). Linears on [B, C]
  * vectors (time embeddings, pooled text) do one row of work per image and stay float.
  */
-export function selectInt8Linears(sites: readonly LinearSite[], keepFloat: (modulePath: string) => boolean): LinearSite[] {
+export function selectInt8Linears(
+  sites: readonly LinearSite[],
+  keepFloat: (modulePath: string) => boolean,
+): LinearSite[] {
   const seen = new Set<string>();
   return sites.filter((s) => {
     if (seen.has(s.modulePath)) return false;
@@ -123,7 +126,10 @@ async function quantizeAtLoad(store: WeightStore, linears: readonly LinearSite[]
  * The int8 weight and scale of each Linear, made one module at a time. The weight and its scale are
  * written in sorted order (`…weight` before `…weight_scale`), so one quantization serves both.
  */
-export function int8Tensors(source: TensorSource & { readFloat32(name: string): Promise<Float32Array> }, linears: readonly LinearSite[]): TensorToStream[] {
+export function int8Tensors(
+  source: TensorSource & { readFloat32(name: string): Promise<Float32Array> },
+  linears: readonly LinearSite[],
+): TensorToStream[] {
   const tensors: TensorToStream[] = [];
   for (const { modulePath, outFeatures, inFeatures } of linears) {
     const name = `${modulePath}.weight`;

@@ -9,17 +9,7 @@ import { join, resolve } from 'node:path';
 import { FileFormatError, OptionError, WeightError } from '../errors.js';
 import type { Tensor } from '../graph/graph.js';
 import { Graph } from '../graph/graph.js';
-import {
-  add,
-  attention,
-  cast,
-  gather,
-  mul,
-  reshape,
-  sub,
-  transpose,
-  unsqueeze,
-} from '../graph/ops/index.js';
+import { add, attention, cast, gather, mul, reshape, sub, transpose, unsqueeze } from '../graph/ops/index.js';
 import { readConfig } from '../io/diffusers.js';
 import { isPlainObject } from '../io/json.js';
 import type { TransformersActivation } from '../nn/activations.js';
@@ -359,9 +349,7 @@ function T5DenseReluDense(p: Params, x: Tensor, c: T5EncoderConfig): Tensor {
           Linear(p.child('wi_1'), x, c.dModel, c.dFf, false),
         ),
       )
-    : p.scope(() =>
-        transformersActivation(Linear(p.child('wi'), x, c.dModel, c.dFf, false), c.denseActFn),
-      );
+    : p.scope(() => transformersActivation(Linear(p.child('wi'), x, c.dModel, c.dFf, false), c.denseActFn));
   return Linear(p.child('wo'), inner, c.dFf, c.dModel, false);
 }
 

@@ -247,7 +247,14 @@ function stepHooks(
       if (!live) return run();
       const action = role === 'attn1' ? tgate.selfAttention : tgate.crossAttention;
       const tokens = site.grid.height * site.grid.width;
-      return gatedAttention(graph, { layer: site.index, role }, action, tgate.average, ['B', tokens, site.dim], run);
+      return gatedAttention(
+        graph,
+        { layer: site.index, role },
+        action,
+        tgate.average,
+        ['B', tokens, site.dim],
+        run,
+      );
     };
   }
   if (deepCache) {
@@ -407,7 +414,10 @@ export class UNet2DConditionModel implements DiffusersModel {
     if (this.adapters.loaded.length > 0) extras.lora = this.adapters;
     if (layout.linfusion !== undefined) {
       const weights = this.linfusions.get(layout.linfusion);
-      if (!weights) throw new OptionError(`${this.runnable.where()}: LinFusion folder ${layout.linfusion} was not opened`);
+      if (!weights)
+        throw new OptionError(
+          `${this.runnable.where()}: LinFusion folder ${layout.linfusion} was not opened`,
+        );
       extras.hooks = linfusionHooks(weights);
     }
     return extras;
@@ -431,7 +441,13 @@ export class UNet2DConditionModel implements DiffusersModel {
         buildUNetGraph(
           config,
           source,
-          { height: side, width: side, textLength: 1, withTimestepCond: true, timeIds: defaultTimeIds(config) },
+          {
+            height: side,
+            width: side,
+            textLength: 1,
+            withTimestepCond: true,
+            timeIds: defaultTimeIds(config),
+          },
           { int8 },
         ),
       onWarning: options.onWarning,

@@ -9,6 +9,8 @@ import { join } from 'node:path';
 import { OptionError } from '../errors.js';
 import type { ModelIndex } from '../io/diffusers.js';
 import { CLIPTextModel, CLIPTextModelWithProjection } from '../models/clip-text.js';
+import type { QuantizeOption } from '../models/int8.js';
+import { checkQuantizeOption } from '../models/int8.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
 import type { Runtime } from '../runtime/runtime.js';
@@ -41,14 +43,19 @@ export class ClipPromptEncoder {
     private readonly onWarning: WarningHandler,
   ) {}
 
+  /**
+   * The tokenizer and text encoder in `folders` of a pipeline folder; `quantize: 'int8'` makes the
+   * encoder's Linear layers int8 at load (LoadOptions.quantize).
+   */
   static async fromPretrained(
     pipelineDir: string,
     folders: { tokenizer: string; textEncoder: string },
     className: string,
-    options: { runtime: Runtime; onWarning?: WarningHandler },
+    options: { runtime: Runtime; onWarning?: WarningHandler; quantize?: QuantizeOption },
   ): Promise<ClipPromptEncoder> {
+    const quantize = checkQuantizeOption(options.quantize, 'ClipPromptEncoder.fromPretrained');
     const tokenizer = await CLIPTokenizer.fromPretrained(join(pipelineDir, folders.tokenizer));
-    const load = { runtime: options.runtime, onWarning: options.onWarning };
+    const load = { runtime: options.runtime, onWarning: options.onWarning, quantize };
     const dir = join(pipelineDir, folders.textEncoder);
     let encoder: CLIPTextModel | CLIPTextModelWithProjection;
     if (className === 'CLIPTextModel') encoder = await CLIPTextModel.fromPretrained(dir, load);
@@ -70,7 +77,7 @@ export class ClipPromptEncoder {
     pipelineDir: string,
     index: ModelIndex,
     folders: { tokenizer: string; textEncoder: string },
-    options: { runtime: Runtime; onWarning?: WarningHandler },
+    options: { runtime: Runtime; onWarning?: WarningHandler; quantize?: QuantizeOption },
   ): Promise<ClipPromptEncoder | undefined> {
     const className = index.components[folders.textEncoder]?.[1];
     if (!className || !index.components[folders.tokenizer]?.[1]) return undefined;

@@ -1,6 +1,8 @@
 import { resolve } from 'node:path';
 import { FileFormatError } from '../errors.js';
 import { readModelIndex } from '../io/diffusers.js';
+import type { QuantizeOption } from '../models/int8.js';
+import { checkQuantizeOption } from '../models/int8.js';
 import type { Runtime } from '../runtime/runtime.js';
 import type { WarningHandler } from '../warnings.js';
 import { PixArtPipeline } from './pixart.js';
@@ -45,10 +47,17 @@ export const PIPELINE_CLASSES = [
 
 /** diffusers' `DiffusionPipeline.fromPretrained`: the pipeline class is chosen by model_index.json. */
 export const DiffusionPipeline = {
+  /**
+   * `quantize: 'int8'` makes the denoiser's and the text encoders' Linear layers on tokens and pixels
+   * int8 at load (LoadOptions.quantize); the VAE stays float32. A folder written by `velodiff
+   * quantize` is int8 without it.
+   */
   async fromPretrained(
     dir: string,
-    options: { runtime?: Runtime; onWarning?: WarningHandler } = {},
+    options: { runtime?: Runtime; onWarning?: WarningHandler; quantize?: QuantizeOption } = {},
   ): Promise<AnyPipeline> {
+    // Checked before model_index.json is read, so a bad value is reported as such whatever the folder.
+    checkQuantizeOption(options.quantize, 'DiffusionPipeline.fromPretrained');
     const abs = resolve(dir);
     const index = await readModelIndex(abs);
     const load = { ...options, index };

@@ -4,6 +4,8 @@ import type { ModelIndex } from '../io/diffusers.js';
 import { readModelIndex } from '../io/diffusers.js';
 import { readTextFile } from '../io/text.js';
 import { AutoencoderKL } from '../models/autoencoder-kl.js';
+import type { QuantizeOption } from '../models/int8.js';
+import { checkQuantizeOption } from '../models/int8.js';
 import { PixArtTransformer2DModel } from '../models/pixart-transformer.js';
 import type { WarningHandler } from '../warnings.js';
 import type { NoiseGenerator } from '../random/torch-generator.js';
@@ -121,11 +123,20 @@ export class PixArtPipeline {
   /**
    * Loads every component with its model class's load checks; an error names the component's file,
    * and `onWarning` (default: a process warning) receives each component's ignored keys and tensors.
+   * `quantize: 'int8'` makes the transformer's and the T5 encoder's Linear layers on tokens int8 at
+   * load (LoadOptions.quantize); the VAE stays float32. A folder written by `velodiff quantize` is
+   * int8 without it.
    */
   static async fromPretrained(
     dir: string,
-    options: { runtime?: Runtime; index?: ModelIndex; onWarning?: WarningHandler } = {},
+    options: {
+      runtime?: Runtime;
+      index?: ModelIndex;
+      onWarning?: WarningHandler;
+      quantize?: QuantizeOption;
+    } = {},
   ): Promise<PixArtPipeline> {
+    const quantize = checkQuantizeOption(options.quantize, 'PixArtPipeline.fromPretrained');
     const abs = resolve(dir);
     const index = options.index ?? (await readModelIndex(abs));
     if (index.className !== 'PixArtAlphaPipeline' && index.className !== 'PixArtSigmaPipeline') {
@@ -147,6 +158,7 @@ export class PixArtPipeline {
     }
     const runtime = options.runtime ?? new Runtime();
     const load = { runtime, onWarning: options.onWarning };
+    const quantized = { ...load, quantize };
     // Components loaded before a failing one are closed again, so a failed load holds no files.
     const loaded: { close(): Promise<void> }[] = [];
     const track = <T extends { close(): Promise<void> }>(component: T): T => {
@@ -158,13 +170,13 @@ export class PixArtPipeline {
     let scheduler: Scheduler;
     let promptEncoder: PromptEncoder | undefined;
     try {
-      transformer = track(await PixArtTransformer2DModel.fromPretrained(join(abs, 'transformer'), load));
+      transformer = track(await PixArtTransformer2DModel.fromPretrained(join(abs, 'transformer'), quantized));
       vae = track(await AutoencoderKL.fromPretrained(join(abs, 'vae'), load));
       const schedulerPath = join(abs, 'scheduler', 'scheduler_config.json');
       // diffusers writes Python's -Infinity/NaN into some configs; schedulerFromConfig parses the text itself.
       scheduler = schedulerFromConfig(await readTextFile(schedulerPath, 'the scheduler config'));
       const hasText = index.components.text_encoder?.[1] && index.components.tokenizer?.[1];
-      promptEncoder = hasText ? await loadT5PromptEncoder(abs, runtime, load) : undefined;
+      promptEncoder = hasText ? await loadT5PromptEncoder(abs, runtime, quantized) : undefined;
     } catch (error) {
       await Promise.all(loaded.map((component) => component.close()));
       if (options.runtime === undefined) await runtime.dispose();

@@ -1,4 +1,6 @@
 import { join } from 'node:path';
+import type { QuantizeOption } from '../models/int8.js';
+import { checkQuantizeOption } from '../models/int8.js';
 import { T5EncoderModel } from '../models/t5-encoder.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
@@ -16,17 +18,20 @@ export interface PromptEncoder {
 /**
  * PixArt's prompt encoding: text lower-cased and stripped (diffusers' `_text_preprocessing` without
  * the optional bs4/ftfy caption cleaning), T5 tokens padded and truncated to `maxLength`, and the
- * encoder's last hidden state with the attention mask.
+ * encoder's last hidden state with the attention mask. `quantize: 'int8'` makes the encoder's Linear
+ * layers int8 at load (LoadOptions.quantize).
  */
 export async function loadT5PromptEncoder(
   pipelineDir: string,
   runtime: Runtime,
-  options: { onWarning?: WarningHandler } = {},
+  options: { onWarning?: WarningHandler; quantize?: QuantizeOption } = {},
 ): Promise<PromptEncoder> {
+  const quantize = checkQuantizeOption(options.quantize, 'loadT5PromptEncoder');
   const tokenizer = await T5Tokenizer.fromPretrained(join(pipelineDir, 'tokenizer'));
   const encoder = await T5EncoderModel.fromPretrained(join(pipelineDir, 'text_encoder'), {
     runtime,
     onWarning: options.onWarning,
+    quantize,
   });
   return {
     async encode(prompts, maxLength) {

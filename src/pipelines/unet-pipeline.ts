@@ -27,6 +27,8 @@ import { PipelineAdapters } from '../lora/pipeline-adapters.js';
 import type { CLIPTextModel, CLIPTextModelWithProjection } from '../models/clip-text.js';
 import { readTextFile } from '../io/text.js';
 import { AutoencoderKL } from '../models/autoencoder-kl.js';
+import type { QuantizeOption } from '../models/int8.js';
+import { checkQuantizeOption } from '../models/int8.js';
 import { UNet2DConditionModel } from '../models/unet-2d-condition.js';
 import type { NoiseGenerator } from '../random/torch-generator.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
@@ -105,6 +107,12 @@ export interface LoadPipelineOptions {
   index?: ModelIndex;
   /** Receives each component's ignored config keys and tensors (default: a process warning). */
   onWarning?: WarningHandler;
+  /**
+   * 'int8': the UNet's and the CLIP text encoders' Linear layers on tokens and pixels run in int8,
+   * quantized at load (LoadOptions.quantize); the VAE stays float32. A folder written by `velodiff
+   * quantize` is int8 without it.
+   */
+  quantize?: QuantizeOption;
 }
 
 export interface UNetComponents {
@@ -455,18 +463,21 @@ export async function readPipelineIndex<C extends string>(
 
 /**
  * Loads a UNet pipeline folder's shared components and then `more` (its text encoders); what was
- * loaded before a failure is closed again, and a runtime made here disposed.
+ * loaded before a failure is closed again, and a runtime made here disposed. `quantize` reaches the
+ * UNet and `more`'s encoders, not the VAE.
  */
 export async function loadUNetFolder<T>(
   dir: string,
   index: ModelIndex,
-  options: { runtime?: Runtime; onWarning?: WarningHandler },
+  options: { runtime?: Runtime; onWarning?: WarningHandler; quantize?: QuantizeOption },
   more: (load: {
     runtime: Runtime;
     onWarning?: WarningHandler;
+    quantize?: QuantizeOption;
     track: <C extends { close(): Promise<void> }>(component: C) => C;
   }) => Promise<T>,
 ): Promise<{ components: Required<UNetComponents>; extra: T; runtime: Runtime; ownsRuntime: boolean }> {
+  const quantize = checkQuantizeOption(options.quantize, `${index.className}.fromPretrained`);
   for (const part of ['unet', 'vae', 'scheduler']) {
     const entry = index.components[part];
     if (!entry || entry[1] === null) {
@@ -479,17 +490,18 @@ export async function loadUNetFolder<T>(
   }
   const runtime = options.runtime ?? new Runtime();
   const load = { runtime, onWarning: options.onWarning };
+  const quantized = { ...load, quantize };
   const loaded: { close(): Promise<void> }[] = [];
   const track = <C extends { close(): Promise<void> }>(component: C): C => {
     loaded.push(component);
     return component;
   };
   try {
-    const unet = track(await UNet2DConditionModel.fromPretrained(join(dir, 'unet'), load));
+    const unet = track(await UNet2DConditionModel.fromPretrained(join(dir, 'unet'), quantized));
     const vae = track(await AutoencoderKL.fromPretrained(join(dir, 'vae'), load));
     const schedulerPath = join(dir, 'scheduler', 'scheduler_config.json');
     const scheduler = schedulerFromConfig(await readTextFile(schedulerPath, 'the scheduler config'));
-    const extra = await more({ ...load, track });
+    const extra = await more({ ...quantized, track });
     return {
       components: { unet, vae, scheduler },
       extra,

@@ -27,7 +27,10 @@ const GOLDEN = fileURLToPath(new URL('../golden/', import.meta.url));
 const runtime = new Runtime({ worker: false, threads: 1 });
 after(() => runtime.dispose());
 
-type Loader = (dir: string, options: LoadOptions) => Promise<DiffusersModel & { int8Modules?: ReadonlySet<string> }>;
+type Loader = (
+  dir: string,
+  options: LoadOptions,
+) => Promise<DiffusersModel & { int8Modules?: ReadonlySet<string> }>;
 
 interface Case {
   fixture: string;
@@ -113,7 +116,9 @@ function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 /** Module paths of every Linear weight in a model's checkpoint ([out, in] tensors named `….weight`). */
-function linearLike(model: DiffusersModel & { weights?: { names(): string[]; info(n: string): { shape: number[] } } }): string[] {
+function linearLike(
+  model: DiffusersModel & { weights?: { names(): string[]; info(n: string): { shape: number[] } } },
+): string[] {
   const weights = model.weights;
   if (!weights) return [];
   return weights
@@ -135,7 +140,10 @@ describe("quantize: 'int8' at load, on the golden tiny models", () => {
         const modules = int8.int8Modules;
         assert.ok(modules && modules.size > 0, 'some Linear layers are int8');
         for (const m of modules) assert.doesNotMatch(m, c.float, `${m} should stay float`);
-        assert.ok([...modules].some((m) => c.int8.test(m)), `an int8 module matches ${String(c.int8)}`);
+        assert.ok(
+          [...modules].some((m) => c.int8.test(m)),
+          `an int8 module matches ${String(c.int8)}`,
+        );
         // Every Linear-shaped weight the policy skipped is one the case expects to stay float, or an
         // embedding table (2-D, but not a Linear).
         const skipped = linearLike(int8).filter((m) => !modules.has(m));
@@ -164,10 +172,13 @@ describe("quantize: 'int8' at load, on the golden tiny models", () => {
 describe('the int8 file of a quantization at load', () => {
   it('lives in the temporary folder while the model is open, and is removed by close()', async () => {
     const before = new Set(readdirSync(tmpdir()).filter((n) => n.startsWith('velodiff-int8-')));
-    const model = await PixArtTransformer2DModel.fromPretrained(join(GOLDEN, 'models/pixart_alpha_tiny/model'), {
-      runtime,
-      quantize: 'int8',
-    });
+    const model = await PixArtTransformer2DModel.fromPretrained(
+      join(GOLDEN, 'models/pixart_alpha_tiny/model'),
+      {
+        runtime,
+        quantize: 'int8',
+      },
+    );
     const added = readdirSync(tmpdir()).filter((n) => n.startsWith('velodiff-int8-') && !before.has(n));
     assert.equal(added.length, 1);
     const folder = join(tmpdir(), added[0]);
@@ -177,11 +188,14 @@ describe('the int8 file of a quantization at load', () => {
   });
 
   it("rejects a quantize value other than 'int8'", async () => {
-    assert.throws(() => checkQuantizeOption('int4', 'generate'), (e: unknown) => {
-      assert.ok(e instanceof OptionError);
-      assert.match(e.message, /generate: quantize must be 'int8' or absent, got "int4"/);
-      return true;
-    });
+    assert.throws(
+      () => checkQuantizeOption('int4', 'generate'),
+      (e: unknown) => {
+        assert.ok(e instanceof OptionError);
+        assert.match(e.message, /generate: quantize must be 'int8' or absent, got "int4"/);
+        return true;
+      },
+    );
     await assert.rejects(
       PixArtTransformer2DModel.fromPretrained(join(GOLDEN, 'models/pixart_alpha_tiny/model'), {
         runtime,

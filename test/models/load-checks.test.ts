@@ -125,9 +125,12 @@ const SUBJECTS: Subject[] = [
   {
     className: 'UNet2DConditionModel',
     // unet2d_sd15_tiny_scalar_t has unet2d_sd15_tiny's weights and no folder of its own.
-    golden: ['unet2d_sd15_tiny', 'unet2d_sd2_linearproj_tiny', 'unet2d_sdxl_tiny', 'unet2d_lcm_timecond_tiny'].map(
-      (n) => join(GOLDEN, 'models', n, 'model'),
-    ),
+    golden: [
+      'unet2d_sd15_tiny',
+      'unet2d_sd2_linearproj_tiny',
+      'unet2d_sdxl_tiny',
+      'unet2d_lcm_timecond_tiny',
+    ].map((n) => join(GOLDEN, 'models', n, 'model')),
     weightsFile: 'diffusion_pytorch_model.safetensors',
     probe: 'down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight',
     harmlessKeys: { upcast_attention: true, dropout: 0.1, resnet_skip_time_act: true },

@@ -103,13 +103,18 @@ describe('PixArtTransformer2DModel.forward checks its inputs (runtime/runnable-m
 
 describe("PixArtTransformer2DModel's T-GATE step graphs' session settings", () => {
   const layout = { height: 8, width: 8, captionLength: 10, withMask: true };
-  const settingsOf = async (model: PixArtTransformer2DModel, o: PixArtGraphOptions): Promise<[string, boolean]> => {
+  const settingsOf = async (
+    model: PixArtTransformer2DModel,
+    o: PixArtGraphOptions,
+  ): Promise<[string, boolean]> => {
     const { settings } = await model.compile(o);
     return [settings.optimizationLevel, settings.disablePrepacking];
   };
 
   it("store and reuse graphs read the float32 checkpoint in place; the plain graph keeps the runtime's", async () => {
-    const model = await PixArtTransformer2DModel.fromPretrained(`${GOLDEN}pixart_alpha_tiny/model`, { runtime });
+    const model = await PixArtTransformer2DModel.fromPretrained(`${GOLDEN}pixart_alpha_tiny/model`, {
+      runtime,
+    });
     const own = new Runtime({ worker: false, threads: 1, shareWeightsAcrossGraphs: false });
     const unshared = await PixArtTransformer2DModel.fromPretrained(`${GOLDEN}pixart_alpha_tiny/model`, {
       runtime: own,

@@ -398,7 +398,8 @@ describe("UNet2DConditionModel step graphs' session settings", () => {
         deepCache('full', branch),
         deepCache('skip', branch),
       ];
-      for (const at of added) assert.deepEqual(await settingsOf(unet, at), ['extended', true], JSON.stringify(at));
+      for (const at of added)
+        assert.deepEqual(await settingsOf(unet, at), ['extended', true], JSON.stringify(at));
     } finally {
       await unet.close();
     }

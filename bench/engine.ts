@@ -1,5 +1,5 @@
 import { mkdtempSync, rmSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { Tensor } from '../src/graph/index.js';
 import { Graph, add, linear, matmul } from '../src/graph/index.js';
@@ -12,6 +12,7 @@ import { hostTensor } from '../src/runtime/host-tensor.js';
 import { ort, sessionOptions } from '../src/runtime/ort-node.js';
 import type { CompiledGraph } from '../src/runtime/runtime.js';
 import { Runtime } from '../src/runtime/runtime.js';
+import { physicalCores } from '../src/runtime/cpu-cores.js';
 import { median, nowMs, table } from './stats.js';
 
 export interface EngineBenchOptions {
@@ -94,7 +95,7 @@ export async function benchEngine(
     const med = times.map(median);
     const gflops = med.map((t) => flops / t / 1e6);
     log(
-      `(a) ${layers} MatMuls [${m}×${k}]·[${k}×${k}], ${(flops / 1e9).toFixed(2)} GFLOP per run, ${reps} runs, threads=${threads || 'ORT default'}`,
+      `(a) ${layers} MatMuls [${m}×${k}]·[${k}×${k}], ${(flops / 1e9).toFixed(2)} GFLOP per run, ${reps} runs, threads=${threads || `${physicalCores()} (one per core)`}`,
     );
     log(
       table(
@@ -139,7 +140,7 @@ export async function benchEngine(
       m,
       k,
       layers,
-      threads: threads || cpus().length,
+      threads: threads || physicalCores(),
     };
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -35,6 +35,7 @@ try {
     optimizationLevel: 'all',
     disablePrepacking: false,
     flushDenormals: true,
+    allowSpinning: true,
   });
   const session = await ort().InferenceSession.create(serialize(built.graph).model, {
     ...options,

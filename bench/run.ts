@@ -4,6 +4,8 @@ import { benchAttention } from './attention.js';
 import { benchDenoiser } from './denoiser.js';
 import { benchEngine } from './engine.js';
 import { benchPipeline } from './pipeline.js';
+import { benchQuant } from './quant.js';
+import { benchSpinning } from './spinning.js';
 import { benchTrain } from './train.js';
 import { SD15_UNET } from './random-unet.js';
 import { benchUNet } from './unet.js';
@@ -54,6 +56,14 @@ const BENCHES: Record<string, () => Promise<unknown>> = {
       },
       console.log,
     ),
+  // The full PixArt-α depth: about 12 minutes on the 2-vCPU VM, most of it the 4096-token forwards.
+  quant: () =>
+    benchQuant(
+      { tokens: [256, 1024, 4096], layers: 28, t5Layers: 2, reps: 3, warmups: 1, threads: 0, tiny: false },
+      console.log,
+    ),
+  spinning: () =>
+    benchSpinning({ prompt: 'red heart', steps: 20, reps: 5, warmups: 1, threads: 0 }, console.log),
 };
 
 const names = process.argv.slice(2).filter((a) => !a.startsWith('-'));

@@ -8,12 +8,12 @@
  * the fp32 MatMul GFLOP/s of a [1024×1024]·[1024×1024] chain measured in the same run, runs of the
  * three interleaved so that machine noise hits them alike.
  */
-import { cpus } from 'node:os';
 
 import { Graph, matmul, sum } from '../src/graph/index.js';
 import { TorchGenerator } from '../src/random/torch-generator.js';
 import { hostTensor, type HostTensor } from '../src/runtime/host-tensor.js';
 import { Runtime } from '../src/runtime/runtime.js';
+import { physicalCores } from '../src/runtime/cpu-cores.js';
 import { parsePixArtConfig } from '../src/models/pixart-transformer.js';
 import { parseT5EncoderConfig } from '../src/models/t5-encoder.js';
 import { AdamW } from '../src/train/adamw.js';
@@ -245,10 +245,10 @@ export async function benchTrain(o: TrainBenchOptions, log: (s: string) => void)
         fraction: gflops / matmulGflops,
       };
     });
-    const threads = o.threads || cpus().length;
+    const threads = o.threads || physicalCores();
     log(
       `training updates (TrainStep.run + AdamW), random-init parameters, ${o.reps} timed runs each, ` +
-        `threads=${o.threads || 'ORT default'}, ORT in ${o.inline ? 'the calling thread' : 'a worker thread'}`,
+        `threads=${o.threads || `${physicalCores()} (one per core)`}, ORT in ${o.inline ? 'the calling thread' : 'a worker thread'}`,
     );
     log(
       table(

@@ -5,7 +5,7 @@ import { parseArgs, usage } from './args.js';
 import { sessionFlagOptions, sessionFlags } from './runtime-flags.js';
 
 const COMMON: Record<string, FlagSpec> = {
-  threads: { type: 'integer', description: 'ORT intra-op threads, 0 = ORT default', default: 0 },
+  threads: { type: 'integer', description: 'ORT intra-op threads, 0 = one per physical core', default: 0 },
   json: { type: 'boolean', description: 'print the result as one JSON object on the last line' },
   help: { type: 'boolean', description: 'show this help' },
 };
@@ -153,6 +153,43 @@ const UNET_LOOP_FLAGS: Record<string, FlagSpec> = {
   ...COMMON,
 };
 
+const QUANT_FLAGS: Record<string, FlagSpec> = {
+  tokens: {
+    type: 'string',
+    description:
+      "the denoiser's image tokens (square numbers; patch 2: 1024 = a 64×64 latent = 512×512 px), comma-separated",
+    default: '256,1024,4096',
+  },
+  layers: { type: 'integer', description: 'transformer blocks of the denoiser (PixArt-α: 28)', default: 28 },
+  't5-layers': {
+    type: 'integer',
+    description:
+      'the T5-XXL-shaped encoder is loaded at 1 and this many layers (≥ 2; 2 layers write 2.1 GB) and its RSS fitted per layer to 24; 0 skips it',
+    default: 2,
+  },
+  only: { type: 'string', description: 'run one part: denoiser (a) or t5 (b)' },
+  reps: { type: 'integer', description: 'timed runs per variant and size', default: 3 },
+  warmups: {
+    type: 'integer',
+    description: 'untimed runs per variant and size first (the first compiles the session)',
+    default: 1,
+  },
+  tiny: {
+    type: 'boolean',
+    description: 'tiny widths (denoiser 48, encoder 64): the same code paths in seconds, for tests',
+  },
+  ...COMMON,
+};
+
+const SPINNING_FLAGS: Record<string, FlagSpec> = {
+  model: { type: 'string', description: 'a PixArt pipeline folder (default: the shipped emoji model)' },
+  prompt: { type: 'string', description: 'the prompt of every generation', default: 'red heart' },
+  steps: { type: 'integer', description: 'denoising steps per generation', default: 20 },
+  reps: { type: 'integer', description: 'timed generations per variant', default: 5 },
+  warmups: { type: 'integer', description: 'untimed generations per variant first', default: 1 },
+  ...COMMON,
+};
+
 function squareTokens(value: string, command: string): number[] {
   const tokens = value.split(',').map((t) => Number(t.trim()));
   for (const t of tokens) {
@@ -201,8 +238,10 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (name === 'train') return benchTrainCommand(rest);
   if (name === 'unet') return benchUNetCommand(rest);
   if (name === 'unet-loop') return benchUNetLoopCommand(rest);
+  if (name === 'quant') return benchQuantCommand(rest);
+  if (name === 'spinning') return benchSpinningCommand(rest);
   throw new OptionError(
-    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train, unet, unet-loop`,
+    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train, unet, unet-loop, quant, spinning`,
   );
 }
 
@@ -471,5 +510,95 @@ async function benchUNetLoopCommand(argv: string[]): Promise<number> {
     log,
   );
   if (json) console.log(JSON.stringify(result));
+  return 0;
+}
+
+async function benchQuantCommand(argv: string[]): Promise<number> {
+  const command = 'bench quant';
+  const parsed = benchFlags(
+    argv,
+    QUANT_FLAGS,
+    command,
+    "int8 at load (quantize: 'int8', ORT's DynamicQuantizeMatMul) vs float32. (a) The PixArt-α-width denoiser " +
+      '(random weights, batch 2 as CFG runs it, 120 caption tokens), both loaded in one process, runs alternating: ' +
+      'median ms, speed-up, GFLOP/s, and the relative L2 error of the int8 output. (b) Peak RSS of loading a ' +
+      'T5-XXL-shaped encoder (d_model 4096, d_ff 10240, 64 × 64 heads) and encoding 120 tokens, fp32 and int8, each ' +
+      'in a process of its own, at 1 and --t5-layers layers, fitted per layer and extrapolated to 24. ' +
+      'cpu_int8 says which int8 units the CPU has (amx, vnni or none, from /proc/cpuinfo).',
+  );
+  if (!parsed) return 0;
+  const { flags, json, log } = parsed;
+  positive(flags, ['layers', 'reps'], command);
+  if ((flags.warmups as number) < 0) throw new OptionError(`${command}: --warmups must be ≥ 0`);
+  const t5Layers = flags['t5-layers'] as number;
+  if (t5Layers < 0 || t5Layers === 1) {
+    throw new OptionError(
+      `${command}: --t5-layers must be 0 (skip the encoder) or ≥ 2 (1 and N layers give the per-layer fit), got ${t5Layers}`,
+    );
+  }
+  const only = flags.only as string | undefined;
+  if (only !== undefined && only !== 'denoiser' && only !== 't5')
+    throw new OptionError(`${command}: --only must be denoiser or t5, got "${only}"`);
+  if (only === 't5' && t5Layers === 0)
+    throw new OptionError(`${command}: --only t5 with --t5-layers 0 runs nothing`);
+  const tokens = only === 't5' ? [] : squareTokens(String(flags.tokens), command);
+  const { benchQuant, quantJson } = await import('../../bench/quant.js');
+  const result = await benchQuant(
+    {
+      tokens,
+      layers: flags.layers as number,
+      t5Layers: only === 'denoiser' ? 0 : t5Layers,
+      reps: flags.reps as number,
+      warmups: flags.warmups as number,
+      threads: flags.threads as number,
+      tiny: flags.tiny === true,
+    },
+    log,
+  );
+  if (json) console.log(JSON.stringify(quantJson(result)));
+  return 0;
+}
+
+async function benchSpinningCommand(argv: string[]): Promise<number> {
+  const command = 'bench spinning';
+  const parsed = benchFlags(
+    argv,
+    SPINNING_FLAGS,
+    command,
+    "ORT intra-op spinning (RuntimeOptions.allowSpinning) on vs off over whole generations (text encoder, denoiser steps, VAE: one ORT session after another in the runtime's worker thread), both pipelines loaded, runs alternating: median ms and CPU ms per image.",
+  );
+  if (!parsed) return 0;
+  const { flags, json, log } = parsed;
+  positive(flags, ['steps', 'reps'], command);
+  if ((flags.warmups as number) < 0) throw new OptionError(`${command}: --warmups must be ≥ 0`);
+  const { benchSpinning } = await import('../../bench/spinning.js');
+  const result = await benchSpinning(
+    {
+      ...(flags.model === undefined ? {} : { model: String(flags.model) }),
+      prompt: String(flags.prompt),
+      steps: flags.steps as number,
+      reps: flags.reps as number,
+      warmups: flags.warmups as number,
+      threads: flags.threads as number,
+    },
+    log,
+  );
+  if (json) {
+    const [on, off] = result.rows;
+    console.log(
+      JSON.stringify({
+        spinning_ms: on.ms,
+        no_spinning_ms: off.ms,
+        speedup: result.speedup,
+        spinning_cpu_ms: on.cpu_ms,
+        no_spinning_cpu_ms: off.cpu_ms,
+        same_image: result.same_image,
+        sessions: result.sessions,
+        steps: flags.steps,
+        model: result.model,
+        command: result.command,
+      }),
+    );
+  }
   return 0;
 }

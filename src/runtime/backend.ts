@@ -38,6 +38,12 @@ export interface SessionSettings {
    * in a thread decides for that thread, so every session of a runtime uses the same setting.
    */
   flushDenormals: boolean;
+  /**
+   * Let idle intra-op pool threads spin for work instead of sleeping (ORT's
+   * `session.intra_op.allow_spinning`, on by default): spinning saves a wake-up per parallel section
+   * but burns a core while one session waits on another.
+   */
+  allowSpinning: boolean;
 }
 
 /** What a backend needs to create a session: the model, and the folder its external data is relative to. */

@@ -75,6 +75,8 @@ export function sessionOptions(
   if (externalRoot) session.model_external_initializers_file_folder_path = externalRoot;
   if (settings.disablePrepacking) session.disable_prepacking = '1';
   if (settings.flushDenormals) session.set_denormal_as_zero = '1';
+  // The binding prefixes `session.` and passes the key to AddConfigEntry as it is.
+  session['intra_op.allow_spinning'] = settings.allowSpinning ? '1' : '0';
   return {
     executionProviders: settings.executionProviders,
     graphOptimizationLevel: settings.optimizationLevel,

@@ -11,11 +11,15 @@ import { hostArrayName, shapeSize } from './host-tensor.js';
 import { graphSignature, planExternalData, weightFiles } from './external-data.js';
 import { InlineBackend, availableProviders } from './ort-node.js';
 import { WorkerBackend } from './worker-backend.js';
+import { physicalCores } from './cpu-cores.js';
 
 export interface RuntimeOptions {
   /** In order of preference; default ['cpu']. */
   executionProviders?: ExecutionProvider[];
-  /** Threads per op; default 0 = ORT's choice (one per physical core). */
+  /**
+   * Threads per op; default 0 = one per physical core this process may use, as velodiff counts
+   * them (cpu-cores.ts: ORT's own count gave one thread on a 2-core VM, half the speed).
+   */
   threads?: number;
   optimizationLevel?: SessionSettings['optimizationLevel'];
   disablePrepacking?: boolean;
@@ -26,6 +30,12 @@ export interface RuntimeOptions {
    * 877 ms with it (BENCHMARKS.md).
    */
   flushDenormals?: boolean;
+  /**
+   * Let ORT's idle intra-op threads spin for work (default true, ORT's default); false makes them
+   * sleep, which frees the cores between the parallel sections of a run. `velodiff bench spinning`
+   * times a whole generation both ways.
+   */
+  allowSpinning?: boolean;
   /** Run ORT in a worker thread (default true) so runs never block the event loop. */
   worker?: boolean;
   /**
@@ -80,15 +90,21 @@ export class Runtime {
         );
       }
     }
+    if (options.allowSpinning !== undefined && typeof options.allowSpinning !== 'boolean') {
+      throw new OptionError(
+        `allowSpinning must be true or false, got ${JSON.stringify(options.allowSpinning)}`,
+      );
+    }
     const threads = options.threads ?? 0;
     if (!Number.isInteger(threads) || threads < 0)
       throw new OptionError(`threads must be an integer ≥ 0, got ${threads}`);
     this.settings = {
       executionProviders: Runtime.usableProviders(eps),
-      intraOpThreads: threads,
+      intraOpThreads: threads === 0 ? physicalCores() : threads,
       optimizationLevel: options.optimizationLevel ?? 'all',
       disablePrepacking: options.disablePrepacking ?? false,
       flushDenormals: options.flushDenormals ?? true,
+      allowSpinning: options.allowSpinning ?? true,
     };
     this.sharedWeightSettings =
       options.shareWeightsAcrossGraphs === false ? {} : weightSharingSettings(this.settings);

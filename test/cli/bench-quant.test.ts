@@ -1,0 +1,157 @@
+/**
+ * `velodiff bench quant --tiny --json`: the contract's keys first on the last line, the int8 outputs
+ * finite and close to float32's, the encoder's loads run in processes of their own with int8 Linear
+ * modules where asked, and the per-layer fit through them. No timing is asserted.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+
+import { cpuInt8FromFlags, relativeL2 } from '../../bench/quant.js';
+import { useTempCacheDir } from '../helpers.js';
+import { seededUniform, testSeed } from '../random.js';
+import { captureCli } from './capture.js';
+
+const cacheDir = useTempCacheDir('velodiff-bench-quant-');
+
+interface Row {
+  tokens: number;
+  latent: string;
+  fp32_ms: number;
+  int8_ms: number;
+  speedup: number;
+  flops: number;
+  fp32_gflops: number;
+  int8_gflops: number;
+  rel_l2: number;
+}
+
+interface T5Row {
+  dtype: 'fp32' | 'int8';
+  layers: number;
+  peak_rss_mb: number;
+  int8_modules: number;
+}
+
+interface Fit {
+  base_mb: number;
+  per_layer_mb: number;
+  at_24_mb: number;
+}
+
+describe('velodiff bench quant --json', () => {
+  it('prints {tokens, fp32_ms, int8_ms, speedup, cpu_int8, …} last, int8 error finite and small', async () => {
+    const uniform = seededUniform(testSeed('bench quant tiny'));
+    const tokens = [[16, 64], [64], [36, 16]][Math.floor(uniform() * 3)];
+    const t5Layers = 2 + Math.floor(uniform() * 2);
+    const argv = ['bench', 'quant', '--tiny', '--tokens', tokens.join(','), '--layers', '2'];
+    argv.push('--t5-layers', String(t5Layers), '--reps', '1', '--warmups', '0', '--json');
+    const { code, out, err } = await captureCli(argv);
+    assert.equal(code, 0, err);
+    const result = JSON.parse(out.trim().split('\n').pop() as string) as Record<string, unknown>;
+    assert.deepEqual(Object.keys(result).slice(0, 5), [
+      'tokens',
+      'fp32_ms',
+      'int8_ms',
+      'speedup',
+      'cpu_int8',
+    ]);
+
+    // No 1024-token row here: the contract's keys come from the first size.
+    assert.equal(result.tokens, tokens[0]);
+    const rows = result.rows as Row[];
+    assert.deepEqual(
+      rows.map((r) => r.tokens),
+      tokens,
+    );
+    for (const r of rows) {
+      const side = Math.sqrt(r.tokens) * 2;
+      assert.equal(r.latent, `${side}x${side}`, 'patch 2');
+      for (const key of ['fp32_ms', 'int8_ms', 'speedup', 'fp32_gflops', 'int8_gflops'] as const)
+        assert.ok(Number.isFinite(r[key]) && r[key] > 0, `${key} = ${r[key]}`);
+      assert.ok(
+        Math.abs(r.speedup - r.fp32_ms / r.int8_ms) <= 1e-9 * r.speedup,
+        'speedup = fp32_ms / int8_ms',
+      );
+      assert.ok(Math.abs(r.int8_gflops - r.flops / r.int8_ms / 1e6) <= 1e-9 * r.int8_gflops);
+      // int8 differs from float32 (the Linears did run in int8), by little.
+      assert.ok(Number.isFinite(r.rel_l2) && r.rel_l2 > 0 && r.rel_l2 < 0.05, `rel_l2 = ${r.rel_l2}`);
+    }
+    assert.equal(result.fp32_ms, rows[0].fp32_ms);
+    assert.equal(result.rel_l2, rows[0].rel_l2);
+    assert.ok((result.int8_modules as number) > 0);
+
+    // The CPU's int8 units, from /proc/cpuinfo as read here.
+    if (process.platform === 'linux') {
+      const flags =
+        /^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1].trim().split(/\s+/) ?? [];
+      const expected = flags.some((f) => f.startsWith('amx_'))
+        ? 'amx'
+        : flags.includes('avx512_vnni') || flags.includes('avx_vnni')
+          ? 'vnni'
+          : 'none';
+      assert.equal(result.cpu_int8, expected);
+    } else assert.equal(result.cpu_int8, 'none');
+
+    // The encoder: fp32 and int8 at 1 and N layers, each load in its own process.
+    const t5 = result.t5 as { rows: T5Row[]; fit: { fp32: Fit; int8: Fit }; rel_l2: number };
+    assert.deepEqual(
+      t5.rows.map((r) => [r.dtype, r.layers]),
+      [
+        ['fp32', 1],
+        ['int8', 1],
+        ['fp32', t5Layers],
+        ['int8', t5Layers],
+      ],
+    );
+    // T5's seven Linears per block (q, k, v, o, wi_0, wi_1, wo) run on [B, S, ·] inputs: all int8.
+    for (const r of t5.rows) {
+      assert.equal(r.int8_modules, r.dtype === 'int8' ? 7 * r.layers : 0, `${r.dtype} ${r.layers}`);
+      assert.ok(r.peak_rss_mb > 0);
+    }
+    for (const dtype of ['fp32', 'int8'] as const) {
+      const [low, high] = t5.rows.filter((r) => r.dtype === dtype);
+      const fit = t5.fit[dtype];
+      const perLayer = (high.peak_rss_mb - low.peak_rss_mb) / (t5Layers - 1);
+      assert.ok(Math.abs(fit.per_layer_mb - perLayer) < 1e-6, dtype);
+      assert.ok(Math.abs(fit.base_mb + fit.per_layer_mb - low.peak_rss_mb) < 1e-6, dtype);
+      assert.ok(Math.abs(fit.at_24_mb - (fit.base_mb + 24 * fit.per_layer_mb)) < 1e-6, dtype);
+    }
+    assert.equal(result.t5_int8_rss_24_mb, t5.fit.int8.at_24_mb);
+    assert.ok(Number.isFinite(t5.rel_l2) && t5.rel_l2 > 0 && t5.rel_l2 < 0.05, `t5 rel_l2 = ${t5.rel_l2}`);
+
+    // Three cached folders (the denoiser, the encoder at 1 and N layers), none left half-written.
+    const folders = readdirSync(join(cacheDir(), 'bench'));
+    assert.equal(folders.length, 3, folders.join(', '));
+    assert.ok(!folders.some((f) => f.includes('.tmp-')));
+    assert.match(String(result.command), /^npx velodiff bench quant --tokens /);
+  });
+
+  it('rejects --t5-layers 1, unknown parts and non-square token counts with exit code 2', async () => {
+    const one = await captureCli(['bench', 'quant', '--tiny', '--t5-layers', '1']);
+    assert.equal(one.code, 2);
+    assert.match(one.err, /--t5-layers must be 0 \(skip the encoder\) or ≥ 2/);
+    const only = await captureCli(['bench', 'quant', '--only', 'vae']);
+    assert.equal(only.code, 2);
+    assert.match(only.err, /--only must be denoiser or t5, got "vae"/);
+    const tokens = await captureCli(['bench', 'quant', '--tokens', '100,50']);
+    assert.equal(tokens.code, 2);
+    assert.match(tokens.err, /--tokens must be square numbers/);
+  });
+});
+
+describe('cpuInt8FromFlags and relativeL2', () => {
+  it('names AMX before VNNI before none', () => {
+    assert.equal(cpuInt8FromFlags(['sse2', 'avx512_vnni', 'amx_tile', 'amx_int8']), 'amx');
+    assert.equal(cpuInt8FromFlags(['avx2', 'avx_vnni']), 'vnni');
+    assert.equal(cpuInt8FromFlags(['avx512f', 'avx512_vnni']), 'vnni');
+    assert.equal(cpuInt8FromFlags(['avx2', 'avx512f', 'avx512_bf16']), 'none');
+    assert.equal(cpuInt8FromFlags([]), 'none');
+  });
+
+  it('is ‖a − b‖ / ‖b‖', () => {
+    assert.equal(relativeL2([3, 4], [0, 5]), Math.sqrt(9 + 1) / 5);
+    assert.equal(relativeL2([1, 2], [1, 2]), 0);
+  });
+});

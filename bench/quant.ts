@@ -20,6 +20,10 @@ import {
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+import { shippedModelDir } from '../src/pipelines/shipped-model.js';
+import type { ImageComparison } from './quant-images.js';
+import { compareInt8Images } from './quant-images.js';
 import { promisify } from 'node:util';
 
 import { OptionError } from '../src/errors.js';
@@ -61,6 +65,10 @@ export interface QuantBenchOptions {
   warmups: number;
   threads: number;
   tiny: boolean;
+  /** Part (c): seeds per prompt for the shipped model's int8-vs-fp32 images; 0 skips it. */
+  imageSeeds: number;
+  /** The model of part (c) (default: the shipped model). */
+  imageModel?: string;
   /** Where the random model folders are cached (default: velodiff's cache dir). */
   cacheDir?: string;
 }
@@ -520,17 +528,25 @@ export interface QuantBenchResult {
   cpu: { kind: CpuInt8; note: string };
   denoiser: QuantDenoiserResult | undefined;
   t5: T5Result | undefined;
+  images: ImageComparison | undefined;
   command: string;
 }
 
 /** The command line that reruns `o`. */
 export function quantCommand(o: QuantBenchOptions): string {
   const flags: string[] = [];
-  flags.push(o.tokens.length > 0 ? `--tokens ${o.tokens.join(',')} --layers ${o.layers}` : '--only t5');
+  const parts = [o.tokens.length > 0, o.t5Layers > 0, o.imageSeeds > 0];
+  const only =
+    parts.filter(Boolean).length === 1 ? ['denoiser', 't5', 'images'][parts.indexOf(true)] : undefined;
+  if (only !== undefined && only !== 'denoiser') flags.push(`--only ${only}`);
+  if (o.tokens.length > 0) flags.push(`--tokens ${o.tokens.join(',')} --layers ${o.layers}`);
+  if (only === 'denoiser') flags.push('--only denoiser');
   if (o.t5Layers > 0) flags.push(`--t5-layers ${o.t5Layers}`);
-  else if (o.tokens.length > 0) flags.push('--only denoiser');
+  else if (only === undefined) flags.push('--t5-layers 0');
   flags.push(`--reps ${o.reps}`, `--warmups ${o.warmups}`);
   if (o.threads !== 0) flags.push(`--threads ${o.threads}`);
+  flags.push(`--image-seeds ${o.imageSeeds}`);
+  if (o.imageModel !== undefined) flags.push(`--image-model ${o.imageModel}`);
   if (o.tiny) flags.push('--tiny');
   return `npx velodiff bench quant ${flags.join(' ')}`;
 }
@@ -625,8 +641,65 @@ export async function benchQuant(o: QuantBenchOptions, log: (s: string) => void)
         `int8 rel L2 of last_hidden_state at ${o.t5Layers} layers: ${t5.rel_l2.toExponential(2)}`,
     );
   }
-  return { cpu, denoiser, t5, command };
+  let images: ImageComparison | undefined;
+  if (o.imageSeeds > 0) {
+    const modelDir = o.imageModel ?? shippedModelDir();
+    const seeds = Array.from({ length: o.imageSeeds }, (_, i) => i);
+    // --tiny (tests): two prompts, two steps.
+    const prompts = o.tiny ? IMAGE_PROMPTS.slice(0, 2) : IMAGE_PROMPTS;
+    const steps = o.tiny ? 2 : IMAGE_STEPS;
+    log(
+      `\n(c) ${modelDir}: the same prompts and seeds in float32 and int8 (${steps} steps, CFG ${IMAGE_GUIDANCE}); ` +
+        `${prompts.length} prompts × ${seeds.length} seeds`,
+    );
+    images = await compareInt8Images({
+      modelDir,
+      prompts,
+      seeds,
+      steps,
+      guidance: IMAGE_GUIDANCE,
+      threads: o.threads,
+    });
+    if (denoiser === undefined && t5 === undefined) log(`\ncommand: ${command}`);
+    log(
+      table(
+        ['images', 'PSNR median dB', 'PSNR min dB', 'SSIM median', 'SSIM min'],
+        [
+          [
+            String(images.images),
+            images.psnr_median,
+            images.psnr_min,
+            images.ssim_median.toFixed(4),
+            images.ssim_min.toFixed(4),
+          ],
+        ],
+      ),
+    );
+    const worst = [...images.rows].sort((a, b) => a.psnr - b.psnr).slice(0, 3);
+    log(
+      `lowest PSNR: ${worst.map((r) => `"${r.prompt}" seed ${r.seed}: ${r.psnr.toFixed(1)} dB`).join('; ')}`,
+    );
+  }
+  return { cpu, denoiser, t5, images, command };
 }
+
+/** Part (c)'s prompts: the README sample grid's rows. */
+const IMAGE_PROMPTS = [
+  'grinning face, noto style',
+  'face with tears of joy, twemoji style',
+  'red heart, noto style',
+  'blue heart, twemoji style',
+  'flag: Japan, twemoji style',
+  'flag: Germany, noto style',
+  'dog face, noto style',
+  'cat face, twemoji style',
+  'pizza, twemoji style',
+  'red apple, noto style',
+  'rocket, noto style',
+  'smiling face with sunglasses, noto style',
+];
+const IMAGE_STEPS = 25;
+const IMAGE_GUIDANCE = 4.5;
 
 /**
  * What `bench quant --json` prints: the contract's keys first (the 1024-token row, else the first
@@ -652,6 +725,10 @@ export function quantJson(result: QuantBenchResult): Record<string, unknown> {
     t5_int8_rss_24_mb: t5?.fit.int8.at_24_mb ?? null,
     t5_rel_l2: t5?.rel_l2 ?? null,
     t5: t5 ?? null,
+    image_psnr_median: result.images?.psnr_median ?? null,
+    image_psnr_min: result.images?.psnr_min ?? null,
+    image_ssim_median: result.images?.ssim_median ?? null,
+    image_ssim_min: result.images?.ssim_min ?? null,
     command: result.command,
   };
 }

@@ -59,7 +59,16 @@ const BENCHES: Record<string, () => Promise<unknown>> = {
   // The full PixArt-α depth: about 12 minutes on the 2-vCPU VM, most of it the 4096-token forwards.
   quant: () =>
     benchQuant(
-      { tokens: [256, 1024, 4096], layers: 28, t5Layers: 2, reps: 3, warmups: 1, threads: 0, tiny: false },
+      {
+        tokens: [256, 1024, 4096],
+        layers: 28,
+        t5Layers: 2,
+        reps: 3,
+        warmups: 1,
+        threads: 0,
+        tiny: false,
+        imageSeeds: 2,
+      },
       console.log,
     ),
   spinning: () =>

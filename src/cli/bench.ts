@@ -167,7 +167,13 @@ const QUANT_FLAGS: Record<string, FlagSpec> = {
       'the T5-XXL-shaped encoder is loaded at 1 and this many layers (≥ 2; 2 layers write 2.1 GB) and its RSS fitted per layer to 24; 0 skips it',
     default: 2,
   },
-  only: { type: 'string', description: 'run one part: denoiser (a) or t5 (b)' },
+  only: { type: 'string', description: 'run one part: denoiser (a), t5 (b) or images (c)' },
+  'image-seeds': {
+    type: 'integer',
+    description: "(c) seeds per prompt for the shipped model's int8-vs-fp32 images (PSNR, SSIM); 0 skips it",
+    default: 2,
+  },
+  'image-model': { type: 'string', description: '(c) a PixArt pipeline folder instead of the shipped model' },
   reps: { type: 'integer', description: 'timed runs per variant and size', default: 3 },
   warmups: {
     type: 'integer',
@@ -537,17 +543,23 @@ async function benchQuantCommand(argv: string[]): Promise<number> {
     );
   }
   const only = flags.only as string | undefined;
-  if (only !== undefined && only !== 'denoiser' && only !== 't5')
-    throw new OptionError(`${command}: --only must be denoiser or t5, got "${only}"`);
+  if (only !== undefined && only !== 'denoiser' && only !== 't5' && only !== 'images')
+    throw new OptionError(`${command}: --only must be denoiser, t5 or images, got "${only}"`);
+  const imageSeeds = flags['image-seeds'] as number;
+  if (imageSeeds < 0) throw new OptionError(`${command}: --image-seeds must be ≥ 0`);
+  if (only === 'images' && imageSeeds === 0)
+    throw new OptionError(`${command}: --only images with --image-seeds 0 runs nothing`);
   if (only === 't5' && t5Layers === 0)
     throw new OptionError(`${command}: --only t5 with --t5-layers 0 runs nothing`);
-  const tokens = only === 't5' ? [] : squareTokens(String(flags.tokens), command);
+  const tokens = only === 't5' || only === 'images' ? [] : squareTokens(String(flags.tokens), command);
   const { benchQuant, quantJson } = await import('../../bench/quant.js');
   const result = await benchQuant(
     {
       tokens,
       layers: flags.layers as number,
-      t5Layers: only === 'denoiser' ? 0 : t5Layers,
+      t5Layers: only === 'denoiser' || only === 'images' ? 0 : t5Layers,
+      imageSeeds: only === undefined || only === 'images' ? imageSeeds : 0,
+      ...(flags['image-model'] === undefined ? {} : { imageModel: String(flags['image-model']) }),
       reps: flags.reps as number,
       warmups: flags.warmups as number,
       threads: flags.threads as number,

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
 import { cpuInt8FromFlags, relativeL2 } from '../../bench/quant.js';
+import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
 import { useTempCacheDir } from '../helpers.js';
 import { seededUniform, testSeed } from '../random.js';
 import { captureCli } from './capture.js';
@@ -45,7 +46,17 @@ describe('velodiff bench quant --json', () => {
     const uniform = seededUniform(testSeed('bench quant tiny'));
     const tokens = [[16, 64], [64], [36, 16]][Math.floor(uniform() * 3)];
     const t5Layers = 2 + Math.floor(uniform() * 2);
-    const argv = ['bench', 'quant', '--tiny', '--tokens', tokens.join(','), '--layers', '2'];
+    const argv = [
+      'bench',
+      'quant',
+      '--tiny',
+      '--tokens',
+      tokens.join(','),
+      '--layers',
+      '2',
+      '--image-seeds',
+      '0',
+    ];
     argv.push('--t5-layers', String(t5Layers), '--reps', '1', '--warmups', '0', '--json');
     const { code, out, err } = await captureCli(argv);
     assert.equal(code, 0, err);
@@ -129,12 +140,12 @@ describe('velodiff bench quant --json', () => {
   });
 
   it('rejects --t5-layers 1, unknown parts and non-square token counts with exit code 2', async () => {
-    const one = await captureCli(['bench', 'quant', '--tiny', '--t5-layers', '1']);
+    const one = await captureCli(['bench', 'quant', '--tiny', '--t5-layers', '1', '--image-seeds', '0']);
     assert.equal(one.code, 2);
     assert.match(one.err, /--t5-layers must be 0 \(skip the encoder\) or ≥ 2/);
     const only = await captureCli(['bench', 'quant', '--only', 'vae']);
     assert.equal(only.code, 2);
-    assert.match(only.err, /--only must be denoiser or t5, got "vae"/);
+    assert.match(only.err, /--only must be denoiser, t5 or images, got "vae"/);
     const tokens = await captureCli(['bench', 'quant', '--tokens', '100,50']);
     assert.equal(tokens.code, 2);
     assert.match(tokens.err, /--tokens must be square numbers/);
@@ -153,5 +164,36 @@ describe('cpuInt8FromFlags and relativeL2', () => {
   it('is ‖a − b‖ / ‖b‖', () => {
     assert.equal(relativeL2([3, 4], [0, 5]), Math.sqrt(9 + 1) / 5);
     assert.equal(relativeL2([1, 2], [1, 2]), 0);
+  });
+});
+
+describe('velodiff bench quant --only images', () => {
+  it("gives the PSNR and SSIM of each int8 image against its float32 twin, from the pipeline's own runs", async () => {
+    const model = await tinyPixArtPipeline();
+    const { code, out, err } = await captureCli([
+      'bench',
+      'quant',
+      '--tiny',
+      '--only',
+      'images',
+      '--image-seeds',
+      '2',
+      '--image-model',
+      model,
+      '--json',
+    ]);
+    assert.equal(code, 0, err);
+    const result = JSON.parse(out.trim().split('\n').pop() as string) as Record<string, unknown>;
+    assert.equal(result.tokens, null);
+    // 2 prompts × 2 seeds; the images differ (int8 ran) but stay close, and the median lies in range.
+    const psnr = [result.image_psnr_min, result.image_psnr_median] as number[];
+    const ssim = [result.image_ssim_min, result.image_ssim_median] as number[];
+    assert.ok(psnr.every(Number.isFinite) && psnr[0] <= psnr[1] && psnr[0] > 10, `PSNR ${psnr.join(', ')}`);
+    assert.ok(ssim[0] <= ssim[1] && ssim[1] <= 1 && ssim[0] > 0, `SSIM ${ssim.join(', ')}`);
+    assert.match(String(result.command), /^npx velodiff bench quant --only images .*--image-seeds 2 /);
+    assert.match(
+      out + err,
+      /lowest PSNR: "grinning face, noto style" seed [01]|lowest PSNR: "face with tears/,
+    );
   });
 });

@@ -15,7 +15,7 @@ import { SafetensorsFile, writeSafetensors } from '../src/io/safetensors.js';
 import { Params } from '../src/nn/params.js';
 import { hostTensor } from '../src/runtime/host-tensor.js';
 import { Runtime } from '../src/runtime/runtime.js';
-import { median, nowMs, table } from './stats.js';
+import { median, nowMs, peakRssMb, table } from './stats.js';
 
 /** PixArt-α width. */
 const DIM = 1152;
@@ -239,7 +239,7 @@ export async function runAttentionCase(c: AttentionCase): Promise<AttentionCaseR
       ms,
       gflop: flops / 1e9,
       gflops: flops / ms / 1e6,
-      peakRssMb: process.resourceUsage().maxRSS / 1024,
+      peakRssMb: peakRssMb(),
     };
   } finally {
     await file.close();

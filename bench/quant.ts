@@ -37,7 +37,7 @@ import type { PixArtShape } from './random-pixart.js';
 import { PIXART_ALPHA_WIDTH, pixArtFlops, writeRandomPixArt } from './random-pixart.js';
 import type { T5Shape } from './random-t5.js';
 import { T5_XXL_WIDTH, t5FolderBytes, t5ParameterCounts, writeRandomT5 } from './random-t5.js';
-import { machineLine, median, nowMs, privateMb, table } from './stats.js';
+import { machineLine, median, nowMs, peakRssMb, privateMb, resetPeakRss, table } from './stats.js';
 import { CFG_BATCH } from './unet.js';
 
 /** PixArt-α's caption length (T5 tokens), for the denoiser's cross-attention and the encoder's input. */
@@ -330,8 +330,12 @@ interface T5Case {
 }
 
 export interface T5CaseResult {
-  /** process.resourceUsage().maxRSS: the child's peak over load and encode. */
+  /** The child's peak RSS over load and encode (VmHWM: stats.ts peakRssMb): the larger of the two below. */
   peak_rss_mb: number;
+  /** Peak RSS while loading: for int8, reading each float weight and quantizing it. */
+  load_peak_mb: number;
+  /** Peak RSS during the first encode, counted from the RSS after the load (NaN where it cannot be reset). */
+  encode_peak_mb: number;
   /** Anonymous resident memory after the encode (RSS less the mapped files; NaN off Linux). */
   private_mb: number;
   /** fromPretrained: opening and checking the weights, and the quantization of an int8 load. */
@@ -373,6 +377,8 @@ async function runT5Case(c: T5Case): Promise<T5CaseResult> {
       quantize: c.quantize ? 'int8' : undefined,
     });
     const loadMs = nowMs() - start;
+    const loadPeak = peakRssMb();
+    const reset = resetPeakRss();
     try {
       const ids = BigInt64Array.from({ length: CAPTION_LENGTH }, (_, i) =>
         BigInt((i * 7919 + 13) % c.vocabSize),
@@ -385,8 +391,11 @@ async function runT5Case(c: T5Case): Promise<T5CaseResult> {
       const encodeMs = nowMs() - start;
       const hidden = out.last_hidden_state.data as Float32Array;
       writeFileSync(c.output, new Uint8Array(hidden.buffer, hidden.byteOffset, hidden.byteLength));
+      const encodePeak = reset ? peakRssMb() : Number.NaN;
       return {
-        peak_rss_mb: process.resourceUsage().maxRSS / 1024,
+        peak_rss_mb: Math.max(loadPeak, peakRssMb()),
+        load_peak_mb: loadPeak,
+        encode_peak_mb: encodePeak,
         private_mb: privateMb(),
         load_ms: loadMs,
         encode_ms: encodeMs,
@@ -448,11 +457,26 @@ async function t5CaseInChild(c: T5Case): Promise<T5CaseResult> {
   }
 }
 
+/**
+ * Each phase's peak (load, encode) fitted through the two layer counts; `at_24_mb` is the larger of
+ * the two phases at 24 layers. A fit of the overall peaks would mix phases: at one or two layers the
+ * int8 load's transient (a float weight read and quantized) outweighs the encode, whose int8 weights
+ * grow with the layers.
+ */
 function fitRss(rows: readonly T5Row[], dtype: 'fp32' | 'int8'): RssFit {
   const [low, high] = rows.filter((r) => r.dtype === dtype).sort((a, b) => a.layers - b.layers);
-  const perLayer = (high.peak_rss_mb - low.peak_rss_mb) / (high.layers - low.layers);
-  const base = low.peak_rss_mb - perLayer * low.layers;
-  return { base_mb: base, per_layer_mb: perLayer, at_24_mb: base + perLayer * T5_XXL_LAYERS };
+  const line = (
+    key: 'peak_rss_mb' | 'load_peak_mb' | 'encode_peak_mb',
+  ): { base: number; perLayer: number } => {
+    const perLayer = (high[key] - low[key]) / (high.layers - low.layers);
+    return { base: low[key] - perLayer * low.layers, perLayer };
+  };
+  const phases = [line('load_peak_mb'), line('encode_peak_mb')].filter((f) => Number.isFinite(f.perLayer));
+  const at = (f: { base: number; perLayer: number }): number => f.base + f.perLayer * T5_XXL_LAYERS;
+  // The phase that is largest at 24 layers (or the overall peak where phases cannot be told apart).
+  const fit =
+    phases.length === 2 ? (at(phases[0]) >= at(phases[1]) ? phases[0] : phases[1]) : line('peak_rss_mb');
+  return { base_mb: fit.base, per_layer_mb: fit.perLayer, at_24_mb: at(fit) };
 }
 
 async function benchT5Rss(
@@ -610,11 +634,23 @@ export async function benchQuant(o: QuantBenchOptions, log: (s: string) => void)
     if (denoiser === undefined) log(`\ncommand: ${command}`);
     log(
       table(
-        ['encoder', 'layers', 'peak RSS MB', 'private MB', 'load ms', 'first encode ms', 'int8 modules'],
+        [
+          'encoder',
+          'layers',
+          'peak RSS MB',
+          'load peak MB',
+          'encode peak MB',
+          'private MB',
+          'load ms',
+          'first encode ms',
+          'int8 modules',
+        ],
         t5.rows.map((r) => [
           r.dtype,
           String(r.layers),
           r.peak_rss_mb,
+          r.load_peak_mb,
+          r.encode_peak_mb,
           r.private_mb,
           r.load_ms,
           r.encode_ms,
@@ -636,8 +672,8 @@ export async function benchQuant(o: QuantBenchOptions, log: (s: string) => void)
       ),
     );
     log(
-      `peak RSS: the child's maxRSS over load and first encode (the mapped checkpoint's pages count once read); fit: ` +
-        `through 1 and ${o.t5Layers} layers, extrapolated to ${T5_XXL_LAYERS}; private: anonymous memory after the encode; ` +
+      `peak RSS: the child's VmHWM over load (load peak) and, reset after it, over the first encode (encode peak; the mapped checkpoint's pages count once read); fit: ` +
+        `each phase through 1 and ${o.t5Layers} layers, extrapolated to ${T5_XXL_LAYERS}, the larger phase kept; private: anonymous memory after the encode; ` +
         `int8 rel L2 of last_hidden_state at ${o.t5Layers} layers: ${t5.rel_l2.toExponential(2)}`,
     );
   }

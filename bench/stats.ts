@@ -1,5 +1,5 @@
 /** Helpers shared by the benchmarks: medians of repeated runs, tables, ORT kernel profiles. */
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 export function median(values: readonly number[]): number {
@@ -50,6 +50,35 @@ export function privateMb(): number {
 }
 
 /** ORT's session settings in words: `ORT level all, prepacking`. */
+/**
+ * The process's peak resident memory in MB: Linux's VmHWM, the high-water mark of this process's own
+ * address space. `process.resourceUsage().maxRSS` is not that in a child process: Linux keeps the
+ * maximum across fork and exec, so a child of a large parent reports the parent's peak (measured: a
+ * 1.3 GB encoder load reported 6.9 GB after the parent's denoiser runs). Elsewhere, maxRSS.
+ */
+export function peakRssMb(): number {
+  try {
+    const line = /^VmHWM:\s+(\d+) kB$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    if (line) return Number(line[1]) / 1024;
+  } catch {
+    // not Linux
+  }
+  return process.resourceUsage().maxRSS / 1024;
+}
+
+/**
+ * Resets the peak `peakRssMb` reports to the current RSS (Linux ≥ 4.0: "5" to /proc/self/clear_refs),
+ * so that one phase's peak can be told from the next; false where that is not possible.
+ */
+export function resetPeakRss(): boolean {
+  try {
+    writeFileSync('/proc/self/clear_refs', '5');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function sessionLine(settings: { optimizationLevel: string; disablePrepacking: boolean }): string {
   return `ORT level ${settings.optimizationLevel}, ${settings.disablePrepacking ? 'no prepacking' : 'prepacking'}`;
 }

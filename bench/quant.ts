@@ -391,9 +391,10 @@ async function runT5Case(c: T5Case): Promise<T5CaseResult> {
       const encodeMs = nowMs() - start;
       const hidden = out.last_hidden_state.data as Float32Array;
       writeFileSync(c.output, new Uint8Array(hidden.buffer, hidden.byteOffset, hidden.byteLength));
-      const encodePeak = reset ? peakRssMb() : Number.NaN;
+      const peakNow = peakRssMb();
+      const encodePeak = reset ? peakNow : Number.NaN;
       return {
-        peak_rss_mb: Math.max(loadPeak, peakRssMb()),
+        peak_rss_mb: Math.max(loadPeak, peakNow),
         load_peak_mb: loadPeak,
         encode_peak_mb: encodePeak,
         private_mb: privateMb(),

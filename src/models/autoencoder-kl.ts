@@ -23,6 +23,8 @@ import { hostTensor } from '../runtime/host-tensor.js';
 import { RunnableModel } from '../runtime/runnable-model.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
 import { openCheckedWeights } from './model.js';
+import { checkQuantizeOption } from './int8.js';
+import { VelodiffWarning, emitWarning } from '../warnings.js';
 import type { AutoencoderKLConfig } from './vae/config.js';
 import { parseAutoencoderKLConfig } from './vae/config.js';
 import { Decoder, Encoder } from './vae/coders.js';
@@ -85,6 +87,17 @@ export class AutoencoderKL implements DiffusersModel {
    * (presence and shape) before returning, so a mismatched checkpoint fails here and not at first use.
    */
   static async fromPretrained(dir: string, options: LoadOptions): Promise<AutoencoderKL> {
+    // The VAE stays float32 (README "int8"): asked for int8, it says so rather than ignore it silently.
+    if (checkQuantizeOption(options.quantize, `AutoencoderKL.fromPretrained (${dir})`) === 'int8') {
+      (options.onWarning ?? emitWarning)(
+        new VelodiffWarning(
+          `AutoencoderKL.fromPretrained (${dir}): quantize 'int8' is ignored; the VAE stays float32 (its work is convolutions, which run in float32)`,
+          'QUANTIZE_IGNORED',
+          dir,
+          [],
+        ),
+      );
+    }
     const raw = await readConfig(dir);
     const config = parseAutoencoderKLConfig(raw, join(dir, 'config.json'), options.onWarning);
     // Building encode and decode reads every parameter with its expected shape; nothing is compiled.

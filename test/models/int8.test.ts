@@ -12,6 +12,8 @@ import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 import { OptionError } from '../../src/errors.js';
+import { AutoencoderKL } from '../../src/models/autoencoder-kl.js';
+import type { VelodiffWarning } from '../../src/warnings.js';
 import { CLIPTextModel, CLIPTextModelWithProjection } from '../../src/models/clip-text.js';
 import { checkQuantizeOption } from '../../src/models/int8.js';
 import type { DiffusersModel, LoadOptions } from '../../src/models/model.js';
@@ -202,6 +204,31 @@ describe('the int8 file of a quantization at load', () => {
         quantize: 'int4' as 'int8',
       }),
       /quantize must be 'int8' or absent, got "int4"/,
+    );
+  });
+});
+
+describe("AutoencoderKL and quantize: 'int8'", () => {
+  it('stays float32 and says so in a QUANTIZE_IGNORED warning; a bad value is an error', async () => {
+    const dir = join(GOLDEN, 'models/vae_kl_tiny/model');
+    const warnings: VelodiffWarning[] = [];
+    const vae = await AutoencoderKL.fromPretrained(dir, {
+      runtime,
+      quantize: 'int8',
+      onWarning: (w) => warnings.push(w),
+    });
+    await vae.close();
+    assert.deepEqual(
+      warnings.map((w) => w.code),
+      ['QUANTIZE_IGNORED'],
+    );
+    assert.match(warnings[0].message, /the VAE stays float32/);
+    const quiet: VelodiffWarning[] = [];
+    await (await AutoencoderKL.fromPretrained(dir, { runtime, onWarning: (w) => quiet.push(w) })).close();
+    assert.equal(quiet.length, 0);
+    await assert.rejects(
+      AutoencoderKL.fromPretrained(dir, { runtime, quantize: 'fp8' as 'int8' }),
+      /quantize must be 'int8' or absent, got "fp8"/,
     );
   });
 });

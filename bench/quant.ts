@@ -22,6 +22,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { shippedModelDir } from '../src/pipelines/shipped-model.js';
+import { README_GRID_PROMPTS } from '../src/train/sample-grid.js';
 import type { ImageComparison } from './quant-images.js';
 import { compareInt8Images } from './quant-images.js';
 import { promisify } from 'node:util';
@@ -721,20 +722,7 @@ export async function benchQuant(o: QuantBenchOptions, log: (s: string) => void)
 }
 
 /** Part (c)'s prompts: the README sample grid's rows. */
-const IMAGE_PROMPTS = [
-  'grinning face, noto style',
-  'face with tears of joy, twemoji style',
-  'red heart, noto style',
-  'blue heart, twemoji style',
-  'flag: Japan, twemoji style',
-  'flag: Germany, noto style',
-  'dog face, noto style',
-  'cat face, twemoji style',
-  'pizza, twemoji style',
-  'red apple, noto style',
-  'rocket, noto style',
-  'smiling face with sunglasses, noto style',
-];
+const IMAGE_PROMPTS = README_GRID_PROMPTS;
 const IMAGE_STEPS = 25;
 const IMAGE_GUIDANCE = 4.5;
 

@@ -10,22 +10,9 @@ import { dirname } from 'node:path';
 import { imagesToRgb } from '../src/io/png.js';
 import { DiffusionPipeline } from '../src/pipelines/index.js';
 import type { HostTensor } from '../src/runtime/host-tensor.js';
-import { renderSampleGrid, type GridRow } from '../src/train/sample-grid.js';
+import { README_GRID_PROMPTS, renderSampleGrid, type GridRow } from '../src/train/sample-grid.js';
 
-export const PROMPTS = [
-  'grinning face, noto style',
-  'face with tears of joy, twemoji style',
-  'smiling face with sunglasses, noto style',
-  'red heart, noto style',
-  'blue heart, twemoji style',
-  'flag: Japan, twemoji style',
-  'flag: Germany, noto style',
-  'dog face, noto style',
-  'cat face, twemoji style',
-  'pizza, twemoji style',
-  'red apple, noto style',
-  'rocket, noto style',
-];
+export const PROMPTS = README_GRID_PROMPTS;
 const SEEDS = [0, 1, 2, 3];
 const STEPS = 25;
 const GUIDANCE = 4.5;

@@ -238,3 +238,22 @@ export function tensorImages(
     return { width, height, data: rgb };
   });
 }
+
+/**
+ * The prompts of the README's grid of the shipped model (scripts/sample-grid.ts), also the prompts
+ * `bench quant` compares int8 and float32 images on.
+ */
+export const README_GRID_PROMPTS: readonly string[] = [
+  'grinning face, noto style',
+  'face with tears of joy, twemoji style',
+  'smiling face with sunglasses, noto style',
+  'red heart, noto style',
+  'blue heart, twemoji style',
+  'flag: Japan, twemoji style',
+  'flag: Germany, noto style',
+  'dog face, noto style',
+  'cat face, twemoji style',
+  'pizza, twemoji style',
+  'red apple, noto style',
+  'rocket, noto style',
+];

@@ -8,6 +8,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
+import type { QuantDenoiserRow } from '../../bench/quant.js';
 import { cpuInt8FromFlags, relativeL2 } from '../../bench/quant.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
 import { useTempCacheDir } from '../helpers.js';
@@ -16,17 +17,7 @@ import { captureCli } from './capture.js';
 
 const cacheDir = useTempCacheDir('velodiff-bench-quant-');
 
-interface Row {
-  tokens: number;
-  latent: string;
-  fp32_ms: number;
-  int8_ms: number;
-  speedup: number;
-  flops: number;
-  fp32_gflops: number;
-  int8_gflops: number;
-  rel_l2: number;
-}
+type Row = QuantDenoiserRow;
 
 interface T5Row {
   dtype: 'fp32' | 'int8';

@@ -1,13 +1,9 @@
 import { ssim } from 'ssim.js';
 
 import { OptionError } from '../../errors.js';
+import type { RgbImage } from '../sample-grid.js';
 
-/** An 8-bit RGB image, rows top to bottom, 3 bytes per pixel (src/io/png.ts's imagesToRgb). */
-export interface RgbImage {
-  width: number;
-  height: number;
-  data: Uint8Array;
-}
+export type { RgbImage };
 
 function checkPair(a: RgbImage, b: RgbImage): void {
   if (a.width !== b.width || a.height !== b.height || a.data.length !== b.data.length)

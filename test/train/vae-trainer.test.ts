@@ -126,7 +126,9 @@ describe('vaeTrainer', () => {
       loader: () => ({ next: () => batch, state: null }),
       makeBatch: (b) => trainer.makeBatch(b),
       generators: trainer.generators,
-      totalSteps: 30,
+      // 60 updates: at 30 the halving was borderline for some seeds (0.520 → 0.268 with seed 941312159;
+      // 0.115 at 60), the plateau of the first updates' posterior noise, not a failure to learn.
+      totalSteps: 60,
     });
     const first = result.losses[0];
     const last = result.losses.slice(-3).reduce((a, b) => a + b) / 3;

@@ -94,6 +94,8 @@ export interface LoadedSnapshot extends TrainingSnapshot {
   readonly lrSchedulePosition: number;
   readonly ema: EmaState | undefined;
   readonly extra: JsonObject;
+  /** The training configuration the checkpoint was written with (CheckpointOptions.trainingConfig). */
+  readonly trainingConfig: JsonValue;
 }
 
 export interface CheckpointOptions {
@@ -290,9 +292,14 @@ export class CheckpointManager {
   /**
    * Loads and checks checkpoint `name` completely. Throws FileFormatError when a file is missing,
    * truncated, changed or malformed; OptionError when it was written with another training or model
-   * configuration; WeightError when its parameters differ from parameterShapes.
+   * configuration; WeightError when its parameters differ from parameterShapes. With
+   * `checkTrainingConfig: false` another run's checkpoint loads (a run that starts from its weights:
+   * TrainConfig.init); the model's configuration and parameters must still match.
    */
-  async load(name: string): Promise<LoadedSnapshot> {
+  async load(
+    name: string,
+    options: { readonly checkTrainingConfig?: boolean } = {},
+  ): Promise<LoadedSnapshot> {
     if (!CHECKPOINT_NAME.test(name)) {
       throw new OptionError(
         `Expected a checkpoint name 'checkpoint-<step>', found '${name}'.`,
@@ -305,7 +312,7 @@ export class CheckpointManager {
     const fields = parseTrainerState(state, statePath);
     // Integrity first: a damaged checkpoint is skipped, whatever configuration it claims.
     for (const [file, record] of Object.entries(fields.files)) await verifyFile(folder, file, record);
-    this.#checkTrainingConfig(fields, name);
+    if (options.checkTrainingConfig ?? true) this.#checkTrainingConfig(fields, name);
 
     const modelPath = join(folder, this.#modelFolder);
     const modelConfig = await readConfig(modelPath);
@@ -342,6 +349,7 @@ export class CheckpointManager {
       lrSchedulePosition: fields.lrSchedulePosition,
       lossHistory: fields.lossHistory,
       extra: fields.extra,
+      trainingConfig: fields.trainingConfig,
     };
   }
 

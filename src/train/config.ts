@@ -69,6 +69,11 @@ export interface FolderDataConfig {
 export type DataConfig = (EmojiDataConfig | FolderDataConfig) & {
   readonly captionDropout: number;
   readonly horizontalFlip: boolean;
+  /**
+   * At most this many images of one group per epoch (emoji: one base emoji's styles and skin tones),
+   * drawn afresh each epoch; undefined (left out): every image every epoch. See LoaderOptions.maxPerGroup.
+   */
+  readonly maxPerGroup?: number;
   /** Prepared data sets are kept here (absolute); undefined: the data module's default cache. */
   readonly cacheDir: string | undefined;
 };
@@ -157,6 +162,20 @@ interface CommonConfig {
   readonly sample: SampleConfig;
   readonly log: LogConfig;
   readonly data: DataConfig;
+  /** Start from another run's weights rather than from random ones; undefined (left out): random. */
+  readonly init?: InitConfig;
+}
+
+/**
+ * `init`: a run that starts from a checkpoint of an earlier run of the same model, on the same data,
+ * with its own optimizer, schedule and steps (a warm restart: `--resume` continues a run; this starts a
+ * new one). The optimizer state, the schedule's position and the data position start afresh.
+ */
+export interface InitConfig {
+  /** A `checkpoint-<step>` folder (absolute; relative to the current directory in the file). */
+  readonly checkpoint: string;
+  /** Which weights: 'ema' (the average, what was shipped; default) or 'model' (the last update's). */
+  readonly weights: 'ema' | 'model';
 }
 
 export type TrainConfig =
@@ -468,6 +487,7 @@ function readEma(parent: Section): Readonly<EmaOptions> | null {
 
 /** Keys of `data` that only the emoji source reads, and only an image folder. */
 const EMOJI_DATA_KEYS = ['sets', 'skinTones', 'unified'];
+const LOADER_KEYS = ['captionDropout', 'horizontalFlip', 'maxPerGroup', 'cacheDir'];
 const FOLDER_DATA_KEYS = ['onBadFile', 'captionColumn'];
 
 function readData(
@@ -496,6 +516,8 @@ function readData(
       'a number in [0, 1]',
     ),
     horizontalFlip: s.boolean('horizontalFlip', d.horizontalFlip),
+    // Left out of the configuration when not given, so runs from before the key resume unchanged.
+    ...(s.has('maxPerGroup') ? { maxPerGroup: s.integer('maxPerGroup', 1, 1) } : {}),
     cacheDir: s.has('cacheDir')
       ? resolve(baseDir, s.string('cacheDir', ''))
       : (s.value('cacheDir'), undefined),
@@ -518,15 +540,7 @@ function readData(
       validationFraction: fraction(d.validationFraction.emoji),
       ...common,
     };
-    s.finish([
-      'source',
-      'size',
-      'sets',
-      'skinTones',
-      'unified',
-      'validationFraction',
-      ...Object.keys(common),
-    ]);
+    s.finish(['source', 'size', 'sets', 'skinTones', 'unified', 'validationFraction', ...LOADER_KEYS]);
     return config;
   }
   const folder = dataOverride !== undefined ? resolve(dataOverride) : resolve(baseDir, sourceValue);
@@ -539,7 +553,7 @@ function readData(
     validationFraction: fraction(d.validationFraction.folder),
     ...common,
   };
-  s.finish(['source', 'size', 'onBadFile', 'captionColumn', 'validationFraction', ...Object.keys(common)]);
+  s.finish(['source', 'size', 'onBadFile', 'captionColumn', 'validationFraction', ...LOADER_KEYS]);
   return config;
 
   function emojiDefaults(): EmojiDataConfig {
@@ -555,6 +569,24 @@ function readData(
   function loaderDefaults(k: TrainKind) {
     return { captionDropout: d.captionDropout[k], horizontalFlip: d.horizontalFlip, cacheDir: undefined };
   }
+}
+
+/** `init`: left out of the configuration when not given, so runs from before the key resume unchanged. */
+function readInit(parent: Section, baseDir: string): { init?: InitConfig } {
+  if (!parent.has('init')) return (parent.value('init'), {});
+  const s = parent.section('init');
+  if (!s) return {};
+  const checkpoint = s.string('checkpoint', '');
+  if (checkpoint === '' && !s.has('checkpoint')) {
+    s.problem(
+      'checkpoint',
+      "a checkpoint folder of an earlier run, such as 'runs/x/checkpoint-4000'",
+      undefined,
+    );
+  }
+  const weights = s.oneOf<'ema' | 'model'>('weights', 'ema', ['ema', 'model']);
+  s.finish(['checkpoint', 'weights']);
+  return { init: { checkpoint: resolve(baseDir, checkpoint), weights } };
 }
 
 function readSample(s: Section, kind: TrainKind): SampleConfig {
@@ -690,6 +722,7 @@ const TOP_KEYS = [
   'log',
   'data',
   'model',
+  'init',
 ] as const;
 
 /** Checks a parsed configuration file and fills in every default; throws TrainConfigError listing all problems. */
@@ -745,6 +778,7 @@ export function parseTrainConfig(raw: unknown, options: ParseTrainConfigOptions)
     sample: readSample(section('sample'), kind),
     log,
     data: readData(top, kind, baseDir, options.data),
+    ...readInit(top, baseDir),
   };
   const model = readModel(section('model'), kind, file, baseDir);
   top.finish(TOP_KEYS);

@@ -14,11 +14,13 @@
  *   model/                      the trained model (EMA weights when EMA is on), written at the end
  */
 import { mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 
-import { OptionError } from '../errors.js';
+import { OptionError, VelodiffError } from '../errors.js';
+import { isPlainObject } from '../io/json.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { MissingPackageError } from '../io/optional-package.js';
+import type { ModelConfig } from '../io/diffusers.js';
 import type { Runtime } from '../runtime/runtime.js';
 import { CheckpointManager, type CheckpointEntry } from './checkpoint.js';
 import {
@@ -35,7 +37,7 @@ import { loadEmojiDataset } from './data/emoji-dataset.js';
 import { loadImageFolder } from './data/imagefolder.js';
 import { DataLoader, type LoaderState } from './data/loader.js';
 import { EmaModel } from './ema.js';
-import type { JsonValue } from './json-value.js';
+import { describeDifferences, type JsonObject, type JsonValue } from './json-value.js';
 import { renderLossCurve } from './loss-curve.js';
 import { trainLoop, type StepInfo } from './loop.js';
 import { METRICS_LOG, MetricsLog, readMetricsLog } from './metrics-log.js';
@@ -178,6 +180,68 @@ export async function checkpointsIn(directory: string): Promise<CheckpointEntry[
   return lister.list();
 }
 
+/** Data keys that change what the loader draws but not the data set, its split or its captions. */
+const LOADER_ONLY_KEYS = new Set(['captionDropout', 'horizontalFlip', 'maxPerGroup', 'cacheDir']);
+
+/**
+ * The weights `config.init` names: the checkpoint is loaded whole and checked (files, model config,
+ * parameter names and shapes), and must come from a run of the same kind on the same data set, split
+ * and captions (the tokenizer is built from the training captions, so other data means other token ids).
+ */
+async function initWeights(
+  config: TrainConfig,
+  modelConfig: ModelConfig,
+  parameterShapes: ReadonlyMap<string, readonly number[]>,
+): Promise<ReadonlyMap<string, Float32Array>> {
+  const init = config.init as NonNullable<TrainConfig['init']>;
+  const manager = new CheckpointManager({
+    directory: dirname(init.checkpoint),
+    parameterShapes,
+    modelConfig,
+    trainingConfig: resumeIdentity(config),
+  });
+  const where = `init.checkpoint ${init.checkpoint}`;
+  let snapshot;
+  try {
+    snapshot = await manager.load(basename(init.checkpoint), { checkTrainingConfig: false });
+  } catch (error) {
+    if (error instanceof VelodiffError) {
+      throw new OptionError(`train: ${where} cannot be used: ${error.message}`, 'INIT_CHECKPOINT');
+    }
+    throw error;
+  }
+  const dataOf = (c: unknown): JsonObject => {
+    const data = isPlainObject(c) && isPlainObject(c.data) ? (c.data as JsonObject) : {};
+    return Object.fromEntries(Object.entries(data).filter(([key]) => !LOADER_ONLY_KEYS.has(key)));
+  };
+  const theirs = snapshot.trainingConfig;
+  const kind = isPlainObject(theirs) ? theirs.kind : undefined;
+  const differences = describeDifferences(dataOf(theirs), dataOf(trainConfigJson(config)), [
+    'checkpoint',
+    'now',
+  ]);
+  if (kind !== config.kind || differences.length > 0) {
+    throw new OptionError(
+      `train: ${where} was trained ` +
+        (kind !== config.kind
+          ? `as '${String(kind)}', and this run is '${config.kind}'`
+          : `on other data (${differences.join('; ')})`) +
+        ': a run can only start from a checkpoint of the same kind of model on the same data set',
+      'INIT_CHECKPOINT',
+    );
+  }
+  if (init.weights === 'ema') {
+    if (snapshot.ema === undefined) {
+      throw new OptionError(
+        `train: ${where} has no EMA weights; set init.weights to 'model'`,
+        'INIT_CHECKPOINT',
+      );
+    }
+    return snapshot.ema.shadow;
+  }
+  return snapshot.weights;
+}
+
 /** Runs (or resumes) the training `options.config` describes; see the file comment for the run folder. */
 export async function runTraining(options: TrainRunOptions): Promise<TrainRunResult> {
   const { config, runtime } = options;
@@ -208,6 +272,12 @@ export async function runTraining(options: TrainRunOptions): Promise<TrainRunRes
   const spec = trainer.stepSpec(config.batchSize);
   const params = trainer.initialParameters(config.seed);
   const trainableShapes = new Map(spec.trainable.map((name) => [name, spec.shapes.get(name) ?? []]));
+  if (config.init !== undefined && existing.length === 0) {
+    // A resumed run has its own checkpoints; only a run's first start reads the one it starts from.
+    for (const [name, values] of await initWeights(config, trainer.modelConfig, trainableShapes)) {
+      params.set(name, values);
+    }
+  }
   const checkpoints = new CheckpointManager({
     directory: output,
     parameterShapes: trainableShapes,
@@ -280,6 +350,7 @@ export async function runTraining(options: TrainRunOptions): Promise<TrainRunRes
         split: 'train',
         captionDropout: config.data.captionDropout,
         horizontalFlip: config.data.horizontalFlip,
+        maxPerGroup: config.data.maxPerGroup,
         state: state as LoaderState | undefined,
       }),
     makeBatch: (batch) => trainer.makeBatch(batch),

@@ -10,7 +10,9 @@ import { after, before, describe, it } from 'node:test';
 import { PNG } from 'pngjs';
 
 import { encodePng } from '../../src/io/png.js';
+import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { readMetricsLog } from '../../src/train/metrics-log.js';
+import { assertExactlyEqual } from '../compare.js';
 import { seededUniform, testSeed } from '../random.js';
 import { captureCli, spawnCli } from './capture.js';
 
@@ -26,9 +28,8 @@ after(async () => {
   if (work) await rm(work, { recursive: true, force: true });
 });
 
-async function configFile(name: string, config: Record<string, unknown>): Promise<string> {
-  const path = join(work, `${name}.json`);
-  const data = {
+function dataOf(): Record<string, unknown> {
+  return {
     source: 'emoji',
     size: 16,
     unified: EMOJI,
@@ -36,7 +37,11 @@ async function configFile(name: string, config: Record<string, unknown>): Promis
     validationFraction: 0.25,
     cacheDir: join(work, 'cache'),
   };
-  await writeFile(path, JSON.stringify({ data, ...config }));
+}
+
+async function configFile(name: string, config: Record<string, unknown>): Promise<string> {
+  const path = join(work, `${name}.json`);
+  await writeFile(path, JSON.stringify({ data: dataOf(), ...config }));
   return path;
 }
 
@@ -249,6 +254,104 @@ describe('velodiff train', () => {
     assert.deepEqual(
       (await readMetricsLog(join(out, 'metrics.jsonl'))).map((m) => m.step),
       Array.from({ length: step + 2 }, (_, i) => i + 1),
+    );
+  });
+
+  it('init starts a new run from another run’s checkpoint weights, and refuses one of other data', async () => {
+    const first = join(work, 'init-first');
+    const base = {
+      kind: 'classifier',
+      batchSize: 4,
+      sample: { every: 0 },
+      log: { every: 1 },
+      model: TINY_CLASSIFIER,
+    };
+    const a = await captureCli([
+      'train',
+      '--config',
+      await configFile('init-a', { ...base, steps: 2, checkpoint: { every: 2, keep: 1 } }),
+      '--out',
+      first,
+      '--threads',
+      '1',
+    ]);
+    assert.equal(a.code, 0, a.err);
+    const from = join(first, 'checkpoint-2');
+    // lr 0 and no weight decay: the new run's first checkpoint holds exactly the weights it started from.
+    const second = join(work, 'init-second');
+    const still = {
+      ...base,
+      steps: 1,
+      optimizer: { lr: 0, weightDecay: 0 },
+      checkpoint: { every: 1, keep: 1 },
+    };
+    const b = await captureCli([
+      'train',
+      '--config',
+      await configFile('init-b', { ...still, init: { checkpoint: from, weights: 'model' } }),
+      '--out',
+      second,
+      '--threads',
+      '1',
+    ]);
+    assert.equal(b.code, 0, b.err);
+    const weightsOf = async (dir: string): Promise<Map<string, Float32Array>> => {
+      const file = await SafetensorsFile.open(join(dir, 'model', 'diffusion_pytorch_model.safetensors'));
+      const out = new Map<string, Float32Array>();
+      for (const name of file.names()) out.set(name, await file.readFloat32(name));
+      return out;
+    };
+    const started = await weightsOf(from);
+    const copied = await weightsOf(join(second, 'checkpoint-1'));
+    assert.deepEqual([...copied.keys()].sort(), [...started.keys()].sort());
+    for (const [name, values] of started) assertExactlyEqual(copied.get(name) as Float32Array, values, name);
+    // And they are not what a random start would give: the same run without init differs.
+    const third = join(work, 'init-none');
+    const c = await captureCli([
+      'train',
+      '--config',
+      await configFile('init-c', still),
+      '--out',
+      third,
+      '--threads',
+      '1',
+    ]);
+    assert.equal(c.code, 0, c.err);
+    const random = await weightsOf(join(third, 'checkpoint-1'));
+    assert.ok(
+      [...started].some(([name, values]) => values.some((v, i) => v !== random.get(name)?.[i])),
+      'a random start differs',
+    );
+
+    const refused = async (name: string, config: Record<string, unknown>, pattern: RegExp): Promise<void> => {
+      const r = await captureCli([
+        'train',
+        '--config',
+        await configFile(name, config),
+        '--out',
+        join(work, name),
+      ]);
+      assert.equal(r.code, 2, r.err); // an OptionError, as other bad options are
+      assert.match(r.err, pattern);
+    };
+    await refused(
+      'init-no-ema',
+      { ...still, init: { checkpoint: from } },
+      /has no EMA weights; set init\.weights to 'model'/,
+    );
+    await refused(
+      'init-missing',
+      { ...still, init: { checkpoint: join(work, 'nowhere', 'checkpoint-5'), weights: 'model' } },
+      /init\.checkpoint .*nowhere.*checkpoint-5 cannot be used: .*trainer_state\.json, but the file does not exist/,
+    );
+    await refused(
+      'init-other-data',
+      {
+        ...still,
+        data: { ...dataOf(), validationFraction: 0.5 },
+        init: { checkpoint: from, weights: 'model' },
+      },
+      /was trained on other data \(validationFraction: checkpoint 0\.25, now 0\.5\)/,
     );
   });
 

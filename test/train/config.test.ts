@@ -212,6 +212,30 @@ describe('training configuration', () => {
     );
   });
 
+  it('init and data.maxPerGroup: read and checked, absent from the configuration unless given', () => {
+    const plain = parseTrainConfig(MINIMAL.vae, { path: FILE });
+    assert.equal(plain.init, undefined);
+    assert.equal(plain.data.maxPerGroup, undefined);
+    const json = JSON.stringify(resumeIdentity(plain));
+    assert.ok(!json.includes('init') && !json.includes('maxPerGroup'), 'older runs keep their identity');
+    const given = parseTrainConfig(
+      { ...MINIMAL.vae, init: { checkpoint: 'runs/a/checkpoint-10' }, data: { maxPerGroup: 2 } },
+      { path: FILE },
+    );
+    assert.deepEqual(given.init, { checkpoint: resolve('runs/a/checkpoint-10'), weights: 'ema' });
+    assert.equal(given.data.maxPerGroup, 2);
+    const problems = problemsOf({
+      ...MINIMAL.vae,
+      init: { weights: 'last', from: 'x' },
+      data: { maxPerGroup: 0 },
+    }).message;
+    assert.match(problems, /init\.checkpoint: expected a checkpoint folder of an earlier run/);
+    assert.match(problems, /init\.weights: expected one of 'ema', 'model', found "last"/);
+    assert.match(problems, /init\.from: unknown key/);
+    assert.match(problems, /data\.maxPerGroup: expected an integer ≥ 1, found 0/);
+    assert.match(problemsOf({ ...MINIMAL.vae, init: 'runs/a' }).message, /init: expected an object/);
+  });
+
   it('every example in configs/ validates', async () => {
     const files = (await readdir(CONFIGS)).filter((f) => f.endsWith('.json'));
     assert.ok(files.length >= 4, files.join(', '));

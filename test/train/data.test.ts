@@ -616,6 +616,67 @@ describe('the loader', () => {
     assert.ok(all.captions.every((c) => c === ''));
   });
 
+  it('with maxPerGroup draws at most that many images of each group per epoch, others in turn, resumably', () => {
+    const uniform = seededUniform(testSeed('loader maxPerGroup'));
+    // Groups of 1 to 12 images, as emoji have (2 styles, or 2 styles × 6 skin tones), all in train.
+    const sizes = Array.from({ length: 30 }, () => [1, 2, 2, 12][Math.floor(uniform() * 4)]);
+    const base = syntheticDataset(
+      sizes.reduce((a, b) => a + b),
+      2,
+      uniform,
+    );
+    const groupOf = sizes.flatMap((n, g) => Array.from({ length: n }, () => `group-${g}`));
+    const dataset: ImageTextDataset = {
+      ...base,
+      items: base.items.map((item, i) => ({ ...item, group: groupOf[i] })),
+      split: base.items.map(() => 'train'),
+    };
+    const cap = 2;
+    const expectedLength = sizes.reduce((n, size) => n + Math.min(size, cap), 0);
+    // dropLast false: every epoch's draw is seen whole.
+    const options = {
+      batchSize: 4,
+      seed: Math.floor(uniform() * 2 ** 32),
+      maxPerGroup: cap,
+      dropLast: false,
+    };
+    const loader = new DataLoader(dataset, options);
+    assert.equal(loader.epochLength, expectedLength);
+    const epochs: number[][] = [];
+    for (let e = 0; e < 12; e++) {
+      const seen: number[] = [];
+      for (let k = 0; k < loader.batchesPerEpoch; k++) seen.push(...loader.next().indices);
+      epochs.push(seen);
+      // Every group, with min(size, cap) distinct images; nothing drawn twice in an epoch.
+      const perGroup = new Map<string, Set<number>>();
+      for (const index of seen) {
+        const members = perGroup.get(groupOf[index]) ?? new Set<number>();
+        assert.ok(!members.has(index), `epoch ${e}: image ${index} twice`);
+        perGroup.set(groupOf[index], members.add(index));
+      }
+      assert.equal(seen.length, expectedLength);
+      sizes.forEach((size, g) => assert.equal(perGroup.get(`group-${g}`)?.size, Math.min(size, cap)));
+    }
+    // A 12-image group shows different members in different epochs, and over 12 epochs most of them.
+    const big = sizes.findIndex((n) => n === 12);
+    if (big >= 0) {
+      const shown = new Set(epochs.flat().filter((i) => groupOf[i] === `group-${big}`));
+      assert.ok(shown.size >= 8, `a 12-image group showed ${shown.size} distinct images in 12 epochs`);
+    }
+    // Resumed mid-run from its state: the same batches.
+    const reference = new DataLoader(dataset, options);
+    const batches = Array.from({ length: 40 }, () => reference.next());
+    const first = new DataLoader(dataset, options);
+    for (let k = 0; k < 17; k++) first.next();
+    const resumed = new DataLoader(dataset, { ...options, state: first.state });
+    for (let k = 17; k < 40; k++) assertSameBatch(resumed.next(), batches[k], `batch ${k} resumed at 17`);
+    // No cap: every image; a bad cap: an error.
+    assert.equal(new DataLoader(dataset, { batchSize: 4 }).epochLength, dataset.items.length);
+    for (const bad of [0, 1.5, -1, Number.NaN]) {
+      assert.throws(() => new DataLoader(dataset, { batchSize: 4, maxPerGroup: bad }), /maxPerGroup must be/);
+    }
+  });
+
   it('keeps the last, smaller batch with dropLast false and refuses a bad state', () => {
     const dataset = syntheticDataset(10, 2, seededUniform(1));
     const loader = new DataLoader(dataset, { batchSize: 3, dropLast: false }); // 8 training images

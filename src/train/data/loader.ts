@@ -38,6 +38,13 @@ export interface LoaderOptions {
   readonly captions?: 'sample' | 'first';
   /** Leave out an epoch's last, smaller batch (default true: one batch shape, one compiled graph). */
   readonly dropLast?: boolean;
+  /**
+   * At most this many images of one group (emoji: the base emoji, all its styles and skin tones) per
+   * epoch, drawn afresh each epoch (default: all). Emoji with skin tones have 12 images against 2 for
+   * the rest, so that People & Body would otherwise be about 60 % of every epoch; with 2, every emoji
+   * counts the same and the skin tones take turns across epochs.
+   */
+  readonly maxPerGroup?: number;
   /** Resume here (from `loader.state` saved in a checkpoint). */
   readonly state?: LoaderState;
 }
@@ -80,6 +87,11 @@ function drawUniform(seed: number, epoch: number, position: number, stream: numb
   return hashWords(seed, epoch, position, stream) / 2 ** 32;
 }
 
+/** A uniform in [0, 1) from two draws (53 bits): the bias of ⌊u·n⌋ is then far below anything measurable. */
+function uniform53(generator: Mt19937): number {
+  return (generator.nextUint32() * 2 ** 21 + (generator.nextUint32() >>> 11)) / 2 ** 53;
+}
+
 const STREAM_FLIP = 1;
 const STREAM_DROPOUT = 2;
 const STREAM_CAPTION = 3;
@@ -111,6 +123,10 @@ export class DataLoader {
   readonly #captionDropout: number;
   readonly #captions: 'sample' | 'first';
   readonly #dropLast: boolean;
+  /** The split's members by group, in data set order; undefined: no per-group cap. */
+  readonly #groups: readonly (readonly number[])[] | undefined;
+  readonly #maxPerGroup: number;
+  readonly #epochLength: number;
   #epoch: number;
   #index: number;
   /** The current epoch's order (data set indices), computed when the epoch is entered. */
@@ -122,11 +138,33 @@ export class DataLoader {
     if (!Number.isInteger(batchSize) || batchSize < 1) {
       throw new OptionError(`batchSize must be a positive integer, found ${batchSize}`, 'INVALID_BATCH_SIZE');
     }
+    const maxPerGroup = options.maxPerGroup ?? Infinity;
+    if (!(maxPerGroup === Infinity || (Number.isSafeInteger(maxPerGroup) && maxPerGroup >= 1))) {
+      throw new OptionError(
+        `maxPerGroup must be a positive integer (or left out for all), found ${maxPerGroup}`,
+        'INVALID_MAX_PER_GROUP',
+      );
+    }
+    this.#maxPerGroup = maxPerGroup;
+    if (maxPerGroup === Infinity) {
+      this.#groups = undefined;
+      this.#epochLength = this.#members.length;
+    } else {
+      const groups = new Map<string, number[]>();
+      for (const index of this.#members) {
+        const key = dataset.items[index].group;
+        const members = groups.get(key);
+        if (members === undefined) groups.set(key, [index]);
+        else members.push(index);
+      }
+      this.#groups = [...groups.values()];
+      this.#epochLength = this.#groups.reduce((n, g) => n + Math.min(g.length, maxPerGroup), 0);
+    }
     this.#dropLast = options.dropLast ?? true;
-    if (this.#members.length === 0 || (this.#dropLast && batchSize > this.#members.length)) {
+    if (this.#epochLength === 0 || (this.#dropLast && batchSize > this.#epochLength)) {
       throw new OptionError(
         `batchSize ${batchSize} needs at least that many images, and split '${options.split ?? 'train'}' ` +
-          `has ${this.#members.length}: lower the batch size or pass dropLast: false`,
+          `has ${this.#epochLength} per epoch: lower the batch size or pass dropLast: false`,
         'INVALID_BATCH_SIZE',
       );
     }
@@ -138,7 +176,7 @@ export class DataLoader {
       );
     }
     const state = options.state ?? { epoch: 0, index: 0, seed: options.seed ?? 0 };
-    checkState(state, this.#members.length);
+    checkState(state, this.#epochLength);
     this.#dataset = dataset;
     this.#batchSize = batchSize;
     this.#seed = state.seed;
@@ -156,26 +194,47 @@ export class DataLoader {
     return { epoch: this.#epoch, index: this.#index, seed: this.#seed };
   }
 
-  /** Images in the chosen split. */
+  /** Images per epoch: the chosen split's, or fewer under maxPerGroup. */
   get epochLength(): number {
-    return this.#members.length;
+    return this.#epochLength;
   }
 
   /** Batches per epoch. */
   get batchesPerEpoch(): number {
-    const n = this.#members.length / this.#batchSize;
+    const n = this.#epochLength / this.#batchSize;
     return this.#dropLast ? Math.floor(n) : Math.ceil(n);
   }
 
-  /** The epoch's order: Fisher–Yates over the split's indices with MT19937 seeded by hash(seed, epoch). */
+  /**
+   * The epoch's order: Fisher–Yates over the split's indices with MT19937 seeded by hash(seed, epoch).
+   * Under maxPerGroup the epoch's members are first drawn per group, from a generator of their own
+   * (hash(seed, epoch, 'GP')), also without shuffle, so an evaluation pass covers the groups evenly.
+   */
   #epochOrder(epoch: number): number[] {
-    const order = [...this.#members];
+    let order: number[];
+    if (this.#groups === undefined) {
+      order = [...this.#members];
+    } else {
+      const picker = new Mt19937(hashWords(this.#seed, epoch, 0x4750));
+      order = [];
+      for (const group of this.#groups) {
+        if (group.length <= this.#maxPerGroup) {
+          order.push(...group);
+          continue;
+        }
+        // The first maxPerGroup places of a partial Fisher–Yates, kept in data set order.
+        const members = [...group];
+        for (let i = 0; i < this.#maxPerGroup; i++) {
+          const j = i + Math.floor(uniform53(picker) * (members.length - i));
+          [members[i], members[j]] = [members[j], members[i]];
+        }
+        order.push(...members.slice(0, this.#maxPerGroup).sort((a, b) => a - b));
+      }
+    }
     if (!this.#shuffle) return order;
     const generator = new Mt19937(hashWords(this.#seed, epoch, 0x5348));
     for (let i = order.length - 1; i > 0; i--) {
-      // 53-bit uniform from two draws: the bias of ⌊u·(i+1)⌋ is then far below anything measurable.
-      const u = (generator.nextUint32() * 2 ** 21 + (generator.nextUint32() >>> 11)) / 2 ** 53;
-      const j = Math.floor(u * (i + 1));
+      const j = Math.floor(uniform53(generator) * (i + 1));
       [order[i], order[j]] = [order[j], order[i]];
     }
     return order;

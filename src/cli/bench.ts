@@ -245,9 +245,10 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (name === 'unet') return benchUNetCommand(rest);
   if (name === 'unet-loop') return benchUNetLoopCommand(rest);
   if (name === 'quant') return benchQuantCommand(rest);
+  if (name === 'quant-unet') return benchQuantUNetCommand(rest);
   if (name === 'spinning') return benchSpinningCommand(rest);
   throw new OptionError(
-    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train, unet, unet-loop, quant, spinning`,
+    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train, unet, unet-loop, quant, quant-unet, spinning`,
   );
 }
 
@@ -516,6 +517,68 @@ async function benchUNetLoopCommand(argv: string[]): Promise<number> {
     log,
   );
   if (json) console.log(JSON.stringify(result));
+  return 0;
+}
+
+const QUANT_UNET_FLAGS: Record<string, FlagSpec> = {
+  latent: { type: 'string', description: 'latent size HxW; 64x64 = 512×512 px', default: '64x64' },
+  ...UNET_SHAPE_FLAGS,
+  reps: { type: 'integer', description: 'timed runs of each variant, after the warm-up', default: 3 },
+  warmups: { type: 'integer', description: 'untimed runs of each variant before the timed ones', default: 1 },
+  ...COMMON,
+};
+
+async function benchQuantUNetCommand(argv: string[]): Promise<number> {
+  const command = 'bench quant-unet';
+  const parsed = benchFlags(
+    argv,
+    QUANT_UNET_FLAGS,
+    command,
+    "int8 on an SD 1.5-width UNet (random weights). (a) Per level, a resnet's 3×3 convolution in float32 (ORT Conv), " +
+      "as int8Conv2d (kernel taps as MatMulInteger) and as ORT's ConvInteger (uint8 weights): ms, speed-up, relative L2. " +
+      "(b) One step (batch 2, 77 text tokens) loaded in float32, with quantize: 'int8' on the Linears only, and with " +
+      "quantize: 'int8' as it is (Linears and 3×3 convolutions), in one process, runs rotating: median ms, speed-up, relative L2.",
+  );
+  if (!parsed) return 0;
+  const { flags, json, log } = parsed;
+  positive(flags, ['reps'], command);
+  if ((flags.warmups as number) < 0) throw new OptionError(`${command}: --warmups must be ≥ 0`);
+  const shape = unetShape(flags, command);
+  const { parseLatents } = await import('../../bench/unet.js');
+  const latents = parseLatents(String(flags.latent));
+  if (!latents || latents.length !== 1)
+    throw new OptionError(
+      `${command}: --latent must be one size HxW (e.g. 64x64), got "${String(flags.latent)}"`,
+    );
+  const { benchQuantUNet } = await import('../../bench/quant-unet.js');
+  const result = await benchQuantUNet(
+    {
+      shape,
+      latent: latents[0],
+      reps: flags.reps as number,
+      warmups: flags.warmups as number,
+      threads: flags.threads as number,
+    },
+    log,
+  );
+  if (json) {
+    const int8 = result.steps.find((r) => r.variant === 'int8');
+    const linears = result.steps.find((r) => r.variant === 'int8 linears');
+    console.log(
+      JSON.stringify({
+        latent: result.latent,
+        fp32_ms: result.steps[0].ms,
+        int8_ms: int8?.ms,
+        speedup: int8?.speedup,
+        linears_only_speedup: linears?.speedup,
+        rel_l2: int8?.rel_l2,
+        convs: result.convs,
+        steps: result.steps,
+        parameters: result.parameters,
+        private_mb: result.private_mb,
+      }),
+    );
+  }
   return 0;
 }
 

@@ -300,6 +300,7 @@ class Lowering implements LowerContext {
       dtype === 'float64' ||
       dtype === 'int32' ||
       dtype === 'int64' ||
+      dtype === 'int8' ||
       dtype === 'bool'
     ) {
       const values: ConstantValues =
@@ -311,7 +312,9 @@ class Lowering implements LowerContext {
               ? Int32Array.of(value)
               : dtype === 'int64'
                 ? BigInt64Array.of(BigInt(value))
-                : Uint8Array.of(value ? 1 : 0);
+                : dtype === 'int8'
+                  ? Uint8Array.of(value & 0xff) // the two's-complement byte
+                  : Uint8Array.of(value ? 1 : 0);
       this.initializers.push({
         name: n,
         dataType: ONNX_DTYPE_CODE[dtype],

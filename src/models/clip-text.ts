@@ -402,6 +402,7 @@ class CLIPTextModelBase implements DiffusersModel {
       className,
       folderInt8: config.int8Modules,
       quantize: options.quantize,
+      userKeepFloat: options.keepFloat,
       // The mask input and one token read every weight of the model.
       build: (source, int8) =>
         buildCLIPTextGraph(

@@ -51,6 +51,11 @@ export interface LoadOptions {
    * in velodiff's int8 format (`velodiff quantize`) is int8 whatever this says.
    */
   quantize?: QuantizeOption;
+  /**
+   * With `quantize: 'int8'`: Linear and Conv2d modules (paths as in the checkpoint, such as
+   * `transformer_blocks.0.ff.net.2`) to leave float beyond those the class keeps float itself.
+   */
+  keepFloat?: (modulePath: string) => boolean;
 }
 
 /**

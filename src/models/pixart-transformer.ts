@@ -486,6 +486,7 @@ export class PixArtTransformer2DModel implements DiffusersModel {
       className: 'PixArtTransformer2DModel',
       folderInt8: config.int8Modules,
       quantize: options.quantize,
+      userKeepFloat: options.keepFloat,
       keepFloat: (module) => PIXART_FLOAT_LINEARS.has(module),
       build: (source, int8) =>
         buildPixArtGraph(config, source, { height: p, width: p, captionLength: 1, withMask: true }, { int8 }),

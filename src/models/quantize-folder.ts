@@ -19,7 +19,7 @@ import { errnoCode } from '../io/errno.js';
 import { int8QuantizationConfig, parseQuantizationConfig } from '../io/quantize.js';
 import type { TensorToStream } from '../io/safetensors.js';
 import { writeSafetensorsStreaming } from '../io/safetensors.js';
-import type { LinearSite } from '../nn/params.js';
+import type { Int8Site } from '../nn/params.js';
 import type { Runtime } from '../runtime/runtime.js';
 import type { WarningHandler } from '../warnings.js';
 import { VelodiffWarning, emitWarning, listNames } from '../warnings.js';
@@ -322,13 +322,13 @@ async function writeComponent(
  * an F32 `weight_scale` beside each.
  */
 function quantizedTensors(store: WeightStore, int8Modules: ReadonlySet<string>): TensorToStream[] {
-  const sites: LinearSite[] = [];
+  const sites: Int8Site[] = [];
   for (const modulePath of [...int8Modules].sort()) {
     const name = `${modulePath}.weight`;
     const { dtype, shape } = store.info(name);
-    if (shape.length !== 2 || !['F32', 'F16', 'BF16', 'F64'].includes(dtype)) {
+    if ((shape.length !== 2 && shape.length !== 4) || !['F32', 'F16', 'BF16', 'F64'].includes(dtype)) {
       throw new WeightError(
-        `quantize: tensor '${name}' in ${store.sourcePath} is ${dtype} [${shape.join(', ')}]; an int8 Linear weight is made from a float [out, in] matrix`,
+        `quantize: tensor '${name}' in ${store.sourcePath} is ${dtype} [${shape.join(', ')}]; an int8 weight is made from a float Linear [out, in] or Conv2d [out, in, kH, kW] weight`,
         'WEIGHT_DTYPE',
       );
     }
@@ -338,7 +338,13 @@ function quantizedTensors(store: WeightStore, int8Modules: ReadonlySet<string>):
         'WEIGHT_NAME',
       );
     }
-    sites.push({ modulePath, outFeatures: shape[0], inFeatures: shape[1], inputRank: 3 });
+    sites.push({
+      modulePath,
+      outFeatures: shape[0],
+      inFeatures: shape[1],
+      inputRank: shape.length === 4 ? 4 : 3,
+      ...(shape.length === 4 ? { kernel: [shape[2], shape[3]] as const, int8Capable: true } : {}),
+    });
   }
   const replaced = new Set(sites.map((s) => `${s.modulePath}.weight`));
   const unchanged: TensorToStream[] = store

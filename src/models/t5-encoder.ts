@@ -385,6 +385,7 @@ export class T5EncoderModel implements DiffusersModel {
       className: 'T5EncoderModel',
       folderInt8: config.int8Modules,
       quantize: options.quantize,
+      userKeepFloat: options.keepFloat,
       build: (source, int8, store) => {
         if (!source.has('shared.weight') && !source.has('encoder.embed_tokens.weight')) {
           throw new WeightError(

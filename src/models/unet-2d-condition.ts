@@ -437,6 +437,7 @@ export class UNet2DConditionModel implements DiffusersModel {
       className: 'UNet2DConditionModel',
       folderInt8: config.int8Modules,
       quantize: options.quantize,
+      userKeepFloat: options.keepFloat,
       build: (source, int8) =>
         buildUNetGraph(
           config,

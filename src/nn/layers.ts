@@ -5,6 +5,7 @@ import {
   add,
   conv2d,
   groupNorm,
+  int8Conv2d,
   int8Linear,
   layerNorm,
   linear,
@@ -57,13 +58,44 @@ export interface Conv2dOptions {
 export function Conv2d(p: Params, x: Tensor, o: Conv2dOptions): Tensor {
   const [kh, kw] = typeof o.kernel === 'number' ? [o.kernel, o.kernel] : o.kernel;
   const groups = o.groups ?? 1;
-  const w = p.get('weight', [o.outChannels, o.inChannels / groups, kh, kw]);
+  const ones = (v: number | readonly [number, number] | undefined): boolean =>
+    v === undefined || (typeof v === 'number' ? v === 1 : v[0] === 1 && v[1] === 1);
+  const q =
+    groups === 1
+      ? p.int8Conv(o.outChannels, o.inChannels, [kh, kw], ones(o.stride) && ones(o.dilation))
+      : undefined;
+  if (q && !(ones(o.stride) && ones(o.dilation))) {
+    throw new GraphBuildError(
+      `${p.path}: the weight is int8, and int8 convolutions run with stride 1 and dilation 1 only ` +
+        `(this one has stride ${String(o.stride)}, dilation ${String(o.dilation ?? 1)}): the folder's ` +
+        'quantization_config lists a module that must stay float',
+    );
+  }
+  const w = q?.weight ?? p.get('weight', [o.outChannels, o.inChannels / groups, kh, kw]);
   const b = o.bias === false ? undefined : p.get('bias', [o.outChannels]);
   const options = { stride: o.stride, padding: o.padding, dilation: o.dilation, groups };
   return p.scope(() => {
     const lora = p.loraTerms();
+    if (q) return int8Conv2dWithLora(x, q.weight, q.scale, b, options, lora);
     return lora === undefined ? conv2d(x, w, b, options) : conv2dWithLora(x, w, b, options, lora, p.path);
   });
+}
+
+/** An int8 Conv2d; LoRA cannot fold into int8 weights, so every term runs as a side branch. */
+function int8Conv2dWithLora(
+  x: Tensor,
+  weight: Tensor,
+  scale: Tensor,
+  b: Tensor | undefined,
+  options: { padding?: Padding2d },
+  lora: LoraModuleTerms | undefined,
+): Tensor {
+  let y = int8Conv2d(x, weight, scale, b, { padding: options.padding });
+  for (const term of [...(lora?.fused ?? []), ...(lora?.switchable ?? [])]) {
+    // A is a conv with the base kernel and padding; B is 1×1.
+    y = add(y, conv2d(mul(conv2d(x, term.down, undefined, options), term.scale), term.up));
+  }
+  return y;
 }
 
 // --- LoRA (terms from Params.loraTerms; see src/lora/) ---------------------------------------

@@ -24,24 +24,37 @@ export interface LoraProvider {
 // --- end LoRA hook ---------------------------------------------------------------------------
 
 // --- int8 hook -------------------------------------------------------------------------------
-// Linear asks `Params.int8Linear()` whether its module's weight is stored as int8 with per-output
-// scales (`weight` I8 [out, in] + `weight_scale` F32 [out], src/io/quantize.ts); the model's loader
-// says which modules are (src/models/int8.ts), and can ask to hear of every Linear a build meets.
+// Linear and Conv2d ask `Params.int8Linear()` / `Params.int8Conv()` whether their module's weight is
+// stored as int8 with per-output scales (`weight` I8 [out, in] or [out, in, kH, kW] + `weight_scale`
+// F32 [out], src/io/quantize.ts); the model's loader says which modules are (src/models/int8.ts), and
+// can ask to hear of every such layer a build meets.
 
-/** A Linear layer as a build meets it. */
-export interface LinearSite {
+/** A Linear or Conv2d layer as a build meets it. */
+export interface Int8Site {
   modulePath: string;
   outFeatures: number;
+  /** In features (Linear) or input channels (Conv2d). */
   inFeatures: number;
   /** Rank of its input: 2 for a [B, C] vector (a time embedding), 3 or more for tokens or pixels. */
   inputRank: number;
+  /** Conv2d only: the kernel [kH, kW] (the weight is [out, in, kH, kW]); undefined for a Linear. */
+  kernel?: readonly [number, number];
+  /** Conv2d only: whether int8Conv2d can run it (stride 1, dilation 1, groups 1). */
+  int8Capable?: boolean;
+}
+
+/** The weight's shape at a site: [out, in] or [out, in, kH, kW]. */
+export function int8SiteWeightShape(site: Int8Site): number[] {
+  return site.kernel === undefined
+    ? [site.outFeatures, site.inFeatures]
+    : [site.outFeatures, site.inFeatures, ...site.kernel];
 }
 
 export interface Int8Options {
-  /** Linear modules whose weight is read as int8 with its `weight_scale`. */
+  /** Linear and Conv2d modules whose weight is read as int8 with its `weight_scale`. */
   modules?: ReadonlySet<string>;
-  /** Called for every Linear the build meets, int8 or not. */
-  onLinear?: (site: LinearSite) => void;
+  /** Called for every Linear and Conv2d the build meets, int8 or not. */
+  onLayer?: (site: Int8Site) => void;
 }
 // --- end int8 hook ---------------------------------------------------------------------------
 
@@ -126,7 +139,7 @@ export class Params {
 
   /**
    * The int8 weight [out, in] and per-output scale [out] of this Linear module when the loader
-   * made it int8 (Int8Options.modules), else undefined; tells `onLinear` of the site either way.
+   * made it int8 (Int8Options.modules), else undefined; tells `onLayer` of the site either way.
    */
   int8Linear(
     outFeatures: number,
@@ -135,11 +148,39 @@ export class Params {
   ): { weight: Tensor; scale: Tensor } | undefined {
     const int8 = this.root.int8;
     if (!int8) return undefined;
-    int8.onLinear?.({ modulePath: this.path, outFeatures, inFeatures, inputRank });
+    int8.onLayer?.({ modulePath: this.path, outFeatures, inFeatures, inputRank });
     if (!int8.modules?.has(this.path)) return undefined;
     return {
       weight: this.getAs('weight', [outFeatures, inFeatures], 'int8'),
       scale: this.get('weight_scale', [outFeatures]),
+    };
+  }
+
+  /**
+   * The int8 weight [out, in, kH, kW] and per-output scale [out] of this Conv2d module when the loader
+   * made it int8, else undefined; tells `onLayer` of the site either way (grouped convolutions, which
+   * stay float, are not sites).
+   */
+  int8Conv(
+    outChannels: number,
+    inChannels: number,
+    kernel: readonly [number, number],
+    int8Capable: boolean,
+  ): { weight: Tensor; scale: Tensor } | undefined {
+    const int8 = this.root.int8;
+    if (!int8) return undefined;
+    int8.onLayer?.({
+      modulePath: this.path,
+      outFeatures: outChannels,
+      inFeatures: inChannels,
+      inputRank: 4,
+      kernel: [kernel[0], kernel[1]],
+      int8Capable,
+    });
+    if (!int8.modules?.has(this.path)) return undefined;
+    return {
+      weight: this.getAs('weight', [outChannels, inChannels, kernel[0], kernel[1]], 'int8'),
+      scale: this.get('weight_scale', [outChannels]),
     };
   }
 

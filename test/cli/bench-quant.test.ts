@@ -198,3 +198,80 @@ describe('velodiff bench quant --only images', () => {
     );
   });
 });
+
+describe('velodiff bench quant-unet --json', () => {
+  it('times fp32, int8 Linears only and int8 with 3×3 convolutions; int8 outputs finite and near fp32', async () => {
+    const { code, out, err } = await captureCli([
+      'bench',
+      'quant-unet',
+      '--levels',
+      '1',
+      '--channels',
+      '64',
+      '--layers-per-block',
+      '1',
+      '--latent',
+      '8x6',
+      '--cross-attention-dim',
+      '64',
+      '--heads',
+      '2',
+      '--norm-groups',
+      '8',
+      '--reps',
+      '1',
+      '--warmups',
+      '0',
+      '--threads',
+      '1',
+      '--json',
+    ]);
+    assert.equal(code, 0, err);
+    const result = JSON.parse(out.trim().split('\n').pop() as string) as {
+      latent: string;
+      speedup: number;
+      rel_l2: number;
+      convs: { channels: number; size: string; speedup: number; rel_l2: number }[];
+      steps: {
+        variant: string;
+        int8_modules: number;
+        int8_convolutions: number;
+        rel_l2: number;
+        ms: number;
+      }[];
+    };
+    assert.deepEqual(Object.keys(result).slice(0, 6), [
+      'latent',
+      'fp32_ms',
+      'int8_ms',
+      'speedup',
+      'linears_only_speedup',
+      'rel_l2',
+    ]);
+    assert.equal(result.latent, '8x6');
+    assert.deepEqual(
+      result.convs.map((c) => [c.channels, c.size]),
+      [[64, '8x6']],
+    );
+    assert.ok(
+      result.convs[0].rel_l2 > 0 && result.convs[0].rel_l2 < 0.05,
+      `conv rel L2 ${result.convs[0].rel_l2}`,
+    );
+    const [fp32, linears, int8] = result.steps;
+    assert.deepEqual(
+      result.steps.map((s) => s.variant),
+      ['fp32', 'int8 linears', 'int8'],
+    );
+    assert.equal(fp32.int8_modules, 0);
+    assert.equal(linears.int8_convolutions, 0);
+    assert.ok(linears.int8_modules > 0);
+    // One level, one layer: down resnet, mid's two, two up resnets, each conv1 and conv2 (64 → 64, 3×3).
+    assert.equal(int8.int8_convolutions, 10);
+    assert.equal(int8.int8_modules, linears.int8_modules + 10);
+    for (const s of [linears, int8]) {
+      assert.ok(Number.isFinite(s.ms) && s.ms > 0);
+      assert.ok(s.rel_l2 > 1e-4 && s.rel_l2 < 0.1, `${s.variant}: rel L2 ${s.rel_l2}`);
+    }
+    assert.ok(int8.rel_l2 > linears.rel_l2, 'quantizing the convolutions too adds error');
+  });
+});

@@ -15,7 +15,9 @@ import { OptionError } from '../../src/errors.js';
 import { AutoencoderKL } from '../../src/models/autoencoder-kl.js';
 import type { VelodiffWarning } from '../../src/warnings.js';
 import { CLIPTextModel, CLIPTextModelWithProjection } from '../../src/models/clip-text.js';
-import { checkQuantizeOption } from '../../src/models/int8.js';
+import { INT8_CONV_MIN_CHANNELS, checkQuantizeOption, selectInt8Layers } from '../../src/models/int8.js';
+import { int8QuantizationConfig, quantizeInt8Rows } from '../../src/io/quantize.js';
+import { copyModel, editWeights, patchConfig } from '../fixtures/edit-checkpoint.js';
 import type { DiffusersModel, LoadOptions } from '../../src/models/model.js';
 import { PixArtTransformer2DModel } from '../../src/models/pixart-transformer.js';
 import { T5EncoderModel } from '../../src/models/t5-encoder.js';
@@ -189,6 +191,29 @@ describe('the int8 file of a quantization at load', () => {
     assert.ok(!existsSync(folder), `${folder} removed`);
   });
 
+  it('keepFloat leaves the modules it names float, beyond the class’s own choice', async () => {
+    const dir = join(GOLDEN, 'models/pixart_alpha_tiny/model');
+    const all = await PixArtTransformer2DModel.fromPretrained(dir, { runtime, quantize: 'int8' });
+    const some = await PixArtTransformer2DModel.fromPretrained(dir, {
+      runtime,
+      quantize: 'int8',
+      keepFloat: (m) => m.endsWith('.ff.net.2') || m === 'transformer_blocks.0.attn1.to_q',
+    });
+    try {
+      const kept = [...(all.int8Modules ?? [])].filter(
+        (m) => m.endsWith('.ff.net.2') || m === 'transformer_blocks.0.attn1.to_q',
+      );
+      assert.ok(kept.length >= 2, 'the default quantizes them');
+      assert.deepEqual(
+        [...(some.int8Modules ?? [])].sort(),
+        [...(all.int8Modules ?? [])].filter((m) => !kept.includes(m)).sort(),
+      );
+    } finally {
+      await all.close();
+      await some.close();
+    }
+  });
+
   it("rejects a quantize value other than 'int8'", async () => {
     assert.throws(
       () => checkQuantizeOption('int4', 'generate'),
@@ -230,5 +255,75 @@ describe("AutoencoderKL and quantize: 'int8'", () => {
       AutoencoderKL.fromPretrained(dir, { runtime, quantize: 'fp8' as 'int8' }),
       /quantize must be 'int8' or absent, got "fp8"/,
     );
+  });
+});
+
+describe('int8 convolutions', () => {
+  it('are chosen where they pay: k×k (k > 1), stride 1, no groups, ≥ 64 channels each side, not kept float', () => {
+    const conv = (modulePath: string, inF: number, outF: number, k: number, capable = true) => ({
+      modulePath,
+      inFeatures: inF,
+      outFeatures: outF,
+      inputRank: 4,
+      kernel: [k, k] as const,
+      int8Capable: capable,
+    });
+    const sites = [
+      conv('conv_in', 4, 320, 3),
+      conv('down_blocks.0.resnets.0.conv1', 320, 320, 3),
+      conv('down_blocks.0.resnets.0.conv1', 320, 320, 3), // met twice (two step graphs): once
+      conv('down_blocks.0.downsamplers.0.conv', 320, 320, 3, false), // stride 2
+      conv('down_blocks.1.resnets.0.conv_shortcut', 320, 640, 1),
+      conv('up_blocks.3.resnets.2.conv2', 320, 320, 3),
+      conv('conv_out', 320, 4, 3),
+      conv('small', INT8_CONV_MIN_CHANNELS - 1, 320, 3),
+      { modulePath: 'proj', inFeatures: 320, outFeatures: 320, inputRank: 3 },
+    ];
+    const chosen = selectInt8Layers(sites, (m) => m.startsWith('up_blocks.3'));
+    assert.deepEqual(
+      chosen.map((s) => s.modulePath),
+      ['down_blocks.0.resnets.0.conv1', 'proj'],
+    );
+  });
+
+  it('a UNet folder with int8 resnet convolutions (velodiff format) loads and stays near diffusers’ output', async (t) => {
+    // The tiny UNet is 8–16 channels wide, under the at-load threshold: its resnet convolutions are
+    // quantized here by hand, as `velodiff quantize` writes them, and loaded from the folder.
+    const fixture = join(GOLDEN, 'models/unet2d_sd15_tiny');
+    const dir = await copyModel(join(fixture, 'model'));
+    const modules: string[] = [];
+    await editWeights(join(dir, 'diffusion_pytorch_model.safetensors'), (tensors) => {
+      for (const [name, t] of [...tensors]) {
+        if (!/resnets\.\d+\.conv[12]\.weight$/.test(name)) continue;
+        assert.equal(t.dtype, 'F32');
+        const [out, inC, kh, kw] = t.shape;
+        const w = new Float32Array(t.bytes.slice().buffer);
+        const { q, scale } = quantizeInt8Rows(w, out, inC * kh * kw, name);
+        tensors.set(name, { dtype: 'I8', shape: t.shape, bytes: new Uint8Array(q.buffer) });
+        tensors.set(`${name}_scale`, { dtype: 'F32', shape: [out], bytes: new Uint8Array(scale.buffer) });
+        modules.push(name.slice(0, -'.weight'.length));
+      }
+    });
+    assert.ok(modules.length >= 10, `${modules.length} resnet convolutions`);
+    await patchConfig(dir, { quantization_config: int8QuantizationConfig(modules) });
+    const model = await UNet2DConditionModel.fromPretrained(dir, { runtime });
+    const float = await UNet2DConditionModel.fromPretrained(join(fixture, 'model'), { runtime });
+    try {
+      assert.deepEqual([...(model.int8Modules ?? [])].sort(), [...modules].sort());
+      const inputs: Record<string, HostTensor> = await readAllTensors(join(fixture, 'inputs.safetensors'));
+      const golden = await GoldenFixture.load(fixture);
+      const q = (await model.forward(inputs)).sample.data as Float32Array;
+      const f = (await float.forward(inputs)).sample.data as Float32Array;
+      const scale = Math.max(...Array.from(f, Math.abs));
+      const rel = relativeError(q, f);
+      golden.check('sample', q, { bound: 0.05 * scale, what: 'UNet with int8 convolutions' });
+      t.diagnostic(
+        `int8 convolutions vs fp32: max rel ${rel.toExponential(2)} (bound 0.05, about 3× the 1.85e-2 measured)`,
+      );
+      assert.ok(rel > 1e-4, `the int8 convolutions ran: the output differs from fp32 by only ${rel}`);
+    } finally {
+      await model.close();
+      await float.close();
+    }
   });
 });

@@ -16,7 +16,7 @@ export type Padding2d = number | Pair | readonly [number, number, number, number
 
 const pair = (v: number | Pair): Pair => (typeof v === 'number' ? [v, v] : v);
 
-function pads4(p: Padding2d): [number, number, number, number] {
+export function pads4(p: Padding2d): [number, number, number, number] {
   if (typeof p === 'number') return [p, p, p, p];
   if (p.length === 2) return [p[0], p[1], p[0], p[1]];
   return [p[0], p[1], p[2], p[3]];
@@ -32,7 +32,7 @@ function checkPositive(values: readonly number[], what: string, allowZero = fals
 }
 
 /** Output size of a sliding window along one axis (torch's formula). */
-function windowOut(
+export function windowOut(
   size: Dim,
   padBefore: number,
   padAfter: number,

@@ -5,10 +5,13 @@
  * same run, bit for bit, as the float folder loaded with `quantize: 'int8'`.
  */
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 
+import { randomUNetFolder } from '../../bench/random-unet.js';
 import { OptionError } from '../../src/errors.js';
+import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { AutoencoderKL } from '../../src/models/autoencoder-kl.js';
 import type { QuantizeOption } from '../../src/models/int8.js';
 import { PixArtTransformer2DModel } from '../../src/models/pixart-transformer.js';
@@ -176,4 +179,50 @@ describe('a pipeline folder written by quantizeFolder', () => {
       }
     });
   }
+});
+
+describe('a UNet folder with int8 convolutions, written by quantizeFolder', () => {
+  it('lists its 3×3 convolutions, stores them I8 [out, in, 3, 3], and runs as quantize int8 at load, bit for bit', async () => {
+    // 64 channels: wide enough for int8 convolutions (INT8_CONV_MIN_CHANNELS), small enough for a test.
+    const { dir } = await randomUNetFolder(
+      {
+        levels: 1,
+        layersPerBlock: 1,
+        blockOutChannels: [64],
+        attentionHeadDim: 2,
+        crossAttentionDim: 32,
+        normNumGroups: 8,
+      },
+      { cacheDir: await tempDir() },
+    );
+    const out = join(await tempDir(), 'unet-int8');
+    await quantizeFolder(dir, out, quiet);
+    const config = JSON.parse(await readFile(join(out, 'config.json'), 'utf8')) as {
+      quantization_config: { modules: string[] };
+    };
+    const convs = config.quantization_config.modules.filter((m) => /\.conv[12]$/.test(m));
+    assert.equal(convs.length, 10, convs.join(', '));
+    const file = await SafetensorsFile.open(join(out, 'diffusion_pytorch_model.safetensors'));
+    assert.deepEqual(file.info(`${convs[0]}.weight`), {
+      ...file.info(`${convs[0]}.weight`),
+      dtype: 'I8',
+      shape: [64, 64, 3, 3],
+    });
+    assert.deepEqual(file.info(`${convs[0]}.weight_scale`).shape, [64]);
+    await file.close();
+    const folder = await UNet2DConditionModel.fromPretrained(out, quiet);
+    const atLoad = await UNet2DConditionModel.fromPretrained(dir, { ...quiet, quantize: 'int8' });
+    try {
+      assert.deepEqual(sorted(folder.int8Modules), sorted(atLoad.int8Modules));
+      const inputs = {
+        sample: randomTensor([2, 4, 6, 8], random),
+        timestep: randomTensor([2], random),
+        encoder_hidden_states: randomTensor([2, 5, 32], random),
+      };
+      const a = (await folder.forward(inputs)).sample;
+      assert.ok(sameBytes(a, (await atLoad.forward(inputs)).sample), 'the same int8 model');
+    } finally {
+      await Promise.all([folder.close(), atLoad.close()]);
+    }
+  });
 });

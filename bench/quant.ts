@@ -118,7 +118,7 @@ function gb(bytes: number): string {
 }
 
 /** Fails before writing `bytes` into `dir`'s file system when it does not have them (and 1 GB) free. */
-function checkFreeSpace(dir: string, bytes: number, what: string): void {
+export function checkFreeSpace(dir: string, bytes: number, what: string): void {
   const { bavail, bsize } = statfsSync(dir);
   const free = bavail * bsize;
   if (free < bytes + 1e9) {
@@ -133,7 +133,7 @@ function checkFreeSpace(dir: string, bytes: number, what: string): void {
  * `<cache>/bench/<name>`, written by `write` into a temporary sibling and renamed into place when
  * absent, so a folder that exists is whole.
  */
-async function cachedFolder(
+export async function cachedFolder(
   cacheDir: string,
   name: string,
   bytes: number,
@@ -164,7 +164,7 @@ async function cachedFolder(
   return dir;
 }
 
-function folderKey(description: unknown): string {
+export function folderKey(description: unknown): string {
   return createHash('sha256').update(JSON.stringify(description)).digest('hex').slice(0, 12);
 }
 
@@ -527,12 +527,6 @@ async function benchT5Rss(
   } finally {
     rmSync(outputs, { recursive: true, force: true });
   }
-  const mb = (bytes: number): number => bytes / 2 ** 20;
-  const inner = width.numHeads * width.dKv;
-  const linearWeights = 4 * width.dModel * inner + 3 * width.dModel * width.dFf;
-  // Every block Linear is int8 (its input is [B, S, ·]), with a float32 scale per output row:
-  // q, k, v (inner), o (d_model), wi_0, wi_1 (d_ff), wo (d_model); the two norms stay float32.
-  const int8Scales = 3 * inner + 2 * width.dModel + 2 * width.dFf;
   return {
     shape: width,
     rows,
@@ -541,10 +535,21 @@ async function benchT5Rss(
       hidden.get(`int8-${o.t5Layers}`) as Float32Array,
       hidden.get(`fp32-${o.t5Layers}`) as Float32Array,
     ),
-    weights_per_layer_mb: {
-      fp32: mb(4 * counts.perLayer),
-      int8: mb(linearWeights + 4 * int8Scales + 4 * 2 * width.dModel),
-    },
+    weights_per_layer_mb: t5WeightsPerLayerMb(width),
+  };
+}
+
+/** The weights of one T5 encoder block as stored: float32, and int8 with its float32 scales (MB). */
+export function t5WeightsPerLayerMb(width: Omit<T5Shape, 'layers'>): { fp32: number; int8: number } {
+  const mb = (bytes: number): number => bytes / 2 ** 20;
+  const inner = width.numHeads * width.dKv;
+  const linearWeights = 4 * width.dModel * inner + 3 * width.dModel * width.dFf;
+  // Every block Linear is int8 (its input is [B, S, ·]), with a float32 scale per output row:
+  // q, k, v (inner), o (d_model), wi_0, wi_1 (d_ff), wo (d_model); the two norms stay float32.
+  const int8Scales = 3 * inner + 2 * width.dModel + 2 * width.dFf;
+  return {
+    fp32: mb(4 * t5ParameterCounts(width).perLayer),
+    int8: mb(linearWeights + 4 * int8Scales + 4 * 2 * width.dModel),
   };
 }
 

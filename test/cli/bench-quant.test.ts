@@ -275,3 +275,54 @@ describe('velodiff bench quant-unet --json', () => {
     assert.ok(int8.rel_l2 > linears.rel_l2, 'quantizing the convolutions too adds error');
   });
 });
+
+describe('velodiff bench quant-pipeline --tiny --json', () => {
+  it('generates in fp32 and int8 in processes of their own: times, peaks, extrapolation and PSNR', async () => {
+    const { code, out, err } = await captureCli([
+      'bench',
+      'quant-pipeline',
+      '--tiny',
+      '--layers',
+      '2',
+      '--t5-layers',
+      '2',
+      '--size',
+      '32',
+      '--steps',
+      '3',
+      '--threads',
+      '1',
+      '--json',
+    ]);
+    assert.equal(code, 0, err);
+    const result = JSON.parse(out.trim().split('\n').pop() as string) as {
+      rows: {
+        dtype: string;
+        step_ms: number;
+        generate_ms: number;
+        peak_rss_mb: number;
+        peak_rss_at_24_mb: number;
+        transformer_int8_modules: number;
+      }[];
+      speedup: number;
+      psnr_db: number;
+      t5_layers: number;
+      steps: number;
+    };
+    assert.deepEqual(
+      result.rows.map((r) => r.dtype),
+      ['fp32', 'int8'],
+    );
+    const [fp32, int8] = result.rows;
+    assert.equal(fp32.transformer_int8_modules, 0);
+    assert.ok(int8.transformer_int8_modules > 0);
+    for (const r of result.rows) {
+      assert.ok(r.step_ms > 0 && r.generate_ms > r.step_ms, `${r.dtype}: times`);
+      assert.ok(r.peak_rss_mb > 0 && r.peak_rss_at_24_mb > r.peak_rss_mb, `${r.dtype}: extrapolated up`);
+    }
+    // Different images (int8 ran), close ones (same seed, small error).
+    assert.ok(Number.isFinite(result.psnr_db) && result.psnr_db > 25, `PSNR ${result.psnr_db}`);
+    assert.equal(result.t5_layers, 2);
+    assert.equal(result.steps, 3);
+  });
+});

@@ -247,9 +247,10 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (name === 'quant') return benchQuantCommand(rest);
   if (name === 'quant-unet') return benchQuantUNetCommand(rest);
   if (name === 'quant-pipeline') return benchQuantPipelineCommand(rest);
+  if (name === 'quant-layers') return benchQuantLayersCommand(rest);
   if (name === 'spinning') return benchSpinningCommand(rest);
   throw new OptionError(
-    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train, unet, unet-loop, quant, quant-unet, quant-pipeline, spinning`,
+    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train, unet, unet-loop, quant, quant-unet, quant-pipeline, quant-layers, spinning`,
   );
 }
 
@@ -625,6 +626,38 @@ async function benchQuantPipelineCommand(argv: string[]): Promise<number> {
       t5Layers: flags['t5-layers'] as number,
       threads: flags.threads as number,
       tiny: flags.tiny === true,
+    },
+    log,
+  );
+  if (json) console.log(JSON.stringify(result));
+  return 0;
+}
+
+const QUANT_LAYERS_FLAGS: Record<string, FlagSpec> = {
+  model: { type: 'string', description: 'a PixArt pipeline folder (default: the shipped model)' },
+  'max-length': { type: 'integer', description: 'tokens per prompt', default: 32 },
+  worst: { type: 'integer', description: 'modules left float in the "all but the worst" figure', default: 3 },
+  ...COMMON,
+};
+
+async function benchQuantLayersCommand(argv: string[]): Promise<number> {
+  const command = 'bench quant-layers';
+  const parsed = benchFlags(
+    argv,
+    QUANT_LAYERS_FLAGS,
+    command,
+    "int8 error one layer at a time on a trained PixArt pipeline (default: the shipped model): the transformer's noise predictions and the T5 encoder's last hidden state with every selected Linear int8, with each alone int8, and with all but the worst few; per module kind.",
+  );
+  if (!parsed) return 0;
+  const { flags, json, log } = parsed;
+  positive(flags, ['max-length', 'worst'], command);
+  const { benchQuantLayers } = await import('../../bench/quant-layers.js');
+  const result = await benchQuantLayers(
+    {
+      ...(flags.model === undefined ? {} : { model: String(flags.model) }),
+      maxLength: flags['max-length'] as number,
+      worst: flags.worst as number,
+      threads: flags.threads as number,
     },
     log,
   );

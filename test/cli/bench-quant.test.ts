@@ -326,3 +326,54 @@ describe('velodiff bench quant-pipeline --tiny --json', () => {
     assert.equal(result.steps, 3);
   });
 });
+
+describe('velodiff bench quant-layers --json', () => {
+  it('measures each int8 Linear alone, all of them, all but the worst, and per kind', async () => {
+    const dir = await tinyPixArtPipeline();
+    const { code, out, err } = await captureCli([
+      'bench',
+      'quant-layers',
+      '--model',
+      dir,
+      '--max-length',
+      '8',
+      '--worst',
+      '2',
+      '--threads',
+      '1',
+      '--json',
+    ]);
+    assert.equal(code, 0, err);
+    const result = JSON.parse(out.trim().split('\n').pop() as string) as {
+      components: {
+        component: string;
+        modules: number;
+        all: number;
+        all_but_worst: number;
+        layers: { module: string; alone: number }[];
+        kinds: { kind: string; modules: number; all_but_kind: number; weight_share: number }[];
+        worst_share: number;
+      }[];
+    };
+    assert.deepEqual(
+      result.components.map((c) => c.component),
+      ['transformer', 'text_encoder'],
+    );
+    for (const c of result.components) {
+      assert.equal(c.layers.length, c.modules);
+      assert.ok(c.modules > 2);
+      // Worst first; every error positive (each module alone changes the output) and below all of them.
+      for (let i = 1; i < c.layers.length; i++) assert.ok(c.layers[i - 1].alone >= c.layers[i].alone);
+      for (const l of c.layers) assert.ok(l.alone > 0 && l.alone < 0.2, `${l.module}: ${l.alone}`);
+      assert.ok(c.all >= c.layers[0].alone * 0.5, 'all int8 is not far below its worst single layer');
+      assert.ok(c.all_but_worst < c.all, 'keeping the worst float helps');
+      assert.equal(
+        c.kinds.reduce((n, k) => n + k.modules, 0),
+        c.modules,
+      );
+      const shares = c.kinds.reduce((n, k) => n + k.weight_share, 0);
+      assert.ok(Math.abs(shares - 1) < 1e-9, `weight shares sum to ${shares}`);
+      assert.ok(c.worst_share > 0 && c.worst_share <= 1);
+    }
+  });
+});

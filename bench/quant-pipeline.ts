@@ -10,7 +10,6 @@
  * by adding each missing layer's stored weights (the per-layer fit of `bench quant` part (b) found
  * 741 MB per float32 layer against 736 MB of weights, and 126 MB per int8 layer against 184 MB).
  */
-import { execFile } from 'node:child_process';
 import {
   cpSync,
   existsSync,
@@ -25,7 +24,6 @@ import {
 import { loadavg, tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 
 import { parseAutoencoderKLConfig } from '../src/models/vae/config.js';
 import { buildAutoencoderKLGraph } from '../src/models/autoencoder-kl.js';
@@ -41,9 +39,9 @@ import { psnr } from '../src/train/eval/image-similarity.js';
 import {
   cachedFolder,
   checkFreeSpace,
-  childExecArgv,
   detectCpuInt8,
   folderKey,
+  runCaseInChild,
   t5WeightsPerLayerMb,
 } from './quant.js';
 import type { PixArtShape } from './random-pixart.js';
@@ -201,32 +199,13 @@ async function runPipelineCase(c: PipelineCase): Promise<PipelineCaseResult> {
   }
 }
 
-const execFileAsync = promisify(execFile);
-
-async function pipelineCaseInChild(c: PipelineCase): Promise<PipelineCaseResult> {
-  const args = [
-    ...childExecArgv(process.execArgv),
+function pipelineCaseInChild(c: PipelineCase): Promise<PipelineCaseResult> {
+  return runCaseInChild<PipelineCaseResult>(
     fileURLToPath(import.meta.url),
     '--pipeline-case',
-    JSON.stringify(c),
-  ];
-  try {
-    const { stdout } = await execFileAsync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 20 });
-    return JSON.parse(stdout.trim().split('\n').pop() as string) as PipelineCaseResult;
-  } catch (error) {
-    const { stderr, signal } = error as { stderr?: unknown; signal?: unknown };
-    const why = signal
-      ? `killed by ${String(signal)} (out of memory? lower --t5-layers)`
-      : String(stderr ?? '')
-          .trim()
-          .split('\n')
-          .slice(-8)
-          .join('\n');
-    throw new Error(
-      `bench quant-pipeline: the ${c.quantize ? 'int8' : 'fp32'} generation with ${c.dir} failed in its process: ${why || (error as Error).message}`,
-      { cause: error },
-    );
-  }
+    c,
+    `bench quant-pipeline: the ${c.quantize ? 'int8' : 'fp32'} generation with ${c.dir} (out of memory? lower --t5-layers)`,
+  );
 }
 
 /** A random SD-sized AutoencoderKL folder (torch's default init). */

@@ -431,17 +431,21 @@ export function childExecArgv(execArgv: readonly string[]): string[] {
   return kept;
 }
 
-/** `runT5Case` in a child process of this file, under this process's loader flags (tsx in tests and npm run bench). */
-async function t5CaseInChild(c: T5Case): Promise<T5CaseResult> {
-  const args = [
-    ...childExecArgv(process.execArgv),
-    fileURLToPath(import.meta.url),
-    '--t5-case',
-    JSON.stringify(c),
-  ];
+/**
+ * Runs `caseJson` in a child process of `file` (its entry reads `flag` and the JSON case from argv and
+ * prints its result as the last stdout line), under this process's loader flags (tsx in tests and npm
+ * run bench). A failure names `what`, with the child's last stderr lines or the signal that killed it.
+ */
+export async function runCaseInChild<T>(
+  file: string,
+  flag: string,
+  caseJson: unknown,
+  what: string,
+): Promise<T> {
+  const args = [...childExecArgv(process.execArgv), file, flag, JSON.stringify(caseJson)];
   try {
     const { stdout } = await execFileAsync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 20 });
-    return JSON.parse(stdout.trim().split('\n').pop() as string) as T5CaseResult;
+    return JSON.parse(stdout.trim().split('\n').pop() as string) as T;
   } catch (error) {
     const { stderr, signal } = error as { stderr?: unknown; signal?: unknown };
     // A child the kernel killed for memory has no stderr to show, only its signal.
@@ -452,11 +456,18 @@ async function t5CaseInChild(c: T5Case): Promise<T5CaseResult> {
           .split('\n')
           .slice(-8)
           .join('\n');
-    throw new Error(
-      `bench quant: the ${c.quantize ? 'int8' : 'fp32'} encoder load of ${c.dir} failed in its process: ${why || (error as Error).message}`,
-      { cause: error },
-    );
+    throw new Error(`${what} failed in its process: ${why || (error as Error).message}`, { cause: error });
   }
+}
+
+/** `runT5Case` in a child process of this file. */
+function t5CaseInChild(c: T5Case): Promise<T5CaseResult> {
+  return runCaseInChild<T5CaseResult>(
+    fileURLToPath(import.meta.url),
+    '--t5-case',
+    c,
+    `bench quant: the ${c.quantize ? 'int8' : 'fp32'} encoder load of ${c.dir}`,
+  );
 }
 
 /**

@@ -52,9 +52,13 @@ export interface UNetLoopBenchOptions extends UNetBenchSession {
   threads: number;
   /** Where the random model folder is cached (default: velodiff's cache dir). */
   cacheDir?: string;
+  /** The variants to run besides plain (the baseline, always run first); default all three. */
+  variants?: readonly UNetLoopVariant[];
 }
 
-export type UNetLoopVariant = 'plain' | 'tgate' | 'deepcache' | 'tgate+deepcache';
+export const UNET_LOOP_VARIANTS = ['plain', 'tgate', 'deepcache', 'tgate+deepcache'] as const;
+
+export type UNetLoopVariant = (typeof UNET_LOOP_VARIANTS)[number];
 
 /** One step graph of a loop: the layout the pipeline ran it with, at which steps, and its FLOPs. */
 export interface UNetLoopGraph {
@@ -240,6 +244,8 @@ export function unetLoopCommand(o: UNetLoopBenchOptions): string {
   if (o.optimizationLevel !== undefined && o.optimizationLevel !== 'all')
     flags.push(`--optimization-level ${o.optimizationLevel}`);
   if (o.disablePrepacking) flags.push('--disable-prepacking');
+  if (o.variants !== undefined && UNET_LOOP_VARIANTS.some((v) => v !== 'plain' && !o.variants?.includes(v)))
+    flags.push(`--variants ${o.variants.join(',')}`);
   return `npx velodiff bench unet-loop ${flags.join(' ')}`;
 }
 
@@ -301,7 +307,8 @@ export async function benchUNetLoop(
     seed: 0,
     outputType: 'latent',
   };
-  const variants: { id: UNetLoopVariant; name: string; options: Partial<StableDiffusionRunOptions> }[] = [
+  type Variant = { id: UNetLoopVariant; name: string; options: Partial<StableDiffusionRunOptions> };
+  const all: Variant[] = [
     { id: 'plain', name: 'plain', options: {} },
     { id: 'tgate', name: `T-GATE gate ${o.gateStep}`, options: { tgate } },
     {
@@ -311,6 +318,9 @@ export async function benchUNetLoop(
     },
     { id: 'tgate+deepcache', name: 'T-GATE+DeepCache', options: { tgate, deepCache } },
   ];
+  const variants = all.filter(
+    (v) => v.id === 'plain' || o.variants === undefined || o.variants.includes(v.id),
+  );
   const s = o.shape;
   log(
     `SD 1.5 width (channels ${s.blockOutChannels.slice(0, s.levels).join('/')}, ${s.layersPerBlock} layers ` +

@@ -1,4 +1,5 @@
 import type { UNetBenchShape } from '../../bench/random-unet.js';
+import type { UNetLoopVariant } from '../../bench/unet-loop.js';
 import { OptionError } from '../errors.js';
 import type { FlagSpec } from './args.js';
 import { parseArgs, usage } from './args.js';
@@ -137,6 +138,12 @@ const UNET_LOOP_FLAGS: Record<string, FlagSpec> = {
     type: 'integer',
     description: "DeepCache's full-step interval N (the authors' setting with T-GATE: 3)",
     default: 3,
+  },
+  variants: {
+    type: 'string',
+    description:
+      'variants besides plain (always run, first): tgate, deepcache, tgate+deepcache, comma-separated',
+    default: 'tgate,deepcache,tgate+deepcache',
   },
   'cache-branch': {
     type: 'integer',
@@ -490,6 +497,16 @@ async function benchUNetLoopCommand(argv: string[]): Promise<number> {
   const { flags, json, log } = parsed;
   positive(flags, ['steps', 'gate', 'cache-interval', 'reps'], command);
   if ((flags['cache-branch'] as number) < 0) throw new OptionError(`${command}: --cache-branch must be ≥ 0`);
+  const { UNET_LOOP_VARIANTS } = await import('../../bench/unet-loop.js');
+  const variants = String(flags.variants)
+    .split(',')
+    .map((v) => v.trim())
+    .filter((v) => v !== '' && v !== 'plain');
+  const unknown = variants.filter((v) => !(UNET_LOOP_VARIANTS as readonly string[]).includes(v));
+  if (unknown.length > 0)
+    throw new OptionError(
+      `${command}: --variants: unknown ${unknown.map((v) => `"${v}"`).join(', ')}; expected some of tgate, deepcache, tgate+deepcache`,
+    );
   if ((flags.gate as number) > (flags.steps as number)) {
     throw new OptionError(
       `${command}: --gate ${String(flags.gate)} is past the last of --steps ${String(flags.steps)}: T-GATE would never reuse its cache`,
@@ -512,6 +529,7 @@ async function benchUNetLoopCommand(argv: string[]): Promise<number> {
       gateStep: flags.gate as number,
       cacheInterval: flags['cache-interval'] as number,
       cacheBranchId: flags['cache-branch'] as number,
+      variants: variants as UNetLoopVariant[],
       reps: flags.reps as number,
       threads: flags.threads as number,
       ...session,

@@ -327,14 +327,20 @@ export function linfusionHooks(weights: LinFusionWeights): UNetBuildHooks {
 }
 
 /**
- * Whether a layout's graph is one an acceleration adds beside the plain forward: a T-GATE step
- * that stores or reuses attention, or a DeepCache step. A T-GATE step that computes every attention
- * is the plain graph, and shares the plain graph's session.
+ * Whether a layout's graph reads the checkpoint in place (the runtime's weight-sharing settings)
+ * rather than holding its own copy of the weights as ORT lays them out (faster convolutions: NCHWc).
+ * Own copies: the plain graph (a T-GATE step that computes every attention is the plain graph), and
+ * DeepCache's own steps without T-GATE — a DeepCache loop runs only its full and skip steps, never the
+ * plain graph, so its full step's copy takes the plain graph's place, and the skip step reads only the
+ * layers above the cache branch. In place: T-GATE's graphs that store or reuse attention (five
+ * sessions of full-size weights otherwise), and DeepCache's full steps under T-GATE.
  */
-function isAccelerationGraph(layout: UNetGraphOptions): boolean {
+function readsWeightsInPlace(layout: UNetGraphOptions): boolean {
   const { tgate, deepCache } = layout;
-  if (deepCache !== undefined) return true;
-  return tgate !== undefined && (tgate.selfAttention !== 'compute' || tgate.crossAttention !== 'compute');
+  const gated =
+    tgate !== undefined && (tgate.selfAttention !== 'compute' || tgate.crossAttention !== 'compute');
+  if (deepCache !== undefined) return deepCache.step === 'full' && gated;
+  return gated;
 }
 
 /** The time ids a load-time build assumes: SDXL's 6 when they fit the add_embedding, else 1. */
@@ -367,7 +373,7 @@ export class UNet2DConditionModel implements DiffusersModel {
     this.weights = weights;
     // Each step graph T-GATE or DeepCache adds is a session, which at the runtime's default settings
     // holds its own copy of the weights as ORT lays them out (3.6 GB at SD 1.5 width; T-GATE adds 4):
-    // those graphs read the checkpoint in place instead, where it is stored as float32.
+    // T-GATE's read the checkpoint in place instead, where it is stored as float32 (readsWeightsInPlace).
     // An int8 model's packed weights are a quarter of that, and its int8 kernels need them packed.
     const sharesWeights = loaded.int8 === undefined && weights.readsInPlace();
     this.runnable = new RunnableModel<UNetGraphOptions>({
@@ -378,7 +384,7 @@ export class UNet2DConditionModel implements DiffusersModel {
         buildUNetGraph(config, loaded.source, layout, { ...this.buildExtras(layout), int8: loaded.int8 }),
       key: (layout) => JSON.stringify([layout, this.adapters.graphKey]),
       settings: (layout) =>
-        sharesWeights && isAccelerationGraph(layout) ? runtime.sharedWeightSettings : {},
+        sharesWeights && readsWeightsInPlace(layout) ? runtime.sharedWeightSettings : {},
     });
   }
 

@@ -382,7 +382,7 @@ describe("UNet2DConditionModel step graphs' session settings", () => {
     return [settings.optimizationLevel, settings.disablePrepacking];
   };
 
-  it("T-GATE's and DeepCache's graphs read a float32 checkpoint in place; the plain graph keeps the runtime's", async () => {
+  it("T-GATE's graphs read a float32 checkpoint in place; the plain graph and DeepCache's own steps keep the runtime's", async () => {
     const random = seededUniform(testSeed('unet step graph settings'));
     const branch = Math.floor(random() * 3);
     const unet = await UNet2DConditionModel.fromPretrained(modelDir(fixture), { runtime });
@@ -390,16 +390,23 @@ describe("UNet2DConditionModel step graphs' session settings", () => {
       assert.deepEqual(await settingsOf(unet, layout), ['all', false]);
       // Computing every attention builds the plain graph: its session, not one more.
       assert.equal(await unet.compile(gated('compute', 'compute')), await unet.compile(layout));
-      const added = [
+      const inPlace = [
         gated('store', 'compute'),
         gated('reuse', 'compute'),
         gated('compute', 'store'),
         gated('compute', 'reuse'),
+        { ...deepCache('full', branch), tgate: gated('compute', 'reuse').tgate },
+      ];
+      for (const at of inPlace)
+        assert.deepEqual(await settingsOf(unet, at), ['extended', true], JSON.stringify(at));
+      // A DeepCache loop never runs the plain graph: its full step takes the plain graph's place, and
+      // its skip step reads only the layers above the branch (also under T-GATE).
+      const own = [
         deepCache('full', branch),
         deepCache('skip', branch),
+        { ...deepCache('skip', branch), tgate: gated('compute', 'reuse').tgate },
       ];
-      for (const at of added)
-        assert.deepEqual(await settingsOf(unet, at), ['extended', true], JSON.stringify(at));
+      for (const at of own) assert.deepEqual(await settingsOf(unet, at), ['all', false], JSON.stringify(at));
     } finally {
       await unet.close();
     }

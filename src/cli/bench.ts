@@ -491,7 +491,7 @@ async function benchUNetLoopCommand(argv: string[]): Promise<number> {
     UNET_LOOP_FLAGS,
     command,
     'The SD 1.5 sampling loop (DDIM, 25 steps, CFG 7.5, random prompt embeddings, latent output) on an SD 1.5-width UNet: plain vs T-GATE, DeepCache and both, ms and the speed-up their FLOPs predict. ' +
-      "Memory: each step graph is an ORT session; the plain graph holds its own copy of the UNet's weights as ORT lays them out (3.6 GB at the full SD 1.5 width), T-GATE's and DeepCache's others read a float32 checkpoint in place (private: anonymous memory; RSS counts the mapped checkpoint once per session).",
+      "Memory: each step graph is an ORT session; the plain graph and DeepCache's own steps hold their own copy of the UNet's weights as ORT lays them out (3.6 GB at the full SD 1.5 width), T-GATE's graphs read a float32 checkpoint in place (private: anonymous memory; RSS counts the mapped checkpoint once per session).",
   );
   if (!parsed) return 0;
   const { flags, json, log } = parsed;

@@ -26,7 +26,7 @@ import { ADAMW_DEFAULTS, AdamW, type AdamWOptions } from './adamw.js';
 import { EMA_DEFAULTS, EmaModel, type EmaOptions, type EmaWarmup } from './ema.js';
 import type { JsonObject } from './json-value.js';
 import { constantWithWarmup, warmupCosine, type LrSchedule } from './lr-schedule.js';
-import { weightDecayGroups, type Optimizer } from './optimizer.js';
+import { weightDecayGroups, type Optimizer, type ParameterGroup } from './optimizer.js';
 import { Prodigy, PRODIGY_GLOBAL_DEFAULTS, PRODIGY_GROUP_DEFAULTS, type ProdigyOptions } from './prodigy.js';
 import { checkImageSize } from './data/dataset.js';
 import { EMOJI_SETS, type EmojiSet } from './data/emoji.js';
@@ -36,9 +36,19 @@ import { EMOJI_VAE_CONFIG, VAE_KL_WEIGHT } from './trainers/vae.js';
 export const TRAIN_KINDS = ['vae', 'text-to-image', 'classifier'] as const;
 export type TrainKind = (typeof TRAIN_KINDS)[number];
 
-export type OptimizerConfig =
+/** `optimizer.lrScale`: parameters whose name matches `match` (a regular expression) train at lr × `scale`. */
+export interface LrScaleRule {
+  readonly match: string;
+  readonly scale: number;
+}
+
+export type OptimizerConfig = (
   | ({ readonly kind: 'adamw' } & Readonly<AdamWOptions>)
-  | ({ readonly kind: 'prodigy' } & Readonly<ProdigyOptions>);
+  | ({ readonly kind: 'prodigy' } & Readonly<ProdigyOptions>)
+) & {
+  /** Per-parameter learning-rate multipliers, the first matching rule applying; undefined: none. */
+  readonly lrScale?: readonly LrScaleRule[];
+};
 
 export type LrScheduleConfig =
   | { readonly kind: 'constant'; readonly warmupSteps: number }
@@ -402,7 +412,40 @@ function readBetas(s: Section, fallback: readonly [number, number]): readonly [n
   return v;
 }
 
+/** `lrScale`: a list of {match, scale}, each regular expression valid and each scale > 0; left out when not given. */
+function readLrScale(s: Section): { lrScale?: readonly LrScaleRule[] } {
+  if (!s.has('lrScale')) return (s.value('lrScale'), {});
+  const v = s.value('lrScale');
+  const expected = 'a list of {"match": "<regular expression>", "scale": <number > 0>}';
+  if (!Array.isArray(v)) {
+    s.problem('lrScale', expected, v);
+    return {};
+  }
+  const rules: LrScaleRule[] = [];
+  v.forEach((item: unknown, i) => {
+    const rule = item as Record<string, unknown>;
+    const keys = isPlainObject(item) ? Object.keys(item).sort().join(',') : '';
+    if (keys !== 'match,scale' || typeof rule.match !== 'string' || typeof rule.scale !== 'number') {
+      s.problem(`lrScale[${i}]`, expected.replace('a list of ', ''), item);
+      return;
+    }
+    try {
+      new RegExp(rule.match);
+    } catch (error) {
+      s.problem(`lrScale[${i}].match`, `a regular expression (${(error as Error).message})`, rule.match);
+      return;
+    }
+    if (!(Number.isFinite(rule.scale) && rule.scale > 0)) {
+      s.problem(`lrScale[${i}].scale`, 'a number > 0', rule.scale);
+      return;
+    }
+    rules.push({ match: rule.match, scale: rule.scale });
+  });
+  return { lrScale: rules };
+}
+
 function readOptimizer(s: Section): OptimizerConfig {
+  const lrScale = readLrScale(s);
   const kind = s.oneOf('kind', 'adamw', ['adamw', 'prodigy']);
   const positive = (n: number): boolean => n > 0;
   const nonNegative = (n: number): boolean => n >= 0;
@@ -416,9 +459,9 @@ function readOptimizer(s: Section): OptimizerConfig {
       amsgrad: s.boolean('amsgrad', d.amsgrad),
       maximize: s.boolean('maximize', d.maximize),
     };
-    s.finish(['kind', ...Object.keys(d)]);
+    s.finish(['kind', 'lrScale', ...Object.keys(d)]);
     ownedCheck(s.problems, s.path, () => new AdamW(['a parameter'], options));
-    return { kind, ...options };
+    return { kind, ...options, ...lrScale };
   }
   const defaults: ProdigyOptions = { ...PRODIGY_GROUP_DEFAULTS, ...PRODIGY_GLOBAL_DEFAULTS };
   const beta3Value = s.value('beta3');
@@ -440,9 +483,9 @@ function readOptimizer(s: Section): OptimizerConfig {
     // JSON has no Infinity: a growth rate left out is unbounded.
     growthRate: s.number('growthRate', defaults.growthRate, positive, 'a number > 0'),
   };
-  s.finish(['kind', ...Object.keys(defaults)]);
+  s.finish(['kind', 'lrScale', ...Object.keys(defaults)]);
   ownedCheck(s.problems, s.path, () => new Prodigy(['a parameter'], options));
-  return { kind, ...options };
+  return { kind, ...options, ...lrScale };
 }
 
 function readLrSchedule(s: Section, steps: number): LrScheduleConfig {
@@ -843,10 +886,45 @@ export function resumeIdentity(config: TrainConfig): JsonObject {
  * split, as diffusers' and PixArt's training scripts make it).
  */
 export function optimizerFromConfig(config: OptimizerConfig, trainable: readonly string[]): Optimizer {
-  const { kind, ...options } = config;
+  const { kind, lrScale, ...options } = config;
+  const groups = scaledGroups(
+    weightDecayGroups<{ weightDecay: number; lr: number }>(trainable),
+    lrScale ?? [],
+    options.lr,
+  );
   return kind === 'adamw'
-    ? new AdamW(weightDecayGroups<AdamWOptions>(trainable), options as AdamWOptions)
-    : new Prodigy(weightDecayGroups(trainable), options as ProdigyOptions);
+    ? new AdamW(groups as ParameterGroup<AdamWOptions>[], options as AdamWOptions)
+    : new Prodigy(groups as ParameterGroup<ProdigyOptions>[], options as ProdigyOptions);
+}
+
+/**
+ * Each group split by the first `lrScale` rule its parameters match: the matched ones in a group of
+ * their own at lr × scale, with the group's other options. Groups come out in a fixed order (the
+ * input's, then the rules'), and empty ones are left out.
+ */
+export function scaledGroups<G extends { lr: number }>(
+  groups: readonly ParameterGroup<G>[],
+  rules: readonly LrScaleRule[],
+  lr: number,
+): ParameterGroup<G>[] {
+  if (rules.length === 0) return [...groups];
+  const patterns = rules.map((r) => new RegExp(r.match));
+  const out: ParameterGroup<G>[] = [];
+  for (const group of groups) {
+    const buckets: string[][] = rules.map(() => []);
+    const rest: string[] = [];
+    for (const name of group.params) {
+      const k = patterns.findIndex((p) => p.test(name));
+      (k < 0 ? rest : buckets[k]).push(name);
+    }
+    if (rest.length > 0) out.push({ ...group, params: rest });
+    buckets.forEach((params, k) => {
+      const base = group.options?.lr ?? lr;
+      if (params.length > 0)
+        out.push({ params, options: { ...group.options, lr: base * rules[k].scale } as Partial<G> });
+    });
+  }
+  return out;
 }
 
 /** The configured lr schedule of a run of `steps` updates. */

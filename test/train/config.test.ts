@@ -212,6 +212,55 @@ describe('training configuration', () => {
     );
   });
 
+  it('optimizer.lrScale: the first matching rule scales a parameter’s lr, in its own group, weight decay kept', () => {
+    const config = parseTrainConfig(
+      {
+        ...MINIMAL.vae,
+        optimizer: {
+          lr: 0.002,
+          weightDecay: 0.1,
+          lrScale: [
+            { match: '^text_encoder\\.', scale: 0.1 },
+            { match: 'attn2', scale: 3 },
+          ],
+        },
+      },
+      { path: FILE },
+    );
+    const names = [
+      'transformer.blocks.0.attn1.to_q.weight',
+      'transformer.blocks.0.attn2.to_k.weight',
+      'transformer.blocks.0.attn2.to_k.bias',
+      'text_encoder.encoder.block.0.attn2.weight', // both rules match: the first applies
+      'text_encoder.shared.weight',
+      'transformer.norm_out.weight',
+    ];
+    const adamw = optimizerFromConfig(config.optimizer, names) as AdamW;
+    const of = new Map(
+      adamw.groups.flatMap((g) => g.params.map((p) => [p, [g.options.lr, g.options.weightDecay]])),
+    );
+    assert.deepEqual(Object.fromEntries(of), {
+      'transformer.blocks.0.attn1.to_q.weight': [0.002, 0.1],
+      'transformer.blocks.0.attn2.to_k.weight': [0.006, 0.1],
+      'transformer.blocks.0.attn2.to_k.bias': [0.006, 0],
+      'text_encoder.encoder.block.0.attn2.weight': [0.0002, 0.1],
+      'text_encoder.shared.weight': [0.0002, 0.1],
+      'transformer.norm_out.weight': [0.002, 0],
+    });
+    assert.equal(parseTrainConfig(MINIMAL.vae, { path: FILE }).optimizer.lrScale, undefined);
+    const problems = problemsOf({
+      ...MINIMAL.vae,
+      optimizer: { lrScale: [{ match: '(', scale: 2 }, { match: 'x', scale: 0 }, { match: 'y' }] },
+    }).message;
+    assert.match(problems, /optimizer\.lrScale\[0\]\.match: expected a regular expression/);
+    assert.match(problems, /optimizer\.lrScale\[1\]\.scale: expected a number > 0, found 0/);
+    assert.match(problems, /optimizer\.lrScale\[2\]: expected \{"match"/);
+    assert.match(
+      problemsOf({ ...MINIMAL.vae, optimizer: { lrScale: 2 } }).message,
+      /optimizer\.lrScale: expected a list/,
+    );
+  });
+
   it('init and data.maxPerGroup: read and checked, absent from the configuration unless given', () => {
     const plain = parseTrainConfig(MINIMAL.vae, { path: FILE });
     assert.equal(plain.init, undefined);

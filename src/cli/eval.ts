@@ -135,16 +135,32 @@ function table(
       '',
     ],
   ];
-  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
-  const lines = rows.map((r) =>
-    r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  '),
-  );
+  const perCategory: string[][] = [
+    ['category of the prompt', 'prompts', 'generated', 'real'],
+    ...result.byCategory.map((c) => [
+      c.category,
+      String(c.prompts),
+      c.generated.toFixed(2),
+      c.real.toFixed(2),
+    ]),
+  ];
   return [
     `model ${run.modelDir}, ${result.samples} images, ${run.steps} steps, guidance ${run.guidance}`,
     `classifier ${run.classifierDir}; FED against ${result.referenceImages} held-out emoji, prompts from ${result.promptPool} others` +
       (result.fedEpsilon > 0
         ? ` (covariances singular at this count: ε = ${result.fedEpsilon.toExponential(0)} added, as pytorch-fid)`
         : ''),
-    ...lines,
+    ...aligned(rows),
+    '',
+    'category alignment by the category of the prompt (generated: the model; real: the classifier on the real emoji)',
+    ...aligned(perCategory),
   ].join('\n');
+}
+
+/** Rows as columns: the first left-aligned, the others right-aligned. */
+function aligned(rows: readonly (readonly string[])[]): string[] {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  return rows.map((r) =>
+    r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  '),
+  );
 }

@@ -35,6 +35,29 @@ export function accuracy(logits: Float32Array, classes: number, labels: Int32Arr
   return hits / labels.length;
 }
 
+/** Per label class (index into the head's classes): how many rows carry it and how many of them the argmax gets right. */
+export function accuracyByClass(
+  logits: Float32Array,
+  classes: number,
+  labels: Int32Array,
+): Map<number, { count: number; hits: number }> {
+  const predicted = argmaxRows(logits, classes);
+  if (predicted.length !== labels.length) {
+    throw new OptionError(
+      `accuracyByClass: ${predicted.length} rows of logits but ${labels.length} labels`,
+      'ACCURACY_SHAPE',
+    );
+  }
+  const byClass = new Map<number, { count: number; hits: number }>();
+  labels.forEach((label, i) => {
+    const entry = byClass.get(label) ?? { count: 0, hits: 0 };
+    entry.count++;
+    if (predicted[i] === label) entry.hits++;
+    byClass.set(label, entry);
+  });
+  return byClass;
+}
+
 /**
  * For each class name of a data set's label, the index of that class in a classifier head — by name,
  * so a classifier trained on one version of the emoji packages reads another's labels correctly. A

@@ -20,7 +20,7 @@ import { TorchGenerator } from '../../random/torch-generator.js';
 import type { HostTensor } from '../../runtime/host-tensor.js';
 import { hostTensor } from '../../runtime/host-tensor.js';
 import type { ImageTextDataset, ItemLabels } from '../data/dataset.js';
-import { accuracy, headIndexOf } from './accuracy.js';
+import { accuracy, accuracyByClass, headIndexOf } from './accuracy.js';
 import { featureStatistics, frechetDistance } from './fed.js';
 import type { FeatureStatistics } from './fed.js';
 import { heldOutSet, promptItems } from './held-out.js';
@@ -102,9 +102,20 @@ export interface ImageSetScores {
   readonly subcategoryAlignment: number;
 }
 
+/** Category alignment of the prompts of one category: where the model draws the category and where not. */
+export interface CategoryAlignment {
+  readonly category: string;
+  /** Prompts of this category among the samples. */
+  readonly prompts: number;
+  readonly generated: number;
+  readonly real: number;
+}
+
 export interface EvalResult {
   readonly generated: ImageSetScores;
   readonly real: ImageSetScores;
+  /** Category alignment per category of the prompt's emoji, in the classifier's class order. */
+  readonly byCategory: readonly CategoryAlignment[];
   readonly msPerImage: number;
   readonly samples: number;
   /** Size of the reference half and of the prompt half of the held-out set. */
@@ -167,7 +178,7 @@ export async function evaluateTextToImage(options: EvalOptions): Promise<EvalRes
   const score = (
     result: EmojiClassification,
     reference: FeatureStatistics,
-  ): ImageSetScores & { epsilon: number } => {
+  ): ImageSetScores & { epsilon: number; byCategory: Map<number, { count: number; hits: number }> } => {
     const fed = frechetDistance(
       featureStatistics(result.features, result.count, classifier.config.featureDim),
       reference,
@@ -180,6 +191,11 @@ export async function evaluateTextToImage(options: EvalOptions): Promise<EvalRes
       alignment: category,
       subcategoryAlignment: subcategory,
       epsilon: fed.epsilon,
+      byCategory: accuracyByClass(
+        result.logits[heads[0].head.label],
+        heads[0].head.classes.length,
+        headLabels[0],
+      ),
     };
   };
 
@@ -250,6 +266,13 @@ export async function evaluateTextToImage(options: EvalOptions): Promise<EvalRes
       subcategoryAlignment: generated.subcategoryAlignment,
     },
     real: { fed: real.fed, alignment: real.alignment, subcategoryAlignment: real.subcategoryAlignment },
+    byCategory: heads[0].head.classes.flatMap((category, k) => {
+      const g = generated.byCategory.get(k);
+      const r = real.byCategory.get(k);
+      return g === undefined || r === undefined
+        ? []
+        : [{ category, prompts: g.count, generated: g.hits / g.count, real: r.hits / r.count }];
+    }),
     msPerImage: generationMs / samples,
     samples,
     referenceImages: set.reference.length,

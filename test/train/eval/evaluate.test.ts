@@ -19,6 +19,7 @@ import { evaluateTextToImage, pipelineGenerator } from '../../../src/train/eval/
 import type { ImageGenerator } from '../../../src/train/eval/evaluate.js';
 import { featureStatistics, frechetDistance } from '../../../src/train/eval/fed.js';
 import { heldOutSet } from '../../../src/train/eval/held-out.js';
+import { accuracyByClass } from '../../../src/train/eval/accuracy.js';
 import { classifierInput, datasetClassifierInput } from '../../../src/train/eval/images.js';
 import { imagesToRgb } from '../../../src/io/png.js';
 import { assertClose } from '../../compare.js';
@@ -97,6 +98,52 @@ test('a generator that draws the held-out emoji themselves scores the real ceili
   assert.equal(result.generated.alignment, result.real.alignment);
   assert.equal(result.generated.subcategoryAlignment, result.real.subcategoryAlignment);
   assert.equal(result.samples, 40);
+  for (const c of result.byCategory) assert.equal(c.generated, c.real, c.category);
+  assertPerCategoryConsistent(result);
+});
+
+/**
+ * The per-category alignments recounted from the prompts' own labels: every prompt counted once under
+ * its category, and the prompt-weighted mean of the rows is the overall alignment.
+ */
+function assertPerCategoryConsistent(result: Awaited<ReturnType<typeof evaluateTextToImage>>): void {
+  const set = heldOutSet(dataset);
+  const names = dataset.labelNames?.category ?? [];
+  const counts = new Map<string, number>();
+  for (let i = 0; i < result.samples; i++) {
+    const item = dataset.items[set.prompts[i % set.prompts.length]];
+    const name = names[item.labels?.category ?? -1];
+    counts.set(name, (counts.get(name) ?? 0) + 1);
+  }
+  assert.deepEqual(
+    new Map(result.byCategory.map((c) => [c.category, c.prompts])),
+    counts,
+    'prompts per category',
+  );
+  for (const key of ['generated', 'real'] as const) {
+    const mean = result.byCategory.reduce((sum, c) => sum + c.prompts * c[key], 0) / result.samples;
+    const overall = key === 'generated' ? result.generated.alignment : result.real.alignment;
+    assertClose([mean], [overall], {
+      rtol: 1e-12,
+      atol: 1e-12,
+      what: `${key} alignment from its categories`,
+    });
+  }
+}
+
+test('accuracyByClass: counts and hits per label, argmax taking the first of a tie', () => {
+  // Rows of 3 logits; labels 2, 0, 2, 1, 2 — predictions 2, 0, 0 (tie → first), 2, 2.
+  const logits = Float32Array.from([0, 1, 5, 9, 1, 1, 4, 4, 0, 0, 1, 3, -1, -2, 0]);
+  const byClass = accuracyByClass(logits, 3, Int32Array.from([2, 0, 2, 1, 2]));
+  assert.deepEqual(
+    byClass,
+    new Map([
+      [2, { count: 3, hits: 2 }],
+      [0, { count: 1, hits: 1 }],
+      [1, { count: 1, hits: 0 }],
+    ]),
+  );
+  assert.throws(() => accuracyByClass(logits, 3, Int32Array.from([0])), /5 rows of logits but 1 labels/);
 });
 
 test('the tiny PixArt pipeline: figures in range, FED recomputed from the features, 0 against itself, batch-independent', async () => {
@@ -131,6 +178,7 @@ test('the tiny PixArt pipeline: figures in range, FED recomputed from the featur
     assert.ok(value >= 0 && value <= 1, `alignment ${value}`);
   }
   assert.ok(result.msPerImage > 0 && Number.isFinite(result.msPerImage));
+  assertPerCategoryConsistent(result);
   // 12 images and 8 feature dims: full rank, no ε.
   assert.equal(result.fedEpsilon, 0);
 

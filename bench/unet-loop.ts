@@ -71,6 +71,10 @@ export interface UNetLoopGraph {
   flops: number;
   tgate: UNetGraphOptions['tgate'] | null;
   deep_cache: UNetGraphOptions['deepCache'] | null;
+  /** Median wall time of one of its calls in the timed loops (UNet2DConditionModel.step, feeds included). */
+  ms: number;
+  /** flops / ms: how fast this graph runs, to compare with the plain step's. */
+  gflops_per_s: number;
 }
 
 export interface UNetLoopRow {
@@ -129,8 +133,12 @@ const COUNTED_INPUTS = new Set(['sample', 'timestep', 'encoder_hidden_states']);
  * graph is built from the layout, the batch is the graph's one dynamic dim). Nothing about the
  * calls changes: the pipeline chooses each step's graph inside `run`, and this records its choices.
  */
-function recordingUNet(model: UNet2DConditionModel, calls: UNetCall[]): UNet2DConditionModel {
-  const step: UNet2DConditionModel['step'] = (inputs, options = {}) => {
+function recordingUNet(
+  model: UNet2DConditionModel,
+  calls: UNetCall[],
+  callMs: number[],
+): UNet2DConditionModel {
+  const step: UNet2DConditionModel['step'] = async (inputs, options = {}) => {
     const extra = Object.keys(inputs).filter((name) => !COUNTED_INPUTS.has(name));
     if (extra.length > 0 || options.attention !== undefined) {
       throw new Error(
@@ -149,7 +157,10 @@ function recordingUNet(model: UNet2DConditionModel, calls: UNetCall[]): UNet2DCo
         ...(options.deepCache ? { deepCache: { ...options.deepCache } } : {}),
       },
     });
-    return model.step(inputs, options);
+    const t0 = nowMs();
+    const out = await model.step(inputs, options);
+    callMs.push(nowMs() - t0);
+    return out;
   };
   return new Proxy(model, {
     get: (target, key, receiver) => (key === 'step' ? step : Reflect.get(target, key, receiver)),
@@ -195,7 +206,7 @@ function graphLabel(layout: UNetGraphOptions): string {
   return parts.join(', ');
 }
 
-/** The distinct step graphs of one loop's calls, in order of first use, with their FLOPs. */
+/** The distinct step graphs of one loop's calls, in order of first use, with their FLOPs (times: timeGraphs). */
 function countGraphs(model: UNet2DConditionModel, calls: readonly UNetCall[]): UNetLoopGraph[] {
   const graphs = new Map<string, UNetLoopGraph>();
   calls.forEach(({ batch, layout }, i) => {
@@ -212,6 +223,8 @@ function countGraphs(model: UNet2DConditionModel, calls: readonly UNetCall[]): U
         flops: unetGraphFlops(graph, batch),
         tgate: layout.tgate ?? null,
         deep_cache: layout.deepCache ?? null,
+        ms: Number.NaN,
+        gflops_per_s: Number.NaN,
       };
       graphs.set(key, entry);
     }
@@ -219,6 +232,14 @@ function countGraphs(model: UNet2DConditionModel, calls: readonly UNetCall[]): U
     entry.at.push(i);
   });
   return [...graphs.values()];
+}
+
+/** Sets each graph's median call time from the timed loops (`callMs[r][i]`: call i of repetition r). */
+function timeGraphs(graphs: readonly UNetLoopGraph[], callMs: readonly (readonly number[])[]): void {
+  for (const g of graphs) {
+    g.ms = median(callMs.flatMap((rep) => g.at.map((i) => rep[i])));
+    g.gflops_per_s = g.flops / 1e6 / g.ms;
+  }
 }
 
 /** The command line that reruns `o` (shape flags only where they differ from SD 1.5's). */
@@ -337,22 +358,27 @@ export async function benchUNetLoop(
   const rssMb = variants.map(() => 0);
   const privMb = variants.map(() => 0);
   const recorded: UNetCall[][] = [];
+  /** Per variant, per repetition: each UNet call's ms in the timed loop. */
+  const timedCallMs: number[][][] = variants.map(() => []);
   const graphs: UNetLoopGraph[][] = [];
   for (let r = 0; r < o.reps; r++) {
     for (const [v, variant] of variants.entries()) {
       const { model, runtime } = await openUNet(folder.dir, o);
       const calls: UNetCall[] = [];
+      const callMs: number[] = [];
       const pipe = StableDiffusionPipeline.fromComponents({
-        unet: recordingUNet(model, calls),
+        unet: recordingUNet(model, calls, callMs),
         scheduler: new DDIMScheduler(SD15_DDIM),
         runtime,
       });
       try {
         for (const timed of [false, true]) {
           calls.length = 0;
+          callMs.length = 0;
           const t0 = nowMs();
           await pipe.run({ ...base, ...variant.options });
           (timed ? times : firstLoops)[v].push(nowMs() - t0);
+          if (timed) timedCallMs[v].push([...callMs]);
           recorded[v] ??= [...calls];
           // The count is of the first loop's graphs: every loop must have run the same ones.
           if (JSON.stringify(calls) !== JSON.stringify(recorded[v]))
@@ -368,6 +394,7 @@ export async function benchUNetLoop(
     }
   }
   const plainMs = median(times[0]);
+  graphs.forEach((list, v) => timeGraphs(list, timedCallMs[v]));
   const gflops = graphs.map((list) => list.reduce((sum, g) => sum + g.steps * g.flops, 0) / 1e9);
   const rows: UNetLoopRow[] = variants.map((variant, v) => {
     const ms = median(times[v]);
@@ -420,7 +447,7 @@ export async function benchUNetLoop(
   log('');
   log(
     table(
-      ['variant', 'step graph', 'batch', 'steps', 'GFLOP/step', 'at steps'],
+      ['variant', 'step graph', 'batch', 'steps', 'GFLOP/step', 'ms/step', 'GFLOP/s', 'at steps'],
       rows.flatMap((r) =>
         r.graphs.map((g) => [
           r.variant,
@@ -428,6 +455,8 @@ export async function benchUNetLoop(
           String(g.batch),
           String(g.steps),
           g.flops / 1e9,
+          g.ms,
+          g.gflops_per_s,
           g.at.join(','),
         ]),
       ),
@@ -436,7 +465,7 @@ export async function benchUNetLoop(
   log(
     `GFLOP: countFlops (MatMul, Conv and attention products) of the nodes each step graph's outputs ` +
       `depend on, times the steps that ran it, as recorded from the pipeline's UNet calls; FLOP ceiling: ` +
-      `plain GFLOP / the variant's; of ceiling: speed-up / ceiling; first loop: the untimed one, which ` +
+      `plain GFLOP / the variant's; of ceiling: speed-up / ceiling; ms/step: median wall time of the graph's UNet calls in the timed loops (feeds included), GFLOP/s its FLOPs over that; first loop: the untimed one, which ` +
       `compiles the variant's step graphs (${stepGraphs} layouts in all); RSS: the process's after the ` +
       `variant's loops, its sessions alive (private: its anonymous part, without the mapped checkpoint); peak RSS ${peakRssMb.toFixed(0)} MB; load average now ${loadavg()
         .map((l) => l.toFixed(2))

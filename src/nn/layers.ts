@@ -60,11 +60,9 @@ export function Conv2d(p: Params, x: Tensor, o: Conv2dOptions): Tensor {
   const groups = o.groups ?? 1;
   const ones = (v: number | readonly [number, number] | undefined): boolean =>
     v === undefined || (typeof v === 'number' ? v === 1 : v[0] === 1 && v[1] === 1);
-  const q =
-    groups === 1
-      ? p.int8Conv(o.outChannels, o.inChannels, [kh, kw], ones(o.stride) && ones(o.dilation))
-      : undefined;
-  if (q && !(ones(o.stride) && ones(o.dilation))) {
+  const unitSteps = ones(o.stride) && ones(o.dilation);
+  const q = groups === 1 ? p.int8Conv(o.outChannels, o.inChannels, [kh, kw], unitSteps) : undefined;
+  if (q && !unitSteps) {
     throw new GraphBuildError(
       `${p.path}: the weight is int8, and int8 convolutions run with stride 1 and dilation 1 only ` +
         `(this one has stride ${String(o.stride)}, dilation ${String(o.dilation ?? 1)}): the folder's ` +

@@ -176,6 +176,11 @@ export interface PixArtExtras {
   lora?: AdapterSet;
   /** The int8 Linear modules (src/models/int8.ts). */
   int8?: Int8Options;
+  /**
+   * Called with each attention module's output [B, N, inner_dim] (after `to_out`, as the module
+   * returns it) while the graph is built: the features distillation losses match.
+   */
+  onAttention?: (block: number, role: 'attn1' | 'attn2', output: Tensor) => void;
 }
 
 /** What a pipeline resolved from its acceleration options, for building step graphs. */
@@ -397,7 +402,11 @@ export function pixArtBlock(p: Params, hidden: Tensor, o: PixArtBlockOptions): T
         role === 'attn1' ? tgate.selfAttention : tgate.crossAttention,
         tgate.average,
         ['B', hidden.shape[1], dim],
-        compute,
+        () => {
+          const output = compute();
+          selfAttention.extras.onAttention?.(index, role, output);
+          return output;
+        },
       ),
   });
 }

@@ -192,6 +192,24 @@ export interface PixArtAcceleration extends PixArtExtras {
 }
 
 /**
+ * The `pos_embed` input [1, gridH·gridW, inner_dim] for a grid of patch tokens: the 2-D sin-cos
+ * embedding on PixArt's base size (sample_size / patch_size) and interpolation scale.
+ */
+export function pixArtPositionEmbedding(
+  config: PixArtTransformerConfig,
+  gridH: number,
+  gridW: number,
+): HostTensor {
+  const { innerDim, sampleSize, patchSize, interpolationScale } = config;
+  const base = Math.floor(sampleSize / patchSize);
+  return hostTensor(
+    'float32',
+    [1, gridH * gridW, innerDim],
+    sincosPositionEmbedding2d(innerDim, gridH, gridW, base, interpolationScale),
+  );
+}
+
+/**
  * Build the PixArtTransformer2DModel forward graph (diffusers 0.40). Inputs: `hidden_states`
  * [B, C, H, W], `encoder_hidden_states` [B, L, caption_channels], `timestep` [B] float32,
  * `pos_embed` [1, N, D], optionally `encoder_attention_mask` [B, L] float32 and `resolution`
@@ -529,13 +547,7 @@ export class PixArtTransformer2DModel implements DiffusersModel {
     const key = `${gridH}x${gridW}`;
     let t = this.posEmbeds.get(key);
     if (!t) {
-      const { innerDim, sampleSize, patchSize, interpolationScale } = this.config;
-      const base = Math.floor(sampleSize / patchSize);
-      t = hostTensor(
-        'float32',
-        [1, gridH * gridW, innerDim],
-        sincosPositionEmbedding2d(innerDim, gridH, gridW, base, interpolationScale),
-      );
+      t = pixArtPositionEmbedding(this.config, gridH, gridW);
       this.posEmbeds.set(key, t);
     }
     return t;

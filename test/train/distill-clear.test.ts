@@ -13,9 +13,12 @@ import { fileURLToPath } from 'node:url';
 
 import { tgateCacheName } from '../../src/attention/tgate.js';
 import { readConfig } from '../../src/io/diffusers.js';
-import { sincosPositionEmbedding2d } from '../../src/models/embeddings.js';
 import type { PixArtTransformerConfig } from '../../src/models/pixart-transformer.js';
-import { buildPixArtGraph, parsePixArtConfig } from '../../src/models/pixart-transformer.js';
+import {
+  buildPixArtGraph,
+  parsePixArtConfig,
+  pixArtPositionEmbedding,
+} from '../../src/models/pixart-transformer.js';
 import { ParameterInputs } from '../../src/nn/weights.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
@@ -112,17 +115,7 @@ async function forwardReference(
     timestep: feeds.timestep,
     encoder_hidden_states: feeds.encoder_hidden_states,
     encoder_attention_mask: feeds.encoder_attention_mask,
-    pos_embed: hostTensor(
-      'float32',
-      [1, grid * grid, config.innerDim],
-      sincosPositionEmbedding2d(
-        config.innerDim,
-        grid,
-        grid,
-        config.sampleSize / config.patchSize,
-        config.interpolationScale,
-      ),
-    ),
+    pos_embed: pixArtPositionEmbedding(config, grid, grid),
   };
   for (const { name } of compiled.inputs) {
     if (inputFeeds[name]) continue;

@@ -10,10 +10,10 @@ import { fileURLToPath } from 'node:url';
 import { mean, mul, split, sub } from '../../src/graph/index.js';
 import type { Tensor } from '../../src/graph/index.js';
 import { readConfig } from '../../src/io/diffusers.js';
-import { sincosPositionEmbedding2d } from '../../src/models/embeddings.js';
 import {
   buildPixArtGraph,
   parsePixArtConfig,
+  pixArtPositionEmbedding,
   type PixArtTransformerConfig,
 } from '../../src/models/pixart-transformer.js';
 import { TorchGenerator } from '../../src/random/torch-generator.js';
@@ -48,17 +48,7 @@ export async function tinyDenoiser(): Promise<TinyDenoiser> {
   const latents = normalArray(SAMPLES * latentSize, random);
   const captions = normalArray(SAMPLES * CAPTION * config.captionChannels, random);
   const grid = LATENT / config.patchSize;
-  const posEmbed = hostTensor(
-    'float32',
-    [1, grid * grid, config.innerDim],
-    sincosPositionEmbedding2d(
-      config.innerDim,
-      grid,
-      grid,
-      config.sampleSize / config.patchSize,
-      config.interpolationScale,
-    ),
-  );
+  const posEmbed = pixArtPositionEmbedding(config, grid, grid);
   return {
     config,
     shapes,

@@ -21,9 +21,8 @@ import type { Tensor } from '../../graph/graph.js';
 import { Graph } from '../../graph/graph.js';
 import { add, mean, mul, slice, sub } from '../../graph/ops/index.js';
 import { clearWindowProblem } from '../../attention/clear.js';
-import { sincosPositionEmbedding2d } from '../../models/embeddings.js';
 import type { PixArtTransformerConfig } from '../../models/pixart-transformer.js';
-import { pixArtTransformer } from '../../models/pixart-transformer.js';
+import { pixArtPositionEmbedding, pixArtTransformer } from '../../models/pixart-transformer.js';
 import { Params } from '../../nn/params.js';
 import type { ParameterInputs, TensorSource } from '../../nn/weights.js';
 import { discoverParameterShapes } from '../parameters.js';
@@ -116,12 +115,8 @@ function forward(
 ): { prediction: Tensor; features: Map<number, Tensor> } {
   const t = o.transformer;
   const grid = o.latentSize / t.patchSize;
-  const base = Math.floor(t.sampleSize / t.patchSize);
-  const posEmbed = g.constant(
-    sincosPositionEmbedding2d(t.innerDim, grid, grid, base, t.interpolationScale),
-    'float32',
-    [1, grid * grid, t.innerDim],
-  );
+  const pos = pixArtPositionEmbedding(t, grid, grid);
+  const posEmbed = g.constant(pos.data as Float32Array, 'float32', pos.shape);
   const features = new Map<number, Tensor>();
   const prediction = pixArtTransformer(
     Params.of(g, source, { prefix }),

@@ -28,9 +28,12 @@ import { WeightStore } from '../../io/diffusers.js';
 import { readConfig } from '../../io/diffusers.js';
 import { imagesToRgb } from '../../io/png.js';
 import { toFloat32 as bytesToFloat32 } from '../../io/dtypes.js';
-import { sincosPositionEmbedding2d } from '../../models/embeddings.js';
 import type { PixArtTransformerConfig } from '../../models/pixart-transformer.js';
-import { parsePixArtConfig, pixArtTransformer } from '../../models/pixart-transformer.js';
+import {
+  parsePixArtConfig,
+  pixArtPositionEmbedding,
+  pixArtTransformer,
+} from '../../models/pixart-transformer.js';
 import type { T5EncoderConfig } from '../../models/t5-encoder.js';
 import { parseT5EncoderConfig, t5Encoder } from '../../models/t5-encoder.js';
 import { Params } from '../../nn/params.js';
@@ -368,12 +371,8 @@ export function textToImageForward(
     mask,
   );
   const grid = side / transformer.patchSize;
-  const base = Math.floor(transformer.sampleSize / transformer.patchSize);
-  const posEmbed = g.constant(
-    sincosPositionEmbedding2d(transformer.innerDim, grid, grid, base, transformer.interpolationScale),
-    'float32',
-    [1, grid * grid, transformer.innerDim],
-  );
+  const pos = pixArtPositionEmbedding(transformer, grid, grid);
+  const posEmbed = g.constant(pos.data as Float32Array, 'float32', pos.shape);
   const prediction = pixArtTransformer(
     Params.of(g, source, { prefix: TRANSFORMER_PREFIX }),
     transformer,

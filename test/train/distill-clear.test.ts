@@ -143,6 +143,20 @@ function localShape(name: string): number[] {
   return [...shape];
 }
 
+/** The step on the tiny teacher at radius RADIUS. */
+function tinySpec(o: {
+  downFactor: number;
+  featureLayers?: number[];
+}): ReturnType<typeof clearDistillStepSpec> {
+  return clearDistillStepSpec({
+    transformer: config,
+    radius: RADIUS,
+    latentSize: LATENT,
+    textLength: TEXT,
+    ...o,
+  });
+}
+
 function meanSquare(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let s = 0;
   for (let i = 0; i < a.length; i++) s += (a[i] - b[i]) ** 2;
@@ -152,13 +166,7 @@ function meanSquare(a: ArrayLike<number>, b: ArrayLike<number>): number {
 describe('CLEAR distillation step (tiny PixArt-α teacher)', () => {
   for (const downFactor of [1, 2]) {
     it(`trains exactly the self-attention projections${downFactor > 1 ? ' and pooling weights' : ''} (d = ${downFactor})`, () => {
-      const spec = clearDistillStepSpec({
-        transformer: config,
-        radius: RADIUS,
-        downFactor,
-        latentSize: LATENT,
-        textLength: TEXT,
-      });
+      const spec = tinySpec({ downFactor });
       const expected: string[] = [];
       for (let i = 0; i < config.numLayers; i++) {
         for (const m of ['to_q', 'to_k', 'to_v', 'to_out.0'])
@@ -182,14 +190,7 @@ describe('CLEAR distillation step (tiny PixArt-α teacher)', () => {
 
     it(`loss and terms equal float64 terms from separate teacher and student forwards (d = ${downFactor}, feature layers 0 and 1)`, async () => {
       const random = seededUniform(testSeed(`clear distill loss d${downFactor}`));
-      const spec = clearDistillStepSpec({
-        transformer: config,
-        radius: RADIUS,
-        downFactor,
-        latentSize: LATENT,
-        textLength: TEXT,
-        featureLayers: [0, 1],
-      });
+      const spec = tinySpec({ downFactor, featureLayers: [0, 1] });
       shapeTable = new Map(
         [...spec.shapes].flatMap(([n, s]) => [[n.replace(/^(teacher|student)\./, ''), s] as const]),
       );
@@ -260,13 +261,7 @@ describe('CLEAR distillation step (tiny PixArt-α teacher)', () => {
   });
 
   it('the student starts as the teacher, pooling weights at 1/d²', () => {
-    const spec = clearDistillStepSpec({
-      transformer: config,
-      radius: RADIUS,
-      downFactor: 2,
-      latentSize: LATENT,
-      textLength: TEXT,
-    });
+    const spec = tinySpec({ downFactor: 2 });
     const init = clearStudentInit(teacher, spec);
     const q = `transformer_blocks.1.attn1.to_q.weight`;
     assert.deepEqual(init.get(`${STUDENT}.${q}`), teacher.get(q));

@@ -110,3 +110,17 @@ export type {
   RgbImage,
   SampleGrid,
 } from './sample-grid.js';
+export {
+  CLEAR_LOSS_WEIGHTS,
+  clearDistillStepSpec,
+  clearFeatureLayers,
+  clearStudentInit,
+  isClearTrained,
+} from './distill/clear.js';
+export type { ClearDistillOptions, ClearLossWeights } from './distill/clear.js';
+export { teacherSamples } from './distill/teacher-samples.js';
+export type {
+  TeacherSampleOptions,
+  TeacherSampleSettings,
+  TeacherSamples,
+} from './distill/teacher-samples.js';

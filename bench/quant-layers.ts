@@ -81,16 +81,30 @@ export function summarize(
   all: number,
   alone: readonly LayerError[],
   allButWorst: number,
+  /** Per kind: the error with every module int8 but this kind's, and its share of the int8 weights. */
+  kindFigures: ReadonlyMap<string, { allButKind: number; weightShare: number }>,
 ): ComponentLayers {
   const layers = [...alone].sort((a, b) => b.alone - a.alone);
   const kinds = new Map<string, KindRow>();
   for (const { module, alone: e } of layers) {
     const kind = moduleKind(module);
-    const k = kinds.get(kind) ?? { kind, modules: 0, sum: 0, max: 0, all_but_kind: NaN, weight_share: NaN };
+    let k = kinds.get(kind);
+    if (!k) {
+      const figures = kindFigures.get(kind);
+      if (!figures) throw new Error(`bench quant-layers: no figures for the module kind ${kind}`);
+      k = {
+        kind,
+        modules: 0,
+        sum: 0,
+        max: 0,
+        all_but_kind: figures.allButKind,
+        weight_share: figures.weightShare,
+      };
+      kinds.set(kind, k);
+    }
     k.modules += 1;
     k.sum += e;
     k.max = Math.max(k.max, e);
-    kinds.set(kind, k);
   }
   const squares = layers.reduce((s, l) => s + l.alone ** 2, 0);
   return {
@@ -150,13 +164,16 @@ async function componentLayers<M extends Quantizable>(
       .map((l) => l.module),
   );
   const allButWorst = (await errorWith((m) => worstModules.has(m))).error;
-  const summary = summarize(component, all.error, alone, allButWorst);
   const total = all.modules.reduce((n, m) => n + parameters(m), 0);
-  for (const kind of summary.kinds) {
-    kind.all_but_kind = (await errorWith((m) => moduleKind(m) === kind.kind)).error;
-    kind.weight_share =
-      all.modules.filter((m) => moduleKind(m) === kind.kind).reduce((n, m) => n + parameters(m), 0) / total;
+  const kindFigures = new Map<string, { allButKind: number; weightShare: number }>();
+  for (const kind of new Set(all.modules.map(moduleKind))) {
+    const members = all.modules.filter((m) => moduleKind(m) === kind);
+    kindFigures.set(kind, {
+      allButKind: (await errorWith((m) => moduleKind(m) === kind)).error,
+      weightShare: members.reduce((n, m) => n + parameters(m), 0) / total,
+    });
   }
+  const summary = summarize(component, all.error, alone, allButWorst, kindFigures);
   return summary;
 }
 

@@ -112,6 +112,7 @@ export type {
 } from './sample-grid.js';
 export {
   CLEAR_LOSS_WEIGHTS,
+  clearDistillBatch,
   clearDistillStepSpec,
   clearFeatureLayers,
   clearStudentInit,

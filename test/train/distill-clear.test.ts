@@ -20,11 +20,13 @@ import {
   pixArtPositionEmbedding,
 } from '../../src/models/pixart-transformer.js';
 import { ParameterInputs } from '../../src/nn/weights.js';
+import { TorchGenerator } from '../../src/random/torch-generator.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
 import {
   STUDENT,
   TEACHER,
+  clearDistillBatch,
   clearDistillStepSpec,
   clearStudentInit,
   isClearTrained,
@@ -246,6 +248,46 @@ describe('CLEAR distillation step (tiny PixArt-α teacher)', () => {
       }
     });
   }
+
+  it('batches: x_t from the teacher latents, noise and uniform timesteps drawn in order, captions gathered', () => {
+    const count = 5;
+    const [c, h, w, L, D] = [2, 3, 3, 4, 6];
+    const random = seededUniform(testSeed('clear distill batch'));
+    const fill = (n: number): Float32Array => Float32Array.from({ length: n }, () => 2 * random() - 1);
+    const samples = {
+      latents: hostTensor('float32', [count, c, h, w], fill(count * c * h * w)),
+      promptEmbeds: hostTensor('float32', [count, L, D], fill(count * L * D)),
+      promptAttentionMask: hostTensor('float32', [count, L], fill(count * L)),
+    };
+    const alphas = Float32Array.from({ length: 10 }, (_, t) => 1 - 0.09 * t);
+    const indices = [3, 0, 3];
+    const feeds = clearDistillBatch(samples, indices, new TorchGenerator(7), alphas);
+    const again = new TorchGenerator(7);
+    const noise = again.randn([indices.length, c, h, w]);
+    const u = again.rand([indices.length]);
+    const per = c * h * w;
+    const expected = new Float64Array(indices.length * per);
+    indices.forEach((index, b) => {
+      const t = Math.floor(u[b] * 10);
+      assert.equal((feeds.timestep.data as Float32Array)[b], t);
+      const a = alphas[t];
+      for (let i = 0; i < per; i++) {
+        const x0 = (samples.latents.data as Float32Array)[index * per + i];
+        expected[b * per + i] = Math.sqrt(a) * x0 + Math.sqrt(1 - a) * noise[b * per + i];
+      }
+    });
+    assertClose(feeds.hidden_states.data as Float32Array, expected, { rtol: 1e-6, atol: 1e-6, what: 'x_t' });
+    assert.deepEqual(feeds.target.data, noise);
+    assert.deepEqual(
+      [...(feeds.encoder_hidden_states.data as Float32Array).subarray(L * D, 2 * L * D)],
+      [...(samples.promptEmbeds.data as Float32Array).subarray(0, L * D)],
+    );
+    assert.deepEqual(feeds.encoder_attention_mask.shape, [3, L]);
+    assert.throws(
+      () => clearDistillBatch(samples, [5], new TorchGenerator(0), alphas),
+      /sample indices 5 are outside the 5 teacher samples/,
+    );
+  });
 
   it('bad options say what was expected', () => {
     const base = { transformer: config, latentSize: LATENT, textLength: TEXT };

@@ -27,6 +27,11 @@ import { Params } from '../../nn/params.js';
 import type { ParameterInputs, TensorSource } from '../../nn/weights.js';
 import { discoverParameterShapes } from '../parameters.js';
 import type { TrainStepSpec } from '../train-step.js';
+import type { TorchGenerator } from '../../random/torch-generator.js';
+import type { HostTensor } from '../../runtime/host-tensor.js';
+import { hostTensor } from '../../runtime/host-tensor.js';
+import { addNoiseWithAlphasCumprod } from '../../schedulers/ddim.js';
+import type { TeacherSamples } from './teacher-samples.js';
 
 /** The frozen teacher's parameters are graph inputs under this prefix, the student's trained ones under STUDENT. */
 export const TEACHER = 'teacher';
@@ -258,4 +263,60 @@ export function clearStudentInit(
     }
   }
   return out;
+}
+
+/**
+ * The step's batch inputs for samples `indices` of the teacher's samples: x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε
+ * with x₀ the teacher's latent, ε ~ N(0, I) and t uniform over the training timesteps (CLEAR draws
+ * t uniformly, weighting scheme "none"), target ε, and the samples' caption encodings. Draw order
+ * fixed (noise, then timesteps), so a restored generator repeats a run. No caption is dropped: the
+ * authors' script drops none.
+ */
+export function clearDistillBatch(
+  samples: Pick<TeacherSamples, 'latents' | 'promptEmbeds' | 'promptAttentionMask'>,
+  indices: readonly number[],
+  generator: TorchGenerator,
+  alphasCumprod: Float32Array,
+): Record<string, HostTensor> {
+  const [count, channels, h, w] = samples.latents.shape as number[];
+  const [, length, width] = samples.promptEmbeds.shape as number[];
+  const bad = indices.filter((i) => !Number.isInteger(i) || i < 0 || i >= count);
+  if (bad.length > 0) {
+    throw new OptionError(
+      `distill clear: sample indices ${bad.join(', ')} are outside the ${count} teacher samples`,
+      'DISTILL_OPTION',
+    );
+  }
+  const n = indices.length;
+  const shape = [n, channels, h, w];
+  const per = channels * h * w;
+  const noise = generator.randn(shape);
+  const uniform = generator.rand([n]);
+  const steps = alphasCumprod.length;
+  const timesteps = Array.from(uniform, (u) => Math.min(steps - 1, Math.floor(u * steps)));
+  const gather = (source: HostTensor, size: number): Float32Array => {
+    const data = source.data as Float32Array;
+    const out = new Float32Array(n * size);
+    indices.forEach((index, b) => out.set(data.subarray(index * size, (index + 1) * size), b * size));
+    return out;
+  };
+  const x0 = gather(samples.latents, per);
+  const noisy = addNoiseWithAlphasCumprod(
+    'DDPMScheduler',
+    alphasCumprod,
+    { data: x0, shape },
+    { data: noise, shape },
+    timesteps,
+  );
+  return {
+    hidden_states: hostTensor('float32', shape, noisy.data),
+    target: hostTensor('float32', shape, noise),
+    timestep: hostTensor('float32', [n], Float32Array.from(timesteps)),
+    encoder_hidden_states: hostTensor(
+      'float32',
+      [n, length, width],
+      gather(samples.promptEmbeds, length * width),
+    ),
+    encoder_attention_mask: hostTensor('float32', [n, length], gather(samples.promptAttentionMask, length)),
+  };
 }

@@ -33,7 +33,7 @@ import { EMOJI_SETS, type EmojiSet } from './data/emoji.js';
 import { EMOJI_TEXT_TO_IMAGE_MODEL } from './trainers/text-to-image.js';
 import { EMOJI_VAE_CONFIG, VAE_KL_WEIGHT } from './trainers/vae.js';
 
-export const TRAIN_KINDS = ['vae', 'text-to-image', 'classifier'] as const;
+export const TRAIN_KINDS = ['vae', 'text-to-image', 'classifier', 'distill-clear'] as const;
 export type TrainKind = (typeof TRAIN_KINDS)[number];
 
 /** `optimizer.lrScale`: parameters whose name matches `match` (a regular expression) train at lr × `scale`. */
@@ -143,6 +143,21 @@ export interface TextToImageModelConfig {
 
 export type CaptionProjectionInit = 'pixart' | 'fan-in';
 
+/** `distill-clear`: a CLEAR student of a PixArt teacher (src/train/distill/clear.ts). */
+export interface ClearDistillModelConfig {
+  /** The teacher: a PixArt pipeline folder (absolute; relative to the current directory in the file). */
+  readonly teacher: string;
+  /** CLEAR's window radius in latent tokens. */
+  readonly radius: number;
+  /** Side of the pooling cells of the down-sampled keys/values; 1: none. */
+  readonly downFactor: number;
+  /** Blocks whose self-attention outputs are matched; null: every fourth from 0, as the authors. */
+  readonly featureLayers: readonly number[] | null;
+  /** How the teacher draws its samples (one per training image's caption): steps and guidance. */
+  readonly teacherSteps: number;
+  readonly teacherGuidance: number;
+}
+
 export interface ClassifierModelConfig {
   /** VelodiffEmojiClassifier's config.json keys (its `heads` come from `labels` and the data). */
   readonly classifier: JsonObject;
@@ -191,7 +206,8 @@ export interface InitConfig {
 export type TrainConfig =
   | (CommonConfig & { readonly kind: 'vae'; readonly model: VaeModelConfig })
   | (CommonConfig & { readonly kind: 'text-to-image'; readonly model: TextToImageModelConfig })
-  | (CommonConfig & { readonly kind: 'classifier'; readonly model: ClassifierModelConfig });
+  | (CommonConfig & { readonly kind: 'classifier'; readonly model: ClassifierModelConfig })
+  | (CommonConfig & { readonly kind: 'distill-clear'; readonly model: ClearDistillModelConfig });
 
 /** Prompts of the default sample grid: the categories the issue's targets name. */
 export const DEFAULT_SAMPLE_PROMPTS: readonly string[] = [
@@ -226,7 +242,7 @@ export const TRAIN_DEFAULTS = {
     sets: EMOJI_SETS,
     skinTones: 'all',
     validationFraction: { emoji: 0.1, folder: 0 },
-    captionDropout: { 'text-to-image': 0.1, vae: 0, classifier: 0 },
+    captionDropout: { 'text-to-image': 0.1, vae: 0, classifier: 0, 'distill-clear': 0 },
     horizontalFlip: false,
     onBadFile: 'error',
     captionColumn: 'text',
@@ -235,6 +251,7 @@ export const TRAIN_DEFAULTS = {
     vae: { klWeight: VAE_KL_WEIGHT },
     'text-to-image': { minSnrGamma: 5, maxTextLength: 32, captionProjectionInit: 'pixart' },
     classifier: { labels: ['category', 'subcategory'], maxShift: 4 },
+    'distill-clear': { downFactor: 1, featureLayers: null, teacherSteps: 25, teacherGuidance: 4.5 },
   },
 } as const;
 
@@ -635,7 +652,7 @@ function readInit(parent: Section, baseDir: string): { init?: InitConfig } {
 function readSample(s: Section, kind: TrainKind): SampleConfig {
   const d = TRAIN_DEFAULTS.sample;
   const every = s.integer('every', d.every, 0);
-  if (kind === 'text-to-image') {
+  if (kind === 'text-to-image' || kind === 'distill-clear') {
     const config = {
       every,
       prompts: s.list('prompts', d.prompts, isString, 'a list of non-empty strings'),
@@ -720,6 +737,33 @@ function readModel(s: Section, kind: TrainKind, file: string, baseDir: string): 
       ),
     };
     s.finish(['transformer', 'textEncoder', 'vae', 'minSnrGamma', 'maxTextLength', 'captionProjectionInit']);
+    return config;
+  }
+  if (kind === 'distill-clear') {
+    const d = TRAIN_DEFAULTS.model['distill-clear'];
+    const teacher = s.string('teacher', '');
+    if (teacher === '' && !s.has('teacher'))
+      s.problem('teacher', 'the teacher: a PixArt pipeline folder such as models/emoji', undefined);
+    const featureLayers = s.has('featureLayers')
+      ? s.list(
+          'featureLayers',
+          [],
+          (v): v is number => isInteger(v) && (v as number) >= 0,
+          'a list of block indices',
+        )
+      : d.featureLayers;
+    if (featureLayers !== null && featureLayers.length === 0)
+      s.problem('featureLayers', 'at least one block', []);
+    const config = {
+      teacher: teacher === '' ? '' : resolve(baseDir, teacher),
+      radius: s.number('radius', 0, (n) => n >= 1, 'a window radius ≥ 1 (latent tokens)'),
+      downFactor: s.integer('downFactor', d.downFactor, 1),
+      featureLayers,
+      teacherSteps: s.integer('teacherSteps', d.teacherSteps, 1),
+      teacherGuidance: s.number('teacherGuidance', d.teacherGuidance, (n) => n >= 0, 'a number ≥ 0'),
+    };
+    if (!s.has('radius')) s.problem('radius', 'a window radius ≥ 1 (latent tokens)', undefined);
+    s.finish(['teacher', 'radius', 'downFactor', 'featureLayers', 'teacherSteps', 'teacherGuidance']);
     return config;
   }
   const labels = s.list(

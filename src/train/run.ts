@@ -42,6 +42,7 @@ import { renderLossCurve } from './loss-curve.js';
 import { trainLoop, type StepInfo } from './loop.js';
 import { METRICS_LOG, MetricsLog, readMetricsLog } from './metrics-log.js';
 import { TrainingProgress, type ProgressReport } from './progress.js';
+import { clearDistillTrainer } from './distill/clear-trainer.js';
 import { classifierRun, type RunTrainer } from './run-trainers.js';
 import { textToImageTrainer } from './trainers/text-to-image.js';
 import { vaeTrainer } from './trainers/vae.js';
@@ -165,6 +166,21 @@ export async function createRunTrainer(
       });
     case 'classifier':
       return classifierRun(config, dataset, runtime);
+    case 'distill-clear':
+      return clearDistillTrainer({
+        model: config.model,
+        dataset,
+        runtime,
+        seed: config.seed,
+        output: config.output,
+        sample: {
+          prompts: config.sample.prompts,
+          seeds: config.sample.seeds,
+          steps: config.sample.steps,
+          guidance: config.sample.guidance,
+        },
+        onSamplesProgress: onEncodeProgress,
+      });
   }
 }
 

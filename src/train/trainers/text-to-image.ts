@@ -39,6 +39,7 @@ import { parseT5EncoderConfig, t5Encoder } from '../../models/t5-encoder.js';
 import { Params } from '../../nn/params.js';
 import type { ParameterInputs, TensorSource } from '../../nn/weights.js';
 import { DiffusionPipeline } from '../../pipelines/index.js';
+import type { PixArtRunOptions } from '../../pipelines/pixart.js';
 import { TorchGenerator } from '../../random/torch-generator.js';
 import type { ModelConfig } from '../../io/diffusers.js';
 import type { HostTensor } from '../../runtime/host-tensor.js';
@@ -680,8 +681,12 @@ export async function textToImageTrainer(o: TextToImageTrainerOptions): Promise<
   return trainer;
 }
 
-/** One image per (prompt, seed), from one pipeline run: `images[row][column]`, 8-bit RGB. */
-async function renderImages(
+/**
+ * One image per (prompt, seed) of the pipeline folder `dir`, from one pipeline run:
+ * `images[row][column]`, 8-bit RGB. `runOptions` passes an acceleration (a distilled student's
+ * attention) through.
+ */
+export async function renderImages(
   dir: string,
   runtime: Runtime,
   o: SampleOptions & {
@@ -689,6 +694,7 @@ async function renderImages(
     latentShape: readonly [number, number, number];
     maxTextLength: number;
     onWarning?: WarningHandler;
+    runOptions?: Partial<PixArtRunOptions>;
   },
 ): Promise<Uint8Array[][]> {
   const pipe = await DiffusionPipeline.fromPretrained(dir, { runtime, onWarning: o.onWarning });
@@ -707,6 +713,7 @@ async function renderImages(
       });
     });
     const out = await pipe.run({
+      ...o.runOptions,
       prompt: prompts,
       latents: hostTensor('float32', [prompts.length, ...o.latentShape], latents),
       numInferenceSteps: o.steps,

@@ -1,0 +1,182 @@
+/**
+ * `distill-clear` runs: a CLEAR student of a PixArt teacher, as runTraining drives any kind. The
+ * teacher first draws one sample per training image's caption (teacher-samples.ts, into the run's
+ * `teacher-samples/`, resumable); each batch of the loader's images then becomes the step's inputs
+ * from those samples (clearDistillBatch), and the step is clear.ts's. The trained student ships as
+ * CLEAR's weights file — the self-attention projections and pooling weights under the base model's
+ * names, loaded non-strictly over the teacher (`attention: { kind: 'clear', weights }`,
+ * `--attention clear:R[:D] --attention-weights FILE`) — with a config.json of its radius, down factor
+ * and teacher.
+ */
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+import { OptionError } from '../../errors.js';
+import { writeFileAtomic } from '../../io/atomic.js';
+import { WeightStore, readConfig } from '../../io/diffusers.js';
+import type { ModelConfig } from '../../io/diffusers.js';
+import { writeSafetensors } from '../../io/safetensors.js';
+import { PixArtPipeline } from '../../pipelines/pixart.js';
+import { TorchGenerator } from '../../random/torch-generator.js';
+import type { Runtime } from '../../runtime/runtime.js';
+import { DPMSolverMultistepScheduler } from '../../schedulers/dpm-solver-multistep.js';
+import type { ClearDistillModelConfig } from '../config.js';
+import type { ImageTextDataset } from '../data/dataset.js';
+import { splitIndices } from '../data/dataset.js';
+import type { RunTrainer } from '../run-trainers.js';
+import type { SampleGrid } from '../sample-grid.js';
+import type { SampleOptions } from '../trainers/text-to-image.js';
+import { renderImages } from '../trainers/text-to-image.js';
+import { STUDENT, clearDistillBatch, clearDistillStepSpec, clearStudentInit } from './clear.js';
+import { teacherSamples } from './teacher-samples.js';
+
+/** The student's file in a saved model folder: CLEAR's layout, named after its window. */
+export function clearWeightsFile(radius: number, downFactor: number): string {
+  return `clear_local_${radius}${downFactor > 1 ? `_down_${downFactor}` : ''}.safetensors`;
+}
+
+export interface ClearDistillTrainerOptions {
+  readonly model: ClearDistillModelConfig;
+  readonly dataset: ImageTextDataset;
+  readonly runtime: Runtime;
+  readonly seed: number;
+  /** The run folder: the teacher's samples are kept in its `teacher-samples/`. */
+  readonly output: string;
+  readonly sample: SampleOptions;
+  readonly onSamplesProgress?: (done: number, total: number) => void;
+}
+
+/** The student's weights under the base model's names (CLEAR's file), from a run's `student.` parameters. */
+function studentWeights(weights: ReadonlyMap<string, Float32Array>): Map<string, Float32Array> {
+  const out = new Map<string, Float32Array>();
+  for (const [name, value] of weights)
+    if (name.startsWith(`${STUDENT}.`)) out.set(name.slice(STUDENT.length + 1), value);
+  return out;
+}
+
+async function writeStudent(
+  path: string,
+  weights: ReadonlyMap<string, Float32Array>,
+  shapes: ReadonlyMap<string, readonly number[]>,
+): Promise<void> {
+  const tensors: Parameters<typeof writeSafetensors>[1] = {};
+  for (const [name, data] of studentWeights(weights)) {
+    tensors[name] = { dtype: 'F32', shape: [...(shapes.get(`${STUDENT}.${name}`) ?? [data.length])], data };
+  }
+  await writeSafetensors(path, tensors);
+}
+
+export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promise<RunTrainer> {
+  const { model, dataset, runtime } = o;
+  const teacherDir = resolve(model.teacher);
+  const pipeline = await PixArtPipeline.fromPretrained(teacherDir, { runtime });
+  try {
+    const transformer = pipeline.transformer.config;
+    const store = await WeightStore.open(join(teacherDir, 'transformer'));
+    const teacher = new Map<string, Float32Array>();
+    try {
+      for (const name of store.names()) teacher.set(name, await store.readFloat32(name));
+    } finally {
+      await store.close();
+    }
+
+    const train = splitIndices(dataset, 'train');
+    if (train.length === 0)
+      throw new OptionError('distill clear: the data set has no training images', 'TRAIN_CONFIG');
+    const sampleOf = new Map(train.map((index, k) => [index, k]));
+    const samples = await teacherSamples({
+      pipeline,
+      prompts: train.map((i) => dataset.items[i].captions[0]),
+      dir: join(o.output, 'teacher-samples'),
+      steps: model.teacherSteps,
+      guidance: model.teacherGuidance,
+      seed: o.seed,
+      onProgress: o.onSamplesProgress,
+    });
+    const latentSize = samples.latents.shape[2] as number;
+    const textLength = samples.promptEmbeds.shape[1] as number;
+    const spec = clearDistillStepSpec({
+      transformer,
+      radius: model.radius,
+      downFactor: model.downFactor,
+      latentSize,
+      textLength,
+      ...(model.featureLayers ? { featureLayers: model.featureLayers } : {}),
+    });
+    const schedulerConfig = (await readConfig(
+      join(teacherDir, 'scheduler'),
+      'scheduler_config.json',
+    )) as Record<string, unknown>;
+    const alphasCumprod = new DPMSolverMultistepScheduler(schedulerConfig).alphasCumprod;
+    const generator = new TorchGenerator(o.seed);
+    const attention = {
+      kind: 'clear' as const,
+      radius: model.radius,
+      ...(model.downFactor > 1 ? { downFactor: model.downFactor } : {}),
+    };
+    const modelConfig: ModelConfig = {
+      _class_name: 'ClearAttentionWeights',
+      teacher: teacherDir,
+      radius: model.radius,
+      down_factor: model.downFactor,
+      weights: clearWeightsFile(model.radius, model.downFactor),
+    };
+
+    return {
+      modelConfig,
+      generators: { batch: generator },
+      initialParameters: () => clearStudentInit(teacher, spec),
+      stepSpec: (batchSize) => ({ ...spec, dims: { B: batchSize } }),
+      makeBatch(batch) {
+        const indices = batch.indices.map((i) => {
+          const k = sampleOf.get(i);
+          if (k === undefined) {
+            throw new OptionError(
+              `distill clear: image ${i} of the data set is not in the training split the teacher sampled`,
+              'TRAIN_CONFIG',
+            );
+          }
+          return k;
+        });
+        return clearDistillBatch(samples, indices, generator, alphasCumprod);
+      },
+      async sampleGrid(weights, step): Promise<SampleGrid> {
+        const root = await mkdtemp(join(tmpdir(), 'velodiff-clear-grid-'));
+        try {
+          const file = join(root, 'student.safetensors');
+          await writeStudent(file, weights, spec.shapes);
+          const channels = transformer.inChannels;
+          const images = await renderImages(teacherDir, runtime, {
+            ...o.sample,
+            size: pipeline.defaultSize,
+            latentShape: [channels, latentSize, latentSize],
+            maxTextLength: textLength,
+            runOptions: { attention: { ...attention, weights: file } },
+          });
+          const size = pipeline.defaultSize;
+          return {
+            title: [
+              `step ${step}`,
+              `CLEAR r=${model.radius}${model.downFactor > 1 ? ` d=${model.downFactor}` : ''}, ${o.sample.steps} steps, CFG ${o.sample.guidance}`,
+            ],
+            columnLabels: o.sample.seeds.map((seed) => `seed ${seed}`),
+            rows: o.sample.prompts.map((prompt, row) => ({
+              label: prompt,
+              cells: images[row].map((data) => ({ image: { width: size, height: size, data } })),
+            })),
+          };
+        } finally {
+          await rm(root, { recursive: true, force: true });
+        }
+      },
+      async saveModel(dir, weights) {
+        await mkdir(dir, { recursive: true });
+        await writeStudent(join(dir, clearWeightsFile(model.radius, model.downFactor)), weights, spec.shapes);
+        await writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(modelConfig, null, 2)}\n`);
+      },
+    };
+  } finally {
+    await pipeline.close();
+  }
+}

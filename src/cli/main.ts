@@ -1,5 +1,6 @@
 import { VelodiffError } from '../errors.js';
 import { benchCommand } from './bench.js';
+import { distillCommand } from './distill.js';
 import { evalCommand } from './eval.js';
 import { forwardCommand } from './forward.js';
 import { generateCommand } from './generate.js';
@@ -14,6 +15,7 @@ usage: velodiff <command> [options]
 commands:
   generate         text to image: velodiff generate "red heart" (the shipped emoji model, or --model DIR)
   train            train a VAE, the text-to-image model or the emoji classifier: --config FILE
+  distill clear    a CLEAR student of the shipped model (or --teacher DIR): --radius R [--down-factor D]
   eval             FED, prompt alignment and ms/image of a text-to-image model on held-out emoji
   forward          one forward call of a model folder on safetensors inputs (parity checks with Python)
   inspect          class, parameter count, dtypes and size of a model or pipeline folder
@@ -59,6 +61,8 @@ export async function main(argv: string[]): Promise<number> {
         return await evalCommand(rest);
       case 'train':
         return await trainCommand(rest);
+      case 'distill':
+        return await distillCommand(rest);
       default:
         console.error(`velodiff: unknown command "${command}"\n\n${HELP}`);
         return 2;

@@ -70,7 +70,6 @@ export async function trainCommand(argv: string[]): Promise<number> {
     data: flags.data as string | undefined,
     output: flags.out as string | undefined,
   });
-  const where = relative(process.cwd(), config.output) || '.';
   if (flags.checkpoint !== undefined && flags.export === undefined) {
     throw new OptionError('train: --checkpoint chooses the checkpoint of --export; give --export DIR too');
   }
@@ -78,6 +77,20 @@ export async function trainCommand(argv: string[]): Promise<number> {
     if (flags.resume === true) throw new OptionError('train: --export does not train; drop --resume');
     return exportCommand(config, String(flags.export), flags);
   }
+  const again = `velodiff train --config ${configPath} --resume${flags.out !== undefined ? ` --out ${String(flags.out)}` : ''}`;
+  return runConfigured(config, flags, again);
+}
+
+/**
+ * Runs (or resumes, with --resume) the training `config` describes, with a progress line on stderr;
+ * `again` is the command that continues it after a stop. Shared by `train` and `distill`.
+ */
+export async function runConfigured(
+  config: TrainConfig,
+  flags: ParsedArgs['flags'],
+  again: string,
+): Promise<number> {
+  const where = relative(process.cwd(), config.output) || '.';
   const line = new ProgressLine();
   const stop = new StopRequest(['SIGINT', 'SIGTERM']);
   const runtime = new Runtime(runtimeOptions(flags));
@@ -97,7 +110,9 @@ export async function trainCommand(argv: string[]): Promise<number> {
       },
       onEncodeProgress: (done, total) => {
         if (line.inPlace || done === total || done % 500 === 0)
-          line.update(`encoding latents ${done}/${total}`);
+          line.update(
+            `${config.kind === 'distill-clear' ? 'teacher samples' : 'encoding latents'} ${done}/${total}`,
+          );
       },
       onData: (info) =>
         line.note(
@@ -125,7 +140,7 @@ export async function trainCommand(argv: string[]): Promise<number> {
     if (result.stopped) {
       console.error(
         `stopped at step ${result.step} (${stop.signal ?? 'stop'}): checkpoint saved in ${where}/. ` +
-          `Continue with: velodiff train --config ${configPath} --resume${flags.out !== undefined ? ` --out ${String(flags.out)}` : ''}`,
+          `Continue with: ${again}`,
       );
       return 130;
     }

@@ -30,7 +30,7 @@ import type { TrainStepSpec } from '../train-step.js';
 import type { TorchGenerator } from '../../random/torch-generator.js';
 import type { HostTensor } from '../../runtime/host-tensor.js';
 import { hostTensor } from '../../runtime/host-tensor.js';
-import { addNoiseWithAlphasCumprod } from '../../schedulers/ddim.js';
+import { noisedLatents, uniformTimesteps } from '../noising.js';
 import type { TeacherSamples } from './teacher-samples.js';
 
 /** The frozen teacher's parameters are graph inputs under this prefix, the student's trained ones under STUDENT. */
@@ -292,24 +292,16 @@ export function clearDistillBatch(
   const per = channels * h * w;
   const noise = generator.randn(shape);
   const uniform = generator.rand([n]);
-  const steps = alphasCumprod.length;
-  const timesteps = Array.from(uniform, (u) => Math.min(steps - 1, Math.floor(u * steps)));
+  const timesteps = uniformTimesteps(uniform, alphasCumprod);
   const gather = (source: HostTensor, size: number): Float32Array => {
     const data = source.data as Float32Array;
     const out = new Float32Array(n * size);
     indices.forEach((index, b) => out.set(data.subarray(index * size, (index + 1) * size), b * size));
     return out;
   };
-  const x0 = gather(samples.latents, per);
-  const noisy = addNoiseWithAlphasCumprod(
-    'DDPMScheduler',
-    alphasCumprod,
-    { data: x0, shape },
-    { data: noise, shape },
-    timesteps,
-  );
+  const noisy = noisedLatents(gather(samples.latents, per), noise, shape, timesteps, alphasCumprod);
   return {
-    hidden_states: hostTensor('float32', shape, noisy.data),
+    hidden_states: hostTensor('float32', shape, noisy),
     target: hostTensor('float32', shape, noise),
     timestep: hostTensor('float32', [n], Float32Array.from(timesteps)),
     encoder_hidden_states: hostTensor(

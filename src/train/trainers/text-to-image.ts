@@ -45,7 +45,7 @@ import type { ModelConfig } from '../../io/diffusers.js';
 import type { HostTensor } from '../../runtime/host-tensor.js';
 import { hostTensor } from '../../runtime/host-tensor.js';
 import type { Runtime } from '../../runtime/runtime.js';
-import { addNoiseWithAlphasCumprod } from '../../schedulers/ddim.js';
+import { noisedLatents, uniformTimesteps } from '../noising.js';
 import { DPMSolverMultistepScheduler } from '../../schedulers/dpm-solver-multistep.js';
 import { parsePythonJson } from '../../schedulers/config.js';
 import type { T5TokenizerFiles } from '../../tokenizers/build-t5-tokenizer.js';
@@ -593,22 +593,15 @@ export async function textToImageTrainer(o: TextToImageTrainerOptions): Promise<
           z[at] = Math.fround(sample * scalingFactor);
         }
       });
-      const steps = alphasCumprod.length;
-      const timesteps = Array.from(uniform, (u) => Math.min(steps - 1, Math.floor(u * steps)));
-      const noisy = addNoiseWithAlphasCumprod(
-        'DDPMScheduler',
-        alphasCumprod,
-        { data: z, shape },
-        { data: noise, shape },
-        timesteps,
-      );
+      const timesteps = uniformTimesteps(uniform, alphasCumprod);
+      const noisy = noisedLatents(z, noise, shape, timesteps, alphasCumprod);
       const encoding = tokenizer.encode(batch.captions.map(preprocessCaption), {
         maxLength: maxTextLength,
         padding: 'max_length',
         truncation: true,
       });
       const feeds: TextToImageBatch = {
-        hidden_states: hostTensor('float32', shape, noisy.data),
+        hidden_states: hostTensor('float32', shape, noisy),
         timestep: hostTensor('float32', [n], Float32Array.from(timesteps)),
         input_ids: hostTensor(
           'int64',

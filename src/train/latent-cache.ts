@@ -52,8 +52,8 @@ export async function hashModelFolder(dir: string): Promise<string> {
   const files = (await readdir(dir)).filter((f) => f === 'config.json' || f.endsWith('.safetensors')).sort();
   if (!files.some((f) => f.endsWith('.safetensors'))) {
     throw new OptionError(
-      `${dir} holds no .safetensors weights: expected a trained VAE folder`,
-      'VAE_MISSING',
+      `${dir} holds no .safetensors weights: expected a model folder (config.json and its weights)`,
+      'MODEL_WEIGHTS_MISSING',
     );
   }
   const hash = createHash('sha256');

@@ -5,7 +5,7 @@
  * errors that say what differs.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -75,6 +75,21 @@ describe('teacher samples', () => {
       teacherSamples({ pipeline, prompts: PROMPTS.slice(0, 2), dir, ...SETTINGS, steps: 4 }),
       /holds samples made with other settings \(steps: 3 there, 4 now\)/,
     );
+    // A retrained teacher in the same folder: its weights' hash differs, so its old samples are refused.
+    const changed = await tinyPixArtPipeline();
+    const weights = join(changed, 'transformer', 'diffusion_pytorch_model.safetensors');
+    const bytes = await readFile(weights);
+    bytes[bytes.length - 1] ^= 1;
+    await writeFile(weights, bytes);
+    const other = await PixArtPipeline.fromPretrained(changed, { runtime: testRuntime() });
+    try {
+      await assert.rejects(
+        teacherSamples({ pipeline: other, prompts: PROMPTS.slice(0, 2), dir, ...SETTINGS }),
+        /holds samples made with other settings \(teacher: .*; teacher_sha256: /,
+      );
+    } finally {
+      await other.close();
+    }
     await assert.rejects(
       teacherSamples({ pipeline, prompts: [], dir: join(root, 'c') }),
       /prompts must be an integer ≥ 1, got 0/,

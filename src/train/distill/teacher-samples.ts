@@ -10,7 +10,7 @@
  * continues from them; other settings in the same folder are an error that names what differs.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
 import { OptionError } from '../../errors.js';
@@ -19,6 +19,7 @@ import { SafetensorsFile, writeSafetensors } from '../../io/safetensors.js';
 import type { PixArtPipeline } from '../../pipelines/pixart.js';
 import { TorchGenerator } from '../../random/torch-generator.js';
 import type { HostTensor } from '../../runtime/host-tensor.js';
+import { hashModelFolder } from '../latent-cache.js';
 import { hostTensor } from '../../runtime/host-tensor.js';
 
 export interface TeacherSampleSettings {
@@ -69,16 +70,35 @@ function checkCount(name: string, value: number, min: number): void {
     );
 }
 
-/** What a folder's samples were made with: the teacher, the prompts (by hash) and the settings. */
-function manifestOf(
+/**
+ * What the samples depend on in the teacher's folder: its denoiser's and text encoder's configs and
+ * weights, its tokenizer and its scheduler (the VAE is not used: the samples are latents).
+ */
+async function teacherFingerprint(dir: string): Promise<string> {
+  const hash = createHash('sha256');
+  for (const model of ['transformer', 'text_encoder'])
+    hash.update(`${model}\0${await hashModelFolder(join(dir, model))}\0`);
+  for (const folder of ['tokenizer', 'scheduler']) {
+    const files = (await readdir(join(dir, folder)).catch(() => [] as string[])).sort();
+    for (const file of files) {
+      hash.update(`${folder}/${file}\0`);
+      hash.update(await readFile(join(dir, folder, file)));
+    }
+  }
+  return hash.digest('hex');
+}
+
+/** What a folder's samples were made with: the teacher (by content), the prompts (by hash) and the settings. */
+async function manifestOf(
   o: TeacherSampleOptions,
   settings: TeacherSampleSettings,
   shardSize: number,
-): Record<string, unknown> {
+): Promise<Record<string, unknown>> {
   const prompts = createHash('sha256').update(JSON.stringify(o.prompts)).digest('hex');
   return {
     version: MANIFEST_VERSION,
     teacher: resolve(o.pipeline.dir),
+    teacher_sha256: await teacherFingerprint(o.pipeline.dir),
     prompts_sha256: prompts,
     samples: o.prompts.length,
     shard_size: shardSize,
@@ -180,7 +200,7 @@ export async function teacherSamples(o: TeacherSampleOptions): Promise<TeacherSa
   }
 
   await mkdir(o.dir, { recursive: true });
-  await checkManifest(o.dir, manifestOf(o, settings, shardSize));
+  await checkManifest(o.dir, await manifestOf(o, settings, shardSize));
 
   const pipeline = o.pipeline;
   const size = pipeline.defaultSize;

@@ -139,6 +139,13 @@ export interface TextToImageModelConfig {
    * about 0.05 RMS, and the prompt is barely learnt).
    */
   readonly captionProjectionInit: CaptionProjectionInit;
+  /**
+   * What the denoiser predicts: ε (left out, the default) or `v_prediction`, v = √ᾱ·ε − √(1 − ᾱ)·x₀,
+   * whose loss weighs errors in x₀ at high noise fully where ε's weighs them by the SNR (≈ 0.002 at
+   * t = 800 on PixArt's schedule). Written to the saved scheduler's `prediction_type`. Present only
+   * when not ε, so runs from before the key resume unchanged.
+   */
+  readonly predictionType?: 'v_prediction';
 }
 
 export type CaptionProjectionInit = 'pixart' | 'fan-in';
@@ -736,8 +743,20 @@ function readModel(s: Section, kind: TrainKind, file: string, baseDir: string): 
         ['pixart', 'fan-in'],
       ),
     };
-    s.finish(['transformer', 'textEncoder', 'vae', 'minSnrGamma', 'maxTextLength', 'captionProjectionInit']);
-    return config;
+    const predictionType = s.oneOf<'epsilon' | 'v_prediction'>('predictionType', 'epsilon', [
+      'epsilon',
+      'v_prediction',
+    ]);
+    s.finish([
+      'transformer',
+      'textEncoder',
+      'vae',
+      'minSnrGamma',
+      'maxTextLength',
+      'captionProjectionInit',
+      'predictionType',
+    ]);
+    return predictionType === 'v_prediction' ? { ...config, predictionType } : config;
   }
   if (kind === 'distill-clear') {
     const d = TRAIN_DEFAULTS.model['distill-clear'];

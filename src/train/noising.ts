@@ -26,3 +26,24 @@ export function noisedLatents(
     timesteps,
   ).data as Float32Array;
 }
+
+/**
+ * v = √ᾱ_t·ε − √(1 − ᾱ_t)·x₀ per item (diffusers' `get_velocity`, in float32 as torch computes it).
+ */
+export function velocity(
+  x0: Float32Array,
+  noise: Float32Array,
+  shape: readonly number[],
+  timesteps: readonly number[],
+  alphasCumprod: Float32Array,
+): Float32Array {
+  const per = x0.length / shape[0];
+  const out = new Float32Array(x0.length);
+  timesteps.forEach((t, b) => {
+    const a = Math.fround(Math.sqrt(alphasCumprod[t]));
+    const s = Math.fround(Math.sqrt(Math.fround(1 - alphasCumprod[t])));
+    for (let i = b * per; i < (b + 1) * per; i++)
+      out[i] = Math.fround(Math.fround(a * noise[i]) - Math.fround(s * x0[i]));
+  });
+  return out;
+}

@@ -141,6 +141,22 @@ describe('training configuration', () => {
     assert.ok(error.problems.some((p) => p.startsWith('model.transformer: ') && /patch_size/.test(p)));
   });
 
+  it('predictionType: v_prediction is kept, epsilon (the default) leaves no key, anything else is a problem', () => {
+    const t2i = MINIMAL['text-to-image'];
+    const model = t2i.model as Record<string, unknown>;
+    const v = parseTrainConfig(
+      { ...t2i, model: { ...model, predictionType: 'v_prediction' } },
+      { path: FILE },
+    );
+    assert.ok(v.kind === 'text-to-image' && v.model.predictionType === 'v_prediction');
+    const eps = parseTrainConfig({ ...t2i, model: { ...model, predictionType: 'epsilon' } }, { path: FILE });
+    assert.ok(eps.kind === 'text-to-image' && !('predictionType' in eps.model));
+    assert.match(
+      problemsOf({ ...t2i, model: { ...model, predictionType: 'sample' } }).message,
+      /model\.predictionType: expected one of 'epsilon', 'v_prediction', found "sample"/,
+    );
+  });
+
   it('requires kind and steps', () => {
     assert.match(
       problemsOf({ steps: 3 }).message,

@@ -22,6 +22,7 @@ import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
 import { AdamW } from '../../src/train/adamw.js';
 import type { ImageTextDataset } from '../../src/train/data/dataset.js';
+import { parsePythonJson } from '../../src/schedulers/config.js';
 import { DataLoader } from '../../src/train/data/loader.js';
 import { initParameters } from '../../src/train/parameters.js';
 import { TrainStep } from '../../src/train/train-step.js';
@@ -176,6 +177,51 @@ describe('textToImageTrainer', () => {
       assert.ok(Number.isInteger(t) && t >= 0 && t < 1000);
       assert.equal(weights[b], Math.fround(trainer.lossWeights[t]));
     });
+  });
+
+  it('v-prediction: target √ᾱ·ε − √(1 − ᾱ)·x₀ from the same draws, min(SNR, 5)/(SNR + 1) weights, the scheduler told', async () => {
+    const v = await textToImageTrainer({
+      model: { ...MODEL, predictionType: 'v_prediction' },
+      dataset,
+      runtime: testRuntime(),
+      seed,
+      cacheDir,
+    });
+    const eps = await textToImageTrainer({ model: MODEL, dataset, runtime: testRuntime(), seed, cacheDir });
+    const a = eps.makeBatch(new DataLoader(dataset, { batchSize: 4, seed }).next());
+    const b = v.makeBatch(new DataLoader(dataset, { batchSize: 4, seed }).next());
+    assert.deepEqual(b.hidden_states.data, a.hidden_states.data, 'the same x_t');
+    const xt = a.hidden_states.data as Float32Array;
+    const noise = a.target.data as Float32Array;
+    const per = xt.length / 4;
+    const expected = new Float64Array(xt.length);
+    (a.timestep.data as Float32Array).forEach((t, n) => {
+      const alphaBar = eps.alphasCumprod[t];
+      const snr = alphaBar / (1 - alphaBar);
+      assertClose([(b.weights.data as Float32Array)[n]], [Math.min(snr, 5) / (snr + 1)], {
+        rtol: 1e-6,
+        atol: 0,
+        what: `weight at t=${t}`,
+      });
+      // x₀ from x_t and ε, then v, in float64.
+      for (let i = n * per; i < (n + 1) * per; i++) {
+        const x0 = (xt[i] - Math.sqrt(1 - alphaBar) * noise[i]) / Math.sqrt(alphaBar);
+        expected[i] = Math.sqrt(alphaBar) * noise[i] - Math.sqrt(1 - alphaBar) * x0;
+      }
+    });
+    assertClose(b.target.data as Float32Array, expected, { rtol: 1e-4, atol: 1e-4, what: 'v target' });
+    const dir = await mkdtemp(join(tmpdir(), 'velodiff-v-'));
+    try {
+      await v.writePipeline(dir, v.initialParameters(seed));
+      const scheduler = parsePythonJson(
+        await readFile(join(dir, 'scheduler', 'scheduler_config.json'), 'utf8'),
+      ) as {
+        prediction_type: string;
+      };
+      assert.equal(scheduler.prediction_type, 'v_prediction');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('replaces about 10 % of captions by "", encoded as the pipeline encodes its negative prompt', () => {

@@ -45,7 +45,7 @@ import type { ModelConfig } from '../../io/diffusers.js';
 import type { HostTensor } from '../../runtime/host-tensor.js';
 import { hostTensor } from '../../runtime/host-tensor.js';
 import type { Runtime } from '../../runtime/runtime.js';
-import { noisedLatents, uniformTimesteps } from '../noising.js';
+import { noisedLatents, uniformTimesteps, velocity } from '../noising.js';
 import { DPMSolverMultistepScheduler } from '../../schedulers/dpm-solver-multistep.js';
 import { parsePythonJson } from '../../schedulers/config.js';
 import type { T5TokenizerFiles } from '../../tokenizers/build-t5-tokenizer.js';
@@ -521,7 +521,8 @@ export async function textToImageTrainer(o: TextToImageTrainerOptions): Promise<
 
   const schedulerConfig = parsePythonJson(PIXART_ALPHA_SCHEDULER_CONFIG) as Record<string, unknown>;
   const alphasCumprod = new DPMSolverMultistepScheduler(schedulerConfig).alphasCumprod;
-  const lossWeights = minSnrWeights(alphasCumprod, model.minSnrGamma, 'epsilon');
+  const prediction = model.predictionType ?? 'epsilon';
+  const lossWeights = minSnrWeights(alphasCumprod, model.minSnrGamma, prediction);
   const weightTable = Float32Array.from(lossWeights);
   const scalingFactor = latents.scalingFactor;
   const latentItem = latentChannels * latentSize * latentSize;
@@ -613,7 +614,11 @@ export async function textToImageTrainer(o: TextToImageTrainerOptions): Promise<
           [n, maxTextLength],
           Float32Array.from(encoding.attentionMask.flat()),
         ),
-        target: hostTensor('float32', shape, noise),
+        target: hostTensor(
+          'float32',
+          shape,
+          prediction === 'epsilon' ? noise : velocity(z, noise, shape, timesteps, alphasCumprod),
+        ),
         weights: hostTensor(
           'float32',
           [n],
@@ -632,6 +637,7 @@ export async function textToImageTrainer(o: TextToImageTrainerOptions): Promise<
         tokenizerFiles,
         vaeDir,
         dtype: options.dtype ?? 'float16',
+        predictionType: prediction,
       });
     },
 
@@ -735,6 +741,8 @@ export interface PixArtPipelineFolderOptions {
   /** The trained VAE folder, copied with its weights converted to `dtype`. */
   vaeDir: string;
   dtype: 'float32' | 'float16' | 'bfloat16';
+  /** The scheduler's `prediction_type` (default epsilon). */
+  predictionType?: 'epsilon' | 'v_prediction';
 }
 
 /**
@@ -768,7 +776,13 @@ export async function writePixArtPipelineFolder(dir: string, o: PixArtPipelineFo
     await writeT5TokenizerFolder(join(partial, 'tokenizer'), o.tokenizerFiles);
     await copyVae(o.vaeDir, join(partial, 'vae'), o.dtype);
     await mkdir(join(partial, 'scheduler'));
-    await writeFile(join(partial, 'scheduler', 'scheduler_config.json'), PIXART_ALPHA_SCHEDULER_CONFIG);
+    await writeFile(
+      join(partial, 'scheduler', 'scheduler_config.json'),
+      PIXART_ALPHA_SCHEDULER_CONFIG.replace(
+        '"prediction_type": "epsilon"',
+        `"prediction_type": "${o.predictionType ?? 'epsilon'}"`,
+      ),
+    );
     const index = {
       _class_name: 'PixArtAlphaPipeline',
       _diffusers_version: DIFFUSERS_VERSION,

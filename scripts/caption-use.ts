@@ -52,7 +52,11 @@ try {
     ),
   );
   const alphas = (pipe.scheduler as unknown as { alphasCumprod: Float32Array }).alphasCumprod;
-  console.log(`${modelDir}: ε-MSE (x₀-MSE) on ${COUNT} training emoji, by timestep and caption`);
+  const meanSquare = x0.reduce((sum, v) => sum + v * v, 0) / x0.length;
+  console.log(
+    `${modelDir}: ε-MSE (x₀-MSE) on ${COUNT} training emoji, by timestep and caption; ` +
+      `the latents' mean square (x₀-MSE of predicting 0) is ${meanSquare.toFixed(3)}`,
+  );
   for (const t of TIMESTEPS) {
     const noise = new TorchGenerator(t).randn(shape);
     const a = alphas[t];

@@ -90,10 +90,6 @@ export async function distillCommand(argv: string[]): Promise<number> {
     },
     { path: `velodiff distill clear (${name})` },
   );
-  const again = [
-    'velodiff distill clear',
-    ...argv.filter((a) => a !== 'clear' && a !== '--resume'),
-    '--resume',
-  ].join(' ');
+  const again = ['velodiff distill', ...argv.filter((a) => a !== '--resume'), '--resume'].join(' ');
   return runConfigured(config, flags, again);
 }

@@ -97,11 +97,16 @@ interface DistillInputs {
   timestep: Tensor;
   encoderHiddenStates: Tensor;
   encoderAttentionMask: Tensor;
+  /** PixArt's pos_embed for the latent grid, one constant shared by the teacher and the student. */
+  posEmbed: Tensor;
 }
 
 function declareInputs(g: Graph, o: ClearDistillOptions): DistillInputs {
   const { transformer: t, latentSize: side, textLength } = o;
+  const grid = side / t.patchSize;
+  const pos = pixArtPositionEmbedding(t, grid, grid);
   return {
+    posEmbed: g.constant(pos.data as Float32Array, 'float32', pos.shape),
     hiddenStates: g.input('hidden_states', 'float32', ['B', t.inChannels, side, side]),
     timestep: g.input('timestep', 'float32', ['B']),
     encoderHiddenStates: g.input('encoder_hidden_states', 'float32', ['B', textLength, t.captionChannels]),
@@ -119,14 +124,11 @@ function forward(
   student: boolean,
 ): { prediction: Tensor; features: Map<number, Tensor> } {
   const t = o.transformer;
-  const grid = o.latentSize / t.patchSize;
-  const pos = pixArtPositionEmbedding(t, grid, grid);
-  const posEmbed = g.constant(pos.data as Float32Array, 'float32', pos.shape);
   const features = new Map<number, Tensor>();
   const prediction = pixArtTransformer(
     Params.of(g, source, { prefix }),
     t,
-    { ...inputs, posEmbed },
+    inputs,
     {
       height: o.latentSize,
       width: o.latentSize,

@@ -19,6 +19,7 @@ import type { FlagSpec } from './args.js';
 import { parseArgs, usage } from './args.js';
 import { ProgressLine, progressBar } from './progress.js';
 import { runtimeFlags, runtimeOptions } from './runtime-flags.js';
+import { accelFlags, applyAccel } from './accel.js';
 
 const FLAGS: Record<string, FlagSpec> = {
   model: {
@@ -33,11 +34,15 @@ const FLAGS: Record<string, FlagSpec> = {
     type: 'integer',
     description: 'images to generate (default: one per held-out prompt emoji, ≈ 190)',
   },
-  steps: { type: 'integer', description: 'denoising steps', default: 25 },
-  guidance: { type: 'number', description: 'classifier-free guidance scale (off at ≤ 1)', default: 4.5 },
+  steps: { type: 'integer', description: 'denoising steps (default 25; 4 with --accel flash)' },
+  guidance: {
+    type: 'number',
+    description: 'classifier-free guidance scale, off at ≤ 1 (default 4.5; 0 with --accel flash)',
+  },
   seed: { type: 'integer', description: 'seed of image 0; image i uses seed + i', default: 0 },
   batch: { type: 'integer', description: 'images per generation call', default: 8 },
   json: { type: 'boolean', description: 'end with one JSON line of the figures' },
+  ...accelFlags,
   ...attentionFlags,
   ...tgateFlag,
   ...quantizeFlag,
@@ -70,8 +75,8 @@ export async function evalCommand(argv: string[]): Promise<number> {
   const modelDir = flags.model === undefined ? shippedModelDir() : String(flags.model);
   const classifierDir = flags.classifier === undefined ? shippedClassifierDir() : String(flags.classifier);
   const samples = flags.samples as number | undefined;
-  const steps = flags.steps as number;
-  const guidance = flags.guidance as number;
+  let steps = flags.steps as number | undefined;
+  let guidance = flags.guidance as number | undefined;
   const progress = new ProgressLine();
 
   const runtime = new Runtime(runtimeOptions(flags));
@@ -84,14 +89,28 @@ export async function evalCommand(argv: string[]): Promise<number> {
     const classifier = await VelodiffEmojiClassifier.fromPretrained(classifierDir, { runtime });
     const pipeline = await PixArtPipeline.fromPretrained(modelDir, { runtime, quantize });
     let result: EvalResult;
+    let run: { steps: number; guidance: number; accel?: string };
     try {
+      let attention = attentionOption(flags);
+      let tgate = tgateOption(flags);
+      const accel = await applyAccel(pipeline, flags, {
+        command: 'eval',
+        shipped: flags.model === undefined,
+        steps,
+        guidance,
+        tgate,
+        attention,
+      });
+      for (const line of accel?.lines ?? []) progress.note(line);
+      attention = accel?.attention ?? attention;
+      tgate = accel?.tgate ?? tgate;
+      steps = accel?.steps ?? steps ?? 25;
+      guidance = accel?.guidance ?? guidance ?? 4.5;
+      run = { steps, guidance, accel: flags.accel as string | undefined };
       result = await evaluateTextToImage({
         dataset,
         classifier,
-        generate: pipelineGenerator(pipeline, {
-          guidance,
-          runOptions: { attention: attentionOption(flags), tgate: tgateOption(flags) },
-        }),
+        generate: pipelineGenerator(pipeline, { guidance, runOptions: { attention, tgate } }),
         samples,
         steps,
         seed: flags.seed as number,
@@ -106,7 +125,7 @@ export async function evalCommand(argv: string[]): Promise<number> {
       await classifier.close();
     }
     progress.done();
-    console.log(table(result, { modelDir, classifierDir, steps, guidance }));
+    console.log(table(result, { modelDir, classifierDir, ...run }));
     if (flags.json) console.log(JSON.stringify(evalJson(result)));
   } finally {
     await runtime.dispose();
@@ -116,7 +135,7 @@ export async function evalCommand(argv: string[]): Promise<number> {
 
 function table(
   result: EvalResult,
-  run: { modelDir: string; classifierDir: string; steps: number; guidance: number },
+  run: { modelDir: string; classifierDir: string; steps: number; guidance: number; accel?: string },
 ): string {
   const rows: [string, string, string, string, string][] = [
     ['', 'FED ↓', 'category ↑', 'subcategory ↑', 'ms/image'],
@@ -145,7 +164,7 @@ function table(
     ]),
   ];
   return [
-    `model ${run.modelDir}, ${result.samples} images, ${run.steps} steps, guidance ${run.guidance}`,
+    `model ${run.modelDir}${run.accel ? ` --accel ${run.accel}` : ''}, ${result.samples} images, ${run.steps} steps, guidance ${run.guidance}`,
     `classifier ${run.classifierDir}; FED against ${result.referenceImages} held-out emoji, prompts from ${result.promptPool} others` +
       (result.fedEpsilon > 0
         ? ` (covariances singular at this count: ε = ${result.fedEpsilon.toExponential(0)} added, as pytorch-fid)`

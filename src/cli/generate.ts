@@ -12,6 +12,7 @@ import type { FlagSpec } from './args.js';
 import { parseArgs, usage } from './args.js';
 import { progressBar, ProgressLine } from './progress.js';
 import { runtimeFlags, runtimeOptions } from './runtime-flags.js';
+import { accelFlags, applyAccel } from './accel.js';
 import {
   attentionFlags,
   attentionOption,
@@ -68,6 +69,7 @@ const FLAGS: Record<string, FlagSpec> = {
     description: 'PNG file to write (-N is added for several images)',
     default: 'image.png',
   },
+  ...accelFlags,
   ...attentionFlags,
   ...tgateFlag,
   ...deepCacheFlags,
@@ -164,6 +166,31 @@ export async function generateCommand(argv: string[]): Promise<number> {
       if (flags.strength !== undefined && flags['init-image'] === undefined) {
         throw new OptionError('generate: --strength needs --init-image FILE');
       }
+      let attention = attentionOption(flags);
+      let tgate = tgateOption(flags);
+      if (flags.accel !== undefined) {
+        if (!(pipe instanceof PixArtPipeline)) {
+          throw new OptionError(
+            `generate: --accel runs velodiff's distilled students of PixArt models, not ${pipe.className}; use --attention, --tgate, --flash, --deep-cache-interval`,
+          );
+        }
+        const accel = await applyAccel(pipe, flags, {
+          command: 'generate',
+          shipped: flags.model === undefined,
+          steps,
+          guidance,
+          tgate,
+          attention,
+          flash: flags.flash !== undefined,
+        });
+        for (const line of accel?.lines ?? []) console.error(line);
+        attention = accel?.attention ?? attention;
+        tgate = accel?.tgate ?? tgate;
+        steps = accel?.steps ?? steps;
+        guidance = accel?.guidance ?? guidance;
+      } else if (flags.students !== undefined) {
+        throw new OptionError('generate: --students needs --accel');
+      }
       let image: HostTensor | undefined;
       if (flags['init-image'] !== undefined) image = await readImageFile(String(flags['init-image']));
       const progress = new ProgressLine();
@@ -172,8 +199,8 @@ export async function generateCommand(argv: string[]): Promise<number> {
         negativePrompt: flags['negative-prompt'] as string | undefined,
         numInferenceSteps: steps,
         guidanceScale: guidance,
-        attention: attentionOption(flags),
-        tgate: tgateOption(flags),
+        attention,
+        tgate,
         seed: flags.seed as number | undefined,
         width: flags.width as number | undefined,
         height: flags.height as number | undefined,

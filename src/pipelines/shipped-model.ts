@@ -43,3 +43,11 @@ export function shippedModelDir(root: string = packageRoot()): string {
   }
   return dir;
 }
+
+/** The shipped students of the shipped model (CLEAR, LinFusion, Flash), relative to the package root. */
+export const SHIPPED_STUDENTS_PATH = 'models/emoji-students';
+
+/** The shipped students' folder (it may hold none yet: `--accel` says which are missing). */
+export function shippedStudentsDir(root: string = packageRoot()): string {
+  return join(root, SHIPPED_STUDENTS_PATH);
+}

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -55,6 +55,81 @@ describe('velodiff distill clear', () => {
     assert.match(r.err, /training distill-clear: 2 steps of 2 images/);
     assert.ok(existsSync(join(out, 'model', 'clear_local_2.safetensors')));
     assert.ok(existsSync(join(out, 'teacher-samples', 'manifest.json')));
+    const record = JSON.parse(await readFile(join(out, 'model', 'teacher.json'), 'utf8'));
+    assert.match(record.transformer_sha256, /^[0-9a-f]{64}$/);
+  });
+
+  it('generate --accel clear runs the distilled student as --attention clear:R with its weights file', async () => {
+    const model = join(work, 'run', 'model');
+    const base = [
+      'generate',
+      'red heart',
+      '--model',
+      teacher,
+      '--seed',
+      '1',
+      '--steps',
+      '2',
+      '--threads',
+      '1',
+    ];
+    const viaAccel = join(work, 'accel.png');
+    const viaAttention = join(work, 'attention.png');
+    const plain = join(work, 'plain.png');
+    let r = await captureCli([...base, '--accel', 'clear', '--students', model, '--out', viaAccel]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.err, /student: clear from /);
+    r = await captureCli([
+      ...base,
+      '--attention',
+      'clear:2',
+      '--attention-weights',
+      join(model, 'clear_local_2.safetensors'),
+      '--out',
+      viaAttention,
+    ]);
+    assert.equal(r.code, 0, r.err);
+    r = await captureCli([...base, '--out', plain]);
+    assert.equal(r.code, 0, r.err);
+    assert.deepEqual(await readFile(viaAccel), await readFile(viaAttention));
+    // The student's weights change the image (the tiny teacher's 4×4 grid is wider than radius 2).
+    assert.notDeepEqual(await readFile(viaAccel), await readFile(plain));
+  });
+
+  it('--accel refuses a student of another teacher, an absent student, and --accel without --students on a non-shipped model', async () => {
+    const model = join(work, 'run', 'model');
+    const moved = join(work, 'other-teacher');
+    await mkdir(moved, { recursive: true });
+    for (const f of ['config.json', 'clear_local_2.safetensors'])
+      await writeFile(join(moved, f), await readFile(join(model, f)));
+    await writeFile(
+      join(moved, 'teacher.json'),
+      JSON.stringify({ teacher: 'x', transformer_sha256: '0'.repeat(64) }),
+    );
+    const base = [
+      'generate',
+      'red heart',
+      '--model',
+      teacher,
+      '--steps',
+      '1',
+      '--threads',
+      '1',
+      '--out',
+      join(work, 'x.png'),
+    ];
+    let r = await captureCli([...base, '--accel', 'clear', '--students', moved]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.err, /was distilled from another teacher/);
+    r = await captureCli([...base, '--accel', 'linfusion', '--students', model]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.err, /no LinFusion student in .* \(it has: clear:2 /);
+    r = await captureCli([...base, '--accel', 'clear:8', '--students', model]);
+    assert.match(r.err, /no CLEAR r=8 student/);
+    r = await captureCli([...base, '--accel', 'clear']);
+    assert.match(r.err, /needs the students of .*: give --students DIR/);
+    r = await captureCli([...base, '--accel', 'clear', '--attention', 'full', '--students', model]);
+    assert.match(r.err, /drop --attention/);
   });
 
   it('bad arguments say what was expected', async () => {

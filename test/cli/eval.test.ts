@@ -62,3 +62,26 @@ test('velodiff eval: options are checked before anything loads', async () => {
   assert.equal(bad.code, 2);
   assert.match(bad.err, /--samples expects an integer/);
 });
+
+test('velodiff eval --accel tgate is --tgate with the authors’ setting scaled to the steps (gate 3 of 5)', async () => {
+  const labelNames = (await loadEmojiDataset()).labelNames;
+  assert.ok(labelNames);
+  const classifier = await tinyEmojiClassifier(labelNames, testSeed('eval accel classifier'));
+  const model = await tinyPixArtPipeline();
+  const base = ['eval', '--model', model, '--classifier', classifier, '--samples', '4', '--steps', '5'];
+  const run = async (extra: string[]): Promise<Record<string, number>> => {
+    const r = await captureCli([...base, ...extra, '--json', '--threads', '1']);
+    assert.equal(r.code, 0, r.err);
+    return JSON.parse(r.out.trimEnd().split('\n').at(-1) ?? '') as Record<string, number>;
+  };
+  const accel = await run(['--accel', 'tgate']);
+  const explicit = await run(['--tgate', '3,3,1,2']);
+  const plain = await run([]);
+  for (const key of ['fed', 'alignment', 'subcategory_alignment'])
+    assert.equal(accel[key], explicit[key], key);
+  // The gate drops CFG after step 3 of 5, so the images, and with them FED, differ from the plain run.
+  assert.notEqual(accel.fed, plain.fed);
+  const missing = await captureCli([...base, '--accel', 'flash', '--threads', '1']);
+  assert.notEqual(missing.code, 0);
+  assert.match(missing.err, /--accel flash needs the students of .*: give --students DIR/);
+});

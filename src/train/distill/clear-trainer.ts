@@ -30,6 +30,7 @@ import type { SampleOptions } from '../trainers/text-to-image.js';
 import { renderImages } from '../trainers/text-to-image.js';
 import { STUDENT, clearDistillBatch, clearDistillStepSpec, clearStudentInit } from './clear.js';
 import { teacherSamples } from './teacher-samples.js';
+import { TEACHER_FILE, teacherRecord } from '../../pipelines/students.js';
 
 /** The student's file in a saved model folder: CLEAR's layout, named after its window. */
 export function clearWeightsFile(radius: number, downFactor: number): string {
@@ -115,6 +116,7 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
       radius: model.radius,
       ...(model.downFactor > 1 ? { downFactor: model.downFactor } : {}),
     };
+    const teacherOf = await teacherRecord(teacherDir);
     const modelConfig: ModelConfig = {
       _class_name: 'ClearAttentionWeights',
       teacher: teacherDir,
@@ -174,6 +176,7 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
         await mkdir(dir, { recursive: true });
         await writeStudent(join(dir, clearWeightsFile(model.radius, model.downFactor)), weights, spec.shapes);
         await writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(modelConfig, null, 2)}\n`);
+        await writeFileAtomic(join(dir, TEACHER_FILE), `${JSON.stringify(teacherOf, null, 2)}\n`);
       },
     };
   } finally {

@@ -6,46 +6,69 @@ import type { FlagSpec } from './args.js';
 import { parseArgs, usage } from './args.js';
 import { runtimeFlags } from './runtime-flags.js';
 import { runConfigured } from './train.js';
+import { shippedModelDir } from '../pipelines/shipped-model.js';
 
-const METHODS = ['clear'] as const;
+const METHODS = ['clear', 'linfusion'] as const;
 
 const FLAGS: Record<string, FlagSpec> = {
-  radius: { type: 'number', description: "CLEAR's window radius in latent tokens (required)" },
+  radius: { type: 'number', description: 'clear: the window radius in latent tokens (required)' },
   'down-factor': {
     type: 'integer',
-    description: 'side of the cells of pooled keys/values, 1 = none (default 1)',
+    description: 'clear: side of the cells of pooled keys/values, 1 = none (default 1)',
+  },
+  'mid-dim-scale': {
+    type: 'integer',
+    description:
+      "linfusion: the input MLPs' width is the model width / this (default 16, LinFusion-XL's; 1: LinFusion-1-5's)",
   },
   teacher: {
     type: 'string',
     description: 'the teacher, a PixArt pipeline folder (default: the shipped models/emoji/)',
   },
   steps: { type: 'integer', description: 'optimizer updates (default 2000)' },
-  'batch-size': { type: 'integer', description: 'images per update (default 32, as CLEAR)' },
-  out: { type: 'string', description: 'the run folder (default runs/emoji-clear-rR[-dD])' },
+  'batch-size': { type: 'integer', description: 'images per update (default 32)' },
+  out: {
+    type: 'string',
+    description: 'the run folder (default runs/emoji-clear-rR[-dD], runs/emoji-linfusion)',
+  },
   data: {
     type: 'string',
     description:
-      'a folder of images with metadata.jsonl whose captions the teacher draws (default: the emoji)',
+      'a folder of images with metadata.jsonl (default: the emoji): the captions the teacher draws (clear), the images and captions (linfusion)',
   },
   resume: { type: 'boolean', description: "continue from the run folder's newest checkpoint" },
   ...runtimeFlags,
   help: { type: 'boolean', description: 'show this help' },
 };
 
-const SUMMARY = `Distil a student from a text-to-image teacher. clear: the teacher with CLEAR's local attention
-in every self-attention, trained as CLEAR's distill.py trains it (the self-attention projections and
-pooling weights; denoising, prediction and attention-output losses; Prodigy at lr 1, weight decay 1e-4,
-gradient clipping 1) on samples the teacher draws itself, one per training caption (25 steps, CFG
-4.5; drawn first, into the run folder, resumable). The run is a training run (velodiff train's
-checkpoints, samples and --resume); its model/ holds CLEAR's weights file for
---attention clear:R[:D] --attention-weights FILE. The same run from a file: configs/emoji-clear-r4.json.`;
+const SUMMARY = `Distil a student from a text-to-image teacher. Each is a training run (velodiff train's checkpoints,
+sample grids, loss plot and --resume); its model/ folder is the student, which --accel runs
+(with --students DIR, or from models/emoji-students/ for the shipped model).
+
+clear: the teacher with CLEAR's local attention in every self-attention, trained as CLEAR's
+distill.py trains it (the self-attention projections and pooling weights; denoising, prediction and
+attention-output losses; Prodigy at lr 1, weight decay 1e-4, gradient clipping 1) on samples the
+teacher draws itself, one per training caption (25 steps, CFG 4.5; drawn first, into the run folder,
+resumable). model/ holds CLEAR's weights file. The same run from a file: configs/emoji-clear-r4.json.
+
+linfusion: every self-attention replaced by a LinFusion module (normalized linear attention with
+input MLPs), initialised from the teacher's projections as the authors' original code did, trained
+with LinFusion's losses (denoising, prediction, every self-attention's output; AdamW lr 1e-4, no
+weight decay, no schedule, no clipping) on the real images. model/ is the authors' folder layout.
+The same run from a file: configs/emoji-linfusion.json.`;
+
+/** Flags that belong to one method only. */
+const METHOD_FLAGS: Record<(typeof METHODS)[number], readonly string[]> = {
+  clear: ['radius', 'down-factor'],
+  linfusion: ['mid-dim-scale'],
+};
 
 export async function distillCommand(argv: string[]): Promise<number> {
   const { positional, flags } = parseArgs(argv, FLAGS, 'distill');
   if (flags.help) {
     console.log(
       usage(
-        'distill clear --radius R [--down-factor D] [--teacher DIR] [--steps N] [--resume]',
+        'distill clear --radius R [--down-factor D] | linfusion [--mid-dim-scale S]  [--teacher DIR] [--steps N] [--resume]',
         SUMMARY,
         FLAGS,
       ),
@@ -59,18 +82,31 @@ export async function distillCommand(argv: string[]): Promise<number> {
     );
   }
   if (extra.length > 0) throw new OptionError(`distill: unexpected argument "${extra[0]}"`);
-  if (flags.radius === undefined)
-    throw new OptionError('distill clear: give --radius R (latent tokens, ≥ 1)');
-  const radius = Number(flags.radius);
-  const downFactor = (flags['down-factor'] as number | undefined) ?? 1;
-  const name = `emoji-clear-r${radius}${downFactor > 1 ? `-d${downFactor}` : ''}`;
-  const output = (flags.out as string | undefined) ?? resolve('runs', name);
-  const config = parseTrainConfig(
-    {
+  const m = method as (typeof METHODS)[number];
+  for (const other of METHODS) {
+    if (other === m) continue;
+    for (const flag of METHOD_FLAGS[other])
+      if (flags[flag] !== undefined)
+        throw new OptionError(`distill ${m}: --${flag} belongs to distill ${other}`);
+  }
+  const teacher = (flags.teacher as string | undefined) ?? shippedModelDir();
+  const common = {
+    steps: (flags.steps as number | undefined) ?? 2000,
+    batchSize: (flags['batch-size'] as number | undefined) ?? 32,
+    checkpoint: { every: 250, keep: 2 },
+    ...(flags.data !== undefined ? { data: String(flags.data) } : {}),
+  };
+  let name: string;
+  let raw: Record<string, unknown>;
+  if (m === 'clear') {
+    if (flags.radius === undefined)
+      throw new OptionError('distill clear: give --radius R (latent tokens, ≥ 1)');
+    const radius = Number(flags.radius);
+    const downFactor = (flags['down-factor'] as number | undefined) ?? 1;
+    name = `emoji-clear-r${radius}${downFactor > 1 ? `-d${downFactor}` : ''}`;
+    raw = {
       kind: 'distill-clear',
-      output,
-      steps: (flags.steps as number | undefined) ?? 2000,
-      batchSize: (flags['batch-size'] as number | undefined) ?? 32,
+      ...common,
       optimizer: {
         kind: 'prodigy',
         lr: 1,
@@ -80,16 +116,24 @@ export async function distillCommand(argv: string[]): Promise<number> {
       },
       lrSchedule: { kind: 'constant', warmupSteps: 0 },
       clip: 1,
-      checkpoint: { every: 250, keep: 2 },
-      ...(flags.data !== undefined ? { data: String(flags.data) } : {}),
+      model: { teacher, radius, downFactor },
+    };
+  } else {
+    name = 'emoji-linfusion';
+    raw = {
+      kind: 'distill-linfusion',
+      ...common,
+      optimizer: { kind: 'adamw', lr: 1e-4, weightDecay: 0 },
+      lrSchedule: { kind: 'constant', warmupSteps: 0 },
+      clip: null,
       model: {
-        teacher: (flags.teacher as string | undefined) ?? 'models/emoji',
-        radius,
-        downFactor,
+        teacher,
+        ...(flags['mid-dim-scale'] !== undefined ? { midDimScale: flags['mid-dim-scale'] } : {}),
       },
-    },
-    { path: `velodiff distill clear (${name})` },
-  );
+    };
+  }
+  const output = (flags.out as string | undefined) ?? resolve('runs', name);
+  const config = parseTrainConfig({ ...raw, output }, { path: `velodiff distill ${m} (${name})` });
   const again = ['velodiff distill', ...argv.filter((a) => a !== '--resume'), '--resume'].join(' ');
   return runConfigured(config, flags, again);
 }

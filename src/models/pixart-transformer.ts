@@ -32,7 +32,7 @@ import type { LinFusionWeights } from '../attention/linfusion.js';
 import { selfAttentionModule } from '../attention/self-attention.js';
 import type { LayerAction } from '../attention/tgate.js';
 import { gatedAttention, isTGateCacheOutput, tgateCacheFeeds } from '../attention/tgate.js';
-import type { AttentionChoice, AttentionOption, TokenGrid } from '../attention/types.js';
+import type { AttentionChoice, AttentionOption, SelfAttentionLayer, TokenGrid } from '../attention/types.js';
 import type { TensorSource } from '../nn/weights.js';
 import { ConfigReader } from './config.js';
 import { TimestepEmbedding, sincosPositionEmbedding2d, sinusoidalEmbedding } from './embeddings.js';
@@ -181,6 +181,11 @@ export interface PixArtExtras {
    * returns it) while the graph is built: the features distillation losses match.
    */
   onAttention?: (block: number, role: 'attn1' | 'attn2', output: Tensor) => void;
+  /**
+   * Builds block `block`'s self-attention module in place of the configured kernel: a module whose
+   * weights are trained parameters (LinFusion distillation's student) rather than a weights folder.
+   */
+  selfAttentionOverride?: (block: number, layer: SelfAttentionLayer) => Tensor;
 }
 
 /** What a pipeline resolved from its acceleration options, for building step graphs. */
@@ -399,20 +404,21 @@ export function pixArtBlock(p: Params, hidden: Tensor, o: PixArtBlockOptions): T
     activation: 'gelu-approximate',
     modulation,
     crossMask,
-    selfAttention: (params, x) =>
-      selfAttentionModule(
-        {
-          params,
-          x,
-          dim,
-          heads,
-          qkvBias: config.attentionBias,
-          grid: selfAttention.grid,
-          textTokens: 0,
-        },
-        selfAttention.choice,
-        selfAttention.extras,
-      ),
+    selfAttention: (params, x) => {
+      const layer: SelfAttentionLayer = {
+        params,
+        x,
+        dim,
+        heads,
+        qkvBias: config.attentionBias,
+        grid: selfAttention.grid,
+        textTokens: 0,
+      };
+      const override = selfAttention.extras.selfAttentionOverride;
+      return override
+        ? override(index, layer)
+        : selfAttentionModule(layer, selfAttention.choice, selfAttention.extras);
+    },
     around: (role, compute) =>
       gatedAttention(
         p.graph,

@@ -33,7 +33,13 @@ import { EMOJI_SETS, type EmojiSet } from './data/emoji.js';
 import { EMOJI_TEXT_TO_IMAGE_MODEL } from './trainers/text-to-image.js';
 import { EMOJI_VAE_CONFIG, VAE_KL_WEIGHT } from './trainers/vae.js';
 
-export const TRAIN_KINDS = ['vae', 'text-to-image', 'classifier', 'distill-clear'] as const;
+export const TRAIN_KINDS = [
+  'vae',
+  'text-to-image',
+  'classifier',
+  'distill-clear',
+  'distill-linfusion',
+] as const;
 export type TrainKind = (typeof TRAIN_KINDS)[number];
 
 /** `optimizer.lrScale`: parameters whose name matches `match` (a regular expression) train at lr × `scale`. */
@@ -165,6 +171,14 @@ export interface ClearDistillModelConfig {
   readonly teacherGuidance: number;
 }
 
+/** `distill-linfusion`: a LinFusion student of a PixArt teacher (src/train/distill/linfusion.ts). */
+export interface LinFusionDistillModelConfig {
+  /** The teacher: a PixArt pipeline folder (absolute; relative to the current directory in the file). */
+  readonly teacher: string;
+  /** The input MLPs' width is the model width divided by this (LinFusion-XL's --mid_dim_scale; 1: LinFusion-1-5's m = C). */
+  readonly midDimScale: number;
+}
+
 export interface ClassifierModelConfig {
   /** VelodiffEmojiClassifier's config.json keys (its `heads` come from `labels` and the data). */
   readonly classifier: JsonObject;
@@ -214,7 +228,8 @@ export type TrainConfig =
   | (CommonConfig & { readonly kind: 'vae'; readonly model: VaeModelConfig })
   | (CommonConfig & { readonly kind: 'text-to-image'; readonly model: TextToImageModelConfig })
   | (CommonConfig & { readonly kind: 'classifier'; readonly model: ClassifierModelConfig })
-  | (CommonConfig & { readonly kind: 'distill-clear'; readonly model: ClearDistillModelConfig });
+  | (CommonConfig & { readonly kind: 'distill-clear'; readonly model: ClearDistillModelConfig })
+  | (CommonConfig & { readonly kind: 'distill-linfusion'; readonly model: LinFusionDistillModelConfig });
 
 /** Prompts of the default sample grid: the categories the issue's targets name. */
 export const DEFAULT_SAMPLE_PROMPTS: readonly string[] = [
@@ -249,7 +264,13 @@ export const TRAIN_DEFAULTS = {
     sets: EMOJI_SETS,
     skinTones: 'all',
     validationFraction: { emoji: 0.1, folder: 0 },
-    captionDropout: { 'text-to-image': 0.1, vae: 0, classifier: 0, 'distill-clear': 0 },
+    captionDropout: {
+      'text-to-image': 0.1,
+      vae: 0,
+      classifier: 0,
+      'distill-clear': 0,
+      'distill-linfusion': 0,
+    },
     horizontalFlip: false,
     onBadFile: 'error',
     captionColumn: 'text',
@@ -259,6 +280,7 @@ export const TRAIN_DEFAULTS = {
     'text-to-image': { minSnrGamma: 5, maxTextLength: 32, captionProjectionInit: 'pixart' },
     classifier: { labels: ['category', 'subcategory'], maxShift: 4 },
     'distill-clear': { downFactor: 1, featureLayers: null, teacherSteps: 25, teacherGuidance: 4.5 },
+    'distill-linfusion': { midDimScale: 16 },
   },
 } as const;
 
@@ -659,7 +681,7 @@ function readInit(parent: Section, baseDir: string): { init?: InitConfig } {
 function readSample(s: Section, kind: TrainKind): SampleConfig {
   const d = TRAIN_DEFAULTS.sample;
   const every = s.integer('every', d.every, 0);
-  if (kind === 'text-to-image' || kind === 'distill-clear') {
+  if (kind === 'text-to-image' || kind === 'distill-clear' || kind === 'distill-linfusion') {
     const config = {
       every,
       prompts: s.list('prompts', d.prompts, isString, 'a list of non-empty strings'),
@@ -757,6 +779,17 @@ function readModel(s: Section, kind: TrainKind, file: string, baseDir: string): 
       'predictionType',
     ]);
     return predictionType === 'v_prediction' ? { ...config, predictionType } : config;
+  }
+  if (kind === 'distill-linfusion') {
+    const teacher = s.string('teacher', '');
+    if (teacher === '' && !s.has('teacher'))
+      s.problem('teacher', 'the teacher: a PixArt pipeline folder such as models/emoji', undefined);
+    const config = {
+      teacher: teacher === '' ? '' : resolve(baseDir, teacher),
+      midDimScale: s.integer('midDimScale', TRAIN_DEFAULTS.model['distill-linfusion'].midDimScale, 1),
+    };
+    s.finish(['teacher', 'midDimScale']);
+    return config;
   }
   if (kind === 'distill-clear') {
     const d = TRAIN_DEFAULTS.model['distill-clear'];

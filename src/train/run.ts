@@ -43,6 +43,7 @@ import { trainLoop, type StepInfo } from './loop.js';
 import { METRICS_LOG, MetricsLog, readMetricsLog } from './metrics-log.js';
 import { TrainingProgress, type ProgressReport } from './progress.js';
 import { clearDistillTrainer } from './distill/clear-trainer.js';
+import { linfusionDistillTrainer } from './distill/linfusion-trainer.js';
 import { classifierRun, type RunTrainer } from './run-trainers.js';
 import { textToImageTrainer } from './trainers/text-to-image.js';
 import { vaeTrainer } from './trainers/vae.js';
@@ -180,6 +181,21 @@ export async function createRunTrainer(
           guidance: config.sample.guidance,
         },
         onSamplesProgress: onEncodeProgress,
+      });
+    case 'distill-linfusion':
+      return linfusionDistillTrainer({
+        model: config.model,
+        dataset,
+        runtime,
+        seed: config.seed,
+        sample: {
+          prompts: config.sample.prompts,
+          seeds: config.sample.seeds,
+          steps: config.sample.steps,
+          guidance: config.sample.guidance,
+        },
+        cacheDir: config.data.cacheDir,
+        onEncodeProgress,
       });
   }
 }

@@ -12,7 +12,10 @@ import { after, before, describe, it } from 'node:test';
 
 import { encodePng } from '../../src/io/png.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
+import { useTempCacheDir } from '../helpers.js';
 import { captureCli } from './capture.js';
+
+useTempCacheDir('velodiff-distill-cache-');
 
 let work: string;
 let teacher: string;
@@ -132,10 +135,73 @@ describe('velodiff distill clear', () => {
     assert.match(r.err, /drop --attention/);
   });
 
+  it("distill linfusion writes the authors' folder layout, which --accel linfusion runs as --attention linfusion", async () => {
+    const out = join(work, 'run-linfusion');
+    const r = await captureCli([
+      'distill',
+      'linfusion',
+      '--mid-dim-scale',
+      '4',
+      '--teacher',
+      teacher,
+      '--data',
+      folder,
+      '--steps',
+      '2',
+      '--batch-size',
+      '2',
+      '--out',
+      out,
+      '--threads',
+      '1',
+    ]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.err, /training distill-linfusion: 2 steps of 2 images/);
+    const model = join(out, 'model');
+    const config = JSON.parse(await readFile(join(model, 'config.json'), 'utf8'));
+    assert.equal(config._class_name, 'LinFusion');
+    assert.equal(config.modules_list.length, 2);
+    assert.equal(config.modules_list[0].module_name, 'transformer_blocks.0.attn1');
+    assert.equal(config.modules_list[0].projection_mid_dim, config.modules_list[0].dim_n / 4);
+    assert.ok(existsSync(join(model, 'diffusion_pytorch_model.safetensors')));
+    assert.ok(existsSync(join(model, 'teacher.json')));
+
+    const base = [
+      'generate',
+      'red heart',
+      '--model',
+      teacher,
+      '--seed',
+      '2',
+      '--steps',
+      '2',
+      '--threads',
+      '1',
+    ];
+    const viaAccel = join(work, 'lf-accel.png');
+    const viaAttention = join(work, 'lf-attention.png');
+    let g = await captureCli([...base, '--accel', 'linfusion', '--students', model, '--out', viaAccel]);
+    assert.equal(g.code, 0, g.err);
+    g = await captureCli([
+      ...base,
+      '--attention',
+      'linfusion',
+      '--attention-weights',
+      model,
+      '--out',
+      viaAttention,
+    ]);
+    assert.equal(g.code, 0, g.err);
+    assert.deepEqual(await readFile(viaAccel), await readFile(viaAttention));
+  });
+
   it('bad arguments say what was expected', async () => {
     let r = await captureCli(['distill', 'sharpen', '--radius', '2']);
     assert.equal(r.code, 2);
-    assert.match(r.err, /distill: expected a method \(clear\), found "sharpen"/);
+    assert.match(r.err, /distill: expected a method \(clear, linfusion\), found "sharpen"/);
+    r = await captureCli(['distill', 'linfusion', '--radius', '4']);
+    assert.equal(r.code, 2);
+    assert.match(r.err, /distill linfusion: --radius belongs to distill clear/);
     r = await captureCli(['distill', 'clear']);
     assert.equal(r.code, 2);
     assert.match(r.err, /give --radius R/);

@@ -43,6 +43,7 @@ const MINIMAL: Record<(typeof TRAIN_KINDS)[number], Record<string, unknown>> = {
   'text-to-image': { kind: 'text-to-image', steps: 10, model: { vae: 'runs/emoji-vae/model' } },
   classifier: { kind: 'classifier', steps: 10 },
   'distill-clear': { kind: 'distill-clear', steps: 10, model: { teacher: 'models/emoji', radius: 4 } },
+  'distill-linfusion': { kind: 'distill-linfusion', steps: 10, model: { teacher: 'models/emoji' } },
 };
 
 describe('training configuration', () => {
@@ -160,7 +161,7 @@ describe('training configuration', () => {
   it('requires kind and steps', () => {
     assert.match(
       problemsOf({ steps: 3 }).message,
-      /kind: expected one of 'vae', 'text-to-image', 'classifier', 'distill-clear', found nothing/,
+      /kind: expected one of 'vae', 'text-to-image', 'classifier', 'distill-clear', 'distill-linfusion', found nothing/,
     );
     assert.match(problemsOf({ kind: 'vae' }).message, /steps: required/);
     assert.match(problemsOf([]).message, /expected a JSON object/);

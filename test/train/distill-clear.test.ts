@@ -278,6 +278,18 @@ describe('CLEAR distillation step (tiny PixArt-α teacher)', () => {
     });
     assertClose(feeds.hidden_states.data as Float32Array, expected, { rtol: 1e-6, atol: 1e-6, what: 'x_t' });
     assert.deepEqual(feeds.target.data, noise);
+    // A v-prediction teacher: the same draws, target v = √ᾱ·ε − √(1 − ᾱ)·x₀.
+    const vFeeds = clearDistillBatch(samples, indices, new TorchGenerator(7), alphas, 'v_prediction');
+    assert.deepEqual(vFeeds.hidden_states.data, feeds.hidden_states.data);
+    const expectedV = new Float64Array(indices.length * per);
+    indices.forEach((index, b) => {
+      const a = alphas[Math.floor(u[b] * 10)];
+      for (let i = 0; i < per; i++) {
+        const x0 = (samples.latents.data as Float32Array)[index * per + i];
+        expectedV[b * per + i] = Math.sqrt(a) * noise[b * per + i] - Math.sqrt(1 - a) * x0;
+      }
+    });
+    assertClose(vFeeds.target.data as Float32Array, expectedV, { rtol: 1e-6, atol: 1e-6, what: 'v' });
     assert.deepEqual(
       [...(feeds.encoder_hidden_states.data as Float32Array).subarray(L * D, 2 * L * D)],
       [...(samples.promptEmbeds.data as Float32Array).subarray(0, L * D)],

@@ -28,7 +28,13 @@ import type { RunTrainer } from '../run-trainers.js';
 import type { SampleGrid } from '../sample-grid.js';
 import type { SampleOptions } from '../trainers/text-to-image.js';
 import { renderImages } from '../trainers/text-to-image.js';
-import { STUDENT, clearDistillBatch, clearDistillStepSpec, clearStudentInit } from './clear.js';
+import {
+  STUDENT,
+  clearDistillBatch,
+  clearDistillStepSpec,
+  clearStudentInit,
+  distillPredictionType,
+} from './clear.js';
 import { teacherSamples } from './teacher-samples.js';
 import { TEACHER_FILE, teacherRecord } from '../../pipelines/students.js';
 
@@ -110,6 +116,7 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
       'scheduler_config.json',
     )) as Record<string, unknown>;
     const alphasCumprod = new DPMSolverMultistepScheduler(schedulerConfig).alphasCumprod;
+    const predictionType = distillPredictionType(schedulerConfig);
     const generator = new TorchGenerator(o.seed);
     const attention = {
       kind: 'clear' as const,
@@ -141,7 +148,7 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
           }
           return k;
         });
-        return clearDistillBatch(samples, indices, generator, alphasCumprod);
+        return clearDistillBatch(samples, indices, generator, alphasCumprod, predictionType);
       },
       async sampleGrid(weights, step): Promise<SampleGrid> {
         const root = await mkdtemp(join(tmpdir(), 'velodiff-clear-grid-'));

@@ -7,6 +7,7 @@
  *
  *   L = L_denoise + 0.5·L_distill + 0.5·L_attention
  *   L_denoise   = mean((ε_student − ε)²)             the denoising loss against the noise drawn
+ *                                                    (against v for a v-prediction teacher)
  *   L_distill   = mean((ε_student − ε_teacher)²)     the prediction loss against the teacher
  *   L_attention = mean over the feature layers of mean((A_student − A_teacher)²)
  *
@@ -21,7 +22,8 @@ import type { Tensor } from '../../graph/graph.js';
 import { Graph } from '../../graph/graph.js';
 import { add, mean, mul, slice, sub } from '../../graph/ops/index.js';
 import { clearWindowProblem } from '../../attention/clear.js';
-import type { PixArtTransformerConfig } from '../../models/pixart-transformer.js';
+import type { PixArtExtras, PixArtTransformerConfig } from '../../models/pixart-transformer.js';
+import type { AttentionChoice } from '../../attention/types.js';
 import { pixArtPositionEmbedding, pixArtTransformer } from '../../models/pixart-transformer.js';
 import { Params } from '../../nn/params.js';
 import type { ParameterInputs, TensorSource } from '../../nn/weights.js';
@@ -30,8 +32,21 @@ import type { TrainStepSpec } from '../train-step.js';
 import type { TorchGenerator } from '../../random/torch-generator.js';
 import type { HostTensor } from '../../runtime/host-tensor.js';
 import { hostTensor } from '../../runtime/host-tensor.js';
-import { noisedLatents, uniformTimesteps } from '../noising.js';
+import { noisedLatents, uniformTimesteps, velocity } from '../noising.js';
 import type { TeacherSamples } from './teacher-samples.js';
+
+/** What the teacher predicts (its scheduler's `prediction_type`): the denoising term's target. */
+export type DistillPredictionType = 'epsilon' | 'v_prediction';
+
+/** The teacher's prediction type from its scheduler config; one distillation cannot learn from another. */
+export function distillPredictionType(schedulerConfig: Record<string, unknown>): DistillPredictionType {
+  const type = schedulerConfig.prediction_type ?? 'epsilon';
+  if (type === 'epsilon' || type === 'v_prediction') return type;
+  throw new OptionError(
+    `distillation: the teacher's scheduler predicts "${String(type)}"; velodiff distils epsilon and v_prediction teachers`,
+    'DISTILL_TEACHER',
+  );
+}
 
 /** The frozen teacher's parameters are graph inputs under this prefix, the student's trained ones under STUDENT. */
 export const TEACHER = 'teacher';
@@ -92,7 +107,7 @@ function studentSource(params: TensorSource): TensorSource {
   };
 }
 
-interface DistillInputs {
+export interface DistillInputs {
   hiddenStates: Tensor;
   timestep: Tensor;
   encoderHiddenStates: Tensor;
@@ -101,7 +116,10 @@ interface DistillInputs {
   posEmbed: Tensor;
 }
 
-function declareInputs(g: Graph, o: ClearDistillOptions): DistillInputs {
+export function declareInputs(
+  g: Graph,
+  o: Pick<ClearDistillOptions, 'transformer' | 'latentSize' | 'textLength'>,
+): DistillInputs {
   const { transformer: t, latentSize: side, textLength } = o;
   const grid = side / t.patchSize;
   const pos = pixArtPositionEmbedding(t, grid, grid);
@@ -114,7 +132,35 @@ function declareInputs(g: Graph, o: ClearDistillOptions): DistillInputs {
   };
 }
 
-/** One PixArt forward in `g` from `source` under `prefix`, with its self-attention outputs collected. */
+/**
+ * One PixArt forward in `g` from `source` under `prefix`, with its self-attention outputs collected:
+ * with `attention` as every self-attention's kernel, or `selfAttentionOverride` building them.
+ */
+export function distillForward(
+  g: Graph,
+  source: TensorSource,
+  prefix: string,
+  o: Pick<ClearDistillOptions, 'transformer' | 'latentSize'>,
+  inputs: DistillInputs,
+  attention: AttentionChoice,
+  selfAttentionOverride?: PixArtExtras['selfAttentionOverride'],
+): { prediction: Tensor; features: Map<number, Tensor> } {
+  const features = new Map<number, Tensor>();
+  const prediction = pixArtTransformer(
+    Params.of(g, source, { prefix }),
+    o.transformer,
+    inputs,
+    { height: o.latentSize, width: o.latentSize, attention },
+    {
+      onAttention: (block, role, output) => {
+        if (role === 'attn1') features.set(block, output);
+      },
+      ...(selfAttentionOverride ? { selfAttentionOverride } : {}),
+    },
+  );
+  return { prediction, features };
+}
+
 function forward(
   g: Graph,
   source: TensorSource,
@@ -123,29 +169,20 @@ function forward(
   inputs: DistillInputs,
   student: boolean,
 ): { prediction: Tensor; features: Map<number, Tensor> } {
-  const t = o.transformer;
-  const features = new Map<number, Tensor>();
-  const prediction = pixArtTransformer(
-    Params.of(g, source, { prefix }),
-    t,
+  return distillForward(
+    g,
+    source,
+    prefix,
+    o,
     inputs,
-    {
-      height: o.latentSize,
-      width: o.latentSize,
-      attention: student
-        ? { kind: 'clear', radius: o.radius, ...(o.downFactor ? { downFactor: o.downFactor } : {}) }
-        : { kind: 'full' },
-    },
-    {
-      onAttention: (block, role, output) => {
-        if (role === 'attn1') features.set(block, output);
-      },
-    },
+    student
+      ? { kind: 'clear', radius: o.radius, ...(o.downFactor ? { downFactor: o.downFactor } : {}) }
+      : { kind: 'full' },
   );
-  return { prediction, features };
 }
 
-function meanSquare(a: Tensor, b: Tensor): Tensor {
+/** The mean of (a − b)² over every element. */
+export function meanSquare(a: Tensor, b: Tensor): Tensor {
   const d = sub(a, b);
   return mean(
     mul(d, d),
@@ -270,7 +307,8 @@ export function clearStudentInit(
 /**
  * The step's batch inputs for samples `indices` of the teacher's samples: x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε
  * with x₀ the teacher's latent, ε ~ N(0, I) and t uniform over the training timesteps (CLEAR draws
- * t uniformly, weighting scheme "none"), target ε, and the samples' caption encodings. Draw order
+ * t uniformly, weighting scheme "none"), target ε (or v = √ᾱ_t·ε − √(1 − ᾱ_t)·x₀ for a v-prediction
+ * teacher), and the samples' caption encodings. Draw order
  * fixed (noise, then timesteps), so a restored generator repeats a run. No caption is dropped: the
  * authors' script drops none.
  */
@@ -279,6 +317,7 @@ export function clearDistillBatch(
   indices: readonly number[],
   generator: TorchGenerator,
   alphasCumprod: Float32Array,
+  predictionType: DistillPredictionType = 'epsilon',
 ): Record<string, HostTensor> {
   const [count, channels, h, w] = samples.latents.shape as number[];
   const [, length, width] = samples.promptEmbeds.shape as number[];
@@ -301,10 +340,13 @@ export function clearDistillBatch(
     indices.forEach((index, b) => out.set(data.subarray(index * size, (index + 1) * size), b * size));
     return out;
   };
-  const noisy = noisedLatents(gather(samples.latents, per), noise, shape, timesteps, alphasCumprod);
+  const x0 = gather(samples.latents, per);
+  const noisy = noisedLatents(x0, noise, shape, timesteps, alphasCumprod);
+  const target =
+    predictionType === 'v_prediction' ? velocity(x0, noise, shape, timesteps, alphasCumprod) : noise;
   return {
     hidden_states: hostTensor('float32', shape, noisy),
-    target: hostTensor('float32', shape, noise),
+    target: hostTensor('float32', shape, target),
     timestep: hostTensor('float32', [n], Float32Array.from(timesteps)),
     encoder_hidden_states: hostTensor(
       'float32',

@@ -22,7 +22,7 @@ import { GraphBuildError } from '../errors.js';
 import { isFloatDType } from './dtype.js';
 import type { Node, Tensor } from './graph.js';
 import { getOp } from './op.js';
-import { add, asTensor } from './ops/elementwise.js';
+import { StopGradientOp, add, asTensor } from './ops/elementwise.js';
 import { expand, reshape } from './ops/movement.js';
 import { dimEquals } from './shape.js';
 
@@ -113,6 +113,8 @@ function backward(root: Tensor, seed: Tensor, params: readonly Tensor[], names?:
   const fromParams = new Set<number>(params.map((p) => p.id));
   for (const node of nodes) {
     if (!node.inputs.some((t) => fromParams.has(t.id))) continue;
+    // stopGradient's output depends on no parameter, as far as gradients go.
+    if (node.op === StopGradientOp.name) continue;
     for (const out of node.outputs) if (isFloatDType(out.dtype)) fromParams.add(out.id);
   }
   // Of those, the ones the root depends on; their producers are the nodes that need a VJP.

@@ -162,6 +162,8 @@ export function emojiClassifierForward(
   p: Params,
   pixels: Tensor,
   config: EmojiClassifierConfig,
+  /** Called with each stage's output [N, C_i, S/2^(i+1), S/2^(i+1)] (after its last SiLU). */
+  onStage?: (stage: number, h: Tensor) => void,
 ): EmojiClassifierOutputs {
   const { normNumGroups: groups, normEps: eps } = config;
   let h = silu(
@@ -185,6 +187,7 @@ export function emojiClassifierForward(
     h = silu(GroupNorm(s.child('norm1'), h, groups, out, eps));
     h = Conv2d(s.child('conv'), h, { inChannels: out, outChannels: out, kernel: 3, padding: 1 });
     h = silu(GroupNorm(s.child('norm2'), h, groups, out, eps));
+    onStage?.(i, h);
     channels = out;
   });
   const pooled = p.scope(() => mean(h, [2, 3]));

@@ -39,6 +39,7 @@ export const TRAIN_KINDS = [
   'classifier',
   'distill-clear',
   'distill-linfusion',
+  'distill-flash',
 ] as const;
 export type TrainKind = (typeof TRAIN_KINDS)[number];
 
@@ -179,6 +180,21 @@ export interface LinFusionDistillModelConfig {
   readonly midDimScale: number;
 }
 
+/** `distill-flash`: a Flash Diffusion LoRA student of a PixArt teacher (src/train/distill/flash.ts). */
+export interface FlashDistillModelConfig {
+  /** The teacher: a PixArt pipeline folder (absolute; relative to the current directory in the file). */
+  readonly teacher: string;
+  /** The emoji classifier whose activations the distillation distance compares (null: the shipped one). */
+  readonly classifier: string | null;
+  readonly loraRank: number;
+  readonly loraAlpha: number;
+  /** Updates per phase of the schedule (null: a quarter of the run's steps). */
+  readonly phaseSteps: number | null;
+  /** The teacher's DPM-Solver++ steps (the authors' PixArt K = 16) and guidance range. */
+  readonly teacherSteps: number;
+  readonly guidance: readonly [number, number];
+}
+
 export interface ClassifierModelConfig {
   /** VelodiffEmojiClassifier's config.json keys (its `heads` come from `labels` and the data). */
   readonly classifier: JsonObject;
@@ -229,7 +245,8 @@ export type TrainConfig =
   | (CommonConfig & { readonly kind: 'text-to-image'; readonly model: TextToImageModelConfig })
   | (CommonConfig & { readonly kind: 'classifier'; readonly model: ClassifierModelConfig })
   | (CommonConfig & { readonly kind: 'distill-clear'; readonly model: ClearDistillModelConfig })
-  | (CommonConfig & { readonly kind: 'distill-linfusion'; readonly model: LinFusionDistillModelConfig });
+  | (CommonConfig & { readonly kind: 'distill-linfusion'; readonly model: LinFusionDistillModelConfig })
+  | (CommonConfig & { readonly kind: 'distill-flash'; readonly model: FlashDistillModelConfig });
 
 /** Prompts of the default sample grid: the categories the issue's targets name. */
 export const DEFAULT_SAMPLE_PROMPTS: readonly string[] = [
@@ -270,6 +287,7 @@ export const TRAIN_DEFAULTS = {
       classifier: 0,
       'distill-clear': 0,
       'distill-linfusion': 0,
+      'distill-flash': 0,
     },
     horizontalFlip: false,
     onBadFile: 'error',
@@ -281,6 +299,7 @@ export const TRAIN_DEFAULTS = {
     classifier: { labels: ['category', 'subcategory'], maxShift: 4 },
     'distill-clear': { downFactor: 1, featureLayers: null, teacherSteps: 25, teacherGuidance: 4.5 },
     'distill-linfusion': { midDimScale: 16 },
+    'distill-flash': { loraRank: 32, loraAlpha: 4, teacherSteps: 16, guidance: [2, 9] as const },
   },
 } as const;
 
@@ -681,7 +700,12 @@ function readInit(parent: Section, baseDir: string): { init?: InitConfig } {
 function readSample(s: Section, kind: TrainKind): SampleConfig {
   const d = TRAIN_DEFAULTS.sample;
   const every = s.integer('every', d.every, 0);
-  if (kind === 'text-to-image' || kind === 'distill-clear' || kind === 'distill-linfusion') {
+  if (
+    kind === 'text-to-image' ||
+    kind === 'distill-clear' ||
+    kind === 'distill-linfusion' ||
+    kind === 'distill-flash'
+  ) {
     const config = {
       every,
       prompts: s.list('prompts', d.prompts, isString, 'a list of non-empty strings'),
@@ -779,6 +803,32 @@ function readModel(s: Section, kind: TrainKind, file: string, baseDir: string): 
       'predictionType',
     ]);
     return predictionType === 'v_prediction' ? { ...config, predictionType } : config;
+  }
+  if (kind === 'distill-flash') {
+    const d = TRAIN_DEFAULTS.model['distill-flash'];
+    const teacher = s.string('teacher', '');
+    if (teacher === '' && !s.has('teacher'))
+      s.problem('teacher', 'the teacher: a PixArt pipeline folder such as models/emoji', undefined);
+    const classifier = s.has('classifier') ? s.string('classifier', '') : '';
+    const guidance = s.list(
+      'guidance',
+      d.guidance,
+      (v): v is number => typeof v === 'number' && Number.isFinite(v) && v >= 0,
+      'two numbers [min, max] ≥ 0',
+    );
+    if (guidance.length !== 2 || guidance[0] > guidance[1])
+      s.problem('guidance', 'two numbers [min, max] with min ≤ max', guidance);
+    const config = {
+      teacher: teacher === '' ? '' : resolve(baseDir, teacher),
+      classifier: classifier === '' ? null : resolve(baseDir, classifier),
+      loraRank: s.integer('loraRank', d.loraRank, 1),
+      loraAlpha: s.number('loraAlpha', d.loraAlpha, (n) => n > 0, 'a number > 0'),
+      phaseSteps: s.has('phaseSteps') ? s.integer('phaseSteps', 1, 1) : null,
+      teacherSteps: s.integer('teacherSteps', d.teacherSteps, 4),
+      guidance: [guidance[0] ?? d.guidance[0], guidance[1] ?? d.guidance[1]] as const,
+    };
+    s.finish(['teacher', 'classifier', 'loraRank', 'loraAlpha', 'phaseSteps', 'teacherSteps', 'guidance']);
+    return config;
   }
   if (kind === 'distill-linfusion') {
     const teacher = s.string('teacher', '');

@@ -71,8 +71,11 @@ export interface TrainLoopOptions<B> {
    * `(state) => new DataLoader(dataset, { batchSize, seed, state: state as LoaderState | undefined })`.
    */
   loader(state: JsonValue | undefined): BatchSource<B>;
-  /** The step graph's batch inputs for one batch. */
-  makeBatch(batch: B): Record<string, HostTensor>;
+  /**
+   * The step graph's batch inputs for one batch of update `step` (0-based, counting a resumed run's
+   * earlier updates): a phase schedule may depend on it.
+   */
+  makeBatch(batch: B, step: number): Record<string, HostTensor> | Promise<Record<string, HostTensor>>;
   /** Generators makeBatch draws from (noise, timesteps, posterior samples): saved and restored. */
   generators?: Readonly<Record<string, StatefulGenerator>>;
   /** Samples in a batch, for samples/s; default the leading dim of the first batch input. */
@@ -205,7 +208,7 @@ export async function trainLoop<B>(o: TrainLoopOptions<B>): Promise<TrainLoopRes
     let samples = 0;
     const metrics: Record<string, number> = {};
     while (!accumulator.ready) {
-      const feeds = o.makeBatch(loader.next());
+      const feeds = await o.makeBatch(loader.next(), step);
       samples += o.samplesPerBatch ?? leadingDim(feeds);
       const result = await o.step.run(o.params, feeds);
       accumulator.add(result.grads);

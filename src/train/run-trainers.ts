@@ -26,14 +26,16 @@ export interface RunTrainer {
   initialParameters(seed: number): Map<string, Float32Array>;
   /** The step for micro-batches of `batchSize` images. */
   stepSpec(batchSize: number): TrainStepSpec;
-  /** A loader batch → the step's inputs. */
-  makeBatch(batch: Batch): Record<string, HostTensor>;
+  /** A loader batch of update `step` (0-based) → the step's inputs. */
+  makeBatch(batch: Batch, step: number): Record<string, HostTensor> | Promise<Record<string, HostTensor>>;
   /** Generators makeBatch draws from, saved in checkpoints. */
   readonly generators?: Readonly<Record<string, StatefulGenerator>>;
   /** The grid to show after update `step`, made with `weights` (every parameter, EMA where kept). */
   sampleGrid(weights: ReadonlyMap<string, Float32Array>, step: number): Promise<SampleGrid>;
   /** Writes the trained model folder. */
   saveModel(dir: string, weights: ReadonlyMap<string, Float32Array>): Promise<void>;
+  /** Releases what the trainer keeps open for its batches (a teacher pipeline); called once, at the end. */
+  close?(): Promise<void>;
 }
 
 /** The first `count` validation images (training images where the split has none): the same every time. */

@@ -43,6 +43,7 @@ import { trainLoop, type StepInfo } from './loop.js';
 import { METRICS_LOG, MetricsLog, readMetricsLog } from './metrics-log.js';
 import { TrainingProgress, type ProgressReport } from './progress.js';
 import { clearDistillTrainer } from './distill/clear-trainer.js';
+import { flashDistillTrainer } from './distill/flash-trainer.js';
 import { linfusionDistillTrainer } from './distill/linfusion-trainer.js';
 import { classifierRun, type RunTrainer } from './run-trainers.js';
 import { textToImageTrainer } from './trainers/text-to-image.js';
@@ -141,8 +142,8 @@ export async function createRunTrainer(
   onEncodeProgress?: (done: number, total: number) => void,
 ): Promise<RunTrainer> {
   switch (config.kind) {
-    case 'vae':
-      return vaeTrainer({
+    case 'vae': {
+      const trainer = vaeTrainer({
         vae: config.model.vae,
         klWeight: config.model.klWeight,
         seed: config.seed,
@@ -150,6 +151,9 @@ export async function createRunTrainer(
         runtime,
         sampleCount: config.sample.count,
       });
+      // Its makeBatch's second argument is a noise generator, not the update.
+      return { ...trainer, makeBatch: (batch) => trainer.makeBatch(batch) };
+    }
     case 'text-to-image':
       return textToImageTrainer({
         model: config.model,
@@ -181,6 +185,22 @@ export async function createRunTrainer(
           guidance: config.sample.guidance,
         },
         onSamplesProgress: onEncodeProgress,
+      });
+    case 'distill-flash':
+      return flashDistillTrainer({
+        model: config.model,
+        dataset,
+        runtime,
+        seed: config.seed,
+        steps: config.steps,
+        sample: {
+          prompts: config.sample.prompts,
+          seeds: config.sample.seeds,
+          steps: config.sample.steps,
+          guidance: config.sample.guidance,
+        },
+        cacheDir: config.data.cacheDir,
+        onEncodeProgress,
       });
     case 'distill-linfusion':
       return linfusionDistillTrainer({
@@ -301,125 +321,134 @@ export async function runTraining(options: TrainRunOptions): Promise<TrainRunRes
 
   const trainer =
     options.trainer ?? (await createRunTrainer(config, dataset, runtime, options.onEncodeProgress));
-  const spec = trainer.stepSpec(config.batchSize);
-  const params = trainer.initialParameters(config.seed);
-  const trainableShapes = new Map(spec.trainable.map((name) => [name, spec.shapes.get(name) ?? []]));
-  if (config.init !== undefined && existing.length === 0) {
-    // A resumed run has its own checkpoints; only a run's first start reads the one it starts from.
-    for (const [name, values] of await initWeights(config, trainer.modelConfig, trainableShapes)) {
-      params.set(name, values);
-    }
+  try {
+    return await trainWith(trainer);
+  } finally {
+    // A trainer given by the caller is the caller's to close.
+    if (!options.trainer) await trainer.close?.();
   }
-  const checkpoints = new CheckpointManager({
-    directory: output,
-    parameterShapes: trainableShapes,
-    modelConfig: trainer.modelConfig,
-    trainingConfig: resumeIdentity(config),
-    keepLast: config.checkpoint.keep,
-    saveEvery: config.checkpoint.every,
-  });
-  await writeFileAtomic(
-    join(output, RUN_FILES.config),
-    `${JSON.stringify(trainConfigJson(config), null, 2)}\n`,
-  );
 
-  const step = await TrainStep.compile(runtime, spec);
-  const trained = new Map(spec.trainable.map((name) => [name, params.get(name) as Float32Array]));
-  const ema = config.ema === null ? undefined : new EmaModel(trained, config.ema);
-  options.onStart?.({
-    parameters: [...params.values()].reduce((n, p) => n + p.length, 0),
-    trainable: [...trained.values()].reduce((n, p) => n + p.length, 0),
-    flops: step.flops,
-    checkpoints: existing.length,
-  });
-
-  /** The weights to sample with and to ship: the EMA's where there is one. */
-  const currentWeights = (): Map<string, Float32Array> => {
-    const weights = new Map(params);
-    if (ema) for (const [name, values] of ema.shadow) weights.set(name, values);
-    return weights;
-  };
-
-  let log: MetricsLog | undefined;
-  const progress = new TrainingProgress({ totalSteps: config.steps });
-  let lastSampled = -1;
-  const writeSamples = async (at: number): Promise<void> => {
-    lastSampled = at;
-    const grid = join(output, RUN_FILES.samples, `step-${String(at).padStart(6, '0')}.png`);
-    await writeFileAtomic(grid, await renderSampleGrid(await trainer.sampleGrid(currentWeights(), at)));
-    const lossCurve = join(output, RUN_FILES.lossCurve);
-    try {
-      const { png, spec: plot } = await renderLossCurve(
-        await readMetricsLog(join(output, RUN_FILES.metrics)),
-        {
-          title: `${config.kind} training loss`,
-        },
-      );
-      await writeFileAtomic(lossCurve, png);
-      await writeFile(join(output, RUN_FILES.lossSpec), `${JSON.stringify(plot)}\n`);
-    } catch (error) {
-      // A missing plotting package costs the plot, not the run.
-      if (!(error instanceof MissingPackageError)) throw error;
-      options.onNote?.(error.message);
-    }
-    options.onSample?.({ step: at, grid, lossCurve });
-  };
-
-  const result = await trainLoop({
-    step,
-    params,
-    optimizer: optimizerFromConfig(config.optimizer, spec.trainable),
-    schedule: scheduleFromConfig(config.lrSchedule, config.steps),
-    ema,
-    clip: config.clip ?? undefined,
-    accumulation: config.accumulation,
-    checkpoints,
-    resume: options.resume,
-    loader: (state: JsonValue | undefined) =>
-      new DataLoader(dataset, {
-        batchSize: config.batchSize,
-        seed: config.seed,
-        split: 'train',
-        captionDropout: config.data.captionDropout,
-        horizontalFlip: config.data.horizontalFlip,
-        maxPerGroup: config.data.maxPerGroup,
-        state: state as LoaderState | undefined,
-      }),
-    makeBatch: (batch) => trainer.makeBatch(batch),
-    generators: trainer.generators,
-    totalSteps: config.steps,
-    stop: options.stop,
-    extra: { kind: config.kind },
-    async onStep(info) {
-      if (log === undefined) {
-        // The first update of this process: a resumed run's log loses the lines past its checkpoint.
-        const resumedAt = info.step - 1;
-        log = await MetricsLog.open(join(output, RUN_FILES.metrics), resumedAt > 0 ? resumedAt : undefined);
+  async function trainWith(trainer: RunTrainer): Promise<TrainRunResult> {
+    const spec = trainer.stepSpec(config.batchSize);
+    const params = trainer.initialParameters(config.seed);
+    const trainableShapes = new Map(spec.trainable.map((name) => [name, spec.shapes.get(name) ?? []]));
+    if (config.init !== undefined && existing.length === 0) {
+      // A resumed run has its own checkpoints; only a run's first start reads the one it starts from.
+      for (const [name, values] of await initWeights(config, trainer.modelConfig, trainableShapes)) {
+        params.set(name, values);
       }
-      const report = progress.update(info);
-      await log.append({
-        ...info.metrics,
-        step: info.step,
-        loss: info.loss,
-        loss_smoothed: report.smoothedLoss,
-        lr: info.lr,
-        samples_per_s: info.samplesPerSecond,
-        elapsed_s: report.elapsedSeconds,
-        time: new Date().toISOString(),
-      });
-      options.onStep?.(report, info);
-      if (config.sample.every > 0 && info.step % config.sample.every === 0) await writeSamples(info.step);
-    },
-  });
+    }
+    const checkpoints = new CheckpointManager({
+      directory: output,
+      parameterShapes: trainableShapes,
+      modelConfig: trainer.modelConfig,
+      trainingConfig: resumeIdentity(config),
+      keepLast: config.checkpoint.keep,
+      saveEvery: config.checkpoint.every,
+    });
+    await writeFileAtomic(
+      join(output, RUN_FILES.config),
+      `${JSON.stringify(trainConfigJson(config), null, 2)}\n`,
+    );
 
-  let modelDir: string | undefined;
-  if (!result.stopped) {
-    if (lastSampled !== result.step) await writeSamples(result.step);
-    modelDir = join(output, RUN_FILES.model);
-    await trainer.saveModel(modelDir, currentWeights());
-    options.onModel?.(modelDir);
+    const step = await TrainStep.compile(runtime, spec);
+    const trained = new Map(spec.trainable.map((name) => [name, params.get(name) as Float32Array]));
+    const ema = config.ema === null ? undefined : new EmaModel(trained, config.ema);
+    options.onStart?.({
+      parameters: [...params.values()].reduce((n, p) => n + p.length, 0),
+      trainable: [...trained.values()].reduce((n, p) => n + p.length, 0),
+      flops: step.flops,
+      checkpoints: existing.length,
+    });
+
+    /** The weights to sample with and to ship: the EMA's where there is one. */
+    const currentWeights = (): Map<string, Float32Array> => {
+      const weights = new Map(params);
+      if (ema) for (const [name, values] of ema.shadow) weights.set(name, values);
+      return weights;
+    };
+
+    let log: MetricsLog | undefined;
+    const progress = new TrainingProgress({ totalSteps: config.steps });
+    let lastSampled = -1;
+    const writeSamples = async (at: number): Promise<void> => {
+      lastSampled = at;
+      const grid = join(output, RUN_FILES.samples, `step-${String(at).padStart(6, '0')}.png`);
+      await writeFileAtomic(grid, await renderSampleGrid(await trainer.sampleGrid(currentWeights(), at)));
+      const lossCurve = join(output, RUN_FILES.lossCurve);
+      try {
+        const { png, spec: plot } = await renderLossCurve(
+          await readMetricsLog(join(output, RUN_FILES.metrics)),
+          {
+            title: `${config.kind} training loss`,
+          },
+        );
+        await writeFileAtomic(lossCurve, png);
+        await writeFile(join(output, RUN_FILES.lossSpec), `${JSON.stringify(plot)}\n`);
+      } catch (error) {
+        // A missing plotting package costs the plot, not the run.
+        if (!(error instanceof MissingPackageError)) throw error;
+        options.onNote?.(error.message);
+      }
+      options.onSample?.({ step: at, grid, lossCurve });
+    };
+
+    const result = await trainLoop({
+      step,
+      params,
+      optimizer: optimizerFromConfig(config.optimizer, spec.trainable),
+      schedule: scheduleFromConfig(config.lrSchedule, config.steps),
+      ema,
+      clip: config.clip ?? undefined,
+      accumulation: config.accumulation,
+      checkpoints,
+      resume: options.resume,
+      loader: (state: JsonValue | undefined) =>
+        new DataLoader(dataset, {
+          batchSize: config.batchSize,
+          seed: config.seed,
+          split: 'train',
+          captionDropout: config.data.captionDropout,
+          horizontalFlip: config.data.horizontalFlip,
+          maxPerGroup: config.data.maxPerGroup,
+          state: state as LoaderState | undefined,
+        }),
+      makeBatch: (batch, step) => trainer.makeBatch(batch, step),
+      generators: trainer.generators,
+      totalSteps: config.steps,
+      stop: options.stop,
+      extra: { kind: config.kind },
+      async onStep(info) {
+        if (log === undefined) {
+          // The first update of this process: a resumed run's log loses the lines past its checkpoint.
+          const resumedAt = info.step - 1;
+          log = await MetricsLog.open(join(output, RUN_FILES.metrics), resumedAt > 0 ? resumedAt : undefined);
+        }
+        const report = progress.update(info);
+        await log.append({
+          ...info.metrics,
+          step: info.step,
+          loss: info.loss,
+          loss_smoothed: report.smoothedLoss,
+          lr: info.lr,
+          samples_per_s: info.samplesPerSecond,
+          elapsed_s: report.elapsedSeconds,
+          time: new Date().toISOString(),
+        });
+        options.onStep?.(report, info);
+        if (config.sample.every > 0 && info.step % config.sample.every === 0) await writeSamples(info.step);
+      },
+    });
+
+    let modelDir: string | undefined;
+    if (!result.stopped) {
+      if (lastSampled !== result.step) await writeSamples(result.step);
+      modelDir = join(output, RUN_FILES.model);
+      await trainer.saveModel(modelDir, currentWeights());
+      options.onModel?.(modelDir);
+    }
+    return { step: result.step, resumedFrom: result.resumedFrom, stopped: result.stopped, output, modelDir };
   }
-  return { step: result.step, resumedFrom: result.resumedFrom, stopped: result.stopped, output, modelDir };
 }
 
 export interface ExportOptions {
@@ -461,18 +490,22 @@ export async function exportCheckpoint(
   }
   const dataset = options.dataset ?? (await loadConfiguredDataset(config.data, options.onDataProgress));
   const trainer = await createRunTrainer(config, dataset, options.runtime, options.onEncodeProgress);
-  const spec = trainer.stepSpec(config.batchSize);
-  const params = trainer.initialParameters(config.seed);
-  const manager = new CheckpointManager({
-    directory: config.output,
-    parameterShapes: new Map(spec.trainable.map((name) => [name, spec.shapes.get(name) ?? []])),
-    modelConfig: trainer.modelConfig,
-    trainingConfig: resumeIdentity(config),
-  });
-  const snapshot = await manager.load(entry.name);
-  const weights = new Map(params);
-  for (const [name, values] of snapshot.weights) weights.set(name, values);
-  if (snapshot.ema) for (const [name, values] of snapshot.ema.shadow) weights.set(name, values);
-  await trainer.saveModel(options.out, weights);
-  return { step: snapshot.step, checkpoint: entry.path, modelDir: options.out };
+  try {
+    const spec = trainer.stepSpec(config.batchSize);
+    const params = trainer.initialParameters(config.seed);
+    const manager = new CheckpointManager({
+      directory: config.output,
+      parameterShapes: new Map(spec.trainable.map((name) => [name, spec.shapes.get(name) ?? []])),
+      modelConfig: trainer.modelConfig,
+      trainingConfig: resumeIdentity(config),
+    });
+    const snapshot = await manager.load(entry.name);
+    const weights = new Map(params);
+    for (const [name, values] of snapshot.weights) weights.set(name, values);
+    if (snapshot.ema) for (const [name, values] of snapshot.ema.shadow) weights.set(name, values);
+    await trainer.saveModel(options.out, weights);
+    return { step: snapshot.step, checkpoint: entry.path, modelDir: options.out };
+  } finally {
+    await trainer.close?.();
+  }
 }

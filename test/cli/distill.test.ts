@@ -12,7 +12,10 @@ import { after, before, describe, it } from 'node:test';
 
 import { encodePng } from '../../src/io/png.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
+import { loadEmojiDataset } from '../../src/train/data/emoji-dataset.js';
+import { tinyEmojiClassifier } from '../fixtures/tiny-emoji-classifier.js';
 import { useTempCacheDir } from '../helpers.js';
+import { testSeed } from '../random.js';
 import { captureCli } from './capture.js';
 
 useTempCacheDir('velodiff-distill-cache-');
@@ -195,10 +198,70 @@ describe('velodiff distill clear', () => {
     assert.deepEqual(await readFile(viaAccel), await readFile(viaAttention));
   });
 
+  it('distill flash writes a diffusers LoRA that --accel flash runs as --flash FILE (LCM, 4 steps, no CFG)', async () => {
+    const labelNames = (await loadEmojiDataset()).labelNames;
+    assert.ok(labelNames);
+    const classifier = await tinyEmojiClassifier(labelNames, testSeed('distill flash classifier'));
+    const out = join(work, 'run-flash');
+    const r = await captureCli([
+      'distill',
+      'flash',
+      '--lora-rank',
+      '2',
+      '--lora-alpha',
+      '1',
+      '--phase-steps',
+      '1',
+      '--classifier',
+      classifier,
+      '--teacher',
+      teacher,
+      '--data',
+      folder,
+      '--steps',
+      '2',
+      '--batch-size',
+      '2',
+      '--out',
+      out,
+      '--threads',
+      '1',
+    ]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.err, /training distill-flash: 2 steps of 2 images/);
+    const model = join(out, 'model');
+    assert.ok(existsSync(join(model, 'pytorch_lora_weights.safetensors')));
+    assert.ok(existsSync(join(model, 'teacher.json')));
+    const metrics = (await readFile(join(out, 'metrics.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    assert.equal(metrics.length, 2);
+    for (const m of metrics)
+      for (const key of ['distill', 'dmd', 'gan_g', 'gan_d'])
+        assert.ok(Number.isFinite(m[key]), `${key} = ${m[key]}`);
+
+    const base = ['generate', 'red heart', '--model', teacher, '--seed', '3', '--threads', '1'];
+    const viaAccel = join(work, 'flash-accel.png');
+    const viaFlag = join(work, 'flash-flag.png');
+    let g = await captureCli([...base, '--accel', 'flash', '--students', model, '--out', viaAccel]);
+    assert.equal(g.code, 0, g.err);
+    assert.match(g.err, /Flash Diffusion: \d+ LoRA modules fused/);
+    g = await captureCli([
+      ...base,
+      '--flash',
+      join(model, 'pytorch_lora_weights.safetensors'),
+      '--out',
+      viaFlag,
+    ]);
+    assert.equal(g.code, 0, g.err);
+    assert.deepEqual(await readFile(viaAccel), await readFile(viaFlag));
+  });
+
   it('bad arguments say what was expected', async () => {
     let r = await captureCli(['distill', 'sharpen', '--radius', '2']);
     assert.equal(r.code, 2);
-    assert.match(r.err, /distill: expected a method \(clear, linfusion\), found "sharpen"/);
+    assert.match(r.err, /distill: expected a method \(clear, linfusion, flash\), found "sharpen"/);
     r = await captureCli(['distill', 'linfusion', '--radius', '4']);
     assert.equal(r.code, 2);
     assert.match(r.err, /distill linfusion: --radius belongs to distill clear/);

@@ -24,6 +24,7 @@ import {
   mul,
   relu,
   sin,
+  stopGradient,
   sub,
   sum,
   sumToShape,
@@ -117,6 +118,30 @@ describe('grad: which nodes get VJPs', () => {
       rtol: 1e-14,
       what: `dx (seed ${seed})`,
     });
+  });
+
+  it('stopGradient: its value passes, its gradient does not (d/dx of x·sg(x) + sg(x)³ is x), and nothing behind it is differentiated', async () => {
+    const seed = testSeed('grad stop gradient');
+    const random = seededUniform(seed);
+    const g = new Graph('stop');
+    const x = g.input('x', 'float64', [5]);
+    const held = stopGradient(sin(x));
+    const loss = sum(add(mul(x, held), mul(mul(held, held), held)), 0);
+    const before = g.nodes.length;
+    const [dx] = grad(loss, [x]);
+    g.output('dx', dx);
+    g.output('loss', loss);
+    // No VJP of sin: it lies behind the stop.
+    assert.equal(countOps(backwardNodes(g, before), 'cos', 'grad'), 0);
+    const values = Float64Array.from({ length: 5 }, () => 4 * random() - 2);
+    const out = await (await testRuntime().compile(g)).run({ x: hostTensor('float64', [5], values) });
+    assertClose(out.dx.data as Float64Array, Array.from(values, Math.sin), {
+      atol: 1e-15,
+      rtol: 1e-15,
+      what: `dx (seed ${seed})`,
+    });
+    const expectedLoss = Array.from(values).reduce((a, v) => a + v * Math.sin(v) + Math.sin(v) ** 3, 0);
+    assertClose(out.loss.data as Float64Array, [expectedLoss], { atol: 1e-14, rtol: 1e-14, what: 'loss' });
   });
 
   it('gives zeros for a parameter the loss does not depend on, and 1 for the loss itself', async () => {

@@ -44,6 +44,7 @@ const MINIMAL: Record<(typeof TRAIN_KINDS)[number], Record<string, unknown>> = {
   classifier: { kind: 'classifier', steps: 10 },
   'distill-clear': { kind: 'distill-clear', steps: 10, model: { teacher: 'models/emoji', radius: 4 } },
   'distill-linfusion': { kind: 'distill-linfusion', steps: 10, model: { teacher: 'models/emoji' } },
+  'distill-flash': { kind: 'distill-flash', steps: 10, model: { teacher: 'models/emoji' } },
 };
 
 describe('training configuration', () => {
@@ -161,7 +162,7 @@ describe('training configuration', () => {
   it('requires kind and steps', () => {
     assert.match(
       problemsOf({ steps: 3 }).message,
-      /kind: expected one of 'vae', 'text-to-image', 'classifier', 'distill-clear', 'distill-linfusion', found nothing/,
+      /kind: expected one of 'vae', 'text-to-image', 'classifier', 'distill-clear', 'distill-linfusion', 'distill-flash', found nothing/,
     );
     assert.match(problemsOf({ kind: 'vae' }).message, /steps: required/);
     assert.match(problemsOf([]).message, /expected a JSON object/);

@@ -1,6 +1,7 @@
 import type { DType } from '../dtype.js';
 import { ONNX_DTYPE_CODE, isFloatDType, isIntDType } from '../dtype.js';
 import type { Tensor, TensorType } from '../graph.js';
+import { GraphBuildError } from '../../errors.js';
 import { attr } from '../onnx/model.js';
 import type { OpDef, Vjp } from '../op.js';
 import { apply, defineOp, expectFloat, expectSameDType, fail } from '../op.js';
@@ -262,6 +263,13 @@ export const ErfOp = unaryOp(
 export const SigmoidOp = unaryOp('sigmoid', 'Sigmoid', 'float', (_x, y, g) => mul(g, mul(y, sub(1, y))));
 export const ReluOp = unaryOp('relu', 'Relu', 'numeric', (x, _y, g) => where(greater(x, 0), g, 0));
 export const NotOp = unaryOp('not', 'Not', 'bool');
+/**
+ * The identity whose gradient is zero (torch's `detach`, JAX's `stop_gradient`): grad() treats its
+ * output as independent of every parameter, so nothing behind it gets gradient work.
+ */
+export const StopGradientOp = unaryOp('stopGradient', 'Identity', 'float', () => {
+  throw new GraphBuildError('stopGradient has no gradient path: grad() never differentiates through it');
+});
 
 const unary =
   (def: OpDef<Record<string, never>>) =>
@@ -280,6 +288,7 @@ export const tanh = unary(TanhOp);
 export const erf = unary(ErfOp);
 export const sigmoid = unary(SigmoidOp);
 export const relu = unary(ReluOp);
+export const stopGradient = unary(StopGradientOp);
 export const not = unary(NotOp);
 
 /** 1/√x. */

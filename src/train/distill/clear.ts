@@ -25,6 +25,7 @@ import { clearWindowProblem } from '../../attention/clear.js';
 import type { PixArtExtras, PixArtTransformerConfig } from '../../models/pixart-transformer.js';
 import type { AttentionChoice } from '../../attention/types.js';
 import { pixArtPositionEmbedding, pixArtTransformer } from '../../models/pixart-transformer.js';
+import type { LoraProvider } from '../../nn/params.js';
 import { Params } from '../../nn/params.js';
 import type { ParameterInputs, TensorSource } from '../../nn/weights.js';
 import { discoverParameterShapes } from '../parameters.js';
@@ -144,10 +145,11 @@ export function distillForward(
   inputs: DistillInputs,
   attention: AttentionChoice,
   selfAttentionOverride?: PixArtExtras['selfAttentionOverride'],
+  lora?: LoraProvider,
 ): { prediction: Tensor; features: Map<number, Tensor> } {
   const features = new Map<number, Tensor>();
   const prediction = pixArtTransformer(
-    Params.of(g, source, { prefix }),
+    Params.of(g, source, { prefix, ...(lora ? { lora } : {}) }),
     o.transformer,
     inputs,
     { height: o.latentSize, width: o.latentSize, attention },

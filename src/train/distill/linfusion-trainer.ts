@@ -9,28 +9,21 @@
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 
-import { OptionError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
-import { WeightStore, readConfig } from '../../io/diffusers.js';
 import type { ModelConfig } from '../../io/diffusers.js';
 import { TEACHER_FILE, teacherRecord } from '../../pipelines/students.js';
-import { PixArtPipeline } from '../../pipelines/pixart.js';
 import { TorchGenerator } from '../../random/torch-generator.js';
 import { hostTensor } from '../../runtime/host-tensor.js';
 import type { Runtime } from '../../runtime/runtime.js';
-import { DPMSolverMultistepScheduler } from '../../schedulers/dpm-solver-multistep.js';
 import type { LinFusionDistillModelConfig } from '../config.js';
 import type { ImageTextDataset } from '../data/dataset.js';
-import { splitIndices } from '../data/dataset.js';
-import { defaultCacheDir } from '../data/cache.js';
-import { encodeDatasetLatents } from '../latent-cache.js';
 import type { RunTrainer } from '../run-trainers.js';
 import type { SampleGrid } from '../sample-grid.js';
 import type { SampleOptions } from '../trainers/text-to-image.js';
 import { renderImages } from '../trainers/text-to-image.js';
-import { clearDistillBatch, distillPredictionType } from './clear.js';
+import { clearDistillBatch } from './clear.js';
 import {
   linfusionDistillStepSpec,
   linfusionMidDim,
@@ -38,6 +31,7 @@ import {
   linfusionStudentInit,
   writeLinFusionFolder,
 } from './linfusion.js';
+import { captionRows, gatherRows, posteriorLatents, realDistillData } from './real-data.js';
 
 export interface LinFusionDistillTrainerOptions {
   readonly model: LinFusionDistillModelConfig;
@@ -53,117 +47,56 @@ export interface LinFusionDistillTrainerOptions {
 
 export async function linfusionDistillTrainer(o: LinFusionDistillTrainerOptions): Promise<RunTrainer> {
   const { model, dataset, runtime } = o;
-  const teacherDir = resolve(model.teacher);
-  const pipeline = await PixArtPipeline.fromPretrained(teacherDir, { runtime });
+  const what = 'distill linfusion';
+  const data = await realDistillData({
+    what,
+    teacher: model.teacher,
+    dataset,
+    runtime,
+    cacheDir: o.cacheDir,
+    onEncodeProgress: o.onEncodeProgress,
+  });
+  const { pipeline, teacherDir, channels, side, length, width } = data;
   try {
     const transformer = pipeline.transformer.config;
-    const encoder = pipeline.promptEncoder;
-    if (!encoder) {
-      throw new OptionError(
-        `distill linfusion: the teacher (${teacherDir}) has no text encoder, which the captions need`,
-        'DISTILL_TEACHER',
-      );
-    }
-    const store = await WeightStore.open(join(teacherDir, 'transformer'));
-    const teacher = new Map<string, Float32Array>();
-    try {
-      for (const name of store.names()) teacher.set(name, await store.readFloat32(name));
-    } finally {
-      await store.close();
-    }
-    const train = splitIndices(dataset, 'train');
-    if (train.length === 0)
-      throw new OptionError('distill linfusion: the data set has no training images', 'TRAIN_CONFIG');
-
-    const latents = await encodeDatasetLatents(dataset, join(teacherDir, 'vae'), {
-      runtime,
-      cacheDir: o.cacheDir === false ? false : (o.cacheDir ?? defaultCacheDir()),
-      onProgress: o.onEncodeProgress,
-    });
-    const [, channels, side] = latents.shape;
-    if (channels !== transformer.inChannels) {
-      throw new OptionError(
-        `distill linfusion: the teacher's VAE gives ${channels}-channel latents, its transformer takes ${transformer.inChannels}`,
-        'DISTILL_TEACHER',
-      );
-    }
-    // The first caption of every training image, encoded once by the frozen text encoder.
-    const length = pipeline.defaultMaxSequenceLength;
-    const width = transformer.captionChannels;
-    const embeds = new Float32Array(train.length * length * width);
-    const mask = new Float32Array(train.length * length);
-    for (let start = 0; start < train.length; start += 64) {
-      const prompts = train.slice(start, start + 64).map((i) => dataset.items[i].captions[0]);
-      const encoded = await encoder.encode(prompts, length);
-      embeds.set(encoded.embeds.data as Float32Array, start * length * width);
-      mask.set(encoded.mask.data as Float32Array, start * length);
-    }
-    const sampleOf = new Map(train.map((index, k) => [index, k]));
-
     const midDim = linfusionMidDim(transformer.innerDim, model.midDimScale);
     const spec = linfusionDistillStepSpec({ transformer, latentSize: side, textLength: length, midDim });
     const modules = linfusionModulesList(transformer, midDim);
-    const schedulerConfig = (await readConfig(
-      join(teacherDir, 'scheduler'),
-      'scheduler_config.json',
-    )) as Record<string, unknown>;
-    const alphasCumprod = new DPMSolverMultistepScheduler(schedulerConfig).alphasCumprod;
-    const predictionType = distillPredictionType(schedulerConfig);
     const generator = new TorchGenerator(o.seed);
     const teacherOf = await teacherRecord(teacherDir);
     const modelConfig: ModelConfig = { _class_name: 'LinFusion', modules_list: modules };
-    const per = channels * side * side;
 
     return {
       modelConfig,
       generators: { batch: generator },
       initialParameters: () => {
-        const { values, unfolded } = linfusionStudentInit(teacher, spec, new TorchGenerator(o.seed));
+        const { values, unfolded } = linfusionStudentInit(data.teacher, spec, new TorchGenerator(o.seed));
         if (unfolded.length > 0)
           o.onWarning?.(
-            `distill linfusion: singular projections, their biases dropped at initialisation: ${unfolded.join(', ')}`,
+            `${what}: singular projections, their biases dropped at initialisation: ${unfolded.join(', ')}`,
           );
         return values;
       },
       stepSpec: (batchSize) => ({ ...spec, dims: { B: batchSize } }),
       makeBatch(batch) {
-        const indices = batch.indices.map((i) => {
-          const k = sampleOf.get(i);
-          if (k === undefined) {
-            throw new OptionError(
-              `distill linfusion: image ${i} of the data set is not in the training split`,
-              'TRAIN_CONFIG',
-            );
-          }
-          return k;
-        });
-        // x₀: one posterior sample per image, drawn first, times the scaling factor.
-        const n = indices.length;
-        const posterior = generator.randn([n, channels, side, side]);
-        const x0 = new Float32Array(n * per);
-        batch.indices.forEach((item, b) => {
-          const from = item * per;
-          for (let i = 0; i < per; i++) {
-            const sample =
-              latents.mean[from + i] + Math.fround(latents.std[from + i] * posterior[b * per + i]);
-            x0[b * per + i] = Math.fround(sample * latents.scalingFactor);
-          }
-        });
-        const gather = (source: Float32Array, size: number): Float32Array => {
-          const out = new Float32Array(n * size);
-          indices.forEach((k, b) => out.set(source.subarray(k * size, (k + 1) * size), b * size));
-          return out;
-        };
+        const rows = captionRows(data, batch.indices, what);
+        // x₀ first (one posterior sample per image), then the noise and timesteps.
+        const x0 = posteriorLatents(data, batch.indices, generator);
+        const n = rows.length;
         return clearDistillBatch(
           {
             latents: hostTensor('float32', [n, channels, side, side], x0),
-            promptEmbeds: hostTensor('float32', [n, length, width], gather(embeds, length * width)),
-            promptAttentionMask: hostTensor('float32', [n, length], gather(mask, length)),
+            promptEmbeds: hostTensor(
+              'float32',
+              [n, length, width],
+              gatherRows(data.embeds, rows, length * width),
+            ),
+            promptAttentionMask: hostTensor('float32', [n, length], gatherRows(data.mask, rows, length)),
           },
-          indices.map((_, b) => b),
+          rows.map((_, b) => b),
           generator,
-          alphasCumprod,
-          predictionType,
+          data.alphasCumprod,
+          data.predictionType,
         );
       },
       async sampleGrid(weights, step): Promise<SampleGrid> {

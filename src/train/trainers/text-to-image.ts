@@ -38,7 +38,7 @@ import type { T5EncoderConfig } from '../../models/t5-encoder.js';
 import { parseT5EncoderConfig, t5Encoder } from '../../models/t5-encoder.js';
 import { Params } from '../../nn/params.js';
 import type { ParameterInputs, TensorSource } from '../../nn/weights.js';
-import { DiffusionPipeline } from '../../pipelines/index.js';
+import { DiffusionPipeline, PixArtPipeline } from '../../pipelines/index.js';
 import type { PixArtRunOptions } from '../../pipelines/pixart.js';
 import { TorchGenerator } from '../../random/torch-generator.js';
 import type { ModelConfig } from '../../io/diffusers.js';
@@ -58,6 +58,7 @@ import { T5Tokenizer } from '../../tokenizers/t5-tokenizer.js';
 import type { WarningHandler } from '../../warnings.js';
 import type { CaptionProjectionInit, TextToImageModelConfig } from '../config.js';
 import { defaultCacheDir } from '../data/cache.js';
+import type { Batch } from '../data/loader.js';
 import type { ImageTextDataset } from '../data/dataset.js';
 import { splitIndices } from '../data/dataset.js';
 import type { StatefulGenerator } from '../loop.js';
@@ -244,6 +245,8 @@ export const TEXT_TO_IMAGE_SAMPLE_DEFAULTS: SampleOptions = {
 
 /** The text-to-image trainer: what `velodiff train` drives (RunTrainer) and what tests look into. */
 export interface TextToImageTrainer extends RunTrainer {
+  /** The same for every update: its draws come from the checkpointed generator. */
+  makeBatch(batch: Batch): Record<string, HostTensor>;
   /** The full config.json of each trained model, as written into the pipeline folder. */
   readonly transformerConfig: JsonObject;
   readonly textEncoderConfig: JsonObject;
@@ -694,10 +697,17 @@ export async function renderImages(
     maxTextLength: number;
     onWarning?: WarningHandler;
     runOptions?: Partial<PixArtRunOptions>;
+    /** Called with the loaded pipeline before it runs (e.g. to load a LoRA). */
+    prepare?: (pipe: PixArtPipeline) => Promise<void>;
   },
 ): Promise<Uint8Array[][]> {
   const pipe = await DiffusionPipeline.fromPretrained(dir, { runtime, onWarning: o.onWarning });
   try {
+    if (o.prepare) {
+      if (!(pipe instanceof PixArtPipeline))
+        throw new OptionError(`${dir}: sample grids with a prepared pipeline need a PixArt folder`);
+      await o.prepare(pipe);
+    }
     const prompts: string[] = [];
     const item = o.latentShape.reduce((a, b) => a * b, 1);
     const latents = new Float32Array(o.prompts.length * o.seeds.length * item);

@@ -92,7 +92,7 @@ export interface VaeTrainerOptions {
   onWarning?: WarningHandler;
 }
 
-export interface VaeTrainer extends RunTrainer {
+export interface VaeTrainer extends Omit<RunTrainer, 'makeBatch'> {
   /** The config.json keys (without _class_name), scaling_factor as last computed. */
   readonly rawConfig: Readonly<Record<string, unknown>>;
   readonly config: AutoencoderKLConfig;

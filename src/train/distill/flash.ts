@@ -192,7 +192,7 @@ export function loraNames(path: string): { down: string; up: string } {
 }
 
 /** LoRA side branches y += (alpha/r)·B(A(x)) on the targeted modules of the teacher, read from `source`. */
-function trainingLora(
+export function trainingLora(
   source: TensorSource,
   modules: readonly FlashLoraModule[],
   rank: number,

@@ -256,8 +256,9 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (name === 'quant-pipeline') return benchQuantPipelineCommand(rest);
   if (name === 'quant-layers') return benchQuantLayersCommand(rest);
   if (name === 'spinning') return benchSpinningCommand(rest);
+  if (name === 'students') return benchStudentsCommand(rest);
   throw new OptionError(
-    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train, unet, unet-loop, quant, quant-unet, quant-pipeline, quant-layers, spinning`,
+    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train, unet, unet-loop, quant, quant-unet, quant-pipeline, quant-layers, spinning, students`,
   );
 }
 
@@ -775,6 +776,77 @@ async function benchSpinningCommand(argv: string[]): Promise<number> {
         command: result.command,
       }),
     );
+  }
+  return 0;
+}
+
+const STUDENTS_FLAGS: Record<string, FlagSpec> = {
+  model: { type: 'string', description: 'the teacher (default: the shipped models/emoji/)' },
+  students: {
+    type: 'string',
+    description: "its students' folder (default: the shipped models/emoji-students/)",
+  },
+  classifier: { type: 'string', description: 'the emoji classifier (default: the shipped one)' },
+  samples: { type: 'integer', description: 'held-out prompts per row (one image each)', default: 64 },
+  seed: { type: 'integer', description: 'seed of image 0; image i uses seed + i', default: 0 },
+  batch: { type: 'integer', description: 'images per generation call', default: 8 },
+  rows: {
+    type: 'string',
+    description:
+      'comma-separated row ids (teacher always runs): tgate, clear:R[:D], clear:R[:D]+tgate, linfusion, linfusion+tgate, flash, flash-2, flash+tgate; default all the students allow',
+  },
+  grid: { type: 'string', description: 'PNG of the rows side by side (first prompts)' },
+  ...COMMON,
+};
+
+async function benchStudentsCommand(argv: string[]): Promise<number> {
+  const parsed = benchFlags(
+    argv,
+    STUDENTS_FLAGS,
+    'bench students',
+    "The speed-quality table: the teacher (25 steps, CFG) against T-GATE and its distilled students on eval's held-out prompts: FED, category alignment, PSNR and SSIM against the teacher's image of the same seed, ms/image, and the speed-up measured and predicted from FLOPs.",
+  );
+  if (!parsed) return 0;
+  const { flags, json, log } = parsed;
+  positive(flags, ['samples', 'batch'], 'bench students');
+  const { shippedModelDir, shippedStudentsDir } = await import('../pipelines/shipped-model.js');
+  const { shippedClassifierDir } = await import('../train/eval/shipped-classifier.js');
+  const { Runtime } = await import('../runtime/runtime.js');
+  const { benchStudents } = await import('../../bench/students.js');
+  const { renderSampleGrid } = await import('../train/sample-grid.js');
+  const { writeFileAtomic } = await import('../io/atomic.js');
+  const { resolve } = await import('node:path');
+  const runtime = new Runtime({ threads: flags.threads as number });
+  try {
+    const result = await benchStudents(
+      {
+        model: resolve(flags.model === undefined ? shippedModelDir() : String(flags.model)),
+        students: resolve(flags.students === undefined ? shippedStudentsDir() : String(flags.students)),
+        classifier: resolve(
+          flags.classifier === undefined ? shippedClassifierDir() : String(flags.classifier),
+        ),
+        runtime,
+        samples: flags.samples as number,
+        seed: flags.seed as number,
+        batch: flags.batch as number,
+        ...(flags.rows !== undefined
+          ? {
+              rows: String(flags.rows)
+                .split(',')
+                .map((r) => r.trim())
+                .filter((r) => r !== ''),
+            }
+          : {}),
+      },
+      log,
+    );
+    if (flags.grid !== undefined) {
+      await writeFileAtomic(String(flags.grid), await renderSampleGrid(result.grid));
+      log(`wrote ${String(flags.grid)}`);
+    }
+    if (json) console.log(JSON.stringify({ rows: result.rows, skipped: result.skipped }));
+  } finally {
+    await runtime.dispose();
   }
   return 0;
 }

@@ -5,12 +5,13 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { encodePng } from '../../src/io/png.js';
+import { assertClose } from '../compare.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
 import { loadEmojiDataset } from '../../src/train/data/emoji-dataset.js';
 import { tinyEmojiClassifier } from '../fixtures/tiny-emoji-classifier.js';
@@ -256,6 +257,73 @@ describe('velodiff distill clear', () => {
     ]);
     assert.equal(g.code, 0, g.err);
     assert.deepEqual(await readFile(viaAccel), await readFile(viaFlag));
+  });
+
+  it('bench students: the teacher and the three students in one table, speed-ups predicted from FLOPs', async () => {
+    const labelNames = (await loadEmojiDataset()).labelNames;
+    assert.ok(labelNames);
+    const classifier = await tinyEmojiClassifier(labelNames, testSeed('bench students classifier'));
+    const students = join(work, 'students');
+    await mkdir(students, { recursive: true });
+    for (const [run, name] of [
+      ['run', 'clear-r2'],
+      ['run-linfusion', 'linfusion'],
+      ['run-flash', 'flash'],
+    ])
+      await cp(join(work, run, 'model'), join(students, name), { recursive: true });
+    const gridFile = join(work, 'students.png');
+    const r = await captureCli([
+      'bench',
+      'students',
+      '--model',
+      teacher,
+      '--students',
+      students,
+      '--classifier',
+      classifier,
+      '--samples',
+      '4',
+      '--batch',
+      '4',
+      '--rows',
+      'tgate,clear:2,linfusion,flash,flash-2',
+      '--grid',
+      gridFile,
+      '--threads',
+      '1',
+      '--json',
+    ]);
+    assert.equal(r.code, 0, r.err);
+    const { rows } = JSON.parse(r.out.trimEnd().split('\n').at(-1) ?? '') as {
+      rows: {
+        id: string;
+        fed: number;
+        psnr: number;
+        ssim: number;
+        gflop_per_image: number;
+        predicted_speedup: number;
+        speedup: number;
+      }[];
+    };
+    assert.deepEqual(
+      rows.map((x) => x.id),
+      ['teacher', 'tgate', 'clear:2', 'linfusion', 'flash', 'flash-2'],
+    );
+    const byId = new Map(rows.map((x) => [x.id, x]));
+    const teacherRow = byId.get('teacher')!;
+    assert.equal(teacherRow.ssim, 1);
+    for (const x of rows) {
+      assert.ok(Number.isFinite(x.fed) && x.fed >= 0, `${x.id} FED ${x.fed}`);
+      assert.ok(x.ssim <= 1 && x.ssim > -1, `${x.id} SSIM ${x.ssim}`);
+      assert.ok(x.speedup > 0 && x.predicted_speedup > 0);
+    }
+    // FLOPs are linear in the steps and the CFG batch: with f one batch-1 step and v the decoder,
+    // flash = 4f + v and flash-2 = 2f + v, so the teacher's 25 CFG steps are 50f + v.
+    const f = (byId.get('flash')!.gflop_per_image - byId.get('flash-2')!.gflop_per_image) / 2;
+    const v = byId.get('flash-2')!.gflop_per_image - 2 * f;
+    assertClose([teacherRow.gflop_per_image], [50 * f + v], { rtol: 1e-9, atol: 0, what: 'teacher GFLOP' });
+    assert.ok(byId.get('tgate')!.predicted_speedup > 1);
+    assert.ok(existsSync(gridFile));
   });
 
   it('bad arguments say what was expected', async () => {

@@ -1,0 +1,337 @@
+/**
+ * The speed–quality table of issue 12: the teacher (25 steps, CFG) against T-GATE and each distilled
+ * student of it (CLEAR per radius, with and without pooled keys/values, LinFusion, Flash at 4 and 2
+ * steps) and their combinations, on the held-out emoji prompts of `velodiff eval`:
+ *
+ *   FED and category alignment (eval's classifier), PSNR and SSIM against the teacher's image of the
+ *   same prompt and seed, ms per image, the measured speed-up, and the speed-up predicted from FLOPs
+ *   before measuring (the denoiser's step graphs as each row builds them — T-GATE's per-step plan,
+ *   CFG's doubled batch — plus the VAE decoder; the text encoder, common and small, is left out).
+ *
+ * Rows whose student is missing from the students folder are skipped with a note. The teacher's and
+ * each row's images for the first prompts go into one grid, rows side by side.
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+
+import type { TGateOptions } from '../src/attention/tgate.js';
+import { pruneDeadStores, tgatePlan } from '../src/attention/tgate.js';
+import type { AttentionOption } from '../src/attention/types.js';
+import { LinFusionWeights } from '../src/attention/linfusion.js';
+import { imagesToRgb } from '../src/io/png.js';
+import { buildAutoencoderKLGraph } from '../src/models/autoencoder-kl.js';
+import { VelodiffEmojiClassifier } from '../src/models/emoji-classifier.js';
+import { buildPixArtGraph } from '../src/models/pixart-transformer.js';
+import { ParameterInputs } from '../src/nn/weights.js';
+import type { TensorSource } from '../src/nn/weights.js';
+import { PixArtPipeline } from '../src/pipelines/pixart.js';
+import type { Student } from '../src/pipelines/students.js';
+import { defaultTGate, listStudents, parseAccel, resolveAccel } from '../src/pipelines/students.js';
+import type { HostTensor } from '../src/runtime/host-tensor.js';
+import type { Runtime } from '../src/runtime/runtime.js';
+import { loadEmojiDataset } from '../src/train/data/emoji-dataset.js';
+import type { ImageTextDataset } from '../src/train/data/dataset.js';
+import { evaluateTextToImage, pipelineGenerator } from '../src/train/eval/evaluate.js';
+import { meanSsim, psnr } from '../src/train/eval/image-similarity.js';
+import { hashModelFolder } from '../src/train/latent-cache.js';
+import type { SampleGrid } from '../src/train/sample-grid.js';
+import { countFlops } from '../src/train/train-step.js';
+import { table } from './stats.js';
+
+/** One row of the table: what runs. */
+export interface StudentRowSpec {
+  readonly id: string;
+  readonly label: string;
+  /** The `--accel` choice ('' for the teacher). */
+  readonly accel: string;
+  readonly steps: number;
+  readonly guidance: number;
+}
+
+export interface StudentBenchOptions {
+  model: string;
+  students: string;
+  classifier: string;
+  runtime: Runtime;
+  samples: number;
+  seed: number;
+  batch: number;
+  /** Row ids to run (default: every row whose students exist). */
+  rows?: readonly string[];
+  dataset?: ImageTextDataset;
+  /** Images per row in the grid (the first prompts). */
+  gridImages?: number;
+}
+
+export interface StudentRow {
+  id: string;
+  label: string;
+  steps: number;
+  guidance: number;
+  fed: number;
+  alignment: number;
+  /** Against the teacher's image of the same prompt and seed (the teacher's own row: Infinity and 1). */
+  psnr: number;
+  ssim: number;
+  ms_per_image: number;
+  speedup: number;
+  gflop_per_image: number;
+  predicted_speedup: number;
+}
+
+/** The rows the students folder allows, teacher first. */
+export function studentRows(students: readonly Student[]): StudentRowSpec[] {
+  const rows: StudentRowSpec[] = [
+    { id: 'teacher', label: 'teacher, 25 steps, CFG 4.5', accel: '', steps: 25, guidance: 4.5 },
+    { id: 'tgate', label: 'T-GATE (gate 15, sp 3, warm-up 2)', accel: 'tgate', steps: 25, guidance: 4.5 },
+  ];
+  const clear = students
+    .filter((s) => s.kind === 'clear')
+    .sort((a, b) => a.radius! - b.radius! || a.downFactor! - b.downFactor!);
+  for (const s of clear) {
+    const spec = `clear:${s.radius}${s.downFactor! > 1 ? `:${s.downFactor}` : ''}`;
+    const what = `CLEAR r=${s.radius}${s.downFactor! > 1 ? ` d=${s.downFactor}` : ''}`;
+    rows.push({ id: spec, label: what, accel: spec, steps: 25, guidance: 4.5 });
+    rows.push({
+      id: `${spec}+tgate`,
+      label: `${what} + T-GATE`,
+      accel: `${spec}+tgate`,
+      steps: 25,
+      guidance: 4.5,
+    });
+  }
+  if (students.some((s) => s.kind === 'linfusion')) {
+    rows.push({ id: 'linfusion', label: 'LinFusion', accel: 'linfusion', steps: 25, guidance: 4.5 });
+    rows.push({
+      id: 'linfusion+tgate',
+      label: 'LinFusion + T-GATE',
+      accel: 'linfusion+tgate',
+      steps: 25,
+      guidance: 4.5,
+    });
+  }
+  if (students.some((s) => s.kind === 'flash')) {
+    rows.push({ id: 'flash', label: 'Flash, LCM 4 steps, no CFG', accel: 'flash', steps: 4, guidance: 0 });
+    rows.push({ id: 'flash-2', label: 'Flash, LCM 2 steps, no CFG', accel: 'flash', steps: 2, guidance: 0 });
+    rows.push({
+      id: 'flash+tgate',
+      label: 'Flash + T-GATE (gate 2, lcm)',
+      accel: 'flash+tgate',
+      steps: 4,
+      guidance: 0,
+    });
+  }
+  return rows;
+}
+
+/** A source that answers every tensor with the shape the model reads (for counting FLOPs of graphs that are never run). */
+function shapeOnlySource(base: TensorSource): ParameterInputs {
+  return new ParameterInputs({
+    has: (name) => base.has(name) || name.endsWith('processor.spatial_weight'),
+    info: (name, shape) => {
+      const s = shape ?? base.info(name).shape;
+      return {
+        name,
+        dtype: 'F32',
+        shape: [...s],
+        byteLength: 4 * s.reduce((a, b) => a * b, 1),
+        fileOffset: 0,
+      };
+    },
+  });
+}
+
+/** GFLOP per image of a row: its denoiser steps as built (T-GATE's plan, CFG's batch) and the VAE decoder. */
+async function rowGflop(
+  pipe: PixArtPipeline,
+  o: { steps: number; guidance: number; attention?: AttentionOption; tgate?: TGateOptions },
+): Promise<number> {
+  const t = pipe.transformer.config;
+  const size = pipe.defaultSize;
+  const side = size / pipe.vaeScaleFactor;
+  const captionLength = pipe.defaultMaxSequenceLength;
+  const source = shapeOnlySource(pipe.transformer.weights);
+  const cfg = o.guidance > 1;
+  const linfusion =
+    o.attention?.kind === 'linfusion' ? await LinFusionWeights.open(o.attention.weights) : undefined;
+  try {
+    const attention =
+      o.attention?.kind === 'clear'
+        ? {
+            kind: 'clear' as const,
+            radius: o.attention.radius,
+            ...(o.attention.downFactor ? { downFactor: o.attention.downFactor } : {}),
+          }
+        : o.attention?.kind === 'linfusion'
+          ? { kind: 'linfusion' as const }
+          : { kind: 'full' as const };
+    const plan = o.tgate ? pruneDeadStores(tgatePlan(o.steps, o.tgate, cfg)) : undefined;
+    const cache = new Map<string, number>();
+    let total = 0;
+    for (let i = 0; i < o.steps; i++) {
+      const step = plan?.[i];
+      const batch = (step ? step.cfg : cfg) ? 2 : 1;
+      const tgate = step
+        ? {
+            selfAttention: step.selfAttention,
+            crossAttention: step.crossAttention,
+            average: step.average && batch === 2,
+          }
+        : undefined;
+      const key = JSON.stringify({ batch, tgate });
+      let flops = cache.get(key);
+      if (flops === undefined) {
+        const g = buildPixArtGraph(
+          t,
+          source,
+          {
+            height: side,
+            width: side,
+            captionLength,
+            withMask: true,
+            attention,
+            ...(tgate ? { tgate } : {}),
+          },
+          linfusion ? { linfusion } : {},
+        );
+        flops = countFlops(g.nodes, { B: batch });
+        cache.set(key, flops);
+      }
+      total += flops;
+    }
+    const vae = pipe.vae;
+    if (vae) {
+      const g = buildAutoencoderKLGraph(vae.config, shapeOnlySource(vae.weights), 'decode', [
+        1,
+        t.inChannels,
+        side,
+        side,
+      ]);
+      total += countFlops(g.nodes);
+    }
+    return total / 1e9;
+  } finally {
+    await linfusion?.close();
+  }
+}
+
+export async function benchStudents(
+  o: StudentBenchOptions,
+  log: (s: string) => void,
+): Promise<{ rows: StudentRow[]; grid: SampleGrid; skipped: string[] }> {
+  const dataset = o.dataset ?? (await loadEmojiDataset());
+  const students = existsSync(o.students) ? await listStudents(o.students) : [];
+  const all = studentRows(students);
+  const wanted = o.rows ? all.filter((r) => r.id === 'teacher' || o.rows!.includes(r.id)) : all;
+  const skipped = (o.rows ?? []).filter((id) => !all.some((r) => r.id === id));
+  for (const id of skipped) log(`skipped ${id}: no such row for the students in ${o.students}`);
+  const teacherSha256 = await hashModelFolder(join(o.model, 'transformer'));
+  const classifier = await VelodiffEmojiClassifier.fromPretrained(o.classifier, { runtime: o.runtime });
+  const rows: StudentRow[] = [];
+  const images: Uint8Array[][] = [];
+  let size = 0;
+  try {
+    for (const spec of wanted) {
+      const pipe = await PixArtPipeline.fromPretrained(o.model, { runtime: o.runtime });
+      try {
+        size = pipe.defaultSize;
+        let attention: AttentionOption | undefined;
+        let tgate: TGateOptions | undefined;
+        if (spec.accel) {
+          const accel = parseAccel(spec.accel);
+          const resolved = resolveAccel(accel, students, { teacherSha256, studentsDir: o.students });
+          attention = resolved.attention;
+          if (resolved.flashLora) await pipe.useFlashDiffusion(resolved.flashLora);
+          if (accel.tgate) tgate = defaultTGate(spec.steps, resolved.flashLora !== undefined);
+        }
+        const gflop = await rowGflop(pipe, { steps: spec.steps, guidance: spec.guidance, attention, tgate });
+        const captured: HostTensor[] = [];
+        const generate = pipelineGenerator(pipe, {
+          guidance: spec.guidance,
+          runOptions: { attention, tgate },
+        });
+        const result = await evaluateTextToImage({
+          dataset,
+          classifier,
+          generate: async (request) => {
+            const out = await generate(request);
+            captured.push(out);
+            return out;
+          },
+          samples: o.samples,
+          steps: spec.steps,
+          seed: o.seed,
+          batchSize: o.batch,
+        });
+        const rgb = captured.flatMap((t) => imagesToRgb(t.data as Float32Array, t.shape));
+        images.push(rgb);
+        const teacherImages = images[0];
+        const pairs = rgb.map((img, i) => [
+          { width: size, height: size, data: img },
+          { width: size, height: size, data: teacherImages[i] },
+        ]);
+        const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+        const teacherRow = rows[0];
+        rows.push({
+          id: spec.id,
+          label: spec.label,
+          steps: spec.steps,
+          guidance: spec.guidance,
+          fed: result.generated.fed,
+          alignment: result.generated.alignment,
+          psnr: mean(pairs.map(([a, b]) => Math.min(psnr(a, b), 100))),
+          ssim: mean(pairs.map(([a, b]) => meanSsim(a, b))),
+          ms_per_image: result.msPerImage,
+          speedup: teacherRow ? teacherRow.ms_per_image / result.msPerImage : 1,
+          gflop_per_image: gflop,
+          predicted_speedup: teacherRow ? teacherRow.gflop_per_image / gflop : 1,
+        });
+        log(
+          `${spec.label}: FED ${result.generated.fed.toFixed(2)}, alignment ${result.generated.alignment.toFixed(3)}, ${result.msPerImage.toFixed(0)} ms/image`,
+        );
+      } finally {
+        await pipe.close();
+      }
+    }
+  } finally {
+    await classifier.close();
+  }
+  log(
+    table(
+      [
+        'row',
+        'steps',
+        'FED ↓',
+        'alignment ↑',
+        'PSNR dB',
+        'SSIM',
+        'ms/image',
+        'GFLOP',
+        'predicted ×',
+        'measured ×',
+      ],
+      rows.map((r) => [
+        r.label,
+        String(r.steps),
+        r.fed.toFixed(2),
+        r.alignment.toFixed(3),
+        r.id === 'teacher' ? '—' : r.psnr.toFixed(2),
+        r.id === 'teacher' ? '—' : r.ssim.toFixed(3),
+        r.ms_per_image.toFixed(0),
+        r.gflop_per_image.toFixed(2),
+        r.predicted_speedup.toFixed(2),
+        r.speedup.toFixed(2),
+      ]),
+    ),
+  );
+  const count = Math.min(o.gridImages ?? 8, images[0]?.length ?? 0);
+  const grid: SampleGrid = {
+    title: ['The teacher and its students on the same held-out prompts and seeds'],
+    columnLabels: Array.from({ length: count }, (_, i) => `image ${i}`),
+    rows: rows.map((r, k) => ({
+      label: r.label,
+      cells: images[k].slice(0, count).map((data) => ({ image: { width: size, height: size, data } })),
+    })),
+  };
+  return { rows, grid, skipped };
+}

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { encodePng } from '../../src/io/png.js';
+import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { assertClose } from '../compare.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
 import { loadEmojiDataset } from '../../src/train/data/emoji-dataset.js';
@@ -62,6 +63,13 @@ describe('velodiff distill clear', () => {
     assert.match(r.err, /training distill-clear: 2 steps of 2 images/);
     assert.ok(existsSync(join(out, 'model', 'clear_local_2.safetensors')));
     assert.ok(existsSync(join(out, 'teacher-samples', 'manifest.json')));
+    // Shipped students are float16.
+    const file = await SafetensorsFile.open(join(out, 'model', 'clear_local_2.safetensors'));
+    try {
+      assert.deepEqual(new Set(file.names().map((n) => file.info(n).dtype)), new Set(['F16']));
+    } finally {
+      await file.close();
+    }
     const record = JSON.parse(await readFile(join(out, 'model', 'teacher.json'), 'utf8'));
     assert.match(record.transformer_sha256, /^[0-9a-f]{64}$/);
   });

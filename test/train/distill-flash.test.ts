@@ -281,7 +281,7 @@ class Reference {
 
   static async open(values: ReadonlyMap<string, Float32Array>, name: string): Promise<Reference> {
     const file = join(work, `${name}.safetensors`);
-    await writeFlashLora(file, values, spec.loraModules, spec.shapes, ALPHA);
+    await writeFlashLora(file, values, spec.loraModules, spec.shapes, ALPHA, 'F32');
     const teacher = await PixArtPipeline.fromPretrained(pipelineDir, { runtime: testRuntime() });
     const student = await PixArtPipeline.fromPretrained(pipelineDir, { runtime: testRuntime() });
     const loaded = await student.loadLoraWeights(file, { adapterName: 'flash' });

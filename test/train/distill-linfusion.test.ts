@@ -200,7 +200,7 @@ describe('LinFusion distillation step (tiny PixArt-α teacher)', () => {
     const result = await step.run(values, feeds);
 
     const folder = join(work, 'student');
-    await writeLinFusionFolder(folder, values, s.shapes, linfusionModulesList(config, MID));
+    await writeLinFusionFolder(folder, values, s.shapes, linfusionModulesList(config, MID), 'F32');
     const weights = await LinFusionWeights.open(folder);
     try {
       const teacherRef = await forwardReference(feeds);

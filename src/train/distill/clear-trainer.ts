@@ -36,6 +36,8 @@ import {
   distillPredictionType,
 } from './clear.js';
 import { teacherSamples } from './teacher-samples.js';
+import type { StudentDType } from './student-file.js';
+import { studentTensor } from './student-file.js';
 import { TEACHER_FILE, teacherRecord } from '../../pipelines/students.js';
 
 /** The student's file in a saved model folder: CLEAR's layout, named after its window. */
@@ -66,10 +68,11 @@ async function writeStudent(
   path: string,
   weights: ReadonlyMap<string, Float32Array>,
   shapes: ReadonlyMap<string, readonly number[]>,
+  dtype: StudentDType,
 ): Promise<void> {
   const tensors: Parameters<typeof writeSafetensors>[1] = {};
   for (const [name, data] of studentWeights(weights)) {
-    tensors[name] = { dtype: 'F32', shape: [...(shapes.get(`${STUDENT}.${name}`) ?? [data.length])], data };
+    tensors[name] = studentTensor(data, shapes.get(`${STUDENT}.${name}`) ?? [data.length], dtype);
   }
   await writeSafetensors(path, tensors);
 }
@@ -154,7 +157,7 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
         const root = await mkdtemp(join(tmpdir(), 'velodiff-clear-grid-'));
         try {
           const file = join(root, 'student.safetensors');
-          await writeStudent(file, weights, spec.shapes);
+          await writeStudent(file, weights, spec.shapes, 'F32');
           const channels = transformer.inChannels;
           const images = await renderImages(teacherDir, runtime, {
             ...o.sample,
@@ -181,7 +184,12 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
       },
       async saveModel(dir, weights) {
         await mkdir(dir, { recursive: true });
-        await writeStudent(join(dir, clearWeightsFile(model.radius, model.downFactor)), weights, spec.shapes);
+        await writeStudent(
+          join(dir, clearWeightsFile(model.radius, model.downFactor)),
+          weights,
+          spec.shapes,
+          'F16',
+        );
         await writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(modelConfig, null, 2)}\n`);
         await writeFileAtomic(join(dir, TEACHER_FILE), `${JSON.stringify(teacherOf, null, 2)}\n`);
       },

@@ -50,6 +50,8 @@ import {
   pickIndex,
 } from './flash.js';
 import type { FlashLoraModule } from './flash.js';
+import type { StudentDType } from './student-file.js';
+import { studentTensor } from './student-file.js';
 import { captionRows, gatherRows, posteriorLatents, realDistillData } from './real-data.js';
 
 export interface FlashDistillTrainerOptions {
@@ -82,6 +84,7 @@ export async function writeFlashLora(
   modules: readonly FlashLoraModule[],
   shapes: ReadonlyMap<string, readonly number[]>,
   alpha: number,
+  dtype: StudentDType = 'F16',
 ): Promise<void> {
   const tensors: Parameters<typeof writeSafetensors>[1] = {};
   for (const m of modules) {
@@ -93,7 +96,7 @@ export async function writeFlashLora(
       const data = weights.get(name);
       const shape = shapes.get(name);
       if (!data || !shape) throw new OptionError(`flash: the weights have no '${name}'`);
-      tensors[`transformer.${m.path}.${role}.weight`] = { dtype: 'F32', shape: [...shape], data };
+      tensors[`transformer.${m.path}.${role}.weight`] = studentTensor(data, shape, dtype);
     }
     tensors[`transformer.${m.path}.alpha`] = { dtype: 'F32', shape: [], data: Float32Array.of(alpha) };
   }
@@ -306,7 +309,7 @@ export async function flashDistillTrainer(o: FlashDistillTrainerOptions): Promis
         const size = side * pipeline.vaeScaleFactor;
         try {
           const file = join(root, FLASH_LORA_FILE);
-          await writeFlashLora(file, weights, spec.loraModules, spec.shapes, model.loraAlpha);
+          await writeFlashLora(file, weights, spec.loraModules, spec.shapes, model.loraAlpha, 'F32');
           const images = await renderImages(teacherDir, runtime, {
             ...o.sample,
             steps: 4,

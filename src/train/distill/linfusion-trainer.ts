@@ -104,7 +104,7 @@ export async function linfusionDistillTrainer(o: LinFusionDistillTrainerOptions)
         // At the training resolution.
         const size = side * pipeline.vaeScaleFactor;
         try {
-          await writeLinFusionFolder(root, weights, spec.shapes, modules);
+          await writeLinFusionFolder(root, weights, spec.shapes, modules, 'F32');
           const images = await renderImages(teacherDir, runtime, {
             ...o.sample,
             size,

@@ -36,6 +36,8 @@ import { Params } from '../../nn/params.js';
 import type { ParameterInputs } from '../../nn/weights.js';
 import type { TorchGenerator } from '../../random/torch-generator.js';
 import { discoverParameterShapes } from '../parameters.js';
+import type { StudentDType } from './student-file.js';
+import { studentTensor } from './student-file.js';
 import type { TrainStepSpec } from '../train-step.js';
 import { STUDENT, TEACHER, declareInputs, distillForward, meanSquare } from './clear.js';
 
@@ -304,6 +306,7 @@ export async function writeLinFusionFolder(
   values: ReadonlyMap<string, Float32Array>,
   shapes: ReadonlyMap<string, readonly number[]>,
   modules: readonly LinFusionModuleEntry[],
+  dtype: StudentDType = 'F16',
 ): Promise<void> {
   await mkdir(dir, { recursive: true });
   const tensors: Parameters<typeof writeSafetensors>[1] = {};
@@ -311,7 +314,7 @@ export async function writeLinFusionFolder(
     if (!name.startsWith(`${LINFUSION_PREFIX}.`)) continue;
     const shape = shapes.get(name);
     if (!shape) throw new OptionError(`distill linfusion: no shape for '${name}'`);
-    tensors[name.slice(LINFUSION_PREFIX.length + 1)] = { dtype: 'F32', shape: [...shape], data };
+    tensors[name.slice(LINFUSION_PREFIX.length + 1)] = studentTensor(data, shape, dtype);
   }
   await writeSafetensors(join(dir, 'diffusion_pytorch_model.safetensors'), tensors);
   await writeFileAtomic(

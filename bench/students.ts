@@ -31,7 +31,7 @@ import type { HostTensor } from '../src/runtime/host-tensor.js';
 import type { Runtime } from '../src/runtime/runtime.js';
 import { loadEmojiDataset } from '../src/train/data/emoji-dataset.js';
 import type { ImageTextDataset } from '../src/train/data/dataset.js';
-import { evaluateTextToImage, pipelineGenerator } from '../src/train/eval/evaluate.js';
+import { boxReduce, evaluateTextToImage, pipelineGenerator } from '../src/train/eval/evaluate.js';
 import { meanSsim, psnr } from '../src/train/eval/image-similarity.js';
 import { hashModelFolder } from '../src/train/latent-cache.js';
 import type { SampleGrid } from '../src/train/sample-grid.js';
@@ -61,6 +61,8 @@ export interface StudentBenchOptions {
   dataset?: ImageTextDataset;
   /** Images per row in the grid (the first prompts). */
   gridImages?: number;
+  /** Side of the generated images (default the model's): 2× and 4× are zero-shot high resolution. */
+  size?: number;
 }
 
 export interface StudentRow {
@@ -144,10 +146,10 @@ function shapeOnlySource(base: TensorSource): ParameterInputs {
 /** GFLOP per image of a row: its denoiser steps as built (T-GATE's plan, CFG's batch) and the VAE decoder. */
 async function rowGflop(
   pipe: PixArtPipeline,
-  o: { steps: number; guidance: number; attention?: AttentionOption; tgate?: TGateOptions },
+  o: { steps: number; guidance: number; size: number; attention?: AttentionOption; tgate?: TGateOptions },
 ): Promise<number> {
   const t = pipe.transformer.config;
-  const size = pipe.defaultSize;
+  const size = o.size;
   const side = size / pipe.vaeScaleFactor;
   const captionLength = pipe.defaultMaxSequenceLength;
   const source = shapeOnlySource(pipe.transformer.weights);
@@ -234,7 +236,6 @@ export async function benchStudents(
     for (const spec of wanted) {
       const pipe = await PixArtPipeline.fromPretrained(o.model, { runtime: o.runtime });
       try {
-        size = pipe.defaultSize;
         let attention: AttentionOption | undefined;
         let tgate: TGateOptions | undefined;
         if (spec.accel) {
@@ -244,11 +245,21 @@ export async function benchStudents(
           if (resolved.flashLora) await pipe.useFlashDiffusion(resolved.flashLora);
           if (accel.tgate) tgate = defaultTGate(spec.steps, resolved.flashLora !== undefined);
         }
-        const gflop = await rowGflop(pipe, { steps: spec.steps, guidance: spec.guidance, attention, tgate });
+        const gflop = await rowGflop(pipe, {
+          steps: spec.steps,
+          guidance: spec.guidance,
+          size: o.size ?? pipe.defaultSize,
+          attention,
+          tgate,
+        });
         const captured: HostTensor[] = [];
+        size = o.size ?? pipe.defaultSize;
+        const factor = size / pipe.defaultSize;
         const generate = pipelineGenerator(pipe, {
           guidance: spec.guidance,
           runOptions: { attention, tgate },
+          size,
+          outputSize: size,
         });
         const result = await evaluateTextToImage({
           dataset,
@@ -256,7 +267,8 @@ export async function benchStudents(
           generate: async (request) => {
             const out = await generate(request);
             captured.push(out);
-            return out;
+            // The classifier sees the model's size.
+            return factor === 1 ? out : boxReduce(out, factor);
           },
           samples: o.samples,
           steps: spec.steps,

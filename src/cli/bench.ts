@@ -796,6 +796,10 @@ const STUDENTS_FLAGS: Record<string, FlagSpec> = {
       'comma-separated row ids (teacher always runs): tgate, clear:R[:D], clear:R[:D]+tgate, linfusion, linfusion+tgate, flash, flash-2, flash+tgate; default all the students allow',
   },
   grid: { type: 'string', description: 'PNG of the rows side by side (first prompts)' },
+  size: {
+    type: 'integer',
+    description: "image side in pixels, a multiple of the model's (2×, 4×: zero-shot high resolution)",
+  },
   ...COMMON,
 };
 
@@ -829,6 +833,7 @@ async function benchStudentsCommand(argv: string[]): Promise<number> {
         samples: flags.samples as number,
         seed: flags.seed as number,
         batch: flags.batch as number,
+        ...(flags.size !== undefined ? { size: flags.size as number } : {}),
         ...(flags.rows !== undefined
           ? {
               rows: String(flags.rows)

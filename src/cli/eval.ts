@@ -40,6 +40,11 @@ const FLAGS: Record<string, FlagSpec> = {
     description: 'classifier-free guidance scale, off at ≤ 1 (default 4.5; 0 with --accel flash)',
   },
   seed: { type: 'integer', description: 'seed of image 0; image i uses seed + i', default: 0 },
+  size: {
+    type: 'integer',
+    description:
+      "generate at this side in pixels, a multiple of the model's (2×, 4×: zero-shot high resolution); the classifier sees the images box-reduced to the model's size",
+  },
   batch: { type: 'integer', description: 'images per generation call', default: 8 },
   json: { type: 'boolean', description: 'end with one JSON line of the figures' },
   ...accelFlags,
@@ -110,7 +115,11 @@ export async function evalCommand(argv: string[]): Promise<number> {
       result = await evaluateTextToImage({
         dataset,
         classifier,
-        generate: pipelineGenerator(pipeline, { guidance, runOptions: { attention, tgate } }),
+        generate: pipelineGenerator(pipeline, {
+          guidance,
+          runOptions: { attention, tgate },
+          ...(flags.size !== undefined ? { size: flags.size as number } : {}),
+        }),
         samples,
         steps,
         seed: flags.seed as number,

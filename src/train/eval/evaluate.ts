@@ -46,10 +46,28 @@ export type ImageGenerator = (request: GenerationRequest) => Promise<HostTensor>
  */
 export function pipelineGenerator(
   pipeline: PixArtPipeline,
-  options: { guidance: number; runOptions?: Partial<PixArtRunOptions> },
+  options: {
+    guidance: number;
+    runOptions?: Partial<PixArtRunOptions>;
+    /**
+     * Side of the generated images (default the model's); a multiple of `outputSize`, to which they
+     * are reduced by averaging factor × factor pixel blocks (a box filter), as the classifier sees
+     * the model's size.
+     */
+    size?: number;
+    outputSize?: number;
+  },
 ): ImageGenerator {
+  const outputSize = options.outputSize ?? pipeline.defaultSize;
+  const size = options.size ?? outputSize;
+  const factor = size / outputSize;
+  if (!Number.isInteger(factor) || factor < 1) {
+    throw new OptionError(
+      `eval: the image size ${size} must be a whole multiple of ${outputSize}, the size the classifier sees`,
+      'EVAL_OPTION',
+    );
+  }
   return async ({ prompts, seeds, steps }) => {
-    const size = pipeline.defaultSize;
     const shape = [
       1,
       pipeline.transformer.config.inChannels,
@@ -66,11 +84,34 @@ export function pipelineGenerator(
       guidanceScale: options.guidance,
       latents: hostTensor('float32', [prompts.length, ...shape.slice(1)], latents),
       seed: seeds[0],
+      width: size,
+      height: size,
+      useResolutionBinning: false,
     });
     if (output.images === undefined)
       throw new OptionError('the pipeline returned no images', 'EVAL_GENERATION');
-    return output.images;
+    return factor === 1 ? output.images : boxReduce(output.images, factor);
   };
+}
+
+/** Images [N, C, H, W] reduced by `factor` in each direction, each output pixel the mean of its block. */
+export function boxReduce(images: HostTensor, factor: number): HostTensor {
+  const [n, c, h, w] = images.shape as number[];
+  const oh = h / factor;
+  const ow = w / factor;
+  if (!Number.isInteger(oh) || !Number.isInteger(ow))
+    throw new OptionError(`boxReduce: ${h}×${w} is not a multiple of ${factor}`, 'EVAL_OPTION');
+  const src = images.data as Float32Array;
+  const out = new Float32Array(n * c * oh * ow);
+  for (let p = 0; p < n * c; p++)
+    for (let y = 0; y < oh; y++)
+      for (let x = 0; x < ow; x++) {
+        let sum = 0;
+        for (let dy = 0; dy < factor; dy++)
+          for (let dx = 0; dx < factor; dx++) sum += src[(p * h + y * factor + dy) * w + x * factor + dx];
+        out[(p * oh + y) * ow + x] = sum / (factor * factor);
+      }
+  return hostTensor('float32', [n, c, oh, ow], out);
 }
 
 export interface EvalOptions {

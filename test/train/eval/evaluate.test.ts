@@ -15,7 +15,7 @@ import type { HostTensor } from '../../../src/runtime/host-tensor.js';
 import type { ImageTextDataset } from '../../../src/train/data/dataset.js';
 import { datasetImage } from '../../../src/train/data/dataset.js';
 import { loadEmojiDataset } from '../../../src/train/data/emoji-dataset.js';
-import { evaluateTextToImage, pipelineGenerator } from '../../../src/train/eval/evaluate.js';
+import { boxReduce, evaluateTextToImage, pipelineGenerator } from '../../../src/train/eval/evaluate.js';
 import type { ImageGenerator } from '../../../src/train/eval/evaluate.js';
 import { featureStatistics, frechetDistance } from '../../../src/train/eval/fed.js';
 import { heldOutSet } from '../../../src/train/eval/held-out.js';
@@ -222,4 +222,31 @@ test('the tiny PixArt pipeline: figures in range, FED recomputed from the featur
     what: 'FED with batch 4 against batch 5',
   });
   assert.equal(again.generated.alignment, result.generated.alignment);
+});
+
+test('boxReduce: each output pixel is the mean of its factor × factor block', () => {
+  // One image, two channels, 4×4 → 2×2.
+  const data = Float32Array.from({ length: 2 * 16 }, (_, i) => i);
+  const out = boxReduce(hostTensor('float32', [1, 2, 4, 4], data), 2);
+  assert.deepEqual(out.shape, [1, 2, 2, 2]);
+  // Channel 0, block (0,0): 0, 1, 4, 5 → 2.5; block (1,1): 10, 11, 14, 15 → 12.5; channel 1 is +16.
+  assert.deepEqual([...(out.data as Float32Array)], [2.5, 4.5, 10.5, 12.5, 18.5, 20.5, 26.5, 28.5]);
+  assert.throws(
+    () => boxReduce(hostTensor('float32', [1, 1, 3, 3], new Float32Array(9)), 2),
+    /not a multiple of 2/,
+  );
+});
+
+test('pipelineGenerator at twice the model size: the images come back at the model size, a size that is not a multiple is refused', async () => {
+  const runtime = testRuntime();
+  const pipeline = await PixArtPipeline.fromPretrained(await tinyPixArtPipeline(), { runtime });
+  try {
+    const size = pipeline.defaultSize;
+    const generate = pipelineGenerator(pipeline, { guidance: 1, size: 2 * size });
+    const images = await generate({ prompts: ['red heart'], seeds: [1], steps: 2 });
+    assert.deepEqual(images.shape, [1, 3, size, size]);
+    assert.throws(() => pipelineGenerator(pipeline, { guidance: 1, size: size + 1 }), /whole multiple of/);
+  } finally {
+    await pipeline.close();
+  }
 });

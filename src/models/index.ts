@@ -5,6 +5,7 @@ import { AutoencoderKL } from './autoencoder-kl.js';
 import { CLIPTextModel, CLIPTextModelWithProjection } from './clip-text.js';
 import { VelodiffEmojiClassifier } from './emoji-classifier.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
+import { FluxTransformer2DModel } from './flux-transformer.js';
 import { PixArtTransformer2DModel } from './pixart-transformer.js';
 import { SD3Transformer2DModel } from './sd3-transformer.js';
 import { T5EncoderModel } from './t5-encoder.js';
@@ -13,6 +14,7 @@ import { UNet2DConditionModel } from './unet-2d-condition.js';
 export { AutoencoderKL } from './autoencoder-kl.js';
 export { CLIPTextModel, CLIPTextModelWithProjection } from './clip-text.js';
 export { VelodiffEmojiClassifier } from './emoji-classifier.js';
+export { FluxTransformer2DModel } from './flux-transformer.js';
 export { PixArtTransformer2DModel } from './pixart-transformer.js';
 export { SD3Transformer2DModel } from './sd3-transformer.js';
 export { T5EncoderModel } from './t5-encoder.js';
@@ -25,6 +27,7 @@ type Loader = (dir: string, options: LoadOptions) => Promise<DiffusersModel>;
 export const MODEL_CLASSES: Readonly<Record<string, Loader>> = {
   PixArtTransformer2DModel: (d, o) => PixArtTransformer2DModel.fromPretrained(d, o),
   SD3Transformer2DModel: (d, o) => SD3Transformer2DModel.fromPretrained(d, o),
+  FluxTransformer2DModel: (d, o) => FluxTransformer2DModel.fromPretrained(d, o),
   UNet2DConditionModel: (d, o) => UNet2DConditionModel.fromPretrained(d, o),
   AutoencoderKL: (d, o) => AutoencoderKL.fromPretrained(d, o),
   T5EncoderModel: (d, o) => T5EncoderModel.fromPretrained(d, o),

@@ -1,0 +1,684 @@
+import { join, resolve } from 'node:path';
+import { FileFormatError, OptionError } from '../errors.js';
+import type { Tensor } from '../graph/graph.js';
+import { Graph } from '../graph/graph.js';
+import { add, attention, concat, gelu, mul, neg, reshape, silu, split } from '../graph/ops/index.js';
+import type { AttentionChoice, AttentionOption } from '../attention/types.js';
+import { readConfig } from '../io/diffusers.js';
+import type { WeightStore } from '../io/diffusers.js';
+import { LayerNorm, Linear, RMSNorm } from '../nn/layers.js';
+import type { Int8Options } from '../nn/params.js';
+import { Params } from '../nn/params.js';
+import { FeedForward } from '../nn/transformer-block.js';
+import type { TensorSource } from '../nn/weights.js';
+import type { HostTensor } from '../runtime/host-tensor.js';
+import { hostTensor } from '../runtime/host-tensor.js';
+import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
+import type { InputSpec } from '../runtime/runnable-model.js';
+import { NUMERIC_DTYPES, RunnableModel, asBatch, asFloat32 } from '../runtime/runnable-model.js';
+import type { WarningHandler } from '../warnings.js';
+import { ConfigReader } from './config.js';
+import { TimestepEmbedding, sinusoidalEmbedding } from './embeddings.js';
+import type { ModelWeights } from './int8.js';
+import { openModelWeights } from './int8.js';
+import type { DiffusersModel, LoadOptions } from './model.js';
+
+export interface FluxTransformerConfig {
+  patchSize: number;
+  inChannels: number;
+  /** `out_channels or in_channels`, as diffusers resolves it. */
+  outChannels: number;
+  /** Double-stream blocks (`transformer_blocks`). */
+  numLayers: number;
+  /** Single-stream blocks (`single_transformer_blocks`). */
+  numSingleLayers: number;
+  attentionHeadDim: number;
+  numAttentionHeads: number;
+  /** Width of encoder_hidden_states (T5's hidden size). */
+  jointAttentionDim: number;
+  /** Width of pooled_projections (CLIP's pooled output). */
+  pooledProjectionDim: number;
+  /** FLUX.1-dev's distilled guidance: a `guidance` input and `time_text_embed.guidance_embedder`. */
+  guidanceEmbeds: boolean;
+  /** RoPE widths per id axis; they add up to attentionHeadDim. */
+  axesDimsRope: number[];
+  /** numAttentionHeads × attentionHeadDim */
+  innerDim: number;
+  /** The int8 Linear modules of a folder in velodiff's int8 format (`quantization_config`). */
+  int8Modules?: ReadonlySet<string>;
+}
+
+/** FluxPosEmbed's theta: FluxTransformer2DModel builds it with 10000 and no config key changes it. */
+const ROPE_THETA = 10000;
+
+/**
+ * Read and validate a FluxTransformer2DModel config.json (diffusers 0.40 keys and defaults). Values
+ * diffusers could not run (RoPE widths that do not add up to the head width) are errors here; unused
+ * keys go to `onWarning` (ConfigReader), as diffusers logs them.
+ */
+export function parseFluxTransformerConfig(
+  raw: Record<string, unknown>,
+  path: string,
+  onWarning?: WarningHandler,
+): FluxTransformerConfig {
+  const c = new ConfigReader(raw, path, 'FluxTransformer2DModel');
+  if (raw._class_name !== undefined && raw._class_name !== 'FluxTransformer2DModel') {
+    throw new FileFormatError(
+      `${path}: _class_name is ${JSON.stringify(raw._class_name)}, expected FluxTransformer2DModel`,
+      'CONFIG_CLASS',
+      path,
+    );
+  }
+  const inChannels = c.integer('in_channels', 64, 1);
+  const numAttentionHeads = c.integer('num_attention_heads', 24, 1);
+  const attentionHeadDim = c.integer('attention_head_dim', 128, 1);
+  const axesDimsRope = c.numbers('axes_dims_rope', [16, 56, 56]);
+  const config: FluxTransformerConfig = {
+    patchSize: c.integer('patch_size', 1, 1),
+    inChannels,
+    // diffusers: `out_channels or in_channels`.
+    outChannels: c.optionalNumber('out_channels') || inChannels,
+    numLayers: c.integer('num_layers', 19, 0),
+    numSingleLayers: c.integer('num_single_layers', 38, 0),
+    attentionHeadDim,
+    numAttentionHeads,
+    jointAttentionDim: c.integer('joint_attention_dim', 4096, 1),
+    pooledProjectionDim: c.integer('pooled_projection_dim', 768, 1),
+    guidanceEmbeds: c.boolean('guidance_embeds', false),
+    axesDimsRope,
+    innerDim: numAttentionHeads * attentionHeadDim,
+  };
+  if (!Number.isInteger(config.outChannels) || config.outChannels < 1) {
+    c.unsupported('out_channels', 'null or an integer ≥ 1');
+  }
+  const int8Modules = c.int8Modules();
+  if (int8Modules) config.int8Modules = int8Modules;
+  c.finish(onWarning);
+  // get_1d_rotary_pos_embed asserts even widths, and the concatenated cos/sin must span a head.
+  if (axesDimsRope.length === 0 || axesDimsRope.some((d) => !Number.isInteger(d) || d < 2 || d % 2 !== 0)) {
+    c.unsupported('axes_dims_rope', 'a non-empty list of even integers ≥ 2 (one RoPE width per id axis)');
+  }
+  const ropeWidth = axesDimsRope.reduce((a, b) => a + b, 0);
+  if (ropeWidth !== attentionHeadDim) {
+    throw new FileFormatError(
+      `${path}: "axes_dims_rope" ${JSON.stringify(axesDimsRope)} adds up to ${ropeWidth}, but RoPE rotates ` +
+        `whole heads: it must add up to attention_head_dim ${attentionHeadDim}`,
+      'CONFIG_VALUE',
+      path,
+    );
+  }
+  return config;
+}
+
+/**
+ * FluxPosEmbed on the host: the RoPE tables cos and sin [S, attention_head_dim] for position ids
+ * [S, axes] (row-major), as diffusers computes them — ids as float32, frequencies
+ * 1/θ^(2j/d) per axis of width d, angles, cos and sin in float64, each value repeated for the pair
+ * of features it rotates (repeat_interleave_real), rounded to float32 at the end.
+ */
+export function fluxRotaryTables(
+  ids: ArrayLike<number>,
+  axesDims: readonly number[],
+  theta = ROPE_THETA,
+): { cos: Float32Array; sin: Float32Array } {
+  const axes = axesDims.length;
+  const width = axesDims.reduce((a, b) => a + b, 0);
+  const tokens = ids.length / axes;
+  if (!Number.isInteger(tokens)) {
+    throw new OptionError(`fluxRotaryTables: ${ids.length} ids do not form rows of ${axes} axes`);
+  }
+  const frequencies = axesDims.map((d) =>
+    Float64Array.from({ length: d / 2 }, (_, j) => 1 / theta ** ((2 * j) / d)),
+  );
+  const cos = new Float32Array(tokens * width);
+  const sin = new Float32Array(tokens * width);
+  for (let s = 0; s < tokens; s++) {
+    let column = s * width;
+    for (let a = 0; a < axes; a++) {
+      const position = Math.fround(ids[s * axes + a]);
+      for (const frequency of frequencies[a]) {
+        const angle = position * frequency;
+        cos[column] = cos[column + 1] = Math.cos(angle);
+        sin[column] = sin[column + 1] = Math.sin(angle);
+        column += 2;
+      }
+    }
+  }
+  return { cos, sin };
+}
+
+export interface FluxGraphOptions {
+  /** Packed image tokens N (hidden_states [B, N, in_channels]). */
+  imageTokens: number;
+  /** Text tokens L (encoder_hidden_states [B, L, joint_attention_dim]). */
+  textTokens: number;
+  /** Kernel of every joint attention; default full attention (the only one FLUX implements yet). */
+  attention?: AttentionChoice;
+}
+
+export interface FluxExtras {
+  /** The int8 Linear modules (src/models/int8.ts). */
+  int8?: Int8Options;
+}
+
+/**
+ * Build the FluxTransformer2DModel forward graph (diffusers 0.40). Inputs: `hidden_states`
+ * [B, N, in_channels], `encoder_hidden_states` [B, L, joint_attention_dim], `pooled_projections`
+ * [B, pooled_projection_dim], `timestep` [B] float32 (t/1000, as the pipeline passes it), `guidance`
+ * [B] when guidance_embeds, and the RoPE tables `rope_cos`, `rope_sin` [L + N, attention_head_dim]
+ * (`fluxRotaryTables` of the text ids then the image ids). Output: `sample` [B, N, p²·out_channels].
+ */
+export function buildFluxTransformerGraph(
+  config: FluxTransformerConfig,
+  weights: TensorSource,
+  o: FluxGraphOptions,
+  extras: FluxExtras = {},
+): Graph {
+  const g = new Graph('FluxTransformer2DModel');
+  const root = Params.of(g, weights, { int8: extras.int8 });
+  const tokens = o.textTokens + o.imageTokens;
+  const inputs: FluxInputs = {
+    hiddenStates: g.input('hidden_states', 'float32', ['B', o.imageTokens, config.inChannels]),
+    encoderHiddenStates: g.input('encoder_hidden_states', 'float32', [
+      'B',
+      o.textTokens,
+      config.jointAttentionDim,
+    ]),
+    pooledProjections: g.input('pooled_projections', 'float32', ['B', config.pooledProjectionDim]),
+    timestep: g.input('timestep', 'float32', ['B']),
+    ropeCos: g.input('rope_cos', 'float32', [tokens, config.attentionHeadDim]),
+    ropeSin: g.input('rope_sin', 'float32', [tokens, config.attentionHeadDim]),
+  };
+  if (config.guidanceEmbeds) inputs.guidance = g.input('guidance', 'float32', ['B']);
+  g.output('sample', fluxTransformer(root, config, inputs, o));
+  return g;
+}
+
+/** The tensors FluxTransformer2DModel.forward takes, as graph tensors (see `buildFluxTransformerGraph`). */
+export interface FluxInputs {
+  /** [B, N, in_channels]: packed 2×2 latent patches. */
+  hiddenStates: Tensor;
+  /** [B, L, joint_attention_dim] */
+  encoderHiddenStates: Tensor;
+  /** [B, pooled_projection_dim] */
+  pooledProjections: Tensor;
+  /** [B] float32, t/1000. */
+  timestep: Tensor;
+  /** [B] float32, the guidance scale; models with guidance_embeds only. */
+  guidance?: Tensor;
+  /** [L + N, attention_head_dim]: `fluxRotaryTables` of [txt_ids; img_ids]. */
+  ropeCos: Tensor;
+  ropeSin: Tensor;
+}
+
+/**
+ * FluxTransformer2DModel's forward, built into the graph of `root` from tensors of that graph: the
+ * predicted `sample` [B, N, p²·out_channels]. `buildFluxTransformerGraph` wraps it with graph inputs.
+ */
+export function fluxTransformer(
+  root: Params,
+  config: FluxTransformerConfig,
+  inputs: FluxInputs,
+  o: FluxGraphOptions,
+): Tensor {
+  const { innerDim: dim } = config;
+  let image = Linear(root.child('x_embedder'), inputs.hiddenStates, config.inChannels, dim);
+  const temb = timeTextEmbedding(root.child('time_text_embed'), config, inputs);
+  let text = Linear(
+    root.child('context_embedder'),
+    inputs.encoderHiddenStates,
+    config.jointAttentionDim,
+    dim,
+  );
+
+  const rope: Rope = {
+    cos: reshape(inputs.ropeCos, [1, o.textTokens + o.imageTokens, 1, config.attentionHeadDim]),
+    sin: reshape(inputs.ropeSin, [1, o.textTokens + o.imageTokens, 1, config.attentionHeadDim]),
+  };
+  const block: FluxBlockContext = {
+    config,
+    temb,
+    rope,
+    textTokens: o.textTokens,
+    choice: o.attention ?? { kind: 'full' },
+  };
+  for (let i = 0; i < config.numLayers; i++) {
+    [text, image] = fluxTransformerBlock(root.child('transformer_blocks').child(i), text, image, block);
+  }
+  // The single-stream blocks work on [text; image]; diffusers splits and rejoins it around each
+  // block, which changes no value.
+  let joint = concat([text, image], 1);
+  for (let i = 0; i < config.numSingleLayers; i++) {
+    joint = fluxSingleTransformerBlock(root.child('single_transformer_blocks').child(i), joint, block);
+  }
+  image = split(joint, [o.textTokens, o.imageTokens], 1)[1];
+
+  // norm_out: AdaLayerNormContinuous, its linear's output read as scale then shift.
+  const normOut = root.child('norm_out');
+  const [scale, shift] = modulationRows(normOut.child('linear'), temb, dim, 2);
+  const normed = LayerNorm(normOut.child('norm'), image, dim, { eps: 1e-6, affine: false });
+  image = normOut.scope(() => add(mul(normed, add(scale, 1)), shift));
+  const p = config.patchSize;
+  return Linear(root.child('proj_out'), image, dim, p * p * config.outChannels);
+}
+
+/**
+ * time_text_embed: CombinedTimestepTextProjEmbeddings, or with guidance_embeds
+ * CombinedTimestepGuidanceTextProjEmbeddings — the sinusoidal embeddings of timestep·1000 (and
+ * guidance·1000) through their TimestepEmbeddings, plus the pooled text through text_embedder
+ * (PixArtAlphaTextProjection with SiLU). [B, inner_dim].
+ */
+function timeTextEmbedding(p: Params, config: FluxTransformerConfig, inputs: FluxInputs): Tensor {
+  const dim = config.innerDim;
+  // FluxTransformer2DModel.forward scales both by 1000 in float32 before time_proj.
+  const project = (t: Tensor): Tensor =>
+    sinusoidalEmbedding(mul(t, 1000), 256, { flipSinToCos: true, downscaleFreqShift: 0 });
+  let embedding = TimestepEmbedding(p.child('timestep_embedder'), project(inputs.timestep), 256, dim);
+  if (config.guidanceEmbeds) {
+    const guidance = inputs.guidance;
+    if (!guidance) throw new OptionError('FluxTransformer2DModel with guidance_embeds needs guidance');
+    const guided = TimestepEmbedding(p.child('guidance_embedder'), project(guidance), 256, dim);
+    embedding = p.scope(() => add(embedding, guided));
+  }
+  const textEmbedder = p.child('text_embedder');
+  const hidden = Linear(
+    textEmbedder.child('linear_1'),
+    inputs.pooledProjections,
+    config.pooledProjectionDim,
+    dim,
+  );
+  const pooled = Linear(
+    textEmbedder.child('linear_2'),
+    textEmbedder.scope(() => silu(hidden)),
+    dim,
+    dim,
+  );
+  return p.scope(() => add(embedding, pooled));
+}
+
+/** RoPE tables broadcastable to [B, L + N, heads, head_dim]. */
+export interface Rope {
+  cos: Tensor;
+  sin: Tensor;
+}
+
+/** What every FLUX block is built from besides its parameters and its tokens. */
+export interface FluxBlockContext {
+  config: FluxTransformerConfig;
+  /** time_text_embed's output [B, inner_dim]. */
+  temb: Tensor;
+  rope: Rope;
+  /** Text tokens L before the image tokens in the joint sequence. */
+  textTokens: number;
+  /** The attention kernel (`fluxAttentionKernel`). */
+  choice: AttentionChoice;
+}
+
+/**
+ * The rows `linear(silu(temb))` splits into (AdaLayerNormZero's 6, AdaLayerNormZeroSingle's 3,
+ * AdaLayerNormContinuous's 2), each [B, 1, dim] to broadcast over tokens.
+ */
+function modulationRows(linear: Params, temb: Tensor, dim: number, rows: number): Tensor[] {
+  const emb = Linear(
+    linear,
+    linear.scope(() => silu(temb)),
+    dim,
+    rows * dim,
+  );
+  return linear.scope(() => split(reshape(emb, [temb.shape[0], rows, dim]), rows, 1));
+}
+
+/** LayerNorm (eps 1e-6, no affine) of x, then x·(1 + scale) + shift: every adaLN of FLUX. */
+function modulatedNorm(p: Params, x: Tensor, dim: number, shift: Tensor, scale: Tensor): Tensor {
+  const normed = LayerNorm(p, x, dim, { eps: 1e-6, affine: false });
+  return p.scope(() => add(mul(normed, add(scale, 1)), shift));
+}
+
+/**
+ * FluxTransformerBlock (double stream) on text [B, L, dim] and image [B, N, dim]: each stream has
+ * its own AdaLayerNormZero (norm1_context, norm1), projections and feed-forward (ff_context, ff);
+ * they meet in one joint attention over [text; image]. Returns [text, image].
+ */
+export function fluxTransformerBlock(
+  p: Params,
+  text: Tensor,
+  image: Tensor,
+  o: FluxBlockContext,
+): [Tensor, Tensor] {
+  const { innerDim: dim } = o.config;
+  const imageTokens = image.shape[1];
+  const [shift, scale, gate, shiftMlp, scaleMlp, gateMlp] = modulationRows(
+    p.child('norm1').child('linear'),
+    o.temb,
+    dim,
+    6,
+  );
+  const [cShift, cScale, cGate, cShiftMlp, cScaleMlp, cGateMlp] = modulationRows(
+    p.child('norm1_context').child('linear'),
+    o.temb,
+    dim,
+    6,
+  );
+  const normedImage = modulatedNorm(p.child('norm1').child('norm'), image, dim, shift, scale);
+  const normedText = modulatedNorm(p.child('norm1_context').child('norm'), text, dim, cShift, cScale);
+
+  // FluxAttention with added_kv_proj_dim: text tokens first, then image tokens, in one softmax.
+  const attn = p.child('attn');
+  const textHeads = headProjections(attn, normedText, o.config, ADDED_PROJECTIONS);
+  const imageHeads = headProjections(attn, normedImage, o.config, PROJECTIONS);
+  const joint = jointAttention(attn, [textHeads, imageHeads], o);
+  const [textOut, imageOut] = attn.scope(() => split(joint, [o.textTokens, imageTokens], 1));
+  const attnImage = Linear(attn.child('to_out').child(0), imageOut, dim, dim);
+  const attnText = Linear(attn.child('to_add_out'), textOut, dim, dim);
+
+  image = p.scope(() => add(image, mul(gate, attnImage)));
+  const ffImage = FeedForward(
+    p.child('ff'),
+    modulatedNorm(p.child('norm2'), image, dim, shiftMlp, scaleMlp),
+    { dim, dimOut: dim, activation: 'gelu-approximate' },
+  );
+  image = p.scope(() => add(image, mul(gateMlp, ffImage)));
+
+  text = p.scope(() => add(text, mul(cGate, attnText)));
+  const ffText = FeedForward(
+    p.child('ff_context'),
+    modulatedNorm(p.child('norm2_context'), text, dim, cShiftMlp, cScaleMlp),
+    { dim, dimOut: dim, activation: 'gelu-approximate' },
+  );
+  text = p.scope(() => add(text, mul(cGateMlp, ffText)));
+  return [text, image];
+}
+
+/**
+ * FluxSingleTransformerBlock on joint [B, L + N, dim] (text first): AdaLayerNormZeroSingle, then
+ * attention (no output projection) and an MLP (proj_mlp, GELU tanh) side by side, concatenated
+ * through proj_out, gated, residual.
+ */
+export function fluxSingleTransformerBlock(p: Params, joint: Tensor, o: FluxBlockContext): Tensor {
+  const { innerDim: dim } = o.config;
+  const mlpDim = 4 * dim;
+  const norm = p.child('norm');
+  const [shift, scale, gate] = modulationRows(norm.child('linear'), o.temb, dim, 3);
+  const normed = modulatedNorm(norm.child('norm'), joint, dim, shift, scale);
+  const mlpHidden = Linear(p.child('proj_mlp'), normed, dim, mlpDim);
+  const mlp = p.scope(() => gelu(mlpHidden, 'tanh'));
+  const attn = p.child('attn');
+  const attended = jointAttention(attn, [headProjections(attn, normed, o.config, PROJECTIONS)], o);
+  const out = Linear(
+    p.child('proj_out'),
+    p.scope(() => concat([attended, mlp], 2)),
+    dim + mlpDim,
+    dim,
+  );
+  return p.scope(() => add(joint, mul(gate, out)));
+}
+
+/** The checkpoint names of one stream's projections and qk norms in a FluxAttention. */
+interface ProjectionNames {
+  q: string;
+  k: string;
+  v: string;
+  normQ: string;
+  normK: string;
+}
+
+const PROJECTIONS: ProjectionNames = { q: 'to_q', k: 'to_k', v: 'to_v', normQ: 'norm_q', normK: 'norm_k' };
+const ADDED_PROJECTIONS: ProjectionNames = {
+  q: 'add_q_proj',
+  k: 'add_k_proj',
+  v: 'add_v_proj',
+  normQ: 'norm_added_q',
+  normK: 'norm_added_k',
+};
+
+/** One stream's queries, keys and values, [B, S, heads, head_dim] each. */
+interface Heads {
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+}
+
+/** One stream's projections of x split into heads, q and k through their RMSNorms over head_dim (eps 1e-6). */
+function headProjections(
+  attn: Params,
+  x: Tensor,
+  config: FluxTransformerConfig,
+  names: ProjectionNames,
+): Heads {
+  const { innerDim: dim, numAttentionHeads: heads, attentionHeadDim: headDim } = config;
+  const [batch, tokens] = x.shape;
+  const project = (name: string): Tensor => {
+    const projected = Linear(attn.child(name), x, dim, dim);
+    return attn.scope(() => reshape(projected, [batch, tokens, heads, headDim]));
+  };
+  return {
+    q: RMSNorm(attn.child(names.normQ), project(names.q), headDim, { eps: 1e-6 }),
+    k: RMSNorm(attn.child(names.normK), project(names.k), headDim, { eps: 1e-6 }),
+    v: project(names.v),
+  };
+}
+
+/**
+ * FluxAttnProcessor from the projections on: the streams' heads concatenated along the tokens (text
+ * first), RoPE on q and k, the attention product. [B, L + N, inner_dim], before any output projection.
+ */
+function jointAttention(attn: Params, streams: readonly Heads[], o: FluxBlockContext): Tensor {
+  const { innerDim: dim, numAttentionHeads: heads } = o.config;
+  return attn.scope(() => {
+    const joined = (part: keyof Heads): Tensor =>
+      concat(
+        streams.map((s) => s[part]),
+        1,
+      );
+    const [batch, tokens] = joined('v').shape;
+    const packed = (t: Tensor): Tensor => reshape(t, [batch, tokens, dim]);
+    const q = packed(applyRotaryEmbedding(joined('q'), o.rope));
+    const k = packed(applyRotaryEmbedding(joined('k'), o.rope));
+    return fluxAttentionKernel(q, k, packed(joined('v')), {
+      heads,
+      textTokens: o.textTokens,
+      choice: o.choice,
+      path: attn.path,
+    });
+  });
+}
+
+/**
+ * apply_rotary_emb with use_real and unbind dim −1 on x [B, S, heads, head_dim]: each feature pair
+ * (x₀, x₁) becomes (x₀·cos − x₁·sin, x₁·cos + x₀·sin), the tables repeating each angle for its pair.
+ */
+function applyRotaryEmbedding(x: Tensor, rope: Rope): Tensor {
+  const [batch, tokens, heads, headDim] = x.shape;
+  const pairs = reshape(x, [batch, tokens, heads, (headDim as number) / 2, 2]);
+  const [real, imaginary] = split(pairs, 2, -1);
+  const rotated = reshape(concat([neg(imaginary), real], -1), [batch, tokens, heads, headDim]);
+  return add(mul(x, rope.cos), mul(rotated, rope.sin));
+}
+
+/** Where a FLUX attention product is taken, for the kernel that takes it. */
+export interface FluxAttentionSite {
+  heads: number;
+  /** Text tokens before the image tokens in q, k and v. */
+  textTokens: number;
+  choice: AttentionChoice;
+  /** The attention module (`transformer_blocks.3.attn`), for errors. */
+  path: string;
+}
+
+/**
+ * The attention product of every FLUX block, on q, k, v [B, L + N, heads·head_dim] after RoPE,
+ * text tokens first: the one place its kernel is chosen, so the image tokens' attention can become
+ * CLEAR's local window (attention/clear.ts's clearAttention takes the text tokens first, as here).
+ */
+export function fluxAttentionKernel(q: Tensor, k: Tensor, v: Tensor, site: FluxAttentionSite): Tensor {
+  if (site.choice.kind !== 'full') {
+    throw new OptionError(
+      `${site.path}: attention kind '${site.choice.kind}' is not implemented for FluxTransformer2DModel yet; use 'full'`,
+    );
+  }
+  return attention(q, k, v, { numHeads: site.heads });
+}
+
+/** Linear layers quantization at load keeps in float32 (README "int8"): the last layer. */
+const FLUX_FLOAT_LINEARS: ReadonlySet<string> = new Set(['proj_out']);
+
+/** The FLUX.1 denoiser (dev or schnell), loaded from a diffusers `transformer/` folder. */
+export class FluxTransformer2DModel implements DiffusersModel {
+  readonly className = 'FluxTransformer2DModel';
+  readonly methods = ['forward'] as const;
+  private readonly runnable: RunnableModel<FluxGraphOptions>;
+  /** The checkpoint's tensors. */
+  readonly weights: WeightStore;
+
+  private constructor(
+    readonly dir: string,
+    readonly config: FluxTransformerConfig,
+    private readonly loaded: ModelWeights,
+    runtime: Runtime,
+  ) {
+    this.weights = loaded.store;
+    this.runnable = new RunnableModel<FluxGraphOptions>({
+      className: this.className,
+      dir,
+      runtime,
+      build: (layout) => buildFluxTransformerGraph(config, loaded.source, layout, { int8: loaded.int8 }),
+    });
+  }
+
+  /** The Linear modules that run in int8 (a velodiff int8 folder, or `quantize: 'int8'`); undefined when float. */
+  get int8Modules(): ReadonlySet<string> | undefined {
+    return this.loaded.int8?.modules;
+  }
+
+  /** What graphs read: the checkpoint, with the int8 weights of a quantization at load over it. */
+  get source(): TensorSource {
+    return this.loaded.source;
+  }
+
+  static async fromPretrained(dir: string, options: LoadOptions): Promise<FluxTransformer2DModel> {
+    const abs = resolve(dir);
+    const raw = await readConfig(abs);
+    const config = parseFluxTransformerConfig(raw, join(abs, 'config.json'), options.onWarning);
+    // One image and one text token read every weight the config implies.
+    const loaded = await openModelWeights(abs, {
+      className: 'FluxTransformer2DModel',
+      folderInt8: config.int8Modules,
+      quantize: options.quantize,
+      userKeepFloat: options.keepFloat,
+      keepFloat: (module) => FLUX_FLOAT_LINEARS.has(module),
+      build: (source, int8) =>
+        buildFluxTransformerGraph(config, source, { imageTokens: 1, textTokens: 1 }, { int8 }),
+      onWarning: options.onWarning,
+    });
+    return new FluxTransformer2DModel(abs, config, loaded, options.runtime);
+  }
+
+  /** The graph for one input layout, compiled once (the runtime caches sessions by signature). */
+  compile(layout: FluxGraphOptions): Promise<CompiledGraph> {
+    return this.runnable.compile(layout);
+  }
+
+  /**
+   * One denoiser call with diffusers' argument names: `hidden_states` [B, N, in_channels],
+   * `encoder_hidden_states` [B, L, joint_attention_dim], `pooled_projections` [B, pooled_projection_dim],
+   * `timestep` (t/1000; 0-d, [1] or [B], any numeric dtype), `img_ids` [N, axes] and `txt_ids`
+   * [L, axes], and `guidance` (like timestep) exactly when the model has guidance_embeds. Returns
+   * `sample` [B, N, p²·out_channels].
+   */
+  async forward(
+    inputs: Record<string, HostTensor>,
+    options: { method?: string; kwargs?: Record<string, unknown>; attention?: AttentionOption } = {},
+  ): Promise<Record<string, HostTensor>> {
+    const { runnable, config } = this;
+    runnable.checkMethod(options.method, ['forward']);
+    const kwargs = options.kwargs ?? {};
+    // `guidance: null` is diffusers' default (no guidance); a guidance value is the tensor input.
+    if (kwargs.guidance !== undefined && kwargs.guidance !== null) {
+      throw new OptionError(
+        `${runnable.where()}: kwarg "guidance" must be null; give the guidance scale as the input tensor "guidance"`,
+        'KWARG',
+      );
+    }
+    runnable.checkKwargs(kwargs, ['return_dict', 'guidance']);
+    if (options.attention && options.attention.kind !== 'full') {
+      throw new OptionError(
+        `${runnable.where()}: attention kind '${options.attention.kind}' is not implemented for FluxTransformer2DModel yet; use 'full'`,
+      );
+    }
+    // diffusers fails inside time_text_embed with a TypeError either way; said plainly here.
+    if (config.guidanceEmbeds && !inputs.guidance) {
+      throw new OptionError(
+        `${runnable.where()}: missing input "guidance": this model has guidance_embeds (FLUX.1-dev style), ` +
+          'so it takes the guidance scale as an input ([B], e.g. 3.5)',
+        'INPUT',
+      );
+    }
+    if (!config.guidanceEmbeds && inputs.guidance) {
+      throw new OptionError(
+        `${runnable.where()}: guidance was given, but this model has no guidance_embedder ` +
+          '(guidance_embeds is false, FLUX.1-schnell style); leave it out',
+        'INPUT',
+      );
+    }
+    const axes = config.axesDimsRope.length;
+    const specs: Record<string, InputSpec> = {
+      hidden_states: { dtypes: ['float32'], shape: ['B', 'N', config.inChannels] },
+      encoder_hidden_states: { dtypes: ['float32'], shape: ['B', 'L', config.jointAttentionDim] },
+      pooled_projections: { dtypes: ['float32'], shape: ['B', config.pooledProjectionDim] },
+      timestep: { dtypes: NUMERIC_DTYPES, shape: { oneOf: [[], [1], ['B']] } },
+      img_ids: {
+        dtypes: NUMERIC_DTYPES,
+        shape: {
+          oneOf: [
+            ['N', axes],
+            ['batch', 'N', axes],
+          ],
+        },
+      },
+      txt_ids: {
+        dtypes: NUMERIC_DTYPES,
+        shape: {
+          oneOf: [
+            ['L', axes],
+            ['batch', 'L', axes],
+          ],
+        },
+      },
+    };
+    if (config.guidanceEmbeds)
+      specs.guidance = { dtypes: NUMERIC_DTYPES, shape: { oneOf: [[], [1], ['B']] } };
+    const dims = runnable.checkInputs(inputs, specs);
+    for (const name of ['txt_ids', 'img_ids']) {
+      // diffusers still takes ids[0] of 3-D ids, with a deprecation warning; velodiff asks for the 2-D form.
+      if (inputs[name].shape.length === 3) {
+        throw runnable.inputError(
+          name,
+          `3-D ids ${JSON.stringify(inputs[name].shape)} (with a batch dim) are deprecated in diffusers, ` +
+            `which uses only ${name}[0]; pass ${name}[0] as [${name === 'img_ids' ? 'N' : 'L'}, ${axes}]`,
+        );
+      }
+    }
+    // FluxPosEmbed reads ids.float(): float32 values, text ids first.
+    const ids = new Float32Array((dims.L + dims.N) * axes);
+    ids.set(asFloat32(inputs.txt_ids).data as Float32Array);
+    ids.set(asFloat32(inputs.img_ids).data as Float32Array, dims.L * axes);
+    const { cos, sin } = fluxRotaryTables(ids, config.axesDimsRope);
+    const tokens = dims.L + dims.N;
+    const feeds: Record<string, HostTensor> = {
+      hidden_states: inputs.hidden_states,
+      encoder_hidden_states: inputs.encoder_hidden_states,
+      pooled_projections: inputs.pooled_projections,
+      timestep: asBatch(asFloat32(inputs.timestep), dims.B),
+      rope_cos: hostTensor('float32', [tokens, config.attentionHeadDim], cos),
+      rope_sin: hostTensor('float32', [tokens, config.attentionHeadDim], sin),
+    };
+    if (config.guidanceEmbeds) feeds.guidance = asBatch(asFloat32(inputs.guidance), dims.B);
+    const layout: FluxGraphOptions = { imageTokens: dims.N, textTokens: dims.L };
+    return (await runnable.run(layout, feeds)).host;
+  }
+
+  async close(): Promise<void> {
+    this.runnable.clear();
+    await this.loaded.close();
+  }
+}

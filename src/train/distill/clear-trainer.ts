@@ -14,7 +14,7 @@ import { join, resolve } from 'node:path';
 
 import { OptionError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
-import { WeightStore, readConfig } from '../../io/diffusers.js';
+import { WeightStore } from '../../io/diffusers.js';
 import type { ModelConfig } from '../../io/diffusers.js';
 import { writeSafetensors } from '../../io/safetensors.js';
 import { PixArtPipeline } from '../../pipelines/pixart.js';
@@ -114,10 +114,8 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
       textLength,
       ...(model.featureLayers ? { featureLayers: model.featureLayers } : {}),
     });
-    const schedulerConfig = (await readConfig(
-      join(teacherDir, 'scheduler'),
-      'scheduler_config.json',
-    )) as Record<string, unknown>;
+    // The pipeline's parsed config: diffusers writes Python's -Infinity into scheduler configs.
+    const schedulerConfig = { ...pipeline.scheduler.config } as Record<string, unknown>;
     const alphasCumprod = new DPMSolverMultistepScheduler(schedulerConfig).alphasCumprod;
     const predictionType = distillPredictionType(schedulerConfig);
     const generator = new TorchGenerator(o.seed);

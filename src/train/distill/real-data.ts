@@ -7,7 +7,7 @@
 import { join, resolve } from 'node:path';
 
 import { OptionError } from '../../errors.js';
-import { WeightStore, readConfig } from '../../io/diffusers.js';
+import { WeightStore } from '../../io/diffusers.js';
 import { PixArtPipeline } from '../../pipelines/pixart.js';
 import type { TorchGenerator } from '../../random/torch-generator.js';
 import type { Runtime } from '../../runtime/runtime.js';
@@ -100,10 +100,8 @@ export async function realDistillData(o: {
       embeds.set(encoded.embeds.data as Float32Array, start * length * width);
       mask.set(encoded.mask.data as Float32Array, start * length);
     }
-    const schedulerConfig = (await readConfig(
-      join(teacherDir, 'scheduler'),
-      'scheduler_config.json',
-    )) as Record<string, unknown>;
+    // The pipeline's parsed config: diffusers writes Python's -Infinity into scheduler configs.
+    const schedulerConfig = { ...pipeline.scheduler.config } as Record<string, unknown>;
     return {
       teacherDir,
       pipeline,

@@ -3,7 +3,12 @@ import { encodePng, imagesToRgb } from '../io/png.js';
 import { OptionError } from '../errors.js';
 import { readImageFile } from '../io/image.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
-import { DiffusionPipeline, PixArtPipeline } from '../pipelines/index.js';
+import {
+  DiffusionPipeline,
+  FluxPipeline,
+  PixArtPipeline,
+  StableDiffusion3Pipeline,
+} from '../pipelines/index.js';
 import type { ProgressEvent } from '../pipelines/index.js';
 import { SHIPPED_MODEL_PATH, shippedModelDir } from '../pipelines/shipped-model.js';
 import { Runtime } from '../runtime/runtime.js';
@@ -113,6 +118,11 @@ export async function generateCommand(argv: string[]): Promise<number> {
   try {
     const pipe = await DiffusionPipeline.fromPretrained(model, { runtime, quantize });
     try {
+      if (pipe instanceof StableDiffusion3Pipeline || pipe instanceof FluxPipeline) {
+        throw new OptionError(
+          `generate: ${pipe.className} folders run through the library (DiffusionPipeline.fromPretrained) but not yet through the CLI`,
+        );
+      }
       // Said whether asked for or read from a folder in the int8 format.
       const denoiser = pipe instanceof PixArtPipeline ? pipe.transformer : pipe.unet;
       if (denoiser.int8Modules) {

@@ -33,6 +33,8 @@ export interface ClipEncoding {
   hidden: HostTensor;
   /** CLIPTextModelWithProjection's `text_embeds` [B, projection_dim]; absent for CLIPTextModel. */
   pooled?: HostTensor;
+  /** CLIPTextModel's `pooler_output` [B, hidden] (FLUX's pooled prompt embedding); absent for the projection class. */
+  poolerOutput?: HostTensor;
 }
 
 /** One tokenizer + text encoder pair of a pipeline folder (`tokenizer` + `text_encoder`, or the `_2` pair). */
@@ -124,7 +126,8 @@ export class ClipPromptEncoder {
       const state = out[`hidden_states.${layers + 1 - choice.fromEnd}`];
       hidden = choice.kind === 'raw' ? state : await this.textEncoder.finalLayerNorm(state);
     }
-    return out.text_embeds ? { hidden, pooled: out.text_embeds } : { hidden };
+    if (out.text_embeds) return { hidden, pooled: out.text_embeds };
+    return out.pooler_output ? { hidden, poolerOutput: out.pooler_output } : { hidden };
   }
 
   /** diffusers logs the part of a prompt that CLIP's 77 tokens cut off; so does velodiff, as a warning. */

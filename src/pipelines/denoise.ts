@@ -135,8 +135,11 @@ export interface DenoiseLoopOptions extends LoopCallbacks {
    * else [B, …]. Returns the model output of the same batch.
    */
   predict: (modelInput: HostTensor, timestep: number, step: number, cfg: boolean) => Promise<HostTensor>;
-  /** Latent channels: an output with twice as many carries a learned variance, which the sampler drops. */
-  latentChannels: number;
+  /**
+   * Latent channels: an output with twice as many on axis 1 carries a learned variance, which the
+   * sampler drops. Absent where the model predicts none (FLUX, whose packed latents have tokens on axis 1).
+   */
+  latentChannels?: number;
 }
 
 /** Runs the loop and returns the final latents. */
@@ -158,7 +161,7 @@ export async function denoise(o: DenoiseLoopOptions): Promise<HostTensor> {
       const guided = classifierFreeGuidance(prediction, o.guidanceScale);
       prediction = rescale > 0 ? rescaleNoiseCfg(guided, splitBatch(prediction)[1], rescale) : guided;
     }
-    if (prediction.shape[1] === 2 * o.latentChannels)
+    if (o.latentChannels !== undefined && prediction.shape[1] === 2 * o.latentChannels)
       prediction = firstChannels(prediction, o.latentChannels);
     const out = scheduler.step(schedulerTensor(prediction), t, schedulerTensor(latents), {
       generator: o.generator,
@@ -189,17 +192,29 @@ function doubledData(latents: HostTensor): Float32Array {
 }
 
 /**
- * Latents of the denoiser back to the VAE's: divided by scaling_factor, or with `latentsStatistics`
+ * How a pipeline maps the VAE's latents to the denoiser's and back. diffusers spells this out in each
+ * pipeline: SD 1.x/2.x only scale, SDXL uses the VAE's latents_mean/latents_std where it has them,
+ * SD3 and FLUX subtract its shift_factor before scaling.
+ */
+export interface LatentsScaling {
+  /** SDXL: per-channel latents_mean / latents_std where the VAE has them. */
+  latentsStatistics?: boolean;
+  /** SD3 / FLUX: `(z − shift_factor) · scaling_factor` (a VAE without shift_factor shifts by 0). */
+  shiftFactor?: boolean;
+}
+
+/**
+ * Latents of the denoiser back to the VAE's: divided by scaling_factor; with `latentsStatistics`
  * and a VAE that has latents_mean/latents_std, `latents · std / scaling_factor + mean` per channel
- * (SDXL pipelines).
+ * (SDXL pipelines); with `shiftFactor`, `latents / scaling_factor + shift_factor` (SD3, FLUX).
  */
 export function unscaleLatents(
   vae: AutoencoderKL,
   latents: HostTensor,
-  latentsStatistics = false,
+  scaling: LatentsScaling = {},
 ): HostTensor {
-  const { scalingFactor: scale, latentsMean: mean, latentsStd: std } = vae.config;
-  if (latentsStatistics && mean && std) {
+  const { scalingFactor: scale, latentsMean: mean, latentsStd: std, shiftFactor } = vae.config;
+  if (scaling.latentsStatistics && mean && std) {
     const plane = latents.shape[2] * latents.shape[3];
     const channels = latents.shape[1];
     return mapFloat32(latents, (v, i) => {
@@ -207,19 +222,31 @@ export function unscaleLatents(
       return Math.fround(Math.fround(v * std[c]) / scale) + mean[c];
     });
   }
+  if (scaling.shiftFactor) {
+    const shift = shiftFactor ?? 0;
+    return mapFloat32(latents, (v) => Math.fround(v / scale) + shift);
+  }
   return mapFloat32(latents, (v) => v / scale);
 }
 
 /** The VAE's latents scaled for the denoiser: the inverse of `unscaleLatents`. */
-export function scaleLatents(vae: AutoencoderKL, latents: HostTensor, latentsStatistics = false): HostTensor {
-  const { scalingFactor: scale, latentsMean: mean, latentsStd: std } = vae.config;
-  if (latentsStatistics && mean && std) {
+export function scaleLatents(
+  vae: AutoencoderKL,
+  latents: HostTensor,
+  scaling: LatentsScaling = {},
+): HostTensor {
+  const { scalingFactor: scale, latentsMean: mean, latentsStd: std, shiftFactor } = vae.config;
+  if (scaling.latentsStatistics && mean && std) {
     const plane = latents.shape[2] * latents.shape[3];
     const channels = latents.shape[1];
     return mapFloat32(latents, (v, i) => {
       const c = Math.floor(i / plane) % channels;
       return Math.fround(Math.fround(v - mean[c]) * scale) / std[c];
     });
+  }
+  if (scaling.shiftFactor) {
+    const shift = shiftFactor ?? 0;
+    return mapFloat32(latents, (v) => Math.fround(v - shift) * scale);
   }
   return mapFloat32(latents, (v) => scale * v);
 }
@@ -232,10 +259,11 @@ export function scaleLatents(vae: AutoencoderKL, latents: HostTensor, latentsSta
 export async function decodeImages(
   vae: AutoencoderKL,
   latents: HostTensor,
-  options: { latentsStatistics?: boolean; beforeMapping?: (decoded: HostTensor) => Promise<HostTensor> } = {},
+  options: LatentsScaling & { beforeMapping?: (decoded: HostTensor) => Promise<HostTensor> } = {},
 ): Promise<HostTensor> {
-  let decoded = (await vae.decode(unscaleLatents(vae, latents, options.latentsStatistics))).sample;
-  if (options.beforeMapping) decoded = await options.beforeMapping(decoded);
+  const { beforeMapping, ...scaling } = options;
+  let decoded = (await vae.decode(unscaleLatents(vae, latents, scaling))).sample;
+  if (beforeMapping) decoded = await beforeMapping(decoded);
   return mapFloat32(decoded, (v) => Math.min(1, Math.max(0, Math.fround(Math.fround(v / 2) + 0.5))));
 }
 

@@ -36,17 +36,27 @@ export interface ImageToImageOptions {
   noise?: HostTensor;
 }
 
-/** diffusers' `get_timesteps`: the tail of the schedule that `strength` runs, and the index it starts at. */
+/**
+ * diffusers' `get_timesteps`: the tail of the schedule that `strength` runs, and the index it starts
+ * at. `initTimestep` says where diffusers truncates: 'int' (SD 1.x/2.x, SDXL, the default) runs
+ * int(steps · strength) steps; 'float' (SD3, FLUX) starts at int(steps − steps · strength), which
+ * runs one step more when steps · strength is not a whole number.
+ */
 export function strengthTimesteps(
   scheduler: Scheduler,
   numInferenceSteps: number,
   strength: number,
+  options: { initTimestep?: 'int' | 'float' } = {},
 ): { timesteps: number[]; tStart: number } {
   if (!(strength > 0 && strength <= 1)) {
     throw new OptionError(`strength must be a number in (0, 1], got ${strength}`);
   }
-  const initTimestep = Math.min(Math.trunc(numInferenceSteps * strength), numInferenceSteps);
-  const tStart = Math.max(numInferenceSteps - initTimestep, 0);
+  const scaled = numInferenceSteps * strength;
+  const initTimestep = Math.min(
+    options.initTimestep === 'float' ? scaled : Math.trunc(scaled),
+    numInferenceSteps,
+  );
+  const tStart = Math.trunc(Math.max(numInferenceSteps - initTimestep, 0));
   const begin = tStart * scheduler.order;
   const timesteps = scheduler.timesteps.slice(begin);
   if (timesteps.length === 0) {
@@ -112,6 +122,8 @@ export async function imageLatents(o: {
   noise?: HostTensor;
   /** SDXL: scale with the VAE's latents_mean / latents_std where it has them. */
   latentsStatistics?: boolean;
+  /** SD3 / FLUX: subtract the VAE's shift_factor before scaling. */
+  shiftFactor?: boolean;
 }): Promise<HostTensor> {
   const { vae } = o;
   const { tensor, isLatent } = preprocessImage(o.image, {
@@ -134,7 +146,7 @@ export async function imageLatents(o: {
       shape,
       mean.map((m, i) => Math.fround(m + Math.fround(std[i] * eps[i]))),
     );
-    init = scaleLatents(vae, sample, o.latentsStatistics);
+    init = scaleLatents(vae, sample, { latentsStatistics: o.latentsStatistics, shiftFactor: o.shiftFactor });
   }
   init = toBatch(init, o.batch, o.numImagesPerPrompt);
   let noise: Float32Array;

@@ -12,6 +12,8 @@ import {
   StableDiffusionPipeline,
 } from './stable-diffusion.js';
 import { StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline } from './stable-diffusion-xl.js';
+import { FluxPipeline } from './flux.js';
+import { StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline } from './stable-diffusion-3.js';
 
 export { PixArtPipeline } from './pixart.js';
 export {
@@ -20,8 +22,12 @@ export {
   StableDiffusionPipeline,
 } from './stable-diffusion.js';
 export { StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline } from './stable-diffusion-xl.js';
+export { FluxPipeline, latentImageIds, packLatents, unpackLatents } from './flux.js';
+export type { FluxComponents, FluxRunOptions } from './flux.js';
+export { StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline } from './stable-diffusion-3.js';
 export { UNetPipeline } from './unet-pipeline.js';
 export { ClipPromptEncoder } from './clip-prompt.js';
+export { T5PromptEncoder } from './t5-prompt.js';
 export { classifierFreeGuidance, guidanceScaleEmbedding, rescaleNoiseCfg } from './denoise.js';
 export { imageLatents, preprocessImage, strengthTimesteps } from './image-to-image.js';
 export { packageRoot, SHIPPED_MODEL_PATH, shippedModelDir } from './shipped-model.js';
@@ -30,9 +36,16 @@ export type { PipelineOutput, ProgressEvent, StepEndInfo, LoopCallbacks } from '
 export type { ImageToImageOptions } from './image-to-image.js';
 export type { StableDiffusionRunOptions, LoadPipelineOptions } from './unet-pipeline.js';
 export type { StableDiffusionXLRunOptions, SizePair } from './stable-diffusion-xl.js';
+export type { StableDiffusion3Components, StableDiffusion3RunOptions } from './stable-diffusion-3.js';
+export type { LatentsScaling } from './denoise.js';
 
 /** Every pipeline DiffusionPipeline.fromPretrained returns. */
-export type AnyPipeline = PixArtPipeline | StableDiffusionPipeline | StableDiffusionXLPipeline;
+export type AnyPipeline =
+  | PixArtPipeline
+  | StableDiffusionPipeline
+  | StableDiffusionXLPipeline
+  | StableDiffusion3Pipeline
+  | FluxPipeline;
 
 /** model_index.json's `_class_name` values velodiff runs. */
 export const PIPELINE_CLASSES = [
@@ -43,6 +56,9 @@ export const PIPELINE_CLASSES = [
   'LatentConsistencyModelPipeline',
   'StableDiffusionXLPipeline',
   'StableDiffusionXLImg2ImgPipeline',
+  'StableDiffusion3Pipeline',
+  'StableDiffusion3Img2ImgPipeline',
+  'FluxPipeline',
 ] as const;
 
 /** diffusers' `DiffusionPipeline.fromPretrained`: the pipeline class is chosen by model_index.json. */
@@ -75,6 +91,12 @@ export const DiffusionPipeline = {
         return StableDiffusionXLPipeline.fromPretrained(abs, load);
       case 'StableDiffusionXLImg2ImgPipeline':
         return StableDiffusionXLImg2ImgPipeline.fromPretrained(abs, load);
+      case 'StableDiffusion3Pipeline':
+        return StableDiffusion3Pipeline.fromPretrained(abs, load);
+      case 'StableDiffusion3Img2ImgPipeline':
+        return StableDiffusion3Img2ImgPipeline.fromPretrained(abs, load);
+      case 'FluxPipeline':
+        return FluxPipeline.fromPretrained(abs, load);
       default:
         throw new FileFormatError(
           `${abs}/model_index.json: pipeline class ${index.className} is not supported yet; velodiff runs ${PIPELINE_CLASSES.join(', ')}`,

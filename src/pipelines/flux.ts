@@ -1,0 +1,656 @@
+/**
+ * FLUX.1 dev / schnell (diffusers' `FluxPipeline`, and `FluxImg2ImgPipeline` through
+ * `run({ image, strength })`): a FluxTransformer2DModel sampled by flow matching on latents packed
+ * into 2×2 patches, conditioned on T5's sequence embeddings and CLIP's pooled output, with the
+ * guidance scale as a model input where the transformer was guidance-distilled (dev), and a VAE whose
+ * latents are shifted and scaled.
+ */
+import { join } from 'node:path';
+
+import { FileFormatError, OptionError } from '../errors.js';
+import type { AttentionOption } from '../attention/types.js';
+import { readTextFile } from '../io/text.js';
+import { AutoencoderKL } from '../models/autoencoder-kl.js';
+import { FluxTransformer2DModel } from '../models/flux-transformer.js';
+import { checkQuantizeOption } from '../models/int8.js';
+import type { NoiseGenerator } from '../random/torch-generator.js';
+import type { HostTensor } from '../runtime/host-tensor.js';
+import { hostTensor } from '../runtime/host-tensor.js';
+import { Runtime } from '../runtime/runtime.js';
+import { calculateShift, schedulerFromConfig } from '../schedulers/index.js';
+import { linspace } from '../schedulers/numerics.js';
+import type { Scheduler } from '../schedulers/scheduler.js';
+import { asFloat, checkInteger, concatBatch, repeatBatch, splitBatch } from './batch.js';
+import { ClipPromptEncoder } from './clip-prompt.js';
+import type { LoopCallbacks, PipelineOutput } from './denoise.js';
+import { decodeImages, denoise, resolveGenerator } from './denoise.js';
+import type { ImageToImageOptions } from './image-to-image.js';
+import { imageHeightWidth, imageLatents, strengthTimesteps } from './image-to-image.js';
+import { T5PromptEncoder } from './t5-prompt.js';
+import type { LoadPipelineOptions } from './unet-pipeline.js';
+import { checkEmbeds, negativeList, promptList, readPipelineIndex } from './unet-pipeline.js';
+
+/** Options of `run` (diffusers' `FluxPipeline.__call__` arguments in camelCase). */
+export interface FluxRunOptions extends LoopCallbacks, ImageToImageOptions {
+  /** The prompt for both encoders unless prompt2 says otherwise (CLIP's pooled output comes from it). */
+  prompt?: string | string[];
+  /** The prompt for tokenizer_2 / text_encoder_2 (T5); default `prompt`. */
+  prompt2?: string | string[];
+  /** Used only under true CFG (`trueCfgScale` > 1). */
+  negativePrompt?: string | string[];
+  negativePrompt2?: string | string[];
+  /**
+   * True classifier-free guidance: runs when > 1 and a negative prompt (or negative embeddings) is
+   * given, and is silently off otherwise, as in diffusers. Default 1.
+   */
+  trueCfgScale?: number;
+  /** Precomputed T5 embeddings [B, L, joint_attention_dim], instead of prompts. */
+  promptEmbeds?: HostTensor;
+  /** With promptEmbeds: CLIP's pooled output [B, pooled_projection_dim]. */
+  pooledPromptEmbeds?: HostTensor;
+  negativePromptEmbeds?: HostTensor;
+  negativePooledPromptEmbeds?: HostTensor;
+  /**
+   * Initial latents, packed as diffusers' `_pack_latents` leaves them: [B·n, (H/f/2)·(W/f/2), 4·C]
+   * for a VAE factor f and C latent channels (see `packLatents`). With an image, the already noised start.
+   */
+  latents?: HostTensor;
+  /** Default 28. */
+  numInferenceSteps?: number;
+  /** Custom noise levels, one per step, instead of linspace(1, 1/steps, steps). */
+  sigmas?: number[];
+  /**
+   * The distilled guidance FLUX.1-dev takes as a model input (default 3.5); ignored by models without
+   * guidance_embeds (schnell), as in diffusers. Not classifier-free guidance: see trueCfgScale.
+   */
+  guidanceScale?: number;
+  /** Default 128 × the VAE factor (1024 for FLUX.1); multiples of 2 × the VAE factor. */
+  height?: number;
+  width?: number;
+  numImagesPerPrompt?: number;
+  /** Seed of a torch-compatible CPU generator (same seed → same latents as diffusers on CPU). */
+  seed?: number;
+  generator?: NoiseGenerator;
+  /** T5 tokens per prompt, at most 512; default 512. */
+  maxSequenceLength?: number;
+  /** 'latent' returns the packed latents, as diffusers' output_type 'latent'. */
+  outputType?: 'image' | 'latent';
+  /** The transformer's attention kernel (default full attention). */
+  attention?: AttentionOption;
+}
+
+export const FLUX_CLASSES = ['FluxPipeline'] as const;
+
+/** diffusers' check_inputs: T5 takes at most 512 tokens. */
+const MAX_SEQUENCE_LENGTH = 512;
+
+/** diffusers' `default_sample_size`: FluxTransformer2DModel has no sample_size, so the pipeline fixes 128 latents. */
+const DEFAULT_SAMPLE_SIZE = 128;
+
+/** FluxImg2ImgPipeline's default strength. */
+const DEFAULT_STRENGTH = 0.6;
+
+export interface FluxComponents {
+  transformer: FluxTransformer2DModel;
+  /** Absent in pipelines built from components for latent output only. */
+  vae?: AutoencoderKL;
+  scheduler: Scheduler;
+  /** tokenizer + text_encoder (a CLIPTextModel, for its pooled output); absent in folders for embeddings only. */
+  clipEncoder?: ClipPromptEncoder;
+  /** tokenizer_2 + text_encoder_2 (T5). */
+  t5Encoder?: T5PromptEncoder;
+  runtime: Runtime;
+}
+
+/** One side of the transformer's conditioning, repeated per image. */
+interface FluxConditioning {
+  /** encoder_hidden_states [B·n, L, joint_attention_dim] */
+  embeds: HostTensor;
+  /** pooled_projections [B·n, pooled_projection_dim] */
+  pooled: HostTensor;
+}
+
+/**
+ * Text-to-image with FLUX.1 folders, and image-to-image (FluxImg2ImgPipeline's semantics) through
+ * `run({ image, strength })`. Options are diffusers' `__call__` arguments in camelCase; see FluxRunOptions.
+ */
+export class FluxPipeline {
+  readonly className = 'FluxPipeline';
+  readonly transformer: FluxTransformer2DModel;
+  readonly vae: AutoencoderKL | undefined;
+  scheduler: Scheduler;
+  readonly clipEncoder: ClipPromptEncoder | undefined;
+  readonly t5Encoder: T5PromptEncoder | undefined;
+  readonly runtime: Runtime;
+
+  private constructor(
+    readonly dir: string,
+    components: FluxComponents,
+    private readonly ownsRuntime: boolean,
+  ) {
+    this.transformer = components.transformer;
+    this.vae = components.vae;
+    this.scheduler = components.scheduler;
+    this.clipEncoder = components.clipEncoder;
+    this.t5Encoder = components.t5Encoder;
+    this.runtime = components.runtime;
+    if (components.vae) checkLatentChannels(components.transformer, components.vae);
+  }
+
+  /** A pipeline from loaded components (diffusers' `FluxPipeline(transformer=…, …)`). */
+  static fromComponents(components: FluxComponents): FluxPipeline {
+    return new FluxPipeline(components.transformer.dir, components, false);
+  }
+
+  /**
+   * Loads a diffusers FLUX folder (model_index.json of a FluxPipeline). Text encoders listed as null
+   * load as absent, and the pipeline then takes embeddings only. `quantize: 'int8'` reaches the
+   * transformer and the text encoders, not the VAE.
+   */
+  static async fromPretrained(dir: string, options: LoadPipelineOptions = {}): Promise<FluxPipeline> {
+    const { abs, index, className } = await readPipelineIndex(dir, options, FLUX_CLASSES, 'a FLUX pipeline');
+    const quantize = checkQuantizeOption(options.quantize, `${className}.fromPretrained`);
+    for (const part of ['transformer', 'vae', 'scheduler']) {
+      const entry = index.components[part];
+      if (!entry || entry[1] === null) {
+        throw new FileFormatError(
+          `${join(abs, 'model_index.json')}: the pipeline has no "${part}" component; a ${className} folder needs transformer/, vae/ and scheduler/`,
+          'COMPONENT_MISSING',
+          abs,
+        );
+      }
+    }
+    const clipClass = index.components.text_encoder?.[1];
+    if (clipClass && clipClass !== 'CLIPTextModel') {
+      throw new FileFormatError(
+        `${join(abs, 'model_index.json')}: "text_encoder" is ${clipClass}; FLUX takes the pooled output of a CLIPTextModel`,
+        'COMPONENT_CLASS',
+        join(abs, 'text_encoder'),
+      );
+    }
+    const runtime = options.runtime ?? new Runtime();
+    const load = { runtime, onWarning: options.onWarning };
+    const quantized = { ...load, quantize };
+    // Components loaded before a failing one are closed again, so a failed load holds no files.
+    const loaded: { close(): Promise<void> }[] = [];
+    const track = <C extends { close(): Promise<void> }>(component: C): C => {
+      loaded.push(component);
+      return component;
+    };
+    try {
+      const transformer = track(
+        await FluxTransformer2DModel.fromPretrained(join(abs, 'transformer'), quantized),
+      );
+      const vae = track(await AutoencoderKL.fromPretrained(join(abs, 'vae'), load));
+      const schedulerPath = join(abs, 'scheduler', 'scheduler_config.json');
+      const scheduler = schedulerFromConfig(await readTextFile(schedulerPath, 'the scheduler config'));
+      const clipFolders = { tokenizer: 'tokenizer', textEncoder: 'text_encoder' };
+      const clipEncoder = await ClipPromptEncoder.fromModelIndex(abs, index, clipFolders, quantized);
+      if (clipEncoder) track(clipEncoder);
+      const t5Folders = { tokenizer: 'tokenizer_2', textEncoder: 'text_encoder_2' };
+      const t5Encoder = await T5PromptEncoder.fromModelIndex(abs, index, t5Folders, quantized);
+      if (t5Encoder) track(t5Encoder);
+      return new FluxPipeline(
+        abs,
+        { transformer, vae, scheduler, clipEncoder, t5Encoder, runtime },
+        options.runtime === undefined,
+      );
+    } catch (error) {
+      await Promise.all(loaded.map((component) => component.close()));
+      if (options.runtime === undefined) await runtime.dispose();
+      throw error;
+    }
+  }
+
+  /** diffusers' `vae_scale_factor`: 2^(VAE levels − 1), 8 without a VAE. */
+  get vaeScaleFactor(): number {
+    return this.vae?.vaeScaleFactor ?? 8;
+  }
+
+  /** Default output size: diffusers' default_sample_size 128 × the VAE factor (1024 for FLUX.1). */
+  get defaultSize(): number {
+    return DEFAULT_SAMPLE_SIZE * this.vaeScaleFactor;
+  }
+
+  /** Latent channels C: the transformer reads 2×2 patches of them, in_channels = 4·C. */
+  get numChannelsLatents(): number {
+    return this.transformer.config.inChannels / 4;
+  }
+
+  async run(o: FluxRunOptions = {}): Promise<PipelineOutput> {
+    const steps = o.numInferenceSteps ?? 28;
+    const guidance = o.guidanceScale ?? 3.5;
+    const trueCfgScale = o.trueCfgScale ?? 1;
+    const perPrompt = o.numImagesPerPrompt ?? 1;
+    const maxSequenceLength = o.maxSequenceLength ?? MAX_SEQUENCE_LENGTH;
+    if (o.sigmas === undefined) checkInteger(steps, 'numInferenceSteps', 1);
+    checkInteger(perPrompt, 'numImagesPerPrompt', 1);
+    checkInteger(maxSequenceLength, 'maxSequenceLength', 1);
+    if (maxSequenceLength > MAX_SEQUENCE_LENGTH) {
+      throw new OptionError(
+        `maxSequenceLength must be at most ${MAX_SEQUENCE_LENGTH}, got ${maxSequenceLength}`,
+      );
+    }
+    if (!Number.isFinite(guidance)) throw new OptionError(`guidanceScale must be a number, got ${guidance}`);
+    if (!Number.isFinite(trueCfgScale)) {
+      throw new OptionError(`trueCfgScale must be a number, got ${trueCfgScale}`);
+    }
+    const [height, width] = o.image
+      ? imageHeightWidth(o.image, this.vaeScaleFactor, o)
+      : [o.height ?? this.defaultSize, o.width ?? this.defaultSize];
+    this.checkSize(height, width);
+
+    // diffusers' check_inputs, whether or not true CFG runs.
+    if (o.negativePromptEmbeds && !o.negativePooledPromptEmbeds) {
+      throw new OptionError(
+        'negativePooledPromptEmbeds must be given with negativePromptEmbeds (the CLIP pooled output, from the encoders that made them)',
+      );
+    }
+    if (o.negativePromptEmbeds && (o.negativePrompt !== undefined || o.negativePrompt2 !== undefined)) {
+      throw new OptionError('give either negativePrompt (2) or negativePromptEmbeds, not both');
+    }
+    const hasNegative =
+      o.negativePrompt !== undefined ||
+      (o.negativePromptEmbeds !== undefined && o.negativePooledPromptEmbeds !== undefined);
+    const trueCfg = trueCfgScale > 1 && hasNegative;
+    const cond = await this.encodePrompt(o, perPrompt, maxSequenceLength);
+    const negative = trueCfg
+      ? await this.encodeNegativePrompt(o, cond, perPrompt, maxSequenceLength)
+      : undefined;
+    const batch = cond.embeds.shape[0];
+
+    // The latent grid, and the packed grid of 2×2 patches the transformer sees as tokens.
+    const latentHeight = height / this.vaeScaleFactor;
+    const latentWidth = width / this.vaeScaleFactor;
+    const imageSeqLen = (latentHeight / 2) * (latentWidth / 2);
+    const packedShape = [batch, imageSeqLen, this.transformer.config.inChannels];
+
+    const scheduler = this.scheduler;
+    const sigmas = o.sigmas ?? Array.from(linspace(1, 1 / steps, steps));
+    scheduler.setTimesteps(o.sigmas ? o.numInferenceSteps : steps, {
+      sigmas,
+      mu: this.dynamicShift(imageSeqLen),
+    });
+    const generator = resolveGenerator(o);
+    let timesteps = [...scheduler.timesteps];
+    let latents: HostTensor;
+    if (o.image) {
+      ({ timesteps } = strengthTimesteps(
+        scheduler,
+        timesteps.length / scheduler.order,
+        o.strength ?? DEFAULT_STRENGTH,
+        { initTimestep: 'float' },
+      ));
+      if (o.latents) {
+        if (o.noise) throw new OptionError('give latents (the noised start) or noise, not both');
+        latents = checkLatents(o.latents, packedShape);
+      } else {
+        // scale_noise on the unpacked latents, then packed (FluxImg2ImgPipeline.prepare_latents).
+        const noised = await imageLatents({
+          vae: this.requireVae('image-to-image'),
+          image: o.image,
+          batch,
+          numImagesPerPrompt: perPrompt,
+          generator,
+          scheduler,
+          timestep: timesteps[0],
+          noise: o.noise,
+          shiftFactor: true,
+        });
+        latents = packLatents(noised);
+      }
+    } else {
+      if (o.strength !== undefined || o.noise !== undefined) {
+        throw new OptionError('strength and noise are image-to-image options: give an image too');
+      }
+      // diffusers draws the noise unpacked, so a seed gives the same latents as there.
+      const shape = [batch, this.numChannelsLatents, latentHeight, latentWidth];
+      latents = o.latents
+        ? checkLatents(o.latents, packedShape)
+        : packLatents(hostTensor('float32', shape, generator.randn(shape)));
+      beginAt(scheduler, 0);
+    }
+
+    const imgIds = latentImageIds(latentHeight / 2, latentWidth / 2);
+    const guidanceInput = (n: number): Record<string, HostTensor> =>
+      this.transformer.config.guidanceEmbeds
+        ? { guidance: hostTensor('float32', [n], new Float32Array(n).fill(guidance)) }
+        : {};
+    const forward = async (
+      hiddenStates: HostTensor,
+      t: number,
+      conditioning: FluxConditioning,
+    ): Promise<HostTensor> => {
+      const n = hiddenStates.shape[0];
+      const textTokens = conditioning.embeds.shape[1];
+      const out = await this.transformer.forward(
+        {
+          hidden_states: hiddenStates,
+          // diffusers: t.expand(B) / 1000 in float32.
+          timestep: hostTensor('float32', [n], new Float32Array(n).fill(t / 1000)),
+          ...guidanceInput(n),
+          pooled_projections: conditioning.pooled,
+          encoder_hidden_states: conditioning.embeds,
+          txt_ids: hostTensor('float32', [textTokens, 3], new Float32Array(textTokens * 3)),
+          img_ids: imgIds,
+        },
+        { attention: o.attention },
+      );
+      return out.sample;
+    };
+    // Under true CFG both halves go through one call where the text lengths agree ([negative; positive]).
+    const joined =
+      negative && negative.embeds.shape[1] === cond.embeds.shape[1]
+        ? {
+            embeds: concatBatch(negative.embeds, cond.embeds),
+            pooled: concatBatch(negative.pooled, cond.pooled),
+          }
+        : undefined;
+    latents = await denoise({
+      scheduler,
+      timesteps,
+      latents,
+      generator,
+      eta: 0,
+      guidanceScale: trueCfgScale,
+      cfgAt: () => trueCfg,
+      predict: async (modelInput, t, _step, cfg) => {
+        if (!cfg) return forward(modelInput, t, cond);
+        if (joined) return forward(modelInput, t, joined);
+        const [uncondInput, condInput] = splitBatch(modelInput);
+        return concatBatch(
+          await forward(uncondInput, t, negative as FluxConditioning),
+          await forward(condInput, t, cond),
+        );
+      },
+      callbackOnStepEnd: o.callbackOnStepEnd,
+      onProgress: o.onProgress,
+      signal: o.signal,
+    });
+    if (o.outputType === 'latent') return { latents, timesteps };
+    // diffusers: vae.decode(unpack(latents) / scaling_factor + shift_factor).
+    const unpacked = unpackLatents(latents, latentHeight, latentWidth);
+    const images = await decodeImages(this.requireVae('image output'), unpacked, { shiftFactor: true });
+    return { images, latents, timesteps };
+  }
+
+  /** Multiples of twice the VAE factor: the latents are packed into 2×2 patches. */
+  private checkSize(height: number, width: number): void {
+    const multiple = this.vaeScaleFactor * 2;
+    for (const [name, v] of [
+      ['height', height],
+      ['width', width],
+    ] as const) {
+      checkInteger(v, name, 1);
+      // diffusers warns and rounds down; velodiff asks for the size it will make.
+      if (v % multiple !== 0) {
+        throw new OptionError(
+          `${name} ${v} must be a multiple of ${multiple} (VAE factor ${this.vaeScaleFactor} × 2 for the 2×2 latent patches); try ${Math.max(multiple, Math.round(v / multiple) * multiple)}`,
+        );
+      }
+    }
+  }
+
+  /**
+   * diffusers' `calculate_shift` of the image's token count with the scheduler config's keys (and
+   * FluxPipeline's defaults where they are absent); schedulers without dynamic shifting ignore it.
+   */
+  private dynamicShift(imageSeqLen: number): number {
+    const config = this.scheduler.config as Record<string, unknown>;
+    const value = (key: string, fallback: number): number =>
+      typeof config[key] === 'number' ? (config[key] as number) : fallback;
+    return calculateShift(
+      imageSeqLen,
+      value('base_image_seq_len', 256),
+      value('max_image_seq_len', 4096),
+      value('base_shift', 0.5),
+      value('max_shift', 1.15),
+    );
+  }
+
+  /**
+   * diffusers' FLUX `encode_prompt`: CLIP's pooled output of `prompt` and T5's last hidden state of
+   * `prompt2` (default `prompt`), or the given embeddings with their pooled ones; repeated per image.
+   */
+  private async encodePrompt(
+    o: FluxRunOptions,
+    perPrompt: number,
+    maxSequenceLength: number,
+  ): Promise<FluxConditioning> {
+    const prompts = promptList(o);
+    let conditioning: FluxConditioning;
+    if (prompts) {
+      if (o.pooledPromptEmbeds) {
+        throw new OptionError('give either prompt or pooledPromptEmbeds (with promptEmbeds), not both');
+      }
+      conditioning = await this.encodeTexts(
+        prompts,
+        orPrompt(o.prompt2, prompts, 'prompt2'),
+        maxSequenceLength,
+      );
+    } else {
+      if (o.prompt2 !== undefined) throw new OptionError('give either prompt2 or promptEmbeds, not both');
+      if (!o.pooledPromptEmbeds) {
+        throw new OptionError(
+          'pooledPromptEmbeds must be given with promptEmbeds (the CLIP pooled output, from the encoders that made promptEmbeds)',
+        );
+      }
+      conditioning = {
+        embeds: this.checkEmbedsWidth('promptEmbeds', asFloat(o.promptEmbeds as HostTensor)),
+        pooled: asFloat(o.pooledPromptEmbeds),
+      };
+    }
+    const count = conditioning.embeds.shape[0];
+    checkEmbeds('pooledPromptEmbeds', conditioning.pooled, [
+      count,
+      this.transformer.config.pooledProjectionDim,
+    ]);
+    // diffusers repeats encoded prompts per image but passes given embeddings on as they are (a
+    // batch mismatch for numImagesPerPrompt > 1); velodiff repeats both.
+    return repeatConditioning(conditioning, perPrompt);
+  }
+
+  /** The negative side of true CFG, from negative embeddings or prompts encoded as `encodePrompt` does. */
+  private async encodeNegativePrompt(
+    o: FluxRunOptions,
+    cond: FluxConditioning,
+    perPrompt: number,
+    maxSequenceLength: number,
+  ): Promise<FluxConditioning> {
+    const count = cond.embeds.shape[0] / perPrompt;
+    let negative: FluxConditioning;
+    if (o.negativePromptEmbeds) {
+      negative = {
+        embeds: this.checkEmbedsWidth('negativePromptEmbeds', asFloat(o.negativePromptEmbeds)),
+        pooled: asFloat(o.negativePooledPromptEmbeds as HostTensor),
+      };
+      // diffusers: embeddings given on both sides must match.
+      if (o.promptEmbeds) {
+        checkEmbeds('negativePromptEmbeds', negative.embeds, o.promptEmbeds.shape);
+      }
+    } else {
+      const negs = negativeList(o.negativePrompt, count);
+      const negs2 = orPrompt(o.negativePrompt2, negs, 'negativePrompt2');
+      negative = await this.encodeTexts(negs, negs2, maxSequenceLength);
+    }
+    checkEmbeds('negativePromptEmbeds', negative.embeds, [
+      count,
+      negative.embeds.shape[1],
+      this.transformer.config.jointAttentionDim,
+    ]);
+    checkEmbeds('negativePooledPromptEmbeds', negative.pooled, [
+      count,
+      this.transformer.config.pooledProjectionDim,
+    ]);
+    return repeatConditioning(negative, perPrompt);
+  }
+
+  /** CLIP's pooled output of `clipTexts` and T5's last hidden state of `t5Texts` (max_sequence_length tokens). */
+  private async encodeTexts(
+    clipTexts: string[],
+    t5Texts: string[],
+    maxSequenceLength: number,
+  ): Promise<FluxConditioning> {
+    const [clip, t5] = this.requireEncoders();
+    const { poolerOutput } = await clip.encode(clipTexts, { kind: 'last' });
+    if (!poolerOutput) {
+      throw new OptionError(`${clip.textEncoder.dir}: FLUX takes the pooled output of a CLIPTextModel`);
+    }
+    const embeds = this.checkEmbedsWidth('the T5 embeddings', await t5.encode(t5Texts, maxSequenceLength));
+    return { embeds, pooled: poolerOutput };
+  }
+
+  /** The transformer reads [B, L, joint_attention_dim]; a wrong width is named here, not deep in its graph. */
+  private checkEmbedsWidth(name: string, t: HostTensor): HostTensor {
+    const width = this.transformer.config.jointAttentionDim;
+    if (t.shape.length !== 3 || t.shape[2] !== width) {
+      throw new OptionError(
+        `${name} must have shape [B, L, ${width}] (joint_attention_dim of ${this.transformer.dir}), got [${t.shape.join(', ')}]`,
+      );
+    }
+    return t;
+  }
+
+  private requireEncoders(): [ClipPromptEncoder, T5PromptEncoder] {
+    if (!this.clipEncoder || !this.t5Encoder) {
+      const missing = [
+        this.clipEncoder ? undefined : 'text_encoder (CLIP)',
+        this.t5Encoder ? undefined : 'text_encoder_2 (T5)',
+      ].filter((m) => m !== undefined);
+      throw new OptionError(
+        `this pipeline folder has no ${missing.join(' and ')} with its tokenizer (model_index.json lists them as null): pass promptEmbeds and pooledPromptEmbeds (and, for true CFG, negativePromptEmbeds and negativePooledPromptEmbeds)`,
+      );
+    }
+    return [this.clipEncoder, this.t5Encoder];
+  }
+
+  private requireVae(what: string): AutoencoderKL {
+    if (!this.vae)
+      throw new OptionError(`this pipeline has no VAE, which ${what} needs: use outputType "latent"`);
+    return this.vae;
+  }
+
+  async close(): Promise<void> {
+    await this.transformer.close();
+    await this.vae?.close();
+    await this.clipEncoder?.close();
+    await this.t5Encoder?.close();
+    if (this.ownsRuntime) await this.runtime.dispose();
+  }
+}
+
+/**
+ * diffusers' `_pack_latents`: [B, C, H, W] → [B, (H/2)·(W/2), 4·C], each token one 2×2 patch, its
+ * features channel-major (c, dy, dx).
+ */
+export function packLatents(latents: HostTensor): HostTensor {
+  const [batch, channels, height, width] = latents.shape;
+  if (latents.shape.length !== 4 || height % 2 !== 0 || width % 2 !== 0) {
+    throw new OptionError(
+      `packLatents: expected [B, C, H, W] with even H and W, got [${latents.shape.join(', ')}]`,
+    );
+  }
+  const source = asFloat(latents).data as Float32Array;
+  const out = new Float32Array(source.length);
+  const rows = height / 2;
+  const columns = width / 2;
+  let k = 0;
+  for (let b = 0; b < batch; b++) {
+    for (let i = 0; i < rows; i++) {
+      for (let j = 0; j < columns; j++) {
+        for (let c = 0; c < channels; c++) {
+          const plane = (b * channels + c) * height;
+          for (let dy = 0; dy < 2; dy++) {
+            const row = (plane + 2 * i + dy) * width + 2 * j;
+            out[k++] = source[row];
+            out[k++] = source[row + 1];
+          }
+        }
+      }
+    }
+  }
+  return hostTensor('float32', [batch, rows * columns, 4 * channels], out);
+}
+
+/** diffusers' `_unpack_latents`: packed [B, (H/2)·(W/2), 4·C] back to [B, C, H, W] for the latent size H × W. */
+export function unpackLatents(packed: HostTensor, height: number, width: number): HostTensor {
+  const [batch, tokens, features] = packed.shape;
+  const rows = height / 2;
+  const columns = width / 2;
+  if (packed.shape.length !== 3 || tokens !== rows * columns || features % 4 !== 0) {
+    throw new OptionError(
+      `unpackLatents: expected [B, ${rows * columns}, 4·C] for a ${height}×${width} latent, got [${packed.shape.join(', ')}]`,
+    );
+  }
+  const channels = features / 4;
+  const source = asFloat(packed).data as Float32Array;
+  const out = new Float32Array(source.length);
+  let k = 0;
+  for (let b = 0; b < batch; b++) {
+    for (let i = 0; i < rows; i++) {
+      for (let j = 0; j < columns; j++) {
+        for (let c = 0; c < channels; c++) {
+          const plane = (b * channels + c) * height;
+          for (let dy = 0; dy < 2; dy++) {
+            const row = (plane + 2 * i + dy) * width + 2 * j;
+            out[row] = source[k++];
+            out[row + 1] = source[k++];
+          }
+        }
+      }
+    }
+  }
+  return hostTensor('float32', [batch, channels, height, width], out);
+}
+
+/** diffusers' `_prepare_latent_image_ids`: (0, row, column) per packed token, [rows·columns, 3]. */
+export function latentImageIds(rows: number, columns: number): HostTensor {
+  const ids = new Float32Array(rows * columns * 3);
+  for (let i = 0; i < rows; i++) {
+    for (let j = 0; j < columns; j++) {
+      ids[(i * columns + j) * 3 + 1] = i;
+      ids[(i * columns + j) * 3 + 2] = j;
+    }
+  }
+  return hostTensor('float32', [rows * columns, 3], ids);
+}
+
+/** The transformer reads 2×2 patches of the VAE's latents and writes as many features back. */
+function checkLatentChannels(transformer: FluxTransformer2DModel, vae: AutoencoderKL): void {
+  const { inChannels, outChannels, patchSize } = transformer.config;
+  const packed = 4 * vae.config.latentChannels;
+  if (inChannels !== packed || outChannels * patchSize * patchSize !== inChannels) {
+    throw new FileFormatError(
+      `${transformer.dir}: in_channels ${inChannels} and out_channels ${outChannels} (patch size ${patchSize}) must both be 4 × the VAE's latent_channels ${vae.config.latentChannels} = ${packed}: FLUX packs the latents into 2×2 patches`,
+      'CONFIG_VALUE',
+      transformer.dir,
+    );
+  }
+}
+
+function checkLatents(latents: HostTensor, shape: readonly number[]): HostTensor {
+  if (latents.shape.join() !== shape.join()) {
+    const unpacked = latents.shape.length === 4 ? ' (unpacked latents: pack them with packLatents)' : '';
+    throw new OptionError(
+      `latents: expected packed shape [${shape.join(', ')}] (batch, 2×2 patches, 4 × latent channels), got [${latents.shape.join(', ')}]${unpacked}`,
+    );
+  }
+  if (latents.dtype !== 'float32') throw new OptionError(`latents must be float32, got ${latents.dtype}`);
+  return latents;
+}
+
+/** diffusers' `set_begin_index(0)` before the loop, for schedulers that keep a step index. */
+function beginAt(scheduler: Scheduler, index: number): void {
+  const indexed = scheduler as Scheduler & { setBeginIndex?: (index: number) => void };
+  if (typeof indexed.setBeginIndex === 'function') indexed.setBeginIndex(index);
+}
+
+function repeatConditioning(c: FluxConditioning, perPrompt: number): FluxConditioning {
+  return { embeds: repeatBatch(c.embeds, perPrompt), pooled: repeatBatch(c.pooled, perPrompt) };
+}
+
+/** diffusers' `prompt_2 = prompt_2 or prompt`: an absent or empty prompt2 falls back to the prompts. */
+function orPrompt(value: string | string[] | undefined, prompts: string[], what: string): string[] {
+  if (value === undefined || value === '' || (Array.isArray(value) && value.length === 0)) return prompts;
+  return negativeList(value, prompts.length, what);
+}

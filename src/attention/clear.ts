@@ -32,6 +32,7 @@ import type { Dim } from '../graph/shape.js';
 import { formatShape } from '../graph/shape.js';
 import type { AttentionKernel } from '../nn/attention.js';
 import { Attention } from '../nn/attention.js';
+import type { Params } from '../nn/params.js';
 import type { ClearBias, ClearPlan } from './clear-window.js';
 import { clearPlan } from './clear-window.js';
 import type { SelfAttentionLayer, TokenGrid } from './types.js';
@@ -323,6 +324,17 @@ function blockImageAttention(
 }
 
 /**
+ * The pooling weights w of an attention module: `processor.spatial_weight` [1,1,1,df,1,df,1], the
+ * parameter CLEAR's down-sampling processor adds to the module it is set on (§1.1, §1.9), when the
+ * checkpoint (or a CLEAR file overlaid on it) has one; undefined for downFactor 1 or when absent,
+ * where clearAttention pools with the 1/df² initialisation.
+ */
+export function clearSpatialWeight(attn: Params, downFactor: number): Tensor | undefined {
+  if (downFactor <= 1) return undefined;
+  return attn.child('processor').optional('spatial_weight', [1, 1, 1, downFactor, 1, downFactor, 1]);
+}
+
+/**
  * A diffusers `Attention` self-attention module with CLEAR as its kernel: to_q/to_k/to_v (biases
  * per `layer.qkvBias`), CLEAR over `layer.grid` (after `layer.textTokens` text tokens), to_out.0.
  * With downFactor > 1 the pooling weights are the checkpoint's `processor.spatial_weight`
@@ -334,10 +346,7 @@ export function clearSelfAttention(
 ): Tensor {
   const { params: p, x, dim, heads, qkvBias } = layer;
   const downFactor = choice.downFactor ?? 1;
-  const spatialWeight =
-    downFactor > 1
-      ? p.child('processor').optional('spatial_weight', [1, 1, 1, downFactor, 1, downFactor, 1])
-      : undefined;
+  const spatialWeight = clearSpatialWeight(p, downFactor);
   const kernel: AttentionKernel = (q, k, v, o) =>
     clearAttention(q, k, v, {
       numHeads: o.heads,

@@ -77,9 +77,13 @@ export async function forwardCommand(argv: string[]): Promise<number> {
       const attention = attentionOption(flags);
       const loras = loraOptions(flags);
       const adapters = model.adapters;
-      if ((attention || loras.length > 0) && (!adapters || !model.loadLoraWeights)) {
+      const takesLora = adapters !== undefined && model.loadLoraWeights !== undefined;
+      const takesAttention = model.attentionKinds !== undefined;
+      if ((attention && !takesAttention) || (loras.length > 0 && !takesLora)) {
         throw new OptionError(
-          `forward: --attention and --lora apply to denoisers; ${model.className} takes neither`,
+          takesAttention || takesLora
+            ? `forward: ${model.className} takes ${takesAttention ? '--attention' : '--lora'} but not ${takesAttention ? '--lora' : '--attention'}`
+            : `forward: --attention and --lora apply to denoisers; ${model.className} takes neither`,
         );
       }
       for (const [i, { path }] of loras.entries())

@@ -3,7 +3,9 @@ import { FileFormatError, OptionError } from '../errors.js';
 import type { Tensor } from '../graph/graph.js';
 import { Graph } from '../graph/graph.js';
 import { add, attention, concat, gelu, mul, neg, reshape, silu, split } from '../graph/ops/index.js';
-import type { AttentionChoice, AttentionOption } from '../attention/types.js';
+import { AttentionWeightFiles, resolveAttentionOption } from '../attention/attention-option.js';
+import { clearAttention, clearSpatialWeight } from '../attention/clear.js';
+import type { AttentionChoice, AttentionOption, TokenGrid } from '../attention/types.js';
 import { readConfig } from '../io/diffusers.js';
 import type { WeightStore } from '../io/diffusers.js';
 import { LayerNorm, Linear, RMSNorm } from '../nn/layers.js';
@@ -11,6 +13,7 @@ import type { Int8Options } from '../nn/params.js';
 import { Params } from '../nn/params.js';
 import { FeedForward } from '../nn/transformer-block.js';
 import type { TensorSource } from '../nn/weights.js';
+import type { RunResult } from '../runtime/backend.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
 import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
@@ -152,8 +155,13 @@ export interface FluxGraphOptions {
   imageTokens: number;
   /** Text tokens L (encoder_hidden_states [B, L, joint_attention_dim]). */
   textTokens: number;
-  /** Kernel of every joint attention; default full attention (the only one FLUX implements yet). */
+  /** Kernel of every joint attention, double- and single-stream; default full attention. */
   attention?: AttentionChoice;
+  /**
+   * The packed image-token grid (rows × columns, rows·columns = imageTokens, tokens in raster
+   * order): CLEAR's window and pooling cells are laid on it. Required with attention kind 'clear'.
+   */
+  grid?: TokenGrid;
 }
 
 export interface FluxExtras {
@@ -241,6 +249,7 @@ export function fluxTransformer(
     rope,
     textTokens: o.textTokens,
     choice: o.attention ?? { kind: 'full' },
+    ...(o.grid ? { grid: o.grid } : {}),
   };
   for (let i = 0; i < config.numLayers; i++) {
     [text, image] = fluxTransformerBlock(root.child('transformer_blocks').child(i), text, image, block);
@@ -312,6 +321,8 @@ export interface FluxBlockContext {
   textTokens: number;
   /** The attention kernel (`fluxAttentionKernel`). */
   choice: AttentionChoice;
+  /** The packed image-token grid, for CLEAR. */
+  grid?: TokenGrid;
 }
 
 /**
@@ -478,7 +489,8 @@ function jointAttention(attn: Params, streams: readonly Heads[], o: FluxBlockCon
       heads,
       textTokens: o.textTokens,
       choice: o.choice,
-      path: attn.path,
+      ...(o.grid ? { grid: o.grid } : {}),
+      attn,
     });
   });
 }
@@ -501,32 +513,111 @@ export interface FluxAttentionSite {
   /** Text tokens before the image tokens in q, k and v. */
   textTokens: number;
   choice: AttentionChoice;
-  /** The attention module (`transformer_blocks.3.attn`), for errors. */
-  path: string;
+  /** The packed image-token grid; CLEAR needs it. */
+  grid?: TokenGrid;
+  /**
+   * The attention module (`transformer_blocks.3.attn`): its path for errors, and CLEAR's
+   * `processor.spatial_weight` under it.
+   */
+  attn: Params;
 }
 
 /**
  * The attention product of every FLUX block, on q, k, v [B, L + N, heads·head_dim] after RoPE,
- * text tokens first: the one place its kernel is chosen, so the image tokens' attention can become
- * CLEAR's local window (attention/clear.ts's clearAttention takes the text tokens first, as here).
+ * text tokens first: the one place its kernel is chosen. CLEAR runs here as the authors run it on
+ * FLUX (methods/clear_linfusion.md §1.3–§1.5), in the double- and the single-stream blocks alike:
+ * text queries attend to every text and image key; image queries to every text key, to the image
+ * keys within the circle on the packed grid and, with downFactor > 1, to the keys/values pooled
+ * after RoPE with this module's `processor.spatial_weight` — all in one softmax per query.
  */
 export function fluxAttentionKernel(q: Tensor, k: Tensor, v: Tensor, site: FluxAttentionSite): Tensor {
-  if (site.choice.kind !== 'full') {
-    throw new OptionError(
-      `${site.path}: attention kind '${site.choice.kind}' is not implemented for FluxTransformer2DModel yet; use 'full'`,
-    );
+  const { choice } = site;
+  switch (choice.kind) {
+    case 'full':
+      return attention(q, k, v, { numHeads: site.heads });
+    case 'clear': {
+      if (!site.grid) {
+        throw new OptionError(
+          `${site.attn.path}: attention kind 'clear' needs the packed image-token grid (FluxGraphOptions.grid), ` +
+            "on which CLEAR's window is measured",
+        );
+      }
+      const downFactor = choice.downFactor ?? 1;
+      return clearAttention(q, k, v, {
+        numHeads: site.heads,
+        grid: site.grid,
+        radius: choice.radius,
+        textTokens: site.textTokens,
+        downFactor,
+        spatialWeight: clearSpatialWeight(site.attn, downFactor),
+      });
+    }
+    case 'linfusion':
+      throw new OptionError(`${site.attn.path}: ${LINFUSION_UNAVAILABLE}`);
   }
-  return attention(q, k, v, { numHeads: site.heads });
+}
+
+/** Why FLUX refuses attention kind 'linfusion' (methods/clear_linfusion.md §2.1, §3). */
+const LINFUSION_UNAVAILABLE =
+  "attention kind 'linfusion' is not implemented for FluxTransformer2DModel: LinFusion replaces the " +
+  "self-attention (attn1) modules of UNets, and FLUX's attention is joint (text and image tokens in " +
+  "one softmax), for which LinFusion has no module or weights; use 'full' or 'clear'";
+
+/**
+ * The packed image-token grid that `img_ids` [N, axes] describe, as FluxPipeline lays them out
+ * (_prepare_latent_image_ids): token n at row y0 + ⌊n / W⌋ (id axis 1), column x0 + n mod W
+ * (axis 2). A string saying what is wrong when the ids are not such a raster.
+ */
+export function fluxImageGrid(imgIds: ArrayLike<number>, axes: number): TokenGrid | string {
+  const tokens = imgIds.length / axes;
+  if (axes < 3 || !Number.isInteger(tokens) || tokens < 1) {
+    return `expected [N, ≥ 3] ids (row on axis 1, column on axis 2), got ${imgIds.length} values in rows of ${axes}`;
+  }
+  const row = (n: number): number => imgIds[n * axes + 1];
+  const column = (n: number): number => imgIds[n * axes + 2];
+  let width = 1;
+  while (width < tokens && row(width) === row(0)) width++;
+  if (tokens % width !== 0) {
+    return `the first row has ${width} tokens, which does not divide the ${tokens} image tokens`;
+  }
+  for (let n = 0; n < tokens; n++) {
+    const y = row(0) + Math.floor(n / width);
+    const x = column(0) + (n % width);
+    if (row(n) !== y || column(n) !== x) {
+      return (
+        `token ${n} has (row, column) ids (${row(n)}, ${column(n)}), but a raster of rows of ${width} ` +
+        `from (${row(0)}, ${column(0)}) puts it at (${y}, ${x})`
+      );
+    }
+  }
+  return { height: tokens / width, width };
 }
 
 /** Linear layers quantization at load keeps in float32 (README "int8"): the last layer. */
 const FLUX_FLOAT_LINEARS: ReadonlySet<string> = new Set(['proj_out']);
 
+/** What an attention option brings besides the kernel choice, for building step graphs. */
+export interface FluxAcceleration {
+  /** Weights to build from instead of the checkpoint (a CLEAR file overlaid on it, non-strictly). */
+  weights?: TensorSource;
+  /** Identifies those weights, for the compiled-graph cache. */
+  key?: string;
+}
+
+/** What one compiled graph is built for: its input layout and the acceleration's weights. */
+interface FluxLayout {
+  graph: FluxGraphOptions;
+  acceleration: FluxAcceleration;
+}
+
 /** The FLUX.1 denoiser (dev or schnell), loaded from a diffusers `transformer/` folder. */
 export class FluxTransformer2DModel implements DiffusersModel {
   readonly className = 'FluxTransformer2DModel';
   readonly methods = ['forward'] as const;
-  private readonly runnable: RunnableModel<FluxGraphOptions>;
+  readonly attentionKinds = ['full', 'clear'] as const;
+  private readonly runnable: RunnableModel<FluxLayout>;
+  /** CLEAR weight files opened for attention options, kept while the model is open. */
+  private readonly attentionFiles = new AttentionWeightFiles();
   /** The checkpoint's tensors. */
   readonly weights: WeightStore;
 
@@ -537,11 +628,15 @@ export class FluxTransformer2DModel implements DiffusersModel {
     runtime: Runtime,
   ) {
     this.weights = loaded.store;
-    this.runnable = new RunnableModel<FluxGraphOptions>({
+    this.runnable = new RunnableModel<FluxLayout>({
       className: this.className,
       dir,
       runtime,
-      build: (layout) => buildFluxTransformerGraph(config, loaded.source, layout, { int8: loaded.int8 }),
+      build: ({ graph, acceleration }) =>
+        buildFluxTransformerGraph(config, acceleration.weights ?? loaded.source, graph, {
+          int8: loaded.int8,
+        }),
+      key: ({ graph, acceleration }) => JSON.stringify([graph, acceleration.key ?? '']),
     });
   }
 
@@ -573,9 +668,27 @@ export class FluxTransformer2DModel implements DiffusersModel {
     return new FluxTransformer2DModel(abs, config, loaded, options.runtime);
   }
 
+  /**
+   * Resolve an attention option (attention/'s resolveAttentionOption: CLEAR's window checked, its
+   * weights file opened once and overlaid non-strictly on the checkpoint) into what step graphs are
+   * built with. LinFusion has no FLUX form and is refused.
+   */
+  async resolveAcceleration(
+    option: AttentionOption | undefined,
+  ): Promise<{ attention?: AttentionChoice; acceleration: FluxAcceleration }> {
+    if (option?.kind === 'linfusion') {
+      throw new OptionError(`${this.runnable.where()}: ${LINFUSION_UNAVAILABLE}`);
+    }
+    const resolved = await resolveAttentionOption(option, this.loaded.source, this.attentionFiles);
+    const acceleration: FluxAcceleration = {};
+    if (resolved.weights) acceleration.weights = resolved.weights;
+    if (resolved.key) acceleration.key = resolved.key;
+    return { ...(resolved.choice ? { attention: resolved.choice } : {}), acceleration };
+  }
+
   /** The graph for one input layout, compiled once (the runtime caches sessions by signature). */
-  compile(layout: FluxGraphOptions): Promise<CompiledGraph> {
-    return this.runnable.compile(layout);
+  compile(layout: FluxGraphOptions, acceleration: FluxAcceleration = {}): Promise<CompiledGraph> {
+    return this.runnable.compile({ graph: layout, acceleration });
   }
 
   /**
@@ -583,13 +696,19 @@ export class FluxTransformer2DModel implements DiffusersModel {
    * `encoder_hidden_states` [B, L, joint_attention_dim], `pooled_projections` [B, pooled_projection_dim],
    * `timestep` (t/1000; 0-d, [1] or [B], any numeric dtype), `img_ids` [N, axes] and `txt_ids`
    * [L, axes], and `guidance` (like timestep) exactly when the model has guidance_embeds. Returns
-   * `sample` [B, N, p²·out_channels].
+   * `sample` [B, N, p²·out_channels]. `attention` CLEAR (`{ kind: 'clear', radius, downFactor?,
+   * weights? }`) lays its window on the packed grid `grid`, by default the one img_ids describe.
    */
   async forward(
     inputs: Record<string, HostTensor>,
-    options: { method?: string; kwargs?: Record<string, unknown>; attention?: AttentionOption } = {},
+    options: {
+      method?: string;
+      kwargs?: Record<string, unknown>;
+      attention?: AttentionOption;
+      grid?: TokenGrid;
+    } = {},
   ): Promise<Record<string, HostTensor>> {
-    const { runnable, config } = this;
+    const { runnable } = this;
     runnable.checkMethod(options.method, ['forward']);
     const kwargs = options.kwargs ?? {};
     // `guidance: null` is diffusers' default (no guidance); a guidance value is the tensor input.
@@ -600,11 +719,22 @@ export class FluxTransformer2DModel implements DiffusersModel {
       );
     }
     runnable.checkKwargs(kwargs, ['return_dict', 'guidance']);
-    if (options.attention && options.attention.kind !== 'full') {
-      throw new OptionError(
-        `${runnable.where()}: attention kind '${options.attention.kind}' is not implemented for FluxTransformer2DModel yet; use 'full'`,
-      );
-    }
+    const { attention, acceleration } = await this.resolveAcceleration(options.attention);
+    return (
+      await this.step(inputs, { attention, acceleration, ...(options.grid ? { grid: options.grid } : {}) })
+    ).host;
+  }
+
+  /**
+   * One denoiser call for a sampler: `forward`'s inputs, with the attention already resolved
+   * (`resolveAcceleration`, once per run). With CLEAR the packed image-token grid is `grid`, or
+   * else the raster img_ids lay out.
+   */
+  async step(
+    inputs: Record<string, HostTensor>,
+    options: { attention?: AttentionChoice; acceleration?: FluxAcceleration; grid?: TokenGrid } = {},
+  ): Promise<RunResult> {
+    const { runnable, config } = this;
     // diffusers fails inside time_text_embed with a TypeError either way; said plainly here.
     if (config.guidanceEmbeds && !inputs.guidance) {
       throw new OptionError(
@@ -659,9 +789,10 @@ export class FluxTransformer2DModel implements DiffusersModel {
       }
     }
     // FluxPosEmbed reads ids.float(): float32 values, text ids first.
+    const imgIds = asFloat32(inputs.img_ids).data as Float32Array;
     const ids = new Float32Array((dims.L + dims.N) * axes);
     ids.set(asFloat32(inputs.txt_ids).data as Float32Array);
-    ids.set(asFloat32(inputs.img_ids).data as Float32Array, dims.L * axes);
+    ids.set(imgIds, dims.L * axes);
     const { cos, sin } = fluxRotaryTables(ids, config.axesDimsRope);
     const tokens = dims.L + dims.N;
     const feeds: Record<string, HostTensor> = {
@@ -674,11 +805,41 @@ export class FluxTransformer2DModel implements DiffusersModel {
     };
     if (config.guidanceEmbeds) feeds.guidance = asBatch(asFloat32(inputs.guidance), dims.B);
     const layout: FluxGraphOptions = { imageTokens: dims.N, textTokens: dims.L };
-    return (await runnable.run(layout, feeds)).host;
+    const attention = options.attention;
+    if (attention && attention.kind !== 'full') {
+      layout.attention = attention;
+      if (attention.kind === 'clear') layout.grid = this.imageGrid(options.grid, imgIds, dims.N);
+    }
+    return runnable.run({ graph: layout, acceleration: options.acceleration ?? {} }, feeds);
+  }
+
+  /** CLEAR's packed grid: the one given, which must hold the N image tokens, or the one img_ids lay out. */
+  private imageGrid(grid: TokenGrid | undefined, imgIds: Float32Array, imageTokens: number): TokenGrid {
+    if (grid) {
+      const { height, width } = grid;
+      if (!(Number.isInteger(height) && Number.isInteger(width) && height * width === imageTokens)) {
+        throw new OptionError(
+          `${this.runnable.where()}: grid ${height}×${width} does not hold the ${imageTokens} image tokens ` +
+            'of hidden_states; give the packed latent grid (image height/16 × width/16 for FLUX.1)',
+        );
+      }
+      return grid;
+    }
+    const fromIds = fluxImageGrid(imgIds, this.config.axesDimsRope.length);
+    if (typeof fromIds === 'string') {
+      throw this.runnable.inputError(
+        'img_ids',
+        `attention kind 'clear' lays its window on the packed image-token grid, read from img_ids ` +
+          `as FluxPipeline builds them, but ${fromIds}; pass the grid (option grid) explicitly`,
+        'VALUE',
+      );
+    }
+    return fromIds;
   }
 
   async close(): Promise<void> {
     this.runnable.clear();
+    await this.attentionFiles.close();
     await this.loaded.close();
   }
 }

@@ -28,6 +28,11 @@ export interface DiffusersModel {
     inputs: Record<string, HostTensor>,
     options?: { method?: string; kwargs?: Record<string, unknown>; attention?: AttentionOption },
   ): Promise<Record<string, HostTensor>>;
+  /**
+   * The attention kinds `forward`'s `attention` option takes (denoisers); undefined for models that
+   * take no attention option.
+   */
+  readonly attentionKinds?: readonly AttentionOption['kind'][];
   /** LoRA adapters, for models that take them (denoisers). */
   readonly adapters?: AdapterSet;
   /** Load a LoRA onto the model (denoisers). */

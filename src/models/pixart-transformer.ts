@@ -454,6 +454,7 @@ const PIXART_FLOAT_LINEARS: ReadonlySet<string> = new Set(['proj_out']);
 export class PixArtTransformer2DModel implements DiffusersModel {
   readonly className = 'PixArtTransformer2DModel';
   readonly methods = ['forward'] as const;
+  readonly attentionKinds = ['full', 'clear', 'linfusion'] as const;
   private readonly posEmbeds = new Map<string, HostTensor>();
   /** LoRA adapters (diffusers' loadLoraWeights / setAdapters / fuseLora …). */
   readonly adapters = new AdapterSet();

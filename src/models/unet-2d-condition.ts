@@ -354,6 +354,7 @@ function defaultTimeIds(config: UNet2DConditionConfig): number {
 export class UNet2DConditionModel implements DiffusersModel {
   readonly className = 'UNet2DConditionModel';
   readonly methods: readonly string[] = [];
+  readonly attentionKinds = ['full', 'linfusion'] as const;
   /** LoRA adapters on the UNet's linears and convs (diffusers' load_lora_weights / set_adapters / fuse_lora …). */
   readonly adapters = new AdapterSet();
   /** LinFusion folders opened for attention options, kept while the model is open. */

@@ -46,6 +46,7 @@ import { clearDistillTrainer } from './distill/clear-trainer.js';
 import { flashDistillTrainer } from './distill/flash-trainer.js';
 import { linfusionDistillTrainer } from './distill/linfusion-trainer.js';
 import { classifierRun, type RunTrainer } from './run-trainers.js';
+import type { SampleOptions } from './trainers/text-to-image.js';
 import { textToImageTrainer } from './trainers/text-to-image.js';
 import { vaeTrainer } from './trainers/vae.js';
 import { renderSampleGrid } from './sample-grid.js';
@@ -134,6 +135,12 @@ export async function loadConfiguredDataset(
   });
 }
 
+/** The sample grids' prompts, seeds, steps and guidance of a configuration. */
+function gridOptions(config: TrainConfig): SampleOptions {
+  const { prompts, seeds, steps, guidance } = config.sample;
+  return { prompts, seeds, steps, guidance };
+}
+
 /** The trainer of `config.kind` over `dataset`, with the configuration's model and sample options. */
 export async function createRunTrainer(
   config: TrainConfig,
@@ -160,12 +167,7 @@ export async function createRunTrainer(
         dataset,
         runtime,
         seed: config.seed,
-        sample: {
-          prompts: config.sample.prompts,
-          seeds: config.sample.seeds,
-          steps: config.sample.steps,
-          guidance: config.sample.guidance,
-        },
+        sample: gridOptions(config),
         cacheDir: config.data.cacheDir,
         onEncodeProgress,
       });
@@ -178,12 +180,7 @@ export async function createRunTrainer(
         runtime,
         seed: config.seed,
         output: config.output,
-        sample: {
-          prompts: config.sample.prompts,
-          seeds: config.sample.seeds,
-          steps: config.sample.steps,
-          guidance: config.sample.guidance,
-        },
+        sample: gridOptions(config),
         onSamplesProgress: onEncodeProgress,
       });
     case 'distill-flash':
@@ -193,12 +190,7 @@ export async function createRunTrainer(
         runtime,
         seed: config.seed,
         steps: config.steps,
-        sample: {
-          prompts: config.sample.prompts,
-          seeds: config.sample.seeds,
-          steps: config.sample.steps,
-          guidance: config.sample.guidance,
-        },
+        sample: gridOptions(config),
         cacheDir: config.data.cacheDir,
         onEncodeProgress,
       });
@@ -208,12 +200,7 @@ export async function createRunTrainer(
         dataset,
         runtime,
         seed: config.seed,
-        sample: {
-          prompts: config.sample.prompts,
-          seeds: config.sample.seeds,
-          steps: config.sample.steps,
-          guidance: config.sample.guidance,
-        },
+        sample: gridOptions(config),
         cacheDir: config.data.cacheDir,
         onEncodeProgress,
       });

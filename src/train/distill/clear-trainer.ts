@@ -8,8 +8,7 @@
  * `--attention clear:R[:D] --attention-weights FILE`) — with a config.json of its radius, down factor
  * and teacher.
  */
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
 import { OptionError } from '../../errors.js';
@@ -25,9 +24,8 @@ import type { ClearDistillModelConfig } from '../config.js';
 import type { ImageTextDataset } from '../data/dataset.js';
 import { splitIndices } from '../data/dataset.js';
 import type { RunTrainer } from '../run-trainers.js';
-import type { SampleGrid } from '../sample-grid.js';
 import type { SampleOptions } from '../trainers/text-to-image.js';
-import { renderImages } from '../trainers/text-to-image.js';
+import { studentSampleGrid } from './student-grid.js';
 import {
   STUDENT,
   clearDistillBatch,
@@ -151,35 +149,25 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
         });
         return clearDistillBatch(samples, indices, generator, alphasCumprod, predictionType);
       },
-      async sampleGrid(weights, step): Promise<SampleGrid> {
-        const root = await mkdtemp(join(tmpdir(), 'velodiff-clear-grid-'));
-        try {
-          const file = join(root, 'student.safetensors');
-          await writeStudent(file, weights, spec.shapes, 'F32');
-          const channels = transformer.inChannels;
-          const images = await renderImages(teacherDir, runtime, {
-            ...o.sample,
-            size: pipeline.defaultSize,
-            latentShape: [channels, latentSize, latentSize],
-            maxTextLength: textLength,
-            runOptions: { attention: { ...attention, weights: file } },
-          });
-          const size = pipeline.defaultSize;
-          return {
-            title: [
-              `step ${step}`,
-              `CLEAR r=${model.radius}${model.downFactor > 1 ? ` d=${model.downFactor}` : ''}, ${o.sample.steps} steps, CFG ${o.sample.guidance}`,
-            ],
-            columnLabels: o.sample.seeds.map((seed) => `seed ${seed}`),
-            rows: o.sample.prompts.map((prompt, row) => ({
-              label: prompt,
-              cells: images[row].map((data) => ({ image: { width: size, height: size, data } })),
-            })),
-          };
-        } finally {
-          await rm(root, { recursive: true, force: true });
-        }
-      },
+      sampleGrid: (weights, step) =>
+        studentSampleGrid({
+          teacherDir,
+          runtime,
+          sample: o.sample,
+          channels: transformer.inChannels,
+          side: latentSize,
+          vaeScaleFactor: pipeline.vaeScaleFactor,
+          maxTextLength: textLength,
+          title: [
+            `step ${step}`,
+            `CLEAR r=${model.radius}${model.downFactor > 1 ? ` d=${model.downFactor}` : ''}, ${o.sample.steps} steps, CFG ${o.sample.guidance}`,
+          ],
+          write: async (dir) => {
+            const file = join(dir, 'student.safetensors');
+            await writeStudent(file, weights, spec.shapes, 'F32');
+            return { runOptions: { attention: { ...attention, weights: file } } };
+          },
+        }),
       async saveModel(dir, weights) {
         await mkdir(dir, { recursive: true });
         await writeStudent(

@@ -9,8 +9,7 @@
  * `pytorch_lora_weights.safetensors` (`transformer.<module>.lora_A/lora_B.weight` and `.alpha`), which
  * `--flash FILE` and `--accel flash` load (LCM, 4 steps, no CFG).
  */
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
 import { OptionError } from '../../errors.js';
@@ -33,9 +32,8 @@ import type { FlashDistillModelConfig } from '../config.js';
 import type { ImageTextDataset } from '../data/dataset.js';
 import { shippedClassifierDir } from '../eval/shipped-classifier.js';
 import type { RunTrainer } from '../run-trainers.js';
-import type { SampleGrid } from '../sample-grid.js';
 import type { SampleOptions } from '../trainers/text-to-image.js';
-import { renderImages } from '../trainers/text-to-image.js';
+import { studentSampleGrid } from './student-grid.js';
 import { TEACHER } from './clear.js';
 import {
   CLASSIFIER,
@@ -304,35 +302,28 @@ export async function flashDistillTrainer(o: FlashDistillTrainerOptions): Promis
           loss_weights: vector([phase.distill, phase.dmd, phase.adv]),
         };
       },
-      async sampleGrid(weights, step): Promise<SampleGrid> {
-        const root = await mkdtemp(join(tmpdir(), 'velodiff-flash-grid-'));
-        const size = side * pipeline.vaeScaleFactor;
-        try {
-          const file = join(root, FLASH_LORA_FILE);
-          await writeFlashLora(file, weights, spec.loraModules, spec.shapes, model.loraAlpha, 'F32');
-          const images = await renderImages(teacherDir, runtime, {
-            ...o.sample,
-            steps: 4,
-            guidance: 0,
-            size,
-            latentShape: [channels, side, side],
-            maxTextLength: length,
-            prepare: async (pipe) => {
-              await pipe.useFlashDiffusion(file);
-            },
-          });
-          return {
-            title: [`step ${step}`, `Flash Diffusion LoRA (r ${model.loraRank}), LCM, 4 steps, no CFG`],
-            columnLabels: o.sample.seeds.map((seed) => `seed ${seed}`),
-            rows: o.sample.prompts.map((prompt, row) => ({
-              label: prompt,
-              cells: images[row].map((d) => ({ image: { width: size, height: size, data: d } })),
-            })),
-          };
-        } finally {
-          await rm(root, { recursive: true, force: true });
-        }
-      },
+      sampleGrid: (weights, step) =>
+        studentSampleGrid({
+          teacherDir,
+          runtime,
+          sample: o.sample,
+          channels,
+          side,
+          vaeScaleFactor: pipeline.vaeScaleFactor,
+          maxTextLength: length,
+          title: [`step ${step}`, `Flash Diffusion LoRA (r ${model.loraRank}), LCM, 4 steps, no CFG`],
+          write: async (dir) => {
+            const file = join(dir, FLASH_LORA_FILE);
+            await writeFlashLora(file, weights, spec.loraModules, spec.shapes, model.loraAlpha, 'F32');
+            return {
+              steps: 4,
+              guidance: 0,
+              prepare: async (pipe) => {
+                await pipe.useFlashDiffusion(file);
+              },
+            };
+          },
+        }),
       async saveModel(dir, weights) {
         await mkdir(dir, { recursive: true });
         await writeFlashLora(

@@ -7,8 +7,6 @@
  * `modules_list`, diffusion_pytorch_model.safetensors), which `--attention linfusion
  * --attention-weights DIR` and `--accel linfusion` load.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { writeFileAtomic } from '../../io/atomic.js';
@@ -20,9 +18,8 @@ import type { Runtime } from '../../runtime/runtime.js';
 import type { LinFusionDistillModelConfig } from '../config.js';
 import type { ImageTextDataset } from '../data/dataset.js';
 import type { RunTrainer } from '../run-trainers.js';
-import type { SampleGrid } from '../sample-grid.js';
 import type { SampleOptions } from '../trainers/text-to-image.js';
-import { renderImages } from '../trainers/text-to-image.js';
+import { studentSampleGrid } from './student-grid.js';
 import { clearDistillBatch } from './clear.js';
 import {
   linfusionDistillStepSpec,
@@ -99,34 +96,24 @@ export async function linfusionDistillTrainer(o: LinFusionDistillTrainerOptions)
           data.predictionType,
         );
       },
-      async sampleGrid(weights, step): Promise<SampleGrid> {
-        const root = await mkdtemp(join(tmpdir(), 'velodiff-linfusion-grid-'));
-        // At the training resolution.
-        const size = side * pipeline.vaeScaleFactor;
-        try {
-          await writeLinFusionFolder(root, weights, spec.shapes, modules, 'F32');
-          const images = await renderImages(teacherDir, runtime, {
-            ...o.sample,
-            size,
-            latentShape: [channels, side, side],
-            maxTextLength: length,
-            runOptions: { attention: { kind: 'linfusion', weights: root } },
-          });
-          return {
-            title: [
-              `step ${step}`,
-              `LinFusion (MLP width ${midDim}), ${o.sample.steps} steps, CFG ${o.sample.guidance}`,
-            ],
-            columnLabels: o.sample.seeds.map((seed) => `seed ${seed}`),
-            rows: o.sample.prompts.map((prompt, row) => ({
-              label: prompt,
-              cells: images[row].map((data) => ({ image: { width: size, height: size, data } })),
-            })),
-          };
-        } finally {
-          await rm(root, { recursive: true, force: true });
-        }
-      },
+      sampleGrid: (weights, step) =>
+        studentSampleGrid({
+          teacherDir,
+          runtime,
+          sample: o.sample,
+          channels,
+          side,
+          vaeScaleFactor: pipeline.vaeScaleFactor,
+          maxTextLength: length,
+          title: [
+            `step ${step}`,
+            `LinFusion (MLP width ${midDim}), ${o.sample.steps} steps, CFG ${o.sample.guidance}`,
+          ],
+          write: async (dir) => {
+            await writeLinFusionFolder(dir, weights, spec.shapes, modules, 'F32');
+            return { runOptions: { attention: { kind: 'linfusion', weights: dir } } };
+          },
+        }),
       async saveModel(dir, weights) {
         await writeLinFusionFolder(dir, weights, spec.shapes, modules);
         await writeFileAtomic(join(dir, TEACHER_FILE), `${JSON.stringify(teacherOf, null, 2)}\n`);

@@ -9,11 +9,11 @@ import {
   PixArtPipeline,
   StableDiffusion3Pipeline,
 } from '../pipelines/index.js';
-import type { ProgressEvent } from '../pipelines/index.js';
+import type { AnyPipeline, PipelineOutput, ProgressEvent } from '../pipelines/index.js';
 import { SHIPPED_MODEL_PATH, shippedModelDir } from '../pipelines/shipped-model.js';
 import { Runtime } from '../runtime/runtime.js';
 import { SCHEDULER_NAMES, schedulerFromConfig } from '../schedulers/index.js';
-import type { FlagSpec } from './args.js';
+import type { FlagSpec, ParsedArgs } from './args.js';
 import { parseArgs, usage } from './args.js';
 import { progressBar, ProgressLine } from './progress.js';
 import { runtimeFlags, runtimeOptions } from './runtime-flags.js';
@@ -33,25 +33,36 @@ import {
 const FLAGS: Record<string, FlagSpec> = {
   model: {
     type: 'string',
-    description: `a diffusers pipeline folder (model_index.json: PixArt-α/Σ, Stable Diffusion 1.x/2.x, SDXL, LCM); default: the shipped emoji model, ${SHIPPED_MODEL_PATH}/`,
+    description: `a diffusers pipeline folder (model_index.json: PixArt-α/Σ, Stable Diffusion 1.x/2.x, SDXL, LCM, SD3/SD3.5, FLUX.1); default: the shipped emoji model, ${SHIPPED_MODEL_PATH}/`,
   },
   prompt: { type: 'string', description: 'what to draw (or give it as the first argument)' },
-  'negative-prompt': { type: 'string', description: 'what to steer away from (with guidance > 1)' },
+  'negative-prompt': {
+    type: 'string',
+    description: 'what to steer away from (with guidance > 1; FLUX: with --true-cfg-scale)',
+  },
   steps: {
     type: 'integer',
-    description: "denoising steps (default: the pipeline's, 20 PixArt, 50 SD/SDXL, 4 LCM)",
+    description: "denoising steps (default: the pipeline's, 20 PixArt, 50 SD/SDXL, 4 LCM, 28 SD3/FLUX)",
   },
   guidance: {
     type: 'number',
     description:
-      "classifier-free guidance scale, off at ≤ 1 (default: the pipeline's, 4.5 PixArt, 7.5 SD, 5 SDXL)",
+      "classifier-free guidance scale, off at ≤ 1 (default: the pipeline's, 4.5 PixArt, 7.5 SD, 5 SDXL, 7 SD3); FLUX.1-dev: its distilled guidance input (default 3.5)",
+  },
+  'true-cfg-scale': {
+    type: 'number',
+    description:
+      'FLUX: true classifier-free guidance scale (> 1), with --negative-prompt; twice the batch per step',
   },
   'guidance-rescale': {
     type: 'number',
     description:
       'Stable Diffusion: rescale the guided prediction (Lin et al. 2023; 0.7 suggested), default 0',
   },
-  'clip-skip': { type: 'integer', description: 'Stable Diffusion: text encoder layers to skip from the end' },
+  'clip-skip': {
+    type: 'integer',
+    description: 'Stable Diffusion, SD3: text encoder layers to skip from the end',
+  },
   'init-image': {
     type: 'string',
     description: 'image-to-image: a PNG (or, with sharp, JPEG/WebP) to start from; sets the output size',
@@ -59,7 +70,7 @@ const FLAGS: Record<string, FlagSpec> = {
   strength: {
     type: 'number',
     description:
-      'image-to-image: how much of the schedule to run from the noised image, in (0, 1] (default 0.8, SDXL 0.3)',
+      'image-to-image: how much of the schedule to run from the noised image, in (0, 1] (default 0.8, SDXL 0.3, SD3 and FLUX 0.6)',
   },
   seed: { type: 'integer', description: 'seed of the torch-compatible generator (random if absent)' },
   width: { type: 'integer', description: 'image width in pixels (default: the model size)' },
@@ -99,7 +110,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
     console.log(
       usage(
         'generate "PROMPT" [--model DIR] [options]',
-        'Text to image (or image to image with --init-image) with a diffusers PixArt-α/Σ, Stable Diffusion or SDXL folder.',
+        'Text to image (or image to image with --init-image) with a diffusers PixArt-α/Σ, Stable Diffusion, SDXL, SD3 or FLUX folder.',
         FLAGS,
       ),
     );
@@ -118,123 +129,17 @@ export async function generateCommand(argv: string[]): Promise<number> {
   try {
     const pipe = await DiffusionPipeline.fromPretrained(model, { runtime, quantize });
     try {
-      if (pipe instanceof StableDiffusion3Pipeline || pipe instanceof FluxPipeline) {
-        throw new OptionError(
-          `generate: ${pipe.className} folders run through the library (DiffusionPipeline.fromPretrained) but not yet through the CLI`,
-        );
-      }
       // Said whether asked for or read from a folder in the int8 format.
-      const denoiser = pipe instanceof PixArtPipeline ? pipe.transformer : pipe.unet;
+      const denoiser = 'transformer' in pipe ? pipe.transformer : pipe.unet;
       if (denoiser.int8Modules) {
         console.error(
           `int8: ${denoiser.int8Modules.size} Linear modules of the ${denoiser.className} run in int8 (the VAE in float32)`,
         );
       }
-      let steps = flags.steps as number | undefined;
-      let guidance = flags.guidance as number | undefined;
-      const loras = loraOptions(flags);
-      if (pipe instanceof PixArtPipeline) {
-        for (const flag of ['guidance-rescale', 'clip-skip']) {
-          if (flags[flag] !== undefined)
-            throw new OptionError(
-              `generate: --${flag} applies to Stable Diffusion folders, not ${pipe.className}`,
-            );
-        }
-      }
-      // PixArt, SD and SDXL pipelines have the same LoRA verbs and Flash recipe.
-      if (flags.flash !== undefined) {
-        const { adapter, runOptions } = await pipe.useFlashDiffusion(String(flags.flash));
-        steps ??= runOptions.numInferenceSteps;
-        guidance ??= runOptions.guidanceScale;
-        console.error(
-          `Flash Diffusion: ${adapter.modules.length} LoRA modules fused (alpha/r ${adapter.alphaOverRank.join(', ')}), LCM sampling`,
-        );
-        if (adapter.ignored.length > 0) {
-          console.error(
-            `warning: ${String(flags.flash)}: ${adapter.ignored.length} keys match no module of the model and are ignored`,
-          );
-        }
-      }
-      for (const [i, { path }] of loras.entries()) {
-        const loaded = await pipe.loadLoraWeights(path, { adapterName: `lora_${i}` });
-        if (loaded.ignored.length > 0) {
-          console.error(
-            `warning: ${path}: ${loaded.ignored.length} keys match no module of the model and are ignored`,
-          );
-        }
-      }
-      if (loras.length > 0)
-        pipe.setAdapters(
-          loras.map((_, i) => `lora_${i}`),
-          loras.map((l) => l.scale),
-        );
-      if (flags.scheduler !== undefined) {
-        const name = String(flags.scheduler);
-        const className = SCHEDULER_NAMES[name] ?? name;
-        pipe.scheduler = schedulerFromConfig({ ...pipe.scheduler.config, _class_name: className });
-      }
-      if (flags.strength !== undefined && flags['init-image'] === undefined) {
-        throw new OptionError('generate: --strength needs --init-image FILE');
-      }
-      let attention = attentionOption(flags);
-      let tgate = tgateOption(flags);
-      if (flags.accel !== undefined) {
-        if (!(pipe instanceof PixArtPipeline)) {
-          throw new OptionError(
-            `generate: --accel runs velodiff's distilled students of PixArt models, not ${pipe.className}; use --attention, --tgate, --flash, --deep-cache-interval`,
-          );
-        }
-        const accel = await applyAccel(pipe, flags, {
-          command: 'generate',
-          shipped: flags.model === undefined,
-          steps,
-          guidance,
-          tgate,
-          attention,
-          flash: flags.flash !== undefined,
-        });
-        for (const line of accel?.lines ?? []) console.error(line);
-        attention = accel?.attention ?? attention;
-        tgate = accel?.tgate ?? tgate;
-        steps = accel?.steps ?? steps;
-        guidance = accel?.guidance ?? guidance;
-      } else if (flags.students !== undefined) {
-        throw new OptionError('generate: --students needs --accel');
-      }
-      let image: HostTensor | undefined;
-      if (flags['init-image'] !== undefined) image = await readImageFile(String(flags['init-image']));
-      const progress = new ProgressLine();
-      const common = {
-        prompt,
-        negativePrompt: flags['negative-prompt'] as string | undefined,
-        numInferenceSteps: steps,
-        guidanceScale: guidance,
-        attention,
-        tgate,
-        seed: flags.seed as number | undefined,
-        width: flags.width as number | undefined,
-        height: flags.height as number | undefined,
-        numImagesPerPrompt: flags.images as number,
-        image,
-        strength: flags.strength as number | undefined,
-        onProgress: (e: ProgressEvent) => progress.update(stepLine(e.step, e.totalSteps, e.elapsedMs)),
-      };
-      const deepCache = deepCacheOption(flags);
-      if (deepCache && pipe instanceof PixArtPipeline) {
-        throw new OptionError(
-          'generate: --deep-cache-interval works on UNet models (SD 1.x/2.x, SDXL), not PixArt',
-        );
-      }
       const output =
-        pipe instanceof PixArtPipeline
-          ? await pipe.run(common)
-          : await pipe.run({
-              ...common,
-              deepCache,
-              guidanceRescale: flags['guidance-rescale'] as number | undefined,
-              clipSkip: flags['clip-skip'] as number | undefined,
-            });
-      progress.done();
+        pipe instanceof StableDiffusion3Pipeline || pipe instanceof FluxPipeline
+          ? await runFlowMatching(pipe, flags, prompt)
+          : await runDenoiser(pipe, flags, prompt);
       const images = output.images;
       if (!images) throw new Error('the pipeline returned no images');
       const [, , h, w] = images.shape;
@@ -252,4 +157,204 @@ export async function generateCommand(argv: string[]): Promise<number> {
     await runtime.dispose();
   }
   return 0;
+}
+
+/** PixArt, Stable Diffusion 1.x/2.x, SDXL and LCM folders, with their accelerations and LoRAs. */
+async function runDenoiser(
+  pipe: Exclude<AnyPipeline, StableDiffusion3Pipeline | FluxPipeline>,
+  flags: ParsedArgs['flags'],
+  prompt: string,
+): Promise<PipelineOutput> {
+  let steps = flags.steps as number | undefined;
+  let guidance = flags.guidance as number | undefined;
+  const loras = loraOptions(flags);
+  if (flags['true-cfg-scale'] !== undefined) {
+    throw new OptionError(
+      `generate: --true-cfg-scale applies to FLUX folders, not ${pipe.className}: use --guidance`,
+    );
+  }
+  if (pipe instanceof PixArtPipeline) {
+    for (const flag of ['guidance-rescale', 'clip-skip']) {
+      if (flags[flag] !== undefined)
+        throw new OptionError(
+          `generate: --${flag} applies to Stable Diffusion folders, not ${pipe.className}`,
+        );
+    }
+  }
+  // PixArt, SD and SDXL pipelines have the same LoRA verbs and Flash recipe.
+  if (flags.flash !== undefined) {
+    const { adapter, runOptions } = await pipe.useFlashDiffusion(String(flags.flash));
+    steps ??= runOptions.numInferenceSteps;
+    guidance ??= runOptions.guidanceScale;
+    console.error(
+      `Flash Diffusion: ${adapter.modules.length} LoRA modules fused (alpha/r ${adapter.alphaOverRank.join(', ')}), LCM sampling`,
+    );
+    if (adapter.ignored.length > 0) {
+      console.error(
+        `warning: ${String(flags.flash)}: ${adapter.ignored.length} keys match no module of the model and are ignored`,
+      );
+    }
+  }
+  for (const [i, { path }] of loras.entries()) {
+    const loaded = await pipe.loadLoraWeights(path, { adapterName: `lora_${i}` });
+    if (loaded.ignored.length > 0) {
+      console.error(
+        `warning: ${path}: ${loaded.ignored.length} keys match no module of the model and are ignored`,
+      );
+    }
+  }
+  if (loras.length > 0)
+    pipe.setAdapters(
+      loras.map((_, i) => `lora_${i}`),
+      loras.map((l) => l.scale),
+    );
+  if (flags.scheduler !== undefined) {
+    const name = String(flags.scheduler);
+    const className = SCHEDULER_NAMES[name] ?? name;
+    pipe.scheduler = schedulerFromConfig({ ...pipe.scheduler.config, _class_name: className });
+  }
+  if (flags.strength !== undefined && flags['init-image'] === undefined) {
+    throw new OptionError('generate: --strength needs --init-image FILE');
+  }
+  let attention = attentionOption(flags);
+  let tgate = tgateOption(flags);
+  if (flags.accel !== undefined) {
+    if (!(pipe instanceof PixArtPipeline)) {
+      throw new OptionError(
+        `generate: --accel runs velodiff's distilled students of PixArt models, not ${pipe.className}; use --attention, --tgate, --flash, --deep-cache-interval`,
+      );
+    }
+    const accel = await applyAccel(pipe, flags, {
+      command: 'generate',
+      shipped: flags.model === undefined,
+      steps,
+      guidance,
+      tgate,
+      attention,
+      flash: flags.flash !== undefined,
+    });
+    for (const line of accel?.lines ?? []) console.error(line);
+    attention = accel?.attention ?? attention;
+    tgate = accel?.tgate ?? tgate;
+    steps = accel?.steps ?? steps;
+    guidance = accel?.guidance ?? guidance;
+  } else if (flags.students !== undefined) {
+    throw new OptionError('generate: --students needs --accel');
+  }
+  let image: HostTensor | undefined;
+  if (flags['init-image'] !== undefined) image = await readImageFile(String(flags['init-image']));
+  const progress = new ProgressLine();
+  const common = {
+    prompt,
+    negativePrompt: flags['negative-prompt'] as string | undefined,
+    numInferenceSteps: steps,
+    guidanceScale: guidance,
+    attention,
+    tgate,
+    seed: flags.seed as number | undefined,
+    width: flags.width as number | undefined,
+    height: flags.height as number | undefined,
+    numImagesPerPrompt: flags.images as number,
+    image,
+    strength: flags.strength as number | undefined,
+    onProgress: (e: ProgressEvent) => progress.update(stepLine(e.step, e.totalSteps, e.elapsedMs)),
+  };
+  const deepCache = deepCacheOption(flags);
+  if (deepCache && pipe instanceof PixArtPipeline) {
+    throw new OptionError(
+      'generate: --deep-cache-interval works on UNet models (SD 1.x/2.x, SDXL), not PixArt',
+    );
+  }
+  const output =
+    pipe instanceof PixArtPipeline
+      ? await pipe.run(common)
+      : await pipe.run({
+          ...common,
+          deepCache,
+          guidanceRescale: flags['guidance-rescale'] as number | undefined,
+          clipSkip: flags['clip-skip'] as number | undefined,
+        });
+  progress.done();
+  return output;
+}
+
+/** Why the flags of the PixArt and UNet paths do not reach SD3 or FLUX. */
+const NOT_FOR_SD3_OR_FLUX: Readonly<Record<string, string>> = {
+  accel: "runs velodiff's distilled students of PixArt models",
+  students: "belongs to --accel, which runs velodiff's distilled students of PixArt models",
+  tgate: 'T-GATE runs on PixArt and UNet (SD 1.x/2.x, SDXL) folders',
+  flash: 'Flash Diffusion LoRAs exist for PixArt, SD 1.5 and SDXL',
+  lora: 'LoRA loading reaches PixArt and UNet models, not the SD3 and FLUX transformers yet',
+  'deep-cache-interval': 'DeepCache works on UNet models (SD 1.x/2.x, SDXL)',
+  'deep-cache-branch': 'DeepCache works on UNet models (SD 1.x/2.x, SDXL)',
+  'guidance-rescale': 'guidance rescale is a Stable Diffusion 1.x/2.x and SDXL option',
+};
+
+/** SD3 / SD3.5 and FLUX.1 folders: flow matching with their folder's scheduler, no accelerations but FLUX's CLEAR. */
+async function runFlowMatching(
+  pipe: StableDiffusion3Pipeline | FluxPipeline,
+  flags: ParsedArgs['flags'],
+  prompt: string,
+): Promise<PipelineOutput> {
+  const flux = pipe instanceof FluxPipeline;
+  const refused: Record<string, string> = flux
+    ? {
+        ...NOT_FOR_SD3_OR_FLUX,
+        'clip-skip': "FLUX reads CLIP's pooled output, which skipping layers does not reach",
+      }
+    : {
+        ...NOT_FOR_SD3_OR_FLUX,
+        attention: "CLEAR has a FLUX form only, and LinFusion a UNet one; SD3's attention stays full",
+        'attention-weights':
+          "CLEAR has a FLUX form only, and LinFusion a UNet one; SD3's attention stays full",
+        'true-cfg-scale': 'SD3 guides by classifier-free guidance already: use --guidance',
+      };
+  for (const [flag, why] of Object.entries(refused)) {
+    if (flags[flag] !== undefined)
+      throw new OptionError(`generate: --${flag} does not apply to ${pipe.className}: ${why}`);
+  }
+  if (flags.scheduler !== undefined) {
+    const name = String(flags.scheduler);
+    if ((SCHEDULER_NAMES[name] ?? name) !== 'FlowMatchEulerDiscreteScheduler') {
+      throw new OptionError(
+        `generate: --scheduler ${name} does not apply to ${pipe.className}, which samples by flow matching: leave --scheduler out or give flow-match`,
+      );
+    }
+  }
+  if (flags.strength !== undefined && flags['init-image'] === undefined) {
+    throw new OptionError('generate: --strength needs --init-image FILE');
+  }
+  const negativePrompt = flags['negative-prompt'] as string | undefined;
+  const trueCfgScale = flags['true-cfg-scale'] as number | undefined;
+  // diffusers turns true CFG off without a word when either half is missing; the CLI says so.
+  if (flux && (negativePrompt === undefined) !== (trueCfgScale === undefined)) {
+    throw new OptionError(
+      negativePrompt === undefined
+        ? 'generate: --true-cfg-scale on FluxPipeline needs --negative-prompt TEXT'
+        : 'generate: --negative-prompt on FluxPipeline steers only under true CFG: add --true-cfg-scale S (> 1); --guidance is FLUX.1-dev distilled guidance, not CFG',
+    );
+  }
+  const attention = attentionOption(flags);
+  const image =
+    flags['init-image'] === undefined ? undefined : await readImageFile(String(flags['init-image']));
+  const progress = new ProgressLine();
+  const common = {
+    prompt,
+    negativePrompt,
+    numInferenceSteps: flags.steps as number | undefined,
+    guidanceScale: flags.guidance as number | undefined,
+    seed: flags.seed as number | undefined,
+    width: flags.width as number | undefined,
+    height: flags.height as number | undefined,
+    numImagesPerPrompt: flags.images as number,
+    image,
+    strength: flags.strength as number | undefined,
+    onProgress: (e: ProgressEvent) => progress.update(stepLine(e.step, e.totalSteps, e.elapsedMs)),
+  };
+  const output =
+    pipe instanceof FluxPipeline
+      ? await pipe.run({ ...common, trueCfgScale, attention })
+      : await pipe.run({ ...common, clipSkip: flags['clip-skip'] as number | undefined });
+  progress.done();
+  return output;
 }

@@ -75,7 +75,12 @@ export interface FluxRunOptions extends LoopCallbacks, ImageToImageOptions {
   maxSequenceLength?: number;
   /** 'latent' returns the packed latents, as diffusers' output_type 'latent'. */
   outputType?: 'image' | 'latent';
-  /** The transformer's attention kernel (default full attention). */
+  /**
+   * The transformer's attention kernel: full (default) or CLEAR (`{ kind: 'clear', radius,
+   * downFactor?, weights? }`, methods/clear_linfusion.md §1), its window on the packed latent grid,
+   * resolved once per run. The authors' text_length 512 is the default maxSequenceLength, to which
+   * prompts are always padded.
+   */
   attention?: AttentionOption;
 }
 
@@ -239,6 +244,8 @@ export class FluxPipeline {
       ? imageHeightWidth(o.image, this.vaeScaleFactor, o)
       : [o.height ?? this.defaultSize, o.width ?? this.defaultSize];
     this.checkSize(height, width);
+    // Once per run: CLEAR's window checked and its weights file opened before any encoder runs.
+    const resolved = await this.transformer.resolveAcceleration(o.attention);
 
     // diffusers' check_inputs, whether or not true CFG runs.
     if (o.negativePromptEmbeds && !o.negativePooledPromptEmbeds) {
@@ -311,7 +318,9 @@ export class FluxPipeline {
       beginAt(scheduler, 0);
     }
 
-    const imgIds = latentImageIds(latentHeight / 2, latentWidth / 2);
+    // The packed grid the img_ids lay out, given to the transformer so CLEAR need not read it back from them.
+    const grid = { height: latentHeight / 2, width: latentWidth / 2 };
+    const imgIds = latentImageIds(grid.height, grid.width);
     const guidanceInput = (n: number): Record<string, HostTensor> =>
       this.transformer.config.guidanceEmbeds
         ? { guidance: hostTensor('float32', [n], new Float32Array(n).fill(guidance)) }
@@ -323,7 +332,7 @@ export class FluxPipeline {
     ): Promise<HostTensor> => {
       const n = hiddenStates.shape[0];
       const textTokens = conditioning.embeds.shape[1];
-      const out = await this.transformer.forward(
+      const result = await this.transformer.step(
         {
           hidden_states: hiddenStates,
           // diffusers: t.expand(B) / 1000 in float32.
@@ -334,9 +343,9 @@ export class FluxPipeline {
           txt_ids: hostTensor('float32', [textTokens, 3], new Float32Array(textTokens * 3)),
           img_ids: imgIds,
         },
-        { attention: o.attention },
+        { attention: resolved.attention, acceleration: resolved.acceleration, grid },
       );
-      return out.sample;
+      return result.host.sample;
     };
     // Under true CFG both halves go through one call where the text lengths agree ([negative; positive]).
     const joined =

@@ -73,10 +73,10 @@ describe('FluxPipeline vs diffusers (pipeline_flux_flowmatch)', () => {
   it('reproduces timesteps, per-step latents, final (packed) latents and the image', async (t) => {
     const golden = await readAllTensors(`${CASE}outputs.safetensors`);
     const fed: Record<string, HostTensor>[] = [];
-    const forward = pipe.transformer.forward.bind(pipe.transformer);
-    pipe.transformer.forward = async (feeds, options) => {
+    const step = pipe.transformer.step.bind(pipe.transformer);
+    pipe.transformer.step = async (feeds, options) => {
       fed.push(feeds);
-      return forward(feeds, options);
+      return step(feeds, options);
     };
     const perStep: HostTensor[] = [];
     const progress: number[] = [];
@@ -136,7 +136,7 @@ describe('FluxPipeline vs diffusers (pipeline_flux_flowmatch)', () => {
       assert.equal(latentOnly.images, undefined);
       assert.deepEqual(latentOnly.latents.data, out.latents.data);
     } finally {
-      pipe.transformer.forward = forward;
+      pipe.transformer.step = step;
     }
   });
 
@@ -213,10 +213,10 @@ describe('FluxPipeline vs diffusers (pipeline_flux_flowmatch)', () => {
     t.diagnostic(describeCheck(fixture.check('final_latents', resumed.latents.data as Float32Array)));
     // strength 0.6: int(4 − 2.4) = 1, so three steps run (diffusers' float init_timestep).
     const fed: HostTensor[] = [];
-    const forward = pipe.transformer.forward.bind(pipe.transformer);
-    pipe.transformer.forward = async (feeds, options) => {
+    const step = pipe.transformer.step.bind(pipe.transformer);
+    pipe.transformer.step = async (feeds, options) => {
       fed.push(feeds.hidden_states);
-      return forward(feeds, options);
+      return step(feeds, options);
     };
     try {
       const out = await pipe.run({ ...embeds(), image: rgb, seed: 5, numInferenceSteps: 4 });
@@ -251,7 +251,7 @@ describe('FluxPipeline vs diffusers (pipeline_flux_flowmatch)', () => {
       );
       t.diagnostic(`FLUX img2img start latents vs float64 formula: ${measured.maxAbsError.toExponential(2)}`);
     } finally {
-      pipe.transformer.forward = forward;
+      pipe.transformer.step = step;
     }
   });
 
@@ -361,11 +361,12 @@ describe('FluxPipeline prompts (tiny CLIP + T5 folder)', () => {
     const pipe = await FluxPipeline.fromPretrained(await tinyFluxPipeline(), { runtime });
     const inputs = await readAllTensors(`${CASE}inputs.safetensors`);
     const fed: Record<string, HostTensor>[] = [];
-    const forward = pipe.transformer.forward.bind(pipe.transformer);
-    pipe.transformer.forward = async (feeds, options) => {
+    const step = pipe.transformer.step.bind(pipe.transformer);
+    pipe.transformer.step = async (feeds, options) => {
       fed.push(feeds);
-      return forward(feeds, options);
+      return step(feeds, options);
     };
+    const resolveAcceleration = pipe.transformer.resolveAcceleration.bind(pipe.transformer);
     const ids = (tokens: number[][]): HostTensor =>
       hostTensor(
         'int64',
@@ -411,6 +412,26 @@ describe('FluxPipeline prompts (tiny CLIP + T5 folder)', () => {
       await pipe.run({ prompt: 'a red heart', latents: inputs.latents, ...common });
       assert.deepEqual(fed[0].encoder_hidden_states.shape, [1, 512, 24]);
       assert.deepEqual(fed[0].encoder_hidden_states.data, await sequence('a red heart', 512));
+
+      // CLEAR's text_length 512 (methods/clear_linfusion.md §1.2) is that default: the prompt is padded
+      // to 512 tokens all the same. The option is resolved once per run, not once per step.
+      fed.length = 0;
+      let resolutions = 0;
+      pipe.transformer.resolveAcceleration = async (option) => {
+        resolutions++;
+        return resolveAcceleration(option);
+      };
+      await pipe.run({
+        prompt: 'a red heart',
+        latents: inputs.latents,
+        attention: { kind: 'clear', radius: 1 },
+        ...common,
+        numInferenceSteps: 2,
+      });
+      assert.equal(resolutions, 1);
+      assert.equal(fed.length, 2);
+      assert.deepEqual(fed[0].encoder_hidden_states.shape, [1, 512, 24]);
+      pipe.transformer.resolveAcceleration = resolveAcceleration;
 
       // True CFG with a negative prompt: [negative; positive] in one call, each repeated per image.
       fed.length = 0;
@@ -458,7 +479,8 @@ describe('FluxPipeline prompts (tiny CLIP + T5 folder)', () => {
         'true CFG, two calls',
       );
     } finally {
-      pipe.transformer.forward = forward;
+      pipe.transformer.step = step;
+      pipe.transformer.resolveAcceleration = resolveAcceleration;
       await pipe.close();
     }
   });

@@ -9,7 +9,8 @@ import {
   PixArtPipeline,
   StableDiffusion3Pipeline,
 } from '../pipelines/index.js';
-import type { AnyPipeline, PipelineOutput, ProgressEvent } from '../pipelines/index.js';
+import type { AnyPipeline, HighResStage, PipelineOutput, ProgressEvent } from '../pipelines/index.js';
+import { highResStages } from '../pipelines/highres.js';
 import { SHIPPED_MODEL_PATH, shippedModelDir } from '../pipelines/shipped-model.js';
 import { Runtime } from '../runtime/runtime.js';
 import { SCHEDULER_NAMES, schedulerFromConfig } from '../schedulers/index.js';
@@ -72,6 +73,19 @@ const FLAGS: Record<string, FlagSpec> = {
     description:
       'image-to-image: how much of the schedule to run from the noised image, in (0, 1] (default 0.8, SDXL 0.3, SD3 and FLUX 0.6)',
   },
+  highres: {
+    type: 'string',
+    description:
+      "staged high resolution (CLEAR's recipe), FLUX and PixArt: SCALE[:STRENGTH] per refine stage, comma-separated (4, 2:0.4,2:0.3); the base image is --width × --height with --steps/--guidance, each stage resizes ×SCALE (PIL bicubic) and refines by image-to-image (strength default 0.7); --attention (--accel's student, --tgate) runs in the refine stages",
+  },
+  'highres-steps': {
+    type: 'integer',
+    description: "with --highres: each refine stage's schedule length (default FLUX 20, PixArt --steps)",
+  },
+  'highres-guidance': {
+    type: 'number',
+    description: 'with --highres: the refine guidance (default FLUX 7.5, PixArt --guidance)',
+  },
   seed: { type: 'integer', description: 'seed of the torch-compatible generator (random if absent)' },
   width: { type: 'integer', description: 'image width in pixels (default: the model size)' },
   height: { type: 'integer', description: 'image height in pixels (default: the model size)' },
@@ -124,6 +138,8 @@ export async function generateCommand(argv: string[]): Promise<number> {
   const prompt = (flags.prompt as string | undefined) ?? positional.join(' ');
   if (!prompt) throw new OptionError('generate: give a prompt: velodiff generate "red heart"');
   const quantize = quantizeOption(flags, 'generate');
+  // Checked before the model loads.
+  highresFlag(flags);
   const model = flags.model === undefined ? shippedModelDir() : String(flags.model);
   const runtime = new Runtime(runtimeOptions(flags));
   try {
@@ -159,6 +175,46 @@ export async function generateCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
+/**
+ * `--highres SCALE[:STRENGTH][,…]` with `--highres-steps` and `--highres-guidance` (every stage),
+ * as the stages of a run's `highres` option; undefined without `--highres`.
+ */
+function highresFlag(flags: ParsedArgs['flags']): HighResStage[] | undefined {
+  const spec = flags.highres as string | undefined;
+  if (spec === undefined) {
+    for (const flag of ['highres-steps', 'highres-guidance']) {
+      if (flags[flag] !== undefined) throw new OptionError(`generate: --${flag} needs --highres SCALE`);
+    }
+    return undefined;
+  }
+  for (const flag of ['init-image', 'strength']) {
+    if (flags[flag] !== undefined) {
+      throw new OptionError(
+        `generate: --${flag} does not go with --highres, which makes its base image from the prompt; give the refine strength as --highres SCALE:STRENGTH`,
+      );
+    }
+  }
+  const steps = flags['highres-steps'] as number | undefined;
+  const guidance = flags['highres-guidance'] as number | undefined;
+  const stages = spec.split(',').map((part): HighResStage => {
+    const fields = part.split(':');
+    const numbers = fields.map((f) => (f.trim() === '' ? Number.NaN : Number(f)));
+    if (fields.length > 2 || numbers.some((n) => !Number.isFinite(n))) {
+      throw new OptionError(
+        `generate: --highres "${spec}": expected SCALE[:STRENGTH] per stage, comma-separated (e.g. 4, 2:0.5 or 2:0.4,2:0.3), got "${part}"`,
+      );
+    }
+    return {
+      scale: numbers[0],
+      ...(numbers.length === 2 ? { strength: numbers[1] } : {}),
+      ...(steps === undefined ? {} : { numInferenceSteps: steps }),
+      ...(guidance === undefined ? {} : { guidanceScale: guidance }),
+    };
+  });
+  // The library's own checks (scale an integer ≥ 2, strength in (0, 1], steps ≥ 1), named by the flag.
+  return highResStages(stages.length === 1 ? stages[0] : stages, `generate: --highres "${spec}"`);
+}
+
 /** PixArt, Stable Diffusion 1.x/2.x, SDXL and LCM folders, with their accelerations and LoRAs. */
 async function runDenoiser(
   pipe: Exclude<AnyPipeline, StableDiffusion3Pipeline | FluxPipeline>,
@@ -171,6 +227,12 @@ async function runDenoiser(
   if (flags['true-cfg-scale'] !== undefined) {
     throw new OptionError(
       `generate: --true-cfg-scale applies to FLUX folders, not ${pipe.className}: use --guidance`,
+    );
+  }
+  const highres = highresFlag(flags);
+  if (highres && !(pipe instanceof PixArtPipeline)) {
+    throw new OptionError(
+      `generate: --highres runs on FLUX and PixArt folders, not ${pipe.className}; for a larger image, run --init-image with a resized image`,
     );
   }
   if (pipe instanceof PixArtPipeline) {
@@ -265,9 +327,18 @@ async function runDenoiser(
       'generate: --deep-cache-interval works on UNet models (SD 1.x/2.x, SDXL), not PixArt',
     );
   }
+  // With --highres the accelerations run in the refine stages; the base image uses full attention.
+  const staged = highres
+    ? {
+        ...common,
+        attention: undefined,
+        tgate: undefined,
+        highres: highres.map((stage) => ({ ...stage, attention, tgate })),
+      }
+    : common;
   const output =
     pipe instanceof PixArtPipeline
-      ? await pipe.run(common)
+      ? await pipe.run(staged)
       : await pipe.run({
           ...common,
           deepCache,
@@ -308,6 +379,9 @@ async function runFlowMatching(
         'attention-weights':
           "CLEAR has a FLUX form only, and LinFusion a UNet one; SD3's attention stays full",
         'true-cfg-scale': 'SD3 guides by classifier-free guidance already: use --guidance',
+        highres: "CLEAR's staged recipe runs on FLUX (and PixArt) folders",
+        'highres-steps': "CLEAR's staged recipe runs on FLUX (and PixArt) folders",
+        'highres-guidance': "CLEAR's staged recipe runs on FLUX (and PixArt) folders",
       };
   for (const [flag, why] of Object.entries(refused)) {
     if (flags[flag] !== undefined)
@@ -351,9 +425,15 @@ async function runFlowMatching(
     strength: flags.strength as number | undefined,
     onProgress: (e: ProgressEvent) => progress.update(stepLine(e.step, e.totalSteps, e.elapsedMs)),
   };
+  const highres = highresFlag(flags);
   const output =
     pipe instanceof FluxPipeline
-      ? await pipe.run({ ...common, trueCfgScale, attention })
+      ? await pipe.run({
+          ...common,
+          trueCfgScale,
+          // With --highres, --attention is the refine stages' (the notebook's base runs full attention).
+          ...(highres ? { highres: highres.map((stage) => ({ ...stage, attention })) } : { attention }),
+        })
       : await pipe.run({ ...common, clipSkip: flags['clip-skip'] as number | undefined });
   progress.done();
   return output;

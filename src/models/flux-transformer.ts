@@ -55,6 +55,37 @@ export interface FluxTransformerConfig {
 const ROPE_THETA = 10000;
 
 /**
+ * The token count CLEAR's proportional attention measures against: a 1024² image's 64² packed
+ * tokens plus 512 text tokens (`train_seq_len = 64 ** 2 + 512` in the authors' attention_processor.py).
+ */
+export const PROPORTIONAL_ATTENTION_TRAIN_TOKENS = 64 ** 2 + 512;
+
+/**
+ * CLEAR's proportional attention (Huage001/CLEAR attention_processor.py, used by its
+ * transformer_flux.py for high-resolution SDEdit): the softmax scale
+ * sqrt(log_4608(N) / head_dim) for N keys (text + image tokens, pooled keys not counted), and
+ * sqrt(log_4608(10·N) / head_dim) in the processor with pooled keys (downFactor > 1) — the ×10 is
+ * the authors' code, kept (methods/clear_linfusion.md §1.5, §1.11 item 7).
+ */
+export function fluxProportionalAttentionScale(keyTokens: number, headDim: number, downFactor = 1): number {
+  const tokens = downFactor > 1 ? 10 * keyTokens : keyTokens;
+  // Python's math.log(x, base) is log(x) / log(base) in double.
+  return Math.sqrt(Math.log(tokens) / Math.log(PROPORTIONAL_ATTENTION_TRAIN_TOKENS) / headDim);
+}
+
+/**
+ * Checks the NTK factor of FLUX's RoPE (CLEAR's `ntk_factor`: θ multiplied by it on every axis):
+ * a finite number > 0; 1 is diffusers' RoPE.
+ */
+export function checkRopeNtkFactor(value: number, where: string): void {
+  if (!(Number.isFinite(value) && value > 0)) {
+    throw new OptionError(
+      `${where}: ropeNtkFactor must be a finite number > 0 (1 leaves FLUX's RoPE as trained; CLEAR's high-resolution recipe uses 10), got ${value}`,
+    );
+  }
+}
+
+/**
  * Read and validate a FluxTransformer2DModel config.json (diffusers 0.40 keys and defaults). Values
  * diffusers could not run (RoPE widths that do not add up to the head width) are errors here; unused
  * keys go to `onWarning` (ConfigReader), as diffusers logs them.
@@ -117,7 +148,8 @@ export function parseFluxTransformerConfig(
  * FluxPosEmbed on the host: the RoPE tables cos and sin [S, attention_head_dim] for position ids
  * [S, axes] (row-major), as diffusers computes them — ids as float32, frequencies
  * 1/θ^(2j/d) per axis of width d, angles, cos and sin in float64, each value repeated for the pair
- * of features it rotates (repeat_interleave_real), rounded to float32 at the end.
+ * of features it rotates (repeat_interleave_real), rounded to float32 at the end. CLEAR's
+ * `ntk_factor` is a larger θ here: diffusers' get_1d_rotary_pos_embed takes θ · ntk_factor.
  */
 export function fluxRotaryTables(
   ids: ArrayLike<number>,
@@ -162,6 +194,11 @@ export interface FluxGraphOptions {
    * order): CLEAR's window and pooling cells are laid on it. Required with attention kind 'clear'.
    */
   grid?: TokenGrid;
+  /**
+   * CLEAR's proportional attention (`fluxProportionalAttentionScale`): every attention's softmax
+   * scale grows with the log of its key count. Off (1/√head_dim, diffusers) by default.
+   */
+  proportionalAttention?: boolean;
 }
 
 export interface FluxExtras {
@@ -250,6 +287,7 @@ export function fluxTransformer(
     textTokens: o.textTokens,
     choice: o.attention ?? { kind: 'full' },
     ...(o.grid ? { grid: o.grid } : {}),
+    ...(o.proportionalAttention ? { proportionalAttention: true } : {}),
   };
   for (let i = 0; i < config.numLayers; i++) {
     [text, image] = fluxTransformerBlock(root.child('transformer_blocks').child(i), text, image, block);
@@ -323,6 +361,8 @@ export interface FluxBlockContext {
   choice: AttentionChoice;
   /** The packed image-token grid, for CLEAR. */
   grid?: TokenGrid;
+  /** CLEAR's proportional attention scale (`FluxGraphOptions.proportionalAttention`). */
+  proportionalAttention?: boolean;
 }
 
 /**
@@ -490,6 +530,7 @@ function jointAttention(attn: Params, streams: readonly Heads[], o: FluxBlockCon
       textTokens: o.textTokens,
       choice: o.choice,
       ...(o.grid ? { grid: o.grid } : {}),
+      ...(o.proportionalAttention ? { proportionalAttention: true } : {}),
       attn,
     });
   });
@@ -515,6 +556,8 @@ export interface FluxAttentionSite {
   choice: AttentionChoice;
   /** The packed image-token grid; CLEAR needs it. */
   grid?: TokenGrid;
+  /** The softmax scale of CLEAR's proportional attention instead of 1/√head_dim. */
+  proportionalAttention?: boolean;
   /**
    * The attention module (`transformer_blocks.3.attn`): its path for errors, and CLEAR's
    * `processor.spatial_weight` under it.
@@ -528,13 +571,20 @@ export interface FluxAttentionSite {
  * FLUX (methods/clear_linfusion.md §1.3–§1.5), in the double- and the single-stream blocks alike:
  * text queries attend to every text and image key; image queries to every text key, to the image
  * keys within the circle on the packed grid and, with downFactor > 1, to the keys/values pooled
- * after RoPE with this module's `processor.spatial_weight` — all in one softmax per query.
+ * after RoPE with this module's `processor.spatial_weight` — all in one softmax per query. The
+ * softmax scale is 1/√head_dim, or with `proportionalAttention` CLEAR's, for either kernel.
  */
 export function fluxAttentionKernel(q: Tensor, k: Tensor, v: Tensor, site: FluxAttentionSite): Tensor {
   const { choice } = site;
+  const downFactor = choice.kind === 'clear' ? (choice.downFactor ?? 1) : 1;
+  // Proportional attention counts the keys before pooling, text and image (key.size(2) in the authors' code).
+  const scale = site.proportionalAttention
+    ? fluxProportionalAttentionScale(k.shape[1] as number, (k.shape[2] as number) / site.heads, downFactor)
+    : undefined;
+  const scaled = scale === undefined ? {} : { scale };
   switch (choice.kind) {
     case 'full':
-      return attention(q, k, v, { numHeads: site.heads });
+      return attention(q, k, v, { numHeads: site.heads, ...scaled });
     case 'clear': {
       if (!site.grid) {
         throw new OptionError(
@@ -542,7 +592,6 @@ export function fluxAttentionKernel(q: Tensor, k: Tensor, v: Tensor, site: FluxA
             "on which CLEAR's window is measured",
         );
       }
-      const downFactor = choice.downFactor ?? 1;
       return clearAttention(q, k, v, {
         numHeads: site.heads,
         grid: site.grid,
@@ -550,6 +599,7 @@ export function fluxAttentionKernel(q: Tensor, k: Tensor, v: Tensor, site: FluxA
         textTokens: site.textTokens,
         downFactor,
         spatialWeight: clearSpatialWeight(site.attn, downFactor),
+        ...scaled,
       });
     }
     case 'linfusion':
@@ -602,6 +652,17 @@ export interface FluxAcceleration {
   weights?: TensorSource;
   /** Identifies those weights, for the compiled-graph cache. */
   key?: string;
+}
+
+/**
+ * CLEAR's high-resolution changes to FLUX's positions and softmax (Huage001/CLEAR
+ * transformer_flux.py `ntk_factor`, `proportional_attention`; methods/clear_linfusion.md §1.5).
+ */
+export interface FluxPositionScaling {
+  /** RoPE's θ is multiplied by it on every axis (NTK-aware scaling); default 1, diffusers' RoPE. */
+  ropeNtkFactor?: number;
+  /** Softmax scale sqrt(log_4608(keys) / head_dim) (`fluxProportionalAttentionScale`); default off. */
+  proportionalAttention?: boolean;
 }
 
 /** What one compiled graph is built for: its input layout and the acceleration's weights. */
@@ -698,6 +759,8 @@ export class FluxTransformer2DModel implements DiffusersModel {
    * [L, axes], and `guidance` (like timestep) exactly when the model has guidance_embeds. Returns
    * `sample` [B, N, p²·out_channels]. `attention` CLEAR (`{ kind: 'clear', radius, downFactor?,
    * weights? }`) lays its window on the packed grid `grid`, by default the one img_ids describe.
+   * `ropeNtkFactor` and `proportionalAttention` are CLEAR's high-resolution `ntk_factor` and
+   * `proportional_attention` (see `step`).
    */
   async forward(
     inputs: Record<string, HostTensor>,
@@ -706,7 +769,7 @@ export class FluxTransformer2DModel implements DiffusersModel {
       kwargs?: Record<string, unknown>;
       attention?: AttentionOption;
       grid?: TokenGrid;
-    } = {},
+    } & FluxPositionScaling = {},
   ): Promise<Record<string, HostTensor>> {
     const { runnable } = this;
     runnable.checkMethod(options.method, ['forward']);
@@ -720,21 +783,35 @@ export class FluxTransformer2DModel implements DiffusersModel {
     }
     runnable.checkKwargs(kwargs, ['return_dict', 'guidance']);
     const { attention, acceleration } = await this.resolveAcceleration(options.attention);
+    const { ropeNtkFactor, proportionalAttention } = options;
     return (
-      await this.step(inputs, { attention, acceleration, ...(options.grid ? { grid: options.grid } : {}) })
+      await this.step(inputs, {
+        attention,
+        acceleration,
+        ...(options.grid ? { grid: options.grid } : {}),
+        ...(ropeNtkFactor === undefined ? {} : { ropeNtkFactor }),
+        ...(proportionalAttention === undefined ? {} : { proportionalAttention }),
+      })
     ).host;
   }
 
   /**
    * One denoiser call for a sampler: `forward`'s inputs, with the attention already resolved
    * (`resolveAcceleration`, once per run). With CLEAR the packed image-token grid is `grid`, or
-   * else the raster img_ids lay out.
+   * else the raster img_ids lay out. `ropeNtkFactor` multiplies RoPE's θ (CLEAR's `ntk_factor`,
+   * default 1) and `proportionalAttention` sets CLEAR's log-length softmax scale (default off).
    */
   async step(
     inputs: Record<string, HostTensor>,
-    options: { attention?: AttentionChoice; acceleration?: FluxAcceleration; grid?: TokenGrid } = {},
+    options: {
+      attention?: AttentionChoice;
+      acceleration?: FluxAcceleration;
+      grid?: TokenGrid;
+    } & FluxPositionScaling = {},
   ): Promise<RunResult> {
     const { runnable, config } = this;
+    const ntkFactor = options.ropeNtkFactor ?? 1;
+    checkRopeNtkFactor(ntkFactor, runnable.where());
     // diffusers fails inside time_text_embed with a TypeError either way; said plainly here.
     if (config.guidanceEmbeds && !inputs.guidance) {
       throw new OptionError(
@@ -793,7 +870,7 @@ export class FluxTransformer2DModel implements DiffusersModel {
     const ids = new Float32Array((dims.L + dims.N) * axes);
     ids.set(asFloat32(inputs.txt_ids).data as Float32Array);
     ids.set(imgIds, dims.L * axes);
-    const { cos, sin } = fluxRotaryTables(ids, config.axesDimsRope);
+    const { cos, sin } = fluxRotaryTables(ids, config.axesDimsRope, ROPE_THETA * ntkFactor);
     const tokens = dims.L + dims.N;
     const feeds: Record<string, HostTensor> = {
       hidden_states: inputs.hidden_states,
@@ -810,6 +887,8 @@ export class FluxTransformer2DModel implements DiffusersModel {
       layout.attention = attention;
       if (attention.kind === 'clear') layout.grid = this.imageGrid(options.grid, imgIds, dims.N);
     }
+    // Only when on, so that the default layout (and its compiled-graph key) stays as it was.
+    if (options.proportionalAttention) layout.proportionalAttention = true;
     return runnable.run({ graph: layout, acceleration: options.acceleration ?? {} }, feeds);
   }
 

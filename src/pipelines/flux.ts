@@ -11,19 +11,21 @@ import { FileFormatError, OptionError } from '../errors.js';
 import type { AttentionOption } from '../attention/types.js';
 import { readTextFile } from '../io/text.js';
 import { AutoencoderKL } from '../models/autoencoder-kl.js';
-import { FluxTransformer2DModel } from '../models/flux-transformer.js';
+import { FluxTransformer2DModel, checkRopeNtkFactor } from '../models/flux-transformer.js';
 import { checkQuantizeOption } from '../models/int8.js';
 import type { NoiseGenerator } from '../random/torch-generator.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
 import { Runtime } from '../runtime/runtime.js';
-import { calculateShift, schedulerFromConfig } from '../schedulers/index.js';
+import { FlowMatchEulerDiscreteScheduler, calculateShift, schedulerFromConfig } from '../schedulers/index.js';
 import { linspace } from '../schedulers/numerics.js';
 import type { Scheduler } from '../schedulers/scheduler.js';
 import { asFloat, checkInteger, concatBatch, repeatBatch, splitBatch } from './batch.js';
 import { ClipPromptEncoder } from './clip-prompt.js';
 import type { LoopCallbacks, PipelineOutput } from './denoise.js';
 import { decodeImages, denoise, resolveGenerator } from './denoise.js';
+import type { HighResOption, HighResStage } from './highres.js';
+import { highResStages, refuseImageToImage, runHighResStages } from './highres.js';
 import type { ImageToImageOptions } from './image-to-image.js';
 import { imageHeightWidth, imageLatents, strengthTimesteps } from './image-to-image.js';
 import { T5PromptEncoder } from './t5-prompt.js';
@@ -82,7 +84,52 @@ export interface FluxRunOptions extends LoopCallbacks, ImageToImageOptions {
    * prompts are always padded.
    */
   attention?: AttentionOption;
+  /**
+   * CLEAR's `ntk_factor` (Huage001/CLEAR transformer_flux.py): RoPE's θ multiplied by it on every
+   * axis, so that positions beyond the trained grid rotate less. Default 1 (diffusers' RoPE).
+   */
+  ropeNtkFactor?: number;
+  /**
+   * CLEAR's `proportional_attention`: every softmax scaled by sqrt(log_4608(keys) / head_dim)
+   * instead of 1/√head_dim (`fluxProportionalAttentionScale`). Default off.
+   */
+  proportionalAttention?: boolean;
+  /**
+   * CLEAR's staged high-resolution recipe (methods/clear_linfusion.md §1.7.2): this run's options
+   * make the base image (height × width, default 20 steps, the run's attention, full by default),
+   * then each stage resizes the image ×scale as PIL's bicubic and refines it by image-to-image at
+   * the new size. A stage's defaults are the notebook's: strength 0.7, 20 steps, guidance 7.5,
+   * ropeNtkFactor 10, proportionalAttention on, full attention, the static shift of the scheduler
+   * config (3.0 for FLUX.1-dev) with dynamic shifting off. The prompt options, numImagesPerPrompt,
+   * maxSequenceLength and the callbacks reach every stage; the noise of every stage comes from the
+   * run's generator; outputType applies to the last stage.
+   */
+  highres?: HighResOption<FluxHighResStage>;
 }
+
+/** A refine stage of FluxPipeline's `highres`, with CLEAR's high-resolution options. */
+export interface FluxHighResStage extends HighResStage {
+  /** Default 10 (the notebook's `ntk_factor`). */
+  ropeNtkFactor?: number;
+  /** Default true (the notebook's `proportional_attention`). */
+  proportionalAttention?: boolean;
+  /**
+   * The static shift σ' = shift·σ / (1 + (shift − 1)·σ) of the refine's schedule; dynamic
+   * shifting is off (the notebook's `use_dynamic_shifting = False`). Default: the scheduler
+   * config's `shift`, 3.0 for FLUX.1-dev.
+   */
+  shift?: number;
+}
+
+/** The notebook's values (inference_t2i_highres.ipynb; methods/clear_linfusion.md §1.7.2). */
+const HIGHRES_BASE_STEPS = 20;
+const HIGHRES_STAGE_DEFAULTS = {
+  strength: 0.7,
+  numInferenceSteps: 20,
+  guidanceScale: 7.5,
+  ropeNtkFactor: 10,
+  proportionalAttention: true,
+} as const;
 
 export const FLUX_CLASSES = ['FluxPipeline'] as const;
 
@@ -223,6 +270,100 @@ export class FluxPipeline {
   }
 
   async run(o: FluxRunOptions = {}): Promise<PipelineOutput> {
+    return o.highres === undefined ? this.generate(o, this.scheduler) : this.runHighRes(o, o.highres);
+  }
+
+  /**
+   * CLEAR's staged recipe (`highres`): the base image from this run's options, then each stage's
+   * image-to-image on the image upscaled ×scale, with the stage's options over the notebook's.
+   */
+  private async runHighRes(
+    o: FluxRunOptions,
+    option: HighResOption<FluxHighResStage>,
+  ): Promise<PipelineOutput> {
+    const where = 'FluxPipeline.run';
+    refuseImageToImage(o, where);
+    const stages = highResStages(option, where).map((stage) => ({
+      ...stage,
+      strength: stage.strength ?? HIGHRES_STAGE_DEFAULTS.strength,
+      numInferenceSteps: stage.numInferenceSteps ?? HIGHRES_STAGE_DEFAULTS.numInferenceSteps,
+      guidanceScale: stage.guidanceScale ?? HIGHRES_STAGE_DEFAULTS.guidanceScale,
+      ropeNtkFactor: stage.ropeNtkFactor ?? HIGHRES_STAGE_DEFAULTS.ropeNtkFactor,
+      proportionalAttention: stage.proportionalAttention ?? HIGHRES_STAGE_DEFAULTS.proportionalAttention,
+    }));
+    // Checked before the base stage runs: NTK factors, attention options (CLEAR's window and file), shifts.
+    for (const stage of stages) {
+      checkRopeNtkFactor(stage.ropeNtkFactor, where);
+      await this.transformer.resolveAcceleration(stage.attention);
+    }
+    const schedulers = stages.map((stage) => this.refineScheduler(stage.shift));
+    const generator = resolveGenerator(o);
+    const text = {
+      prompt: o.prompt,
+      prompt2: o.prompt2,
+      negativePrompt: o.negativePrompt,
+      negativePrompt2: o.negativePrompt2,
+      trueCfgScale: o.trueCfgScale,
+      promptEmbeds: o.promptEmbeds,
+      pooledPromptEmbeds: o.pooledPromptEmbeds,
+      negativePromptEmbeds: o.negativePromptEmbeds,
+      negativePooledPromptEmbeds: o.negativePooledPromptEmbeds,
+      numImagesPerPrompt: o.numImagesPerPrompt,
+      maxSequenceLength: o.maxSequenceLength,
+      callbackOnStepEnd: o.callbackOnStepEnd,
+      onProgress: o.onProgress,
+      signal: o.signal,
+    };
+    return runHighResStages({
+      base: () =>
+        this.generate(
+          {
+            ...o,
+            highres: undefined,
+            numInferenceSteps: o.numInferenceSteps ?? HIGHRES_BASE_STEPS,
+            generator,
+            outputType: 'image',
+          },
+          this.scheduler,
+        ),
+      stages,
+      refine: (stage, image, index) =>
+        this.generate(
+          {
+            ...text,
+            image,
+            strength: stage.strength,
+            numInferenceSteps: stage.numInferenceSteps,
+            guidanceScale: stage.guidanceScale,
+            attention: stage.attention,
+            ropeNtkFactor: stage.ropeNtkFactor,
+            proportionalAttention: stage.proportionalAttention,
+            generator,
+            outputType: index === stages.length - 1 ? o.outputType : 'image',
+          },
+          schedulers[index],
+        ),
+    });
+  }
+
+  /**
+   * A refine stage's scheduler: the folder's flow-matching config with dynamic shifting off, as the
+   * notebook sets `use_dynamic_shifting = False`, and `shift` where given.
+   */
+  private refineScheduler(shift: number | undefined): Scheduler {
+    if (!(this.scheduler instanceof FlowMatchEulerDiscreteScheduler)) {
+      throw new OptionError(
+        `FluxPipeline.run: highres refines with FlowMatchEulerDiscreteScheduler and a static shift, but the pipeline's scheduler is ${this.scheduler.constructor.name}`,
+      );
+    }
+    return FlowMatchEulerDiscreteScheduler.fromConfig(this.scheduler.config, {
+      use_dynamic_shifting: false,
+      ...(shift === undefined ? {} : { shift }),
+    });
+  }
+
+  /** One text-to-image or image-to-image run with `scheduler`. */
+  private async generate(o: FluxRunOptions, scheduler: Scheduler): Promise<PipelineOutput> {
     const steps = o.numInferenceSteps ?? 28;
     const guidance = o.guidanceScale ?? 3.5;
     const trueCfgScale = o.trueCfgScale ?? 1;
@@ -240,6 +381,9 @@ export class FluxPipeline {
     if (!Number.isFinite(trueCfgScale)) {
       throw new OptionError(`trueCfgScale must be a number, got ${trueCfgScale}`);
     }
+    const ropeNtkFactor = o.ropeNtkFactor ?? 1;
+    checkRopeNtkFactor(ropeNtkFactor, 'FluxPipeline.run');
+    const proportionalAttention = o.proportionalAttention ?? false;
     const [height, width] = o.image
       ? imageHeightWidth(o.image, this.vaeScaleFactor, o)
       : [o.height ?? this.defaultSize, o.width ?? this.defaultSize];
@@ -272,7 +416,6 @@ export class FluxPipeline {
     const imageSeqLen = (latentHeight / 2) * (latentWidth / 2);
     const packedShape = [batch, imageSeqLen, this.transformer.config.inChannels];
 
-    const scheduler = this.scheduler;
     const sigmas = o.sigmas ?? Array.from(linspace(1, 1 / steps, steps));
     scheduler.setTimesteps(o.sigmas ? o.numInferenceSteps : steps, {
       sigmas,
@@ -343,7 +486,13 @@ export class FluxPipeline {
           txt_ids: hostTensor('float32', [textTokens, 3], new Float32Array(textTokens * 3)),
           img_ids: imgIds,
         },
-        { attention: resolved.attention, acceleration: resolved.acceleration, grid },
+        {
+          attention: resolved.attention,
+          acceleration: resolved.acceleration,
+          grid,
+          ropeNtkFactor,
+          proportionalAttention,
+        },
       );
       return result.host.sample;
     };

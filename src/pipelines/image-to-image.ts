@@ -48,9 +48,7 @@ export function strengthTimesteps(
   strength: number,
   options: { initTimestep?: 'int' | 'float' } = {},
 ): { timesteps: number[]; tStart: number } {
-  if (!(strength > 0 && strength <= 1)) {
-    throw new OptionError(`strength must be a number in (0, 1], got ${strength}`);
-  }
+  checkStrength(strength);
   const scaled = numInferenceSteps * strength;
   const initTimestep = Math.min(
     options.initTimestep === 'float' ? scaled : Math.trunc(scaled),
@@ -69,6 +67,13 @@ export function strengthTimesteps(
   const indexed = scheduler as Scheduler & { setBeginIndex?: (index: number) => void };
   if (typeof indexed.setBeginIndex === 'function') indexed.setBeginIndex(begin);
   return { timesteps, tStart };
+}
+
+/** SDEdit's strength is a fraction of the schedule in (0, 1]; `name` says which option held it. */
+export function checkStrength(strength: number, name = 'strength'): void {
+  if (!(strength > 0 && strength <= 1)) {
+    throw new OptionError(`${name} must be a number in (0, 1], got ${strength}`);
+  }
 }
 
 /**

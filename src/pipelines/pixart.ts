@@ -23,6 +23,8 @@ import { asFloat, checkInteger, concatBatch, repeatBatch } from './batch.js';
 import type { LoopCallbacks, PipelineOutput } from './denoise.js';
 import { decodeImages, denoise, initialLatents, resolveGenerator } from './denoise.js';
 import type { ImageToImageOptions } from './image-to-image.js';
+import type { HighResOption, HighResStage } from './highres.js';
+import { highResStages, refuseImageToImage, runHighResStages } from './highres.js';
 import { imageHeightWidth, imageLatents, strengthTimesteps } from './image-to-image.js';
 import type { PromptEncoder } from './prompt.js';
 import { loadT5PromptEncoder } from './prompt.js';
@@ -62,7 +64,25 @@ export interface PixArtRunOptions extends LoopCallbacks, ImageToImageOptions {
   tgate?: TGateOptions;
   /** Self-attention kernel: full (default), CLEAR or LinFusion, with the method's weights. */
   attention?: AttentionOption;
+  /**
+   * The staged high-resolution recipe CLEAR runs on FLUX (methods/clear_linfusion.md §1.7.2), with
+   * PixArt's image-to-image: this run's options make the base image (at height × width, with the
+   * run's attention), then each stage resizes the image ×scale as PIL's bicubic and refines it at
+   * the new size with the stage's attention (e.g. a CLEAR student; default full) and T-GATE.
+   * Defaults: strength 0.7, the run's numInferenceSteps and guidanceScale. The prompt options,
+   * numImagesPerPrompt, maxSequenceLength, eta and the callbacks reach every stage; the noise of
+   * every stage comes from the run's generator; outputType applies to the last stage.
+   */
+  highres?: HighResOption<PixArtHighResStage>;
 }
+
+/** A refine stage of PixArtPipeline's `highres`. */
+export interface PixArtHighResStage extends HighResStage {
+  tgate?: TGateOptions;
+}
+
+/** The refine strength of CLEAR's notebook (methods/clear_linfusion.md §1.7.2). */
+const HIGHRES_STRENGTH = 0.7;
 
 export type { AttentionOption } from '../attention/types.js';
 export type { ProgressEvent, StepEndInfo } from './denoise.js';
@@ -208,8 +228,60 @@ export class PixArtPipeline {
    * Text-to-image, or image-to-image with `image` and `strength` (SDEdit, as diffusers'
    * StableDiffusionImg2ImgPipeline; diffusers has no PixArt image-to-image pipeline, so this is
    * velodiff's extension). With an image the output has the image's size and resolution binning is off.
+   * With `highres`, the staged high-resolution recipe.
    */
   async run(o: PixArtRunOptions = {}): Promise<PixArtOutput> {
+    return o.highres === undefined ? this.generate(o) : this.runHighRes(o, o.highres);
+  }
+
+  /**
+   * The staged recipe (`highres`): the base image from this run's options, then each stage's
+   * image-to-image on the image upscaled ×scale.
+   */
+  private async runHighRes(
+    o: PixArtRunOptions,
+    option: HighResOption<PixArtHighResStage>,
+  ): Promise<PixArtOutput> {
+    const where = 'PixArtPipeline.run';
+    refuseImageToImage(o, where);
+    const stages = highResStages(option, where);
+    // A stage's attention option (CLEAR's window, its weights) is checked before the base stage runs.
+    for (const stage of stages) await this.transformer.resolveAcceleration(stage.attention);
+    const generator = resolveGenerator(o);
+    const text = {
+      prompt: o.prompt,
+      negativePrompt: o.negativePrompt,
+      promptEmbeds: o.promptEmbeds,
+      promptAttentionMask: o.promptAttentionMask,
+      negativePromptEmbeds: o.negativePromptEmbeds,
+      negativePromptAttentionMask: o.negativePromptAttentionMask,
+      numImagesPerPrompt: o.numImagesPerPrompt,
+      maxSequenceLength: o.maxSequenceLength,
+      eta: o.eta,
+      callbackOnStepEnd: o.callbackOnStepEnd,
+      onProgress: o.onProgress,
+      signal: o.signal,
+    };
+    return runHighResStages({
+      base: () => this.generate({ ...o, highres: undefined, generator, outputType: 'image' }),
+      stages,
+      refine: (stage, image, index) =>
+        this.generate({
+          ...text,
+          image,
+          strength: stage.strength ?? HIGHRES_STRENGTH,
+          numInferenceSteps: stage.numInferenceSteps ?? o.numInferenceSteps,
+          guidanceScale: stage.guidanceScale ?? o.guidanceScale,
+          attention: stage.attention,
+          tgate: stage.tgate,
+          generator,
+          outputType: index === stages.length - 1 ? o.outputType : 'image',
+        }),
+    });
+  }
+
+  /** One text-to-image or image-to-image run. */
+  private async generate(o: PixArtRunOptions): Promise<PixArtOutput> {
     const steps = o.numInferenceSteps ?? 20;
     const guidance = o.guidanceScale ?? 4.5;
     const perPrompt = o.numImagesPerPrompt ?? 1;

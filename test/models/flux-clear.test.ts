@@ -17,7 +17,11 @@ import { clearPlan } from '../../src/attention/clear-window.js';
 import type { TokenGrid } from '../../src/attention/types.js';
 import { GraphBuildError, OptionError, RuntimeError, VelodiffError } from '../../src/errors.js';
 import { writeHostTensors } from '../../src/io/host-tensors.js';
-import { FluxTransformer2DModel, fluxImageGrid } from '../../src/models/flux-transformer.js';
+import {
+  FluxTransformer2DModel,
+  fluxImageGrid,
+  fluxProportionalAttentionScale,
+} from '../../src/models/flux-transformer.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
 import { Runtime } from '../../src/runtime/runtime.js';
@@ -25,7 +29,7 @@ import { captureCli } from '../cli/capture.js';
 import { assertExactlyEqual, assertMaxAbsError, maxAbs } from '../compare.js';
 import { randomArray, readAllTensors } from '../helpers.js';
 import { seededUniform, testSeed } from '../random.js';
-import type { FluxRefAttention } from './flux-reference.js';
+import type { FluxRefAttention, FluxRefScaling } from './flux-reference.js';
 import { FluxReference } from './flux-reference.js';
 
 const GOLDEN = fileURLToPath(new URL('../golden/models/flux_transformer_tiny/', import.meta.url));
@@ -268,6 +272,125 @@ describe('FluxTransformer2DModel with CLEAR vs the float64 dense masked referenc
         return true;
       },
     );
+  });
+});
+
+describe("CLEAR's high-resolution RoPE and softmax scale (ropeNtkFactor, proportionalAttention) vs the float64 reference", () => {
+  let model: FluxTransformer2DModel;
+  let reference: FluxReference;
+  before(async () => {
+    model = await FluxTransformer2DModel.fromPretrained(MODEL, { runtime });
+    reference = await FluxReference.load(MODEL);
+  });
+  after(() => model.close());
+
+  it("the scale at the notebook's 2048×4096 (512 text + 128·256 image keys) and at 1024² with pooled keys", () => {
+    // §1.5: 0.0982 (1.111× 1/√128) without pooled keys, 0.1085 (1.228×) with them; 1.128× at 1024².
+    const keys = 512 + 128 * 256;
+    const base = 1 / Math.sqrt(128);
+    assert.equal(fluxProportionalAttentionScale(keys, 128).toFixed(4), '0.0982');
+    assert.equal((fluxProportionalAttentionScale(keys, 128) / base).toFixed(3), '1.111');
+    assert.equal((fluxProportionalAttentionScale(keys, 128, 4) / base).toFixed(3), '1.228');
+    assert.equal((fluxProportionalAttentionScale(512 + 64 * 64, 128, 4) / base).toFixed(3), '1.128');
+    // At the training length the scale is diffusers' 1/√head_dim.
+    assert.ok(Math.abs(fluxProportionalAttentionScale(64 * 64 + 512, 128) - base) < 1e-15);
+  });
+
+  const cases: {
+    name: string;
+    grid: TokenGrid;
+    attention: 'full' | { radius: number; downFactor: number };
+    scaling: FluxRefScaling;
+  }[] = [
+    {
+      name: 'full attention, ntk 10',
+      grid: { height: 4, width: 6 },
+      attention: 'full',
+      scaling: { ntkFactor: 10 },
+    },
+    {
+      name: 'full attention, proportional',
+      grid: { height: 4, width: 6 },
+      attention: 'full',
+      scaling: { proportionalAttention: true },
+    },
+    {
+      name: 'full attention, ntk 10 and proportional (the notebook without CLEAR), odd 3×5 grid',
+      grid: { height: 3, width: 5 },
+      attention: 'full',
+      scaling: { ntkFactor: 10, proportionalAttention: true },
+    },
+    {
+      name: 'CLEAR r=2, ntk 10 and proportional',
+      grid: { height: 3, width: 5 },
+      attention: { radius: 2, downFactor: 1 },
+      scaling: { ntkFactor: 10, proportionalAttention: true },
+    },
+    {
+      name: "CLEAR r=2 df=2 (log of 10·N, the authors' quirk), ntk 2.5 and proportional",
+      grid: { height: 4, width: 6 },
+      attention: { radius: 2, downFactor: 2 },
+      scaling: { ntkFactor: 2.5, proportionalAttention: true },
+    },
+  ];
+  for (const c of cases) {
+    it(c.name, async (t) => {
+      const inputs = freshInputs(2, c.grid);
+      // Ids far from the origin, as at high resolution: the NTK factor changes their angles most.
+      const ids = rasterIds(c.grid).map((v, i) => (i % 3 === 0 ? v : v + 40));
+      inputs.img_ids = hostTensor('float32', inputs.img_ids.shape, ids);
+      const refAttention: FluxRefAttention =
+        c.attention === 'full' ? { kind: 'full' } : { kind: 'clear', ...c.attention, grid: c.grid };
+      const options = {
+        ...(c.attention === 'full' ? {} : { attention: { kind: 'clear' as const, ...c.attention } }),
+        ...(c.scaling.ntkFactor === undefined ? {} : { ropeNtkFactor: c.scaling.ntkFactor }),
+        ...(c.scaling.proportionalAttention ? { proportionalAttention: true } : {}),
+      };
+      const ours = await model.forward(inputs, options);
+      const expected = reference.forward(inputs, refAttention, c.scaling);
+      const err = checkAgainst(ours.sample, expected, c.name);
+      // The options change the output: a test that the defaults would pass cannot fail.
+      const plain = reference.forward(inputs, refAttention);
+      const change = Math.max(...expected.data.map((v, i) => Math.abs(v - plain.data[i])));
+      assert.ok(change > 1e3 * TOLERANCE, `the options change the sample by ${change}`);
+      t.diagnostic(
+        `max |diff| ${err.toExponential(2)} (change from the defaults: ${change.toExponential(2)})`,
+      );
+    });
+  }
+
+  it('the defaults (ntk 1, proportional off) are bit-identical to no options and to the reference', async () => {
+    const grid = { height: 3, width: 5 };
+    const inputs = freshInputs(1, grid);
+    for (const attention of [undefined, { kind: 'clear' as const, radius: 2 }]) {
+      const plain = (await model.forward(inputs, attention ? { attention } : {})).sample;
+      const explicit = (
+        await model.forward(inputs, {
+          ...(attention ? { attention } : {}),
+          ropeNtkFactor: 1,
+          proportionalAttention: false,
+        })
+      ).sample;
+      assertExactlyEqual(explicit.data as Float32Array, plain.data as Float32Array, 'explicit defaults');
+      const refAttention: FluxRefAttention = attention
+        ? { kind: 'clear', radius: 2, downFactor: 1, grid }
+        : { kind: 'full' };
+      checkAgainst(plain, reference.forward(inputs, refAttention), 'defaults vs reference');
+    }
+  });
+
+  it('errors: an NTK factor that is not a finite number > 0', async () => {
+    const inputs = freshInputs(1, { height: 2, width: 2 });
+    for (const ropeNtkFactor of [0, -1, Number.NaN, Infinity]) {
+      await assert.rejects(model.forward(inputs, { ropeNtkFactor }), (e: unknown) => {
+        assert.ok(e instanceof OptionError, String(e));
+        assert.match(
+          e.message,
+          /^FluxTransformer2DModel\.forward \(.*\): ropeNtkFactor must be a finite number > 0 .*got/,
+        );
+        return true;
+      });
+    }
   });
 });
 

@@ -36,6 +36,17 @@ export type FluxRefAttention =
       readonly grid: { readonly height: number; readonly width: number };
     };
 
+/**
+ * CLEAR's high-resolution options (Huage001/CLEAR transformer_flux.py and attention_processor.py):
+ * `ntk_factor` multiplies RoPE's θ (diffusers' get_1d_rotary_pos_embed: theta = theta · ntk_factor);
+ * `proportional_attention` scales the softmax by sqrt(log(N) / log(64² + 512) / head_dim) for N keys,
+ * with log(10·N) in the processor that pools keys.
+ */
+export interface FluxRefScaling {
+  readonly ntkFactor?: number;
+  readonly proportionalAttention?: boolean;
+}
+
 const tensor = (shape: readonly number[], data: Float64Array): RefTensor => ({ shape: [...shape], data });
 
 /** A float32 host tensor as float64 (exact). */
@@ -139,6 +150,7 @@ export class FluxReference {
   forward(
     inputs: Readonly<Record<string, HostTensor>>,
     attention: FluxRefAttention = { kind: 'full' },
+    scaling: FluxRefScaling = {},
   ): RefTensor {
     const c = this.config;
     const heads = c.num_attention_heads;
@@ -175,7 +187,13 @@ export class FluxReference {
     );
     const silTemb = map(temb, silu);
 
-    const rope = this.rope(inputs, textTokens + imageTokens);
+    const rope = this.rope(inputs, textTokens + imageTokens, scaling.ntkFactor ?? 1);
+    const keys = textTokens + imageTokens;
+    const downFactor = attention.kind === 'clear' ? attention.downFactor : 1;
+    // math.log(x, 4608) = ln x / ln 4608; the pooled keys' processor takes log(10 · key.size(2)).
+    const scale = scaling.proportionalAttention
+      ? Math.sqrt(Math.log(downFactor > 1 ? 10 * keys : keys) / Math.log(64 * 64 + 512) / headDim)
+      : 1 / Math.sqrt(headDim);
     // emb = linear(silu(temb)) chunked into rows; row r of batch item b, channel o.
     const rows = (module: string): ((r: number, b: number, o: number) => number) => {
       const emb = this.linear(module, silTemb);
@@ -225,7 +243,7 @@ export class FluxReference {
     const attend = (attn: string, q: RefTensor, k: RefTensor, v: RefTensor): RefTensor => {
       const qr = this.applyRope(q, rope);
       const kr = this.applyRope(k, rope);
-      if (attention.kind === 'full') return attentionRef(qr, kr, v, heads);
+      if (attention.kind === 'full') return attentionRef(qr, kr, v, heads, { scale });
       const weight = this.tensors[`${attn}.processor.spatial_weight`];
       return tensor(
         q.shape,
@@ -236,6 +254,7 @@ export class FluxReference {
           radius: attention.radius,
           textTokens,
           downFactor: attention.downFactor,
+          scale,
           ...(weight && attention.downFactor > 1 ? { spatialWeight: weight.data } : {}),
         }),
       );
@@ -298,10 +317,14 @@ export class FluxReference {
     return this.linear('proj_out', modulate(image, out, 1, 0));
   }
 
-  /** FluxPosEmbed in float64: per id axis of width d, angles id·θ^(−2j/d), each used by one feature pair. */
+  /**
+   * FluxPosEmbed in float64: per id axis of width d, angles id·θ^(−2j/d) with θ = 10000 · ntkFactor,
+   * each used by one feature pair.
+   */
   private rope(
     inputs: Readonly<Record<string, HostTensor>>,
     count: number,
+    ntkFactor: number,
   ): { cos: Float64Array; sin: Float64Array } {
     const axes = this.config.axes_dims_rope;
     const ids = [
@@ -315,7 +338,7 @@ export class FluxReference {
       let pair = s * (width / 2);
       axes.forEach((d, axis) => {
         for (let j = 0; j < d / 2; j++) {
-          const angle = ids[s * axes.length + axis] * 10000 ** (-(2 * j) / d);
+          const angle = ids[s * axes.length + axis] * (10000 * ntkFactor) ** (-(2 * j) / d);
           cos[pair] = Math.cos(angle);
           sin[pair] = Math.sin(angle);
           pair++;

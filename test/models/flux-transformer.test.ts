@@ -44,27 +44,34 @@ describe('FluxTransformer2DModel vs diffusers golden outputs', () => {
 });
 
 describe('fluxRotaryTables (FluxPosEmbed)', () => {
-  it('matches a float64 evaluation of the RoPE formula, each angle repeated for its feature pair', () => {
-    const random = seededUniform(testSeed('fluxRotaryTables ids'));
+  // θ = 10000 is FLUX's; 100000 is CLEAR's high-resolution ntk_factor 10 (θ · ntk_factor in diffusers).
+  for (const theta of [10000, 100000]) {
+    it(`matches a float64 evaluation of the RoPE formula, each angle repeated for its feature pair (θ = ${theta})`, () => {
+      const random = seededUniform(testSeed(`fluxRotaryTables ids ${theta}`));
+      const axesDims = [4, 6, 6];
+      const tokens = 5;
+      const ids = Float32Array.from({ length: tokens * 3 }, () => Math.floor(random() * 64) + random());
+      const { cos, sin } = fluxRotaryTables(ids, axesDims, theta);
+      const expectedCos: number[] = [];
+      const expectedSin: number[] = [];
+      for (let s = 0; s < tokens; s++) {
+        axesDims.forEach((d, axis) => {
+          for (let feature = 0; feature < d; feature++) {
+            // Feature f rotates with pair ⌊f/2⌋, whose frequency is θ^(−2⌊f/2⌋/d).
+            const angle = ids[s * 3 + axis] * Math.pow(theta, -(2 * Math.floor(feature / 2)) / d);
+            expectedCos.push(Math.cos(angle));
+            expectedSin.push(Math.sin(angle));
+          }
+        });
+      }
+      // Float32 rounding of values in [−1, 1] (and 1/θ^x against θ^−x in float64): half an ulp of 1.
+      assertMaxAbsError(cos, expectedCos, 6e-8, 'cos');
+      assertMaxAbsError(sin, expectedSin, 6e-8, 'sin');
+    });
+  }
+
+  it('is the identity at position 0', () => {
     const axesDims = [4, 6, 6];
-    const tokens = 5;
-    const ids = Float32Array.from({ length: tokens * 3 }, () => Math.floor(random() * 64) + random());
-    const { cos, sin } = fluxRotaryTables(ids, axesDims);
-    const expectedCos: number[] = [];
-    const expectedSin: number[] = [];
-    for (let s = 0; s < tokens; s++) {
-      axesDims.forEach((d, axis) => {
-        for (let feature = 0; feature < d; feature++) {
-          // Feature f rotates with pair ⌊f/2⌋, whose frequency is θ^(−2⌊f/2⌋/d).
-          const angle = ids[s * 3 + axis] * Math.pow(10000, -(2 * Math.floor(feature / 2)) / d);
-          expectedCos.push(Math.cos(angle));
-          expectedSin.push(Math.sin(angle));
-        }
-      });
-    }
-    // Float32 rounding of values in [−1, 1] (and 1/θ^x against θ^−x in float64): half an ulp of 1.
-    assertMaxAbsError(cos, expectedCos, 6e-8, 'cos');
-    assertMaxAbsError(sin, expectedSin, 6e-8, 'sin');
     // Position 0 is no rotation.
     const zero = fluxRotaryTables(new Float32Array(3), axesDims);
     assert.deepEqual([...zero.cos], new Array(16).fill(1));

@@ -117,14 +117,22 @@ function gb(bytes: number): string {
   return (bytes / 1e9).toFixed(1);
 }
 
+/** Which bench is short of disk, and which of its flags make the folders smaller. */
+export interface SpaceAdvice {
+  command: string;
+  advice: string;
+}
+
+const QUANT_SPACE: SpaceAdvice = { command: 'bench quant', advice: 'lower --t5-layers or --layers' };
+
 /** Fails before writing `bytes` into `dir`'s file system when it does not have them (and 1 GB) free. */
-export function checkFreeSpace(dir: string, bytes: number, what: string): void {
+export function checkFreeSpace(dir: string, bytes: number, what: string, space = QUANT_SPACE): void {
   const { bavail, bsize } = statfsSync(dir);
   const free = bavail * bsize;
   if (free < bytes + 1e9) {
     throw new OptionError(
-      `bench quant: ${what} needs ${gb(bytes)} GB in ${dir}, which has ${gb(free)} GB free; ` +
-        'lower --t5-layers or --layers, or set VELODIFF_CACHE_DIR (and TMPDIR) to a larger disk',
+      `${space.command}: ${what} needs ${gb(bytes)} GB in ${dir}, which has ${gb(free)} GB free; ` +
+        `${space.advice}, or set VELODIFF_CACHE_DIR (and TMPDIR) to a larger disk`,
     );
   }
 }
@@ -139,6 +147,7 @@ export async function cachedFolder(
   bytes: number,
   write: (dir: string) => Promise<void>,
   log: (s: string) => void,
+  space = QUANT_SPACE,
 ): Promise<string> {
   const dir = join(cacheDir, 'bench', name);
   if (existsSync(join(dir, 'config.json'))) {
@@ -146,7 +155,7 @@ export async function cachedFolder(
     return dir;
   }
   mkdirSync(dirname(dir), { recursive: true });
-  checkFreeSpace(dirname(dir), bytes, `writing the random folder ${name}`);
+  checkFreeSpace(dirname(dir), bytes, `writing the random folder ${name}`, space);
   const temporary = `${dir}.tmp-${process.pid}`;
   rmSync(temporary, { recursive: true, force: true });
   mkdirSync(temporary);
@@ -434,15 +443,17 @@ export function childExecArgv(execArgv: readonly string[]): string[] {
 /**
  * Runs `caseJson` in a child process of `file` (its entry reads `flag` and the JSON case from argv and
  * prints its result as the last stdout line), under this process's loader flags (tsx in tests and npm
- * run bench). A failure names `what`, with the child's last stderr lines or the signal that killed it.
+ * run bench) and `nodeFlags`. A failure names `what`, with the child's last stderr lines or the
+ * signal that killed it.
  */
 export async function runCaseInChild<T>(
   file: string,
   flag: string,
   caseJson: unknown,
   what: string,
+  nodeFlags: readonly string[] = [],
 ): Promise<T> {
-  const args = [...childExecArgv(process.execArgv), file, flag, JSON.stringify(caseJson)];
+  const args = [...childExecArgv(process.execArgv), ...nodeFlags, file, flag, JSON.stringify(caseJson)];
   try {
     const { stdout } = await execFileAsync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 20 });
     return JSON.parse(stdout.trim().split('\n').pop() as string) as T;

@@ -255,10 +255,11 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (name === 'quant-unet') return benchQuantUNetCommand(rest);
   if (name === 'quant-pipeline') return benchQuantPipelineCommand(rest);
   if (name === 'quant-layers') return benchQuantLayersCommand(rest);
+  if (name === 'flux-memory') return benchFluxMemoryCommand(rest);
   if (name === 'spinning') return benchSpinningCommand(rest);
   if (name === 'students') return benchStudentsCommand(rest);
   throw new OptionError(
-    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train, unet, unet-loop, quant, quant-unet, quant-pipeline, quant-layers, spinning, students`,
+    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train, unet, unet-loop, quant, quant-unet, quant-pipeline, quant-layers, flux-memory, spinning, students`,
   );
 }
 
@@ -645,6 +646,85 @@ async function benchQuantPipelineCommand(argv: string[]): Promise<number> {
       t5Layers: flags['t5-layers'] as number,
       threads: flags.threads as number,
       tiny: flags.tiny === true,
+    },
+    log,
+  );
+  if (json) console.log(JSON.stringify(result));
+  return 0;
+}
+
+const FLUX_MEMORY_FLAGS: Record<string, FlagSpec> = {
+  double: {
+    type: 'integer',
+    description: 'double-stream blocks of the random folder, default 2 (FLUX.1-dev: 19); also run at half',
+  },
+  single: {
+    type: 'integer',
+    description: 'single-stream blocks of the random folder, default 4 (FLUX.1-dev: 38); also run at half',
+  },
+  tokens: {
+    type: 'integer',
+    description: 'packed image tokens of the step (4096: 1024×1024 px)',
+    default: 4096,
+  },
+  text: { type: 'integer', description: 'text tokens of the step (FLUX.1-dev: 512)', default: 512 },
+  quantize: { type: 'string', description: 'int8: quantize the Linear layers at load (default: float32)' },
+  dir: {
+    type: 'string',
+    description:
+      'measure this FluxTransformer2DModel folder (a download, or one written before) instead of a random one',
+  },
+  heads: { type: 'integer', description: 'attention heads of the random folder', default: 24 },
+  'head-dim': {
+    type: 'integer',
+    description: 'head width of the random folder (a multiple of 32)',
+    default: 128,
+  },
+  ...COMMON,
+};
+
+async function benchFluxMemoryCommand(argv: string[]): Promise<number> {
+  const command = 'bench flux-memory';
+  const parsed = benchFlags(
+    argv,
+    FLUX_MEMORY_FLAGS,
+    command,
+    'Host memory of a FLUX.1-dev-shaped transformer (random bf16 weights, FLUX.1-dev widths, --double + --single blocks; or --dir) loaded in float32 or with --quantize int8, and one step at --tokens + --text tokens: ' +
+      'load, compile and step times and peak RSS (VmHWM), at the folder’s blocks and at half of them, each in a process of its own, ' +
+      'fitted per block (by the weights the sessions hold) and extrapolated to 19 + 38 blocks.',
+  );
+  if (!parsed) return 0;
+  const { flags, json, log } = parsed;
+  positive(flags, ['tokens', 'text', 'heads', 'head-dim'], command);
+  if (flags.dir !== undefined && (flags.double !== undefined || flags.single !== undefined)) {
+    throw new OptionError(
+      `${command}: --dir measures that folder's own blocks; leave out --double and --single`,
+    );
+  }
+  const double = (flags.double as number | undefined) ?? 2;
+  const single = (flags.single as number | undefined) ?? 4;
+  if (double < 1 || single < 1) {
+    throw new OptionError(
+      `${command}: --double and --single must be ≥ 1: the growth of each kind of block is measured on its first block`,
+    );
+  }
+  if (flags.quantize !== undefined && flags.quantize !== 'int8') {
+    throw new OptionError(
+      `${command}: --quantize must be int8 (or absent, for float32), got ${JSON.stringify(flags.quantize)}`,
+    );
+  }
+  const { benchFluxMemory } = await import('../../bench/flux-memory.js');
+  const result = await benchFluxMemory(
+    {
+      double,
+      single,
+      tokens: flags.tokens as number,
+      text: flags.text as number,
+      quantize: flags.quantize === 'int8',
+      threads: flags.threads as number,
+      heads: flags.heads as number,
+      headDim: flags['head-dim'] as number,
+      ...(flags.dir === undefined ? {} : { dir: String(flags.dir) }),
     },
     log,
   );

@@ -553,12 +553,43 @@ export async function writeSafetensorsStreaming(
   });
 }
 
+/**
+ * The size in bytes of the safetensors file the writers make of these tensors (in any order) and
+ * metadata: the length prefix, the padded header and the data, without making any tensor's bytes.
+ */
+export function safetensorsFileBytes(
+  tensors: readonly { name: string; dtype: SafetensorsDtype; shape: readonly number[] }[],
+  metadata?: Record<string, string>,
+): number {
+  const sorted = [...tensors].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const declared = sorted.map((t) => ({
+    name: t.name,
+    dtype: t.dtype,
+    shape: [...t.shape],
+    byteLength: dtypeByteSize(t.dtype) * t.shape.reduce((a, b) => a * b, 1),
+  }));
+  const data = declared.reduce((sum, t) => sum + t.byteLength, 0);
+  return safetensorsPrefix('a safetensors file', declared, metadata).byteLength + data;
+}
+
 async function writeSafetensorsFromLayout(
   path: string,
   declared: readonly { name: string; dtype: SafetensorsDtype; shape: number[]; byteLength: number }[],
   metadata: Record<string, string> | undefined,
   writePayloads: (handle: FileHandle, position: number) => Promise<void>,
 ): Promise<void> {
+  const prefix = safetensorsPrefix(path, declared, metadata);
+  await writeAtomic(path, async (handle) => {
+    await writePayloads(handle, await writeFully(handle, prefix, 0));
+  });
+}
+
+/** The length prefix and the header, padded with spaces so that the data starts at a multiple of 8. */
+function safetensorsPrefix(
+  path: string,
+  declared: readonly { name: string; dtype: SafetensorsDtype; shape: number[]; byteLength: number }[],
+  metadata: Record<string, string> | undefined,
+): Uint8Array {
   const headerEntries: string[] = [];
   if (metadata !== undefined) headerEntries.push(`"__metadata__":${JSON.stringify(checkMetadata(metadata))}`);
   let offset = 0;
@@ -583,10 +614,7 @@ async function writeSafetensorsFromLayout(
   const prefix = new Uint8Array(LENGTH_PREFIX_BYTES + paddedLength).fill(0x20);
   new DataView(prefix.buffer).setBigUint64(0, BigInt(paddedLength), true);
   prefix.set(json, LENGTH_PREFIX_BYTES);
-
-  await writeAtomic(path, async (handle) => {
-    await writePayloads(handle, await writeFully(handle, prefix, 0));
-  });
+  return prefix;
 }
 
 function checkMetadata(metadata: Record<string, string>): Record<string, string> {

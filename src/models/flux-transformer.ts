@@ -646,6 +646,13 @@ export function fluxImageGrid(imgIds: ArrayLike<number>, axes: number): TokenGri
 /** Linear layers quantization at load keeps in float32 (README "int8"): the last layer. */
 const FLUX_FLOAT_LINEARS: ReadonlySet<string> = new Set(['proj_out']);
 
+/**
+ * The adaLN modulation Linears (norm1, norm1_context, the single blocks' norm, norm_out: `linear` on
+ * silu(temb)), int8 at load although their input is a [B, C] vector: FLUX.1-dev's are 3.25 G of its
+ * 11.9 G parameters, 13 GB as float32 once the bf16 checkpoint's Cast is folded (README "int8").
+ */
+const FLUX_MODULATION_LINEAR = /^(.*\.)?(norm|norm1|norm1_context|norm_out)\.linear$/;
+
 /** What an attention option brings besides the kernel choice, for building step graphs. */
 export interface FluxAcceleration {
   /** Weights to build from instead of the checkpoint (a CLEAR file overlaid on it, non-strictly). */
@@ -722,6 +729,7 @@ export class FluxTransformer2DModel implements DiffusersModel {
       quantize: options.quantize,
       userKeepFloat: options.keepFloat,
       keepFloat: (module) => FLUX_FLOAT_LINEARS.has(module),
+      vectorInt8: (module) => FLUX_MODULATION_LINEAR.test(module),
       build: (source, int8) =>
         buildFluxTransformerGraph(config, source, { imageTokens: 1, textTokens: 1 }, { int8 }),
       onWarning: options.onWarning,

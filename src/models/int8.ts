@@ -32,17 +32,21 @@ export const INT8_CONV_MIN_CHANNELS = 64;
  *   INT8_CONV_MIN_CHANNELS channels in and out (a UNet's resnet and upsampler convolutions): measured
  *   1.4–3.1× faster than fp32 Conv at SD widths. 1×1 convolutions (measured 0.9–3.2×, inconsistent),
  *   strided ones (downsamplers) and the first and last layers (4 latent channels) stay float.
+ *
+ * `vectorInt8` names Linears on [B, C] vectors that a class makes int8 all the same, for memory:
+ * SD3's and FLUX's adaLN modulations hold a quarter to a third of their weights.
  */
 export function selectInt8Layers(
   sites: readonly Int8Site[],
   keepFloat: (modulePath: string) => boolean,
+  vectorInt8: (modulePath: string) => boolean = () => false,
 ): Int8Site[] {
   const seen = new Set<string>();
   return sites.filter((s) => {
     if (seen.has(s.modulePath)) return false;
     seen.add(s.modulePath);
     if (keepFloat(s.modulePath)) return false;
-    if (s.kernel === undefined) return s.inputRank >= 3;
+    if (s.kernel === undefined) return s.inputRank >= 3 || vectorInt8(s.modulePath);
     return (
       s.int8Capable === true &&
       s.kernel[0] * s.kernel[1] > 1 &&
@@ -80,6 +84,8 @@ export async function openModelWeights(
     keepFloat?: (modulePath: string) => boolean;
     /** And those the user asks to leave float (LoadOptions.keepFloat). */
     userKeepFloat?: (modulePath: string) => boolean;
+    /** Linears on [B, C] vectors quantization at load makes int8 all the same (`selectInt8Layers`). */
+    vectorInt8?: (modulePath: string) => boolean;
     /** Builds a graph that reads every weight, from `source` with `int8`. */
     build: (source: TensorSource, int8: Int8Options | undefined, store: WeightStore) => void;
     ignoreUnused?: (name: string) => boolean;
@@ -106,7 +112,7 @@ export async function openModelWeights(
     if (quantize !== 'int8') return { store, source: store, int8: undefined, close: () => store.close() };
     const keepFloat = (m: string): boolean =>
       (options.keepFloat?.(m) ?? false) || (options.userKeepFloat?.(m) ?? false);
-    return await quantizeAtLoad(store, selectInt8Layers(sites, keepFloat));
+    return await quantizeAtLoad(store, selectInt8Layers(sites, keepFloat, options.vectorInt8));
   } catch (error) {
     await store.close();
     throw error;

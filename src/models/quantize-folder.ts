@@ -29,6 +29,8 @@ import { int8Tensors } from './int8.js';
 /** The model classes `quantize: 'int8'` applies to; the others (the VAE) stay float32. */
 export const INT8_MODEL_CLASSES: ReadonlySet<string> = new Set([
   'PixArtTransformer2DModel',
+  'SD3Transformer2DModel',
+  'FluxTransformer2DModel',
   'UNet2DConditionModel',
   'T5EncoderModel',
   'CLIPTextModel',

@@ -442,6 +442,13 @@ export function JointAttention(
 /** Linear layers quantization at load keeps in float32 (README "int8"): the last layer. */
 const SD3_FLOAT_LINEARS: ReadonlySet<string> = new Set(['proj_out']);
 
+/**
+ * The adaLN modulation Linears (norm1, norm1_context, norm_out: `linear` on silu(conditioning)),
+ * int8 at load although their input is a [B, C] vector: about a third of SD3's and SD3.5's weights
+ * (README "int8").
+ */
+const SD3_MODULATION_LINEAR = /^(.*\.)?(norm1|norm1_context|norm_out)\.linear$/;
+
 /** Stable Diffusion 3 / 3.5 MMDiT denoiser, loaded from a diffusers `transformer/` folder. */
 export class SD3Transformer2DModel implements DiffusersModel {
   readonly className = 'SD3Transformer2DModel';
@@ -487,6 +494,7 @@ export class SD3Transformer2DModel implements DiffusersModel {
       quantize: options.quantize,
       userKeepFloat: options.keepFloat,
       keepFloat: (module) => SD3_FLOAT_LINEARS.has(module),
+      vectorInt8: (module) => SD3_MODULATION_LINEAR.test(module),
       build: (source, int8) =>
         buildSD3TransformerGraph(config, source, { height: p, width: p, textLength: 1 }, { int8 }),
       onWarning: options.onWarning,

@@ -45,6 +45,40 @@ describe('velodiff quantize', () => {
     }
   });
 
+  it('writes SD3 and FLUX transformer folders that load as int8, smaller, with the modules of --quantize int8', async () => {
+    for (const [fixture, className] of [
+      ['sd3_transformer_tiny', 'SD3Transformer2DModel'],
+      ['flux_transformer_tiny', 'FluxTransformer2DModel'],
+    ]) {
+      const source = join(GOLDEN, fixture, 'model');
+      const out = join(await tempDir(), 'int8');
+      const r = await captureCli(['quantize', source, '--out', out]);
+      assert.equal(r.code, 0, r.err);
+      const line = new RegExp(
+        `^  \\. +${className} +int8: ([1-9]\\d*) Linear modules +([\\d.]+) MB → ([\\d.]+) MB`,
+        'm',
+      );
+      const [, modules, before, after] = line.exec(r.out) ?? assert.fail(r.out);
+      assert.ok(Number(after) < Number(before), `${after} MB < ${before} MB`);
+      const folder = await loadModel(out, { runtime });
+      const atLoad = await loadModel(source, { runtime, quantize: 'int8', onWarning: () => {} });
+      try {
+        assert.equal(folder.className, className);
+        assert.equal(folder.int8Modules?.size, Number(modules));
+        assert.deepEqual([...(folder.int8Modules ?? [])].sort(), [...(atLoad.int8Modules ?? [])].sort());
+        const inputs = await readAllTensors(join(GOLDEN, fixture, 'inputs.safetensors'));
+        assertExactlyEqual(
+          (await folder.forward(inputs)).sample.data as Float32Array,
+          (await atLoad.forward(inputs)).sample.data as Float32Array,
+          `${className} int8 folder vs quantize at load`,
+        );
+      } finally {
+        await folder.close();
+        await atLoad.close();
+      }
+    }
+  });
+
   it('errors: no --out, an output that is not empty, a missing input, two inputs; help texts', async () => {
     const root = await tempDir();
     const model = join(GOLDEN, 'pixart_alpha_tiny/model');
@@ -149,6 +183,37 @@ describe('--quantize int8', () => {
       await model.close();
     }
 
+    // SD3 and FLUX transformers take the flag too.
+    const flux = join(GOLDEN, 'flux_transformer_tiny');
+    const fluxRun = await captureCli([
+      'forward',
+      join(flux, 'model'),
+      '--inputs',
+      join(flux, 'inputs.safetensors'),
+      '--out',
+      out,
+      '--quantize',
+      'int8',
+      '--threads',
+      '1',
+    ]);
+    assert.equal(fluxRun.code, 0, fluxRun.err);
+    const fluxModel = await loadModel(join(flux, 'model'), {
+      runtime,
+      quantize: 'int8',
+      onWarning: () => {},
+    });
+    try {
+      const expected = await fluxModel.forward(await readAllTensors(join(flux, 'inputs.safetensors')));
+      assertExactlyEqual(
+        (await readAllTensors(out)).sample.data as Float32Array,
+        expected.sample.data as Float32Array,
+        'FLUX sample',
+      );
+    } finally {
+      await fluxModel.close();
+    }
+
     const vae = await captureCli([
       'forward',
       join(GOLDEN, 'vae_kl_tiny/model'),
@@ -162,7 +227,7 @@ describe('--quantize int8', () => {
     assert.equal(vae.code, 2);
     assert.match(
       vae.err,
-      /forward: --quantize applies to .*UNet2DConditionModel.*; AutoencoderKL stays float32/,
+      /forward: --quantize applies to .*SD3Transformer2DModel, FluxTransformer2DModel, UNet2DConditionModel.*; AutoencoderKL stays float32/,
     );
     const bad = await captureCli([
       'forward',

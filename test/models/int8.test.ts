@@ -15,11 +15,13 @@ import { OptionError } from '../../src/errors.js';
 import { AutoencoderKL } from '../../src/models/autoencoder-kl.js';
 import type { VelodiffWarning } from '../../src/warnings.js';
 import { CLIPTextModel, CLIPTextModelWithProjection } from '../../src/models/clip-text.js';
+import { FluxTransformer2DModel } from '../../src/models/flux-transformer.js';
 import { INT8_CONV_MIN_CHANNELS, checkQuantizeOption, selectInt8Layers } from '../../src/models/int8.js';
 import { int8QuantizationConfig, quantizeInt8Rows } from '../../src/io/quantize.js';
 import { copyModel, editWeights, patchConfig } from '../fixtures/edit-checkpoint.js';
 import type { DiffusersModel, LoadOptions } from '../../src/models/model.js';
 import { PixArtTransformer2DModel } from '../../src/models/pixart-transformer.js';
+import { SD3Transformer2DModel } from '../../src/models/sd3-transformer.js';
 import { T5EncoderModel } from '../../src/models/t5-encoder.js';
 import { UNet2DConditionModel } from '../../src/models/unet-2d-condition.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
@@ -66,6 +68,39 @@ const CASES: Case[] = [
     relBound: 0.01, // measured 2.1e-3
     float: /^(proj_out|adaln_single\..*)$/,
     int8: /^transformer_blocks\.1\.attn1\.to_out\.0$/,
+  },
+  {
+    fixture: 'models/sd3_transformer_tiny',
+    load: (d, o) => SD3Transformer2DModel.fromPretrained(d, o),
+    output: 'sample',
+    relBound: 0.01, // measured 2.3e-3
+    float: /^(proj_out|time_text_embed\..*)$/,
+    // The adaLN modulations are int8 although their input is a [B, C] vector (memory: README "int8").
+    int8: /^transformer_blocks\.0\.(attn\.add_k_proj|norm1\.linear|norm1_context\.linear)$/,
+  },
+  {
+    fixture: 'models/sd35_transformer_tiny',
+    load: (d, o) => SD3Transformer2DModel.fromPretrained(d, o),
+    output: 'sample',
+    relBound: 0.01, // measured 3.4e-3
+    float: /^(proj_out|time_text_embed\..*)$/,
+    int8: /^(norm_out\.linear|transformer_blocks\.1\.ff\.net\.2)$/,
+  },
+  {
+    fixture: 'models/flux_transformer_tiny',
+    load: (d, o) => FluxTransformer2DModel.fromPretrained(d, o),
+    output: 'sample',
+    relBound: 0.05, // measured 1.4e-2
+    float: /^(proj_out|time_text_embed\..*)$/,
+    int8: /^single_transformer_blocks\.1\.(norm\.linear|proj_mlp)$/,
+  },
+  {
+    fixture: 'models/flux_schnell_transformer_tiny',
+    load: (d, o) => FluxTransformer2DModel.fromPretrained(d, o),
+    output: 'sample',
+    relBound: 0.03, // measured 8.6e-3
+    float: /^(proj_out|time_text_embed\..*)$/,
+    int8: /^transformer_blocks\.1\.norm1_context\.linear$/,
   },
   {
     fixture: 'models/unet2d_sd15_tiny',
@@ -283,6 +318,32 @@ describe('int8 convolutions', () => {
     assert.deepEqual(
       chosen.map((s) => s.modulePath),
       ['down_blocks.0.resnets.0.conv1', 'proj'],
+    );
+  });
+
+  it('a Linear on [B, C] vectors is int8 only where the class names it (vectorInt8), and keepFloat still wins', () => {
+    const linear = (modulePath: string, inputRank: number) => ({
+      modulePath,
+      inFeatures: 32,
+      outFeatures: 192,
+      inputRank,
+    });
+    const sites = [
+      linear('time_text_embed.timestep_embedder.linear_1', 2),
+      linear('transformer_blocks.0.norm1.linear', 2),
+      linear('transformer_blocks.1.norm1.linear', 2),
+      linear('transformer_blocks.0.attn.to_q', 3),
+    ];
+    const modulation = (m: string): boolean => m.endsWith('.norm1.linear');
+    assert.deepEqual(
+      selectInt8Layers(sites, () => false).map((s) => s.modulePath),
+      ['transformer_blocks.0.attn.to_q'],
+    );
+    assert.deepEqual(
+      selectInt8Layers(sites, (m) => m.startsWith('transformer_blocks.1'), modulation).map(
+        (s) => s.modulePath,
+      ),
+      ['transformer_blocks.0.norm1.linear', 'transformer_blocks.0.attn.to_q'],
     );
   });
 

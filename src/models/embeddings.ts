@@ -1,5 +1,5 @@
 import type { Tensor } from '../graph/graph.js';
-import { add, cast, concat, cos, mul, pad, sin, unsqueeze } from '../graph/ops/index.js';
+import { add, cast, concat, cos, mul, pad, silu, sin, unsqueeze } from '../graph/ops/index.js';
 import type { Activation } from '../nn/activations.js';
 import { activation } from '../nn/activations.js';
 import { Linear } from '../nn/layers.js';
@@ -89,6 +89,56 @@ export function TimestepEmbedding(
   const out = Linear(p.child('linear_2'), h, timeEmbedDim, options.outDim ?? timeEmbedDim);
   const post = options.postAct;
   return post === undefined ? out : p.scope(() => activation(out, post));
+}
+
+/** What time_text_embed reads: [B] float32 timestep (and guidance), [B, pooled_projection_dim] pooled text. */
+export interface TimestepTextInputs {
+  timestep: Tensor;
+  pooledProjections: Tensor;
+  /** FLUX.1-dev's distilled guidance scale; given, it goes through guidance_embedder. */
+  guidance?: Tensor;
+}
+
+export interface TimestepTextOptions {
+  /** Width of the embedding (the transformer's inner_dim). */
+  dim: number;
+  pooledProjectionDim: number;
+  /** What the model's forward multiplies timestep and guidance by before time_proj (FLUX: 1000). */
+  timestepScale?: number;
+}
+
+/**
+ * diffusers `CombinedTimestepTextProjEmbeddings` (SD3, FLUX.1-schnell) or, with a guidance input,
+ * `CombinedTimestepGuidanceTextProjEmbeddings` (FLUX.1-dev): the sinusoidal embeddings (256
+ * channels, cos first, shift 0) of the timestep (and guidance) through their TimestepEmbeddings,
+ * plus the pooled text through text_embedder (PixArtAlphaTextProjection with SiLU). [B, dim].
+ */
+export function CombinedTimestepTextProjEmbeddings(
+  p: Params,
+  inputs: TimestepTextInputs,
+  o: TimestepTextOptions,
+): Tensor {
+  const { dim, timestepScale } = o;
+  const project = (t: Tensor): Tensor =>
+    sinusoidalEmbedding(timestepScale === undefined ? t : mul(t, timestepScale), 256, {
+      flipSinToCos: true,
+      downscaleFreqShift: 0,
+    });
+  let embedding = TimestepEmbedding(p.child('timestep_embedder'), project(inputs.timestep), 256, dim);
+  const guidance = inputs.guidance;
+  if (guidance) {
+    const guided = TimestepEmbedding(p.child('guidance_embedder'), project(guidance), 256, dim);
+    embedding = p.scope(() => add(embedding, guided));
+  }
+  const textEmbedder = p.child('text_embedder');
+  const hidden = Linear(textEmbedder.child('linear_1'), inputs.pooledProjections, o.pooledProjectionDim, dim);
+  const pooled = Linear(
+    textEmbedder.child('linear_2'),
+    textEmbedder.scope(() => silu(hidden)),
+    dim,
+    dim,
+  );
+  return p.scope(() => add(embedding, pooled));
 }
 
 /**

@@ -8,7 +8,15 @@ import { clearAttention, clearSpatialWeight } from '../attention/clear.js';
 import type { AttentionChoice, AttentionOption, TokenGrid } from '../attention/types.js';
 import { readConfig } from '../io/diffusers.js';
 import type { WeightStore } from '../io/diffusers.js';
-import { LayerNorm, Linear, RMSNorm } from '../nn/layers.js';
+import { AdaLayerNormContinuous, adaLayerNormRows, modulatedLayerNorm } from '../nn/ada-layer-norm.js';
+import type { StreamHeads, StreamProjectionNames } from '../nn/joint-attention.js';
+import {
+  CONTEXT_PROJECTIONS,
+  IMAGE_PROJECTIONS,
+  jointOutputProjections,
+  streamHeads,
+} from '../nn/joint-attention.js';
+import { Linear } from '../nn/layers.js';
 import type { Int8Options } from '../nn/params.js';
 import { Params } from '../nn/params.js';
 import { FeedForward } from '../nn/transformer-block.js';
@@ -21,7 +29,7 @@ import type { InputSpec } from '../runtime/runnable-model.js';
 import { NUMERIC_DTYPES, RunnableModel, asBatch, asFloat32 } from '../runtime/runnable-model.js';
 import type { WarningHandler } from '../warnings.js';
 import { ConfigReader } from './config.js';
-import { TimestepEmbedding, sinusoidalEmbedding } from './embeddings.js';
+import { CombinedTimestepTextProjEmbeddings } from './embeddings.js';
 import type { ModelWeights } from './int8.js';
 import { openModelWeights } from './int8.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
@@ -300,47 +308,28 @@ export function fluxTransformer(
   }
   image = split(joint, [o.textTokens, o.imageTokens], 1)[1];
 
-  // norm_out: AdaLayerNormContinuous, its linear's output read as scale then shift.
   const normOut = root.child('norm_out');
-  const [scale, shift] = modulationRows(normOut.child('linear'), temb, dim, 2);
-  const normed = LayerNorm(normOut.child('norm'), image, dim, { eps: 1e-6, affine: false });
-  image = normOut.scope(() => add(mul(normed, add(scale, 1)), shift));
+  image = AdaLayerNormContinuous(normOut, image, adaLayerNormInput(normOut, temb), dim);
   const p = config.patchSize;
   return Linear(root.child('proj_out'), image, dim, p * p * config.outChannels);
 }
 
 /**
  * time_text_embed: CombinedTimestepTextProjEmbeddings, or with guidance_embeds
- * CombinedTimestepGuidanceTextProjEmbeddings — the sinusoidal embeddings of timestep·1000 (and
- * guidance·1000) through their TimestepEmbeddings, plus the pooled text through text_embedder
- * (PixArtAlphaTextProjection with SiLU). [B, inner_dim].
+ * CombinedTimestepGuidanceTextProjEmbeddings, of timestep·1000 (and guidance·1000), as
+ * FluxTransformer2DModel.forward scales both in float32 before time_proj. [B, inner_dim].
  */
 function timeTextEmbedding(p: Params, config: FluxTransformerConfig, inputs: FluxInputs): Tensor {
-  const dim = config.innerDim;
-  // FluxTransformer2DModel.forward scales both by 1000 in float32 before time_proj.
-  const project = (t: Tensor): Tensor =>
-    sinusoidalEmbedding(mul(t, 1000), 256, { flipSinToCos: true, downscaleFreqShift: 0 });
-  let embedding = TimestepEmbedding(p.child('timestep_embedder'), project(inputs.timestep), 256, dim);
+  let guidance: Tensor | undefined;
   if (config.guidanceEmbeds) {
-    const guidance = inputs.guidance;
+    guidance = inputs.guidance;
     if (!guidance) throw new OptionError('FluxTransformer2DModel with guidance_embeds needs guidance');
-    const guided = TimestepEmbedding(p.child('guidance_embedder'), project(guidance), 256, dim);
-    embedding = p.scope(() => add(embedding, guided));
   }
-  const textEmbedder = p.child('text_embedder');
-  const hidden = Linear(
-    textEmbedder.child('linear_1'),
-    inputs.pooledProjections,
-    config.pooledProjectionDim,
-    dim,
+  return CombinedTimestepTextProjEmbeddings(
+    p,
+    { timestep: inputs.timestep, pooledProjections: inputs.pooledProjections, guidance },
+    { dim: config.innerDim, pooledProjectionDim: config.pooledProjectionDim, timestepScale: 1000 },
   );
-  const pooled = Linear(
-    textEmbedder.child('linear_2'),
-    textEmbedder.scope(() => silu(hidden)),
-    dim,
-    dim,
-  );
-  return p.scope(() => add(embedding, pooled));
 }
 
 /** RoPE tables broadcastable to [B, L + N, heads, head_dim]. */
@@ -366,23 +355,19 @@ export interface FluxBlockContext {
 }
 
 /**
- * The rows `linear(silu(temb))` splits into (AdaLayerNormZero's 6, AdaLayerNormZeroSingle's 3,
- * AdaLayerNormContinuous's 2), each [B, 1, dim] to broadcast over tokens.
+ * silu(temb), the input of the adaLN module `p`'s linear: FLUX applies it in every module (its
+ * linear's scope), as diffusers does.
  */
-function modulationRows(linear: Params, temb: Tensor, dim: number, rows: number): Tensor[] {
-  const emb = Linear(
-    linear,
-    linear.scope(() => silu(temb)),
-    dim,
-    rows * dim,
-  );
-  return linear.scope(() => split(reshape(emb, [temb.shape[0], rows, dim]), rows, 1));
+function adaLayerNormInput(p: Params, temb: Tensor): Tensor {
+  return p.child('linear').scope(() => silu(temb));
 }
 
-/** LayerNorm (eps 1e-6, no affine) of x, then x·(1 + scale) + shift: every adaLN of FLUX. */
-function modulatedNorm(p: Params, x: Tensor, dim: number, shift: Tensor, scale: Tensor): Tensor {
-  const normed = LayerNorm(p, x, dim, { eps: 1e-6, affine: false });
-  return p.scope(() => add(mul(normed, add(scale, 1)), shift));
+/**
+ * The rows the adaLN module `p` makes of silu(temb) (AdaLayerNormZero's 6, AdaLayerNormZeroSingle's 3),
+ * each [B, 1, dim] to broadcast over tokens.
+ */
+function modulationRows(p: Params, temb: Tensor, dim: number, rows: number): Tensor[] {
+  return adaLayerNormRows(p, adaLayerNormInput(p, temb), dim, rows);
 }
 
 /**
@@ -398,34 +383,28 @@ export function fluxTransformerBlock(
 ): [Tensor, Tensor] {
   const { innerDim: dim } = o.config;
   const imageTokens = image.shape[1];
-  const [shift, scale, gate, shiftMlp, scaleMlp, gateMlp] = modulationRows(
-    p.child('norm1').child('linear'),
-    o.temb,
-    dim,
-    6,
-  );
+  const [shift, scale, gate, shiftMlp, scaleMlp, gateMlp] = modulationRows(p.child('norm1'), o.temb, dim, 6);
   const [cShift, cScale, cGate, cShiftMlp, cScaleMlp, cGateMlp] = modulationRows(
-    p.child('norm1_context').child('linear'),
+    p.child('norm1_context'),
     o.temb,
     dim,
     6,
   );
-  const normedImage = modulatedNorm(p.child('norm1').child('norm'), image, dim, shift, scale);
-  const normedText = modulatedNorm(p.child('norm1_context').child('norm'), text, dim, cShift, cScale);
+  const normedImage = modulatedLayerNorm(p.child('norm1').child('norm'), image, dim, shift, scale);
+  const normedText = modulatedLayerNorm(p.child('norm1_context').child('norm'), text, dim, cShift, cScale);
 
   // FluxAttention with added_kv_proj_dim: text tokens first, then image tokens, in one softmax.
   const attn = p.child('attn');
-  const textHeads = headProjections(attn, normedText, o.config, ADDED_PROJECTIONS);
-  const imageHeads = headProjections(attn, normedImage, o.config, PROJECTIONS);
+  const textHeads = headProjections(attn, normedText, o.config, CONTEXT_PROJECTIONS);
+  const imageHeads = headProjections(attn, normedImage, o.config, IMAGE_PROJECTIONS);
   const joint = jointAttention(attn, [textHeads, imageHeads], o);
   const [textOut, imageOut] = attn.scope(() => split(joint, [o.textTokens, imageTokens], 1));
-  const attnImage = Linear(attn.child('to_out').child(0), imageOut, dim, dim);
-  const attnText = Linear(attn.child('to_add_out'), textOut, dim, dim);
+  const { image: attnImage, context: attnText } = jointOutputProjections(attn, imageOut, textOut, dim);
 
   image = p.scope(() => add(image, mul(gate, attnImage)));
   const ffImage = FeedForward(
     p.child('ff'),
-    modulatedNorm(p.child('norm2'), image, dim, shiftMlp, scaleMlp),
+    modulatedLayerNorm(p.child('norm2'), image, dim, shiftMlp, scaleMlp),
     { dim, dimOut: dim, activation: 'gelu-approximate' },
   );
   image = p.scope(() => add(image, mul(gateMlp, ffImage)));
@@ -433,7 +412,7 @@ export function fluxTransformerBlock(
   text = p.scope(() => add(text, mul(cGate, attnText)));
   const ffText = FeedForward(
     p.child('ff_context'),
-    modulatedNorm(p.child('norm2_context'), text, dim, cShiftMlp, cScaleMlp),
+    modulatedLayerNorm(p.child('norm2_context'), text, dim, cShiftMlp, cScaleMlp),
     { dim, dimOut: dim, activation: 'gelu-approximate' },
   );
   text = p.scope(() => add(text, mul(cGateMlp, ffText)));
@@ -449,12 +428,12 @@ export function fluxSingleTransformerBlock(p: Params, joint: Tensor, o: FluxBloc
   const { innerDim: dim } = o.config;
   const mlpDim = 4 * dim;
   const norm = p.child('norm');
-  const [shift, scale, gate] = modulationRows(norm.child('linear'), o.temb, dim, 3);
-  const normed = modulatedNorm(norm.child('norm'), joint, dim, shift, scale);
+  const [shift, scale, gate] = modulationRows(norm, o.temb, dim, 3);
+  const normed = modulatedLayerNorm(norm.child('norm'), joint, dim, shift, scale);
   const mlpHidden = Linear(p.child('proj_mlp'), normed, dim, mlpDim);
   const mlp = p.scope(() => gelu(mlpHidden, 'tanh'));
   const attn = p.child('attn');
-  const attended = jointAttention(attn, [headProjections(attn, normed, o.config, PROJECTIONS)], o);
+  const attended = jointAttention(attn, [headProjections(attn, normed, o.config, IMAGE_PROJECTIONS)], o);
   const out = Linear(
     p.child('proj_out'),
     p.scope(() => concat([attended, mlp], 2)),
@@ -464,59 +443,28 @@ export function fluxSingleTransformerBlock(p: Params, joint: Tensor, o: FluxBloc
   return p.scope(() => add(joint, mul(gate, out)));
 }
 
-/** The checkpoint names of one stream's projections and qk norms in a FluxAttention. */
-interface ProjectionNames {
-  q: string;
-  k: string;
-  v: string;
-  normQ: string;
-  normK: string;
-}
-
-const PROJECTIONS: ProjectionNames = { q: 'to_q', k: 'to_k', v: 'to_v', normQ: 'norm_q', normK: 'norm_k' };
-const ADDED_PROJECTIONS: ProjectionNames = {
-  q: 'add_q_proj',
-  k: 'add_k_proj',
-  v: 'add_v_proj',
-  normQ: 'norm_added_q',
-  normK: 'norm_added_k',
-};
-
-/** One stream's queries, keys and values, [B, S, heads, head_dim] each. */
-interface Heads {
-  q: Tensor;
-  k: Tensor;
-  v: Tensor;
-}
-
 /** One stream's projections of x split into heads, q and k through their RMSNorms over head_dim (eps 1e-6). */
 function headProjections(
   attn: Params,
   x: Tensor,
   config: FluxTransformerConfig,
-  names: ProjectionNames,
-): Heads {
-  const { innerDim: dim, numAttentionHeads: heads, attentionHeadDim: headDim } = config;
-  const [batch, tokens] = x.shape;
-  const project = (name: string): Tensor => {
-    const projected = Linear(attn.child(name), x, dim, dim);
-    return attn.scope(() => reshape(projected, [batch, tokens, heads, headDim]));
-  };
-  return {
-    q: RMSNorm(attn.child(names.normQ), project(names.q), headDim, { eps: 1e-6 }),
-    k: RMSNorm(attn.child(names.normK), project(names.k), headDim, { eps: 1e-6 }),
-    v: project(names.v),
-  };
+  names: StreamProjectionNames,
+): StreamHeads {
+  return streamHeads(attn, x, names, {
+    dim: config.innerDim,
+    heads: config.numAttentionHeads,
+    qkNorm: true,
+  });
 }
 
 /**
  * FluxAttnProcessor from the projections on: the streams' heads concatenated along the tokens (text
  * first), RoPE on q and k, the attention product. [B, L + N, inner_dim], before any output projection.
  */
-function jointAttention(attn: Params, streams: readonly Heads[], o: FluxBlockContext): Tensor {
+function jointAttention(attn: Params, streams: readonly StreamHeads[], o: FluxBlockContext): Tensor {
   const { innerDim: dim, numAttentionHeads: heads } = o.config;
   return attn.scope(() => {
-    const joined = (part: keyof Heads): Tensor =>
+    const joined = (part: keyof StreamHeads): Tensor =>
       concat(
         streams.map((s) => s[part]),
         1,

@@ -2,23 +2,26 @@ import { join, resolve } from 'node:path';
 import { FileFormatError, GraphBuildError, OptionError } from '../errors.js';
 import type { Tensor } from '../graph/graph.js';
 import { Graph } from '../graph/graph.js';
-import {
-  add,
-  attention,
-  concat,
-  layerNorm,
-  mul,
-  reshape,
-  silu,
-  slice,
-  split,
-  transpose,
-} from '../graph/ops/index.js';
+import { add, attention, concat, mul, reshape, silu, slice, split, transpose } from '../graph/ops/index.js';
 import type { WeightStore } from '../io/diffusers.js';
 import { readConfig } from '../io/diffusers.js';
 import type { AttentionOption } from '../attention/types.js';
+import {
+  AdaLayerNormContinuous,
+  adaLayerNormRows,
+  modulate,
+  modulatedLayerNorm,
+  nonAffineLayerNorm,
+} from '../nn/ada-layer-norm.js';
 import { Attention } from '../nn/attention.js';
-import { Conv2d, Linear, RMSNorm } from '../nn/layers.js';
+import type { StreamProjectionNames } from '../nn/joint-attention.js';
+import {
+  CONTEXT_PROJECTIONS,
+  IMAGE_PROJECTIONS,
+  jointOutputProjections,
+  projectHeads,
+} from '../nn/joint-attention.js';
+import { Conv2d, Linear } from '../nn/layers.js';
 import { Params } from '../nn/params.js';
 import type { Int8Options } from '../nn/params.js';
 import { FeedForward } from '../nn/transformer-block.js';
@@ -28,7 +31,7 @@ import type { CompiledGraph, Runtime } from '../runtime/runtime.js';
 import { NUMERIC_DTYPES, RunnableModel, asBatch, asFloat32 } from '../runtime/runnable-model.js';
 import type { WarningHandler } from '../warnings.js';
 import { ConfigReader } from './config.js';
-import { TimestepEmbedding, sinusoidalEmbedding } from './embeddings.js';
+import { CombinedTimestepTextProjEmbeddings } from './embeddings.js';
 import type { ModelWeights } from './int8.js';
 import { openModelWeights } from './int8.js';
 import type { DiffusersModel, LoadOptions } from './model.js';
@@ -213,23 +216,12 @@ export function sd3Transformer(
     croppedPositionEmbedding(pe, config, gridH, gridW),
   );
 
-  // CombinedTimestepTextProjEmbeddings: timestep embedding + PixArtAlphaTextProjection(act 'silu').
-  const tte = root.child('time_text_embed');
-  const timestepEmbedding = TimestepEmbedding(
-    tte.child('timestep_embedder'),
-    sinusoidalEmbedding(inputs.timestep, 256, { flipSinToCos: true, downscaleFreqShift: 0 }),
-    256,
+  const temb = CombinedTimestepTextProjEmbeddings(root.child('time_text_embed'), inputs, {
     dim,
-  );
-  const text = tte.child('text_embedder');
-  const pooled = Linear(
-    text.child('linear_2'),
-    silu(Linear(text.child('linear_1'), inputs.pooledProjections, config.pooledProjectionDim, dim)),
-    dim,
-    dim,
-  );
+    pooledProjectionDim: config.pooledProjectionDim,
+  });
   // Every adaLN linear takes silu(temb): computed once for all of them.
-  const conditioning = silu(add(timestepEmbedding, pooled));
+  const conditioning = silu(temb);
 
   let context: Tensor | undefined = Linear(
     root.child('context_embedder'),
@@ -249,7 +241,7 @@ export function sd3Transformer(
     }));
   }
 
-  // norm_out (AdaLayerNormContinuous), proj_out, and unpatchify (nhwpqc → nchpwq).
+  // norm_out, proj_out, and unpatchify (nhwpqc → nchpwq).
   hidden = AdaLayerNormContinuous(root.child('norm_out'), hidden, conditioning, dim);
   const out = Linear(root.child('proj_out'), hidden, dim, p * p * config.outChannels);
   const grid = reshape(out, ['B', gridH, gridW, p, p, config.outChannels]);
@@ -286,31 +278,6 @@ function croppedPositionEmbedding(
   });
 }
 
-/** The non-affine LayerNorm (eps 1e-6) every adaLN of SD3 modulates. */
-function plainLayerNorm(p: Params, x: Tensor): Tensor {
-  return p.scope(() => layerNorm(x, undefined, undefined, { eps: 1e-6 }));
-}
-
-/** x·(1 + scale) + shift, with shift and scale [B, 1, dim] broadcast over the tokens. */
-function modulate(x: Tensor, shift: Tensor, scale: Tensor): Tensor {
-  return add(mul(x, add(scale, 1)), shift);
-}
-
-/**
- * The `count` rows [B, 1, dim] of an adaLN's `linear` on silu(temb) (`conditioning` [B, dim]),
- * in diffusers' chunk order.
- */
-function adaLayerNormRows(p: Params, conditioning: Tensor, dim: number, count: number): Tensor[] {
-  const emb = Linear(p.child('linear'), conditioning, dim, count * dim);
-  return p.scope(() => split(reshape(emb, ['B', count, dim]), count, 1));
-}
-
-/** diffusers AdaLayerNormContinuous (layer_norm, no affine, eps 1e-6): chunks are scale, then shift. */
-function AdaLayerNormContinuous(p: Params, x: Tensor, conditioning: Tensor, dim: number): Tensor {
-  const [scale, shift] = adaLayerNormRows(p, conditioning, dim, 2);
-  return p.scope(() => modulate(plainLayerNorm(p, x), shift, scale));
-}
-
 /** What one JointTransformerBlock is built from besides its parameters and its input tokens. */
 export interface JointTransformerBlockOptions {
   /** silu(temb) [B, dim]: the input of every adaLN linear. */
@@ -341,7 +308,7 @@ export function JointTransformerBlock(
   const norm1 = p.child('norm1');
   const rows = adaLayerNormRows(norm1, conditioning, dim, o.dualAttention ? 9 : 6);
   const [shiftMsa, scaleMsa, gateMsa, shiftMlp, scaleMlp, gateMlp] = rows;
-  const normedHidden = plainLayerNorm(norm1, hidden);
+  const normedHidden = nonAffineLayerNorm(norm1, hidden, dim);
   const attnInput = norm1.scope(() => modulate(normedHidden, shiftMsa, scaleMsa));
 
   const norm1Context = p.child('norm1_context');
@@ -352,7 +319,7 @@ export function JointTransformerBlock(
   } else {
     contextRows = adaLayerNormRows(norm1Context, conditioning, dim, 6);
     const [cShift, cScale] = contextRows;
-    attnContext = norm1Context.scope(() => modulate(plainLayerNorm(norm1Context, context), cShift, cScale));
+    attnContext = modulatedLayerNorm(norm1Context, context, dim, cShift, cScale);
   }
 
   const joint = JointAttention(p.child('attn'), attnInput, attnContext, {
@@ -377,7 +344,7 @@ export function JointTransformerBlock(
     hidden = p.scope(() => add(hidden, mul(gateMsa2, attn2)));
   }
 
-  const ffInput = p.scope(() => modulate(plainLayerNorm(p.child('norm2'), hidden), shiftMlp, scaleMlp));
+  const ffInput = modulatedLayerNorm(p.child('norm2'), hidden, dim, shiftMlp, scaleMlp);
   const ff = FeedForward(p.child('ff'), ffInput, { dim, activation: 'gelu-approximate' });
   hidden = p.scope(() => add(hidden, mul(gateMlp, ff)));
 
@@ -385,9 +352,7 @@ export function JointTransformerBlock(
   const [, , cGateMsa, cShiftMlp, cScaleMlp, cGateMlp] = contextRows;
   const contextAttn = joint.context;
   context = p.scope(() => add(context, mul(cGateMsa, contextAttn)));
-  const contextFfInput = p.scope(() =>
-    modulate(plainLayerNorm(p.child('norm2_context'), context), cShiftMlp, cScaleMlp),
-  );
+  const contextFfInput = modulatedLayerNorm(p.child('norm2_context'), context, dim, cShiftMlp, cScaleMlp);
   const contextFf = FeedForward(p.child('ff_context'), contextFfInput, {
     dim,
     activation: 'gelu-approximate',
@@ -417,26 +382,23 @@ export function JointAttention(
   o: JointAttentionOptions,
 ): { hidden: Tensor; context: Tensor | undefined } {
   const { dim, heads } = o;
-  const dimHead = dim / heads;
-  const project = (name: string, input: Tensor, norm?: string): Tensor => {
-    const projected = Linear(p.child(name), input, dim, dim);
-    if (o.qkNorm === undefined || norm === undefined) return projected;
-    // RMSNorm over each head's dimHead features, eps 1e-6.
-    const [batch, length] = projected.shape;
-    const perHead = p.scope(() => reshape(projected, [batch, length, heads, dimHead]));
-    const normed = RMSNorm(p.child(norm), perHead, dimHead, { eps: 1e-6 });
+  // q, k, v of both streams, each [B, tokens, dim]; queries and keys RMS-normed per head with qk_norm.
+  const project = (input: Tensor, names: StreamProjectionNames, part: 'q' | 'k' | 'v'): Tensor => {
+    if (o.qkNorm === undefined || part === 'v') return Linear(p.child(names[part]), input, dim, dim);
+    const normed = projectHeads(p, input, names, part, { dim, heads, qkNorm: true });
+    const [batch, length] = normed.shape;
     return p.scope(() => reshape(normed, [batch, length, dim]));
   };
-  const q = concat([project('to_q', x, 'norm_q'), project('add_q_proj', context, 'norm_added_q')], 1);
-  const k = concat([project('to_k', x, 'norm_k'), project('add_k_proj', context, 'norm_added_k')], 1);
-  const v = concat([project('to_v', x), project('add_v_proj', context)], 1);
+  const joined = (part: 'q' | 'k' | 'v'): Tensor =>
+    concat([project(x, IMAGE_PROJECTIONS, part), project(context, CONTEXT_PROJECTIONS, part)], 1);
+  const q = joined('q');
+  const k = joined('k');
+  const v = joined('v');
   const [imageOut, contextOut] = p.scope(() =>
     split(attention(q, k, v, { numHeads: heads }), [x.shape[1], context.shape[1]], 1),
   );
-  return {
-    hidden: Linear(p.child('to_out').child(0), imageOut, dim, dim),
-    context: o.contextPreOnly ? undefined : Linear(p.child('to_add_out'), contextOut, dim, dim),
-  };
+  const out = jointOutputProjections(p, imageOut, o.contextPreOnly ? undefined : contextOut, dim);
+  return { hidden: out.image, context: out.context };
 }
 
 /** Linear layers quantization at load keeps in float32 (README "int8"): the last layer. */

@@ -9,38 +9,51 @@ import { join } from 'node:path';
 
 import { FileFormatError, OptionError } from '../errors.js';
 import type { AttentionOption } from '../attention/types.js';
-import { readTextFile } from '../io/text.js';
-import { AutoencoderKL } from '../models/autoencoder-kl.js';
+import type { AutoencoderKL } from '../models/autoencoder-kl.js';
 import { FluxTransformer2DModel, checkRopeNtkFactor } from '../models/flux-transformer.js';
-import { checkQuantizeOption } from '../models/int8.js';
-import type { NoiseGenerator } from '../random/torch-generator.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
-import { Runtime } from '../runtime/runtime.js';
-import { FlowMatchEulerDiscreteScheduler, calculateShift, schedulerFromConfig } from '../schedulers/index.js';
+import type { Runtime } from '../runtime/runtime.js';
+import { FlowMatchEulerDiscreteScheduler } from '../schedulers/index.js';
 import { linspace } from '../schedulers/numerics.js';
 import type { Scheduler } from '../schedulers/scheduler.js';
-import { asFloat, checkInteger, concatBatch, repeatBatch, splitBatch } from './batch.js';
+import { asFloat, checkInteger, concatBatch, splitBatch } from './batch.js';
 import { ClipPromptEncoder } from './clip-prompt.js';
-import type { LoopCallbacks, PipelineOutput } from './denoise.js';
+import type { PipelineOutput } from './denoise.js';
 import { decodeImages, denoise, resolveGenerator } from './denoise.js';
+import type {
+  FlowMatchingComponents,
+  FlowMatchingRunOptions,
+  TextConditioning,
+} from './flow-matching-pipeline.js';
+import {
+  checkEmbedsWidth,
+  configShift,
+  orPrompt,
+  repeatConditioning,
+  requireVae,
+} from './flow-matching-pipeline.js';
 import type { HighResOption, HighResStage } from './highres.js';
 import { highResStages, refuseImageToImage, runHighResStages } from './highres.js';
-import type { ImageToImageOptions } from './image-to-image.js';
 import { imageHeightWidth, imageLatents, strengthTimesteps } from './image-to-image.js';
-import { T5PromptEncoder } from './t5-prompt.js';
-import type { LoadPipelineOptions } from './unet-pipeline.js';
-import { checkEmbeds, negativeList, promptList, readPipelineIndex } from './unet-pipeline.js';
+import { MAX_SEQUENCE_LENGTH, T5PromptEncoder, checkMaxSequenceLength } from './t5-prompt.js';
+import type { DenoiserFolder, LoadPipelineOptions } from './unet-pipeline.js';
+import {
+  checkEmbeds,
+  loadPipelineFolder,
+  negativeList,
+  promptList,
+  readPipelineIndex,
+} from './unet-pipeline.js';
 
 /** Options of `run` (diffusers' `FluxPipeline.__call__` arguments in camelCase). */
-export interface FluxRunOptions extends LoopCallbacks, ImageToImageOptions {
+export interface FluxRunOptions extends FlowMatchingRunOptions {
   /** The prompt for both encoders unless prompt2 says otherwise (CLIP's pooled output comes from it). */
   prompt?: string | string[];
   /** The prompt for tokenizer_2 / text_encoder_2 (T5); default `prompt`. */
   prompt2?: string | string[];
   /** Used only under true CFG (`trueCfgScale` > 1). */
   negativePrompt?: string | string[];
-  negativePrompt2?: string | string[];
   /**
    * True classifier-free guidance: runs when > 1 and a negative prompt (or negative embeddings) is
    * given, and is silently off otherwise, as in diffusers. Default 1.
@@ -50,8 +63,6 @@ export interface FluxRunOptions extends LoopCallbacks, ImageToImageOptions {
   promptEmbeds?: HostTensor;
   /** With promptEmbeds: CLIP's pooled output [B, pooled_projection_dim]. */
   pooledPromptEmbeds?: HostTensor;
-  negativePromptEmbeds?: HostTensor;
-  negativePooledPromptEmbeds?: HostTensor;
   /**
    * Initial latents, packed as diffusers' `_pack_latents` leaves them: [B·n, (H/f/2)·(W/f/2), 4·C]
    * for a VAE factor f and C latent channels (see `packLatents`). With an image, the already noised start.
@@ -66,17 +77,6 @@ export interface FluxRunOptions extends LoopCallbacks, ImageToImageOptions {
    * guidance_embeds (schnell), as in diffusers. Not classifier-free guidance: see trueCfgScale.
    */
   guidanceScale?: number;
-  /** Default 128 × the VAE factor (1024 for FLUX.1); multiples of 2 × the VAE factor. */
-  height?: number;
-  width?: number;
-  numImagesPerPrompt?: number;
-  /** Seed of a torch-compatible CPU generator (same seed → same latents as diffusers on CPU). */
-  seed?: number;
-  generator?: NoiseGenerator;
-  /** T5 tokens per prompt, at most 512; default 512. */
-  maxSequenceLength?: number;
-  /** 'latent' returns the packed latents, as diffusers' output_type 'latent'. */
-  outputType?: 'image' | 'latent';
   /**
    * The transformer's attention kernel: full (default) or CLEAR (`{ kind: 'clear', radius,
    * downFactor?, weights? }`, methods/clear_linfusion.md §1), its window on the packed latent grid,
@@ -133,33 +133,17 @@ const HIGHRES_STAGE_DEFAULTS = {
 
 export const FLUX_CLASSES = ['FluxPipeline'] as const;
 
-/** diffusers' check_inputs: T5 takes at most 512 tokens. */
-const MAX_SEQUENCE_LENGTH = 512;
-
 /** diffusers' `default_sample_size`: FluxTransformer2DModel has no sample_size, so the pipeline fixes 128 latents. */
 const DEFAULT_SAMPLE_SIZE = 128;
 
 /** FluxImg2ImgPipeline's default strength. */
 const DEFAULT_STRENGTH = 0.6;
 
-export interface FluxComponents {
-  transformer: FluxTransformer2DModel;
-  /** Absent in pipelines built from components for latent output only. */
-  vae?: AutoencoderKL;
-  scheduler: Scheduler;
+export interface FluxComponents extends FlowMatchingComponents<FluxTransformer2DModel> {
   /** tokenizer + text_encoder (a CLIPTextModel, for its pooled output); absent in folders for embeddings only. */
   clipEncoder?: ClipPromptEncoder;
   /** tokenizer_2 + text_encoder_2 (T5). */
   t5Encoder?: T5PromptEncoder;
-  runtime: Runtime;
-}
-
-/** One side of the transformer's conditioning, repeated per image. */
-interface FluxConditioning {
-  /** encoder_hidden_states [B·n, L, joint_attention_dim] */
-  embeds: HostTensor;
-  /** pooled_projections [B·n, pooled_projection_dim] */
-  pooled: HostTensor;
 }
 
 /**
@@ -200,58 +184,42 @@ export class FluxPipeline {
    * transformer and the text encoders, not the VAE.
    */
   static async fromPretrained(dir: string, options: LoadPipelineOptions = {}): Promise<FluxPipeline> {
-    const { abs, index, className } = await readPipelineIndex(dir, options, FLUX_CLASSES, 'a FLUX pipeline');
-    const quantize = checkQuantizeOption(options.quantize, `${className}.fromPretrained`);
-    for (const part of ['transformer', 'vae', 'scheduler']) {
-      const entry = index.components[part];
-      if (!entry || entry[1] === null) {
-        throw new FileFormatError(
-          `${join(abs, 'model_index.json')}: the pipeline has no "${part}" component; a ${className} folder needs transformer/, vae/ and scheduler/`,
-          'COMPONENT_MISSING',
-          abs,
-        );
-      }
-    }
+    const { abs, index } = await readPipelineIndex(dir, options, FLUX_CLASSES, 'a FLUX pipeline');
     const clipClass = index.components.text_encoder?.[1];
-    if (clipClass && clipClass !== 'CLIPTextModel') {
-      throw new FileFormatError(
-        `${join(abs, 'model_index.json')}: "text_encoder" is ${clipClass}; FLUX takes the pooled output of a CLIPTextModel`,
-        'COMPONENT_CLASS',
-        join(abs, 'text_encoder'),
-      );
-    }
-    const runtime = options.runtime ?? new Runtime();
-    const load = { runtime, onWarning: options.onWarning };
-    const quantized = { ...load, quantize };
-    // Components loaded before a failing one are closed again, so a failed load holds no files.
-    const loaded: { close(): Promise<void> }[] = [];
-    const track = <C extends { close(): Promise<void> }>(component: C): C => {
-      loaded.push(component);
-      return component;
-    };
-    try {
-      const transformer = track(
-        await FluxTransformer2DModel.fromPretrained(join(abs, 'transformer'), quantized),
-      );
-      const vae = track(await AutoencoderKL.fromPretrained(join(abs, 'vae'), load));
-      const schedulerPath = join(abs, 'scheduler', 'scheduler_config.json');
-      const scheduler = schedulerFromConfig(await readTextFile(schedulerPath, 'the scheduler config'));
-      const clipFolders = { tokenizer: 'tokenizer', textEncoder: 'text_encoder' };
-      const clipEncoder = await ClipPromptEncoder.fromModelIndex(abs, index, clipFolders, quantized);
-      if (clipEncoder) track(clipEncoder);
-      const t5Folders = { tokenizer: 'tokenizer_2', textEncoder: 'text_encoder_2' };
-      const t5Encoder = await T5PromptEncoder.fromModelIndex(abs, index, t5Folders, quantized);
-      if (t5Encoder) track(t5Encoder);
-      return new FluxPipeline(
-        abs,
-        { transformer, vae, scheduler, clipEncoder, t5Encoder, runtime },
-        options.runtime === undefined,
-      );
-    } catch (error) {
-      await Promise.all(loaded.map((component) => component.close()));
-      if (options.runtime === undefined) await runtime.dispose();
-      throw error;
-    }
+    const transformerFolder = {
+      folder: 'transformer',
+      load: (path, o) => FluxTransformer2DModel.fromPretrained(path, o),
+      checkIndex: () => {
+        if (clipClass && clipClass !== 'CLIPTextModel') {
+          throw new FileFormatError(
+            `${join(abs, 'model_index.json')}: "text_encoder" is ${clipClass}; FLUX takes the pooled output of a CLIPTextModel`,
+            'COMPONENT_CLASS',
+            join(abs, 'text_encoder'),
+          );
+        }
+      },
+    } satisfies DenoiserFolder<FluxTransformer2DModel>;
+    const loaded = await loadPipelineFolder(
+      abs,
+      index,
+      options,
+      transformerFolder,
+      async (load, { denoiser: transformer, vae, scheduler }) => {
+        const clipFolders = { tokenizer: 'tokenizer', textEncoder: 'text_encoder' };
+        const clipEncoder = await ClipPromptEncoder.fromModelIndex(abs, index, clipFolders, load);
+        if (clipEncoder) load.track(clipEncoder);
+        const t5Folders = { tokenizer: 'tokenizer_2', textEncoder: 'text_encoder_2' };
+        const t5Encoder = await T5PromptEncoder.fromModelIndex(abs, index, t5Folders, load);
+        if (t5Encoder) load.track(t5Encoder);
+        // Built here, so that the constructor's checks also close what was loaded when they fail.
+        return new FluxPipeline(
+          abs,
+          { transformer, vae, scheduler, clipEncoder, t5Encoder, runtime: load.runtime },
+          options.runtime === undefined,
+        );
+      },
+    );
+    return loaded.extra;
   }
 
   /** diffusers' `vae_scale_factor`: 2^(VAE levels − 1), 8 without a VAE. */
@@ -371,12 +339,7 @@ export class FluxPipeline {
     const maxSequenceLength = o.maxSequenceLength ?? MAX_SEQUENCE_LENGTH;
     if (o.sigmas === undefined) checkInteger(steps, 'numInferenceSteps', 1);
     checkInteger(perPrompt, 'numImagesPerPrompt', 1);
-    checkInteger(maxSequenceLength, 'maxSequenceLength', 1);
-    if (maxSequenceLength > MAX_SEQUENCE_LENGTH) {
-      throw new OptionError(
-        `maxSequenceLength must be at most ${MAX_SEQUENCE_LENGTH}, got ${maxSequenceLength}`,
-      );
-    }
+    checkMaxSequenceLength(maxSequenceLength);
     if (!Number.isFinite(guidance)) throw new OptionError(`guidanceScale must be a number, got ${guidance}`);
     if (!Number.isFinite(trueCfgScale)) {
       throw new OptionError(`trueCfgScale must be a number, got ${trueCfgScale}`);
@@ -437,7 +400,7 @@ export class FluxPipeline {
       } else {
         // scale_noise on the unpacked latents, then packed (FluxImg2ImgPipeline.prepare_latents).
         const noised = await imageLatents({
-          vae: this.requireVae('image-to-image'),
+          vae: requireVae(this.vae, 'image-to-image'),
           image: o.image,
           batch,
           numImagesPerPrompt: perPrompt,
@@ -471,7 +434,7 @@ export class FluxPipeline {
     const forward = async (
       hiddenStates: HostTensor,
       t: number,
-      conditioning: FluxConditioning,
+      conditioning: TextConditioning,
     ): Promise<HostTensor> => {
       const n = hiddenStates.shape[0];
       const textTokens = conditioning.embeds.shape[1];
@@ -517,7 +480,7 @@ export class FluxPipeline {
         if (joined) return forward(modelInput, t, joined);
         const [uncondInput, condInput] = splitBatch(modelInput);
         return concatBatch(
-          await forward(uncondInput, t, negative as FluxConditioning),
+          await forward(uncondInput, t, negative as TextConditioning),
           await forward(condInput, t, cond),
         );
       },
@@ -528,7 +491,7 @@ export class FluxPipeline {
     if (o.outputType === 'latent') return { latents, timesteps };
     // diffusers: vae.decode(unpack(latents) / scaling_factor + shift_factor).
     const unpacked = unpackLatents(latents, latentHeight, latentWidth);
-    const images = await decodeImages(this.requireVae('image output'), unpacked, { shiftFactor: true });
+    const images = await decodeImages(requireVae(this.vae, 'image output'), unpacked, { shiftFactor: true });
     return { images, latents, timesteps };
   }
 
@@ -554,16 +517,7 @@ export class FluxPipeline {
    * FluxPipeline's defaults where they are absent); schedulers without dynamic shifting ignore it.
    */
   private dynamicShift(imageSeqLen: number): number {
-    const config = this.scheduler.config as Record<string, unknown>;
-    const value = (key: string, fallback: number): number =>
-      typeof config[key] === 'number' ? (config[key] as number) : fallback;
-    return calculateShift(
-      imageSeqLen,
-      value('base_image_seq_len', 256),
-      value('max_image_seq_len', 4096),
-      value('base_shift', 0.5),
-      value('max_shift', 1.15),
-    );
+    return configShift(this.scheduler, imageSeqLen, 1.15);
   }
 
   /**
@@ -574,9 +528,9 @@ export class FluxPipeline {
     o: FluxRunOptions,
     perPrompt: number,
     maxSequenceLength: number,
-  ): Promise<FluxConditioning> {
+  ): Promise<TextConditioning> {
     const prompts = promptList(o);
-    let conditioning: FluxConditioning;
+    let conditioning: TextConditioning;
     if (prompts) {
       if (o.pooledPromptEmbeds) {
         throw new OptionError('give either prompt or pooledPromptEmbeds (with promptEmbeds), not both');
@@ -594,7 +548,7 @@ export class FluxPipeline {
         );
       }
       conditioning = {
-        embeds: this.checkEmbedsWidth('promptEmbeds', asFloat(o.promptEmbeds as HostTensor)),
+        embeds: checkEmbedsWidth('promptEmbeds', asFloat(o.promptEmbeds as HostTensor), this.transformer),
         pooled: asFloat(o.pooledPromptEmbeds),
       };
     }
@@ -611,15 +565,15 @@ export class FluxPipeline {
   /** The negative side of true CFG, from negative embeddings or prompts encoded as `encodePrompt` does. */
   private async encodeNegativePrompt(
     o: FluxRunOptions,
-    cond: FluxConditioning,
+    cond: TextConditioning,
     perPrompt: number,
     maxSequenceLength: number,
-  ): Promise<FluxConditioning> {
+  ): Promise<TextConditioning> {
     const count = cond.embeds.shape[0] / perPrompt;
-    let negative: FluxConditioning;
+    let negative: TextConditioning;
     if (o.negativePromptEmbeds) {
       negative = {
-        embeds: this.checkEmbedsWidth('negativePromptEmbeds', asFloat(o.negativePromptEmbeds)),
+        embeds: checkEmbedsWidth('negativePromptEmbeds', asFloat(o.negativePromptEmbeds), this.transformer),
         pooled: asFloat(o.negativePooledPromptEmbeds as HostTensor),
       };
       // diffusers: embeddings given on both sides must match.
@@ -648,25 +602,18 @@ export class FluxPipeline {
     clipTexts: string[],
     t5Texts: string[],
     maxSequenceLength: number,
-  ): Promise<FluxConditioning> {
+  ): Promise<TextConditioning> {
     const [clip, t5] = this.requireEncoders();
     const { poolerOutput } = await clip.encode(clipTexts, { kind: 'last' });
     if (!poolerOutput) {
       throw new OptionError(`${clip.textEncoder.dir}: FLUX takes the pooled output of a CLIPTextModel`);
     }
-    const embeds = this.checkEmbedsWidth('the T5 embeddings', await t5.encode(t5Texts, maxSequenceLength));
+    const embeds = checkEmbedsWidth(
+      'the T5 embeddings',
+      await t5.encode(t5Texts, maxSequenceLength),
+      this.transformer,
+    );
     return { embeds, pooled: poolerOutput };
-  }
-
-  /** The transformer reads [B, L, joint_attention_dim]; a wrong width is named here, not deep in its graph. */
-  private checkEmbedsWidth(name: string, t: HostTensor): HostTensor {
-    const width = this.transformer.config.jointAttentionDim;
-    if (t.shape.length !== 3 || t.shape[2] !== width) {
-      throw new OptionError(
-        `${name} must have shape [B, L, ${width}] (joint_attention_dim of ${this.transformer.dir}), got [${t.shape.join(', ')}]`,
-      );
-    }
-    return t;
   }
 
   private requireEncoders(): [ClipPromptEncoder, T5PromptEncoder] {
@@ -680,12 +627,6 @@ export class FluxPipeline {
       );
     }
     return [this.clipEncoder, this.t5Encoder];
-  }
-
-  private requireVae(what: string): AutoencoderKL {
-    if (!this.vae)
-      throw new OptionError(`this pipeline has no VAE, which ${what} needs: use outputType "latent"`);
-    return this.vae;
   }
 
   async close(): Promise<void> {
@@ -801,14 +742,4 @@ function checkLatents(latents: HostTensor, shape: readonly number[]): HostTensor
 function beginAt(scheduler: Scheduler, index: number): void {
   const indexed = scheduler as Scheduler & { setBeginIndex?: (index: number) => void };
   if (typeof indexed.setBeginIndex === 'function') indexed.setBeginIndex(index);
-}
-
-function repeatConditioning(c: FluxConditioning, perPrompt: number): FluxConditioning {
-  return { embeds: repeatBatch(c.embeds, perPrompt), pooled: repeatBatch(c.pooled, perPrompt) };
-}
-
-/** diffusers' `prompt_2 = prompt_2 or prompt`: an absent or empty prompt2 falls back to the prompts. */
-function orPrompt(value: string | string[] | undefined, prompts: string[], what: string): string[] {
-  if (value === undefined || value === '' || (Array.isArray(value) && value.length === 0)) return prompts;
-  return negativeList(value, prompts.length, what);
 }

@@ -5,31 +5,42 @@
  * T5's width, with T5's last hidden state appended along the sequence; the two CLIP `text_embeds`
  * joined as the pooled embedding — and a 16-channel VAE whose latents are shifted and scaled.
  */
-import { join } from 'node:path';
-
-import { FileFormatError, OptionError } from '../errors.js';
-import { readTextFile } from '../io/text.js';
-import { AutoencoderKL } from '../models/autoencoder-kl.js';
-import { checkQuantizeOption } from '../models/int8.js';
+import { OptionError } from '../errors.js';
+import type { AutoencoderKL } from '../models/autoencoder-kl.js';
 import { SD3Transformer2DModel } from '../models/sd3-transformer.js';
-import type { NoiseGenerator } from '../random/torch-generator.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
-import { Runtime } from '../runtime/runtime.js';
-import { calculateShift, schedulerFromConfig } from '../schedulers/index.js';
+import type { Runtime } from '../runtime/runtime.js';
 import type { Scheduler } from '../schedulers/scheduler.js';
 import { asFloat, checkInteger, concatBatch, concatLastAxis, repeatBatch } from './batch.js';
 import { ClipPromptEncoder } from './clip-prompt.js';
-import type { LoopCallbacks, PipelineOutput } from './denoise.js';
+import type { PipelineOutput } from './denoise.js';
 import { decodeImages, denoise, initialLatents, resolveGenerator } from './denoise.js';
-import type { ImageToImageOptions } from './image-to-image.js';
+import type {
+  FlowMatchingComponents,
+  FlowMatchingRunOptions,
+  TextConditioning,
+} from './flow-matching-pipeline.js';
+import {
+  checkEmbedsWidth,
+  configShift,
+  orPrompt,
+  repeatConditioning,
+  requireVae,
+} from './flow-matching-pipeline.js';
 import { imageHeightWidth, imageLatents, strengthTimesteps } from './image-to-image.js';
-import { T5PromptEncoder } from './t5-prompt.js';
-import type { LoadPipelineOptions, RunDefaults } from './unet-pipeline.js';
-import { checkEmbeds, negativeList, promptList, readPipelineIndex } from './unet-pipeline.js';
+import { T5PromptEncoder, checkMaxSequenceLength } from './t5-prompt.js';
+import type { DenoiserFolder, LoadPipelineOptions, RunDefaults } from './unet-pipeline.js';
+import {
+  checkEmbeds,
+  loadPipelineFolder,
+  negativeList,
+  promptList,
+  readPipelineIndex,
+} from './unet-pipeline.js';
 
 /** Options of `run` (diffusers' `__call__` arguments in camelCase). */
-export interface StableDiffusion3RunOptions extends LoopCallbacks, ImageToImageOptions {
+export interface StableDiffusion3RunOptions extends FlowMatchingRunOptions {
   /** The prompt for every encoder unless prompt2 / prompt3 say otherwise. */
   prompt?: string | string[];
   /** The prompt for tokenizer_2 / text_encoder_2 (CLIP-G); default `prompt`. */
@@ -38,14 +49,11 @@ export interface StableDiffusion3RunOptions extends LoopCallbacks, ImageToImageO
   prompt3?: string | string[];
   /** Default "" (encoded, as diffusers does; never zeros). */
   negativePrompt?: string | string[];
-  negativePrompt2?: string | string[];
   negativePrompt3?: string | string[];
   /** Precomputed embeddings [B, 77 + T5 tokens, joint_attention_dim], instead of prompts. */
   promptEmbeds?: HostTensor;
   /** With promptEmbeds: both CLIP `text_embeds` joined, [B, pooled_projection_dim]. */
   pooledPromptEmbeds?: HostTensor;
-  negativePromptEmbeds?: HostTensor;
-  negativePooledPromptEmbeds?: HostTensor;
   /** Initial latents [B·n, C, H/f, W/f] (text-to-image), or the already noised start (image-to-image). */
   latents?: HostTensor;
   /** Default 28 (50 for StableDiffusion3Img2ImgPipeline). */
@@ -56,17 +64,8 @@ export interface StableDiffusion3RunOptions extends LoopCallbacks, ImageToImageO
   mu?: number;
   /** Classifier-free guidance scale; guidance runs when > 1. Default 7. */
   guidanceScale?: number;
-  height?: number;
-  width?: number;
-  numImagesPerPrompt?: number;
-  /** Seed of a torch-compatible CPU generator (same seed → same latents as diffusers on CPU). */
-  seed?: number;
-  generator?: NoiseGenerator;
   /** Layers skipped from the end of both CLIP encoders for the prompt (hidden_states[−(k + 2)]). */
   clipSkip?: number;
-  /** T5 tokens per prompt, at most 512; default 256. */
-  maxSequenceLength?: number;
-  outputType?: 'image' | 'latent';
 }
 
 export const STABLE_DIFFUSION_3_CLASSES = [
@@ -80,14 +79,7 @@ const DEFAULTS: Readonly<Record<StableDiffusion3ClassName, RunDefaults>> = {
   StableDiffusion3Img2ImgPipeline: { numInferenceSteps: 50, guidanceScale: 7, strength: 0.6 },
 };
 
-/** diffusers' check_inputs: T5 takes at most 512 tokens. */
-const MAX_SEQUENCE_LENGTH = 512;
-
-export interface StableDiffusion3Components {
-  transformer: SD3Transformer2DModel;
-  /** Absent in pipelines built from components for latent output only. */
-  vae?: AutoencoderKL;
-  scheduler: Scheduler;
+export interface StableDiffusion3Components extends FlowMatchingComponents<SD3Transformer2DModel> {
   /**
    * tokenizer + text_encoder (CLIP-L) and tokenizer_2 + text_encoder_2 (CLIP-G), both
    * CLIPTextModelWithProjection; empty in folders for embeddings only.
@@ -95,15 +87,10 @@ export interface StableDiffusion3Components {
   clipEncoders?: ClipPromptEncoder[];
   /** tokenizer_3 + text_encoder_3; without it the T5 part of the embeddings is zeros, as in diffusers. */
   t5Encoder?: T5PromptEncoder;
-  runtime: Runtime;
 }
 
 /** The transformer's conditioning, each repeated per image: the positive half and (under CFG) the negative one. */
-interface SD3Conditioning {
-  /** [B·n, L, joint_attention_dim] */
-  embeds: HostTensor;
-  /** [B·n, pooled_projection_dim] */
-  pooled: HostTensor;
+interface SD3Conditioning extends TextConditioning {
   negEmbeds?: HostTensor;
   negPooled?: HostTensor;
 }
@@ -183,60 +170,35 @@ export class StableDiffusion3Pipeline {
       STABLE_DIFFUSION_3_CLASSES,
       'a Stable Diffusion 3 pipeline',
     );
-    const quantize = checkQuantizeOption(options.quantize, `${className}.fromPretrained`);
-    for (const part of ['transformer', 'vae', 'scheduler']) {
-      const entry = index.components[part];
-      if (!entry || entry[1] === null) {
-        throw new FileFormatError(
-          `${join(abs, 'model_index.json')}: the pipeline has no "${part}" component; a ${className} folder needs transformer/, vae/ and scheduler/`,
-          'COMPONENT_MISSING',
-          abs,
-        );
-      }
-    }
-    const runtime = options.runtime ?? new Runtime();
-    const load = { runtime, onWarning: options.onWarning };
-    const quantized = { ...load, quantize };
-    // Components loaded before a failing one are closed again, so a failed load holds no files.
-    const loaded: { close(): Promise<void> }[] = [];
-    const track = <C extends { close(): Promise<void> }>(component: C): C => {
-      loaded.push(component);
-      return component;
-    };
-    try {
-      const transformer = track(
-        await SD3Transformer2DModel.fromPretrained(join(abs, 'transformer'), quantized),
-      );
-      const vae = track(await AutoencoderKL.fromPretrained(join(abs, 'vae'), load));
-      const schedulerPath = join(abs, 'scheduler', 'scheduler_config.json');
-      const scheduler = schedulerFromConfig(await readTextFile(schedulerPath, 'the scheduler config'));
+    const transformerFolder = {
+      folder: 'transformer',
+      load: (path, o) => SD3Transformer2DModel.fromPretrained(path, o),
+    } satisfies DenoiserFolder<SD3Transformer2DModel>;
+    const loaded = await loadPipelineFolder(abs, index, options, transformerFolder, async (load) => {
       const clipEncoders: ClipPromptEncoder[] = [];
       for (const [tokenizer, textEncoder] of [
         ['tokenizer', 'text_encoder'],
         ['tokenizer_2', 'text_encoder_2'],
       ]) {
         const folders = { tokenizer, textEncoder };
-        const encoder = await ClipPromptEncoder.fromModelIndex(abs, index, folders, quantized);
-        if (encoder) clipEncoders.push(track(encoder));
+        const encoder = await ClipPromptEncoder.fromModelIndex(abs, index, folders, load);
+        if (encoder) clipEncoders.push(load.track(encoder));
       }
       const t5Folders = { tokenizer: 'tokenizer_3', textEncoder: 'text_encoder_3' };
-      const t5 = await T5PromptEncoder.fromModelIndex(abs, index, t5Folders, quantized);
-      if (t5) track(t5);
-      return {
-        className: as ?? className,
-        rest: [
-          abs,
-          { transformer, vae, scheduler, clipEncoders },
-          t5,
-          runtime,
-          options.runtime === undefined,
-        ],
-      };
-    } catch (error) {
-      await Promise.all(loaded.map((component) => component.close()));
-      if (options.runtime === undefined) await runtime.dispose();
-      throw error;
-    }
+      const t5 = await T5PromptEncoder.fromModelIndex(abs, index, t5Folders, load);
+      return { clipEncoders, t5: t5 && load.track(t5) };
+    });
+    const { denoiser: transformer, vae, scheduler } = loaded;
+    return {
+      className: as ?? className,
+      rest: [
+        abs,
+        { transformer, vae, scheduler, clipEncoders: loaded.extra.clipEncoders },
+        loaded.extra.t5,
+        loaded.runtime,
+        loaded.ownsRuntime,
+      ],
+    };
   }
 
   /** diffusers' `vae_scale_factor`: 2^(VAE levels − 1), 8 without a VAE. */
@@ -255,12 +217,7 @@ export class StableDiffusion3Pipeline {
     const maxSequenceLength = o.maxSequenceLength ?? 256;
     checkInteger(perPrompt, 'numImagesPerPrompt', 1);
     if (o.numInferenceSteps !== undefined) checkInteger(o.numInferenceSteps, 'numInferenceSteps', 1);
-    checkInteger(maxSequenceLength, 'maxSequenceLength', 1);
-    if (maxSequenceLength > MAX_SEQUENCE_LENGTH) {
-      throw new OptionError(
-        `maxSequenceLength must be at most ${MAX_SEQUENCE_LENGTH}, got ${maxSequenceLength}`,
-      );
-    }
+    checkMaxSequenceLength(maxSequenceLength);
     if (!Number.isFinite(guidance)) throw new OptionError(`guidanceScale must be a number, got ${guidance}`);
     if (o.clipSkip !== undefined) checkInteger(o.clipSkip, 'clipSkip', 0);
     if (this.defaults.strength !== undefined && !o.image) {
@@ -294,7 +251,7 @@ export class StableDiffusion3Pipeline {
         latents = initialLatents(latentShape, o.latents, generator, 1);
       } else {
         latents = await imageLatents({
-          vae: this.requireVae('image-to-image'),
+          vae: requireVae(this.vae, 'image-to-image'),
           image: o.image,
           batch,
           numImagesPerPrompt: perPrompt,
@@ -342,7 +299,7 @@ export class StableDiffusion3Pipeline {
     });
     if (o.outputType === 'latent') return { latents, timesteps };
     // diffusers: vae.decode(latents / scaling_factor + shift_factor).
-    const images = await decodeImages(this.requireVae('image output'), latents, { shiftFactor: true });
+    const images = await decodeImages(requireVae(this.vae, 'image output'), latents, { shiftFactor: true });
     return { images, latents, timesteps };
   }
 
@@ -376,16 +333,8 @@ export class StableDiffusion3Pipeline {
   private dynamicShift(imageSeqLen: number): number | undefined {
     const config = this.scheduler.config as Record<string, unknown>;
     if (config.use_dynamic_shifting !== true) return undefined;
-    const value = (key: string, fallback: number): number =>
-      typeof config[key] === 'number' ? (config[key] as number) : fallback;
-    return calculateShift(
-      imageSeqLen,
-      value('base_image_seq_len', 256),
-      value('max_image_seq_len', 4096),
-      value('base_shift', 0.5),
-      // The pipeline's fallback is 1.16, the scheduler's default 1.15.
-      value('max_shift', 1.16),
-    );
+    // The pipeline's max_shift fallback is 1.16, the scheduler's default 1.15.
+    return configShift(this.scheduler, imageSeqLen, 1.16);
   }
 
   /**
@@ -420,7 +369,7 @@ export class StableDiffusion3Pipeline {
           'pooledPromptEmbeds must be given with promptEmbeds (both CLIP text_embeds joined, from the encoders that made promptEmbeds)',
         );
       }
-      embeds = this.checkEmbedsWidth('promptEmbeds', asFloat(o.promptEmbeds as HostTensor));
+      embeds = checkEmbedsWidth('promptEmbeds', asFloat(o.promptEmbeds as HostTensor), this.transformer);
       pooled = asFloat(o.pooledPromptEmbeds);
     }
     const count = embeds.shape[0];
@@ -465,8 +414,7 @@ export class StableDiffusion3Pipeline {
     // diffusers repeats encoded prompts per image but passes given embeddings on as they are (a
     // batch mismatch for numImagesPerPrompt > 1); velodiff repeats both.
     return {
-      embeds: repeatBatch(embeds, perPrompt),
-      pooled: repeatBatch(pooled, perPrompt),
+      ...repeatConditioning({ embeds, pooled }, perPrompt),
       negEmbeds: cfg ? repeatBatch(negEmbeds as HostTensor, perPrompt) : undefined,
       negPooled: cfg ? repeatBatch(negPooled as HostTensor, perPrompt) : undefined,
     };
@@ -481,7 +429,7 @@ export class StableDiffusion3Pipeline {
     texts: [string[], string[], string[]],
     fromEnd: number,
     maxSequenceLength: number,
-  ): Promise<{ embeds: HostTensor; pooled: HostTensor }> {
+  ): Promise<TextConditioning> {
     const [clipL, clipG] = this.requireClipEncoders();
     // diffusers pads both CLIP prompts to the first tokenizer's model_max_length.
     const clipLength = clipL.maxLength;
@@ -494,21 +442,14 @@ export class StableDiffusion3Pipeline {
       );
     }
     const t5 = this.t5Encoder
-      ? this.checkEmbedsWidth('the T5 embeddings', await this.t5Encoder.encode(texts[2], maxSequenceLength))
+      ? checkEmbedsWidth(
+          'the T5 embeddings',
+          await this.t5Encoder.encode(texts[2], maxSequenceLength),
+          this.transformer,
+        )
       : zeros([texts[2].length, maxSequenceLength, this.transformer.config.jointAttentionDim]);
     const clip = padLastAxis(concatLastAxis([l.hidden, g.hidden]), t5.shape[2]);
     return { embeds: concatSequence(clip, t5), pooled: concatLastAxis([l.pooled, g.pooled]) };
-  }
-
-  /** The transformer reads [B, L, joint_attention_dim]; a wrong width is named here, not deep in its graph. */
-  private checkEmbedsWidth(name: string, t: HostTensor): HostTensor {
-    const width = this.transformer.config.jointAttentionDim;
-    if (t.shape.length !== 3 || t.shape[2] !== width) {
-      throw new OptionError(
-        `${name} must have shape [B, L, ${width}] (joint_attention_dim of ${this.transformer.dir}), got [${t.shape.join(', ')}]`,
-      );
-    }
-    return t;
   }
 
   private requireClipEncoders(): [ClipPromptEncoder, ClipPromptEncoder] {
@@ -524,12 +465,6 @@ export class StableDiffusion3Pipeline {
       );
     }
     return [encoders[0], encoders[1]];
-  }
-
-  private requireVae(what: string): AutoencoderKL {
-    if (!this.vae)
-      throw new OptionError(`this pipeline has no VAE, which ${what} needs: use outputType "latent"`);
-    return this.vae;
   }
 
   async close(): Promise<void> {
@@ -553,12 +488,6 @@ export class StableDiffusion3Img2ImgPipeline extends StableDiffusion3Pipeline {
     const parts = await StableDiffusion3Pipeline.loadParts(dir, options, 'StableDiffusion3Img2ImgPipeline');
     return new StableDiffusion3Img2ImgPipeline(parts.className, ...parts.rest);
   }
-}
-
-/** diffusers' `prompt_2 = prompt_2 or prompt`: an absent or empty prompt2/prompt3 falls back to the prompts. */
-function orPrompt(value: string | string[] | undefined, prompts: string[], what: string): string[] {
-  if (value === undefined || value === '' || (Array.isArray(value) && value.length === 0)) return prompts;
-  return negativeList(value, prompts.length, what);
 }
 
 function zeros(shape: number[]): HostTensor {

@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 
-import { FileFormatError } from '../errors.js';
+import { FileFormatError, OptionError } from '../errors.js';
 import type { ModelIndex } from '../io/diffusers.js';
 import type { QuantizeOption } from '../models/int8.js';
 import { checkQuantizeOption } from '../models/int8.js';
@@ -17,6 +17,20 @@ import type { Runtime } from '../runtime/runtime.js';
 import { T5Tokenizer } from '../tokenizers/t5-tokenizer.js';
 import type { WarningHandler } from '../warnings.js';
 import { VelodiffWarning, emitWarning } from '../warnings.js';
+import { checkInteger } from './batch.js';
+
+/** diffusers' check_inputs of SD3 and FLUX: T5 takes at most 512 tokens. */
+export const MAX_SEQUENCE_LENGTH = 512;
+
+/** The `maxSequenceLength` run option: T5 tokens per prompt, an integer from 1 to MAX_SEQUENCE_LENGTH. */
+export function checkMaxSequenceLength(maxSequenceLength: number): void {
+  checkInteger(maxSequenceLength, 'maxSequenceLength', 1);
+  if (maxSequenceLength > MAX_SEQUENCE_LENGTH) {
+    throw new OptionError(
+      `maxSequenceLength must be at most ${MAX_SEQUENCE_LENGTH}, got ${maxSequenceLength}`,
+    );
+  }
+}
 
 /** One tokenizer + T5 encoder pair of a pipeline folder (SD3's `tokenizer_3` + `text_encoder_3`). */
 export class T5PromptEncoder {

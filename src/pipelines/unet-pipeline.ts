@@ -29,6 +29,7 @@ import { readTextFile } from '../io/text.js';
 import { AutoencoderKL } from '../models/autoencoder-kl.js';
 import type { QuantizeOption } from '../models/int8.js';
 import { checkQuantizeOption } from '../models/int8.js';
+import type { LoadOptions } from '../models/model.js';
 import { UNet2DConditionModel } from '../models/unet-2d-condition.js';
 import type { NoiseGenerator } from '../random/torch-generator.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
@@ -461,33 +462,58 @@ export async function readPipelineIndex<C extends string>(
   return { abs, index, className };
 }
 
+/** What the component loaders of a pipeline folder are given. */
+export interface FolderLoad {
+  runtime: Runtime;
+  onWarning?: WarningHandler;
+  quantize?: QuantizeOption;
+  /** Registers a loaded component, to be closed again when a later one fails to load. */
+  track: <C extends { close(): Promise<void> }>(component: C) => C;
+}
+
+/** A pipeline folder's denoiser: its component folder and its class's `fromPretrained`. */
+export interface DenoiserFolder<D> {
+  folder: 'unet' | 'transformer';
+  load: (dir: string, options: LoadOptions) => Promise<D>;
+  /** Further checks of model_index.json, made after the components' presence and before anything loads. */
+  checkIndex?: () => void;
+}
+
 /**
- * Loads a UNet pipeline folder's shared components and then `more` (its text encoders); what was
- * loaded before a failure is closed again, and a runtime made here disposed. `quantize` reaches the
- * UNet and `more`'s encoders, not the VAE.
+ * Loads a diffusers pipeline folder's shared components — the denoiser, the VAE and the scheduler —
+ * and then `more` (its text encoders, and whatever else needs them); what was loaded before a
+ * failure is closed again, and a runtime made here disposed. `quantize` reaches the denoiser and
+ * `more`'s encoders, not the VAE.
  */
-export async function loadUNetFolder<T>(
+export async function loadPipelineFolder<D extends { close(): Promise<void> }, T>(
   dir: string,
   index: ModelIndex,
   options: { runtime?: Runtime; onWarning?: WarningHandler; quantize?: QuantizeOption },
-  more: (load: {
-    runtime: Runtime;
-    onWarning?: WarningHandler;
-    quantize?: QuantizeOption;
-    track: <C extends { close(): Promise<void> }>(component: C) => C;
-  }) => Promise<T>,
-): Promise<{ components: Required<UNetComponents>; extra: T; runtime: Runtime; ownsRuntime: boolean }> {
+  denoiser: DenoiserFolder<D>,
+  more: (
+    load: FolderLoad,
+    components: { denoiser: D; vae: AutoencoderKL; scheduler: Scheduler },
+  ) => Promise<T>,
+): Promise<{
+  denoiser: D;
+  vae: AutoencoderKL;
+  scheduler: Scheduler;
+  extra: T;
+  runtime: Runtime;
+  ownsRuntime: boolean;
+}> {
   const quantize = checkQuantizeOption(options.quantize, `${index.className}.fromPretrained`);
-  for (const part of ['unet', 'vae', 'scheduler']) {
+  for (const part of [denoiser.folder, 'vae', 'scheduler']) {
     const entry = index.components[part];
     if (!entry || entry[1] === null) {
       throw new FileFormatError(
-        `${join(dir, 'model_index.json')}: the pipeline has no "${part}" component; a ${index.className} folder needs unet/, vae/ and scheduler/`,
+        `${join(dir, 'model_index.json')}: the pipeline has no "${part}" component; a ${index.className} folder needs ${denoiser.folder}/, vae/ and scheduler/`,
         'COMPONENT_MISSING',
         dir,
       );
     }
   }
+  denoiser.checkIndex?.();
   const runtime = options.runtime ?? new Runtime();
   const load = { runtime, onWarning: options.onWarning };
   const quantized = { ...load, quantize };
@@ -497,13 +523,15 @@ export async function loadUNetFolder<T>(
     return component;
   };
   try {
-    const unet = track(await UNet2DConditionModel.fromPretrained(join(dir, 'unet'), quantized));
+    const model = track(await denoiser.load(join(dir, denoiser.folder), quantized));
     const vae = track(await AutoencoderKL.fromPretrained(join(dir, 'vae'), load));
     const schedulerPath = join(dir, 'scheduler', 'scheduler_config.json');
     const scheduler = schedulerFromConfig(await readTextFile(schedulerPath, 'the scheduler config'));
-    const extra = await more({ ...quantized, track });
+    const extra = await more({ ...quantized, track }, { denoiser: model, vae, scheduler });
     return {
-      components: { unet, vae, scheduler },
+      denoiser: model,
+      vae,
+      scheduler,
       extra,
       runtime,
       ownsRuntime: options.runtime === undefined,
@@ -513,6 +541,26 @@ export async function loadUNetFolder<T>(
     if (options.runtime === undefined) await runtime.dispose();
     throw error;
   }
+}
+
+/** `loadPipelineFolder` of a UNet pipeline folder (unet/, vae/, scheduler/), its components as UNetPipeline takes them. */
+export async function loadUNetFolder<T>(
+  dir: string,
+  index: ModelIndex,
+  options: { runtime?: Runtime; onWarning?: WarningHandler; quantize?: QuantizeOption },
+  more: (load: FolderLoad) => Promise<T>,
+): Promise<{ components: Required<UNetComponents>; extra: T; runtime: Runtime; ownsRuntime: boolean }> {
+  const unet = {
+    folder: 'unet',
+    load: (path, o) => UNet2DConditionModel.fromPretrained(path, o),
+  } satisfies DenoiserFolder<UNet2DConditionModel>;
+  const loaded = await loadPipelineFolder(dir, index, options, unet, more);
+  return {
+    components: { unet: loaded.denoiser, vae: loaded.vae, scheduler: loaded.scheduler },
+    extra: loaded.extra,
+    runtime: loaded.runtime,
+    ownsRuntime: loaded.ownsRuntime,
+  };
 }
 
 /** `prompt` as a list, the batch size it gives, or undefined for `promptEmbeds` (used as given). */

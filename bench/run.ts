@@ -3,6 +3,7 @@ import { benchDit } from './dit.js';
 import { benchAttention } from './attention.js';
 import { benchDenoiser } from './denoiser.js';
 import { benchEngine } from './engine.js';
+import { benchFluxBlocks, FLUX_BLOCK_VARIANTS } from './flux-blocks.js';
 import { benchPipeline } from './pipeline.js';
 import { benchQuant } from './quant.js';
 import { benchSpinning } from './spinning.js';
@@ -70,6 +71,23 @@ const BENCHES: Record<string, () => Promise<unknown>> = {
         imageSeeds: 2,
       },
       console.log,
+    ),
+  // One FLUX.1-width block pair at 4K and 16K tokens, 7 attention variants, 2 scopes: about 25 minutes.
+  'flux-blocks': () =>
+    benchFluxBlocks(
+      {
+        tokens: [4096, 16384],
+        text: 512,
+        variants: [...FLUX_BLOCK_VARIANTS],
+        scopes: ['pair', 'kernel'],
+        reps: 2,
+        warmups: 1,
+        threads: 0,
+        heads: 24,
+        headDim: 128,
+      },
+      console.log,
+      'npm run bench -- flux-blocks',
     ),
   spinning: () =>
     benchSpinning({ prompt: 'red heart', steps: 20, reps: 5, warmups: 1, threads: 0 }, console.log),

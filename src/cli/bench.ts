@@ -256,10 +256,11 @@ export async function benchCommand(argv: string[]): Promise<number> {
   if (name === 'quant-pipeline') return benchQuantPipelineCommand(rest);
   if (name === 'quant-layers') return benchQuantLayersCommand(rest);
   if (name === 'flux-memory') return benchFluxMemoryCommand(rest);
+  if (name === 'flux-blocks') return benchFluxBlocksCommand(rest);
   if (name === 'spinning') return benchSpinningCommand(rest);
   if (name === 'students') return benchStudentsCommand(rest);
   throw new OptionError(
-    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train, unet, unet-loop, quant, quant-unet, quant-pipeline, quant-layers, flux-memory, spinning, students`,
+    `bench: unknown benchmark "${name ?? ''}"; available: engine, dit, attention, tgate, train, unet, unet-loop, quant, quant-unet, quant-pipeline, quant-layers, flux-memory, flux-blocks, spinning, students`,
   );
 }
 
@@ -727,6 +728,85 @@ async function benchFluxMemoryCommand(argv: string[]): Promise<number> {
       ...(flags.dir === undefined ? {} : { dir: String(flags.dir) }),
     },
     log,
+  );
+  if (json) console.log(JSON.stringify(result));
+  return 0;
+}
+
+const FLUX_BLOCKS_FLAGS: Record<string, FlagSpec> = {
+  tokens: {
+    type: 'string',
+    description: 'packed image tokens, square numbers, comma-separated (4096 = 1024×1024 px, 16384 = 2048×2048)',
+    default: '4096,16384',
+  },
+  text: { type: 'integer', description: 'text tokens (FLUX.1-dev: 512)', default: 512 },
+  variants: {
+    type: 'string',
+    description: 'full, clear:R or clear:R:D, comma-separated (full is the baseline and required)',
+    default: 'full,clear:8,clear:8:4,clear:16,clear:16:4,clear:32,clear:32:4',
+  },
+  scope: {
+    type: 'string',
+    description: 'pair (the double + single block forward), kernel (the attention product alone) or both',
+    default: 'both',
+  },
+  reps: { type: 'integer', description: 'timed runs per case', default: 2 },
+  warmups: { type: 'integer', description: 'untimed runs per case first', default: 1 },
+  heads: { type: 'integer', description: 'attention heads (FLUX.1: 24)', default: 24 },
+  'head-dim': { type: 'integer', description: 'head width, a multiple of 32 (FLUX.1: 128)', default: 128 },
+  results: {
+    type: 'string',
+    description:
+      'a JSON-lines file: each finished case is appended to it, and a later run with the same file reuses them (a failed case, e.g. killed for memory, is recorded as such)',
+  },
+  ...COMMON,
+};
+
+async function benchFluxBlocksCommand(argv: string[]): Promise<number> {
+  const command = 'bench flux-blocks';
+  const parsed = benchFlags(
+    argv,
+    FLUX_BLOCKS_FLAGS,
+    command,
+    'One FLUX.1-width double + single block pair (random weights) and its attention kernel alone at --tokens image + --text text tokens: ' +
+      'full attention vs CLEAR per radius, with and without pooled keys/values; ms, GFLOP as lowered, the rate as a fraction of the ' +
+      'fp32 MatMul rate measured in the same process, and for the kernel the useful (kept-score) rate. Each case runs in a process of its own.',
+  );
+  if (!parsed) return 0;
+  const { flags, json, log } = parsed;
+  positive(flags, ['text', 'reps', 'heads', 'head-dim'], command);
+  if ((flags.warmups as number) < 0) throw new OptionError(`${command}: --warmups must be ≥ 0`);
+  const scope = String(flags.scope);
+  if (!['pair', 'kernel', 'both'].includes(scope)) {
+    throw new OptionError(`${command}: --scope must be pair, kernel or both, got "${scope}"`);
+  }
+  const { benchFluxBlocks, gridSide, parseFluxVariant } = await import('../../bench/flux-blocks.js');
+  const tokens = String(flags.tokens)
+    .split(',')
+    .map((t) => Number(t.trim()));
+  for (const t of tokens) gridSide(t, command);
+  const variants = String(flags.variants)
+    .split(',')
+    .map((v) => parseFluxVariant(v.trim(), command));
+  const headDim = flags['head-dim'] as number;
+  if (headDim % 32 !== 0) {
+    throw new OptionError(`${command}: --head-dim must be a multiple of 32 (FLUX.1 splits a head 16 + 56 + 56 of 128 for RoPE), got ${headDim}`);
+  }
+  const result = await benchFluxBlocks(
+    {
+      tokens,
+      text: flags.text as number,
+      variants,
+      scopes: scope === 'both' ? ['pair', 'kernel'] : [scope as 'pair' | 'kernel'],
+      reps: flags.reps as number,
+      warmups: flags.warmups as number,
+      threads: flags.threads as number,
+      heads: flags.heads as number,
+      headDim,
+      ...(flags.results === undefined ? {} : { results: String(flags.results) }),
+    },
+    log,
+    `npx velodiff ${command} ${argv.join(' ')}`.trim(),
   );
   if (json) console.log(JSON.stringify(result));
   return 0;

@@ -125,7 +125,9 @@ export function parseFluxVariant(text: string, where: string): FluxBlockVariant 
 export function gridSide(tokens: number, where: string): number {
   const side = Math.round(Math.sqrt(tokens));
   if (!Number.isInteger(tokens) || tokens < 1 || side * side !== tokens) {
-    throw new OptionError(`${where}: image tokens must be square numbers (a square packed grid), got ${tokens}`);
+    throw new OptionError(
+      `${where}: image tokens must be square numbers (a square packed grid), got ${tokens}`,
+    );
   }
   return side;
 }
@@ -384,7 +386,9 @@ export async function benchFluxBlocks(
             if (o.results) appendFileSync(o.results, `${JSON.stringify({ key, result: r })}\n`);
           }
           const useful =
-            scope === 'kernel' ? (4 * o.heads * o.headDim * usefulScores(variant, sides[t], o.text)) / 1e9 : null;
+            scope === 'kernel'
+              ? (4 * o.heads * o.headDim * usefulScores(variant, sides[t], o.text)) / 1e9
+              : null;
           if ('error' in r) {
             log(`${scope} ${fluxVariantKind(variant)} at ${tokens} image tokens: ${r.error}`);
             scoped.push({
@@ -440,7 +444,12 @@ export async function benchFluxBlocks(
       const kernel = scope === 'kernel';
       log(
         table(
-          [...header, ...(kernel ? ['useful GFLOP', 'useful GFLOP/s', 'useful vs full'] : []), 'peak RSS MB', 'vs full'],
+          [
+            ...header,
+            ...(kernel ? ['useful GFLOP', 'useful GFLOP/s', 'useful vs full'] : []),
+            'peak RSS MB',
+            'vs full',
+          ],
           of.map((r) => {
             const full = of.find((x) => x.tokens === r.tokens && x.kind === 'full') as FluxBlocksRow;
             const cell = (x: number | null, digits?: number): string | number =>

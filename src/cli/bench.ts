@@ -736,7 +736,8 @@ async function benchFluxMemoryCommand(argv: string[]): Promise<number> {
 const FLUX_BLOCKS_FLAGS: Record<string, FlagSpec> = {
   tokens: {
     type: 'string',
-    description: 'packed image tokens, square numbers, comma-separated (4096 = 1024×1024 px, 16384 = 2048×2048)',
+    description:
+      'packed image tokens, square numbers, comma-separated (4096 = 1024×1024 px, 16384 = 2048×2048)',
     default: '4096,16384',
   },
   text: { type: 'integer', description: 'text tokens (FLUX.1-dev: 512)', default: 512 },
@@ -790,7 +791,9 @@ async function benchFluxBlocksCommand(argv: string[]): Promise<number> {
     .map((v) => parseFluxVariant(v.trim(), command));
   const headDim = flags['head-dim'] as number;
   if (headDim % 32 !== 0) {
-    throw new OptionError(`${command}: --head-dim must be a multiple of 32 (FLUX.1 splits a head 16 + 56 + 56 of 128 for RoPE), got ${headDim}`);
+    throw new OptionError(
+      `${command}: --head-dim must be a multiple of 32 (FLUX.1 splits a head 16 + 56 + 56 of 128 for RoPE), got ${headDim}`,
+    );
   }
   const result = await benchFluxBlocks(
     {

@@ -354,8 +354,9 @@ const NOT_FOR_SD3_OR_FLUX: Readonly<Record<string, string>> = {
   accel: "runs velodiff's distilled students of PixArt models",
   students: "belongs to --accel, which runs velodiff's distilled students of PixArt models",
   tgate: 'T-GATE runs on PixArt and UNet (SD 1.x/2.x, SDXL) folders',
-  flash: 'Flash Diffusion LoRAs exist for PixArt, SD 1.5 and SDXL',
-  lora: 'LoRA loading reaches PixArt and UNet models, not the SD3 and FLUX transformers yet',
+  flash:
+    "Flash Diffusion LoRAs exist for PixArt, SD 1.5 and SDXL (flash-sd3 runs through the library's useFlashDiffusion, not this command yet)",
+  lora: "LoRA loading reaches PixArt and UNet models here; SD3 and FLUX take LoRA through the library's loadLoraWeights, not this command yet",
   'deep-cache-interval': 'DeepCache works on UNet models (SD 1.x/2.x, SDXL)',
   'deep-cache-branch': 'DeepCache works on UNet models (SD 1.x/2.x, SDXL)',
   'guidance-rescale': 'guidance rescale is a Stable Diffusion 1.x/2.x and SDXL option',

@@ -23,9 +23,13 @@ export {
 } from './adapters.js';
 export {
   FLASH_PRESET,
+  FLASH_SD3_PRESET,
+  flashFlowMatchScheduler,
   flashScheduler,
   flashTrainedTimesteps,
+  loadFlashFlowMatchLora,
   loadFlashLora,
+  type FlashLoadOptions,
   type FlashSetup,
 } from './flash.js';
 export { PipelineAdapters, type LoraTarget, type PipelineLoadedLora } from './pipeline-adapters.js';

@@ -17,7 +17,9 @@ import {
   streamHeads,
 } from '../nn/joint-attention.js';
 import { Linear } from '../nn/layers.js';
-import type { Int8Options } from '../nn/params.js';
+import type { LoadedLora } from '../lora/adapters.js';
+import { AdapterSet } from '../lora/adapters.js';
+import type { Int8Options, LoraProvider } from '../nn/params.js';
 import { Params } from '../nn/params.js';
 import { FeedForward } from '../nn/transformer-block.js';
 import type { TensorSource } from '../nn/weights.js';
@@ -212,6 +214,8 @@ export interface FluxGraphOptions {
 export interface FluxExtras {
   /** The int8 Linear modules (src/models/int8.ts). */
   int8?: Int8Options;
+  /** LoRA adapters applied to Linear layers (fused, or as switchable side branches). */
+  lora?: LoraProvider;
 }
 
 /**
@@ -228,7 +232,7 @@ export function buildFluxTransformerGraph(
   extras: FluxExtras = {},
 ): Graph {
   const g = new Graph('FluxTransformer2DModel');
-  const root = Params.of(g, weights, { int8: extras.int8 });
+  const root = Params.of(g, weights, { lora: extras.lora, int8: extras.int8 });
   const tokens = o.textTokens + o.imageTokens;
   const inputs: FluxInputs = {
     hiddenStates: g.input('hidden_states', 'float32', ['B', o.imageTokens, config.inChannels]),
@@ -601,12 +605,14 @@ const FLUX_FLOAT_LINEARS: ReadonlySet<string> = new Set(['proj_out']);
  */
 const FLUX_MODULATION_LINEAR = /^(.*\.)?(norm|norm1|norm1_context|norm_out)\.linear$/;
 
-/** What an attention option brings besides the kernel choice, for building step graphs. */
+/** What an attention option and the loaded LoRA adapters bring, for building step graphs. */
 export interface FluxAcceleration {
   /** Weights to build from instead of the checkpoint (a CLEAR file overlaid on it, non-strictly). */
   weights?: TensorSource;
   /** Identifies those weights, for the compiled-graph cache. */
   key?: string;
+  /** LoRA adapters (fused, or switchable side branches); `graphKey` joins the compiled-graph key. */
+  lora?: AdapterSet;
 }
 
 /**
@@ -631,6 +637,8 @@ export class FluxTransformer2DModel implements DiffusersModel {
   readonly className = 'FluxTransformer2DModel';
   readonly methods = ['forward'] as const;
   readonly attentionKinds = ['full', 'clear'] as const;
+  /** LoRA adapters (diffusers' load_lora_weights / set_adapters / fuse_lora …). */
+  readonly adapters = new AdapterSet();
   private readonly runnable: RunnableModel<FluxLayout>;
   /** CLEAR weight files opened for attention options, kept while the model is open. */
   private readonly attentionFiles = new AttentionWeightFiles();
@@ -651,9 +659,19 @@ export class FluxTransformer2DModel implements DiffusersModel {
       build: ({ graph, acceleration }) =>
         buildFluxTransformerGraph(config, acceleration.weights ?? loaded.source, graph, {
           int8: loaded.int8,
+          lora: acceleration.lora,
         }),
-      key: ({ graph, acceleration }) => JSON.stringify([graph, acceleration.key ?? '']),
+      key: ({ graph, acceleration }) =>
+        JSON.stringify([graph, acceleration.key ?? '', acceleration.lora?.graphKey ?? '']),
     });
+  }
+
+  /**
+   * Load a LoRA (diffusers `transformer.`-prefixed file, PEFT folder, or kohya file in diffusers'
+   * module names); it becomes active with weight 1. Keys that match no module are in `ignored`.
+   */
+  loadLoraWeights(path: string, options: { adapterName?: string } = {}): Promise<LoadedLora> {
+    return this.adapters.load(path, { adapterName: options.adapterName, modelParameters: this.weights });
   }
 
   /** The Linear modules that run in int8 (a velodiff int8 folder, or `quantize: 'int8'`); undefined when float. */
@@ -687,8 +705,8 @@ export class FluxTransformer2DModel implements DiffusersModel {
 
   /**
    * Resolve an attention option (attention/'s resolveAttentionOption: CLEAR's window checked, its
-   * weights file opened once and overlaid non-strictly on the checkpoint) into what step graphs are
-   * built with. LinFusion has no FLUX form and is refused.
+   * weights file opened once and overlaid non-strictly on the checkpoint) together with the loaded
+   * LoRA adapters into what step graphs are built with. LinFusion has no FLUX form and is refused.
    */
   async resolveAcceleration(
     option: AttentionOption | undefined,
@@ -700,6 +718,7 @@ export class FluxTransformer2DModel implements DiffusersModel {
     const acceleration: FluxAcceleration = {};
     if (resolved.weights) acceleration.weights = resolved.weights;
     if (resolved.key) acceleration.key = resolved.key;
+    if (this.adapters.loaded.length > 0) acceleration.lora = this.adapters;
     return { ...(resolved.choice ? { attention: resolved.choice } : {}), acceleration };
   }
 
@@ -845,7 +864,11 @@ export class FluxTransformer2DModel implements DiffusersModel {
     }
     // Only when on, so that the default layout (and its compiled-graph key) stays as it was.
     if (options.proportionalAttention) layout.proportionalAttention = true;
-    return runnable.run({ graph: layout, acceleration: options.acceleration ?? {} }, feeds);
+    const acceleration = options.acceleration ?? {};
+    return runnable.run({ graph: layout, acceleration }, feeds, {
+      // Unfused LoRA adapters: their weights are inputs, so switching them needs no new graph.
+      graphFeeds: (compiled) => acceleration.lora?.scaleFeeds(compiled.inputs) ?? {},
+    });
   }
 
   /** CLEAR's packed grid: the one given, which must hold the N image tokens, or the one img_ids lay out. */

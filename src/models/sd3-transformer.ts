@@ -22,8 +22,10 @@ import {
   projectHeads,
 } from '../nn/joint-attention.js';
 import { Conv2d, Linear } from '../nn/layers.js';
+import type { LoadedLora } from '../lora/adapters.js';
+import { AdapterSet } from '../lora/adapters.js';
 import { Params } from '../nn/params.js';
-import type { Int8Options } from '../nn/params.js';
+import type { Int8Options, LoraProvider } from '../nn/params.js';
 import { FeedForward } from '../nn/transformer-block.js';
 import type { TensorSource } from '../nn/weights.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
@@ -142,6 +144,8 @@ export interface SD3TransformerGraphOptions {
 export interface SD3TransformerExtras {
   /** The int8 Linear modules (src/models/int8.ts). */
   int8?: Int8Options;
+  /** LoRA adapters applied to Linear/Conv2d layers (fused, or as switchable side branches). */
+  lora?: LoraProvider;
 }
 
 /**
@@ -156,7 +160,7 @@ export function buildSD3TransformerGraph(
   extras: SD3TransformerExtras = {},
 ): Graph {
   const g = new Graph('SD3Transformer2DModel');
-  const root = Params.of(g, weights, { int8: extras.int8 });
+  const root = Params.of(g, weights, { lora: extras.lora, int8: extras.int8 });
   const inputs: SD3TransformerInputs = {
     hiddenStates: g.input('hidden_states', 'float32', ['B', config.inChannels, o.height, o.width]),
     encoderHiddenStates: g.input('encoder_hidden_states', 'float32', [
@@ -415,6 +419,8 @@ const SD3_MODULATION_LINEAR = /^(.*\.)?(norm1|norm1_context|norm_out)\.linear$/;
 export class SD3Transformer2DModel implements DiffusersModel {
   readonly className = 'SD3Transformer2DModel';
   readonly methods = ['forward'] as const;
+  /** LoRA adapters (diffusers' load_lora_weights / set_adapters / fuse_lora …). */
+  readonly adapters = new AdapterSet();
   private readonly runnable: RunnableModel<SD3TransformerGraphOptions>;
   /** The checkpoint's tensors. */
   readonly weights: WeightStore;
@@ -426,12 +432,27 @@ export class SD3Transformer2DModel implements DiffusersModel {
     runtime: Runtime,
   ) {
     this.weights = loaded.store;
+    const adapters = this.adapters;
     this.runnable = new RunnableModel<SD3TransformerGraphOptions>({
       className: this.className,
       dir,
       runtime,
-      build: (layout) => buildSD3TransformerGraph(config, loaded.source, layout, { int8: loaded.int8 }),
+      build: (layout) =>
+        buildSD3TransformerGraph(config, loaded.source, layout, {
+          int8: loaded.int8,
+          lora: adapters.loaded.length > 0 ? adapters : undefined,
+        }),
+      // Loading, fusing or unloading an adapter changes the graph; setAdapters only its scale feeds.
+      key: (layout) => JSON.stringify([layout, adapters.graphKey]),
     });
+  }
+
+  /**
+   * Load a LoRA (diffusers `transformer.`-prefixed file, PEFT folder such as jasperai/flash-sd3, or
+   * kohya file); it becomes active with weight 1. Keys that match no module are in `ignored`.
+   */
+  loadLoraWeights(path: string, options: { adapterName?: string } = {}): Promise<LoadedLora> {
+    return this.adapters.load(path, { adapterName: options.adapterName, modelParameters: this.weights });
   }
 
   /** The Linear modules that run in int8 (a velodiff int8 folder, or `quantize: 'int8'`); undefined when float. */
@@ -514,7 +535,12 @@ export class SD3Transformer2DModel implements DiffusersModel {
       pooled_projections: inputs.pooled_projections,
       timestep: asBatch(asFloat32(inputs.timestep), batch),
     };
-    return (await runnable.run({ height, width, textLength }, feeds)).host;
+    return (
+      await runnable.run({ height, width, textLength }, feeds, {
+        // Unfused LoRA adapters: their weights are inputs, so switching them needs no new graph.
+        graphFeeds: (compiled) => this.adapters.scaleFeeds(compiled.inputs),
+      })
+    ).host;
   }
 
   async close(): Promise<void> {

@@ -9,6 +9,9 @@ import { join } from 'node:path';
 
 import { FileFormatError, OptionError } from '../errors.js';
 import type { AttentionOption } from '../attention/types.js';
+import type { LoraComponent } from '../lora/format.js';
+import type { LoraTarget, PipelineLoadedLora } from '../lora/pipeline-adapters.js';
+import { PipelineAdapters } from '../lora/pipeline-adapters.js';
 import type { AutoencoderKL } from '../models/autoencoder-kl.js';
 import { FluxTransformer2DModel, checkRopeNtkFactor } from '../models/flux-transformer.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
@@ -627,6 +630,53 @@ export class FluxPipeline {
       );
     }
     return [this.clipEncoder, this.t5Encoder];
+  }
+
+  // --- LoRA (diffusers' FluxLoraLoaderMixin) ----------------------------------------------------
+
+  /** The transformer and the CLIP encoder (text_encoder); T5 takes no LoRA, as in diffusers. */
+  private loraAdapters(): PipelineAdapters {
+    const targets: LoraTarget[] = [
+      {
+        component: 'denoiser',
+        adapters: this.transformer.adapters,
+        modelParameters: this.transformer.weights,
+      },
+    ];
+    const clip = this.clipEncoder?.textEncoder;
+    if (clip)
+      targets.push({ component: 'text_encoder', adapters: clip.adapters, modelParameters: clip.weights });
+    return new PipelineAdapters(targets);
+  }
+
+  /**
+   * Load a LoRA (diffusers/PEFT file or folder, or kohya file in diffusers' module names): its
+   * `transformer.` keys (or, in a PEFT folder, all of them) onto the transformer, `text_encoder.`
+   * keys onto the CLIP encoder. Active with weight 1, unfused; keys that match no module are
+   * reported in `ignored`, as diffusers warns, and a file of which nothing applies is an error.
+   */
+  loadLoraWeights(path: string, options: { adapterName?: string } = {}): Promise<PipelineLoadedLora> {
+    return this.loraAdapters().load(path, options);
+  }
+
+  /** Activate adapters with weights (default 1 each) in every component; switching needs no recompilation. */
+  setAdapters(names: string | string[], weights?: number | number[]): void {
+    this.loraAdapters().setAdapters(names, weights);
+  }
+
+  /** Merge the active adapters into the weights (ORT folds W + s·B·A once; no per-step cost). */
+  fuseLora(
+    options: { loraScale?: number; adapterNames?: string[]; components?: LoraComponent[] } = {},
+  ): void {
+    this.loraAdapters().fuse(options);
+  }
+
+  unfuseLora(options: { components?: LoraComponent[] } = {}): void {
+    this.loraAdapters().unfuse(options);
+  }
+
+  unloadLoraWeights(names?: string | string[]): void {
+    this.loraAdapters().unload(names);
   }
 
   async close(): Promise<void> {

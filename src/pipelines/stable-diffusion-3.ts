@@ -6,6 +6,11 @@
  * joined as the pooled embedding — and a 16-channel VAE whose latents are shifted and scaled.
  */
 import { OptionError } from '../errors.js';
+import type { LoadedLora } from '../lora/adapters.js';
+import { loadFlashFlowMatchLora } from '../lora/flash.js';
+import type { LoraComponent } from '../lora/format.js';
+import type { LoraTarget, PipelineLoadedLora } from '../lora/pipeline-adapters.js';
+import { PipelineAdapters } from '../lora/pipeline-adapters.js';
 import type { AutoencoderKL } from '../models/autoencoder-kl.js';
 import { SD3Transformer2DModel } from '../models/sd3-transformer.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
@@ -465,6 +470,81 @@ export class StableDiffusion3Pipeline {
       );
     }
     return [encoders[0], encoders[1]];
+  }
+
+  // --- LoRA (diffusers' SD3LoraLoaderMixin) ------------------------------------------------------
+
+  /** The transformer and, when the pipeline has both, the CLIP encoders text_encoder and text_encoder_2. */
+  private loraAdapters(): PipelineAdapters {
+    const targets: LoraTarget[] = [
+      {
+        component: 'denoiser',
+        adapters: this.transformer.adapters,
+        modelParameters: this.transformer.weights,
+      },
+    ];
+    // With one encoder its folder is unknown here; SD3 prompts need both anyway (requireClipEncoders).
+    if (this.clipEncoders.length === 2) {
+      const [clipL, clipG] = this.clipEncoders.map((encoder) => encoder.textEncoder);
+      targets.push(
+        { component: 'text_encoder', adapters: clipL.adapters, modelParameters: clipL.weights },
+        { component: 'text_encoder_2', adapters: clipG.adapters, modelParameters: clipG.weights },
+      );
+    }
+    return new PipelineAdapters(targets);
+  }
+
+  /**
+   * Load a LoRA (diffusers/PEFT file or folder, or kohya file): its `transformer.` keys (or, in a
+   * PEFT folder, all of them) onto the transformer, `text_encoder.` / `text_encoder_2.` keys onto
+   * the CLIP encoders. Active with weight 1, unfused; keys that match no module are reported in
+   * `ignored`, as diffusers warns, and a file of which nothing applies is an error.
+   */
+  loadLoraWeights(path: string, options: { adapterName?: string } = {}): Promise<PipelineLoadedLora> {
+    return this.loraAdapters().load(path, options);
+  }
+
+  /** Activate adapters with weights (default 1 each) in every component; switching needs no recompilation. */
+  setAdapters(names: string | string[], weights?: number | number[]): void {
+    this.loraAdapters().setAdapters(names, weights);
+  }
+
+  /** Merge the active adapters into the weights (ORT folds W + s·B·A once; no per-step cost). */
+  fuseLora(
+    options: { loraScale?: number; adapterNames?: string[]; components?: LoraComponent[] } = {},
+  ): void {
+    this.loraAdapters().fuse(options);
+  }
+
+  unfuseLora(options: { components?: LoraComponent[] } = {}): void {
+    this.loraAdapters().unfuse(options);
+  }
+
+  unloadLoraWeights(names?: string | string[]): void {
+    this.loraAdapters().unload(names);
+  }
+
+  /**
+   * The flash-sd3 recipe (methods/tgate_flash.md §2.5): the PEFT LoRA of jasperai/flash-sd3 loaded
+   * onto the transformer and fused at its own alpha/r (8/64), FlashFlowMatchEulerDiscreteScheduler
+   * from this pipeline's scheduler config (shift 3 for SD3-medium), and the run options 4 steps,
+   * guidance 0 — with which `run` encodes no negative prompt and runs no CFG batch, as diffusers.
+   */
+  async useFlashDiffusion(
+    path: string,
+    options: { adapterName?: string; fuse?: boolean } = {},
+  ): Promise<{
+    adapter: LoadedLora;
+    runOptions: Pick<StableDiffusion3RunOptions, 'numInferenceSteps' | 'guidanceScale'>;
+  }> {
+    const flash = await loadFlashFlowMatchLora(this.transformer.adapters, path, {
+      modelParameters: this.transformer.weights,
+      schedulerConfig: this.scheduler.config as Record<string, unknown>,
+      adapterName: options.adapterName,
+      fuse: options.fuse,
+    });
+    this.scheduler = flash.scheduler;
+    return { adapter: flash.adapter, runOptions: flash.runOptions };
   }
 
   async close(): Promise<void> {

@@ -8,6 +8,7 @@ import { DDIMScheduler } from './ddim.js';
 import { DPMSolverMultistepScheduler } from './dpm-solver-multistep.js';
 import { EulerAncestralDiscreteScheduler } from './euler-ancestral-discrete.js';
 import { EulerDiscreteScheduler } from './euler-discrete.js';
+import { FlashFlowMatchEulerDiscreteScheduler } from './flash-flow-match-euler-discrete.js';
 import { FlowMatchEulerDiscreteScheduler } from './flow-match-euler-discrete.js';
 import { LCMScheduler } from './lcm.js';
 
@@ -18,6 +19,7 @@ export const SCHEDULER_CLASSES = {
   EulerAncestralDiscreteScheduler,
   DPMSolverMultistepScheduler,
   FlowMatchEulerDiscreteScheduler,
+  FlashFlowMatchEulerDiscreteScheduler,
   LCMScheduler,
 } as const;
 

@@ -35,6 +35,10 @@ export {
   FlowMatchEulerDiscreteScheduler,
   type FlowMatchEulerDiscreteSchedulerConfig,
 } from './flow-match-euler-discrete.js';
+export {
+  FlashFlowMatchEulerDiscreteScheduler,
+  type FlashFlowMatchEulerDiscreteSchedulerConfig,
+} from './flash-flow-match-euler-discrete.js';
 export { LCMScheduler, type LCMSchedulerConfig } from './lcm.js';
 export {
   schedulerFromConfig,

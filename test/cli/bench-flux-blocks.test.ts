@@ -115,7 +115,12 @@ describe('velodiff bench flux-blocks', () => {
     const tokens = text + 64;
     for (const row of result.rows) {
       assert.equal(row.error, undefined);
-      const [ms, gflop, gflops, matmul] = [num(row.ms), num(row.gflop), num(row.gflops), num(row.matmul_gflops)];
+      const [ms, gflop, gflops, matmul] = [
+        num(row.ms),
+        num(row.gflop),
+        num(row.gflops),
+        num(row.matmul_gflops),
+      ];
       assert.ok(ms > 0 && matmul > 0 && num(row.peak_rss_mb) > 0);
       assert.ok(Math.abs(gflops - (gflop * 1e3) / ms) <= 1e-9 * gflops);
       assert.ok(Math.abs(num(row.fraction) - gflops / matmul) <= 1e-12);
@@ -131,7 +136,10 @@ describe('velodiff bench flux-blocks', () => {
       // key under a mask): executed ≥ kept.
       assert.ok(num(row.useful_gflop) <= num(row.gflop) + 1e-12, `${row.kind}: kept ≤ executed`);
     }
-    assert.equal(kernel[1].useful_gflop, (4 * dim * usefulScores({ kind: 'clear', radius: 3, downFactor: 1 }, 8, text)) / 1e9);
+    assert.equal(
+      kernel[1].useful_gflop,
+      (4 * dim * usefulScores({ kind: 'clear', radius: 3, downFactor: 1 }, 8, text)) / 1e9,
+    );
     // The pair with full attention: the Linears on tokens written out, the two attention products,
     // and the embedders and proj_out around the blocks.
     const pair = result.rows[0];
@@ -141,7 +149,9 @@ describe('velodiff bench flux-blocks', () => {
       // single block: q, k, v (3 D²), proj_mlp (4 D²), proj_out (5 D²) on L + N tokens
       2 * 12 * dim * dim * tokens +
       // x_embedder (64 → D), context_embedder (4096 → D), proj_out (D → 64)
-      2 * 64 * dim * 64 + 2 * 4096 * dim * text + 2 * dim * 64 * 64;
+      2 * 64 * dim * 64 +
+      2 * 4096 * dim * text +
+      2 * dim * 64 * 64;
     const modulations =
       // norm1, norm1_context (6 D each), the single block's norm (3 D), norm_out (2 D), the three
       // embedders' two Linears (256 → D → D, 256 → D → D, 768 → D → D) at batch 1
@@ -181,7 +191,10 @@ describe('velodiff bench flux-blocks', () => {
     const cases: [string[], RegExp][] = [
       [['--variants', 'clear:8'], /--variants must include full/],
       [['--tokens', '4000'], /image tokens must be square numbers/],
-      [['--tokens', '36', '--variants', 'full,clear:2:4'], /clear:2:4 pools 4 × 4 cells, which do not tile the 6 × 6 grid/],
+      [
+        ['--tokens', '36', '--variants', 'full,clear:2:4'],
+        /clear:2:4 pools 4 × 4 cells, which do not tile the 6 × 6 grid/,
+      ],
       [['--variants', 'full,clear:x'], /a variant is full, clear:R or clear:R:D/],
       [['--scope', 'layer'], /--scope must be pair, kernel or both, got "layer"/],
       [['--head-dim', '48'], /--head-dim must be a multiple of 32/],

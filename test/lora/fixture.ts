@@ -3,7 +3,7 @@
  * digits like PixArt's (`transformer_blocks.0.ff.net.0.proj`, `…attn1.to_out.0`, `pos_embed.proj`),
  * LoRA files for it in the PEFT, diffusers and kohya layouts, and a float64 reference forward.
  */
-import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -15,7 +15,7 @@ import { Conv2d, Linear } from '../../src/nn/layers.js';
 import type { LoraProvider } from '../../src/nn/params.js';
 import { Params } from '../../src/nn/params.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
-import { randomArray, randomTensor } from '../helpers.js';
+import { randomArray, randomTensor, readAllTensors } from '../helpers.js';
 
 export const FF = 'transformer_blocks.0.ff.net.0.proj';
 export const TO_OUT = 'transformer_blocks.0.attn1.to_out.0';
@@ -257,4 +257,75 @@ export function reference(
     out: linear64(inputs.h, TO_OUT, base, terms),
     patches: conv64(inputs.img, PATCH, base, terms),
   };
+}
+
+/**
+ * A random LoRA of rank `rank` for `modules` of a checkpoint (its tensors by name, e.g. from
+ * readAllTensors): A [r, in(, kh, kw)], B [out, r(, 1, 1)], values uniform in [−range, range).
+ */
+export function randomLoraFor(
+  base: Readonly<Record<string, HostTensor>>,
+  modules: readonly string[],
+  rank: number,
+  random: () => number,
+  range = 0.25,
+): LoraWeights {
+  const lora: LoraWeights = {};
+  for (const module of modules) {
+    const weight = base[`${module}.weight`];
+    if (!weight) throw new Error(`randomLoraFor: the checkpoint has no ${module}.weight`);
+    const shape = weight.shape;
+    const aShape = shape.length === 4 ? [rank, shape[1], shape[2], shape[3]] : [rank, shape[1]];
+    const bShape = shape.length === 4 ? [shape[0], rank, 1, 1] : [shape[0], rank];
+    lora[module] = {
+      a: randomArray(size(aShape), random, -range, range),
+      aShape,
+      b: randomArray(size(bShape), random, -range, range),
+      bShape,
+    };
+  }
+  return lora;
+}
+
+/** The one safetensors file of a model folder. */
+export async function safetensorsIn(dir: string): Promise<string> {
+  const name = (await readdir(dir)).find((f) => f.endsWith('.safetensors'));
+  if (!name) throw new Error(`no safetensors file in ${dir}`);
+  return join(dir, name);
+}
+
+/**
+ * Copies the model folder `dir` (one float32 safetensors file) to `out`, with W + scale·B·A (float64
+ * sums, A flattened to [r, in·kh·kw] for convs) in place of each W the LoRA targets.
+ */
+export async function writeMergedCopy(
+  dir: string,
+  out: string,
+  lora: LoraWeights,
+  scale: number,
+): Promise<string> {
+  const base = await readAllTensors(await safetensorsIn(dir));
+  await cp(dir, out, { recursive: true });
+  const tensors: Record<string, TensorToWrite> = {};
+  for (const [name, t] of Object.entries(base)) {
+    if (t.dtype !== 'float32') throw new Error(`writeMergedCopy: ${name} is ${t.dtype}, expected float32`);
+    tensors[name] = f32([...t.shape], t.data as Float32Array);
+  }
+  for (const [module, { a, b, aShape }] of Object.entries(lora)) {
+    const w = base[`${module}.weight`];
+    const rows = w.shape[0];
+    const cols = w.data.length / rows;
+    const rank = aShape[0];
+    const merged = Float64Array.from(w.data as Float32Array);
+    for (let o = 0; o < rows; o++) {
+      for (let c = 0; c < cols; c++) {
+        let sum = 0;
+        for (let k = 0; k < rank; k++) sum += b[o * rank + k] * a[k * cols + c];
+        merged[o * cols + c] += scale * sum;
+      }
+    }
+    tensors[`${module}.weight`] = f32([...w.shape], Float32Array.from(merged));
+  }
+  await writeSafetensors(await safetensorsIn(out), tensors);
+  return out;
 }

@@ -264,7 +264,7 @@ describe('schedulerFromConfig', () => {
 
   it('names the supported classes when _class_name is unknown or missing', () => {
     const supported = Object.keys(SCHEDULER_CLASSES);
-    assert.equal(supported.length, 6);
+    assert.equal(supported.length, 7);
     assertOptionError(
       () => schedulerFromConfig({ _class_name: 'UniPCMultistepScheduler' }),
       ['"UniPCMultistepScheduler"', ...supported],

@@ -185,8 +185,8 @@ type CaseOutcome = FluxBlocksCaseResult | { error: string };
 
 /** What identifies a case's figures: everything it was run with but the (temporary) folder. */
 function caseKey(c: FluxBlocksCase): string {
-  const { dir: _dir, ...rest } = c;
-  return JSON.stringify({ ...rest, variant: fluxVariantKind(c.variant) });
+  // JSON.stringify leaves out the undefined folder.
+  return JSON.stringify({ ...c, dir: undefined, variant: fluxVariantKind(c.variant) });
 }
 
 /** The finished cases of a results file (none when it is absent); a line that does not parse is an error naming it. */

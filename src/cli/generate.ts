@@ -215,6 +215,59 @@ function highresFlag(flags: ParsedArgs['flags']): HighResStage[] | undefined {
   return highResStages(stages.length === 1 ? stages[0] : stages, `generate: --highres "${spec}"`);
 }
 
+/** The LoRA verbs the PixArt, UNet, SD3 and FLUX pipelines share, and the Flash recipe of those that have one. */
+interface LoraVerbs {
+  readonly className: string;
+  loadLoraWeights(path: string, options: { adapterName?: string }): Promise<{ ignored: readonly unknown[] }>;
+  setAdapters(names: string[], weights: number[]): void;
+  useFlashDiffusion?(path: string): Promise<{
+    adapter: { modules: readonly unknown[]; alphaOverRank: readonly number[]; ignored: readonly unknown[] };
+    runOptions: { numInferenceSteps?: number; guidanceScale?: number };
+  }>;
+  readonly scheduler: object;
+}
+
+/**
+ * --flash (the pipeline's Flash recipe: its LoRA fused, its scheduler, and the steps and guidance it
+ * returns as defaults) and each --lora FILE[:SCALE] as adapter lora_i at its scale.
+ */
+async function applyLoraFlags(
+  pipe: LoraVerbs,
+  flags: ParsedArgs['flags'],
+  loras: ReturnType<typeof loraOptions>,
+): Promise<{ steps?: number; guidance?: number }> {
+  const recipe: { steps?: number; guidance?: number } = {};
+  if (flags.flash !== undefined) {
+    if (!pipe.useFlashDiffusion)
+      throw new OptionError(`generate: --flash: ${pipe.className} has no Flash Diffusion recipe`);
+    const { adapter, runOptions } = await pipe.useFlashDiffusion(String(flags.flash));
+    recipe.steps = runOptions.numInferenceSteps;
+    recipe.guidance = runOptions.guidanceScale;
+    console.error(
+      `Flash Diffusion: ${adapter.modules.length} LoRA modules fused (alpha/r ${adapter.alphaOverRank.join(', ')}), ${pipe.scheduler.constructor.name}`,
+    );
+    if (adapter.ignored.length > 0) {
+      console.error(
+        `warning: ${String(flags.flash)}: ${adapter.ignored.length} keys match no module of the model and are ignored`,
+      );
+    }
+  }
+  for (const [i, { path }] of loras.entries()) {
+    const loaded = await pipe.loadLoraWeights(path, { adapterName: `lora_${i}` });
+    if (loaded.ignored.length > 0) {
+      console.error(
+        `warning: ${path}: ${loaded.ignored.length} keys match no module of the model and are ignored`,
+      );
+    }
+  }
+  if (loras.length > 0)
+    pipe.setAdapters(
+      loras.map((_, i) => `lora_${i}`),
+      loras.map((l) => l.scale),
+    );
+  return recipe;
+}
+
 /** PixArt, Stable Diffusion 1.x/2.x, SDXL and LCM folders, with their accelerations and LoRAs. */
 async function runDenoiser(
   pipe: Exclude<AnyPipeline, StableDiffusion3Pipeline | FluxPipeline>,
@@ -243,33 +296,9 @@ async function runDenoiser(
         );
     }
   }
-  // PixArt, SD and SDXL pipelines have the same LoRA verbs and Flash recipe.
-  if (flags.flash !== undefined) {
-    const { adapter, runOptions } = await pipe.useFlashDiffusion(String(flags.flash));
-    steps ??= runOptions.numInferenceSteps;
-    guidance ??= runOptions.guidanceScale;
-    console.error(
-      `Flash Diffusion: ${adapter.modules.length} LoRA modules fused (alpha/r ${adapter.alphaOverRank.join(', ')}), LCM sampling`,
-    );
-    if (adapter.ignored.length > 0) {
-      console.error(
-        `warning: ${String(flags.flash)}: ${adapter.ignored.length} keys match no module of the model and are ignored`,
-      );
-    }
-  }
-  for (const [i, { path }] of loras.entries()) {
-    const loaded = await pipe.loadLoraWeights(path, { adapterName: `lora_${i}` });
-    if (loaded.ignored.length > 0) {
-      console.error(
-        `warning: ${path}: ${loaded.ignored.length} keys match no module of the model and are ignored`,
-      );
-    }
-  }
-  if (loras.length > 0)
-    pipe.setAdapters(
-      loras.map((_, i) => `lora_${i}`),
-      loras.map((l) => l.scale),
-    );
+  const recipe = await applyLoraFlags(pipe, flags, loras);
+  steps ??= recipe.steps;
+  guidance ??= recipe.guidance;
   if (flags.scheduler !== undefined) {
     const name = String(flags.scheduler);
     const className = SCHEDULER_NAMES[name] ?? name;
@@ -354,9 +383,6 @@ const NOT_FOR_SD3_OR_FLUX: Readonly<Record<string, string>> = {
   accel: "runs velodiff's distilled students of PixArt models",
   students: "belongs to --accel, which runs velodiff's distilled students of PixArt models",
   tgate: 'T-GATE runs on PixArt and UNet (SD 1.x/2.x, SDXL) folders',
-  flash:
-    "Flash Diffusion LoRAs exist for PixArt, SD 1.5 and SDXL (flash-sd3 runs through the library's useFlashDiffusion, not this command yet)",
-  lora: "LoRA loading reaches PixArt and UNet models here; SD3 and FLUX take LoRA through the library's loadLoraWeights, not this command yet",
   'deep-cache-interval': 'DeepCache works on UNet models (SD 1.x/2.x, SDXL)',
   'deep-cache-branch': 'DeepCache works on UNet models (SD 1.x/2.x, SDXL)',
   'guidance-rescale': 'guidance rescale is a Stable Diffusion 1.x/2.x and SDXL option',
@@ -373,6 +399,7 @@ async function runFlowMatching(
     ? {
         ...NOT_FOR_SD3_OR_FLUX,
         'clip-skip': "FLUX reads CLIP's pooled output, which skipping layers does not reach",
+        flash: 'Flash Diffusion students exist for PixArt, SD 1.5, SDXL and SD3, not FLUX',
       }
     : {
         ...NOT_FOR_SD3_OR_FLUX,
@@ -410,14 +437,15 @@ async function runFlowMatching(
     );
   }
   const attention = attentionOption(flags);
+  const recipe = await applyLoraFlags(pipe, flags, loraOptions(flags));
   const image =
     flags['init-image'] === undefined ? undefined : await readImageFile(String(flags['init-image']));
   const progress = new ProgressLine();
   const common = {
     prompt,
     negativePrompt,
-    numInferenceSteps: flags.steps as number | undefined,
-    guidanceScale: flags.guidance as number | undefined,
+    numInferenceSteps: (flags.steps as number | undefined) ?? recipe.steps,
+    guidanceScale: (flags.guidance as number | undefined) ?? recipe.guidance,
     seed: flags.seed as number | undefined,
     width: flags.width as number | undefined,
     height: flags.height as number | undefined,

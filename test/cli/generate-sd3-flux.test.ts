@@ -4,7 +4,7 @@
 // and UNet paths are refused with the pipeline's class named.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -18,7 +18,8 @@ import { Runtime } from '../../src/runtime/runtime.js';
 import { assertMaxAbsError } from '../compare.js';
 import { tinyFluxPipeline } from '../fixtures/tiny-flux-pipeline.js';
 import { tinySd3Pipeline } from '../fixtures/tiny-sd3-pipeline.js';
-import { imageRgb, pngRgb } from '../helpers.js';
+import { imageRgb, pngRgb, readAllTensors } from '../helpers.js';
+import { randomLoraFor, safetensorsIn, writeDiffusers, writeMergedCopy, writePeft } from '../lora/fixture.js';
 import { seededUniform, testSeed } from '../random.js';
 import { captureCli } from './capture.js';
 
@@ -288,6 +289,110 @@ describe('velodiff generate with SD3 and FLUX folders', () => {
     }
   });
 
+  it('--lora FILE:SCALE on FLUX and SD3 equals the folder with W + scale·alpha/r·B·A merged in float64', async () => {
+    const random = seededUniform(testSeed('generate sd3 flux lora'));
+    for (const [name, dir, modules] of [
+      ['FLUX', flux, ['transformer_blocks.0.attn.to_q', 'single_transformer_blocks.0.proj_mlp']],
+      ['SD3', sd3, ['transformer_blocks.0.attn.to_v', 'transformer_blocks.0.ff.net.2']],
+    ] as const) {
+      const base = await readAllTensors(await safetensorsIn(join(dir, 'transformer')));
+      const lora = randomLoraFor(base, modules, 2, random);
+      const file = await writeDiffusers(join(outDir, `${name}-lora.safetensors`), lora);
+      // No alpha tensors: alpha = r, so the adapter's scale is the --lora scale, 0.5.
+      const merged = join(outDir, `${name}-merged`);
+      await cp(dir, merged, { recursive: true });
+      await rm(join(merged, 'transformer'), { recursive: true });
+      await writeMergedCopy(join(dir, 'transformer'), join(merged, 'transformer'), lora, 0.5);
+      const args = [
+        'generate',
+        'a cat',
+        '--steps',
+        '2',
+        '--seed',
+        '3',
+        '--width',
+        '32',
+        '--height',
+        '32',
+        '--threads',
+        '1',
+      ];
+      const withLora = join(outDir, `${name}-lora.png`);
+      const r = await captureCli([...args, '--model', dir, '--lora', `${file}:0.5`, '--out', withLora]);
+      assert.equal(r.code, 0, r.err);
+      const plain = join(outDir, `${name}-plain.png`);
+      assert.equal((await captureCli([...args, '--model', dir, '--out', plain])).code, 0);
+      const reference = join(outDir, `${name}-merged.png`);
+      const m = await captureCli([...args, '--model', merged, '--out', reference]);
+      assert.equal(m.code, 0, m.err);
+      assertMaxAbsError(
+        pngRgb(readFileSync(withLora)),
+        pngRgb(readFileSync(reference)),
+        1,
+        `${name} --lora against merged weights`,
+      );
+      assert.ok(!readFileSync(withLora).equals(readFileSync(plain)), `${name}: the LoRA changes the image`);
+    }
+  });
+
+  it('--flash DIR on SD3 runs the flash-sd3 recipe: the PEFT LoRA fused, the Flash scheduler, 4 steps at guidance 0, as the library', async () => {
+    const random = seededUniform(testSeed('generate sd3 flash'));
+    const base = await readAllTensors(await safetensorsIn(join(sd3, 'transformer')));
+    const lora = randomLoraFor(
+      base,
+      ['transformer_blocks.0.attn.to_q', 'transformer_blocks.0.ff.net.2'],
+      2,
+      random,
+      0.5,
+    );
+    const peft = await writePeft(join(outDir, 'flash-sd3'), lora, {
+      r: 2,
+      lora_alpha: 1,
+      target_modules: ['to_q', 'ff.net.2'],
+    });
+    const path = join(outDir, 'sd3-flash.png');
+    const r = await captureCli([
+      'generate',
+      'a cat',
+      '--model',
+      sd3,
+      '--flash',
+      peft,
+      '--seed',
+      '5',
+      '--width',
+      '32',
+      '--height',
+      '32',
+      '--threads',
+      '1',
+      '--out',
+      path,
+    ]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(
+      r.err,
+      /Flash Diffusion: 2 LoRA modules fused \(alpha\/r 0\.5\), FlashFlowMatchEulerDiscreteScheduler/,
+    );
+    assert.match(r.err, /step 4\/4/);
+    const pipe = await StableDiffusion3Pipeline.fromPretrained(sd3, { runtime, onWarning: () => {} });
+    try {
+      const { runOptions } = await pipe.useFlashDiffusion(peft);
+      assert.deepEqual(runOptions, { numInferenceSteps: 4, guidanceScale: 0 });
+      const expected = imageRgb(
+        (await pipe.run({ prompt: 'a cat', ...runOptions, seed: 5, width: 32, height: 32 })).images!,
+      );
+      assertMaxAbsError(
+        pngRgb(readFileSync(path)),
+        expected,
+        1,
+        'SD3 --flash PNG against the library recipe',
+      );
+    } finally {
+      await pipe.close();
+    }
+  });
+
   it('refuses the flags that do not apply, naming the pipeline class', async () => {
     const base = (dir: string): string[] => [
       'generate',
@@ -328,12 +433,7 @@ describe('velodiff generate with SD3 and FLUX folders', () => {
       [
         flux,
         ['--flash', 'flash.safetensors'],
-        /--flash does not apply to FluxPipeline: Flash Diffusion LoRAs exist for PixArt/,
-      ],
-      [
-        flux,
-        ['--lora', 'style.safetensors'],
-        /--lora does not apply to FluxPipeline: LoRA loading reaches PixArt and UNet/,
+        /--flash does not apply to FluxPipeline: Flash Diffusion students exist for PixArt, SD 1.5, SDXL and SD3, not FLUX/,
       ],
       [
         flux,

@@ -182,3 +182,49 @@ export class PipelineAdapters {
     return known.length === 0 ? 'none' : known.map((n) => `'${n}'`).join(', ');
   }
 }
+
+/**
+ * The LoRA verbs of diffusers' pipelines (load_lora_weights, set_adapters, fuse_lora, unfuse_lora,
+ * unload_lora_weights) over the components a pipeline lists in `loraTargets`. The UNet pipelines
+ * (SD 1.x/2.x, SDXL), SD3 and FLUX extend it; PixArt's pipeline passes its calls to its transformer.
+ */
+export abstract class LoraPipeline {
+  /** The denoiser and the text encoders LoRA keys can reach, by the component name their keys carry. */
+  protected abstract loraTargets(): LoraTarget[];
+
+  private loraAdapters(): PipelineAdapters {
+    return new PipelineAdapters(this.loraTargets());
+  }
+
+  /**
+   * Load a LoRA (diffusers/PEFT file or folder, or kohya file): its denoiser keys (`unet.` or
+   * `transformer.`, or all keys of a PEFT folder) onto the denoiser, `text_encoder.` /
+   * `text_encoder_2.` keys onto the text encoders `loraTargets` lists (kohya: `lora_unet_`,
+   * `lora_te_`, `lora_te1_`, `lora_te2_`, alpha/r from its `.alpha` tensors). Active with weight 1,
+   * unfused; keys that match no module are reported in `ignored`, as diffusers warns, and a file of
+   * which nothing applies is an error.
+   */
+  loadLoraWeights(path: string, options: { adapterName?: string } = {}): Promise<PipelineLoadedLora> {
+    return this.loraAdapters().load(path, options);
+  }
+
+  /** Activate adapters with weights (default 1 each) in every component; switching needs no recompilation. */
+  setAdapters(names: string | string[], weights?: number | number[]): void {
+    this.loraAdapters().setAdapters(names, weights);
+  }
+
+  /** Merge the active adapters into the weights (ORT folds W + s·B·A once; no per-step cost). */
+  fuseLora(
+    options: { loraScale?: number; adapterNames?: string[]; components?: LoraComponent[] } = {},
+  ): void {
+    this.loraAdapters().fuse(options);
+  }
+
+  unfuseLora(options: { components?: LoraComponent[] } = {}): void {
+    this.loraAdapters().unfuse(options);
+  }
+
+  unloadLoraWeights(names?: string | string[]): void {
+    this.loraAdapters().unload(names);
+  }
+}

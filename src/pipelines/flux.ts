@@ -9,9 +9,8 @@ import { join } from 'node:path';
 
 import { FileFormatError, OptionError } from '../errors.js';
 import type { AttentionOption } from '../attention/types.js';
-import type { LoraComponent } from '../lora/format.js';
-import type { LoraTarget, PipelineLoadedLora } from '../lora/pipeline-adapters.js';
-import { PipelineAdapters } from '../lora/pipeline-adapters.js';
+import type { LoraTarget } from '../lora/pipeline-adapters.js';
+import { LoraPipeline } from '../lora/pipeline-adapters.js';
 import type { AutoencoderKL } from '../models/autoencoder-kl.js';
 import { FluxTransformer2DModel, checkRopeNtkFactor } from '../models/flux-transformer.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
@@ -153,7 +152,7 @@ export interface FluxComponents extends FlowMatchingComponents<FluxTransformer2D
  * Text-to-image with FLUX.1 folders, and image-to-image (FluxImg2ImgPipeline's semantics) through
  * `run({ image, strength })`. Options are diffusers' `__call__` arguments in camelCase; see FluxRunOptions.
  */
-export class FluxPipeline {
+export class FluxPipeline extends LoraPipeline {
   readonly className = 'FluxPipeline';
   readonly transformer: FluxTransformer2DModel;
   readonly vae: AutoencoderKL | undefined;
@@ -167,6 +166,7 @@ export class FluxPipeline {
     components: FluxComponents,
     private readonly ownsRuntime: boolean,
   ) {
+    super();
     this.transformer = components.transformer;
     this.vae = components.vae;
     this.scheduler = components.scheduler;
@@ -635,7 +635,7 @@ export class FluxPipeline {
   // --- LoRA (diffusers' FluxLoraLoaderMixin) ----------------------------------------------------
 
   /** The transformer and the CLIP encoder (text_encoder); T5 takes no LoRA, as in diffusers. */
-  private loraAdapters(): PipelineAdapters {
+  protected loraTargets(): LoraTarget[] {
     const targets: LoraTarget[] = [
       {
         component: 'denoiser',
@@ -646,37 +646,7 @@ export class FluxPipeline {
     const clip = this.clipEncoder?.textEncoder;
     if (clip)
       targets.push({ component: 'text_encoder', adapters: clip.adapters, modelParameters: clip.weights });
-    return new PipelineAdapters(targets);
-  }
-
-  /**
-   * Load a LoRA (diffusers/PEFT file or folder, or kohya file in diffusers' module names): its
-   * `transformer.` keys (or, in a PEFT folder, all of them) onto the transformer, `text_encoder.`
-   * keys onto the CLIP encoder. Active with weight 1, unfused; keys that match no module are
-   * reported in `ignored`, as diffusers warns, and a file of which nothing applies is an error.
-   */
-  loadLoraWeights(path: string, options: { adapterName?: string } = {}): Promise<PipelineLoadedLora> {
-    return this.loraAdapters().load(path, options);
-  }
-
-  /** Activate adapters with weights (default 1 each) in every component; switching needs no recompilation. */
-  setAdapters(names: string | string[], weights?: number | number[]): void {
-    this.loraAdapters().setAdapters(names, weights);
-  }
-
-  /** Merge the active adapters into the weights (ORT folds W + s·B·A once; no per-step cost). */
-  fuseLora(
-    options: { loraScale?: number; adapterNames?: string[]; components?: LoraComponent[] } = {},
-  ): void {
-    this.loraAdapters().fuse(options);
-  }
-
-  unfuseLora(options: { components?: LoraComponent[] } = {}): void {
-    this.loraAdapters().unfuse(options);
-  }
-
-  unloadLoraWeights(names?: string | string[]): void {
-    this.loraAdapters().unload(names);
+    return targets;
   }
 
   async close(): Promise<void> {

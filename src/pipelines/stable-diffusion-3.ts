@@ -8,9 +8,8 @@
 import { OptionError } from '../errors.js';
 import type { LoadedLora } from '../lora/adapters.js';
 import { loadFlashFlowMatchLora } from '../lora/flash.js';
-import type { LoraComponent } from '../lora/format.js';
-import type { LoraTarget, PipelineLoadedLora } from '../lora/pipeline-adapters.js';
-import { PipelineAdapters } from '../lora/pipeline-adapters.js';
+import type { LoraTarget } from '../lora/pipeline-adapters.js';
+import { LoraPipeline } from '../lora/pipeline-adapters.js';
 import type { AutoencoderKL } from '../models/autoencoder-kl.js';
 import { SD3Transformer2DModel } from '../models/sd3-transformer.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
@@ -112,7 +111,7 @@ type Parts = [
  * Text-to-image with SD3 / SD3.5 folders, and image-to-image through `run({ image, strength })`.
  * Options are diffusers' `__call__` arguments in camelCase; see StableDiffusion3RunOptions.
  */
-export class StableDiffusion3Pipeline {
+export class StableDiffusion3Pipeline extends LoraPipeline {
   readonly defaults: RunDefaults;
   readonly transformer: SD3Transformer2DModel;
   readonly vae: AutoencoderKL | undefined;
@@ -127,6 +126,7 @@ export class StableDiffusion3Pipeline {
     readonly runtime: Runtime,
     private readonly ownsRuntime: boolean,
   ) {
+    super();
     this.defaults = DEFAULTS[className];
     this.transformer = components.transformer;
     this.vae = components.vae;
@@ -475,7 +475,7 @@ export class StableDiffusion3Pipeline {
   // --- LoRA (diffusers' SD3LoraLoaderMixin) ------------------------------------------------------
 
   /** The transformer and, when the pipeline has both, the CLIP encoders text_encoder and text_encoder_2. */
-  private loraAdapters(): PipelineAdapters {
+  protected loraTargets(): LoraTarget[] {
     const targets: LoraTarget[] = [
       {
         component: 'denoiser',
@@ -491,37 +491,7 @@ export class StableDiffusion3Pipeline {
         { component: 'text_encoder_2', adapters: clipG.adapters, modelParameters: clipG.weights },
       );
     }
-    return new PipelineAdapters(targets);
-  }
-
-  /**
-   * Load a LoRA (diffusers/PEFT file or folder, or kohya file): its `transformer.` keys (or, in a
-   * PEFT folder, all of them) onto the transformer, `text_encoder.` / `text_encoder_2.` keys onto
-   * the CLIP encoders. Active with weight 1, unfused; keys that match no module are reported in
-   * `ignored`, as diffusers warns, and a file of which nothing applies is an error.
-   */
-  loadLoraWeights(path: string, options: { adapterName?: string } = {}): Promise<PipelineLoadedLora> {
-    return this.loraAdapters().load(path, options);
-  }
-
-  /** Activate adapters with weights (default 1 each) in every component; switching needs no recompilation. */
-  setAdapters(names: string | string[], weights?: number | number[]): void {
-    this.loraAdapters().setAdapters(names, weights);
-  }
-
-  /** Merge the active adapters into the weights (ORT folds W + s·B·A once; no per-step cost). */
-  fuseLora(
-    options: { loraScale?: number; adapterNames?: string[]; components?: LoraComponent[] } = {},
-  ): void {
-    this.loraAdapters().fuse(options);
-  }
-
-  unfuseLora(options: { components?: LoraComponent[] } = {}): void {
-    this.loraAdapters().unfuse(options);
-  }
-
-  unloadLoraWeights(names?: string | string[]): void {
-    this.loraAdapters().unload(names);
+    return targets;
   }
 
   /**

@@ -22,8 +22,8 @@ import { readModelIndex } from '../io/diffusers.js';
 import { loadFlashLora } from '../lora/flash.js';
 import type { LoadedLora } from '../lora/adapters.js';
 import type { LoraComponent } from '../lora/format.js';
-import type { LoraTarget, PipelineLoadedLora } from '../lora/pipeline-adapters.js';
-import { PipelineAdapters } from '../lora/pipeline-adapters.js';
+import type { LoraTarget } from '../lora/pipeline-adapters.js';
+import { LoraPipeline } from '../lora/pipeline-adapters.js';
 import type { CLIPTextModel, CLIPTextModelWithProjection } from '../models/clip-text.js';
 import { readTextFile } from '../io/text.js';
 import { AutoencoderKL } from '../models/autoencoder-kl.js';
@@ -131,7 +131,7 @@ export interface RunDefaults {
   strength?: number;
 }
 
-export abstract class UNetPipeline {
+export abstract class UNetPipeline extends LoraPipeline {
   /** The pipeline class model_index.json names (or the class built from components). */
   abstract readonly className: string;
   abstract readonly defaults: RunDefaults;
@@ -145,6 +145,7 @@ export abstract class UNetPipeline {
     readonly runtime: Runtime,
     protected readonly ownsRuntime: boolean,
   ) {
+    super();
     this.unet = components.unet;
     this.vae = components.vae;
     this.scheduler = components.scheduler;
@@ -336,7 +337,7 @@ export abstract class UNetPipeline {
     return [];
   }
 
-  private loraAdapters(): PipelineAdapters {
+  protected loraTargets(): LoraTarget[] {
     const targets: LoraTarget[] = [
       { component: 'denoiser', adapters: this.unet.adapters, modelParameters: this.unet.weights },
       ...this.loraTextEncoders().map(({ component, model }) => ({
@@ -345,37 +346,7 @@ export abstract class UNetPipeline {
         modelParameters: model.weights,
       })),
     ];
-    return new PipelineAdapters(targets);
-  }
-
-  /**
-   * Load a LoRA (diffusers/PEFT file or folder, or kohya file): its `unet.` keys onto the UNet and
-   * `text_encoder.`/`text_encoder_2.` keys onto the text encoders (kohya: `lora_unet_`, `lora_te_`,
-   * `lora_te1_`, `lora_te2_`, alpha/r from its `.alpha` tensors). Active with weight 1, unfused;
-   * keys that match no module are reported in `ignored`, as diffusers warns.
-   */
-  loadLoraWeights(path: string, options: { adapterName?: string } = {}): Promise<PipelineLoadedLora> {
-    return this.loraAdapters().load(path, options);
-  }
-
-  /** Activate adapters with weights (default 1 each) in every component; switching needs no recompilation. */
-  setAdapters(names: string | string[], weights?: number | number[]): void {
-    this.loraAdapters().setAdapters(names, weights);
-  }
-
-  /** Merge the active adapters into the weights (ORT folds W + s·B·A once; no per-step cost). */
-  fuseLora(
-    options: { loraScale?: number; adapterNames?: string[]; components?: LoraComponent[] } = {},
-  ): void {
-    this.loraAdapters().fuse(options);
-  }
-
-  unfuseLora(options: { components?: LoraComponent[] } = {}): void {
-    this.loraAdapters().unfuse(options);
-  }
-
-  unloadLoraWeights(names?: string | string[]): void {
-    this.loraAdapters().unload(names);
+    return targets;
   }
 
   /**

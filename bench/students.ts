@@ -14,6 +14,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 
+import { OptionError } from '../src/errors.js';
 import type { TGateOptions } from '../src/attention/tgate.js';
 import { pruneDeadStores, tgatePlan } from '../src/attention/tgate.js';
 import type { AttentionOption } from '../src/attention/types.js';
@@ -31,7 +32,7 @@ import type { HostTensor } from '../src/runtime/host-tensor.js';
 import type { Runtime } from '../src/runtime/runtime.js';
 import { loadEmojiDataset } from '../src/train/data/emoji-dataset.js';
 import type { ImageTextDataset } from '../src/train/data/dataset.js';
-import { boxReduce, evaluateTextToImage, pipelineGenerator } from '../src/train/eval/evaluate.js';
+import { evaluateTextToImage, pipelineGenerator } from '../src/train/eval/evaluate.js';
 import { meanSsim, psnr } from '../src/train/eval/image-similarity.js';
 import { hashModelFolder } from '../src/train/latent-cache.js';
 import type { SampleGrid } from '../src/train/sample-grid.js';
@@ -63,6 +64,12 @@ export interface StudentBenchOptions {
   gridImages?: number;
   /** Side of the generated images (default the model's): 2× and 4× are zero-shot high resolution. */
   size?: number;
+  /**
+   * At a `size` above the model's, CLEAR's staged recipe (methods/clear_linfusion.md §1.7.2) instead
+   * of zero-shot: a base image at the model's size with full attention, upscaled ×(size / model's)
+   * as PIL's bicubic and refined by SDEdit at `strength` with the row's attention.
+   */
+  highres?: { strength: number };
 }
 
 export interface StudentRow {
@@ -143,14 +150,21 @@ function shapeOnlySource(base: TensorSource): ParameterInputs {
   });
 }
 
-/** GFLOP per image of a row: its denoiser steps as built (T-GATE's plan, CFG's batch) and the VAE decoder. */
-async function rowGflop(
-  pipe: PixArtPipeline,
-  o: { steps: number; guidance: number; size: number; attention?: AttentionOption; tgate?: TGateOptions },
-): Promise<number> {
+/** What one denoising pass of a row runs, for counting its FLOPs. */
+interface PassShape {
+  /** Side of the image in pixels. */
+  size: number;
+  /** Steps the pass executes. */
+  steps: number;
+  guidance: number;
+  attention?: AttentionOption;
+  tgate?: TGateOptions;
+}
+
+/** GFLOP of one denoising pass per image: its step graphs as built (T-GATE's plan, CFG's batch). */
+async function denoiserGflop(pipe: PixArtPipeline, o: PassShape): Promise<number> {
   const t = pipe.transformer.config;
-  const size = o.size;
-  const side = size / pipe.vaeScaleFactor;
+  const side = o.size / pipe.vaeScaleFactor;
   const captionLength = pipe.defaultMaxSequenceLength;
   const source = shapeOnlySource(pipe.transformer.weights);
   const cfg = o.guidance > 1;
@@ -201,26 +215,41 @@ async function rowGflop(
       }
       total += flops;
     }
-    const vae = pipe.vae;
-    if (vae) {
-      const g = buildAutoencoderKLGraph(vae.config, shapeOnlySource(vae.weights), 'decode', [
-        1,
-        t.inChannels,
-        side,
-        side,
-      ]);
-      total += countFlops(g.nodes);
-    }
     return total / 1e9;
   } finally {
     await linfusion?.close();
   }
 }
 
+/** GFLOP of the VAE's decoder (or encoder) for one image of `size` pixels a side. */
+function vaeGflop(pipe: PixArtPipeline, method: 'decode' | 'encode', size: number): number {
+  const vae = pipe.vae;
+  if (!vae) return 0;
+  const side = size / pipe.vaeScaleFactor;
+  const shape =
+    method === 'decode' ? [1, pipe.transformer.config.inChannels, side, side] : [1, 3, size, size];
+  return (
+    countFlops(buildAutoencoderKLGraph(vae.config, shapeOnlySource(vae.weights), method, shape).nodes) / 1e9
+  );
+}
+
+/**
+ * GFLOP per image of a row: one pass and the decoder; for the staged recipe, the base pass and its
+ * decoder, the encoder of the upscaled image, the refine pass and the decoder at full size.
+ */
+async function rowGflop(pipe: PixArtPipeline, base: PassShape, refine?: PassShape): Promise<number> {
+  let total = (await denoiserGflop(pipe, base)) + vaeGflop(pipe, 'decode', base.size);
+  if (refine) {
+    total += vaeGflop(pipe, 'encode', refine.size);
+    total += (await denoiserGflop(pipe, refine)) + vaeGflop(pipe, 'decode', refine.size);
+  }
+  return total;
+}
+
 export async function benchStudents(
   o: StudentBenchOptions,
   log: (s: string) => void,
-): Promise<{ rows: StudentRow[]; grid: SampleGrid; skipped: string[] }> {
+): Promise<{ rows: StudentRow[]; grid: SampleGrid; skipped: string[]; size: number }> {
   const dataset = o.dataset ?? (await loadEmojiDataset());
   const students = existsSync(o.students) ? await listStudents(o.students) : [];
   const all = studentRows(students);
@@ -237,43 +266,77 @@ export async function benchStudents(
       const pipe = await PixArtPipeline.fromPretrained(o.model, { runtime: o.runtime });
       try {
         let attention: AttentionOption | undefined;
-        let tgate: TGateOptions | undefined;
+        let accel: ReturnType<typeof parseAccel> | undefined;
+        let flash = false;
         if (spec.accel) {
-          const accel = parseAccel(spec.accel);
+          accel = parseAccel(spec.accel);
           const resolved = resolveAccel(accel, students, { teacherSha256, studentsDir: o.students });
           attention = resolved.attention;
           if (resolved.flashLora) await pipe.useFlashDiffusion(resolved.flashLora);
-          if (accel.tgate) tgate = defaultTGate(spec.steps, resolved.flashLora !== undefined);
+          flash = resolved.flashLora !== undefined;
         }
-        const gflop = await rowGflop(pipe, {
-          steps: spec.steps,
-          guidance: spec.guidance,
-          size: o.size ?? pipe.defaultSize,
-          attention,
-          tgate,
-        });
+        const tgateFor = (steps: number): TGateOptions | undefined =>
+          accel?.tgate ? defaultTGate(steps, flash) : undefined;
         const captured: HostTensor[] = [];
         size = o.size ?? pipe.defaultSize;
         const factor = size / pipe.defaultSize;
-        const generate = pipelineGenerator(pipe, {
-          guidance: spec.guidance,
-          runOptions: { attention, tgate },
-          size,
-          outputSize: size,
-        });
+        let gflop: number;
+        let generate: ReturnType<typeof pipelineGenerator>;
+        if (o.highres) {
+          // CLEAR's notebook: the base image from the model with full attention, the refine with the
+          // student's; the row's LoRA and T-GATE run in both stages.
+          const refineSteps = Math.trunc(spec.steps * o.highres.strength);
+          if (factor < 2 || refineSteps < 1) {
+            throw new OptionError(
+              `bench students: the staged recipe needs --size a multiple ≥ 2 of ${pipe.defaultSize} and ` +
+                `a strength leaving a step of ${spec.steps} (row ${spec.id}), got size ${size}, strength ${o.highres.strength}`,
+            );
+          }
+          const baseTGate = tgateFor(spec.steps);
+          const refineTGate = tgateFor(refineSteps);
+          gflop = await rowGflop(
+            pipe,
+            { size: pipe.defaultSize, steps: spec.steps, guidance: spec.guidance, tgate: baseTGate },
+            { size, steps: refineSteps, guidance: spec.guidance, attention, tgate: refineTGate },
+          );
+          generate = pipelineGenerator(pipe, {
+            guidance: spec.guidance,
+            runOptions: { tgate: baseTGate },
+            size,
+            onImages: (images) => captured.push(images),
+            highres: {
+              strength: o.highres.strength,
+              ...(attention ? { attention } : {}),
+              ...(refineTGate ? { tgate: refineTGate } : {}),
+            },
+          });
+        } else {
+          const tgate = tgateFor(spec.steps);
+          gflop = await rowGflop(pipe, {
+            size,
+            steps: spec.steps,
+            guidance: spec.guidance,
+            attention,
+            tgate,
+          });
+          generate = pipelineGenerator(pipe, {
+            guidance: spec.guidance,
+            runOptions: { attention, tgate },
+            size,
+            onImages: (images) => captured.push(images),
+          });
+        }
         const result = await evaluateTextToImage({
           dataset,
           classifier,
-          generate: async (request) => {
-            const out = await generate(request);
-            captured.push(out);
-            // The classifier sees the model's size.
-            return factor === 1 ? out : boxReduce(out, factor);
-          },
+          // The classifier sees the model's size: larger images are box-reduced to it.
+          generate,
           samples: o.samples,
           steps: spec.steps,
           seed: o.seed,
           batchSize: o.batch,
+          // The warm-up's refine must run a step too: int(steps · strength) ≥ 1.
+          warmupSteps: o.highres ? Math.ceil(1 / o.highres.strength) : 1,
         });
         const rgb = captured.flatMap((t) => imagesToRgb(t.data as Float32Array, t.shape));
         images.push(rgb);
@@ -345,5 +408,5 @@ export async function benchStudents(
       cells: images[k].slice(0, count).map((data) => ({ image: { width: size, height: size, data } })),
     })),
   };
-  return { rows, grid, skipped };
+  return { rows, grid, skipped, size };
 }

@@ -963,6 +963,11 @@ const STUDENTS_FLAGS: Record<string, FlagSpec> = {
     type: 'integer',
     description: "image side in pixels, a multiple of the model's (2×, 4×: zero-shot high resolution)",
   },
+  highres: {
+    type: 'number',
+    description:
+      "with --size: CLEAR's staged recipe at this SDEdit strength (0.7 in CLEAR's notebook) instead of zero-shot: a base image at the model's size with full attention, upscaled and refined with the row's attention",
+  },
   ...COMMON,
 };
 
@@ -976,6 +981,17 @@ async function benchStudentsCommand(argv: string[]): Promise<number> {
   if (!parsed) return 0;
   const { flags, json, log } = parsed;
   positive(flags, ['samples', 'batch'], 'bench students');
+  if (flags.highres !== undefined) {
+    const strength = flags.highres as number;
+    if (flags.size === undefined) {
+      throw new OptionError(
+        "bench students: --highres needs --size, the side of the refined image (a multiple ≥ 2 of the model's)",
+      );
+    }
+    if (!(strength > 0 && strength <= 1)) {
+      throw new OptionError(`bench students: --highres is an SDEdit strength in (0, 1], got ${strength}`);
+    }
+  }
   const { shippedModelDir, shippedStudentsDir } = await import('../pipelines/shipped-model.js');
   const { shippedClassifierDir } = await import('../train/eval/shipped-classifier.js');
   const { Runtime } = await import('../runtime/runtime.js');
@@ -997,6 +1013,7 @@ async function benchStudentsCommand(argv: string[]): Promise<number> {
         seed: flags.seed as number,
         batch: flags.batch as number,
         ...(flags.size !== undefined ? { size: flags.size as number } : {}),
+        ...(flags.highres !== undefined ? { highres: { strength: flags.highres as number } } : {}),
         ...(flags.rows !== undefined
           ? {
               rows: String(flags.rows)
@@ -1012,7 +1029,16 @@ async function benchStudentsCommand(argv: string[]): Promise<number> {
       await writeFileAtomic(String(flags.grid), await renderSampleGrid(result.grid));
       log(`wrote ${String(flags.grid)}`);
     }
-    if (json) console.log(JSON.stringify({ rows: result.rows, skipped: result.skipped }));
+    if (json) {
+      console.log(
+        JSON.stringify({
+          rows: result.rows,
+          skipped: result.skipped,
+          size: result.size,
+          recipe: flags.highres === undefined ? 'zero-shot' : { staged: { strength: flags.highres } },
+        }),
+      );
+    }
   } finally {
     await runtime.dispose();
   }

@@ -334,6 +334,78 @@ describe('velodiff distill clear', () => {
     assert.ok(existsSync(gridFile));
   });
 
+  it("bench students --size --highres: CLEAR's staged recipe, its FLOPs the base pass, the encoder and the refine's int(steps · strength) steps", async () => {
+    const labelNames = (await loadEmojiDataset()).labelNames;
+    assert.ok(labelNames);
+    const classifier = await tinyEmojiClassifier(labelNames, testSeed('bench students highres classifier'));
+    const students = join(work, 'students');
+    assert.ok(existsSync(students), 'the previous test makes the students folder');
+    type Row = { id: string; fed: number; ssim: number; gflop_per_image: number };
+    const bench = async (extra: string[]): Promise<{ rows: Row[]; size: number; recipe: unknown }> => {
+      const r = await captureCli([
+        'bench',
+        'students',
+        '--model',
+        teacher,
+        '--students',
+        students,
+        '--classifier',
+        classifier,
+        '--samples',
+        '2',
+        '--batch',
+        '2',
+        '--rows',
+        'flash,flash-2',
+        '--threads',
+        '1',
+        '--json',
+        ...extra,
+      ]);
+      assert.equal(r.code, 0, r.err);
+      return JSON.parse(r.out.trimEnd().split('\n').at(-1) ?? '');
+    };
+    const base = await bench([]);
+    const side = base.size * 2;
+    const zeroShot = await bench(['--size', String(side)]);
+    const staged = await bench(['--size', String(side), '--highres', '0.7']);
+    assert.equal(zeroShot.size, side);
+    assert.deepEqual(staged.recipe, { staged: { strength: 0.7 } });
+    const gflop = (r: { rows: Row[] }, id: string): number =>
+      r.rows.find((x) => x.id === id)!.gflop_per_image;
+    // Per image: one batch-1 step f and the decoder v, at each size, from the 4- and 2-step rows.
+    const fv = (r: { rows: Row[] }): [number, number] => {
+      const f = (gflop(r, 'flash') - gflop(r, 'flash-2')) / 2;
+      return [f, gflop(r, 'flash-2') - 2 * f];
+    };
+    const [fBase, vBase] = fv(base);
+    const [fSide, vSide] = fv(zeroShot);
+    // Four times the tokens: more than twice a step's work (the caption's part does not grow).
+    assert.ok(fSide > 2 * fBase, `a step at 2× side against one at 1×: ${fSide} vs ${fBase}`);
+    // Staged: the base run, the encoder e at 2×, then int(steps · 0.7) steps at 2× (25 CFG → 17 of
+    // batch 2; 4 → 2; 2 → 1) and the decoder. The encoder must come out the same from every row.
+    const encoder = [
+      gflop(staged, 'teacher') - (50 * fBase + vBase) - (34 * fSide + vSide),
+      gflop(staged, 'flash') - (4 * fBase + vBase) - (2 * fSide + vSide),
+      gflop(staged, 'flash-2') - (2 * fBase + vBase) - (1 * fSide + vSide),
+    ];
+    assert.ok(encoder[0] > 0, `encoder GFLOP ${encoder[0]}`);
+    assertClose(encoder.slice(1), [encoder[0], encoder[0]], {
+      rtol: 1e-9,
+      atol: 1e-12,
+      what: 'encoder GFLOP',
+    });
+    for (const r of [...zeroShot.rows, ...staged.rows])
+      assert.ok(Number.isFinite(r.fed), `${r.id} FED ${r.fed}`);
+    // The staged images are not the zero-shot ones.
+    assert.ok(
+      staged.rows.find((x) => x.id === 'teacher')!.fed !== zeroShot.rows.find((x) => x.id === 'teacher')!.fed,
+    );
+    const r = await captureCli(['bench', 'students', '--highres', '0.7']);
+    assert.equal(r.code, 2);
+    assert.match(r.err, /--highres needs --size/);
+  });
+
   it('bad arguments say what was expected', async () => {
     let r = await captureCli(['distill', 'sharpen', '--radius', '2']);
     assert.equal(r.code, 2);

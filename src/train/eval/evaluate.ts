@@ -15,7 +15,7 @@
 import { OptionError } from '../../errors.js';
 import type { EmojiClassification, VelodiffEmojiClassifier } from '../../models/emoji-classifier.js';
 import { imagesToRgb } from '../../io/png.js';
-import type { PixArtPipeline, PixArtRunOptions } from '../../pipelines/pixart.js';
+import type { PixArtHighResStage, PixArtPipeline, PixArtRunOptions } from '../../pipelines/pixart.js';
 import { TorchGenerator } from '../../random/torch-generator.js';
 import type { HostTensor } from '../../runtime/host-tensor.js';
 import { hostTensor } from '../../runtime/host-tensor.js';
@@ -30,7 +30,7 @@ import { classifierInput, datasetClassifierInput } from './images.js';
 export interface GenerationRequest {
   readonly prompts: readonly string[];
   readonly seeds: readonly number[];
-  /** Denoising steps; the warm-up asks for 1. */
+  /** Denoising steps; the warm-up asks for `warmupSteps` (1 by default). */
   readonly steps: number;
 }
 
@@ -56,6 +56,13 @@ export function pipelineGenerator(
      */
     size?: number;
     outputSize?: number;
+    /**
+     * With `size` above `outputSize`, the staged recipe instead of zero-shot: the base image at
+     * `outputSize` from `runOptions`, then this refine stage (SDEdit) at `size`, one ×factor stage.
+     */
+    highres?: Omit<PixArtHighResStage, 'scale'>;
+    /** Called with each call's images at `size`, before they are reduced. */
+    onImages?: (images: HostTensor) => void;
   },
 ): ImageGenerator {
   const outputSize = options.outputSize ?? pipeline.defaultSize;
@@ -67,12 +74,20 @@ export function pipelineGenerator(
       'EVAL_OPTION',
     );
   }
+  if (options.highres && factor === 1) {
+    throw new OptionError(
+      `eval: the staged high-resolution recipe needs a size above ${outputSize} (its base image's), got ${size}`,
+      'EVAL_OPTION',
+    );
+  }
+  // The staged recipe starts from noise at the base size; zero-shot at the full size.
+  const side = options.highres ? outputSize : size;
   return async ({ prompts, seeds, steps }) => {
     const shape = [
       1,
       pipeline.transformer.config.inChannels,
-      size / pipeline.vaeScaleFactor,
-      size / pipeline.vaeScaleFactor,
+      side / pipeline.vaeScaleFactor,
+      side / pipeline.vaeScaleFactor,
     ];
     const perImage = shape.reduce((a, b) => a * b, 1);
     const latents = new Float32Array(prompts.length * perImage);
@@ -84,12 +99,14 @@ export function pipelineGenerator(
       guidanceScale: options.guidance,
       latents: hostTensor('float32', [prompts.length, ...shape.slice(1)], latents),
       seed: seeds[0],
-      width: size,
-      height: size,
+      width: side,
+      height: side,
       useResolutionBinning: false,
+      ...(options.highres ? { highres: { ...options.highres, scale: factor } } : {}),
     });
     if (output.images === undefined)
       throw new OptionError('the pipeline returned no images', 'EVAL_GENERATION');
+    options.onImages?.(output.images);
     return factor === 1 ? output.images : boxReduce(output.images, factor);
   };
 }
@@ -126,6 +143,8 @@ export interface EvalOptions {
   readonly seed: number;
   /** Images per generation call (default 8). */
   readonly batchSize?: number;
+  /** Steps of the untimed warm-up run (default 1; a staged run needs enough for its refine to run one). */
+  readonly warmupSteps?: number;
   readonly onProgress?: (event: EvalProgress) => void;
 }
 
@@ -257,14 +276,14 @@ export async function evaluateTextToImage(options: EvalOptions): Promise<EvalRes
   );
   progress({ stage: 'real images', done: realTotal, total: realTotal });
 
-  // One untimed 1-step run per batch shape compiles the sessions the timed runs use.
+  // One untimed short run per batch shape compiles the sessions the timed runs use.
   const shapes = [...new Set([Math.min(batchSize, samples), samples % batchSize].filter((n) => n > 0))];
   for (const [k, n] of shapes.entries()) {
     progress({ stage: 'warm-up', done: k, total: shapes.length });
     await options.generate({
       prompts: prompts.slice(0, n),
       seeds: Array.from({ length: n }, (_, i) => seed + i),
-      steps: 1,
+      steps: options.warmupSteps ?? 1,
     });
   }
 

@@ -1,11 +1,11 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Graph, linear, sum } from '../src/graph/index.js';
 import { PixArtTransformer2DModel } from '../src/models/pixart-transformer.js';
 import { hostTensor } from '../src/runtime/host-tensor.js';
 import { Runtime } from '../src/runtime/runtime.js';
 import { PIXART_ALPHA_WIDTH, pixArtFlops, writeRandomPixArt } from './random-pixart.js';
+import { feedForwardReference, fill } from './reference.js';
 import { median, nowMs, table } from './stats.js';
 
 export interface DitBenchOptions {
@@ -48,8 +48,6 @@ export async function benchDit(o: DitBenchOptions, log: (s: string) => void): Pr
       const side = Math.round(Math.sqrt(tokens)) * shape.patchSize;
       if ((side / shape.patchSize) ** 2 !== tokens)
         throw new Error(`--tokens ${tokens} must be a square number`);
-      const fill = (n: number): Float32Array =>
-        Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37));
       const inputs = {
         hidden_states: hostTensor('float32', [o.batch, 4, side, side], fill(o.batch * 4 * side * side)),
         encoder_hidden_states: hostTensor(
@@ -61,36 +59,21 @@ export async function benchDit(o: DitBenchOptions, log: (s: string) => void): Pr
         resolution: hostTensor('float32', [o.batch, 2], new Float32Array(o.batch * 2).fill(1024)),
         aspect_ratio: hostTensor('float32', [o.batch, 1], new Float32Array(o.batch).fill(1)),
       };
-      // The reference: the feed-forward's two MatMuls at this token count, summed over tokens so that
-      // copying a large output does not count against the MatMul.
-      const g = new Graph('matmul_ref');
-      const w1 = g.weight('w1', 'float32', [4 * dim, dim], {
-        kind: 'data',
-        data: fill(4 * dim * dim),
-        storedDType: 'float32',
-      });
-      const w2 = g.weight('w2', 'float32', [dim, 4 * dim], {
-        kind: 'data',
-        data: fill(4 * dim * dim),
-        storedDType: 'float32',
-      });
-      g.output('y', sum(linear(linear(g.input('x', 'float32', [o.batch * tokens, dim]), w1), w2), 0));
-      const matmul = await runtime.compile(g);
-      const mmInput = { x: hostTensor('float32', [o.batch * tokens, dim], fill(o.batch * tokens * dim)) };
+      // The reference: the feed-forward's two MatMuls at this token count.
+      const matmul = await feedForwardReference(runtime, o.batch * tokens, dim);
       const ditTimes: number[] = [];
       const mmTimes: number[] = [];
       for (let r = -1; r < o.reps; r++) {
-        let t0 = nowMs();
+        const t0 = nowMs();
         await model.forward(inputs);
         if (r >= 0) ditTimes.push(nowMs() - t0);
-        t0 = nowMs();
-        await matmul.run(mmInput);
-        if (r >= 0) mmTimes.push(nowMs() - t0);
+        const mmMs = await matmul.run();
+        if (r >= 0) mmTimes.push(mmMs);
       }
       const flops = pixArtFlops(shape, tokens, captionLength, o.batch);
       const ms = median(ditTimes);
       const gflops = flops / ms / 1e6;
-      const matmulGflops = (2 * 2 * o.batch * tokens * dim * 4 * dim) / median(mmTimes) / 1e6;
+      const matmulGflops = matmul.flops / median(mmTimes) / 1e6;
       rows.push({
         tokens,
         ms,

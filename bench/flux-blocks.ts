@@ -24,7 +24,7 @@ import { fileURLToPath } from 'node:url';
 
 import { clearAttention } from '../src/attention/clear.js';
 import { OptionError } from '../src/errors.js';
-import { Graph, attention, linear, sum } from '../src/graph/index.js';
+import { Graph, attention } from '../src/graph/index.js';
 import { buildFluxTransformerGraph, FluxTransformer2DModel } from '../src/models/flux-transformer.js';
 import { hostTensor } from '../src/runtime/host-tensor.js';
 import type { HostTensor } from '../src/runtime/host-tensor.js';
@@ -32,6 +32,7 @@ import { Runtime } from '../src/runtime/runtime.js';
 import { countFlops } from '../src/train/train-step.js';
 import { runCaseInChild } from './quant.js';
 import { fluxDevShape, writeRandomFlux } from './random-flux.js';
+import { feedForwardReference, fill } from './reference.js';
 import { machineLine, median, nowMs, peakRssMb, table } from './stats.js';
 
 export type FluxBlockVariant = { kind: 'full' } | { kind: 'clear'; radius: number; downFactor: number };
@@ -215,36 +216,6 @@ function readResults(path: string | undefined): Map<string, CaseOutcome> {
   return done;
 }
 
-const fill = (n: number, phase = 0): Float32Array =>
-  Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37 + phase));
-
-/** A FLUX feed-forward at `rows` rows (constant weights), its output summed so no copy is timed. */
-async function matmulReference(
-  runtime: Runtime,
-  rows: number,
-  dim: number,
-): Promise<{ run: () => Promise<number>; flops: number }> {
-  const g = new Graph('matmul_ref');
-  const weight = (name: string, shape: number[]) =>
-    g.weight(name, 'float32', shape, {
-      kind: 'data',
-      data: fill(shape[0] * shape[1]).map((x) => x * 0.01),
-      storedDType: 'float32',
-    });
-  const x = g.input('x', 'float32', [rows, dim]);
-  g.output('y', sum(linear(linear(x, weight('w1', [4 * dim, dim])), weight('w2', [dim, 4 * dim])), 0));
-  const compiled = await runtime.compile(g);
-  const input = { x: hostTensor('float32', [rows, dim], fill(rows * dim)) };
-  return {
-    flops: 2 * 2 * rows * dim * 4 * dim,
-    run: async () => {
-      const t0 = nowMs();
-      await compiled.run(input);
-      return nowMs() - t0;
-    },
-  };
-}
-
 /** The forward's inputs: N image tokens on a side × side raster, L text tokens, guidance 3.5. */
 function pairInputs(side: number, text: number): Record<string, HostTensor> {
   const image = side * side;
@@ -320,7 +291,7 @@ export async function runFluxBlocksCase(c: FluxBlocksCase): Promise<FluxBlocksCa
       if (r >= 0) times.push(nowMs() - t0);
     }
     await close();
-    const reference = await matmulReference(runtime, c.text + c.tokens, dim);
+    const reference = await feedForwardReference(runtime, c.text + c.tokens, dim);
     const matmulTimes: number[] = [];
     for (let r = -1; r < Math.max(2, c.reps); r++) {
       const ms = await reference.run();

@@ -1,13 +1,14 @@
 import { loadavg } from 'node:os';
 
 import { Graph } from '../src/graph/graph.js';
-import { conv2d, linear, sum } from '../src/graph/ops/index.js';
+import { conv2d, sum } from '../src/graph/ops/index.js';
 import { buildUNetGraph } from '../src/models/unet-2d-condition.js';
 import { hostTensor } from '../src/runtime/host-tensor.js';
 import type { CompiledGraph, Runtime } from '../src/runtime/runtime.js';
 import { countFlops } from '../src/train/train-step.js';
 import type { UNetBenchSession, UNetBenchShape } from './random-unet.js';
 import { benchUNetFolder, openUNet } from './random-unet.js';
+import { constantWeight, feedForwardReference, fill } from './reference.js';
 import { machineLine, median, nowMs, privateMb, sessionLine, table } from './stats.js';
 
 /** Classifier-free guidance runs the conditional and unconditional halves as one batch. */
@@ -80,13 +81,6 @@ export function unetStepFlops(graph: Graph): { matmul: number; conv: number; att
   return { matmul: of('matmul'), conv: of('conv2d') + of('convTranspose2d'), attention: of('attention') };
 }
 
-const fill = (n: number): Float32Array => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 0.37));
-
-function constantWeight(g: Graph, name: string, shape: number[]): ReturnType<Graph['weight']> {
-  const count = shape.reduce((a, b) => a * b, 1);
-  return g.weight(name, 'float32', shape, { kind: 'data', data: fill(count), storedDType: 'float32' });
-}
-
 /**
  * References at the UNet's second level (the first where there is one) for this latent: the
  * transformer's feed-forward as two MatMuls [B·N, C]·[C, 4C]·[4C, C], and a resnet's 3×3 Conv
@@ -104,12 +98,7 @@ async function references(
   const w = Math.ceil(width / 2 ** level);
   const rows = CFG_BATCH * h * w;
 
-  const mg = new Graph('matmul_ref');
-  const w1 = constantWeight(mg, 'w1', [4 * channels, channels]);
-  const w2 = constantWeight(mg, 'w2', [channels, 4 * channels]);
-  mg.output('y', sum(linear(linear(mg.input('x', 'float32', [rows, channels]), w1), w2), 0));
-  const matmul: CompiledGraph = await runtime.compile(mg);
-  const matmulInput = { x: hostTensor('float32', [rows, channels], fill(rows * channels)) };
+  const matmul = await feedForwardReference(runtime, rows, channels);
 
   const cg = new Graph('conv_ref');
   const kernel = constantWeight(cg, 'w', [channels, channels, 3, 3]);
@@ -121,13 +110,11 @@ async function references(
   };
 
   return {
-    matmulFlops: 2 * 2 * rows * channels * 4 * channels,
+    matmulFlops: matmul.flops,
     convFlops: 2 * CFG_BATCH * h * w * channels * channels * 9,
     run: async () => {
-      let t0 = nowMs();
-      await matmul.run(matmulInput);
-      const matmulMs = nowMs() - t0;
-      t0 = nowMs();
+      const matmulMs = await matmul.run();
+      const t0 = nowMs();
       await conv.run(convInput);
       return [matmulMs, nowMs() - t0];
     },

@@ -16,10 +16,9 @@
 import { FileFormatError, OptionError } from '../errors.js';
 import type { DType } from '../graph/dtype.js';
 import type { Graph, Tensor } from '../graph/graph.js';
-import { cast, mul, reshape } from '../graph/ops/index.js';
+import { cast, concat, mul, reshape } from '../graph/ops/index.js';
 import { didYouMean } from '../io/suggest.js';
 import type { LoraModuleTerms, LoraProvider } from '../nn/params.js';
-import type { TensorSource } from '../nn/weights.js';
 import { weightFromFile } from '../nn/weights.js';
 import type { HostTensor } from '../runtime/host-tensor.js';
 import { hostTensor } from '../runtime/host-tensor.js';
@@ -29,6 +28,7 @@ import type {
   LoraFileContents,
   LoraFormat,
   LoraPair,
+  LoraTensorInfo,
   ModelParameters,
 } from './format.js';
 import { readLoraFile } from './format.js';
@@ -376,8 +376,16 @@ export class AdapterSet implements LoraProvider {
     let tensor = state.tensors.get(name);
     if (tensor) return tensor;
     const info = pair[role];
-    const source: TensorSource = { has: (n) => n === name, info: () => info };
-    tensor = weightFromFile(graph, source, name, { dtype });
+    const fromFile = (weightName: string, part: LoraTensorInfo): Tensor =>
+      weightFromFile(graph, { has: (n) => n === weightName, info: () => part }, weightName, { dtype });
+    const blocks = role === 'up' ? pair.upBlocks : undefined;
+    // B stacked from row blocks of the file (FLUX's final adaLN with its halves swapped).
+    tensor = blocks
+      ? concat(
+          blocks.map((block, i) => fromFile(`${name}.${i}`, block)),
+          0,
+        )
+      : fromFile(name, info);
     if (pair.kind === 'linear' && info.shape.length === 4) tensor = reshape(tensor, info.shape.slice(0, 2));
     state.tensors.set(name, tensor);
     return tensor;

@@ -9,9 +9,15 @@
  *   `.lora_A.weight` / `.lora_B.weight`, optional `<path>.alpha` tensors, the old attention-processor
  *   spelling `…processor.to_q_lora.down.weight`, and diffusers' `lora_adapter_metadata` header entry.
  * - kohya: `lora_unet_<path_with_underscores>.lora_down.weight` / `.lora_up.weight` / `.alpha`
- *   (also `lora_transformer_`); underscores are ambiguous, so paths are resolved against the model's
- *   parameter names. SDXL files name UNet modules as the original SGM UNet does
- *   (`lora_unet_input_blocks_4_1_…`): sgm-names.ts renames them for the UNet's levels first.
+ *   (also `lora_transformer_`, and ComfyUI's dotted `diffusion_model.<path>.lora_down.weight` with
+ *   `text_encoders.clip_l.transformer.<path>` for CLIP); underscores are ambiguous, so paths are
+ *   resolved against the model's parameter names. SDXL files name UNet modules as the original SGM
+ *   UNet does (`lora_unet_input_blocks_4_1_…`): sgm-names.ts renames them for the UNet's levels first;
+ *   FLUX files name them as BFL's transformer does (`lora_unet_double_blocks_0_img_attn_qkv`):
+ *   flux-names.ts maps them, splitting fused projections.
+ * - bfl: FLUX modules in BFL's naming with PEFT's tensors, `[diffusion_model.]<path>.lora_A.weight` /
+ *   `.lora_B.weight` (fal's Kontext LoRAs: `base_model.model.<path>…` without a PEFT config).
+ * - xlabs: XLabs' FLUX processors, `double_blocks.<i>.processor.qkv_lora1.down.weight` / `.up.weight`.
  *
  * Keys that apply to no module of the model are returned in `ignored` with the reason, as diffusers
  * warns about them; malformed files are FileFormatErrors naming the key, the file and the shapes.
@@ -26,19 +32,25 @@ import { errnoCode } from '../io/errno.js';
 import { describeJson, isPlainObject } from '../io/json.js';
 import { SafetensorsFile, type TensorInfo } from '../io/safetensors.js';
 import { didYouMean } from '../io/suggest.js';
+import type { FluxTargets } from './flux-names.js';
+import { bflToDiffusers, isBflFluxName, isXlabsKey, xlabsToDiffusers } from './flux-names.js';
 import type { SgmBlockMap } from './sgm-names.js';
 import { isSgmName, sgmBlockMap, sgmToDiffusersName, unetLayoutOfModules } from './sgm-names.js';
 
-export type LoraFormat = 'peft' | 'diffusers' | 'kohya';
+export type LoraFormat = 'peft' | 'diffusers' | 'kohya' | 'bfl' | 'xlabs';
 
 /**
  * The pipeline component a LoRA is loaded into: the denoiser (keys `unet.`/`transformer.`, kohya
- * `lora_unet_`/`lora_transformer_`) or a text encoder (`text_encoder.`/`text_encoder_2.`, kohya
- * `lora_te_`/`lora_te1_` and `lora_te2_`), as diffusers' `load_lora_weights` routes them.
+ * `lora_unet_`/`lora_transformer_`/`diffusion_model.`) or a text encoder (`text_encoder.`/`text_encoder_2.`,
+ * kohya `lora_te_`/`lora_te1_`/`text_encoders.clip_l.transformer.` and `lora_te2_`), as diffusers'
+ * `load_lora_weights` routes them.
  */
 export type LoraComponent = 'denoiser' | 'text_encoder' | 'text_encoder_2';
 
-/** A tensor of a LoRA file: its header entry (`name` is the key in the file) and the file's path. */
+/**
+ * A tensor of a LoRA file: its header entry (`name` is the key in the file) and the file's path. A
+ * block of rows of a fused B (FLUX's qkv) is such an entry too, its offset, length and shape those of the rows.
+ */
 export type LoraTensorInfo = TensorInfo & { readonly path: string };
 
 /** One low-rank update ΔW = scale·B·A of the module at `modulePath`. */
@@ -51,6 +63,11 @@ export interface LoraPair {
   readonly down: LoraTensorInfo;
   /** B: [out, r] (or [out, r, 1, 1]). */
   readonly up: LoraTensorInfo;
+  /**
+   * Set when B is not one range of the file: these row blocks of it stacked in order make B (FLUX's
+   * final adaLN, whose shift and scale halves diffusers swaps); `up` is then the tensor in the file.
+   */
+  readonly upBlocks?: readonly LoraTensorInfo[];
   readonly rank: number;
   /** The alpha the file or config gives; undefined when it gives none (then alpha = rank). */
   readonly alpha: number | undefined;
@@ -176,11 +193,29 @@ export async function loraFileComponents(path: string): Promise<Set<LoraComponen
   }
 }
 
-/** PEFT when a config is given or keys carry PEFT's prefix; kohya for `lora_unet_`-style keys. */
+/**
+ * PEFT when a config is given; kohya for `lora_unet_`-style keys and ComfyUI's `diffusion_model.…lora_down`;
+ * XLabs for `double_blocks.<i>.processor.…`; BFL for other FLUX module names in BFL's spelling; PEFT
+ * for other `base_model.model.` keys; else diffusers. kohya, XLabs, BFL is the order in which
+ * diffusers' FluxLoraLoaderMixin tries them.
+ */
 export function detectFormat(keys: readonly string[], hasPeftConfig: boolean): LoraFormat {
-  if (hasPeftConfig || keys.some((key) => key.startsWith('base_model.model.'))) return 'peft';
+  if (hasPeftConfig) return 'peft';
   if (keys.some((key) => /^lora_(unet|transformer|te\d*)_/.test(key))) return 'kohya';
+  if (
+    keys.some((key) => /^(diffusion_model|text_encoders)\./.test(key)) &&
+    keys.some((key) => key.endsWith('.lora_down.weight'))
+  )
+    return 'kohya';
+  if (keys.some(isXlabsKey)) return 'xlabs';
+  if (keys.some((key) => isBflFluxName(stripBflPrefix(key)))) return 'bfl';
+  if (keys.some((key) => key.startsWith('base_model.model.'))) return 'peft';
   return 'diffusers';
+}
+
+/** A key of a BFL-named file without its `diffusion_model.` (ComfyUI) or `base_model.model.` (fal) prefix. */
+function stripBflPrefix(key: string): string {
+  return key.replace(/^(diffusion_model|base_model\.model)\./, '');
 }
 
 /** What one key of a LoRA file is. */
@@ -238,6 +273,8 @@ export function pairLoraTensors(
 
   const modules = new ModuleIndex(model);
   const pairs: LoraPair[] = [];
+  /** The module of the file each diffusers module took its LoRA from. */
+  const owners = new Map<string, string>();
   for (const [moduleId, group] of groups) {
     const ignoreAll = (reason: string): void => {
       for (const key of group.keys) ignored.push({ key, reason });
@@ -260,34 +297,107 @@ export function pairLoraTensors(
         filePath,
       );
     }
-    const resolved = format === 'kohya' ? modules.resolveKohya(moduleId) : modules.resolvePath(moduleId);
-    if (typeof resolved !== 'string') {
-      ignoreAll(resolved.reason);
+    const targets = modules.resolveTargets(moduleId, format);
+    if ('reason' in targets) {
+      ignoreAll(targets.reason);
       continue;
     }
     const down = tensors.get(group.down) as LoraTensorInfo;
-    const up = tensors.get(group.up) as LoraTensorInfo;
-    const base = modules.weightShape(resolved);
-    const kind = checkShapes(resolved, base, down, up, filePath);
-    if (kind === undefined) {
+    const parts = dealRows(moduleId, targets, tensors.get(group.up) as LoraTensorInfo, modules, filePath);
+    // Two modules of one file can name the same diffusers module (kohya's qkv beside a to_q of its own).
+    const taken = parts.find((part) => owners.has(part.modulePath));
+    if (taken !== undefined) {
       ignoreAll(
-        `module '${resolved}' has weight ${formatShape(base)}, neither Linear [out, in] nor Conv2d ` +
-          '[out, in, kh, kw]; velodiff applies LoRA to those only',
+        `module '${taken.modulePath}' already takes this file's LoRA '${owners.get(taken.modulePath) as string}'; ` +
+          'a module takes one LoRA per file',
+      );
+      continue;
+    }
+    const kinds = parts.map((part) => {
+      const base = modules.weightShape(part.modulePath);
+      return { base, kind: checkShapes(part.modulePath, base, down, part.up, filePath) };
+    });
+    const other = kinds.findIndex(({ kind }) => kind === undefined);
+    if (other >= 0) {
+      ignoreAll(
+        `module '${parts[other].modulePath}' has weight ${formatShape(kinds[other].base)}, neither Linear ` +
+          '[out, in] nor Conv2d [out, in, kh, kw]; velodiff applies LoRA to those only',
       );
       continue;
     }
     const rank = down.shape[0];
     const fileAlpha = group.alpha === undefined ? undefined : alphas.get(group.alpha);
-    pairs.push({
-      modulePath: resolved,
-      kind,
-      down,
-      up,
-      rank,
-      ...loraScale(resolved, rank, fileAlpha, config, filePath),
+    parts.forEach((part, i) => {
+      owners.set(part.modulePath, moduleId);
+      pairs.push({
+        ...part,
+        kind: kinds[i].kind as 'linear' | 'conv',
+        down,
+        rank,
+        // diffusers folds alpha/r of the fused module into each part: r is the file's rank for all.
+        ...loraScale(part.modulePath, rank, fileAlpha, config, filePath),
+      });
     });
   }
   return { pairs, ignored };
+}
+
+/** One diffusers module's share of a file module's B. */
+interface UpPart {
+  readonly modulePath: string;
+  readonly up: LoraTensorInfo;
+  readonly upBlocks?: readonly LoraTensorInfo[];
+}
+
+/**
+ * Deals B out to the modules `targets` names: whole, cut into the stacked modules' output rows (each
+ * part its own range of the file, A shared), or with its halves swapped. A B whose rows do not add up
+ * to the modules' outputs is a FileFormatError naming the key and both sizes.
+ */
+function dealRows(
+  moduleId: string,
+  targets: FluxTargets,
+  up: LoraTensorInfo,
+  modules: ModuleIndex,
+  filePath: string,
+): UpPart[] {
+  // Malformed tensors are left whole, for checkShapes to name.
+  if (targets.rows === 'whole' || up.shape.length < 2)
+    return targets.modules.map((m) => ({ modulePath: m, up }));
+  if (targets.rows === 'halves-swapped') {
+    const [modulePath] = targets.modules;
+    const rows = up.shape[0];
+    if (rows !== modules.weightShape(modulePath)[0] || rows % 2 !== 0) return [{ modulePath, up }];
+    return [{ modulePath, up, upBlocks: [rowsOf(up, rows / 2, rows), rowsOf(up, 0, rows / 2)] }];
+  }
+  const outputs = targets.modules.map((m) => modules.weightShape(m)[0]);
+  const total = outputs.reduce((a, b) => a + b, 0);
+  if (up.shape[0] !== total) {
+    throw new FileFormatError(
+      `LoRA file ${filePath}: '${up.name}' is ${formatShape(up.shape)}, but the B (up) tensor of the fused ` +
+        `module '${moduleId}' must stack the outputs of ${targets.modules.map((m, i) => `'${m}' (${outputs[i]})`).join(', ')}: ` +
+        `${total} rows. The LoRA was made for another model.`,
+      'LORA_SHAPE',
+      filePath,
+    );
+  }
+  let begin = 0;
+  return targets.modules.map((modulePath, i) => {
+    const part = { modulePath, up: rowsOf(up, begin, begin + outputs[i]) };
+    begin += outputs[i];
+    return part;
+  });
+}
+
+/** Rows [begin, end) of a tensor of the file, itself a range of the file (rows are contiguous). */
+function rowsOf(info: LoraTensorInfo, begin: number, end: number): LoraTensorInfo {
+  const rowBytes = info.byteLength / info.shape[0];
+  return {
+    ...info,
+    shape: [end - begin, ...info.shape.slice(1)],
+    fileOffset: info.fileOffset + begin * rowBytes,
+    byteLength: (end - begin) * rowBytes,
+  };
 }
 
 /** diffusers' component prefixes of a LoRA file's keys. */
@@ -296,11 +406,16 @@ const DIFFUSERS_PREFIXES: readonly (readonly [RegExp, LoraComponent])[] = [
   [/^(text_encoder_2|te2)\./, 'text_encoder_2'],
   [/^(text_encoder|te1?)\./, 'text_encoder'],
 ];
-/** kohya's: `lora_unet_…`, `lora_te_…` (SD 1.x/2.x), `lora_te1_…` / `lora_te2_…` (SDXL). */
+/**
+ * kohya's: `lora_unet_…`, `lora_te_…` (SD 1.x/2.x), `lora_te1_…` / `lora_te2_…` (SDXL); ComfyUI's dotted
+ * `diffusion_model.…` and `text_encoders.clip_l.transformer.…`, which diffusers reads as kohya's.
+ */
 const KOHYA_PREFIXES: readonly (readonly [RegExp, LoraComponent])[] = [
   [/^lora_(unet|transformer)_/, 'denoiser'],
   [/^lora_te2_/, 'text_encoder_2'],
   [/^lora_te1?_/, 'text_encoder'],
+  [/^diffusion_model\./, 'denoiser'],
+  [/^text_encoders\.clip_l\.transformer\./, 'text_encoder'],
 ];
 
 /** The key's component (undefined when it names none) and the key without the component prefix. */
@@ -327,10 +442,22 @@ function otherComponent(component: LoraComponent, loadingInto: LoraComponent): K
 
 function classifyKey(key: string, format: LoraFormat, loadingInto: LoraComponent): KeyRole {
   if (format === 'kohya') return classifyKohyaKey(key, loadingInto);
+  if (format === 'xlabs') return classifyXlabsKey(key);
   let rest = key;
   if (format === 'peft') {
     // A PEFT folder is for one model: the one it is loaded into.
     if (rest.startsWith('base_model.model.')) rest = rest.slice('base_model.model.'.length);
+  } else if (format === 'bfl') {
+    // BFL-named files are for the FLUX transformer alone.
+    rest = stripBflPrefix(rest);
+    if (/\.(query_norm|key_norm)\.scale$/.test(rest)) {
+      return {
+        kind: 'ignored',
+        reason:
+          "a FLUX Control LoRA's RMSNorm scale (diffusers replaces the model's norm weight with it); " +
+          'Control LoRAs, which also widen x_embedder for the control image, are not supported',
+      };
+    }
   } else {
     const split = splitComponent(rest, DIFFUSERS_PREFIXES);
     // Keys without a component prefix belong to the model they are loaded into.
@@ -392,13 +519,28 @@ function classifyKohyaKey(key: string, loadingInto: LoraComponent): KeyRole {
   const split = splitComponent(key, KOHYA_PREFIXES);
   if (split.component !== undefined && split.component !== loadingInto)
     return otherComponent(split.component, loadingInto);
-  const match = split.component === undefined ? null : /^([^.]+)\.(.+)$/.exec(split.rest);
+  if (split.component === undefined) {
+    const t5 = /^(lora_te3_|text_encoders\.t5xxl\.)/.exec(key);
+    return {
+      kind: 'ignored',
+      reason: t5
+        ? `a T5 text-encoder LoRA (${t5[1]}…); velodiff's pipelines, as diffusers', apply LoRA to CLIP encoders only`
+        : 'not a kohya LoRA key (expected lora_unet_<module>.lora_down.weight, lora_te_… …)',
+    };
+  }
+  const match = kohyaModule(split.rest, /^(diffusion_model|text_encoders)\./.test(key));
   if (!match)
     return {
       kind: 'ignored',
       reason: 'not a kohya LoRA key (expected lora_unet_<module>.lora_down.weight, lora_te_… …)',
     };
-  const [, module, suffix] = match;
+  const [module, suffix] = match;
+  // diffusers' FLUX loader drops these bias differences and applies the module's LoRA all the same.
+  if (suffix === 'diff_b')
+    return {
+      kind: 'ignored',
+      reason: "a bias difference (diff_b); not applied, as diffusers' loaders drop it",
+    };
   if (suffix === 'lora_down.weight') return { kind: 'part', module, role: 'down' };
   if (suffix === 'lora_up.weight') return { kind: 'part', module, role: 'up' };
   if (suffix === 'alpha') return { kind: 'part', module, role: 'alpha' };
@@ -407,6 +549,31 @@ function classifyKohyaKey(key: string, loadingInto: LoraComponent): KeyRole {
     module,
     reason: `'.${suffix}' is a LyCORIS/DoRA tensor (LoCon mid, LoHa, LoKr, DoRA, diff); only plain LoRA is supported`,
   };
+}
+
+/**
+ * A kohya key's module (dots as underscores) and tensor suffix, the key without its component prefix.
+ * kohya's own module names have no dots; ComfyUI's dotted ones end where a kohya or LyCORIS tensor
+ * name begins (`….qkv.lora_down.weight`, `….qkv.alpha`, `….qkv.diff_b`).
+ */
+function kohyaModule(rest: string, dotted: boolean): [string, string] | undefined {
+  const match = dotted
+    ? /^(.+?)\.((?:lora_|hada_|lokr_|oft_|dora_scale|diff|alpha|w_norm|b_norm).*)$/.exec(rest)
+    : /^([^.]+)\.(.+)$/.exec(rest);
+  return match ? [match[1].replace(/\./g, '_'), match[2]] : undefined;
+}
+
+/** An XLabs key: `[diffusion_model.]<block>.<i>.processor.<name>.down.weight` / `.up.weight`. */
+function classifyXlabsKey(key: string): KeyRole {
+  const match = /^(?:diffusion_model\.)?(.+\.processor\.[^.]+)\.(down|up)\.weight$/.exec(key);
+  if (!match) {
+    return {
+      kind: 'ignored',
+      reason:
+        'not an XLabs LoRA tensor (expected double_blocks.<i>.processor.<name>.down.weight or .up.weight)',
+    };
+  }
+  return { kind: 'part', module: match[1], role: match[2] as 'down' | 'up' };
 }
 
 /** The model's modules (parameter names ending in `.weight`), for resolving LoRA module names. */
@@ -422,6 +589,34 @@ class ModuleIndex {
 
   weightShape(modulePath: string): readonly number[] {
     return this.model.info(`${modulePath}.weight`).shape;
+  }
+
+  /**
+   * The diffusers modules a module of a file in `format` is: FLUX's BFL and XLabs names through
+   * flux-names.ts, kohya's flattened names through `resolveKohya`, the others as paths.
+   */
+  resolveTargets(moduleId: string, format: LoraFormat): FluxTargets | { reason: string } {
+    if (format === 'xlabs') return this.present(moduleId, xlabsToDiffusers(moduleId), 'XLabs');
+    if (format === 'bfl' || (format === 'kohya' && isBflFluxName(moduleId)))
+      return this.present(moduleId, bflToDiffusers(moduleId), 'BFL');
+    const path = format === 'kohya' ? this.resolveKohya(moduleId) : this.resolvePath(moduleId);
+    return typeof path === 'string' ? { modules: [path], rows: 'whole' } : path;
+  }
+
+  /** `targets` if the model has each of its modules, else the reason naming the one it lacks. */
+  private present(
+    name: string,
+    targets: FluxTargets | { reason: string },
+    naming: string,
+  ): FluxTargets | { reason: string } {
+    if ('reason' in targets) return targets;
+    const missing = targets.modules.find((m) => !this.weights.has(m));
+    if (missing === undefined) return targets;
+    return {
+      reason:
+        `${naming} FLUX module '${name}' is diffusers' ${targets.modules.map((m) => `'${m}'`).join(', ')}, ` +
+        `but the model has no module '${missing}'.${didYouMean(missing, this.weights)}`,
+    };
   }
 
   resolvePath(modulePath: string): string | { reason: string } {

@@ -200,7 +200,8 @@ export abstract class LoraPipeline {
    * Load a LoRA (diffusers/PEFT file or folder, or kohya file): its denoiser keys (`unet.` or
    * `transformer.`, or all keys of a PEFT folder) onto the denoiser, `text_encoder.` /
    * `text_encoder_2.` keys onto the text encoders `loraTargets` lists (kohya: `lora_unet_`,
-   * `lora_te_`, `lora_te1_`, `lora_te2_`, alpha/r from its `.alpha` tensors). Active with weight 1,
+   * `lora_te_`, `lora_te1_`, `lora_te2_`, alpha/r from its `.alpha` tensors; FLUX files in BFL's or
+   * XLabs' names are mapped to diffusers' modules by flux-names.ts). Active with weight 1,
    * unfused; keys that match no module are reported in `ignored`, as diffusers warns, and a file of
    * which nothing applies is an error.
    */

@@ -3,7 +3,8 @@
  * digits like PixArt's (`transformer_blocks.0.ff.net.0.proj`, `…attn1.to_out.0`, `pos_embed.proj`),
  * LoRA files for it in the PEFT, diffusers and kohya layouts, and a float64 reference forward.
  */
-import { cp, mkdir, mkdtemp, readdir, writeFile } from 'node:fs/promises';
+import { after } from 'node:test';
+import { cp, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -38,6 +39,19 @@ export interface Weights {
 
 export async function tempDir(prefix = 'velodiff-lora-'): Promise<string> {
   return mkdtemp(join(tmpdir(), prefix));
+}
+
+/** A fresh temporary folder per call, all removed after the file's tests. */
+export function tempDirsRemovedAfter(): (prefix?: string) => Promise<string> {
+  const dirs: string[] = [];
+  after(async () => {
+    await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
+  });
+  return async (prefix) => {
+    const dir = await tempDir(prefix);
+    dirs.push(dir);
+    return dir;
+  };
 }
 
 const f32 = (shape: number[], data: Float32Array): TensorToWrite => ({ dtype: 'F32', shape, data });

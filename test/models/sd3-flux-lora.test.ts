@@ -8,7 +8,6 @@
  * with the merged transformer.
  */
 import assert from 'node:assert/strict';
-import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -30,7 +29,7 @@ import type { LoraWeights } from '../lora/fixture.js';
 import {
   randomLoraFor,
   safetensorsIn,
-  tempDir,
+  tempDirsRemovedAfter,
   writeDiffusers,
   writeMergedCopy,
   writePeft,
@@ -77,17 +76,10 @@ const RANK = 2;
 const ALPHA = 3;
 const TOLERANCE = { atol: 1e-5, rtol: 1e-4 };
 
-const dirs: string[] = [];
+const freshDir = tempDirsRemovedAfter();
 after(async () => {
-  await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
   await runtime.dispose();
 });
-
-async function freshDir(prefix?: string): Promise<string> {
-  const dir = await tempDir(prefix);
-  dirs.push(dir);
-  return dir;
-}
 
 /** A random LoRA of rank RANK for `modules` of a checkpoint. */
 function loraFor(base: Record<string, HostTensor>, modules: readonly string[]): LoraWeights {

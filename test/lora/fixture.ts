@@ -7,6 +7,7 @@ import { after } from 'node:test';
 import { cp, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 import { Graph } from '../../src/graph/graph.js';
 import type { Tensor } from '../../src/graph/graph.js';
@@ -16,6 +17,7 @@ import { Conv2d, Linear } from '../../src/nn/layers.js';
 import type { LoraProvider } from '../../src/nn/params.js';
 import { Params } from '../../src/nn/params.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
+import { hostTensor } from '../../src/runtime/host-tensor.js';
 import { randomArray, randomTensor, readAllTensors } from '../helpers.js';
 
 export const FF = 'transformer_blocks.0.ff.net.0.proj';
@@ -342,4 +344,23 @@ export async function writeMergedCopy(
   }
   await writeSafetensors(await safetensorsIn(out), tensors);
   return out;
+}
+
+/**
+ * Inputs for the golden tiny FLUX transformer: the golden call's ids (a 4×6 packed grid, 7 text
+ * tokens) and fresh values for the rest, drawn from `random`.
+ */
+export async function tinyFluxInputs(random: () => number): Promise<Record<string, HostTensor>> {
+  const golden = await readAllTensors(
+    fileURLToPath(new URL('../golden/models/flux_transformer_tiny/inputs.safetensors', import.meta.url)),
+  );
+  return {
+    hidden_states: randomTensor([1, 24, 16], random),
+    encoder_hidden_states: randomTensor([1, 7, 24], random),
+    pooled_projections: randomTensor([1, 20], random),
+    timestep: hostTensor('float32', [1], Float32Array.of(random())),
+    guidance: hostTensor('float32', [1], Float32Array.of(3.5)),
+    img_ids: golden.img_ids,
+    txt_ids: golden.txt_ids,
+  };
 }

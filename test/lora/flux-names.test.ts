@@ -27,9 +27,9 @@ import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
 import { assertClose, maxAbs } from '../compare.js';
 import { tinyFluxPipeline } from '../fixtures/tiny-flux-pipeline.js';
-import { randomArray, randomTensor, readAllTensors, testRuntime } from '../helpers.js';
+import { randomArray, readAllTensors, testRuntime } from '../helpers.js';
 import { seededUniform, testSeed } from '../random.js';
-import { randomLoraFor, safetensorsIn, tempDirsRemovedAfter } from './fixture.js';
+import { randomLoraFor, safetensorsIn, tempDirsRemovedAfter, tinyFluxInputs } from './fixture.js';
 
 const seed = testSeed('test/lora/flux-names.test.ts');
 const random = seededUniform(seed);
@@ -199,20 +199,6 @@ function kohyaTensors(
     if (t.alpha !== undefined) tensors[`${module}.alpha`] = f32([], Float32Array.of(t.alpha));
   }
   return tensors;
-}
-
-/** The inputs of the golden call's grid (a 4×6 packed grid, 7 text tokens) with fresh values. */
-async function fluxInputs(): Promise<Record<string, HostTensor>> {
-  const golden = await readAllTensors(`${GOLDEN}models/flux_transformer_tiny/inputs.safetensors`);
-  return {
-    hidden_states: randomTensor([1, 24, 16], random),
-    encoder_hidden_states: randomTensor([1, 7, 24], random),
-    pooled_projections: randomTensor([1, 20], random),
-    timestep: hostTensor('float32', [1], Float32Array.of(random())),
-    guidance: hostTensor('float32', [1], Float32Array.of(3.5)),
-    img_ids: golden.img_ids,
-    txt_ids: golden.txt_ids,
-  };
 }
 
 /** `actual` equals `expected` within fp32 noise, and the LoRA moved the output far beyond it. */
@@ -553,7 +539,7 @@ describe('FLUX LoRA files in BFL and XLabs naming on FluxTransformer2DModel', ()
       runtime,
     });
     try {
-      const inputs = await fluxInputs();
+      const inputs = await tinyFluxInputs(random);
       const plain = (await model.forward(inputs)).sample;
       const loaded = await model.loadLoraWeights(file, { adapterName: 'kohya' });
       assert.equal(loaded.format, 'kohya');
@@ -589,7 +575,7 @@ describe('FLUX LoRA files in BFL and XLabs naming on FluxTransformer2DModel', ()
     await writeSafetensors(bfl, bflTensors);
     const model = await FluxTransformer2DModel.fromPretrained(FLUX_MODEL, { runtime });
     try {
-      const inputs = await fluxInputs();
+      const inputs = await tinyFluxInputs(random);
       const formats: string[] = [];
       for (const [name, path] of [
         ['kohya', kohya],
@@ -648,7 +634,7 @@ describe('FLUX LoRA files in BFL and XLabs naming on FluxTransformer2DModel', ()
       runtime,
     });
     try {
-      const inputs = await fluxInputs();
+      const inputs = await tinyFluxInputs(random);
       const plain = (await model.forward(inputs)).sample;
       const loaded = await model.loadLoraWeights(file);
       assert.equal(loaded.format, 'xlabs');

@@ -30,6 +30,7 @@ import {
   randomLoraFor,
   safetensorsIn,
   tempDirsRemovedAfter,
+  tinyFluxInputs,
   writeDiffusers,
   writeMergedCopy,
   writePeft,
@@ -147,19 +148,7 @@ const CASES: ModelCase[] = [
     dir: FLUX_MODEL,
     targets: FLUX_TARGETS,
     load: (dir, quantize) => FluxTransformer2DModel.fromPretrained(dir, { runtime, quantize }),
-    // The golden call's ids (a 4×6 packed grid, 7 text tokens), fresh values for the rest.
-    inputs: async () => {
-      const golden = await readAllTensors(`${GOLDEN}models/flux_transformer_tiny/inputs.safetensors`);
-      return {
-        hidden_states: randomTensor([1, 24, 16], random),
-        encoder_hidden_states: randomTensor([1, 7, 24], random),
-        pooled_projections: randomTensor([1, 20], random),
-        timestep: hostTensor('float32', [1], Float32Array.of(random())),
-        guidance: hostTensor('float32', [1], Float32Array.of(3.5)),
-        img_ids: golden.img_ids,
-        txt_ids: golden.txt_ids,
-      };
-    },
+    inputs: () => tinyFluxInputs(random),
   },
 ];
 

@@ -70,6 +70,8 @@ export interface StudentBenchOptions {
    * as PIL's bicubic and refined by SDEdit at `strength` with the row's attention.
    */
   highres?: { strength: number };
+  /** Only the FLOP predictions: nothing is generated. */
+  predictOnly?: boolean;
 }
 
 export interface StudentRow {
@@ -246,86 +248,147 @@ async function rowGflop(pipe: PixArtPipeline, base: PassShape, refine?: PassShap
   return total;
 }
 
+/** How a row runs on its loaded pipeline: the generator's options and the GFLOP per image. */
+interface RowPlan {
+  gflop: number;
+  generator: Parameters<typeof pipelineGenerator>[1];
+}
+
+/**
+ * Plans `spec` on `pipe` (a fresh teacher pipeline this row may change: Flash fuses its LoRA into it):
+ * what the generator runs at `size`, zero-shot or staged, and the FLOPs that costs.
+ */
+async function planRow(
+  pipe: PixArtPipeline,
+  spec: StudentRowSpec,
+  o: StudentBenchOptions,
+  ctx: { students: readonly Student[]; teacherSha256: string },
+): Promise<RowPlan> {
+  let attention: AttentionOption | undefined;
+  let accel: ReturnType<typeof parseAccel> | undefined;
+  let flash = false;
+  if (spec.accel) {
+    accel = parseAccel(spec.accel);
+    const resolved = resolveAccel(accel, ctx.students, {
+      teacherSha256: ctx.teacherSha256,
+      studentsDir: o.students,
+    });
+    attention = resolved.attention;
+    if (resolved.flashLora) await pipe.useFlashDiffusion(resolved.flashLora);
+    flash = resolved.flashLora !== undefined;
+  }
+  const tgateFor = (steps: number): TGateOptions | undefined =>
+    accel?.tgate ? defaultTGate(steps, flash) : undefined;
+  const size = o.size ?? pipe.defaultSize;
+  if (!o.highres) {
+    const tgate = tgateFor(spec.steps);
+    return {
+      gflop: await rowGflop(pipe, { size, steps: spec.steps, guidance: spec.guidance, attention, tgate }),
+      generator: { guidance: spec.guidance, runOptions: { attention, tgate }, size },
+    };
+  }
+  // CLEAR's notebook: the base image from the model with full attention, the refine with the
+  // student's; the row's LoRA and T-GATE run in both stages.
+  const refineSteps = Math.trunc(spec.steps * o.highres.strength);
+  if (size / pipe.defaultSize < 2 || refineSteps < 1) {
+    throw new OptionError(
+      `bench students: the staged recipe needs --size a multiple ≥ 2 of ${pipe.defaultSize} and ` +
+        `a strength leaving a step of ${spec.steps} (row ${spec.id}), got size ${size}, strength ${o.highres.strength}`,
+    );
+  }
+  const baseTGate = tgateFor(spec.steps);
+  const refineTGate = tgateFor(refineSteps);
+  return {
+    gflop: await rowGflop(
+      pipe,
+      { size: pipe.defaultSize, steps: spec.steps, guidance: spec.guidance, tgate: baseTGate },
+      { size, steps: refineSteps, guidance: spec.guidance, attention, tgate: refineTGate },
+    ),
+    generator: {
+      guidance: spec.guidance,
+      runOptions: { tgate: baseTGate },
+      size,
+      highres: {
+        strength: o.highres.strength,
+        ...(attention ? { attention } : {}),
+        ...(refineTGate ? { tgate: refineTGate } : {}),
+      },
+    },
+  };
+}
+
+/** The prediction of a row, from FLOPs alone. */
+export interface StudentPrediction {
+  id: string;
+  label: string;
+  gflop_per_image: number;
+  predicted_speedup: number;
+}
+
 export async function benchStudents(
   o: StudentBenchOptions,
   log: (s: string) => void,
-): Promise<{ rows: StudentRow[]; grid: SampleGrid; skipped: string[]; size: number }> {
+): Promise<{
+  rows: StudentRow[];
+  predictions: StudentPrediction[];
+  grid: SampleGrid;
+  skipped: string[];
+  size: number;
+}> {
   const dataset = o.dataset ?? (await loadEmojiDataset());
   const students = existsSync(o.students) ? await listStudents(o.students) : [];
   const all = studentRows(students);
   const wanted = o.rows ? all.filter((r) => r.id === 'teacher' || o.rows!.includes(r.id)) : all;
   const skipped = (o.rows ?? []).filter((id) => !all.some((r) => r.id === id));
   for (const id of skipped) log(`skipped ${id}: no such row for the students in ${o.students}`);
-  const teacherSha256 = await hashModelFolder(join(o.model, 'transformer'));
+  const ctx = { students, teacherSha256: await hashModelFolder(join(o.model, 'transformer')) };
+
+  // First every row's prediction from FLOPs, printed before anything is measured.
+  const predictions: StudentPrediction[] = [];
+  let size = o.size ?? 0;
+  for (const spec of wanted) {
+    const pipe = await PixArtPipeline.fromPretrained(o.model, { runtime: o.runtime });
+    try {
+      const { gflop } = await planRow(pipe, spec, o, ctx);
+      size = o.size ?? pipe.defaultSize;
+      predictions.push({
+        id: spec.id,
+        label: spec.label,
+        gflop_per_image: gflop,
+        predicted_speedup: predictions.length ? predictions[0].gflop_per_image / gflop : 1,
+      });
+    } finally {
+      await pipe.close();
+    }
+  }
+  log(
+    table(
+      ['row', 'steps', `GFLOP/image at ${size}²`, 'predicted speed-up'],
+      predictions.map((p, k) => [
+        p.label,
+        String(wanted[k].steps),
+        p.gflop_per_image.toFixed(2),
+        p.predicted_speedup.toFixed(2),
+      ]),
+    ),
+  );
+  if (o.predictOnly)
+    return { rows: [], predictions, grid: { title: [], columnLabels: [], rows: [] }, skipped, size };
+
   const classifier = await VelodiffEmojiClassifier.fromPretrained(o.classifier, { runtime: o.runtime });
   const rows: StudentRow[] = [];
   const images: Uint8Array[][] = [];
-  let size = 0;
   try {
-    for (const spec of wanted) {
+    for (const [k, spec] of wanted.entries()) {
       const pipe = await PixArtPipeline.fromPretrained(o.model, { runtime: o.runtime });
       try {
-        let attention: AttentionOption | undefined;
-        let accel: ReturnType<typeof parseAccel> | undefined;
-        let flash = false;
-        if (spec.accel) {
-          accel = parseAccel(spec.accel);
-          const resolved = resolveAccel(accel, students, { teacherSha256, studentsDir: o.students });
-          attention = resolved.attention;
-          if (resolved.flashLora) await pipe.useFlashDiffusion(resolved.flashLora);
-          flash = resolved.flashLora !== undefined;
-        }
-        const tgateFor = (steps: number): TGateOptions | undefined =>
-          accel?.tgate ? defaultTGate(steps, flash) : undefined;
+        const plan = await planRow(pipe, spec, o, ctx);
+        const gflop = predictions[k].gflop_per_image;
         const captured: HostTensor[] = [];
-        size = o.size ?? pipe.defaultSize;
-        const factor = size / pipe.defaultSize;
-        let gflop: number;
-        let generate: ReturnType<typeof pipelineGenerator>;
-        if (o.highres) {
-          // CLEAR's notebook: the base image from the model with full attention, the refine with the
-          // student's; the row's LoRA and T-GATE run in both stages.
-          const refineSteps = Math.trunc(spec.steps * o.highres.strength);
-          if (factor < 2 || refineSteps < 1) {
-            throw new OptionError(
-              `bench students: the staged recipe needs --size a multiple ≥ 2 of ${pipe.defaultSize} and ` +
-                `a strength leaving a step of ${spec.steps} (row ${spec.id}), got size ${size}, strength ${o.highres.strength}`,
-            );
-          }
-          const baseTGate = tgateFor(spec.steps);
-          const refineTGate = tgateFor(refineSteps);
-          gflop = await rowGflop(
-            pipe,
-            { size: pipe.defaultSize, steps: spec.steps, guidance: spec.guidance, tgate: baseTGate },
-            { size, steps: refineSteps, guidance: spec.guidance, attention, tgate: refineTGate },
-          );
-          generate = pipelineGenerator(pipe, {
-            guidance: spec.guidance,
-            runOptions: { tgate: baseTGate },
-            size,
-            onImages: (images) => captured.push(images),
-            highres: {
-              strength: o.highres.strength,
-              ...(attention ? { attention } : {}),
-              ...(refineTGate ? { tgate: refineTGate } : {}),
-            },
-          });
-        } else {
-          const tgate = tgateFor(spec.steps);
-          gflop = await rowGflop(pipe, {
-            size,
-            steps: spec.steps,
-            guidance: spec.guidance,
-            attention,
-            tgate,
-          });
-          generate = pipelineGenerator(pipe, {
-            guidance: spec.guidance,
-            runOptions: { attention, tgate },
-            size,
-            onImages: (images) => captured.push(images),
-          });
-        }
+        const generate = pipelineGenerator(pipe, {
+          ...plan.generator,
+          onImages: (images) => captured.push(images),
+        });
         const result = await evaluateTextToImage({
           dataset,
           classifier,
@@ -408,5 +471,5 @@ export async function benchStudents(
       cells: images[k].slice(0, count).map((data) => ({ image: { width: size, height: size, data } })),
     })),
   };
-  return { rows, grid, skipped, size };
+  return { rows, predictions, grid, skipped, size };
 }

@@ -968,6 +968,11 @@ const STUDENTS_FLAGS: Record<string, FlagSpec> = {
     description:
       "with --size: CLEAR's staged recipe at this SDEdit strength (0.7 in CLEAR's notebook) instead of zero-shot: a base image at the model's size with full attention, upscaled and refined with the row's attention",
   },
+  predict: {
+    type: 'boolean',
+    description:
+      'only the speed-ups predicted from FLOPs (every run prints them first); nothing is generated',
+  },
   ...COMMON,
 };
 
@@ -1014,6 +1019,7 @@ async function benchStudentsCommand(argv: string[]): Promise<number> {
         batch: flags.batch as number,
         ...(flags.size !== undefined ? { size: flags.size as number } : {}),
         ...(flags.highres !== undefined ? { highres: { strength: flags.highres as number } } : {}),
+        ...(flags.predict === true ? { predictOnly: true } : {}),
         ...(flags.rows !== undefined
           ? {
               rows: String(flags.rows)
@@ -1033,6 +1039,7 @@ async function benchStudentsCommand(argv: string[]): Promise<number> {
       console.log(
         JSON.stringify({
           rows: result.rows,
+          predictions: result.predictions,
           skipped: result.skipped,
           size: result.size,
           recipe: flags.highres === undefined ? 'zero-shot' : { staged: { strength: flags.highres } },

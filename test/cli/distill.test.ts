@@ -401,6 +401,15 @@ describe('velodiff distill clear', () => {
     assert.ok(
       staged.rows.find((x) => x.id === 'teacher')!.fed !== zeroShot.rows.find((x) => x.id === 'teacher')!.fed,
     );
+    // --predict: the same GFLOP, nothing generated.
+    const predicted = await bench(['--size', String(side), '--highres', '0.7', '--predict']);
+    assert.deepEqual(predicted.rows, []);
+    const predictions = (predicted as unknown as { predictions: { id: string; gflop_per_image: number }[] })
+      .predictions;
+    assert.deepEqual(
+      predictions.map((p) => [p.id, p.gflop_per_image]),
+      staged.rows.map((x) => [x.id, x.gflop_per_image]),
+    );
     const r = await captureCli(['bench', 'students', '--highres', '0.7']);
     assert.equal(r.code, 2);
     assert.match(r.err, /--highres needs --size/);

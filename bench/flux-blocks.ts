@@ -17,7 +17,7 @@
  *   useful GFLOP counts only the scores a query keeps (its text keys, its circle, the pooled keys):
  *   the useful rate of CLEAR against full attention's is the kernel's efficiency.
  */
-import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,6 +33,7 @@ import { countFlops } from '../src/train/train-step.js';
 import { runCaseInChild } from './quant.js';
 import { fluxDevShape, writeRandomFlux } from './random-flux.js';
 import { feedForwardReference, fill } from './reference.js';
+import { appendResult, readResults } from './results.js';
 import { machineLine, median, nowMs, peakRssMb, table } from './stats.js';
 
 export type FluxBlockVariant = { kind: 'full' } | { kind: 'clear'; radius: number; downFactor: number };
@@ -190,32 +191,6 @@ function caseKey(c: FluxBlocksCase): string {
   return JSON.stringify({ ...c, dir: undefined, variant: fluxVariantKind(c.variant) });
 }
 
-/** The finished cases of a results file (none when it is absent); a line that does not parse is an error naming it. */
-function readResults(path: string | undefined): Map<string, CaseOutcome> {
-  const done = new Map<string, CaseOutcome>();
-  if (!path || !existsSync(path)) return done;
-  readFileSync(path, 'utf8')
-    .split('\n')
-    .forEach((line, i) => {
-      if (!line.trim()) return;
-      let entry: { key?: unknown; result?: unknown };
-      try {
-        entry = JSON.parse(line) as { key?: unknown; result?: unknown };
-      } catch (e) {
-        throw new OptionError(
-          `bench flux-blocks: line ${i + 1} of ${path} is not JSON (${(e as Error).message}); delete the line or the file`,
-        );
-      }
-      if (typeof entry.key !== 'string' || typeof entry.result !== 'object' || entry.result === null) {
-        throw new OptionError(
-          `bench flux-blocks: line ${i + 1} of ${path} is not a case result ({"key": …, "result": …})`,
-        );
-      }
-      done.set(entry.key, entry.result as CaseOutcome);
-    });
-  return done;
-}
-
 /** The forward's inputs: N image tokens on a side × side raster, L text tokens, guidance 3.5. */
 function pairInputs(side: number, text: number): Record<string, HostTensor> {
   const image = side * side;
@@ -324,7 +299,7 @@ export async function benchFluxBlocks(
   }
   const dir = mkdtempSync(join(tmpdir(), 'velodiff-flux-blocks-'));
   const rows: FluxBlocksRow[] = [];
-  const done = readResults(o.results);
+  const done = readResults<CaseOutcome>(o.results, 'bench flux-blocks');
   try {
     if (o.scopes.includes('pair')) await writeRandomFlux(dir, shape);
     for (const scope of o.scopes) {
@@ -354,7 +329,7 @@ export async function benchFluxBlocks(
               c,
               `bench flux-blocks: ${scope} ${fluxVariantKind(variant)} at ${tokens} image tokens`,
             ).catch((e: unknown) => ({ error: (e as Error).message }));
-            if (o.results) appendFileSync(o.results, `${JSON.stringify({ key, result: r })}\n`);
+            appendResult(o.results, key, r);
           }
           const useful =
             scope === 'kernel'

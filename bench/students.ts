@@ -37,6 +37,7 @@ import { meanSsim, psnr } from '../src/train/eval/image-similarity.js';
 import { hashModelFolder } from '../src/train/latent-cache.js';
 import type { SampleGrid } from '../src/train/sample-grid.js';
 import { countFlops } from '../src/train/train-step.js';
+import { appendResult, readResults } from './results.js';
 import { table } from './stats.js';
 
 /** One row of the table: what runs. */
@@ -72,6 +73,11 @@ export interface StudentBenchOptions {
   highres?: { strength: number };
   /** Only the FLOP predictions: nothing is generated. */
   predictOnly?: boolean;
+  /**
+   * A results file (JSON lines): rows measured before with the same size, recipe, prompts and
+   * models are read from it, and each newly measured row is added to it.
+   */
+  results?: string;
 }
 
 export interface StudentRow {
@@ -252,6 +258,8 @@ async function rowGflop(pipe: PixArtPipeline, base: PassShape, refine?: PassShap
 interface RowPlan {
   gflop: number;
   generator: Parameters<typeof pipelineGenerator>[1];
+  /** The students the row runs. */
+  students: readonly Student[];
 }
 
 /**
@@ -267,6 +275,7 @@ async function planRow(
   let attention: AttentionOption | undefined;
   let accel: ReturnType<typeof parseAccel> | undefined;
   let flash = false;
+  let used: readonly Student[] = [];
   if (spec.accel) {
     accel = parseAccel(spec.accel);
     const resolved = resolveAccel(accel, ctx.students, {
@@ -276,6 +285,7 @@ async function planRow(
     attention = resolved.attention;
     if (resolved.flashLora) await pipe.useFlashDiffusion(resolved.flashLora);
     flash = resolved.flashLora !== undefined;
+    used = resolved.students;
   }
   const tgateFor = (steps: number): TGateOptions | undefined =>
     accel?.tgate ? defaultTGate(steps, flash) : undefined;
@@ -285,6 +295,7 @@ async function planRow(
     return {
       gflop: await rowGflop(pipe, { size, steps: spec.steps, guidance: spec.guidance, attention, tgate }),
       generator: { guidance: spec.guidance, runOptions: { attention, tgate }, size },
+      students: used,
     };
   }
   // CLEAR's notebook: the base image from the model with full attention, the refine with the
@@ -314,7 +325,16 @@ async function planRow(
         ...(refineTGate ? { tgate: refineTGate } : {}),
       },
     },
+    students: used,
   };
+}
+
+/** A row's measured figures and images (8-bit RGB, concatenated, base64), as a results file keeps them. */
+interface MeasuredRow {
+  fed: number;
+  alignment: number;
+  ms_per_image: number;
+  images: string;
 }
 
 /** The prediction of a row, from FLOPs alone. */
@@ -378,30 +398,60 @@ export async function benchStudents(
   const classifier = await VelodiffEmojiClassifier.fromPretrained(o.classifier, { runtime: o.runtime });
   const rows: StudentRow[] = [];
   const images: Uint8Array[][] = [];
+  const done = readResults<MeasuredRow>(o.results, 'bench students');
   try {
     for (const [k, spec] of wanted.entries()) {
       const pipe = await PixArtPipeline.fromPretrained(o.model, { runtime: o.runtime });
       try {
         const plan = await planRow(pipe, spec, o, ctx);
         const gflop = predictions[k].gflop_per_image;
-        const captured: HostTensor[] = [];
-        const generate = pipelineGenerator(pipe, {
-          ...plan.generator,
-          onImages: (images) => captured.push(images),
-        });
-        const result = await evaluateTextToImage({
-          dataset,
-          classifier,
-          // The classifier sees the model's size: larger images are box-reduced to it.
-          generate,
+        // What the row's figures depend on: the row, the size and recipe, the prompts, the models.
+        const key = JSON.stringify({
+          id: spec.id,
+          size,
+          highres: o.highres ?? null,
           samples: o.samples,
-          steps: spec.steps,
           seed: o.seed,
-          batchSize: o.batch,
-          // The warm-up's refine must run a step too: int(steps · strength) ≥ 1.
-          warmupSteps: o.highres ? Math.ceil(1 / o.highres.strength) : 1,
+          batch: o.batch,
+          teacher: ctx.teacherSha256,
+          students: await Promise.all(plan.students.map((st) => hashModelFolder(st.dir))),
         });
-        const rgb = captured.flatMap((t) => imagesToRgb(t.data as Float32Array, t.shape));
+        let measured = done.get(key);
+        if (measured) {
+          log(`reusing ${spec.label} from ${o.results}`);
+        } else {
+          const captured: HostTensor[] = [];
+          const generate = pipelineGenerator(pipe, {
+            ...plan.generator,
+            onImages: (images) => captured.push(images),
+          });
+          const result = await evaluateTextToImage({
+            dataset,
+            classifier,
+            // The classifier sees the model's size: larger images are box-reduced to it.
+            generate,
+            samples: o.samples,
+            steps: spec.steps,
+            seed: o.seed,
+            batchSize: o.batch,
+            // The warm-up's refine must run a step too: int(steps · strength) ≥ 1.
+            warmupSteps: o.highres ? Math.ceil(1 / o.highres.strength) : 1,
+          });
+          const rgb = captured.flatMap((t) => imagesToRgb(t.data as Float32Array, t.shape));
+          measured = {
+            fed: result.generated.fed,
+            alignment: result.generated.alignment,
+            ms_per_image: result.msPerImage,
+            images: Buffer.concat(rgb).toString('base64'),
+          };
+          appendResult(o.results, key, measured);
+        }
+        const bytes = size * size * 3;
+        const all = Buffer.from(measured.images, 'base64');
+        const rgb = Array.from(
+          { length: all.length / bytes },
+          (_, i) => new Uint8Array(all.subarray(i * bytes, (i + 1) * bytes)),
+        );
         images.push(rgb);
         const teacherImages = images[0];
         const pairs = rgb.map((img, i) => [
@@ -415,17 +465,17 @@ export async function benchStudents(
           label: spec.label,
           steps: spec.steps,
           guidance: spec.guidance,
-          fed: result.generated.fed,
-          alignment: result.generated.alignment,
+          fed: measured.fed,
+          alignment: measured.alignment,
           psnr: mean(pairs.map(([a, b]) => Math.min(psnr(a, b), 100))),
           ssim: mean(pairs.map(([a, b]) => meanSsim(a, b))),
-          ms_per_image: result.msPerImage,
-          speedup: teacherRow ? teacherRow.ms_per_image / result.msPerImage : 1,
+          ms_per_image: measured.ms_per_image,
+          speedup: teacherRow ? teacherRow.ms_per_image / measured.ms_per_image : 1,
           gflop_per_image: gflop,
           predicted_speedup: teacherRow ? teacherRow.gflop_per_image / gflop : 1,
         });
         log(
-          `${spec.label}: FED ${result.generated.fed.toFixed(2)}, alignment ${result.generated.alignment.toFixed(3)}, ${result.msPerImage.toFixed(0)} ms/image`,
+          `${spec.label}: FED ${measured.fed.toFixed(2)}, alignment ${measured.alignment.toFixed(3)}, ${measured.ms_per_image.toFixed(0)} ms/image`,
         );
       } finally {
         await pipe.close();

@@ -968,6 +968,11 @@ const STUDENTS_FLAGS: Record<string, FlagSpec> = {
     description:
       "with --size: CLEAR's staged recipe at this SDEdit strength (0.7 in CLEAR's notebook) instead of zero-shot: a base image at the model's size with full attention, upscaled and refined with the row's attention",
   },
+  results: {
+    type: 'string',
+    description:
+      'a results file (JSON lines): rows already measured with the same size, recipe, prompts and models are reused, new ones added',
+  },
   predict: {
     type: 'boolean',
     description:
@@ -1020,6 +1025,7 @@ async function benchStudentsCommand(argv: string[]): Promise<number> {
         ...(flags.size !== undefined ? { size: flags.size as number } : {}),
         ...(flags.highres !== undefined ? { highres: { strength: flags.highres as number } } : {}),
         ...(flags.predict === true ? { predictOnly: true } : {}),
+        ...(flags.results !== undefined ? { results: resolve(String(flags.results)) } : {}),
         ...(flags.rows !== undefined
           ? {
               rows: String(flags.rows)

@@ -341,7 +341,8 @@ describe('velodiff distill clear', () => {
     const students = join(work, 'students');
     assert.ok(existsSync(students), 'the previous test makes the students folder');
     type Row = { id: string; fed: number; ssim: number; gflop_per_image: number };
-    const bench = async (extra: string[]): Promise<{ rows: Row[]; size: number; recipe: unknown }> => {
+    type Result = { rows: Row[]; size: number; recipe: unknown; predictions: unknown[]; log: string };
+    const bench = async (extra: string[]): Promise<Result> => {
       const r = await captureCli([
         'bench',
         'students',
@@ -363,11 +364,12 @@ describe('velodiff distill clear', () => {
         ...extra,
       ]);
       assert.equal(r.code, 0, r.err);
-      return JSON.parse(r.out.trimEnd().split('\n').at(-1) ?? '');
+      return { ...JSON.parse(r.out.trimEnd().split('\n').at(-1) ?? ''), log: r.err + r.out };
     };
     const base = await bench([]);
     const side = base.size * 2;
-    const zeroShot = await bench(['--size', String(side)]);
+    const resultsFile = join(work, 'students-results.jsonl');
+    const zeroShot = await bench(['--size', String(side), '--results', resultsFile]);
     const staged = await bench(['--size', String(side), '--highres', '0.7']);
     assert.equal(zeroShot.size, side);
     assert.deepEqual(staged.recipe, { staged: { strength: 0.7 } });
@@ -401,11 +403,14 @@ describe('velodiff distill clear', () => {
     assert.ok(
       staged.rows.find((x) => x.id === 'teacher')!.fed !== zeroShot.rows.find((x) => x.id === 'teacher')!.fed,
     );
+    // --results: a rerun reuses every row, figures and images (PSNR against the teacher's) alike.
+    const again = await bench(['--size', String(side), '--results', resultsFile]);
+    assert.match(again.log, /reusing Flash, LCM 2 steps/);
+    assert.deepEqual(again.rows, zeroShot.rows);
     // --predict: the same GFLOP, nothing generated.
     const predicted = await bench(['--size', String(side), '--highres', '0.7', '--predict']);
     assert.deepEqual(predicted.rows, []);
-    const predictions = (predicted as unknown as { predictions: { id: string; gflop_per_image: number }[] })
-      .predictions;
+    const predictions = predicted.predictions as { id: string; gflop_per_image: number }[];
     assert.deepEqual(
       predictions.map((p) => [p.id, p.gflop_per_image]),
       staged.rows.map((x) => [x.id, x.gflop_per_image]),

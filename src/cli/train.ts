@@ -137,6 +137,13 @@ export async function runConfigured(
       onModel: (dir) => line.note(`model: ${relative(process.cwd(), dir) || '.'}/`),
     });
     line.done();
+    if (result.stoppedDuring !== undefined) {
+      console.error(
+        `stopped during ${result.stoppedDuring} (${stop.signal ?? 'stop'}), before the first update: ` +
+          `what is finished is kept in ${where}/. Continue with: ${again}`,
+      );
+      return 130;
+    }
     if (result.stopped) {
       console.error(
         `stopped at step ${result.step} (${stop.signal ?? 'stop'}): checkpoint saved in ${where}/. ` +

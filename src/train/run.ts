@@ -51,6 +51,7 @@ import { textToImageTrainer } from './trainers/text-to-image.js';
 import { vaeTrainer } from './trainers/vae.js';
 import { renderSampleGrid } from './sample-grid.js';
 import type { StopRequest } from './stop-signal.js';
+import { PreparationStopped } from './stop-signal.js';
 import { TrainStep } from './train-step.js';
 
 /** File and folder names of a run folder. */
@@ -106,6 +107,8 @@ export interface TrainRunResult {
   readonly output: string;
   /** The trained model's folder (absent when the run was stopped). */
   readonly modelDir: string | undefined;
+  /** When the stop came before the first update: what was being prepared (its finished part is kept). */
+  readonly stoppedDuring?: string;
 }
 
 /** The data set `config` names: the emoji packages or an image folder, prepared through the cache. */
@@ -147,6 +150,7 @@ export async function createRunTrainer(
   dataset: ImageTextDataset,
   runtime: Runtime,
   onEncodeProgress?: (done: number, total: number) => void,
+  stop?: { readonly requested: boolean },
 ): Promise<RunTrainer> {
   switch (config.kind) {
     case 'vae': {
@@ -182,6 +186,7 @@ export async function createRunTrainer(
         output: config.output,
         sample: gridOptions(config),
         onSamplesProgress: onEncodeProgress,
+        ...(stop ? { stop } : {}),
       });
     case 'distill-flash':
       return flashDistillTrainer({
@@ -306,8 +311,23 @@ export async function runTraining(options: TrainRunOptions): Promise<TrainRunRes
     fromCache: dataset.fromCache,
   });
 
-  const trainer =
-    options.trainer ?? (await createRunTrainer(config, dataset, runtime, options.onEncodeProgress));
+  let trainer: RunTrainer;
+  try {
+    trainer =
+      options.trainer ??
+      (await createRunTrainer(config, dataset, runtime, options.onEncodeProgress, options.stop));
+  } catch (e) {
+    if (!(e instanceof PreparationStopped)) throw e;
+    const step = existing.length ? existing[existing.length - 1].step : 0;
+    return {
+      step,
+      resumedFrom: undefined,
+      stopped: true,
+      output,
+      modelDir: undefined,
+      stoppedDuring: e.phase,
+    };
+  }
   try {
     return await trainWith(trainer);
   } finally {

@@ -49,3 +49,19 @@ export class StopRequest {
     process.kill(process.pid, signal);
   }
 }
+
+/**
+ * Thrown by a run's preparation (the teacher's samples of a distillation) when a stop was asked for
+ * before the first update: what is finished is kept, and the same command continues from it.
+ */
+export class PreparationStopped extends Error {
+  constructor(
+    /** What was being prepared. */
+    readonly phase: string,
+    readonly done: number,
+    readonly total: number,
+  ) {
+    super(`stopped during ${phase} at ${done}/${total}`);
+    this.name = 'PreparationStopped';
+  }
+}

@@ -15,7 +15,8 @@ import { PixArtPipeline } from '../../src/pipelines/pixart.js';
 import { parseTrainConfig } from '../../src/train/config.js';
 import type { ImageTextDataset } from '../../src/train/data/dataset.js';
 import { clearWeightsFile } from '../../src/train/distill/clear-trainer.js';
-import { runTraining } from '../../src/train/run.js';
+import { checkpointsIn, runTraining } from '../../src/train/run.js';
+import { StopRequest } from '../../src/train/stop-signal.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
 import { readAllTensors, testRuntime } from '../helpers.js';
 
@@ -112,6 +113,19 @@ describe('distill-clear run (tiny teacher)', () => {
     } finally {
       await pipe.close();
     }
+  });
+
+  it('a stop while the teacher samples ends the run before any update, saying so; the next run keeps the shards', async () => {
+    const dataset = tinyDataset(8);
+    const output = join(root, 'stopped-sampling');
+    const stop = new StopRequest([]);
+    stop.request('SIGINT');
+    const result = await runTraining({ config: config(output, 2), runtime: testRuntime(), dataset, stop });
+    assert.equal(result.stopped, true);
+    assert.equal(result.stoppedDuring, 'teacher samples');
+    assert.equal(result.step, 0);
+    assert.equal(result.modelDir, undefined);
+    assert.deepEqual(await checkpointsIn(output), []);
   });
 
   it('a run stopped at update 2 and resumed ends with the weights of an uninterrupted run', async () => {

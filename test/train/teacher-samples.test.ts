@@ -5,7 +5,7 @@
  * errors that say what differs.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -14,6 +14,7 @@ import { PixArtPipeline } from '../../src/pipelines/pixart.js';
 import { TorchGenerator } from '../../src/random/torch-generator.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
 import { teacherSamples } from '../../src/train/distill/teacher-samples.js';
+import { PreparationStopped } from '../../src/train/stop-signal.js';
 import { assertClose } from '../compare.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
 import { testRuntime } from '../helpers.js';
@@ -66,6 +67,36 @@ describe('teacher samples', () => {
     assert.deepEqual(again.promptEmbeds.data, samples.promptEmbeds.data);
     const complete = await teacherSamples(options);
     assert.equal(complete.generated, 0);
+  });
+
+  it('a stop asked for mid-shard ends with PreparationStopped, keeps the finished shards, and the next call completes the same samples', async () => {
+    const dir = join(root, 'stopped');
+    const whole = await teacherSamples({
+      pipeline,
+      prompts: PROMPTS,
+      dir: join(root, 'whole'),
+      ...SETTINGS,
+      batchSize: 2,
+      shardSize: 3,
+    });
+    // Asked for before the third pipeline call: shard 0 (samples 0–2) is written, shard 1 is not.
+    let calls = 0;
+    const stop = {
+      get requested(): boolean {
+        return ++calls >= 3;
+      },
+    };
+    const options = { pipeline, prompts: PROMPTS, dir, ...SETTINGS, batchSize: 2, shardSize: 3 };
+    await assert.rejects(teacherSamples({ ...options, stop }), (e: unknown) => {
+      assert.ok(e instanceof PreparationStopped, String(e));
+      assert.equal(e.phase, 'teacher samples');
+      assert.deepEqual([e.done, e.total], [3, PROMPTS.length]);
+      return true;
+    });
+    assert.deepEqual((await readdir(dir)).sort(), ['manifest.json', 'samples-00000.safetensors']);
+    const again = await teacherSamples(options);
+    assert.equal(again.generated, 2);
+    assert.deepEqual(again.latents.data, whole.latents.data);
   });
 
   it('other settings in the same folder, and bad options, say what differs or what was expected', async () => {

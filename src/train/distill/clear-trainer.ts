@@ -52,6 +52,8 @@ export interface ClearDistillTrainerOptions {
   readonly output: string;
   readonly sample: SampleOptions;
   readonly onSamplesProgress?: (done: number, total: number) => void;
+  /** A stop asked for while the teacher samples: sampling ends with PreparationStopped. */
+  readonly stop?: { readonly requested: boolean };
 }
 
 /** The student's weights under the base model's names (CLEAR's file), from a run's `student.` parameters. */
@@ -101,6 +103,7 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
       guidance: model.teacherGuidance,
       seed: o.seed,
       onProgress: o.onSamplesProgress,
+      ...(o.stop ? { stop: o.stop } : {}),
     });
     const latentSize = samples.latents.shape[2] as number;
     const textLength = samples.promptEmbeds.shape[1] as number;

@@ -14,6 +14,7 @@ import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
 import { OptionError } from '../../errors.js';
+import { PreparationStopped } from '../stop-signal.js';
 import { writeFileAtomic } from '../../io/atomic.js';
 import { SafetensorsFile, writeSafetensors } from '../../io/safetensors.js';
 import type { PixArtPipeline } from '../../pipelines/pixart.js';
@@ -42,6 +43,11 @@ export interface TeacherSampleOptions extends Partial<TeacherSampleSettings> {
   /** Samples per shard file (default 64). */
   readonly shardSize?: number;
   readonly onProgress?: (done: number, total: number) => void;
+  /**
+   * Read before every pipeline call: once `requested`, sampling ends with PreparationStopped. Shards
+   * already written stay; the samples of the unfinished one are drawn again by the next call.
+   */
+  readonly stop?: { readonly requested: boolean };
 }
 
 export interface TeacherSamples {
@@ -232,6 +238,7 @@ export async function teacherSamples(o: TeacherSampleOptions): Promise<TeacherSa
         mask: new Float32Array(n * L),
       };
       for (let b = 0; b < n; b += batchSize) {
+        if (o.stop?.requested) throw new PreparationStopped('teacher samples', start, total);
         const m = Math.min(batchSize, n - b);
         const prompts = o.prompts.slice(start + b, start + b + m);
         const encoded = await encoder.encode([...prompts], L);

@@ -29,6 +29,7 @@ import { PixArtPipeline } from '../src/pipelines/pixart.js';
 import type { Student } from '../src/pipelines/students.js';
 import { defaultTGate, listStudents, parseAccel, resolveAccel } from '../src/pipelines/students.js';
 import type { HostTensor } from '../src/runtime/host-tensor.js';
+import type { QuantizeOption } from '../src/models/int8.js';
 import type { Runtime } from '../src/runtime/runtime.js';
 import { loadEmojiDataset } from '../src/train/data/emoji-dataset.js';
 import type { ImageTextDataset } from '../src/train/data/dataset.js';
@@ -73,6 +74,8 @@ export interface StudentBenchOptions {
   highres?: { strength: number };
   /** Only the FLOP predictions: nothing is generated. */
   predictOnly?: boolean;
+  /** Every row, the teacher's too, with the denoiser's and T5's Linears in int8 (the VAE float32). */
+  quantize?: QuantizeOption;
   /**
    * A results file (JSON lines): rows measured before with the same size, recipe, prompts and
    * models are read from it, and each newly measured row is added to it.
@@ -367,7 +370,7 @@ export async function benchStudents(
   const predictions: StudentPrediction[] = [];
   let size = o.size ?? 0;
   for (const spec of wanted) {
-    const pipe = await PixArtPipeline.fromPretrained(o.model, { runtime: o.runtime });
+    const pipe = await PixArtPipeline.fromPretrained(o.model, { runtime: o.runtime, quantize: o.quantize });
     try {
       const { gflop } = await planRow(pipe, spec, o, ctx);
       size = o.size ?? pipe.defaultSize;
@@ -401,7 +404,7 @@ export async function benchStudents(
   const done = readResults<MeasuredRow>(o.results, 'bench students');
   try {
     for (const [k, spec] of wanted.entries()) {
-      const pipe = await PixArtPipeline.fromPretrained(o.model, { runtime: o.runtime });
+      const pipe = await PixArtPipeline.fromPretrained(o.model, { runtime: o.runtime, quantize: o.quantize });
       try {
         const plan = await planRow(pipe, spec, o, ctx);
         const gflop = predictions[k].gflop_per_image;
@@ -410,6 +413,7 @@ export async function benchStudents(
           id: spec.id,
           size,
           highres: o.highres ?? null,
+          quantize: o.quantize ?? null,
           samples: o.samples,
           seed: o.seed,
           batch: o.batch,

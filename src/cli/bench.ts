@@ -1,7 +1,8 @@
 import type { UNetBenchShape } from '../../bench/random-unet.js';
 import type { UNetLoopVariant } from '../../bench/unet-loop.js';
 import { OptionError } from '../errors.js';
-import type { FlagSpec } from './args.js';
+import { quantizeFlag, quantizeOption } from './acceleration-flags.js';
+import type { FlagSpec, ParsedArgs } from './args.js';
 import { parseArgs, usage } from './args.js';
 import { sessionFlagOptions, sessionFlags } from './runtime-flags.js';
 
@@ -968,6 +969,7 @@ const STUDENTS_FLAGS: Record<string, FlagSpec> = {
     description:
       "with --size: CLEAR's staged recipe at this SDEdit strength (0.7 in CLEAR's notebook) instead of zero-shot: a base image at the model's size with full attention, upscaled and refined with the row's attention",
   },
+  ...quantizeFlag,
   results: {
     type: 'string',
     description:
@@ -1002,6 +1004,7 @@ async function benchStudentsCommand(argv: string[]): Promise<number> {
       throw new OptionError(`bench students: --highres is an SDEdit strength in (0, 1], got ${strength}`);
     }
   }
+  const quantize = quantizeOption(flags as ParsedArgs['flags'], 'bench students');
   const { shippedModelDir, shippedStudentsDir } = await import('../pipelines/shipped-model.js');
   const { shippedClassifierDir } = await import('../train/eval/shipped-classifier.js');
   const { Runtime } = await import('../runtime/runtime.js');
@@ -1025,6 +1028,7 @@ async function benchStudentsCommand(argv: string[]): Promise<number> {
         ...(flags.size !== undefined ? { size: flags.size as number } : {}),
         ...(flags.highres !== undefined ? { highres: { strength: flags.highres as number } } : {}),
         ...(flags.predict === true ? { predictOnly: true } : {}),
+        ...(quantize ? { quantize } : {}),
         ...(flags.results !== undefined ? { results: resolve(String(flags.results)) } : {}),
         ...(flags.rows !== undefined
           ? {
@@ -1049,6 +1053,7 @@ async function benchStudentsCommand(argv: string[]): Promise<number> {
           skipped: result.skipped,
           size: result.size,
           recipe: flags.highres === undefined ? 'zero-shot' : { staged: { strength: flags.highres } },
+          quantize: flags.quantize ?? null,
         }),
       );
     }

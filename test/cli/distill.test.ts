@@ -415,7 +415,15 @@ describe('velodiff distill clear', () => {
       predictions.map((p) => [p.id, p.gflop_per_image]),
       staged.rows.map((x) => [x.id, x.gflop_per_image]),
     );
-    const r = await captureCli(['bench', 'students', '--highres', '0.7']);
+    // --quantize int8: every row int8, the teacher's images no longer the float32 ones.
+    const int8 = await bench(['--quantize', 'int8']);
+    const teacherFed = (r: Result): number => r.rows.find((x) => x.id === 'teacher')!.fed;
+    assert.equal((int8 as unknown as { quantize: unknown }).quantize, 'int8');
+    assert.ok(Number.isFinite(teacherFed(int8)) && teacherFed(int8) !== teacherFed(base));
+    let r = await captureCli(['bench', 'students', '--quantize', 'int4']);
+    assert.equal(r.code, 2);
+    assert.match(r.err, /--quantize must be int8/);
+    r = await captureCli(['bench', 'students', '--highres', '0.7']);
     assert.equal(r.code, 2);
     assert.match(r.err, /--highres needs --size/);
   });

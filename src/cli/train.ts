@@ -110,9 +110,7 @@ export async function runConfigured(
       },
       onEncodeProgress: (done, total) => {
         if (line.inPlace || done === total || done % 500 === 0)
-          line.update(
-            `${config.kind === 'distill-clear' ? 'teacher samples' : 'encoding latents'} ${done}/${total}`,
-          );
+          line.update(`${preparing(config)} ${done}/${total}`);
       },
       onData: (info) =>
         line.note(
@@ -162,6 +160,11 @@ export async function runConfigured(
   }
 }
 
+/** What a run prepares before its first update, for the progress line. */
+function preparing(config: TrainConfig): string {
+  return config.kind === 'distill-clear' ? 'teacher samples' : 'encoding latents';
+}
+
 async function exportCommand(config: TrainConfig, out: string, flags: ParsedArgs['flags']): Promise<number> {
   const line = new ProgressLine();
   const runtime = new Runtime(runtimeOptions(flags));
@@ -175,7 +178,7 @@ async function exportCommand(config: TrainConfig, out: string, flags: ParsedArgs
         if (line.inPlace || done === total) line.update(`preparing images ${done}/${total}`);
       },
       onEncodeProgress: (done, total) => {
-        if (line.inPlace || done === total) line.update(`encoding latents ${done}/${total}`);
+        if (line.inPlace || done === total) line.update(`${preparing(config)} ${done}/${total}`);
       },
     });
     line.done();

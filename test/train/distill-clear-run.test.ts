@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { PixArtPipeline } from '../../src/pipelines/pixart.js';
@@ -99,6 +99,8 @@ describe('distill-clear run (tiny teacher)', () => {
       unknown
     >;
     assert.equal(saved.radius, 2);
+    // The folder ships: its teacher by name, not by this machine's path.
+    assert.equal(saved.teacher, basename(teacherDir));
 
     const pipe = await PixArtPipeline.fromPretrained(teacherDir, { runtime: testRuntime() });
     try {

@@ -179,7 +179,9 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
           spec.shapes,
           'F16',
         );
-        await writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(modelConfig, null, 2)}\n`);
+        // The shipped folder names its teacher as teacher.json does, not by this machine's path.
+        const shipped = { ...modelConfig, teacher: teacherOf.teacher };
+        await writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(shipped, null, 2)}\n`);
         await writeFileAtomic(join(dir, TEACHER_FILE), `${JSON.stringify(teacherOf, null, 2)}\n`);
       },
     };

@@ -44,6 +44,28 @@ after(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
+/** `velodiff bench students` on the tiny teacher, one thread, --json, with `extra` flags. */
+function benchStudentsCli(
+  students: string,
+  classifier: string,
+  extra: string[],
+): ReturnType<typeof captureCli> {
+  return captureCli([
+    'bench',
+    'students',
+    '--model',
+    teacher,
+    '--students',
+    students,
+    '--classifier',
+    classifier,
+    '--threads',
+    '1',
+    '--json',
+    ...extra,
+  ]);
+}
+
 describe('velodiff distill clear', () => {
   it('distils a CLEAR student and writes its weights file', async () => {
     const out = join(work, 'run');
@@ -280,15 +302,7 @@ describe('velodiff distill clear', () => {
     ])
       await cp(join(work, run, 'model'), join(students, name), { recursive: true });
     const gridFile = join(work, 'students.png');
-    const r = await captureCli([
-      'bench',
-      'students',
-      '--model',
-      teacher,
-      '--students',
-      students,
-      '--classifier',
-      classifier,
+    const r = await benchStudentsCli(students, classifier, [
       '--samples',
       '4',
       '--batch',
@@ -297,9 +311,6 @@ describe('velodiff distill clear', () => {
       'tgate,clear:2,linfusion,flash,flash-2',
       '--grid',
       gridFile,
-      '--threads',
-      '1',
-      '--json',
     ]);
     assert.equal(r.code, 0, r.err);
     const { rows } = JSON.parse(r.out.trimEnd().split('\n').at(-1) ?? '') as {
@@ -343,24 +354,13 @@ describe('velodiff distill clear', () => {
     type Row = { id: string; fed: number; ssim: number; gflop_per_image: number };
     type Result = { rows: Row[]; size: number; recipe: unknown; predictions: unknown[]; log: string };
     const bench = async (extra: string[]): Promise<Result> => {
-      const r = await captureCli([
-        'bench',
-        'students',
-        '--model',
-        teacher,
-        '--students',
-        students,
-        '--classifier',
-        classifier,
+      const r = await benchStudentsCli(students, classifier, [
         '--samples',
         '2',
         '--batch',
         '2',
         '--rows',
         'flash,flash-2',
-        '--threads',
-        '1',
-        '--json',
         ...extra,
       ]);
       assert.equal(r.code, 0, r.err);

@@ -153,9 +153,25 @@ export interface TextToImageModelConfig {
    * when not ε, so runs from before the key resume unchanged.
    */
   readonly predictionType?: 'v_prediction';
+  /**
+   * How training timesteps are drawn: uniformly (left out, the default) or logit-normally
+   * (LogitNormalSampling). Present only when not uniform, so runs from before the key resume unchanged.
+   */
+  readonly timestepSampling?: LogitNormalSampling;
 }
 
 export type CaptionProjectionInit = 'pixart' | 'fan-in';
+
+/**
+ * `model.timestepSampling` of SD3 (Esser et al. 2024, §3.1): t = min(T − 1, ⌊T·sigmoid(mean + std·n)⌋),
+ * n ~ N(0, 1); a positive mean draws more timesteps at high noise.
+ */
+export interface LogitNormalSampling {
+  readonly kind: 'logit-normal';
+  readonly mean: number;
+  /** > 0. */
+  readonly std: number;
+}
 
 /** `distill-clear`: a CLEAR student of a PixArt teacher (src/train/distill/clear.ts). */
 export interface ClearDistillModelConfig {
@@ -229,15 +245,27 @@ interface CommonConfig {
 }
 
 /**
- * `init`: a run that starts from a checkpoint of an earlier run of the same model, on the same data,
- * with its own optimizer, schedule and steps (a warm restart: `--resume` continues a run; this starts a
- * new one). The optimizer state, the schedule's position and the data position start afresh.
+ * `init`: a run that starts from the weights of an earlier run of the same model, with its own
+ * optimizer, schedule and steps (a warm restart: `--resume` continues a run; this starts a new one).
+ * The optimizer state, the schedule's position and the data position start afresh.
  */
-export interface InitConfig {
+export type InitConfig = CheckpointInit | PipelineInit;
+
+/** `init.checkpoint`: a checkpoint of a run on the same data. */
+export interface CheckpointInit {
   /** A `checkpoint-<step>` folder (absolute; relative to the current directory in the file). */
   readonly checkpoint: string;
   /** Which weights: 'ema' (the average, what was shipped; default) or 'model' (the last update's). */
   readonly weights: 'ema' | 'model';
+}
+
+/**
+ * `init.pipeline` (text-to-image only): a PixArt pipeline folder as the trainer writes it (such as the
+ * shipped models/emoji), whose models, tokenizer and VAE must be this run's.
+ */
+export interface PipelineInit {
+  /** The folder (absolute; relative to the current directory in the file). */
+  readonly pipeline: string;
 }
 
 export type TrainConfig =
@@ -679,21 +707,74 @@ function readData(
   }
 }
 
-/** `init`: left out of the configuration when not given, so runs from before the key resume unchanged. */
-function readInit(parent: Section, baseDir: string): { init?: InitConfig } {
+/** `model.timestepSampling`: 'uniform' (left out) or a logit-normal density. */
+function readTimestepSampling(parent: Section): 'uniform' | LogitNormalSampling {
+  const raw = parent.raw.timestepSampling;
+  if (raw === undefined || raw === 'uniform') return (parent.value('timestepSampling'), 'uniform');
+  const expected = `'uniform' or {"kind": "logit-normal", "mean": <number>, "std": <number > 0>}`;
+  if (!isPlainObject(raw)) {
+    parent.problem('timestepSampling', expected, parent.value('timestepSampling'));
+    return 'uniform';
+  }
+  const s = parent.section('timestepSampling') as Section;
+  const kind = s.oneOf<'logit-normal'>('kind', 'logit-normal', ['logit-normal']);
+  if (!s.has('kind')) s.problem('kind', "'logit-normal'", undefined);
+  // SD3's defaults (diffusers' train_dreambooth_sd3.py --logit_mean 0 --logit_std 1).
+  const sampling: LogitNormalSampling = {
+    kind,
+    mean: s.number('mean', 0),
+    std: s.number('std', 1, (n) => n > 0, 'a number > 0'),
+  };
+  s.finish(['kind', 'mean', 'std']);
+  return sampling;
+}
+
+/**
+ * `init`: left out of the configuration when not given, so runs from before the key resume unchanged.
+ * Exactly one of `checkpoint` (with `weights`) and `pipeline` (text-to-image runs only).
+ */
+function readInit(parent: Section, kind: TrainKind, baseDir: string): { init?: InitConfig } {
   if (!parent.has('init')) return (parent.value('init'), {});
   const s = parent.section('init');
   if (!s) return {};
+  if (s.has('checkpoint') && s.has('pipeline')) {
+    parent.problem(
+      'init',
+      "exactly one of 'checkpoint' (an earlier run's checkpoint folder) and 'pipeline' (a pipeline folder)",
+      s.raw,
+    );
+  }
+  if (s.has('pipeline') && !s.has('checkpoint')) {
+    const pipeline = s.string('pipeline', '');
+    if (kind !== 'text-to-image') {
+      s.problem(
+        'pipeline',
+        `init.checkpoint instead (only a text-to-image run starts from a pipeline folder; this run is '${kind}')`,
+        pipeline,
+      );
+    }
+    if (s.has('weights')) {
+      s.problem(
+        'weights',
+        'nothing beside init.pipeline (a pipeline folder holds one set of weights: the ones it ships)',
+        s.value('weights'),
+      );
+    }
+    s.finish(['pipeline', 'weights']);
+    return { init: { pipeline: resolve(baseDir, pipeline) } };
+  }
   const checkpoint = s.string('checkpoint', '');
   if (checkpoint === '' && !s.has('checkpoint')) {
     s.problem(
       'checkpoint',
-      "a checkpoint folder of an earlier run, such as 'runs/x/checkpoint-4000'",
+      "a checkpoint folder of an earlier run, such as 'runs/x/checkpoint-4000'" +
+        (kind === 'text-to-image' ? " (or init.pipeline: a pipeline folder such as 'models/emoji')" : ''),
       undefined,
     );
   }
   const weights = s.oneOf<'ema' | 'model'>('weights', 'ema', ['ema', 'model']);
-  s.finish(['checkpoint', 'weights']);
+  s.value('pipeline');
+  s.finish(['checkpoint', 'weights', 'pipeline']);
   return { init: { checkpoint: resolve(baseDir, checkpoint), weights } };
 }
 
@@ -793,6 +874,7 @@ function readModel(s: Section, kind: TrainKind, file: string, baseDir: string): 
       'epsilon',
       'v_prediction',
     ]);
+    const timestepSampling = readTimestepSampling(s);
     s.finish([
       'transformer',
       'textEncoder',
@@ -801,8 +883,14 @@ function readModel(s: Section, kind: TrainKind, file: string, baseDir: string): 
       'maxTextLength',
       'captionProjectionInit',
       'predictionType',
+      'timestepSampling',
     ]);
-    return predictionType === 'v_prediction' ? { ...config, predictionType } : config;
+    // Keys at their defaults are left out, so runs from before them resume unchanged.
+    return {
+      ...config,
+      ...(predictionType === 'v_prediction' ? { predictionType } : {}),
+      ...(timestepSampling === 'uniform' ? {} : { timestepSampling }),
+    };
   }
   if (kind === 'distill-flash') {
     const d = TRAIN_DEFAULTS.model['distill-flash'];
@@ -967,7 +1055,7 @@ export function parseTrainConfig(raw: unknown, options: ParseTrainConfigOptions)
     sample: readSample(section('sample'), kind),
     log,
     data: readData(top, kind, baseDir, options.data),
-    ...readInit(top, baseDir),
+    ...readInit(top, kind, baseDir),
   };
   const model = readModel(section('model'), kind, file, baseDir);
   top.finish(TOP_KEYS);

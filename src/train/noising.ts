@@ -1,6 +1,7 @@
 /**
- * The forward diffusion a denoising loss trains on: timesteps drawn uniformly over the training
- * schedule and x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε, as diffusers' training scripts do.
+ * The forward diffusion a denoising loss trains on: timesteps drawn over the training schedule
+ * (uniformly, as diffusers' training scripts do, or logit-normally, as SD3 does) and
+ * x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε.
  */
 import { addNoiseWithAlphasCumprod } from '../schedulers/ddim.js';
 
@@ -8,6 +9,23 @@ import { addNoiseWithAlphasCumprod } from '../schedulers/ddim.js';
 export function uniformTimesteps(uniform: ArrayLike<number>, alphasCumprod: Float32Array): number[] {
   const steps = alphasCumprod.length;
   return Array.from(uniform, (u) => Math.min(steps - 1, Math.floor(u * steps)));
+}
+
+/**
+ * Timestep ⌊T·sigmoid(mean + std·n)⌋ (at most T − 1) for each standard normal draw n: the logit-normal
+ * timestep density of SD3 (Esser et al. 2024, §3.1 "Logit-Normal Sampling") on the discrete schedule,
+ * T = alphasCumprod.length. A positive mean puts more draws at high noise (large t).
+ */
+export function logitNormalTimesteps(
+  normal: ArrayLike<number>,
+  alphasCumprod: Float32Array,
+  density: { readonly mean: number; readonly std: number },
+): number[] {
+  const steps = alphasCumprod.length;
+  return Array.from(normal, (n) => {
+    const sigmoid = 1 / (1 + Math.exp(-(density.mean + density.std * n)));
+    return Math.min(steps - 1, Math.floor(sigmoid * steps));
+  });
 }
 
 /** x_t for clean latents `x0` [B, …] and noise of the same shape at one timestep per item. */

@@ -34,6 +34,11 @@ export interface RunTrainer {
   sampleGrid(weights: ReadonlyMap<string, Float32Array>, step: number): Promise<SampleGrid>;
   /** Writes the trained model folder. */
   saveModel(dir: string, weights: ReadonlyMap<string, Float32Array>): Promise<void>;
+  /**
+   * Every parameter of a model folder saveModel wrote, checked to be this run's model (config
+   * `init.pipeline`); absent where a kind cannot start from one.
+   */
+  readPipeline?(dir: string): Promise<Map<string, Float32Array>>;
   /** Releases what the trainer keeps open for its batches (a teacher pipeline); called once, at the end. */
   close?(): Promise<void>;
 }

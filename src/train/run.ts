@@ -28,6 +28,7 @@ import {
   resumeIdentity,
   scheduleFromConfig,
   trainConfigJson,
+  type CheckpointInit,
   type DataConfig,
   type TrainConfig,
 } from './config.js';
@@ -228,16 +229,17 @@ export async function checkpointsIn(directory: string): Promise<CheckpointEntry[
 const LOADER_ONLY_KEYS = new Set(['captionDropout', 'horizontalFlip', 'maxPerGroup', 'cacheDir']);
 
 /**
- * The weights `config.init` names: the checkpoint is loaded whole and checked (files, model config,
- * parameter names and shapes), and must come from a run of the same kind on the same data set, split
- * and captions (the tokenizer is built from the training captions, so other data means other token ids).
+ * The weights `config.init.checkpoint` names: the checkpoint is loaded whole and checked (files, model
+ * config, parameter names and shapes), and must come from a run of the same kind on the same data set,
+ * split and captions (the tokenizer is built from the training captions, so other data means other
+ * token ids).
  */
-async function initWeights(
+async function checkpointWeights(
   config: TrainConfig,
+  init: CheckpointInit,
   modelConfig: ModelConfig,
   parameterShapes: ReadonlyMap<string, readonly number[]>,
 ): Promise<ReadonlyMap<string, Float32Array>> {
-  const init = config.init as NonNullable<TrainConfig['init']>;
   const manager = new CheckpointManager({
     directory: dirname(init.checkpoint),
     parameterShapes,
@@ -284,6 +286,32 @@ async function initWeights(
     return snapshot.ema.shadow;
   }
   return snapshot.weights;
+}
+
+/**
+ * The weights of the model folder `config.init.pipeline` names, read and checked by the trainer that
+ * writes such folders (text-to-image: its models, tokenizer, VAE and every tensor must be this run's).
+ */
+async function pipelineWeights(
+  config: TrainConfig,
+  dir: string,
+  trainer: RunTrainer,
+): Promise<ReadonlyMap<string, Float32Array>> {
+  const where = `init.pipeline ${dir}`;
+  if (trainer.readPipeline === undefined) {
+    throw new OptionError(
+      `train: ${where}: a '${config.kind}' run cannot start from a pipeline folder; use init.checkpoint`,
+      'INIT_PIPELINE',
+    );
+  }
+  try {
+    return await trainer.readPipeline(dir);
+  } catch (error) {
+    if (error instanceof VelodiffError) {
+      throw new OptionError(`train: ${where} cannot be used: ${error.message}`, 'INIT_PIPELINE');
+    }
+    throw error;
+  }
 }
 
 /** Runs (or resumes) the training `options.config` describes; see the file comment for the run folder. */
@@ -339,11 +367,14 @@ export async function runTraining(options: TrainRunOptions): Promise<TrainRunRes
     const spec = trainer.stepSpec(config.batchSize);
     const params = trainer.initialParameters(config.seed);
     const trainableShapes = new Map(spec.trainable.map((name) => [name, spec.shapes.get(name) ?? []]));
-    if (config.init !== undefined && existing.length === 0) {
-      // A resumed run has its own checkpoints; only a run's first start reads the one it starts from.
-      for (const [name, values] of await initWeights(config, trainer.modelConfig, trainableShapes)) {
-        params.set(name, values);
-      }
+    const init = config.init;
+    if (init !== undefined && existing.length === 0) {
+      // A resumed run has its own checkpoints; only a run's first start reads the weights it starts from.
+      const weights =
+        'pipeline' in init
+          ? await pipelineWeights(config, init.pipeline, trainer)
+          : await checkpointWeights(config, init, trainer.modelConfig, trainableShapes);
+      for (const [name, values] of weights) params.set(name, values);
     }
     const checkpoints = new CheckpointManager({
       directory: output,

@@ -159,6 +159,59 @@ describe('training configuration', () => {
     );
   });
 
+  it('timestepSampling: uniform (the default) leaves no key; logit-normal is kept with its mean and std; bad values are problems', () => {
+    const t2i = MINIMAL['text-to-image'];
+    const model = t2i.model as Record<string, unknown>;
+    const parse = (timestepSampling: unknown): TrainConfig =>
+      parseTrainConfig({ ...t2i, model: { ...model, timestepSampling } }, { path: FILE });
+    const plain = parseTrainConfig(t2i, { path: FILE });
+    assert.ok(plain.kind === 'text-to-image' && !('timestepSampling' in plain.model));
+    assert.deepEqual(
+      resumeIdentity(parse('uniform')),
+      resumeIdentity(plain),
+      'older runs keep their identity',
+    );
+    const mean = Math.round((random() * 4 - 2) * 100) / 100;
+    const std = Math.round((0.2 + random() * 2) * 100) / 100;
+    const logit = parse({ kind: 'logit-normal', mean, std });
+    assert.ok(logit.kind === 'text-to-image');
+    assert.deepEqual(logit.model.timestepSampling, { kind: 'logit-normal', mean, std });
+    const defaults = parse({ kind: 'logit-normal' });
+    assert.ok(defaults.kind === 'text-to-image');
+    assert.deepEqual(defaults.model.timestepSampling, { kind: 'logit-normal', mean: 0, std: 1 });
+    const problems = (timestepSampling: unknown): string =>
+      problemsOf({ ...t2i, model: { ...model, timestepSampling } }).message;
+    assert.match(
+      problems({ kind: 'logit-normal', mean, std: 0 }),
+      /model\.timestepSampling\.std: expected a number > 0, found 0/,
+    );
+    assert.match(
+      problems({ kind: 'logit-normal', std: -std }),
+      /model\.timestepSampling\.std: expected a number > 0, found -/,
+    );
+    assert.match(
+      problems({ kind: 'logit-normal', mean: 'high' }),
+      /model\.timestepSampling\.mean: expected a number, found "high"/,
+    );
+    assert.match(
+      problems({ kind: 'logit-normal', mean: null }),
+      /model\.timestepSampling\.mean: expected a number, found null/,
+    );
+    assert.match(
+      problems({ kind: 'logit-normal', scale: 2 }),
+      /model\.timestepSampling\.scale: unknown key\. Known keys here: kind, mean, std/,
+    );
+    assert.match(
+      problems({ kind: 'normal', mean }),
+      /model\.timestepSampling\.kind: expected one of 'logit-normal', found "normal"/,
+    );
+    assert.match(problems({ mean }), /model\.timestepSampling\.kind: expected 'logit-normal', found nothing/);
+    assert.match(
+      problems('logit-normal'),
+      /model\.timestepSampling: expected 'uniform' or \{"kind": "logit-normal", "mean": <number>, "std": <number > 0>\}, found "logit-normal"/,
+    );
+  });
+
   it('requires kind and steps', () => {
     assert.match(
       problemsOf({ steps: 3 }).message,
@@ -302,6 +355,37 @@ describe('training configuration', () => {
     assert.match(problems, /init\.from: unknown key/);
     assert.match(problems, /data\.maxPerGroup: expected an integer ≥ 1, found 0/);
     assert.match(problemsOf({ ...MINIMAL.vae, init: 'runs/a' }).message, /init: expected an object/);
+  });
+
+  it('init.pipeline: a text-to-image run starts from a pipeline folder; exactly one of checkpoint and pipeline, no weights beside it', () => {
+    const t2i = MINIMAL['text-to-image'];
+    const given = parseTrainConfig({ ...t2i, init: { pipeline: 'models/emoji' } }, { path: FILE });
+    assert.deepEqual(given.init, { pipeline: resolve('models/emoji') });
+    const checkpoint = parseTrainConfig(
+      { ...t2i, init: { checkpoint: 'runs/a/checkpoint-10' } },
+      { path: FILE },
+    );
+    assert.deepEqual(checkpoint.init, { checkpoint: resolve('runs/a/checkpoint-10'), weights: 'ema' });
+    assert.match(
+      problemsOf({ ...t2i, init: { pipeline: 'models/emoji', checkpoint: 'runs/a/checkpoint-10' } }).message,
+      /init: expected exactly one of 'checkpoint' \(an earlier run's checkpoint folder\) and 'pipeline' \(a pipeline folder\), found \{/,
+    );
+    assert.match(
+      problemsOf({ ...t2i, init: { pipeline: 'models/emoji', weights: 'ema' } }).message,
+      /init\.weights: expected nothing beside init\.pipeline \(a pipeline folder holds one set of weights: the ones it ships\), found "ema"/,
+    );
+    assert.match(
+      problemsOf({ ...MINIMAL.vae, init: { pipeline: 'models/emoji' } }).message,
+      /init\.pipeline: expected init\.checkpoint instead \(only a text-to-image run starts from a pipeline folder; this run is 'vae'\), found "models\/emoji"/,
+    );
+    assert.match(
+      problemsOf({ ...t2i, init: {} }).message,
+      /init\.checkpoint: expected a checkpoint folder of an earlier run, such as 'runs\/x\/checkpoint-4000' \(or init\.pipeline: a pipeline folder such as 'models\/emoji'\), found nothing/,
+    );
+    assert.match(
+      problemsOf({ ...t2i, init: { pipeline: '' } }).message,
+      /init\.pipeline: expected a non-empty string/,
+    );
   });
 
   it('every example in configs/ validates', async () => {

@@ -1,30 +1,36 @@
 /**
  * The text-to-image trainer on a tiny configuration: a random 32×32 data set, the golden tiny VAE
  * (32 px → 4×8×8 latents), a 2-layer PixArt and a 1-layer T5. Checks the latent cache against the VAE,
- * the min-SNR weights against a float64 computation, caption dropout, that a few steps lower the loss,
- * and that the written pipeline folder loads without warnings and its denoiser computes what the
- * training graph computes.
+ * the min-SNR weights against a float64 computation, caption dropout, the timestep draws, that a few
+ * steps lower the loss, that the written pipeline folder loads without warnings and its denoiser
+ * computes what the training graph computes, and that a run starts from such a folder (init.pipeline)
+ * with its weights, refusing one of another model, tokenizer or VAE.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
+import { OptionError } from '../../src/errors.js';
 import { Graph } from '../../src/graph/graph.js';
 import { f16ToF32, f32ToF16 } from '../../src/io/dtypes.js';
-import { SafetensorsFile } from '../../src/io/safetensors.js';
+import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../../src/io/safetensors.js';
 import { AutoencoderKL } from '../../src/models/autoencoder-kl.js';
 import { ParameterInputs } from '../../src/nn/weights.js';
+import { TorchGenerator } from '../../src/random/torch-generator.js';
 import { DiffusionPipeline, PixArtPipeline } from '../../src/pipelines/index.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
 import { hostTensor } from '../../src/runtime/host-tensor.js';
 import { AdamW } from '../../src/train/adamw.js';
+import { parseTrainConfig } from '../../src/train/config.js';
 import type { ImageTextDataset } from '../../src/train/data/dataset.js';
 import { parsePythonJson } from '../../src/schedulers/config.js';
 import { DataLoader } from '../../src/train/data/loader.js';
+import { logitNormalTimesteps, uniformTimesteps } from '../../src/train/noising.js';
 import { initParameters } from '../../src/train/parameters.js';
+import { runTraining } from '../../src/train/run.js';
 import { TrainStep } from '../../src/train/train-step.js';
 import type { TextToImageTrainer } from '../../src/train/trainers/text-to-image.js';
 import {
@@ -34,8 +40,8 @@ import {
   textToImageTrainer,
 } from '../../src/train/trainers/text-to-image.js';
 import type { VelodiffWarning } from '../../src/warnings.js';
-import { assertClose } from '../compare.js';
-import { testRuntime } from '../helpers.js';
+import { assertClose, assertExactlyEqual } from '../compare.js';
+import { readAllTensors, testRuntime } from '../helpers.js';
 import { seededUniform, testSeed } from '../random.js';
 
 const VAE = fileURLToPath(new URL('../golden/models/vae_kl_tiny/model', import.meta.url));
@@ -222,6 +228,42 @@ describe('textToImageTrainer', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+
+  it('draws timesteps uniformly from rand, or logit-normally from randn, after the same posterior ε and noise', async () => {
+    const density = { kind: 'logit-normal' as const, mean: random() * 2 - 1, std: 0.5 + random() };
+    const logit = await textToImageTrainer({
+      model: { ...MODEL, timestepSampling: density },
+      dataset,
+      runtime: testRuntime(),
+      seed,
+      cacheDir,
+    });
+    const state = trainer.generators.noise.getState();
+    logit.generators.noise.setState(state);
+    const batchSize = 8;
+    const uniform = trainer.makeBatch(new DataLoader(dataset, { batchSize, seed }).next());
+    const drawn = logit.makeBatch(new DataLoader(dataset, { batchSize, seed }).next());
+    assert.deepEqual(drawn.target.data, uniform.target.data, 'the same noise ε');
+    // Replayed in the trainer's order: posterior ε, noise, then the timesteps' draw.
+    const replay = (): TorchGenerator => {
+      const generator = new TorchGenerator(0);
+      generator.setState(state);
+      generator.randn([batchSize, 4, 8, 8]);
+      generator.randn([batchSize, 4, 8, 8]);
+      return generator;
+    };
+    assert.deepEqual(
+      Array.from(uniform.timestep.data as Float32Array),
+      uniformTimesteps(replay().rand([batchSize]), trainer.alphasCumprod),
+    );
+    assert.deepEqual(
+      Array.from(drawn.timestep.data as Float32Array),
+      logitNormalTimesteps(replay().randn([batchSize]), trainer.alphasCumprod, density),
+    );
+    (drawn.timestep.data as Float32Array).forEach((t, b) =>
+      assert.equal((drawn.weights.data as Float32Array)[b], Math.fround(trainer.lossWeights[t])),
+    );
   });
 
   it('replaces about 10 % of captions by "", encoded as the pipeline encodes its negative prompt', () => {
@@ -435,5 +477,163 @@ describe('textToImageTrainer', () => {
     } finally {
       await pipe.close();
     }
+  });
+
+  describe('init.pipeline', () => {
+    /** A float16 folder (as the shipped model is) of known weights: PyTorch's init, not the trainer's. */
+    let folder: string;
+    let known: Map<string, Float32Array>;
+    before(async () => {
+      folder = join(cacheDir, 'init-pipeline');
+      known = initParameters(trainer.shapes, { seed: (seed ^ 3) >>> 0 });
+      await trainer.writePipeline(folder, known);
+    });
+
+    const runConfig = (output: string, init: Record<string, unknown>) =>
+      parseTrainConfig(
+        {
+          kind: 'text-to-image',
+          output,
+          seed,
+          steps: 1,
+          batchSize: 2,
+          // lr 0 and no weight decay: the first checkpoint holds the weights the run started from.
+          optimizer: { lr: 0, weightDecay: 0 },
+          checkpoint: { every: 1, keep: 1 },
+          sample: { every: 0, prompts: ['red heart'], seeds: [0], steps: 1 },
+          data: { size: SIZE, cacheDir },
+          model: MODEL,
+          init,
+        },
+        { path: join(cacheDir, 'init.json') },
+      );
+
+    /** A copy of the folder, changed by `edit`. */
+    const variant = async (name: string, edit: (dir: string) => Promise<void>): Promise<string> => {
+      const dir = join(cacheDir, `init-${name}`);
+      await cp(folder, dir, { recursive: true });
+      await edit(dir);
+      return dir;
+    };
+    const editJson = async (path: string, edit: (json: Record<string, unknown>) => void): Promise<void> => {
+      const json = JSON.parse(await readFile(path, 'utf8')) as Record<string, unknown>;
+      edit(json);
+      await writeFile(path, JSON.stringify(json));
+    };
+    const editTensors = async (
+      path: string,
+      edit: (tensors: Record<string, TensorToWrite>) => void,
+    ): Promise<void> => {
+      const tensors: Record<string, TensorToWrite> = {};
+      for (const [name, tensor] of Object.entries(await readAllTensors(path)))
+        tensors[name] = { dtype: 'F32', shape: [...tensor.shape], data: tensor.data as Float32Array };
+      edit(tensors);
+      await writeSafetensors(path, tensors);
+    };
+
+    it('starts the run from the folder’s weights, widened from float16, not from its own initialisation', async () => {
+      const output = join(cacheDir, 'init-run');
+      const config = runConfig(output, { pipeline: folder });
+      const result = await runTraining({ config, runtime: testRuntime(), dataset, trainer });
+      assert.equal(result.step, 1);
+      const started = await readAllTensors(
+        join(output, 'checkpoint-1', 'model', 'diffusion_pytorch_model.safetensors'),
+      );
+      assert.deepEqual(Object.keys(started).sort(), [...trainer.shapes.keys()].sort());
+      for (const [name, values] of known)
+        assertExactlyEqual(started[name].data as Float32Array, f16ToF32(f32ToF16(values)), name);
+      const own = trainer.initialParameters(config.seed);
+      assert.ok(
+        [...own].some(([name, values]) =>
+          values.some((v, i) => v !== (started[name].data as Float32Array)[i]),
+        ),
+        'a run without init starts elsewhere',
+      );
+      const saved = JSON.parse(await readFile(join(output, 'config.json'), 'utf8')) as Record<
+        string,
+        unknown
+      >;
+      assert.deepEqual(saved.init, { pipeline: folder });
+    });
+
+    it('refuses a folder of another model configuration, naming the file and the key', async () => {
+      const dir = await variant('config', (d) =>
+        editJson(join(d, 'transformer', 'config.json'), (json) => {
+          json.num_layers = 3;
+        }),
+      );
+      await assert.rejects(
+        runTraining({
+          config: runConfig(join(cacheDir, 'init-config-run'), { pipeline: dir }),
+          runtime: testRuntime(),
+          dataset,
+          trainer,
+        }),
+        (error: unknown) => {
+          assert.ok(error instanceof OptionError && error.code === 'INIT_PIPELINE', String(error));
+          assert.match(
+            error.message,
+            /^train: init\.pipeline .*init-config cannot be used: .*init-config\/transformer\/config\.json: not this run's model \(num_layers: this run 2, the folder 3\)/,
+          );
+          return true;
+        },
+      );
+    });
+
+    it('refuses a missing or extra tensor, a wrong shape and non-finite values', async () => {
+      const encoder = await variant('tensors', (d) =>
+        editTensors(join(d, 'text_encoder', 'model.safetensors'), (tensors) => {
+          // What a transformers-saved T5EncoderModel also holds; the trainer's writer leaves it out.
+          tensors['encoder.embed_tokens.weight'] = tensors['shared.weight'];
+          delete tensors['encoder.final_layer_norm.weight'];
+        }),
+      );
+      await assert.rejects(
+        trainer.readPipeline(encoder),
+        /init-tensors\/text_encoder\/model\.safetensors: not this run's parameters; missing: 'encoder\.final_layer_norm\.weight'; not in this run's model: 'encoder\.embed_tokens\.weight'/,
+      );
+      const shape = await variant('shape', (d) =>
+        editTensors(join(d, 'transformer', 'diffusion_pytorch_model.safetensors'), (tensors) => {
+          tensors['proj_out.bias'] = { dtype: 'F32', shape: [5], data: new Float32Array(5) };
+        }),
+      );
+      await assert.rejects(trainer.readPipeline(shape), /'proj_out\.bias' \[5\] \(this run: \[4\]\)/);
+      const nan = await variant('nan', (d) =>
+        editTensors(join(d, 'transformer', 'diffusion_pytorch_model.safetensors'), (tensors) => {
+          (tensors['proj_out.weight'].data as Float32Array)[3] = Number.NaN;
+        }),
+      );
+      await assert.rejects(
+        trainer.readPipeline(nan),
+        /tensor 'proj_out\.weight' holds 1 non-finite values \(index 3: NaN\); a run cannot start from them/,
+      );
+    });
+
+    it('refuses another tokenizer (token ids would mean other words) and another VAE', async () => {
+      const tokenizer = await variant('tokenizer', (d) =>
+        editJson(join(d, 'tokenizer', 'tokenizer.json'), (json) => {
+          const vocab = (json.model as { vocab: unknown[] }).vocab;
+          [vocab[5], vocab[6]] = [vocab[6], vocab[5]];
+        }),
+      );
+      const pieces = (trainer.tokenizerFiles['tokenizer.json'].model.vocab ?? []).length;
+      await assert.rejects(
+        trainer.readPipeline(tokenizer),
+        new RegExp(
+          `tokenizer\\.json: not the tokenizer this run builds from its training captions, so the folder's token ` +
+            `ids would mean other words \\(vocabulary: this run's ${pieces} pieces, the folder's ${pieces}; the ` +
+            'first difference is id 5: ',
+        ),
+      );
+      const vae = await variant('vae', (d) =>
+        editJson(join(d, 'vae', 'config.json'), (json) => {
+          json.scaling_factor = 0.5;
+        }),
+      );
+      await assert.rejects(
+        trainer.readPipeline(vae),
+        /vae\/config\.json: not this run's VAE .*\(scaling_factor: model\.vae [0-9.]+, the folder 0\.5\)\. The denoiser learnt this VAE's latents: set model\.vae to /,
+      );
+    });
   });
 });

@@ -10,24 +10,35 @@
  *   each step draws z = (mean + std·ε)·scaling_factor, as diffusers' training scripts do with
  *   `latent_dist.sample() * vae.config.scaling_factor`.
  * - Objective: DDPM with PixArt-α's schedule (linear β 1e-4…0.02, 1000 steps), ε-prediction,
- *   timesteps uniform, min-SNR-γ weights (src/train/min-snr.ts), caption dropout by the DataLoader
- *   (an empty caption: what the pipeline encodes as its negative prompt for classifier-free guidance).
+ *   timesteps uniform (or logit-normal: `model.timestepSampling`), min-SNR-γ weights
+ *   (src/train/min-snr.ts), caption dropout by the DataLoader (an empty caption: what the pipeline
+ *   encodes as its negative prompt for classifier-free guidance).
  *   Padded caption tokens are masked in T5 and in PixArt's cross-attention as the pipeline masks them,
  *   so the encoder's output for a prompt does not depend on the padded length.
- * - Output: a diffusers PixArtAlphaPipeline folder that diffusers and velodiff load unchanged.
+ * - Output: a diffusers PixArtAlphaPipeline folder that diffusers and velodiff load unchanged, and
+ *   that a later run can start from (`init.pipeline`: readPixArtPipelineWeights).
  */
 import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 
-import { OptionError } from '../../errors.js';
+import { FileFormatError, OptionError, WeightError } from '../../errors.js';
 import type { Tensor } from '../../graph/graph.js';
 import { Graph } from '../../graph/graph.js';
 import { mean, mul, sub } from '../../graph/ops/index.js';
-import { WeightStore } from '../../io/diffusers.js';
+import { formatShape } from '../../graph/shape.js';
+import { readJsonFile, readModelIndex, WeightStore } from '../../io/diffusers.js';
 import { readConfig } from '../../io/diffusers.js';
+import { isPlainObject } from '../../io/json.js';
 import { imagesToRgb } from '../../io/png.js';
-import { toFloat32 as bytesToFloat32 } from '../../io/dtypes.js';
+import {
+  bf16ToF32,
+  toFloat32 as bytesToFloat32,
+  f16ToF32,
+  f32ToBf16,
+  f32ToF16,
+  type SafetensorsDtype,
+} from '../../io/dtypes.js';
 import type { PixArtTransformerConfig } from '../../models/pixart-transformer.js';
 import {
   parsePixArtConfig,
@@ -45,7 +56,7 @@ import type { ModelConfig } from '../../io/diffusers.js';
 import type { HostTensor } from '../../runtime/host-tensor.js';
 import { hostTensor } from '../../runtime/host-tensor.js';
 import type { Runtime } from '../../runtime/runtime.js';
-import { noisedLatents, uniformTimesteps, velocity } from '../noising.js';
+import { logitNormalTimesteps, noisedLatents, uniformTimesteps, velocity } from '../noising.js';
 import { DPMSolverMultistepScheduler } from '../../schedulers/dpm-solver-multistep.js';
 import { parsePythonJson } from '../../schedulers/config.js';
 import type { T5TokenizerFiles } from '../../tokenizers/build-t5-tokenizer.js';
@@ -55,7 +66,7 @@ import {
   writeT5TokenizerFolder,
 } from '../../tokenizers/build-t5-tokenizer.js';
 import { T5Tokenizer } from '../../tokenizers/t5-tokenizer.js';
-import type { WarningHandler } from '../../warnings.js';
+import { listNames, type WarningHandler } from '../../warnings.js';
 import type { CaptionProjectionInit, TextToImageModelConfig } from '../config.js';
 import { defaultCacheDir } from '../data/cache.js';
 import type { Batch } from '../data/loader.js';
@@ -64,7 +75,7 @@ import { splitIndices } from '../data/dataset.js';
 import type { StatefulGenerator } from '../loop.js';
 import type { RunTrainer } from '../run-trainers.js';
 import type { SampleGrid } from '../sample-grid.js';
-import type { JsonObject } from '../json-value.js';
+import { describeDifferences, type JsonObject } from '../json-value.js';
 import type { DatasetLatents } from '../latent-cache.js';
 import { encodeDatasetLatents } from '../latent-cache.js';
 import { minSnrWeights } from '../min-snr.js';
@@ -272,6 +283,8 @@ export interface TextToImageTrainer extends RunTrainer {
     weights: ReadonlyMap<string, Float32Array>,
     options?: { dtype?: 'float32' | 'float16' | 'bfloat16' },
   ): Promise<void>;
+  /** Every parameter of a folder writePipeline wrote for this run's model (readPixArtPipelineWeights). */
+  readPipeline(dir: string): Promise<Map<string, Float32Array>>;
   /** Generate the images (rows: prompts, columns: seeds) with `weights` through PixArtPipeline. */
   renderSamples(
     weights: ReadonlyMap<string, Float32Array>,
@@ -585,7 +598,10 @@ export async function textToImageTrainer(o: TextToImageTrainerOptions): Promise<
       // Draw order fixed (posterior ε, noise, timesteps) so a restored generator repeats a run.
       const posterior = generator.randn(shape);
       const noise = generator.randn(shape);
-      const uniform = generator.rand([n]);
+      const timesteps =
+        model.timestepSampling === undefined
+          ? uniformTimesteps(generator.rand([n]), alphasCumprod)
+          : logitNormalTimesteps(generator.randn([n]), alphasCumprod, model.timestepSampling);
       const z = new Float32Array(n * latentItem);
       batch.indices.forEach((index, b) => {
         const from = index * latentItem;
@@ -597,7 +613,6 @@ export async function textToImageTrainer(o: TextToImageTrainerOptions): Promise<
           z[at] = Math.fround(sample * scalingFactor);
         }
       });
-      const timesteps = uniformTimesteps(uniform, alphasCumprod);
       const noisy = noisedLatents(z, noise, shape, timesteps, alphasCumprod);
       const encoding = tokenizer.encode(batch.captions.map(preprocessCaption), {
         maxLength: maxTextLength,
@@ -641,6 +656,16 @@ export async function textToImageTrainer(o: TextToImageTrainerOptions): Promise<
         vaeDir,
         dtype: options.dtype ?? 'float16',
         predictionType: prediction,
+      });
+    },
+
+    readPipeline(dir) {
+      return readPixArtPipelineWeights(resolve(dir), {
+        shapes,
+        transformerConfig: configs.transformer,
+        textEncoderConfig: configs.textEncoder,
+        tokenizerFiles,
+        vaeDir,
       });
     },
 
@@ -851,4 +876,229 @@ async function copyVae(
     dtype,
     library: 'diffusers',
   });
+}
+
+/** What a pipeline folder must hold to start a run from (readPixArtPipelineWeights): the run's model. */
+export type PixArtPipelineExpectation = Pick<
+  PixArtPipelineFolderOptions,
+  'shapes' | 'transformerConfig' | 'textEncoderConfig' | 'tokenizerFiles' | 'vaeDir'
+>;
+
+/**
+ * Every parameter of a folder writePixArtPipelineFolder wrote, under the training graph's names
+ * (`transformer.<diffusers key>`, `text_encoder.<transformers key>`), fp16 and bf16 widened to float32:
+ * the writer inverted. The folder must be the model `expected` describes, or the run would train
+ * something else than it says: its tokenizer the one built from this run's captions (token ids mean
+ * the same words), each model's config.json every key of this run's, its VAE this run's VAE in the
+ * folder's dtype (the latents the denoiser learnt), each model's weights exactly this run's parameters
+ * with their shapes, all finite. Throws FileFormatError or WeightError naming the file and what differs.
+ */
+export async function readPixArtPipelineWeights(
+  dir: string,
+  expected: PixArtPipelineExpectation,
+): Promise<Map<string, Float32Array>> {
+  const index = await readModelIndex(dir);
+  if (index.className !== 'PixArtAlphaPipeline') {
+    const path = join(dir, 'model_index.json');
+    throw new FileFormatError(
+      `${path}: expected a PixArtAlphaPipeline folder (what the text-to-image trainer writes), found a ${index.className}`,
+      'INIT_PIPELINE_CLASS',
+      path,
+    );
+  }
+  await checkPipelineTokenizer(join(dir, 'tokenizer'), expected.tokenizerFiles);
+  await checkPipelineConfig(join(dir, TRANSFORMER_PREFIX), expected.transformerConfig, 'model.transformer');
+  await checkPipelineConfig(join(dir, TEXT_ENCODER_PREFIX), expected.textEncoderConfig, 'model.textEncoder');
+  await checkPipelineVae(join(dir, 'vae'), expected.vaeDir);
+  const weights = new Map<string, Float32Array>();
+  for (const prefix of [TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX]) {
+    // The component folders are named as the parameters' prefixes (writePixArtPipelineFolder).
+    const component = await readComponentWeights(
+      join(dir, prefix),
+      componentParameters(expected.shapes, prefix),
+    );
+    for (const [name, values] of component) weights.set(`${prefix}.${name}`, values);
+  }
+  return weights;
+}
+
+/** JSON as it is written to a file and read back (undefined members dropped). */
+function asWritten(value: unknown): unknown {
+  return JSON.parse(JSON.stringify(value)) as unknown;
+}
+
+/**
+ * The folder's tokenizer files against the ones this run builds. `model_max_length` (the run's
+ * maxTextLength) may differ: it sets the padded length, not what a token id means.
+ */
+async function checkPipelineTokenizer(dir: string, files: T5TokenizerFiles): Promise<void> {
+  for (const [name, built] of Object.entries(files)) {
+    const path = join(dir, name);
+    const ours = asWritten(built);
+    const theirs = await readJsonFile(path, 'a file of the T5 tokenizer');
+    const differences: string[] = [];
+    if (name === 'tokenizer.json') {
+      const vocabulary = (json: unknown): unknown[] => {
+        const model = isPlainObject(json) ? json.model : undefined;
+        return isPlainObject(model) && Array.isArray(model.vocab) ? model.vocab : [];
+      };
+      const [a, b] = [vocabulary(ours), vocabulary(theirs)];
+      const first = Array.from({ length: Math.max(a.length, b.length) }, (_, i) => i).find(
+        (i) => JSON.stringify(a[i]) !== JSON.stringify(b[i]),
+      );
+      if (first !== undefined) {
+        differences.push(
+          `vocabulary: this run's ${a.length} pieces, the folder's ${b.length}; the first difference is ` +
+            `id ${first}: this run ${JSON.stringify(a[first]) ?? 'nothing'}, the folder ${JSON.stringify(b[first]) ?? 'nothing'}`,
+        );
+      }
+      const withoutVocabulary = (json: unknown): unknown =>
+        isPlainObject(json) && isPlainObject(json.model)
+          ? { ...json, model: { ...json.model, vocab: undefined } }
+          : json;
+      differences.push(
+        ...describeDifferences(withoutVocabulary(ours), withoutVocabulary(theirs), [
+          'this run',
+          'the folder',
+        ]),
+      );
+    } else {
+      const withoutLength = (json: unknown): unknown =>
+        isPlainObject(json) ? { ...json, model_max_length: undefined } : json;
+      const [a, b] =
+        name === 'tokenizer_config.json' ? [withoutLength(ours), withoutLength(theirs)] : [ours, theirs];
+      differences.push(...describeDifferences(a, b, ['this run', 'the folder']));
+    }
+    if (differences.length > 0) {
+      throw new FileFormatError(
+        `${path}: not the tokenizer this run builds from its training captions, so the folder's token ids ` +
+          `would mean other words (${differences.join('; ')}). Train on the data the folder's model was ` +
+          'trained on (the same captions and split).',
+        'INIT_PIPELINE_TOKENIZER',
+        path,
+      );
+    }
+  }
+}
+
+/** The component's config.json must have every key of this run's model config, with the same value. */
+async function checkPipelineConfig(dir: string, expected: JsonObject, configKey: string): Promise<void> {
+  const found = await readConfig(dir);
+  const path = join(dir, 'config.json');
+  const shared = Object.fromEntries(Object.keys(expected).map((key) => [key, found[key]]));
+  const differences = describeDifferences(expected, shared, ['this run', 'the folder']);
+  if (differences.length > 0) {
+    throw new FileFormatError(
+      `${path}: not this run's model (${differences.join('; ')}). Give ${configKey} the folder's keys ` +
+        '(the ones the trainer derives follow from the VAE, the image size and the tokenizer).',
+      'INIT_PIPELINE_CONFIG',
+      path,
+    );
+  }
+}
+
+/** What `values` become stored as `dtype`: the writer rounds float32 to it. */
+function storedAs(values: Float32Array, dtype: SafetensorsDtype): Float32Array {
+  if (dtype === 'F16') return f16ToF32(f32ToF16(values));
+  if (dtype === 'BF16') return bf16ToF32(f32ToBf16(values));
+  return values;
+}
+
+/**
+ * The folder's VAE must be the run's (`model.vae`) as writePixArtPipelineFolder copies it: the same
+ * config, the same tensors, each value the run's rounded to the folder's dtype.
+ */
+async function checkPipelineVae(dir: string, runVae: string): Promise<void> {
+  const userKeys = (config: Record<string, unknown>): Record<string, unknown> =>
+    Object.fromEntries(Object.entries(config).filter(([key]) => !key.startsWith('_')));
+  const advice = `The denoiser learnt this VAE's latents: set model.vae to ${dir}.`;
+  const path = join(dir, 'config.json');
+  const configDifferences = describeDifferences(
+    userKeys(await readConfig(runVae)),
+    userKeys(await readConfig(dir)),
+    ['model.vae', 'the folder'],
+  );
+  if (configDifferences.length > 0) {
+    throw new FileFormatError(
+      `${path}: not this run's VAE ${runVae} (${configDifferences.join('; ')}). ${advice}`,
+      'INIT_PIPELINE_VAE',
+      path,
+    );
+  }
+  const [ours, theirs] = [await WeightStore.open(runVae), await WeightStore.open(dir)];
+  try {
+    const [a, b] = [ours.names().sort(), theirs.names().sort()];
+    if (JSON.stringify(a) !== JSON.stringify(b)) {
+      throw new WeightError(
+        `${theirs.sourcePath}: not the tensors of this run's VAE ${ours.sourcePath} ` +
+          `(only in model.vae: ${listNames(a.filter((n) => !theirs.has(n)))}; ` +
+          `only in the folder: ${listNames(b.filter((n) => !ours.has(n)))}). ${advice}`,
+        'INIT_PIPELINE_VAE',
+      );
+    }
+    for (const name of a) {
+      const stored = theirs.info(name).dtype;
+      const want = storedAs(await ours.readFloat32(name), stored);
+      const got = await theirs.readFloat32(name);
+      const at = want.length === got.length ? want.findIndex((v, i) => !Object.is(v, got[i])) : 0;
+      if (at >= 0) {
+        throw new WeightError(
+          `${theirs.sourcePath}: tensor '${name}' is not this run's VAE's (${ours.sourcePath}) in ${stored} ` +
+            `(index ${at}: model.vae ${want[at]}, the folder ${got[at]}). ${advice}`,
+          'INIT_PIPELINE_VAE',
+        );
+      }
+    }
+  } finally {
+    await Promise.all([ours.close(), theirs.close()]);
+  }
+}
+
+/** Float dtypes the pipeline writer stores (saveModelFolder's float32, float16, bfloat16). */
+const WRITTEN_DTYPES: ReadonlySet<SafetensorsDtype> = new Set<SafetensorsDtype>(['F32', 'F16', 'BF16']);
+
+/** One model's weights, exactly `shapes` (names, shapes, a float dtype), as float32, every value finite. */
+async function readComponentWeights(
+  dir: string,
+  shapes: ReadonlyMap<string, readonly number[]>,
+): Promise<Map<string, Float32Array>> {
+  const store = await WeightStore.open(dir);
+  try {
+    const missing = [...shapes.keys()].filter((name) => !store.has(name));
+    const extra = store.names().filter((name) => !shapes.has(name));
+    const wrong: string[] = [];
+    for (const [name, shape] of shapes) {
+      if (!store.has(name)) continue;
+      const info = store.info(name);
+      if (formatShape(info.shape) !== formatShape(shape))
+        wrong.push(`'${name}' ${formatShape(info.shape)} (this run: ${formatShape(shape)})`);
+      else if (!WRITTEN_DTYPES.has(info.dtype)) wrong.push(`'${name}' stored as ${info.dtype}`);
+    }
+    if (missing.length > 0 || extra.length > 0 || wrong.length > 0) {
+      throw new WeightError(
+        `${store.sourcePath}: not this run's parameters` +
+          (missing.length > 0 ? `; missing: ${listNames(missing)}` : '') +
+          (extra.length > 0 ? `; not in this run's model: ${listNames(extra)}` : '') +
+          (wrong.length > 0 ? `; ${wrong.slice(0, 10).join(', ')}` : ''),
+        'INIT_PIPELINE_WEIGHTS',
+      );
+    }
+    const weights = new Map<string, Float32Array>();
+    for (const name of shapes.keys()) {
+      const values = await store.readFloat32(name);
+      const bad = values.findIndex((v) => !Number.isFinite(v));
+      if (bad >= 0) {
+        const count = values.reduce((n, v) => n + (Number.isFinite(v) ? 0 : 1), 0);
+        throw new WeightError(
+          `${store.sourcePath}: tensor '${name}' holds ${count} non-finite values (index ${bad}: ` +
+            `${values[bad]}); a run cannot start from them`,
+          'INIT_PIPELINE_NONFINITE',
+        );
+      }
+      weights.set(name, values);
+    }
+    return weights;
+  } finally {
+    await store.close();
+  }
 }

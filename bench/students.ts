@@ -104,6 +104,8 @@ export function studentRows(students: readonly Student[]): StudentRowSpec[] {
   const rows: StudentRowSpec[] = [
     { id: 'teacher', label: 'teacher, 25 steps, CFG 4.5', accel: '', steps: 25, guidance: 4.5 },
     { id: 'tgate', label: 'T-GATE (gate 15, sp 3, warm-up 2)', accel: 'tgate', steps: 25, guidance: 4.5 },
+    // The few-step baseline a distilled student has to beat: the teacher itself cut to Flash's 4 steps.
+    { id: 'teacher-4', label: 'teacher, 4 steps, CFG 4.5', accel: '', steps: 4, guidance: 4.5 },
   ];
   const clear = students
     .filter((s) => s.kind === 'clear')

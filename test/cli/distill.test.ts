@@ -308,7 +308,7 @@ describe('velodiff distill clear', () => {
       '--batch',
       '4',
       '--rows',
-      'tgate,clear:2,linfusion,flash,flash-2',
+      'tgate,teacher-4,clear:2,linfusion,flash,flash-2',
       '--grid',
       gridFile,
     ]);
@@ -326,7 +326,7 @@ describe('velodiff distill clear', () => {
     };
     assert.deepEqual(
       rows.map((x) => x.id),
-      ['teacher', 'tgate', 'clear:2', 'linfusion', 'flash', 'flash-2'],
+      ['teacher', 'tgate', 'teacher-4', 'clear:2', 'linfusion', 'flash', 'flash-2'],
     );
     const byId = new Map(rows.map((x) => [x.id, x]));
     const teacherRow = byId.get('teacher')!;
@@ -341,6 +341,11 @@ describe('velodiff distill clear', () => {
     const f = (byId.get('flash')!.gflop_per_image - byId.get('flash-2')!.gflop_per_image) / 2;
     const v = byId.get('flash-2')!.gflop_per_image - 2 * f;
     assertClose([teacherRow.gflop_per_image], [50 * f + v], { rtol: 1e-9, atol: 0, what: 'teacher GFLOP' });
+    assertClose([byId.get('teacher-4')!.gflop_per_image], [8 * f + v], {
+      rtol: 1e-9,
+      atol: 0,
+      what: 'teacher at 4 steps GFLOP',
+    });
     assert.ok(byId.get('tgate')!.predicted_speedup > 1);
     assert.ok(existsSync(gridFile));
   });

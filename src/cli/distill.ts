@@ -21,10 +21,10 @@ const FLAGS: Record<string, FlagSpec> = {
     description:
       "linfusion: the input MLPs' width is the model width / this (default 16, LinFusion-XL's; 1: LinFusion-1-5's)",
   },
-  'lora-rank': { type: 'integer', description: 'flash: the LoRA rank (default 32)' },
+  'lora-rank': { type: 'integer', description: 'flash: the LoRA rank (default 16)' },
   'lora-alpha': {
     type: 'number',
-    description: "flash: the LoRA alpha (default 4: scale alpha/r = 0.125, flash-pixart's)",
+    description: "flash: the LoRA alpha (default 2: scale alpha/r = 0.125, flash-pixart's)",
   },
   'phase-steps': {
     type: 'integer',
@@ -38,7 +38,7 @@ const FLAGS: Record<string, FlagSpec> = {
     type: 'string',
     description: 'the teacher, a PixArt pipeline folder (default: the shipped models/emoji/)',
   },
-  steps: { type: 'integer', description: 'optimizer updates (default 2000)' },
+  steps: { type: 'integer', description: 'optimizer updates (default 2000; flash 1400)' },
   'batch-size': { type: 'integer', description: 'images per update (default 32; flash 8)' },
   out: {
     type: 'string',
@@ -74,8 +74,8 @@ flash: a LoRA student trained as Flash Diffusion trains PixArt: the teacher's re
 16-step DPM-Solver++ run with guidance U[2, 9] from a noised data latent are the target of one
 student step; four phases of start-timestep modes and loss weights; a feature distance on the emoji
 classifier (LPIPS' form; its VGG weights are not available offline), the distribution-matching term
-and an LSGAN term with a small discriminator; AdamW lr 1e-4 (the authors' 1e-5 over a ten times
-longer run), weight decay 0.01. model/ holds
+and an LSGAN term with a small discriminator; AdamW lr 1e-4 (the authors' 1e-5 over a fourteen
+times longer run), weight decay 0.01. model/ holds
 pytorch_lora_weights.safetensors (diffusers format), sampled with LCM, 4 steps, no CFG. The same run
 from a file: configs/emoji-flash.json.`;
 
@@ -146,6 +146,7 @@ export async function distillCommand(argv: string[]): Promise<number> {
     raw = {
       kind: 'distill-flash',
       ...common,
+      steps: (flags.steps as number | undefined) ?? 1400,
       batchSize: (flags['batch-size'] as number | undefined) ?? 8,
       optimizer: { kind: 'adamw', lr: 1e-4, weightDecay: 0.01 },
       lrSchedule: { kind: 'constant', warmupSteps: 0 },

@@ -327,7 +327,7 @@ export const TRAIN_DEFAULTS = {
     classifier: { labels: ['category', 'subcategory'], maxShift: 4 },
     'distill-clear': { downFactor: 1, featureLayers: null, teacherSteps: 25, teacherGuidance: 4.5 },
     'distill-linfusion': { midDimScale: 16 },
-    'distill-flash': { loraRank: 32, loraAlpha: 4, teacherSteps: 16, guidance: [2, 9] as const },
+    'distill-flash': { loraRank: 16, loraAlpha: 2, teacherSteps: 16, guidance: [2, 9] as const },
   },
 } as const;
 

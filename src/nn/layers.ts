@@ -13,6 +13,8 @@ import {
   mul,
   reshape,
   rmsNorm,
+  transpose,
+  unsqueeze,
 } from '../graph/ops/index.js';
 import type { LoraModuleTerms, Params } from './params.js';
 
@@ -27,6 +29,29 @@ export function Linear(p: Params, x: Tensor, inFeatures: number, outFeatures: nu
     const lora = p.loraTerms();
     if (q) return int8LinearWithLora(x, q.weight, q.scale, b, lora);
     return lora === undefined ? linear(x, w, b) : linearWithLora(x, w, b, lora);
+  });
+}
+
+/**
+ * A Linear(C→C) of x [B, N, C] with its output split into heads, [B, H, N, C/H], as attention
+ * kernels take it. A plain float weight is applied as [1, H, C, C/H] in one batched product: the
+ * Linear's FLOPs without the transpose its [B, N, C] output would need (ORT folds the weight's
+ * reshape and transpose into a new initializer at session creation). An int8 weight or LoRA terms
+ * take Linear's path, then the transpose, so quantization and adapters apply as everywhere.
+ */
+export function LinearToHeads(p: Params, x: Tensor, dim: number, heads: number, bias = true): Tensor {
+  const headDim = dim / heads;
+  const toHeads = (y: Tensor): Tensor =>
+    transpose(reshape(y, [x.shape[0], x.shape[1], heads, headDim]), [0, 2, 1, 3]);
+  const q = p.int8Linear(dim, dim, x.rank);
+  const w = q?.weight ?? p.get('weight', [dim, dim]);
+  const b = bias ? p.get('bias', [dim]) : undefined;
+  return p.scope(() => {
+    const lora = p.loraTerms();
+    if (q) return toHeads(int8LinearWithLora(x, q.weight, q.scale, b, lora));
+    if (lora !== undefined) return toHeads(linearWithLora(x, w, b, lora));
+    const y = matmul(unsqueeze(x, 1), transpose(reshape(w, [1, heads, headDim, dim]), [0, 1, 3, 2]));
+    return b === undefined ? y : add(y, reshape(b, [1, heads, 1, headDim]));
   });
 }
 

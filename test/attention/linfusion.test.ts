@@ -8,7 +8,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import { LinFusionWeights, linfusionSelfAttention } from '../../src/attention/linfusion.js';
+import {
+  LinFusionWeights,
+  linfusionSelfAttention,
+  normalizedLinearAttention,
+} from '../../src/attention/linfusion.js';
 import type { SelfAttentionLayer } from '../../src/attention/types.js';
 import { FileFormatError, OptionError, WeightError } from '../../src/errors.js';
 import { Graph } from '../../src/graph/index.js';
@@ -210,6 +214,47 @@ describe('LinFusion generalized linear attention', () => {
       assert.ok(maxError / maxMagnitude < 1e-5, `max |error| ${maxError} for outputs up to ${maxMagnitude}`);
     } finally {
       await weights.close();
+    }
+  });
+
+  it('normalizedLinearAttention on packed q, k, v [B, N, H·D] matches the row form', async () => {
+    // The kernel alone, as bench/attention.ts builds it: the heads are split from packed projections.
+    const [heads, headDim, batch] = [3, 4, 2];
+    const width = heads * headDim;
+    const g = new Graph('linfusion-kernel');
+    const [q, k, v] = ['q', 'k', 'v'].map((n) => g.input(n, 'float32', ['B', 'N', width]));
+    g.output('o', normalizedLinearAttention(q, k, v, heads));
+    const compiled = await testRuntime().compile(g);
+    const phi = (u: number): number => (u > 0 ? u + 1 : Math.exp(u));
+    const random = seededUniform(7103);
+    for (const tokens of [1, 7, 40]) {
+      const size = batch * tokens * width;
+      const [qd, kd, vd] = [0, 1, 2].map(() => randomArray(size, random, -2, 2));
+      const out = await compiled.run({
+        q: hostTensor('float32', [batch, tokens, width], qd),
+        k: hostTensor('float32', [batch, tokens, width], kd),
+        v: hostTensor('float32', [batch, tokens, width], vd),
+      });
+      const expected = new Float64Array(size);
+      const at = (b: number, n: number, h: number, d: number): number =>
+        (b * tokens + n) * width + h * headDim + d;
+      for (let b = 0; b < batch; b++) {
+        for (let i = 0; i < tokens; i++) {
+          for (let h = 0; h < heads; h++) {
+            let denominator = 1e-4 * tokens;
+            const numerator = new Float64Array(headDim);
+            for (let j = 0; j < tokens; j++) {
+              let score = 0;
+              for (let d = 0; d < headDim; d++) score += phi(qd[at(b, i, h, d)]) * phi(kd[at(b, j, h, d)]);
+              denominator += score;
+              for (let d = 0; d < headDim; d++) numerator[d] += score * vd[at(b, j, h, d)];
+            }
+            for (let d = 0; d < headDim; d++) expected[at(b, i, h, d)] = numerator[d] / denominator;
+          }
+        }
+      }
+      assert.deepEqual(out.o.shape, [batch, tokens, width]);
+      assertClose(out.o.data as Float32Array, expected, { atol: 1e-5, rtol: 1e-5, what: `N=${tokens}` });
     }
   });
 

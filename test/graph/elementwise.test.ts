@@ -32,6 +32,7 @@ import {
   reciprocal,
   relu,
   elu,
+  eluPlusOne,
   leakyRelu,
   rsqrt,
   sigmoid,
@@ -311,6 +312,7 @@ const UNARY: UnaryCase[] = [
   },
   { name: 'leakyRelu (0.01)', op: (x) => leakyRelu(x), f: (x) => (x >= 0 ? x : 0.01 * x), range: [-4, 4] },
   { name: 'leakyRelu (0.2)', op: (x) => leakyRelu(x, 0.2), f: (x) => (x >= 0 ? x : 0.2 * x), range: [-4, 4] },
+  { name: 'eluPlusOne', op: eluPlusOne, f: (x) => (x > 0 ? x + 1 : Math.exp(x)), range: [-6, 4] },
 ];
 
 describe('unary math and activations', () => {

@@ -14,6 +14,7 @@ import {
   cos,
   div,
   elu,
+  eluPlusOne,
   erf,
   exp,
   gelu,
@@ -154,6 +155,7 @@ const UNARY: Record<string, UnaryCase> = {
   sigmoid: { op: sigmoid, range: [-3, 3] },
   relu: { op: relu, awayFrom: [0] },
   elu: { op: (x) => elu(x, 0.7), range: [-2, 2], awayFrom: [0] },
+  eluPlusOne: { op: eluPlusOne, range: [-2, 2], awayFrom: [0] },
   leakyRelu: { op: (x) => leakyRelu(x, 0.1), awayFrom: [0] },
   'gelu tanh': { op: (x) => gelu(x, 'tanh'), range: [-3, 3] },
   erf: { op: erf, range: [-2, 2], dtype: 'float32' },
@@ -204,7 +206,8 @@ describe('the gradient registry of elementwise, matmul and reduce ops', () => {
   const OWN = [
     ...['add', 'sub', 'mul', 'div', 'pow', 'maximum', 'minimum', 'where', 'cast'],
     ...['neg', 'abs', 'exp', 'log', 'sqrt', 'reciprocal', 'sin', 'cos', 'tanh', 'erf', 'sigmoid', 'relu'],
-    ...['elu', 'leakyRelu', 'gelu', 'matmul', 'sum', 'mean', 'max', 'cumsum', 'sumToRuntimeOnes'],
+    ...['elu', 'eluPlusOne', 'leakyRelu', 'gelu', 'matmul', 'sum', 'mean', 'max', 'cumsum'],
+    ...['sumToRuntimeOnes'],
   ];
 
   it('has a VJP for every float op and none for the comparisons and logic', () => {

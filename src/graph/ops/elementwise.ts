@@ -331,6 +331,39 @@ export function elu(x: Tensor, alpha = 1): Tensor {
   return apply(EluOp, [x], { alpha })[0];
 }
 
+export const EluPlusOneOp = defineOp<NoAttrs>({
+  name: 'eluPlusOne',
+  infer([x]) {
+    expectFloat(x, 'input');
+    return [{ dtype: x.dtype, shape: x.shape }];
+  },
+  // relu(x) + exp(min(x, 0)): four vectorized passes. ORT's Elu kernel is far slower than its Exp:
+  // on [2, 4096, 192] float32, Elu then Add took 3.1 ms against 1.4 ms for these four
+  // (onnxruntime-node 1.30, one thread, medians of ORT's per-node profile). All four have double
+  // kernels too.
+  lower(ctx, node, [out]) {
+    const x = node.inputs[0];
+    const [positive, negative, e] = ['elu1_pos', 'elu1_neg', 'elu1_exp'].map((h) => ctx.fresh(h));
+    ctx.emit('Relu', [ctx.name(x)], [positive]);
+    ctx.emit('Min', [ctx.name(x), ctx.scalar(0, x.dtype)], [negative]);
+    ctx.emit('Exp', [negative], [e]);
+    ctx.emit('Add', [positive, e], [out]);
+  },
+  // 1 for x > 0; eˣ = y otherwise (ELU's rule at 0).
+  vjp: ({ inputs: [x], outputs: [y] }, [g]) => {
+    const cot = g as Tensor;
+    return [where(greater(x, 0), cot, mul(cot, y))];
+  },
+});
+
+/**
+ * ELU(x) + 1: x + 1 for x > 0, eˣ otherwise; a strictly positive feature map (LinFusion's φ), as
+ * one op that ORT runs faster than elu followed by add.
+ */
+export function eluPlusOne(x: Tensor): Tensor {
+  return apply(EluPlusOneOp, [x], {})[0];
+}
+
 export const LeakyReluOp = defineOp<{ slope: number }>({
   name: 'leakyRelu',
   infer([x], { slope }) {

@@ -957,7 +957,7 @@ const STUDENTS_FLAGS: Record<string, FlagSpec> = {
   rows: {
     type: 'string',
     description:
-      'comma-separated row ids (teacher always runs): tgate, clear:R[:D], clear:R[:D]+tgate, linfusion, linfusion+tgate, flash, flash-2, flash+tgate; default all the students allow',
+      'comma-separated row ids (teacher always runs): tgate, teacher-4, clear:R[:D], clear:R[:D]+tgate, linfusion, linfusion+tgate, flash, flash-2, flash+tgate; default all the students allow',
   },
   grid: { type: 'string', description: 'PNG of the rows side by side (first prompts)' },
   size: {

@@ -2,7 +2,7 @@ import { WeightError } from '../errors.js';
 import type { DType } from '../graph/dtype.js';
 import type { Graph, Tensor } from '../graph/graph.js';
 import type { TensorSource } from './weights.js';
-import { weightFromFile } from './weights.js';
+import { OverlayTensorSource, weightFromFile } from './weights.js';
 
 // --- LoRA hook -------------------------------------------------------------------------------
 // Linear and Conv2d ask `Params.loraTerms()` for low-rank terms of their module; `src/lora/`
@@ -149,7 +149,7 @@ export class Params {
     const int8 = this.root.int8;
     if (!int8) return undefined;
     int8.onLayer?.({ modulePath: this.path, outFeatures, inFeatures, inputRank });
-    if (!int8.modules?.has(this.path)) return undefined;
+    if (!int8.modules?.has(this.path) || this.overlaidInFloat('weight')) return undefined;
     return {
       weight: this.getAs('weight', [outFeatures, inFeatures], 'int8'),
       scale: this.get('weight_scale', [outFeatures]),
@@ -177,11 +177,25 @@ export class Params {
       kernel: [kernel[0], kernel[1]],
       int8Capable,
     });
-    if (!int8.modules?.has(this.path)) return undefined;
+    if (!int8.modules?.has(this.path) || this.overlaidInFloat('weight')) return undefined;
     return {
       weight: this.getAs('weight', [outChannels, inChannels, kernel[0], kernel[1]], 'int8'),
       scale: this.get('weight_scale', [outChannels]),
     };
+  }
+
+  /**
+   * Whether a float tensor overlaid on the checkpoint replaces `name` (a CLEAR student's trained
+   * projections over an int8 teacher): that layer then runs in float with the overlay's weight.
+   */
+  private overlaidInFloat(name: string): boolean {
+    const source = this.root.source;
+    const full = this.fullName(name);
+    return (
+      source instanceof OverlayTensorSource &&
+      source.overlay.has(full) &&
+      source.overlay.info(full).dtype !== 'I8'
+    );
   }
 
   /** Like `get`, or undefined when the checkpoint lacks it. */

@@ -22,14 +22,7 @@ import type { LoraModuleTerms, Params } from './params.js';
 // path with the shapes the config implies, and builds its graph fragment in that scope.
 
 export function Linear(p: Params, x: Tensor, inFeatures: number, outFeatures: number, bias = true): Tensor {
-  const q = p.int8Linear(outFeatures, inFeatures, x.rank);
-  const w = q?.weight ?? p.get('weight', [outFeatures, inFeatures]);
-  const b = bias ? p.get('bias', [outFeatures]) : undefined;
-  return p.scope(() => {
-    const lora = p.loraTerms();
-    if (q) return int8LinearWithLora(x, q.weight, q.scale, b, lora);
-    return lora === undefined ? linear(x, w, b) : linearWithLora(x, w, b, lora);
-  });
+  return linearLayer(p, x, inFeatures, outFeatures, bias);
 }
 
 /**
@@ -41,17 +34,37 @@ export function Linear(p: Params, x: Tensor, inFeatures: number, outFeatures: nu
  */
 export function LinearToHeads(p: Params, x: Tensor, dim: number, heads: number, bias = true): Tensor {
   const headDim = dim / heads;
-  const toHeads = (y: Tensor): Tensor =>
-    transpose(reshape(y, [x.shape[0], x.shape[1], heads, headDim]), [0, 2, 1, 3]);
-  const q = p.int8Linear(dim, dim, x.rank);
-  const w = q?.weight ?? p.get('weight', [dim, dim]);
-  const b = bias ? p.get('bias', [dim]) : undefined;
+  return linearLayer(p, x, dim, dim, bias, {
+    plain: (w, b) => {
+      const y = matmul(unsqueeze(x, 1), transpose(reshape(w, [1, heads, headDim, dim]), [0, 1, 3, 2]));
+      return b === undefined ? y : add(y, reshape(b, [1, heads, 1, headDim]));
+    },
+    after: (y) => transpose(reshape(y, [x.shape[0], x.shape[1], heads, headDim]), [0, 2, 1, 3]),
+  });
+}
+
+/**
+ * A Linear's weights read once (int8 when the loader made the module int8, else float; its LoRA
+ * terms), built as `linear` or, for a plain float weight without LoRA, as `layout.plain`; the int8
+ * and LoRA paths' output goes through `layout.after`.
+ */
+function linearLayer(
+  p: Params,
+  x: Tensor,
+  inFeatures: number,
+  outFeatures: number,
+  bias: boolean,
+  layout?: { plain: (w: Tensor, b: Tensor | undefined) => Tensor; after: (y: Tensor) => Tensor },
+): Tensor {
+  const q = p.int8Linear(outFeatures, inFeatures, x.rank);
+  const w = q?.weight ?? p.get('weight', [outFeatures, inFeatures]);
+  const b = bias ? p.get('bias', [outFeatures]) : undefined;
+  const after = layout?.after ?? ((y: Tensor): Tensor => y);
   return p.scope(() => {
     const lora = p.loraTerms();
-    if (q) return toHeads(int8LinearWithLora(x, q.weight, q.scale, b, lora));
-    if (lora !== undefined) return toHeads(linearWithLora(x, w, b, lora));
-    const y = matmul(unsqueeze(x, 1), transpose(reshape(w, [1, heads, headDim, dim]), [0, 1, 3, 2]));
-    return b === undefined ? y : add(y, reshape(b, [1, heads, 1, headDim]));
+    if (q) return after(int8LinearWithLora(x, q.weight, q.scale, b, lora));
+    if (lora !== undefined) return after(linearWithLora(x, w, b, lora));
+    return layout ? layout.plain(w, b) : linear(x, w, b);
   });
 }
 

@@ -49,6 +49,11 @@ const FLAGS: Record<string, FlagSpec> = {
     description:
       'a folder of images with metadata.jsonl (default: the emoji): the captions the teacher draws (clear), the images and captions (linfusion)',
   },
+  init: {
+    type: 'string',
+    description:
+      "start from a student folder of the method (a shipped student, or a run's model/) instead of the method's initialisation: a new run with a fresh optimizer, e.g. after the teacher changed",
+  },
   resume: { type: 'boolean', description: "continue from the run folder's newest checkpoint" },
   ...runtimeFlags,
   help: { type: 'boolean', description: 'show this help' },
@@ -91,7 +96,7 @@ export async function distillCommand(argv: string[]): Promise<number> {
   if (flags.help) {
     console.log(
       usage(
-        'distill clear --radius R [--down-factor D] | linfusion [--mid-dim-scale S] | flash [--lora-rank R]  [--teacher DIR] [--steps N] [--resume]',
+        'distill clear --radius R [--down-factor D] | linfusion [--mid-dim-scale S] | flash [--lora-rank R]  [--teacher DIR] [--init STUDENT_DIR] [--steps N] [--resume]',
         SUMMARY,
         FLAGS,
       ),
@@ -118,6 +123,7 @@ export async function distillCommand(argv: string[]): Promise<number> {
     batchSize: (flags['batch-size'] as number | undefined) ?? 32,
     checkpoint: { every: 250, keep: 2 },
     ...(flags.data !== undefined ? { data: String(flags.data) } : {}),
+    ...(flags.init !== undefined ? { init: { student: String(flags.init) } } : {}),
   };
   let name: string;
   let raw: Record<string, unknown>;

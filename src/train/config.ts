@@ -249,7 +249,7 @@ interface CommonConfig {
  * optimizer, schedule and steps (a warm restart: `--resume` continues a run; this starts a new one).
  * The optimizer state, the schedule's position and the data position start afresh.
  */
-export type InitConfig = CheckpointInit | PipelineInit;
+export type InitConfig = CheckpointInit | PipelineInit | StudentInit;
 
 /** `init.checkpoint`: a checkpoint of a run on the same data. */
 export interface CheckpointInit {
@@ -266,6 +266,17 @@ export interface CheckpointInit {
 export interface PipelineInit {
   /** The folder (absolute; relative to the current directory in the file). */
   readonly pipeline: string;
+}
+
+/**
+ * `init.student` (distillation runs only): a student folder of the run's method, as `distill` exports it
+ * (such as models/emoji-students/linfusion), whose trained tensors must be this run's. The student may
+ * come from another teacher (a warm start after the teacher changed); what the folder does not hold
+ * (Flash's discriminator) starts as the method starts it.
+ */
+export interface StudentInit {
+  /** The folder (absolute; relative to the current directory in the file). */
+  readonly student: string;
 }
 
 export type TrainConfig =
@@ -731,50 +742,62 @@ function readTimestepSampling(parent: Section): 'uniform' | LogitNormalSampling 
 
 /**
  * `init`: left out of the configuration when not given, so runs from before the key resume unchanged.
- * Exactly one of `checkpoint` (with `weights`) and `pipeline` (text-to-image runs only).
+ * Exactly one of `checkpoint` (with `weights`), `pipeline` (text-to-image runs only) and `student`
+ * (distillation runs only).
  */
 function readInit(parent: Section, kind: TrainKind, baseDir: string): { init?: InitConfig } {
   if (!parent.has('init')) return (parent.value('init'), {});
   const s = parent.section('init');
   if (!s) return {};
-  if (s.has('checkpoint') && s.has('pipeline')) {
+  const sources = (['checkpoint', 'pipeline', 'student'] as const).filter((key) => s.has(key));
+  if (sources.length > 1) {
     parent.problem(
       'init',
-      "exactly one of 'checkpoint' (an earlier run's checkpoint folder) and 'pipeline' (a pipeline folder)",
+      "exactly one of 'checkpoint' (an earlier run's checkpoint folder), 'pipeline' (a pipeline folder) " +
+        "and 'student' (a student folder)",
       s.raw,
     );
   }
-  if (s.has('pipeline') && !s.has('checkpoint')) {
-    const pipeline = s.string('pipeline', '');
-    if (kind !== 'text-to-image') {
+  const folderKey = sources.length === 1 && sources[0] !== 'checkpoint' ? sources[0] : undefined;
+  if (folderKey !== undefined) {
+    const folder = s.string(folderKey, '');
+    const allowed = folderKey === 'pipeline' ? kind === 'text-to-image' : kind.startsWith('distill-');
+    if (!allowed) {
       s.problem(
-        'pipeline',
-        `init.checkpoint instead (only a text-to-image run starts from a pipeline folder; this run is '${kind}')`,
-        pipeline,
+        folderKey,
+        folderKey === 'pipeline'
+          ? `init.checkpoint instead (only a text-to-image run starts from a pipeline folder; this run is '${kind}')`
+          : `init.checkpoint instead (only a distillation run starts from a student folder; this run is '${kind}')`,
+        folder,
       );
     }
     if (s.has('weights')) {
       s.problem(
         'weights',
-        'nothing beside init.pipeline (a pipeline folder holds one set of weights: the ones it ships)',
+        `nothing beside init.${folderKey} (the folder holds one set of weights: the ones it ships)`,
         s.value('weights'),
       );
     }
-    s.finish(['pipeline', 'weights']);
-    return { init: { pipeline: resolve(baseDir, pipeline) } };
+    s.finish([folderKey, 'weights']);
+    const path = resolve(baseDir, folder);
+    return { init: folderKey === 'pipeline' ? { pipeline: path } : { student: path } };
   }
   const checkpoint = s.string('checkpoint', '');
   if (checkpoint === '' && !s.has('checkpoint')) {
     s.problem(
       'checkpoint',
       "a checkpoint folder of an earlier run, such as 'runs/x/checkpoint-4000'" +
-        (kind === 'text-to-image' ? " (or init.pipeline: a pipeline folder such as 'models/emoji')" : ''),
+        (kind === 'text-to-image' ? " (or init.pipeline: a pipeline folder such as 'models/emoji')" : '') +
+        (kind.startsWith('distill-')
+          ? " (or init.student: a student folder such as 'models/emoji-students/linfusion')"
+          : ''),
       undefined,
     );
   }
   const weights = s.oneOf<'ema' | 'model'>('weights', 'ema', ['ema', 'model']);
-  s.value('pipeline');
-  s.finish(['checkpoint', 'weights', 'pipeline']);
+  // A second source was reported above: read, so that it is not reported again as an unknown key.
+  for (const key of ['pipeline', 'student']) s.value(key);
+  s.finish(['checkpoint', 'weights', 'pipeline', 'student']);
   return { init: { checkpoint: resolve(baseDir, checkpoint), weights } };
 }
 

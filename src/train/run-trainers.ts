@@ -39,6 +39,12 @@ export interface RunTrainer {
    * `init.pipeline`); absent where a kind cannot start from one.
    */
   readPipeline?(dir: string): Promise<Map<string, Float32Array>>;
+  /**
+   * A distillation's trained tensors from a student folder of its method, as saveModel writes it
+   * (`init.student`); absent where a kind cannot start from one. What the folder does not hold keeps
+   * initialParameters' value.
+   */
+  readStudent?(dir: string): Promise<Map<string, Float32Array>>;
   /** Releases what the trainer keeps open for its batches (a teacher pipeline); called once, at the end. */
   close?(): Promise<void>;
 }

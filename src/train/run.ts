@@ -289,26 +289,30 @@ async function checkpointWeights(
 }
 
 /**
- * The weights of the model folder `config.init.pipeline` names, read and checked by the trainer that
- * writes such folders (text-to-image: its models, tokenizer, VAE and every tensor must be this run's).
+ * The weights of the folder `config.init.pipeline` or `config.init.student` names, read and checked by
+ * the trainer that writes such folders (text-to-image: its models, tokenizer, VAE and every tensor must
+ * be this run's; a distillation: the student's method, settings and trained tensors).
  */
-async function pipelineWeights(
+async function folderWeights(
   config: TrainConfig,
+  key: 'pipeline' | 'student',
   dir: string,
   trainer: RunTrainer,
 ): Promise<ReadonlyMap<string, Float32Array>> {
-  const where = `init.pipeline ${dir}`;
-  if (trainer.readPipeline === undefined) {
+  const where = `init.${key} ${dir}`;
+  const code = key === 'pipeline' ? 'INIT_PIPELINE' : 'INIT_STUDENT';
+  const read = key === 'pipeline' ? trainer.readPipeline : trainer.readStudent;
+  if (read === undefined) {
     throw new OptionError(
-      `train: ${where}: a '${config.kind}' run cannot start from a pipeline folder; use init.checkpoint`,
-      'INIT_PIPELINE',
+      `train: ${where}: a '${config.kind}' run cannot start from a ${key} folder; use init.checkpoint`,
+      code,
     );
   }
   try {
-    return await trainer.readPipeline(dir);
+    return await read.call(trainer, dir);
   } catch (error) {
     if (error instanceof VelodiffError) {
-      throw new OptionError(`train: ${where} cannot be used: ${error.message}`, 'INIT_PIPELINE');
+      throw new OptionError(`train: ${where} cannot be used: ${error.message}`, code);
     }
     throw error;
   }
@@ -372,8 +376,10 @@ export async function runTraining(options: TrainRunOptions): Promise<TrainRunRes
       // A resumed run has its own checkpoints; only a run's first start reads the weights it starts from.
       const weights =
         'pipeline' in init
-          ? await pipelineWeights(config, init.pipeline, trainer)
-          : await checkpointWeights(config, init, trainer.modelConfig, trainableShapes);
+          ? await folderWeights(config, 'pipeline', init.pipeline, trainer)
+          : 'student' in init
+            ? await folderWeights(config, 'student', init.student, trainer)
+            : await checkpointWeights(config, init, trainer.modelConfig, trainableShapes);
       for (const [name, values] of weights) params.set(name, values);
     }
     const checkpoints = new CheckpointManager({

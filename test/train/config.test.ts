@@ -368,11 +368,11 @@ describe('training configuration', () => {
     assert.deepEqual(checkpoint.init, { checkpoint: resolve('runs/a/checkpoint-10'), weights: 'ema' });
     assert.match(
       problemsOf({ ...t2i, init: { pipeline: 'models/emoji', checkpoint: 'runs/a/checkpoint-10' } }).message,
-      /init: expected exactly one of 'checkpoint' \(an earlier run's checkpoint folder\) and 'pipeline' \(a pipeline folder\), found \{/,
+      /init: expected exactly one of 'checkpoint' \(an earlier run's checkpoint folder\), 'pipeline' \(a pipeline folder\) and 'student' \(a student folder\), found \{/,
     );
     assert.match(
       problemsOf({ ...t2i, init: { pipeline: 'models/emoji', weights: 'ema' } }).message,
-      /init\.weights: expected nothing beside init\.pipeline \(a pipeline folder holds one set of weights: the ones it ships\), found "ema"/,
+      /init\.weights: expected nothing beside init\.pipeline \(the folder holds one set of weights: the ones it ships\), found "ema"/,
     );
     assert.match(
       problemsOf({ ...MINIMAL.vae, init: { pipeline: 'models/emoji' } }).message,
@@ -385,6 +385,35 @@ describe('training configuration', () => {
     assert.match(
       problemsOf({ ...t2i, init: { pipeline: '' } }).message,
       /init\.pipeline: expected a non-empty string/,
+    );
+  });
+
+  it('init.student: a distillation starts from a student folder; no other kind does, and it comes alone', () => {
+    const distill = MINIMAL['distill-linfusion'];
+    const given = parseTrainConfig(
+      { ...distill, init: { student: 'models/emoji-students/linfusion' } },
+      { path: FILE },
+    );
+    assert.deepEqual(given.init, { student: resolve('models/emoji-students/linfusion') });
+    assert.match(
+      problemsOf({ ...MINIMAL['text-to-image'], init: { student: 'models/emoji-students/flash' } }).message,
+      /init\.student: expected init\.checkpoint instead \(only a distillation run starts from a student folder; this run is 'text-to-image'\), found "models\/emoji-students\/flash"/,
+    );
+    assert.match(
+      problemsOf({ ...distill, init: { student: 'a', pipeline: 'b' } }).message,
+      /init: expected exactly one of 'checkpoint' .*, 'pipeline' .* and 'student' \(a student folder\)/,
+    );
+    assert.match(
+      problemsOf({ ...distill, init: { student: 'a', weights: 'model' } }).message,
+      /init\.weights: expected nothing beside init\.student/,
+    );
+    assert.match(
+      problemsOf({ ...distill, init: {} }).message,
+      /init\.checkpoint: expected .* \(or init\.student: a student folder such as 'models\/emoji-students\/linfusion'\), found nothing/,
+    );
+    assert.match(
+      problemsOf({ ...distill, init: { pipeline: 'models/emoji' } }).message,
+      /init\.pipeline: expected init\.checkpoint instead/,
     );
   });
 

@@ -9,9 +9,9 @@
  * and teacher.
  */
 import { mkdir } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 
-import { OptionError } from '../../errors.js';
+import { FileFormatError, OptionError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
 import { WeightStore } from '../../io/diffusers.js';
 import type { ModelConfig } from '../../io/diffusers.js';
@@ -25,7 +25,9 @@ import type { ImageTextDataset } from '../data/dataset.js';
 import { splitIndices } from '../data/dataset.js';
 import type { RunTrainer } from '../run-trainers.js';
 import type { SampleOptions } from '../trainers/text-to-image.js';
+import { readExactWeights } from '../init-weights.js';
 import { studentSampleGrid } from './student-grid.js';
+import { prefixed, studentToStartFrom, unprefixedShapes } from './student-init.js';
 import {
   STUDENT,
   clearDistillBatch,
@@ -171,6 +173,21 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
             return { runOptions: { attention: { ...attention, weights: file } } };
           },
         }),
+      async readStudent(dir) {
+        const student = await studentToStartFrom(dir, 'clear', teacherOf);
+        if (student.radius !== model.radius || student.downFactor !== model.downFactor) {
+          const path = join(student.dir, 'config.json');
+          throw new FileFormatError(
+            `${path}: a CLEAR student of radius ${student.radius} and down factor ${student.downFactor}; ` +
+              `this run's are ${model.radius} and ${model.downFactor}`,
+            'INIT_STUDENT_CONFIG',
+            path,
+          );
+        }
+        const shapes = unprefixedShapes(spec.trainable, spec.shapes, STUDENT);
+        const file = basename(student.weights).replace(/\.safetensors$/, '');
+        return prefixed(await readExactWeights(student.dir, shapes, 'INIT_STUDENT', file), STUDENT);
+      },
       async saveModel(dir, weights) {
         await mkdir(dir, { recursive: true });
         await writeStudent(

@@ -12,7 +12,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
-import { OptionError } from '../../errors.js';
+import { FileFormatError, OptionError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
 import type { ModelConfig } from '../../io/diffusers.js';
 import { WeightStore, readConfig } from '../../io/diffusers.js';
@@ -33,7 +33,9 @@ import type { ImageTextDataset } from '../data/dataset.js';
 import { shippedClassifierDir } from '../eval/shipped-classifier.js';
 import type { RunTrainer } from '../run-trainers.js';
 import type { SampleOptions } from '../trainers/text-to-image.js';
+import { readExactWeights } from '../init-weights.js';
 import { studentSampleGrid } from './student-grid.js';
+import { studentToStartFrom } from './student-init.js';
 import { TEACHER } from './clear.js';
 import {
   CLASSIFIER,
@@ -324,6 +326,39 @@ export async function flashDistillTrainer(o: FlashDistillTrainerOptions): Promis
             };
           },
         }),
+      async readStudent(dir) {
+        // The LoRA only: the discriminator is not shipped, and starts as initialParameters draws it.
+        const student = await studentToStartFrom(dir, 'flash', teacherOf);
+        const shapes = new Map<string, readonly number[]>();
+        for (const m of spec.loraModules) {
+          const names = loraNames(m.path);
+          shapes.set(`transformer.${m.path}.lora_A.weight`, spec.shapes.get(names.down) ?? []);
+          shapes.set(`transformer.${m.path}.lora_B.weight`, spec.shapes.get(names.up) ?? []);
+          shapes.set(`transformer.${m.path}.alpha`, []);
+        }
+        const file = await readExactWeights(
+          student.dir,
+          shapes,
+          'INIT_STUDENT',
+          FLASH_LORA_FILE.replace(/\.safetensors$/, ''),
+        );
+        const out = new Map<string, Float32Array>();
+        for (const m of spec.loraModules) {
+          const alpha = (file.get(`transformer.${m.path}.alpha`) as Float32Array)[0];
+          if (alpha !== Math.fround(model.loraAlpha)) {
+            throw new FileFormatError(
+              `${student.weights}: '${m.path}' has LoRA alpha ${alpha}, and this run's loraAlpha is ` +
+                `${model.loraAlpha} (the same A and B would scale the update otherwise)`,
+              'INIT_STUDENT_CONFIG',
+              student.weights,
+            );
+          }
+          const names = loraNames(m.path);
+          out.set(names.down, file.get(`transformer.${m.path}.lora_A.weight`) as Float32Array);
+          out.set(names.up, file.get(`transformer.${m.path}.lora_B.weight`) as Float32Array);
+        }
+        return out;
+      },
       async saveModel(dir, weights) {
         await mkdir(dir, { recursive: true });
         await writeFlashLora(

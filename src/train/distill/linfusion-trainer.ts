@@ -9,7 +9,9 @@
  */
 import { join } from 'node:path';
 
+import { FileFormatError } from '../../errors.js';
 import { writeFileAtomic } from '../../io/atomic.js';
+import { readJsonFile } from '../../io/diffusers.js';
 import type { ModelConfig } from '../../io/diffusers.js';
 import { TEACHER_FILE, teacherRecord } from '../../pipelines/students.js';
 import { TorchGenerator } from '../../random/torch-generator.js';
@@ -21,7 +23,11 @@ import type { RunTrainer } from '../run-trainers.js';
 import type { SampleOptions } from '../trainers/text-to-image.js';
 import { studentSampleGrid } from './student-grid.js';
 import { clearDistillBatch } from './clear.js';
+import { readExactWeights } from '../init-weights.js';
+import { describeDifferences, type JsonObject } from '../json-value.js';
+import { prefixed, studentToStartFrom, unprefixedShapes } from './student-init.js';
 import {
+  LINFUSION_PREFIX,
   linfusionDistillStepSpec,
   linfusionMidDim,
   linfusionModulesList,
@@ -114,6 +120,32 @@ export async function linfusionDistillTrainer(o: LinFusionDistillTrainerOptions)
             return { runOptions: { attention: { kind: 'linfusion', weights: dir } } };
           },
         }),
+      async readStudent(dir) {
+        const student = await studentToStartFrom(dir, 'linfusion', teacherOf);
+        const configPath = join(student.dir, 'config.json');
+        const theirs = (await readJsonFile(configPath, 'a LinFusion config')) as JsonObject;
+        const differences = describeDifferences(
+          JSON.parse(JSON.stringify(modules)),
+          theirs.modules_list,
+          ['this run', 'the folder'],
+          5,
+        );
+        if (differences.length > 0) {
+          throw new FileFormatError(
+            `${configPath}: its modules_list is not this run's (${differences.join('; ')})`,
+            'INIT_STUDENT_CONFIG',
+            configPath,
+          );
+        }
+        const shapes = unprefixedShapes(spec.trainable, spec.shapes, LINFUSION_PREFIX);
+        const weights = await readExactWeights(
+          student.dir,
+          shapes,
+          'INIT_STUDENT',
+          'diffusion_pytorch_model',
+        );
+        return prefixed(weights, LINFUSION_PREFIX);
+      },
       async saveModel(dir, weights) {
         await writeLinFusionFolder(dir, weights, spec.shapes, modules);
         await writeFileAtomic(join(dir, TEACHER_FILE), `${JSON.stringify(teacherOf, null, 2)}\n`);

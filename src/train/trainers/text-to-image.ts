@@ -26,7 +26,6 @@ import { FileFormatError, OptionError, WeightError } from '../../errors.js';
 import type { Tensor } from '../../graph/graph.js';
 import { Graph } from '../../graph/graph.js';
 import { mean, mul, sub } from '../../graph/ops/index.js';
-import { formatShape } from '../../graph/shape.js';
 import { readJsonFile, readModelIndex, WeightStore } from '../../io/diffusers.js';
 import { readConfig } from '../../io/diffusers.js';
 import { isPlainObject } from '../../io/json.js';
@@ -78,6 +77,7 @@ import type { SampleGrid } from '../sample-grid.js';
 import { describeDifferences, type JsonObject } from '../json-value.js';
 import type { DatasetLatents } from '../latent-cache.js';
 import { encodeDatasetLatents } from '../latent-cache.js';
+import { readExactWeights } from '../init-weights.js';
 import { minSnrWeights } from '../min-snr.js';
 import type { InitRule } from '../parameters.js';
 import { discoverParameterShapes, initParameters } from '../parameters.js';
@@ -913,9 +913,10 @@ export async function readPixArtPipelineWeights(
   const weights = new Map<string, Float32Array>();
   for (const prefix of [TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX]) {
     // The component folders are named as the parameters' prefixes (writePixArtPipelineFolder).
-    const component = await readComponentWeights(
+    const component = await readExactWeights(
       join(dir, prefix),
       componentParameters(expected.shapes, prefix),
+      'INIT_PIPELINE',
     );
     for (const [name, values] of component) weights.set(`${prefix}.${name}`, values);
   }
@@ -1051,54 +1052,5 @@ async function checkPipelineVae(dir: string, runVae: string): Promise<void> {
     }
   } finally {
     await Promise.all([ours.close(), theirs.close()]);
-  }
-}
-
-/** Float dtypes the pipeline writer stores (saveModelFolder's float32, float16, bfloat16). */
-const WRITTEN_DTYPES: ReadonlySet<SafetensorsDtype> = new Set<SafetensorsDtype>(['F32', 'F16', 'BF16']);
-
-/** One model's weights, exactly `shapes` (names, shapes, a float dtype), as float32, every value finite. */
-async function readComponentWeights(
-  dir: string,
-  shapes: ReadonlyMap<string, readonly number[]>,
-): Promise<Map<string, Float32Array>> {
-  const store = await WeightStore.open(dir);
-  try {
-    const missing = [...shapes.keys()].filter((name) => !store.has(name));
-    const extra = store.names().filter((name) => !shapes.has(name));
-    const wrong: string[] = [];
-    for (const [name, shape] of shapes) {
-      if (!store.has(name)) continue;
-      const info = store.info(name);
-      if (formatShape(info.shape) !== formatShape(shape))
-        wrong.push(`'${name}' ${formatShape(info.shape)} (this run: ${formatShape(shape)})`);
-      else if (!WRITTEN_DTYPES.has(info.dtype)) wrong.push(`'${name}' stored as ${info.dtype}`);
-    }
-    if (missing.length > 0 || extra.length > 0 || wrong.length > 0) {
-      throw new WeightError(
-        `${store.sourcePath}: not this run's parameters` +
-          (missing.length > 0 ? `; missing: ${listNames(missing)}` : '') +
-          (extra.length > 0 ? `; not in this run's model: ${listNames(extra)}` : '') +
-          (wrong.length > 0 ? `; ${wrong.slice(0, 10).join(', ')}` : ''),
-        'INIT_PIPELINE_WEIGHTS',
-      );
-    }
-    const weights = new Map<string, Float32Array>();
-    for (const name of shapes.keys()) {
-      const values = await store.readFloat32(name);
-      const bad = values.findIndex((v) => !Number.isFinite(v));
-      if (bad >= 0) {
-        const count = values.reduce((n, v) => n + (Number.isFinite(v) ? 0 : 1), 0);
-        throw new WeightError(
-          `${store.sourcePath}: tensor '${name}' holds ${count} non-finite values (index ${bad}: ` +
-            `${values[bad]}); a run cannot start from them`,
-          'INIT_PIPELINE_NONFINITE',
-        );
-      }
-      weights.set(name, values);
-    }
-    return weights;
-  } finally {
-    await store.close();
   }
 }

@@ -1,6 +1,6 @@
-// How much a text-to-image model's denoiser uses its caption, by noise level: the ε-prediction error
-// on training emoji with the true caption, another emoji's caption and none, and what that error is
-// in x₀ terms (ε-MSE·(1 − ᾱ)/ᾱ, the error of the model's implied clean latent).
+// How much a text-to-image model's denoiser uses its caption, by noise level: the error of the clean
+// latent x₀ its prediction implies (ε- or v-prediction, as its scheduler says) on training emoji with
+// the true caption, another emoji's caption and none.
 //
 //   node --import tsx scripts/caption-use.ts [MODEL_DIR]   (default models/emoji)
 //
@@ -52,9 +52,10 @@ try {
     ),
   );
   const alphas = (pipe.scheduler as unknown as { alphasCumprod: Float32Array }).alphasCumprod;
+  const predictionType = (pipe.scheduler.config as { prediction_type?: string }).prediction_type ?? 'epsilon';
   const meanSquare = x0.reduce((sum, v) => sum + v * v, 0) / x0.length;
   console.log(
-    `${modelDir}: ε-MSE (x₀-MSE) on ${COUNT} training emoji, by timestep and caption; ` +
+    `${modelDir} (${predictionType}): x₀-MSE of the implied clean latent on ${COUNT} training emoji, by timestep and caption; ` +
       `the latents' mean square (x₀-MSE of predicting 0) is ${meanSquare.toFixed(3)}`,
   );
   for (const t of TIMESTEPS) {
@@ -72,14 +73,20 @@ try {
       const p = out.sample.data as Float32Array;
       const channels = shape[1];
       const outChannels = (out.sample.shape as number[])[1];
+      // The implied clean latent: x₀ = (x_t − √(1−ᾱ)·ε)/√ᾱ, or √ᾱ·x_t − √(1−ᾱ)·v.
       let se = 0;
       for (let n = 0; n < COUNT; n++)
         for (let k = 0; k < per; k++) {
           const predicted = p[n * (per / channels) * outChannels + k];
-          se += (predicted - noise[n * per + k]) ** 2;
+          const x = xt[n * per + k];
+          const clean =
+            predictionType === 'v_prediction'
+              ? Math.sqrt(a) * x - Math.sqrt(1 - a) * predicted
+              : (x - Math.sqrt(1 - a) * predicted) / Math.sqrt(a);
+          se += (clean - x0[n * per + k]) ** 2;
         }
       const mse = se / x0.length;
-      row.push(`${name} ${mse.toFixed(4)} (${((mse * (1 - a)) / a).toFixed(3)})`);
+      row.push(`${name} ${mse.toFixed(3)}`);
     }
     console.log(row.join('  '));
   }

@@ -158,6 +158,12 @@ export interface TextToImageModelConfig {
    * (LogitNormalSampling). Present only when not uniform, so runs from before the key resume unchanged.
    */
   readonly timestepSampling?: LogitNormalSampling;
+  /**
+   * Word dropout on the captions: each token of a caption but its closing `</s>` is deleted with this
+   * probability (the rest close up; at least one word is kept), so that the denoiser cannot lean on one
+   * word of a caption alone. Present only when > 0, so runs from before the key resume unchanged.
+   */
+  readonly tokenDropout?: number;
 }
 
 export type CaptionProjectionInit = 'pixart' | 'fan-in';
@@ -898,6 +904,7 @@ function readModel(s: Section, kind: TrainKind, file: string, baseDir: string): 
       'v_prediction',
     ]);
     const timestepSampling = readTimestepSampling(s);
+    const tokenDropout = s.number('tokenDropout', 0, (n) => n >= 0 && n < 1, 'a probability in [0, 1)');
     s.finish([
       'transformer',
       'textEncoder',
@@ -907,12 +914,14 @@ function readModel(s: Section, kind: TrainKind, file: string, baseDir: string): 
       'captionProjectionInit',
       'predictionType',
       'timestepSampling',
+      'tokenDropout',
     ]);
     // Keys at their defaults are left out, so runs from before them resume unchanged.
     return {
       ...config,
       ...(predictionType === 'v_prediction' ? { predictionType } : {}),
       ...(timestepSampling === 'uniform' ? {} : { timestepSampling }),
+      ...(tokenDropout > 0 ? { tokenDropout } : {}),
     };
   }
   if (kind === 'distill-flash') {

@@ -417,6 +417,19 @@ describe('training configuration', () => {
     );
   });
 
+  it('model.tokenDropout: a probability, absent from the configuration at 0', () => {
+    const t2i = MINIMAL['text-to-image'];
+    const model = (m: Record<string, unknown>) => ({ ...t2i, model: { ...(t2i.model as object), ...m } });
+    const given = parseTrainConfig(model({ tokenDropout: 0.15 }), { path: FILE });
+    assert.equal(given.kind === 'text-to-image' && given.model.tokenDropout, 0.15);
+    const off = parseTrainConfig(model({ tokenDropout: 0 }), { path: FILE });
+    assert.ok(off.kind === 'text-to-image' && !('tokenDropout' in off.model));
+    assert.match(
+      problemsOf(model({ tokenDropout: 1 })).message,
+      /model\.tokenDropout: expected a probability in \[0, 1\), found 1/,
+    );
+  });
+
   it('every example in configs/ validates', async () => {
     const files = (await readdir(CONFIGS)).filter((f) => f.endsWith('.json'));
     assert.ok(files.length >= 4, files.join(', '));

@@ -19,6 +19,7 @@ import { f16ToF32, f32ToF16 } from '../../src/io/dtypes.js';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../../src/io/safetensors.js';
 import { AutoencoderKL } from '../../src/models/autoencoder-kl.js';
 import { ParameterInputs } from '../../src/nn/weights.js';
+import { dropTokens } from '../../src/train/token-dropout.js';
 import { TorchGenerator } from '../../src/random/torch-generator.js';
 import { DiffusionPipeline, PixArtPipeline } from '../../src/pipelines/index.js';
 import type { HostTensor } from '../../src/runtime/host-tensor.js';
@@ -264,6 +265,45 @@ describe('textToImageTrainer', () => {
     (drawn.timestep.data as Float32Array).forEach((t, b) =>
       assert.equal((drawn.weights.data as Float32Array)[b], Math.fround(trainer.lossWeights[t])),
     );
+  });
+
+  it('model.tokenDropout: drops caption words with a draw made after the timesteps, the rest unchanged', async () => {
+    const p = 0.3;
+    const dropping = await textToImageTrainer({
+      model: { ...MODEL, tokenDropout: p },
+      dataset,
+      runtime: testRuntime(),
+      seed,
+      cacheDir,
+    });
+    const state = trainer.generators.noise.getState();
+    dropping.generators.noise.setState(state);
+    const batchSize = 8;
+    const plain = trainer.makeBatch(new DataLoader(dataset, { batchSize, seed }).next());
+    const dropped = dropping.makeBatch(new DataLoader(dataset, { batchSize, seed }).next());
+    assert.deepEqual(dropped.target.data, plain.target.data, 'the same noise ε');
+    assert.deepEqual(dropped.timestep.data, plain.timestep.data, 'the same timesteps');
+    const generator = new TorchGenerator(0);
+    generator.setState(state);
+    generator.randn([batchSize, 4, 8, 8]);
+    generator.randn([batchSize, 4, 8, 8]);
+    generator.rand([batchSize]);
+    const rowsOf = (t: HostTensor, width: number): number[][] => {
+      const values = Array.from(t.data as Iterable<number | bigint>, Number);
+      return Array.from({ length: batchSize }, (_, b) => values.slice(b * width, (b + 1) * width));
+    };
+    const expected = dropTokens(
+      {
+        inputIds: rowsOf(plain.input_ids, TEXT_LENGTH),
+        attentionMask: rowsOf(plain.attention_mask, TEXT_LENGTH),
+      },
+      generator.rand([batchSize * TEXT_LENGTH]),
+      p,
+    );
+    assert.deepEqual(rowsOf(dropped.input_ids, TEXT_LENGTH), expected.inputIds);
+    assert.deepEqual(rowsOf(dropped.attention_mask, TEXT_LENGTH), expected.attentionMask);
+    const count = (t: HostTensor) => Array.from(t.data as Float32Array).reduce((a, b) => a + b, 0);
+    assert.ok(count(dropped.attention_mask) < count(plain.attention_mask), 'some words were dropped');
   });
 
   it('replaces about 10 % of captions by "", encoded as the pipeline encodes its negative prompt', () => {

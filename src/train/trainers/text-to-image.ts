@@ -78,6 +78,7 @@ import { describeDifferences, type JsonObject } from '../json-value.js';
 import type { DatasetLatents } from '../latent-cache.js';
 import { encodeDatasetLatents } from '../latent-cache.js';
 import { readExactWeights } from '../init-weights.js';
+import { dropTokens } from '../token-dropout.js';
 import { minSnrWeights } from '../min-snr.js';
 import type { InitRule } from '../parameters.js';
 import { discoverParameterShapes, initParameters } from '../parameters.js';
@@ -614,11 +615,16 @@ export async function textToImageTrainer(o: TextToImageTrainerOptions): Promise<
         }
       });
       const noisy = noisedLatents(z, noise, shape, timesteps, alphasCumprod);
-      const encoding = tokenizer.encode(batch.captions.map(preprocessCaption), {
+      const tokenized = tokenizer.encode(batch.captions.map(preprocessCaption), {
         maxLength: maxTextLength,
         padding: 'max_length',
         truncation: true,
       });
+      // Drawn last, and only when on, so that runs without word dropout draw as before.
+      const encoding =
+        model.tokenDropout === undefined
+          ? tokenized
+          : dropTokens(tokenized, generator.rand([n * maxTextLength]), model.tokenDropout);
       const feeds: TextToImageBatch = {
         hidden_states: hostTensor('float32', shape, noisy),
         timestep: hostTensor('float32', [n], Float32Array.from(timesteps)),

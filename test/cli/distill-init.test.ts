@@ -6,16 +6,16 @@
  * a student is refused, saying what was expected and what was found.
  */
 import assert from 'node:assert/strict';
-import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { encodePng } from '../../src/io/png.js';
 import { writeSafetensors } from '../../src/io/safetensors.js';
 import { loadEmojiDataset } from '../../src/train/data/emoji-dataset.js';
 import { assertExactlyEqual } from '../compare.js';
 import { tinyEmojiClassifier } from '../fixtures/tiny-emoji-classifier.js';
+import { captionFolder } from '../fixtures/caption-folder.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
 import { readAllTensors, useTempCacheDir } from '../helpers.js';
 import { testSeed } from '../random.js';
@@ -31,16 +31,7 @@ let classifier: string;
 before(async () => {
   work = await mkdtemp(join(tmpdir(), 'velodiff-distill-init-'));
   teacher = await tinyPixArtPipeline();
-  folder = join(work, 'images');
-  await mkdir(folder, { recursive: true });
-  const lines: string[] = [];
-  for (let i = 0; i < 4; i++) {
-    await writeFile(join(folder, `${i}.png`), encodePng(new Uint8Array(16 * 16 * 3).fill(50 * i), 16, 16));
-    lines.push(
-      JSON.stringify({ file_name: `${i}.png`, text: ['red heart', 'dog face', 'rocket', 'pizza'][i] }),
-    );
-  }
-  await writeFile(join(folder, 'metadata.jsonl'), `${lines.join('\n')}\n`);
+  folder = await captionFolder(join(work, 'images'), 50);
   const labelNames = (await loadEmojiDataset()).labelNames;
   assert.ok(labelNames);
   classifier = await tinyEmojiClassifier(labelNames, testSeed('distill init classifier'));

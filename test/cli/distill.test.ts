@@ -10,9 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { encodePng } from '../../src/io/png.js';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { assertClose } from '../compare.js';
+import { captionFolder } from '../fixtures/caption-folder.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
 import { loadEmojiDataset } from '../../src/train/data/emoji-dataset.js';
 import { tinyEmojiClassifier } from '../fixtures/tiny-emoji-classifier.js';
@@ -29,16 +29,7 @@ let folder: string;
 before(async () => {
   work = await mkdtemp(join(tmpdir(), 'velodiff-distill-cli-'));
   teacher = await tinyPixArtPipeline();
-  folder = join(work, 'images');
-  await mkdir(folder, { recursive: true });
-  const lines: string[] = [];
-  for (let i = 0; i < 4; i++) {
-    await writeFile(join(folder, `${i}.png`), encodePng(new Uint8Array(16 * 16 * 3).fill(40 * i), 16, 16));
-    lines.push(
-      JSON.stringify({ file_name: `${i}.png`, text: ['red heart', 'dog face', 'rocket', 'pizza'][i] }),
-    );
-  }
-  await writeFile(join(folder, 'metadata.jsonl'), `${lines.join('\n')}\n`);
+  folder = await captionFolder(join(work, 'images'));
 });
 after(async () => {
   await rm(work, { recursive: true, force: true });

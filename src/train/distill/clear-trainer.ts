@@ -25,9 +25,10 @@ import type { ImageTextDataset } from '../data/dataset.js';
 import { splitIndices } from '../data/dataset.js';
 import type { RunTrainer } from '../run-trainers.js';
 import type { SampleOptions } from '../trainers/text-to-image.js';
+import { componentParameters } from '../trainers/text-to-image.js';
 import { readExactWeights } from '../init-weights.js';
 import { studentSampleGrid } from './student-grid.js';
-import { prefixed, studentToStartFrom, unprefixedShapes } from './student-init.js';
+import { prefixed, studentToStartFrom } from './student-init.js';
 import {
   STUDENT,
   clearDistillBatch,
@@ -184,7 +185,7 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
             path,
           );
         }
-        const shapes = unprefixedShapes(spec.trainable, spec.shapes, STUDENT);
+        const shapes = componentParameters(spec.shapes, STUDENT);
         const file = basename(student.weights).replace(/\.safetensors$/, '');
         return prefixed(await readExactWeights(student.dir, shapes, 'INIT_STUDENT', file), STUDENT);
       },

@@ -21,11 +21,12 @@ import type { LinFusionDistillModelConfig } from '../config.js';
 import type { ImageTextDataset } from '../data/dataset.js';
 import type { RunTrainer } from '../run-trainers.js';
 import type { SampleOptions } from '../trainers/text-to-image.js';
+import { componentParameters } from '../trainers/text-to-image.js';
 import { studentSampleGrid } from './student-grid.js';
 import { clearDistillBatch } from './clear.js';
 import { readExactWeights } from '../init-weights.js';
 import { describeDifferences, type JsonObject } from '../json-value.js';
-import { prefixed, studentToStartFrom, unprefixedShapes } from './student-init.js';
+import { prefixed, studentToStartFrom } from './student-init.js';
 import {
   LINFUSION_PREFIX,
   linfusionDistillStepSpec,
@@ -137,7 +138,7 @@ export async function linfusionDistillTrainer(o: LinFusionDistillTrainerOptions)
             configPath,
           );
         }
-        const shapes = unprefixedShapes(spec.trainable, spec.shapes, LINFUSION_PREFIX);
+        const shapes = componentParameters(spec.shapes, LINFUSION_PREFIX);
         const weights = await readExactWeights(
           student.dir,
           shapes,

@@ -55,19 +55,6 @@ export async function studentToStartFrom(
   return student;
 }
 
-/** `names` (a run's parameters under `prefix.`) as the student's file names them, with their shapes. */
-export function unprefixedShapes(
-  names: readonly string[],
-  shapes: ReadonlyMap<string, readonly number[]>,
-  prefix: string,
-): Map<string, readonly number[]> {
-  const out = new Map<string, readonly number[]>();
-  for (const name of names) {
-    if (name.startsWith(`${prefix}.`)) out.set(name.slice(prefix.length + 1), shapes.get(name) ?? []);
-  }
-  return out;
-}
-
 /** The student file's tensors under the run's names. */
 export function prefixed(
   weights: ReadonlyMap<string, Float32Array>,

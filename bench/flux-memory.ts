@@ -110,6 +110,11 @@ export interface FluxFit {
   per_double_mb: number;
   per_single_mb: number;
   at_full_mb: number;
+  /**
+   * True when the two runs' peaks differ by less than the bytes the extra blocks hold (memory noise
+   * at small sizes): the line then rises by exactly the held bytes, through the larger run's peak.
+   */
+  floored: boolean;
 }
 
 export interface FluxMemoryResult {
@@ -297,6 +302,23 @@ function line(
   return { base, slope, at: base + slope * xFull };
 }
 
+/**
+ * A phase's peak RSS (MB) as a line in the held block bytes. The extra blocks' weights are resident,
+ * so the peak rises by at least their bytes; a slope below that (even negative, when the blocks are
+ * small beside the process's own noise) is replaced by exactly the held bytes, through the larger run.
+ */
+export function fitPeak(
+  x: [number, number],
+  peakMb: [number, number],
+  xFull: number,
+): { base: number; slope: number; at: number; floored: boolean } {
+  const fitted = line(x, peakMb, xFull);
+  const held = 1 / 2 ** 20;
+  if (fitted.slope >= held) return { ...fitted, floored: false };
+  const base = peakMb[1] - held * x[1];
+  return { base, slope: held, at: base + held * xFull, floored: true };
+}
+
 export async function benchFluxMemory(
   o: FluxMemoryOptions,
   log: (s: string) => void,
@@ -392,7 +414,7 @@ export async function benchFluxMemory(
   const xFull = held(full.doubleLayers, full.singleLayers);
   const phases = (['load', 'step'] as const).map((phase) => {
     const key = phase === 'load' ? 'load_peak_mb' : 'step_peak_mb';
-    return { phase, ...line(x, [small[key], large[key]], xFull) };
+    return { phase, ...fitPeak(x, [small[key], large[key]], xFull) };
   });
   const usable = phases.filter((p) => Number.isFinite(p.at));
   const chosen = usable.reduce((a, b) => (b.at > a.at ? b : a), usable[0] ?? phases[0]);
@@ -402,6 +424,7 @@ export async function benchFluxMemory(
     per_double_mb: chosen.slope * perDouble,
     per_single_mb: chosen.slope * perSingle,
     at_full_mb: chosen.at,
+    floored: chosen.floored,
   };
   const flops = fluxBlockFlops(full, o.tokens, o.text);
   const f = (d: number, s: number): number => d * flops.perDouble + s * flops.perSingle;
@@ -446,7 +469,7 @@ export async function benchFluxMemory(
   );
   log(
     `${full.doubleLayers} + ${full.singleLayers} blocks (${(parameters / 1e9).toFixed(2)} G parameters, ${(fullBytes / 1e9).toFixed(2)} GB in bf16): ` +
-      `peak RSS ≈ ${gb(fit.at_full_mb)} GiB (${fit.phase} phase: ${fit.base_mb.toFixed(0)} MB + ${fit.per_double_mb.toFixed(1)} MB per double + ${fit.per_single_mb.toFixed(1)} MB per single block), ` +
+      `peak RSS ≈ ${gb(fit.at_full_mb)} GiB (${fit.phase} phase: ${fit.base_mb.toFixed(0)} MB + ${fit.per_double_mb.toFixed(1)} MB per double + ${fit.per_single_mb.toFixed(1)} MB per single block${fit.floored ? '; the runs differ by less than the weights the extra blocks hold, so each block counts its held bytes' : ''}), ` +
       `load ≈ ${(loadAtFull / 1e3).toFixed(1)} s, step ≈ ${(stepAtFull / 1e3).toFixed(1)} s`,
   );
   log(`command: ${command}`);

@@ -454,9 +454,11 @@ export async function benchStudents(
         }
         const bytes = size * size * 3;
         const all = Buffer.from(measured.images, 'base64');
+        // Results written before 2026-12-07 also kept the warm-up's images, ahead of the measured ones.
+        const skip = Math.max(0, all.length / bytes - o.samples);
         const rgb = Array.from(
-          { length: all.length / bytes },
-          (_, i) => new Uint8Array(all.subarray(i * bytes, (i + 1) * bytes)),
+          { length: all.length / bytes - skip },
+          (_, i) => new Uint8Array(all.subarray((skip + i) * bytes, (skip + i + 1) * bytes)),
         );
         images.push(rgb);
         const teacherImages = images[0];

@@ -403,6 +403,21 @@ describe('velodiff distill clear', () => {
     const again = await bench(['--size', String(side), '--results', resultsFile]);
     assert.match(again.log, /reusing Flash, LCM 2 steps/);
     assert.deepEqual(again.rows, zeroShot.rows);
+    // Results written before 2026-12-07 held the warm-up's images ahead of the measured ones: they
+    // are skipped, so the pairs (PSNR, SSIM) are the measured images' alone.
+    const stored = (await readFile(resultsFile, 'utf8')).trimEnd().split('\n');
+    const pixels = side * side * 3;
+    const withWarmUp = stored.map((line, k) => {
+      const row = JSON.parse(line) as { key: string; result: { images: string } };
+      const warmUp = Buffer.alloc(2 * pixels, 40 * k); // a different flat grey per row
+      row.result.images = Buffer.concat([warmUp, Buffer.from(row.result.images, 'base64')]).toString(
+        'base64',
+      );
+      return JSON.stringify(row);
+    });
+    await writeFile(resultsFile, withWarmUp.join('\n') + '\n');
+    const old = await bench(['--size', String(side), '--results', resultsFile]);
+    assert.deepEqual(old.rows, zeroShot.rows);
     // --predict: the same GFLOP, nothing generated.
     const predicted = await bench(['--size', String(side), '--highres', '0.7', '--predict']);
     assert.deepEqual(predicted.rows, []);

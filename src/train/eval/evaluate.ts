@@ -32,6 +32,8 @@ export interface GenerationRequest {
   readonly seeds: readonly number[];
   /** Denoising steps; the warm-up asks for `warmupSteps` (1 by default). */
   readonly steps: number;
+  /** True for the untimed calls that compile the sessions before the measured ones; their images are not scored. */
+  readonly warmUp?: boolean;
 }
 
 /** Draws a batch: images [B, 3, H, W] in [0, 1], as pipelines return them. */
@@ -61,7 +63,7 @@ export function pipelineGenerator(
      * `outputSize` from `runOptions`, then this refine stage (SDEdit) at `size`, one ×factor stage.
      */
     highres?: Omit<PixArtHighResStage, 'scale'>;
-    /** Called with each call's images at `size`, before they are reduced. */
+    /** Called with each measured call's images at `size`, before they are reduced (not the warm-up's). */
     onImages?: (images: HostTensor) => void;
   },
 ): ImageGenerator {
@@ -82,7 +84,7 @@ export function pipelineGenerator(
   }
   // The staged recipe starts from noise at the base size; zero-shot at the full size.
   const side = options.highres ? outputSize : size;
-  return async ({ prompts, seeds, steps }) => {
+  return async ({ prompts, seeds, steps, warmUp }) => {
     const shape = [
       1,
       pipeline.transformer.config.inChannels,
@@ -106,7 +108,7 @@ export function pipelineGenerator(
     });
     if (output.images === undefined)
       throw new OptionError('the pipeline returned no images', 'EVAL_GENERATION');
-    options.onImages?.(output.images);
+    if (warmUp !== true) options.onImages?.(output.images);
     return factor === 1 ? output.images : boxReduce(output.images, factor);
   };
 }
@@ -284,6 +286,7 @@ export async function evaluateTextToImage(options: EvalOptions): Promise<EvalRes
       prompts: prompts.slice(0, n),
       seeds: Array.from({ length: n }, (_, i) => seed + i),
       steps: options.warmupSteps ?? 1,
+      warmUp: true,
     });
   }
 

@@ -16,7 +16,7 @@ import type { ImageTextDataset } from '../../../src/train/data/dataset.js';
 import { datasetImage } from '../../../src/train/data/dataset.js';
 import { loadEmojiDataset } from '../../../src/train/data/emoji-dataset.js';
 import { boxReduce, evaluateTextToImage, pipelineGenerator } from '../../../src/train/eval/evaluate.js';
-import type { ImageGenerator } from '../../../src/train/eval/evaluate.js';
+import type { GenerationRequest, ImageGenerator } from '../../../src/train/eval/evaluate.js';
 import { featureStatistics, frechetDistance } from '../../../src/train/eval/fed.js';
 import { heldOutSet } from '../../../src/train/eval/held-out.js';
 import { accuracyByClass } from '../../../src/train/eval/accuracy.js';
@@ -148,10 +148,16 @@ test('accuracyByClass: counts and hits per label, argmax taking the first of a t
 
 test('the tiny PixArt pipeline: figures in range, FED recomputed from the features, 0 against itself, batch-independent', async () => {
   const recorded: HostTensor[] = [];
-  const generate = pipelineGenerator(pipeline, { guidance: 4.5 });
+  const captured: HostTensor[] = [];
+  const requests: GenerationRequest[] = [];
+  const generate = pipelineGenerator(pipeline, {
+    guidance: 4.5,
+    onImages: (images) => captured.push(images),
+  });
   const recording: ImageGenerator = async (request) => {
+    requests.push(request);
     const images = await generate(request);
-    if (request.steps > 1) recorded.push(images);
+    if (request.warmUp !== true) recorded.push(images);
     return images;
   };
   const samples = 12;
@@ -181,6 +187,21 @@ test('the tiny PixArt pipeline: figures in range, FED recomputed from the featur
   assertPerCategoryConsistent(result);
   // 12 images and 8 feature dims: full rank, no ε.
   assert.equal(result.fedEpsilon, 0);
+
+  // One warm-up per batch shape (5 and 12 mod 5 = 2), flagged, 1 step, before the measured calls;
+  // onImages sees only the measured calls' images, which the bench's PSNR, SSIM and grids use.
+  assert.deepEqual(
+    requests.map((r) => [r.prompts.length, r.steps, r.warmUp === true]),
+    [
+      [5, 1, true],
+      [2, 1, true],
+      [5, 2, false],
+      [5, 2, false],
+      [2, 2, false],
+    ],
+  );
+  assert.equal(captured.length, recorded.length);
+  captured.forEach((images, k) => assert.deepEqual(images.data, recorded[k].data));
 
   // The same FED from the recorded images, classified here.
   const rgb = recorded.flatMap((images) => imagesToRgb(images.data as Float32Array, images.shape));

@@ -34,6 +34,7 @@ import type { Runtime } from '../src/runtime/runtime.js';
 import { loadEmojiDataset } from '../src/train/data/emoji-dataset.js';
 import type { ImageTextDataset } from '../src/train/data/dataset.js';
 import { evaluateTextToImage, pipelineGenerator } from '../src/train/eval/evaluate.js';
+import { heldOutSet, promptItems } from '../src/train/eval/held-out.js';
 import { meanSsim, psnr } from '../src/train/eval/image-similarity.js';
 import { hashModelFolder } from '../src/train/latent-cache.js';
 import type { SampleGrid } from '../src/train/sample-grid.js';
@@ -350,6 +351,17 @@ export interface StudentPrediction {
   predicted_speedup: number;
 }
 
+/**
+ * A prompt shortened to fit above a 128-pixel tile, the style kept: "red heart, noto style" →
+ * "red heart (noto)", "person getting haircut, twemoji style" → "person ge… (twemoji)".
+ */
+export function gridLabel(prompt: string, width = 20): string {
+  const m = /^(.*), (\w+) style$/.exec(prompt);
+  const [name, suffix] = m ? [m[1], ` (${m[2]})`] : [prompt, ''];
+  const room = width - suffix.length;
+  return (name.length <= room ? name : `${name.slice(0, room - 1)}…`) + suffix;
+}
+
 export async function benchStudents(
   o: StudentBenchOptions,
   log: (s: string) => void,
@@ -521,9 +533,12 @@ export async function benchStudents(
     ),
   );
   const count = Math.min(o.gridImages ?? 8, images[0]?.length ?? 0);
+  const prompts = promptItems(heldOutSet(dataset), count).map((i) => dataset.items[i].captions[0]);
   const grid: SampleGrid = {
-    title: ['The teacher and its students on the same held-out prompts and seeds'],
-    columnLabels: Array.from({ length: count }, (_, i) => `image ${i}`),
+    title: [
+      `The teacher and its students on the same held-out prompts (above each column, shortened) and seeds ${o.seed}–${o.seed + count - 1}`,
+    ],
+    columnLabels: prompts.map(gridLabel),
     rows: rows.map((r, k) => ({
       label: r.label,
       cells: images[k].slice(0, count).map((data) => ({ image: { width: size, height: size, data } })),

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
+import { gridLabel } from '../../bench/students.js';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { assertClose } from '../compare.js';
 import { captionFolder } from '../fixtures/caption-folder.js';
@@ -452,5 +453,15 @@ describe('velodiff distill clear', () => {
     r = await captureCli(['distill', 'clear', '--radius', '0.5', '--teacher', teacher, '--data', folder]);
     assert.notEqual(r.code, 0);
     assert.match(r.err, /radius: expected a window radius ≥ 1 \(latent tokens\), found 0\.5/);
+  });
+});
+
+describe('bench students grid labels', () => {
+  it('shortens a prompt to 20 characters, the style kept', () => {
+    assert.equal(gridLabel('red heart, noto style'), 'red heart (noto)');
+    assert.equal(gridLabel('person getting haircut, twemoji style'), 'person ge… (twemoji)');
+    assert.equal(gridLabel('person getting haircut, twemoji style').length, 20);
+    assert.equal(gridLabel('flag: Japan'), 'flag: Japan');
+    assert.equal(gridLabel('a prompt without any style word at all'), 'a prompt without an…');
   });
 });

@@ -352,10 +352,10 @@ export interface StudentPrediction {
 }
 
 /**
- * A prompt shortened to fit above a 128-pixel tile, the style kept: "red heart, noto style" →
- * "red heart (noto)", "person getting haircut, twemoji style" → "person ge… (twemoji)".
+ * A prompt shortened to fit above a 128-pixel tile (17 characters), the style kept: "red heart, noto
+ * style" → "red heart (noto)", "person getting haircut, twemoji style" → "person… (twemoji)".
  */
-export function gridLabel(prompt: string, width = 20): string {
+export function gridLabel(prompt: string, width = 17): string {
   const m = /^(.*), (\w+) style$/.exec(prompt);
   const [name, suffix] = m ? [m[1], ` (${m[2]})`] : [prompt, ''];
   const room = width - suffix.length;
@@ -538,7 +538,7 @@ export async function benchStudents(
     title: [
       `The teacher and its students on the same held-out prompts (above each column, shortened) and seeds ${o.seed}–${o.seed + count - 1}`,
     ],
-    columnLabels: prompts.map(gridLabel),
+    columnLabels: prompts.map((prompt) => gridLabel(prompt)),
     rows: rows.map((r, k) => ({
       label: r.label,
       cells: images[k].slice(0, count).map((data) => ({ image: { width: size, height: size, data } })),

@@ -30,7 +30,7 @@ export interface GridRow {
 export interface SampleGrid {
   /** Lines above the grid (cut to its width). */
   readonly title?: readonly string[];
-  /** One line above each column (e.g. 'seed 0'). */
+  /** One line above each column (e.g. 'seed 0'), cut to the column's width. */
   readonly columnLabels?: readonly string[];
   readonly rows: readonly GridRow[];
 }
@@ -97,7 +97,7 @@ export function gridLayout(grid: SampleGrid, options: GridLayoutOptions = {}): G
       texts.push({
         x: gap + c * (tileWidth + gap),
         y: y + fontSize,
-        text: label,
+        text: fitText(label, tileWidth + gap, fontSize),
         size: fontSize,
         bold: false,
       });

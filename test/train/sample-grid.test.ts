@@ -90,6 +90,17 @@ describe('sample grid', () => {
     assert.ok(caption && caption.text.endsWith('…'), 'a caption is cut to the tile width');
   });
 
+  it('cuts a column label to its column (tile and gap: 134 px, 18 characters at 12 px)', () => {
+    const grid = randomGrid(1, 2, 16, true);
+    const long = 'a column label longer than its column';
+    const layout = gridLayout({ ...grid, columnLabels: [long, 'seed 1'] });
+    const labels = layout.texts.filter((t) => !t.bold && t.text !== 'a second line').slice(0, 2);
+    assert.deepEqual(
+      labels.map((t) => t.text),
+      [`${long.slice(0, 17)}…`, 'seed 1'],
+    );
+  });
+
   it('without labels, the PNG is the tiles alone', async () => {
     const grid = randomGrid(2, 2, 12, false);
     const image = PNG.sync.read(Buffer.from(await renderSampleGrid(grid)));

@@ -960,6 +960,7 @@ const STUDENTS_FLAGS: Record<string, FlagSpec> = {
       'comma-separated row ids (teacher always runs): tgate, teacher-4, clear:R[:D], clear:R[:D]+tgate, linfusion, linfusion+tgate, flash, flash-2, flash+tgate; default all the students allow',
   },
   grid: { type: 'string', description: 'PNG of the rows side by side (first prompts)' },
+  'grid-images': { type: 'integer', description: 'images per row in --grid (the first prompts)', default: 8 },
   size: {
     type: 'integer',
     description: "image side in pixels, a multiple of the model's (2×, 4×: zero-shot high resolution)",
@@ -992,7 +993,7 @@ async function benchStudentsCommand(argv: string[]): Promise<number> {
   );
   if (!parsed) return 0;
   const { flags, json, log } = parsed;
-  positive(flags, ['samples', 'batch'], 'bench students');
+  positive(flags, ['samples', 'batch', 'grid-images'], 'bench students');
   if (flags.highres !== undefined) {
     const strength = flags.highres as number;
     if (flags.size === undefined) {
@@ -1025,6 +1026,7 @@ async function benchStudentsCommand(argv: string[]): Promise<number> {
         samples: flags.samples as number,
         seed: flags.seed as number,
         batch: flags.batch as number,
+        gridImages: flags['grid-images'] as number,
         ...(flags.size !== undefined ? { size: flags.size as number } : {}),
         ...(flags.highres !== undefined ? { highres: { strength: flags.highres as number } } : {}),
         ...(flags.predict === true ? { predictOnly: true } : {}),

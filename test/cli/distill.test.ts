@@ -9,6 +9,7 @@ import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { PNG } from 'pngjs';
 
 import { gridLabel } from '../../bench/students.js';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
@@ -303,6 +304,8 @@ describe('velodiff distill clear', () => {
       'tgate,teacher-4,clear:2,linfusion,flash,flash-2',
       '--grid',
       gridFile,
+      '--grid-images',
+      '3',
     ]);
     assert.equal(r.code, 0, r.err);
     const { rows } = JSON.parse(r.out.trimEnd().split('\n').at(-1) ?? '') as {
@@ -339,7 +342,10 @@ describe('velodiff distill clear', () => {
       what: 'teacher at 4 steps GFLOP',
     });
     assert.ok(byId.get('tgate')!.predicted_speedup > 1);
-    assert.ok(existsSync(gridFile));
+    // Three columns of the rows' images: tiles of about 128 px with 6 px gaps.
+    const { size } = JSON.parse(r.out.trimEnd().split('\n').at(-1) ?? '') as { size: number };
+    const tile = size * Math.max(1, Math.round(128 / size));
+    assert.equal(PNG.sync.read(await readFile(gridFile)).width, 6 + 3 * (tile + 6));
   });
 
   it("bench students --size --highres: CLEAR's staged recipe, its FLOPs the base pass, the encoder and the refine's int(steps · strength) steps", async () => {

@@ -12,7 +12,7 @@
  * never run on a teacher it was not distilled from. A student's own folder is also accepted as a
  * students folder of one.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { readFile, readdir } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 
@@ -131,8 +131,13 @@ export async function listStudents(dir: string): Promise<Student[]> {
   for (const entry of (await readdir(abs, { withFileTypes: true })).sort((a, b) =>
     a.name.localeCompare(b.name),
   )) {
-    if (!entry.isDirectory()) continue;
-    const student = await readStudent(join(abs, entry.name));
+    const path = join(abs, entry.name);
+    // A link to a run's model/ folder counts as the folder (statSync follows it; a dangling one is skipped).
+    const folder =
+      entry.isDirectory() ||
+      (entry.isSymbolicLink() && statSync(path, { throwIfNoEntry: false })?.isDirectory());
+    if (!folder) continue;
+    const student = await readStudent(path);
     if (student) students.push(student);
   }
   return students;

@@ -1,8 +1,14 @@
-/** `--accel` parsing, T-GATE's defaults for it, and which student a choice picks (pipelines/students.ts). */
+/**
+ * `--accel` parsing, T-GATE's defaults for it, which student a choice picks, and which folders a
+ * students folder holds (pipelines/students.ts).
+ */
 import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 
-import { defaultTGate, parseAccel, resolveAccel } from '../../src/pipelines/students.js';
+import { defaultTGate, listStudents, parseAccel, resolveAccel } from '../../src/pipelines/students.js';
 import type { Student } from '../../src/pipelines/students.js';
 
 const sha = 'a'.repeat(64);
@@ -93,5 +99,40 @@ describe('defaultTGate', () => {
       lcm: true,
     });
     assert.deepEqual(defaultTGate(1, true).gateStep, 1);
+  });
+});
+
+describe('listStudents', () => {
+  /** A CLEAR student folder of radius `radius` (its weights file only has to exist here). */
+  function clearStudent(dir: string, radius: number): void {
+    mkdirSync(dir, { recursive: true });
+    const weights = `clear_local_${radius}.safetensors`;
+    writeFileSync(
+      join(dir, 'config.json'),
+      JSON.stringify({ _class_name: 'ClearAttentionWeights', radius, down_factor: 1, weights }),
+    );
+    writeFileSync(join(dir, weights), '');
+  }
+
+  it("takes real folders and links to folders (a run's model/), and skips files and dangling links", async () => {
+    const root = mkdtempSync(join(tmpdir(), 'velodiff-students-'));
+    try {
+      const students = join(root, 'students');
+      clearStudent(join(students, 'clear-r4'), 4);
+      clearStudent(join(root, 'runs', 'r8', 'model'), 8);
+      symlinkSync(join(root, 'runs', 'r8', 'model'), join(students, 'clear-r8'));
+      symlinkSync(join(root, 'nowhere'), join(students, 'dangling'));
+      writeFileSync(join(students, 'notes.txt'), 'not a student');
+      const found = await listStudents(students);
+      assert.deepEqual(
+        found.map((s) => (s.kind === 'clear' ? [s.radius, s.dir] : [s.kind, s.dir])),
+        [
+          [4, join(students, 'clear-r4')],
+          [8, join(students, 'clear-r8')],
+        ],
+      );
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });

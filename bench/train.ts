@@ -163,6 +163,7 @@ export function vaeCase(o: Pick<TrainBenchOptions, 'vaeBatch'>): TrainBenchCase 
     images,
     shape: [o.vaeBatch, 3, size, size],
     captions: [],
+    dropped: [],
     labels: undefined,
     indices: [],
     flipped: [],

@@ -30,6 +30,8 @@ import { weightDecayGroups, type Optimizer, type ParameterGroup } from './optimi
 import { Prodigy, PRODIGY_GLOBAL_DEFAULTS, PRODIGY_GROUP_DEFAULTS, type ProdigyOptions } from './prodigy.js';
 import { checkImageSize } from './data/dataset.js';
 import { EMOJI_SETS, type EmojiSet } from './data/emoji.js';
+import { CLEAR_LOSS_WEIGHTS, type ClearLossWeights } from './distill/clear.js';
+import { LINFUSION_LOSS_WEIGHTS, type LinFusionLossWeights } from './distill/linfusion.js';
 import { EMOJI_TEXT_TO_IMAGE_MODEL } from './trainers/text-to-image.js';
 import { EMOJI_VAE_CONFIG, VAE_KL_WEIGHT } from './trainers/vae.js';
 
@@ -192,6 +194,8 @@ export interface ClearDistillModelConfig {
   /** How the teacher draws its samples (one per training image's caption): steps and guidance. */
   readonly teacherSteps: number;
   readonly teacherGuidance: number;
+  /** The loss terms' weights (default CLEAR's: denoise 1, distill 0.5, attention 0.5). */
+  readonly lossWeights: ClearLossWeights;
 }
 
 /** `distill-linfusion`: a LinFusion student of a PixArt teacher (src/train/distill/linfusion.ts). */
@@ -200,6 +204,8 @@ export interface LinFusionDistillModelConfig {
   readonly teacher: string;
   /** The input MLPs' width is the model width divided by this (LinFusion-XL's --mid_dim_scale; 1: LinFusion-1-5's m = C). */
   readonly midDimScale: number;
+  /** The loss terms' weights (default LinFusion's: simple 1, kd 0.5, feat 0.5). */
+  readonly lossWeights: LinFusionLossWeights;
 }
 
 /** `distill-flash`: a Flash Diffusion LoRA student of a PixArt teacher (src/train/distill/flash.ts). */
@@ -641,6 +647,8 @@ function readEma(parent: Section): Readonly<EmaOptions> | null {
 /** Keys of `data` that only the emoji source reads, and only an image folder. */
 const EMOJI_DATA_KEYS = ['sets', 'skinTones', 'unified'];
 const LOADER_KEYS = ['captionDropout', 'horizontalFlip', 'maxPerGroup', 'cacheDir'];
+/** The kinds whose batches use `captionDropout`: those with a prompt-conditioned prediction sampled with CFG. */
+const DROPOUT_KINDS: readonly TrainKind[] = ['text-to-image', 'distill-clear', 'distill-linfusion'];
 const FOLDER_DATA_KEYS = ['onBadFile', 'captionColumn'];
 
 function readData(
@@ -675,6 +683,12 @@ function readData(
       ? resolve(baseDir, s.string('cacheDir', ''))
       : (s.value('cacheDir'), undefined),
   };
+  if (common.captionDropout > 0 && !DROPOUT_KINDS.includes(kind)) {
+    s.problems.push(
+      `${s.keyPath('captionDropout')}: a ${kind} run has no use for dropped captions ` +
+        `(only ${DROPOUT_KINDS.join(', ')} runs train the unconditional prediction of classifier-free guidance); expected 0, found ${common.captionDropout}`,
+    );
+  }
   const fraction = (fallback: number): number =>
     s.number('validationFraction', fallback, (n) => n >= 0 && n < 1, 'a number in [0, 1)');
   // --data replaces the file's source: the keys of the source it replaces no longer apply.
@@ -722,6 +736,23 @@ function readData(
   function loaderDefaults(k: TrainKind) {
     return { captionDropout: d.captionDropout[k], horizontalFlip: d.horizontalFlip, cacheDir: undefined };
   }
+}
+
+/**
+ * `model.lossWeights` of a distillation: any of the method's terms (the rest keep the authors'
+ * weights), each a number ≥ 0, not all 0.
+ */
+function readLossWeights<W extends Record<string, number>>(parent: Section, defaults: W): W {
+  const s = parent.section('lossWeights');
+  if (!s) return defaults;
+  const terms = Object.keys(defaults);
+  const weights = Object.fromEntries(
+    terms.map((term) => [term, s.number(term, defaults[term], (n) => n >= 0, 'a number ≥ 0')]),
+  ) as W;
+  s.finish(terms);
+  if (terms.every((term) => weights[term] === 0))
+    parent.problem('lossWeights', 'at least one weight above 0', weights);
+  return weights;
 }
 
 /** `model.timestepSampling`: 'uniform' (left out) or a logit-normal density. */
@@ -957,8 +988,9 @@ function readModel(s: Section, kind: TrainKind, file: string, baseDir: string): 
     const config = {
       teacher: teacher === '' ? '' : resolve(baseDir, teacher),
       midDimScale: s.integer('midDimScale', TRAIN_DEFAULTS.model['distill-linfusion'].midDimScale, 1),
+      lossWeights: readLossWeights(s, LINFUSION_LOSS_WEIGHTS),
     };
-    s.finish(['teacher', 'midDimScale']);
+    s.finish(['teacher', 'midDimScale', 'lossWeights']);
     return config;
   }
   if (kind === 'distill-clear') {
@@ -983,9 +1015,18 @@ function readModel(s: Section, kind: TrainKind, file: string, baseDir: string): 
       featureLayers,
       teacherSteps: s.integer('teacherSteps', d.teacherSteps, 1),
       teacherGuidance: s.number('teacherGuidance', d.teacherGuidance, (n) => n >= 0, 'a number ≥ 0'),
+      lossWeights: readLossWeights(s, CLEAR_LOSS_WEIGHTS),
     };
     if (!s.has('radius')) s.problem('radius', 'a window radius ≥ 1 (latent tokens)', undefined);
-    s.finish(['teacher', 'radius', 'downFactor', 'featureLayers', 'teacherSteps', 'teacherGuidance']);
+    s.finish([
+      'teacher',
+      'radius',
+      'downFactor',
+      'featureLayers',
+      'teacherSteps',
+      'teacherGuidance',
+      'lossWeights',
+    ]);
     return config;
   }
   const labels = s.list(

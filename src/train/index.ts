@@ -118,7 +118,7 @@ export {
   clearStudentInit,
   isClearTrained,
 } from './distill/clear.js';
-export type { ClearDistillOptions, ClearLossWeights } from './distill/clear.js';
+export type { ClearDistillOptions, ClearLossWeights, UnconditionalPrompt } from './distill/clear.js';
 export { teacherSamples } from './distill/teacher-samples.js';
 export type {
   TeacherSampleOptions,

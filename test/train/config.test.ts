@@ -21,6 +21,8 @@ import {
 import { ADAMW_DEFAULTS } from '../../src/train/adamw.js';
 import { EMA_DEFAULTS } from '../../src/train/ema.js';
 import { Prodigy } from '../../src/train/prodigy.js';
+import { CLEAR_LOSS_WEIGHTS } from '../../src/train/distill/clear.js';
+import { LINFUSION_LOSS_WEIGHTS } from '../../src/train/distill/linfusion.js';
 import { seededUniform, testSeed } from '../random.js';
 
 const CONFIGS = fileURLToPath(new URL('../../configs/', import.meta.url));
@@ -103,6 +105,70 @@ describe('training configuration', () => {
       );
     }
     assert.equal(error.path, FILE);
+  });
+
+  it('takes captionDropout only where batches use it, and says so elsewhere', () => {
+    const dropout = Math.round((0.05 + 0.9 * random()) * 1000) / 1000;
+    for (const kind of ['text-to-image', 'distill-clear', 'distill-linfusion'] as const) {
+      const config = parseTrainConfig(
+        { ...MINIMAL[kind], data: { captionDropout: dropout } },
+        { path: FILE },
+      );
+      assert.equal(config.data.captionDropout, dropout, kind);
+    }
+    for (const kind of ['vae', 'classifier', 'distill-flash'] as const) {
+      const error = problemsOf({ ...MINIMAL[kind], data: { captionDropout: dropout } });
+      assert.ok(
+        error.problems.some(
+          (p) =>
+            p.startsWith(`data.captionDropout: a ${kind} run has no use for dropped captions`) &&
+            p.endsWith(`expected 0, found ${dropout}`),
+        ),
+        error.problems.join('\n'),
+      );
+      parseTrainConfig({ ...MINIMAL[kind], data: { captionDropout: 0 } }, { path: FILE });
+    }
+  });
+
+  it("reads a distillation's loss weights: the authors' by default, any term replaced, bad values named", () => {
+    const clear = parseTrainConfig(MINIMAL['distill-clear'], { path: FILE });
+    assert.ok(clear.kind === 'distill-clear');
+    assert.deepEqual(clear.model.lossWeights, CLEAR_LOSS_WEIGHTS);
+    const weight = Math.round(random() * 100) / 10;
+    const custom = parseTrainConfig(
+      {
+        ...MINIMAL['distill-clear'],
+        model: { teacher: 'models/emoji', radius: 4, lossWeights: { denoise: weight } },
+      },
+      { path: FILE },
+    );
+    assert.ok(custom.kind === 'distill-clear');
+    assert.deepEqual(custom.model.lossWeights, { ...CLEAR_LOSS_WEIGHTS, denoise: weight });
+    const linfusion = parseTrainConfig(
+      { ...MINIMAL['distill-linfusion'], model: { teacher: 'models/emoji', lossWeights: { kd: weight } } },
+      { path: FILE },
+    );
+    assert.ok(linfusion.kind === 'distill-linfusion');
+    assert.deepEqual(linfusion.model.lossWeights, { ...LINFUSION_LOSS_WEIGHTS, kd: weight });
+    const error = problemsOf({
+      ...MINIMAL['distill-clear'],
+      model: { teacher: 'models/emoji', radius: 4, lossWeights: { denoise: -1, distil: 1 } },
+    });
+    for (const line of [
+      'model.lossWeights.denoise: expected a number ≥ 0, found -1',
+      "model.lossWeights.distil: unknown key. Did you mean 'distill'? Known keys here: denoise, distill, attention",
+    ])
+      assert.ok(error.problems.includes(line), `${line}\nin:\n${error.problems.join('\n')}`);
+    const zero = problemsOf({
+      ...MINIMAL['distill-linfusion'],
+      model: { teacher: 'models/emoji', lossWeights: { simple: 0, kd: 0, feat: 0 } },
+    });
+    assert.ok(
+      zero.problems.includes(
+        'model.lossWeights: expected at least one weight above 0, found {"simple":0,"kd":0,"feat":0}',
+      ),
+      zero.problems.join('\n'),
+    );
   });
 
   it('names bad values with their key path, expected and found (random bad values)', () => {

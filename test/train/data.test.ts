@@ -598,6 +598,11 @@ describe('the loader', () => {
     const batch = loader.next();
     const flips = batch.flipped.filter(Boolean).length;
     const drops = batch.captions.filter((c) => c === '').length;
+    // The synthetic captions are never empty: a caption is "" exactly where the batch says dropped.
+    assert.deepEqual(
+      batch.dropped,
+      batch.captions.map((c) => c === ''),
+    );
     assert.ok(flips > 80 && flips < 160, `${flips} of 240 mirrored`);
     assert.ok(drops > 30 && drops < 90, `${drops} of 240 captions dropped`);
     const variants = new Set(batch.captions.filter((c) => c !== '').map((c) => c.slice(-1)));
@@ -614,6 +619,9 @@ describe('the loader', () => {
     });
     const all = new DataLoader(dataset, { batchSize: 240, captionDropout: 1 }).next();
     assert.ok(all.captions.every((c) => c === ''));
+    assert.ok(all.dropped.every((d) => d));
+    const none = new DataLoader(dataset, { batchSize: 240 }).next();
+    assert.ok(none.dropped.every((d) => !d) && none.captions.every((c) => c !== ''));
   });
 
   it('with maxPerGroup draws at most that many images of each group per epoch, others in turn, resumably', () => {

@@ -14,11 +14,14 @@ import { after, before, describe, it } from 'node:test';
 import { PixArtPipeline } from '../../src/pipelines/pixart.js';
 import { parseTrainConfig } from '../../src/train/config.js';
 import type { ImageTextDataset } from '../../src/train/data/dataset.js';
-import { clearWeightsFile } from '../../src/train/distill/clear-trainer.js';
+import type { Batch } from '../../src/train/data/loader.js';
+import { clearDistillTrainer, clearWeightsFile } from '../../src/train/distill/clear-trainer.js';
+import { LINFUSION_LOSS_WEIGHTS } from '../../src/train/distill/linfusion.js';
+import { linfusionDistillTrainer } from '../../src/train/distill/linfusion-trainer.js';
 import { checkpointsIn, runTraining } from '../../src/train/run.js';
 import { StopRequest } from '../../src/train/stop-signal.js';
 import { tinyPixArtPipeline } from '../fixtures/tiny-pixart-pipeline.js';
-import { readAllTensors, testRuntime } from '../helpers.js';
+import { assertClose, readAllTensors, testRuntime } from '../helpers.js';
 
 const WORDS = ['red', 'heart', 'dog', 'face', 'rocket', 'flag', 'pizza', 'cat'];
 
@@ -149,5 +152,68 @@ describe('distill-clear run (tiny teacher)', () => {
     const a = await readAllTensors(join(whole.modelDir as string, clearWeightsFile(2, 1)));
     const b = await readAllTensors(join(resumed.modelDir as string, clearWeightsFile(2, 1)));
     for (const name of Object.keys(a)) assert.deepEqual(b[name].data, a[name].data, name);
+  });
+
+  it('the CLEAR and LinFusion trainers give a dropped caption the teacher\'s encoding of "", the rest their own', async () => {
+    const dataset = tinyDataset(8);
+    const teacher = await PixArtPipeline.fromPretrained(teacherDir, { runtime: testRuntime() });
+    let empty: Float32Array;
+    let redHeart: Float32Array;
+    try {
+      const L = teacher.defaultMaxSequenceLength;
+      empty = (await teacher.promptEncoder!.encode([''], L)).embeds.data as Float32Array;
+      redHeart = (await teacher.promptEncoder!.encode([dataset.items[1].captions[0]], L)).embeds
+        .data as Float32Array;
+    } finally {
+      await teacher.close();
+    }
+    assert.notDeepEqual([...empty], [...redHeart]);
+    const batch = (dropped: boolean[]): Batch => ({
+      images: new Float32Array(2 * 3 * 8 * 8),
+      shape: [2, 3, 8, 8],
+      captions: dropped.map((d) => (d ? '' : dataset.items[1].captions[0])),
+      dropped,
+      labels: undefined,
+      indices: [1, 1],
+      flipped: [false, false],
+      epoch: 0,
+    });
+    const parsed = config(join(root, 'dropout'), 2);
+    assert.ok(parsed.kind === 'distill-clear');
+    const sample = { prompts: ['red heart'], seeds: [0], steps: 2, guidance: 4.5 };
+    const trainers = [
+      await clearDistillTrainer({
+        model: parsed.model,
+        dataset,
+        runtime: testRuntime(),
+        seed: 3,
+        output: join(root, 'dropout'),
+        sample,
+      }),
+      await linfusionDistillTrainer({
+        model: { teacher: teacherDir, midDimScale: 4, lossWeights: LINFUSION_LOSS_WEIGHTS },
+        dataset,
+        runtime: testRuntime(),
+        seed: 3,
+        sample,
+        cacheDir: false,
+      }),
+    ];
+    for (const [k, trainer] of trainers.entries()) {
+      const feeds = await trainer.makeBatch(batch([true, false]), 1);
+      const text = feeds.encoder_hidden_states.data as Float32Array;
+      const per = text.length / 2;
+      assert.equal(per, empty.length);
+      assertClose(text.subarray(0, per), Float64Array.from(empty), {
+        rtol: 0,
+        atol: 1e-6,
+        what: `${k}: dropped row`,
+      });
+      assertClose(text.subarray(per), Float64Array.from(redHeart), {
+        rtol: 0,
+        atol: 1e-6,
+        what: `${k}: kept row`,
+      });
+    }
   });
 });

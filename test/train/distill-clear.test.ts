@@ -149,6 +149,7 @@ function localShape(name: string): number[] {
 function tinySpec(o: {
   downFactor: number;
   featureLayers?: number[];
+  weights?: { denoise: number; distill: number; attention: number };
 }): ReturnType<typeof clearDistillStepSpec> {
   return clearDistillStepSpec({
     transformer: config,
@@ -227,6 +228,21 @@ describe('CLEAR distillation step (tiny PixArt-α teacher)', () => {
       assertClose([result.metrics.attention], [attention], { ...tol, what: 'L_attention' });
       assertClose([result.loss], [denoise + 0.5 * distill + 0.5 * attention], { ...tol, what: 'L' });
       assert.deepEqual([...result.grads.keys()].sort(), [...spec.trainable].sort());
+      // Other weights (model.lossWeights): the same terms, weighted as asked.
+      const w = {
+        denoise: Math.round(random() * 4) / 4,
+        distill: 0.25 + random(),
+        attention: 0.25 + random(),
+      };
+      const weightedStep = await TrainStep.compile(
+        testRuntime(),
+        tinySpec({ downFactor, featureLayers: [0, 1], weights: w }),
+      );
+      const weighted = await weightedStep.run(params, feeds);
+      assertClose([weighted.loss], [w.denoise * denoise + w.distill * distill + w.attention * attention], {
+        ...tol,
+        what: `L weighted ${JSON.stringify(w)}`,
+      });
 
       // Central differences of the step's own loss on sampled student coordinates.
       const names = [...spec.trainable].filter((_, i) => i % 3 === 0);
@@ -298,6 +314,44 @@ describe('CLEAR distillation step (tiny PixArt-α teacher)', () => {
     assert.throws(
       () => clearDistillBatch(samples, [5], new TorchGenerator(0), alphas),
       /sample indices 5 are outside the 5 teacher samples/,
+    );
+
+    // Dropped captions: those rows take the unconditional encoding; everything else, draws included, is unchanged.
+    const unconditional = { embeds: fill(L * D), mask: fill(L) };
+    const dropped = [false, true, false];
+    const withDrop = clearDistillBatch(samples, indices, new TorchGenerator(7), alphas, 'epsilon', {
+      dropped,
+      unconditional,
+    });
+    assert.deepEqual(withDrop.hidden_states.data, feeds.hidden_states.data);
+    assert.deepEqual(withDrop.target.data, feeds.target.data);
+    assert.deepEqual(withDrop.timestep.data, feeds.timestep.data);
+    dropped.forEach((isDropped, b) => {
+      const rows = (name: 'encoder_hidden_states' | 'encoder_attention_mask', size: number) => [
+        ...(withDrop[name].data as Float32Array).subarray(b * size, (b + 1) * size),
+      ];
+      const source = isDropped
+        ? { embeds: unconditional.embeds, mask: unconditional.mask }
+        : {
+            embeds: (samples.promptEmbeds.data as Float32Array).subarray(
+              indices[b] * L * D,
+              (indices[b] + 1) * L * D,
+            ),
+            mask: (samples.promptAttentionMask.data as Float32Array).subarray(
+              indices[b] * L,
+              (indices[b] + 1) * L,
+            ),
+          };
+      assert.deepEqual(rows('encoder_hidden_states', L * D), [...source.embeds], `row ${b} encoding`);
+      assert.deepEqual(rows('encoder_attention_mask', L), [...source.mask], `row ${b} mask`);
+    });
+    assert.throws(
+      () =>
+        clearDistillBatch(samples, indices, new TorchGenerator(7), alphas, 'epsilon', {
+          dropped: [true],
+          unconditional: { embeds: fill(L * D + 1), mask: fill(L) },
+        }),
+      /caption dropout got 1 dropped-caption flags for a batch of 3; an unconditional encoding of 25 values, expected 4×6/,
     );
   });
 

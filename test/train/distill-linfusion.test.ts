@@ -69,8 +69,18 @@ after(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-function spec(): ReturnType<typeof linfusionDistillStepSpec> {
-  return linfusionDistillStepSpec({ transformer: config, latentSize: LATENT, textLength: TEXT, midDim: MID });
+function spec(weights?: {
+  simple: number;
+  kd: number;
+  feat: number;
+}): ReturnType<typeof linfusionDistillStepSpec> {
+  return linfusionDistillStepSpec({
+    transformer: config,
+    latentSize: LATENT,
+    textLength: TEXT,
+    midDim: MID,
+    ...(weights ? { weights } : {}),
+  });
 }
 
 function batch(random: () => number): Record<string, HostTensor> {
@@ -217,6 +227,13 @@ describe('LinFusion distillation step (tiny PixArt-α teacher)', () => {
       assertClose([result.metrics.kd], [kd], { ...tol, what: 'L_kd' });
       assertClose([result.metrics.feat], [feat], { ...tol, what: 'L_feat' });
       assertClose([result.loss], [simple + 0.5 * kd + 0.5 * feat], { ...tol, what: 'L' });
+      // Other weights (model.lossWeights): the same terms, weighted as asked.
+      const w = { simple: Math.round(random() * 4) / 4, kd: 0.25 + random(), feat: 0.25 + random() };
+      const weighted = await (await TrainStep.compile(testRuntime(), spec(w))).run(values, feeds);
+      assertClose([weighted.loss], [w.simple * simple + w.kd * kd + w.feat * feat], {
+        ...tol,
+        what: `L weighted ${JSON.stringify(w)}`,
+      });
     } finally {
       await weights.close();
     }

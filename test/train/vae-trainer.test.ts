@@ -40,6 +40,7 @@ function batchOf(images: Float32Array): Batch {
     images,
     shape: [n, 3, SIZE, SIZE],
     captions: new Array<string>(n).fill(''),
+    dropped: new Array<boolean>(n).fill(false),
     labels: undefined,
     indices: Array.from({ length: n }, (_, i) => i),
     flipped: new Array<boolean>(n).fill(false),

@@ -55,6 +55,8 @@ export interface Batch {
   readonly shape: readonly [number, number, number, number];
   /** One caption per image ("" where dropped). */
   readonly captions: readonly string[];
+  /** Whether each image's caption was dropped (captionDropout): its prompt is the unconditional one. */
+  readonly dropped: readonly boolean[];
   /** Class indices per image (emoji data sets only; see `dataset.labelNames`). */
   readonly labels:
     | { readonly category: Int32Array; readonly subcategory: Int32Array; readonly style: Int32Array }
@@ -257,6 +259,7 @@ export class DataLoader {
     const captions: string[] = [];
     const indices: number[] = [];
     const flipped: boolean[] = [];
+    const droppedCaptions: boolean[] = [];
     const labels =
       this.#dataset.labelNames === undefined
         ? undefined
@@ -290,6 +293,7 @@ export class DataLoader {
           ? 0
           : Math.floor(drawUniform(this.#seed, epoch, position, STREAM_CAPTION) * item.captions.length);
       captions.push(dropped ? '' : item.captions[variant]);
+      droppedCaptions.push(dropped);
       if (labels !== undefined && item.labels !== undefined) {
         labels.category[b] = item.labels.category;
         labels.subcategory[b] = item.labels.subcategory;
@@ -299,6 +303,15 @@ export class DataLoader {
       flipped.push(flip);
     }
     this.#index = start + count;
-    return { images, shape: [count, 3, size, size], captions, labels, indices, flipped, epoch };
+    return {
+      images,
+      shape: [count, 3, size, size],
+      captions,
+      dropped: droppedCaptions,
+      labels,
+      indices,
+      flipped,
+      epoch,
+    };
   }
 }

@@ -110,6 +110,12 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
     });
     const latentSize = samples.latents.shape[2] as number;
     const textLength = samples.promptEmbeds.shape[1] as number;
+    // teacherSamples has checked that the teacher has a text encoder.
+    const encodedEmpty = await pipeline.promptEncoder!.encode([''], textLength);
+    const unconditional = {
+      embeds: encodedEmpty.embeds.data as Float32Array,
+      mask: encodedEmpty.mask.data as Float32Array,
+    };
     const spec = clearDistillStepSpec({
       transformer,
       radius: model.radius,
@@ -117,6 +123,7 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
       latentSize,
       textLength,
       ...(model.featureLayers ? { featureLayers: model.featureLayers } : {}),
+      weights: model.lossWeights,
     });
     // The pipeline's parsed config: diffusers writes Python's -Infinity into scheduler configs.
     const schedulerConfig = { ...pipeline.scheduler.config } as Record<string, unknown>;
@@ -153,7 +160,10 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
           }
           return k;
         });
-        return clearDistillBatch(samples, indices, generator, alphasCumprod, predictionType);
+        return clearDistillBatch(samples, indices, generator, alphasCumprod, predictionType, {
+          dropped: batch.dropped,
+          unconditional,
+        });
       },
       sampleGrid: (weights, step) =>
         studentSampleGrid({

@@ -311,8 +311,12 @@ export function clearStudentInit(
  * with x₀ the teacher's latent, ε ~ N(0, I) and t uniform over the training timesteps (CLEAR draws
  * t uniformly, weighting scheme "none"), target ε (or v = √ᾱ_t·ε − √(1 − ᾱ_t)·x₀ for a v-prediction
  * teacher), and the samples' caption encodings. Draw order
- * fixed (noise, then timesteps), so a restored generator repeats a run. No caption is dropped: the
- * authors' script drops none.
+ * fixed (noise, then timesteps), so a restored generator repeats a run.
+ *
+ * `dropped` (the loader's captionDropout draws) gives rows whose caption encoding is replaced by
+ * `unconditional`, the teacher's encoding of "": those rows train the prediction that classifier-free
+ * guidance's unconditional branch makes. The authors' scripts drop no caption (CLEAR's FLUX-dev runs
+ * without CFG); a student of a CFG teacher that is sampled with CFG needs both branches trained.
  */
 export function clearDistillBatch(
   samples: Pick<TeacherSamples, 'latents' | 'promptEmbeds' | 'promptAttentionMask'>,
@@ -320,6 +324,7 @@ export function clearDistillBatch(
   generator: TorchGenerator,
   alphasCumprod: Float32Array,
   predictionType: DistillPredictionType = 'epsilon',
+  drop?: { readonly dropped: readonly boolean[]; readonly unconditional: UnconditionalPrompt },
 ): Record<string, HostTensor> {
   const [count, channels, h, w] = samples.latents.shape as number[];
   const [, length, width] = samples.promptEmbeds.shape as number[];
@@ -331,6 +336,7 @@ export function clearDistillBatch(
     );
   }
   const n = indices.length;
+  if (drop !== undefined) checkDrop(drop, n, length, width);
   const shape = [n, channels, h, w];
   const per = channels * h * w;
   const noise = generator.randn(shape);
@@ -346,15 +352,43 @@ export function clearDistillBatch(
   const noisy = noisedLatents(x0, noise, shape, timesteps, alphasCumprod);
   const target =
     predictionType === 'v_prediction' ? velocity(x0, noise, shape, timesteps, alphasCumprod) : noise;
+  const embeds = gather(samples.promptEmbeds, length * width);
+  const mask = gather(samples.promptAttentionMask, length);
+  drop?.dropped.forEach((dropped, b) => {
+    if (!dropped) return;
+    embeds.set(drop.unconditional.embeds, b * length * width);
+    mask.set(drop.unconditional.mask, b * length);
+  });
   return {
     hidden_states: hostTensor('float32', shape, noisy),
     target: hostTensor('float32', shape, target),
     timestep: hostTensor('float32', [n], Float32Array.from(timesteps)),
-    encoder_hidden_states: hostTensor(
-      'float32',
-      [n, length, width],
-      gather(samples.promptEmbeds, length * width),
-    ),
-    encoder_attention_mask: hostTensor('float32', [n, length], gather(samples.promptAttentionMask, length)),
+    encoder_hidden_states: hostTensor('float32', [n, length, width], embeds),
+    encoder_attention_mask: hostTensor('float32', [n, length], mask),
   };
+}
+
+/** The teacher's encoding of "": CFG's unconditional prompt, and a dropped caption's. [length, width] and [length]. */
+export interface UnconditionalPrompt {
+  readonly embeds: Float32Array;
+  readonly mask: Float32Array;
+}
+
+function checkDrop(
+  drop: { readonly dropped: readonly boolean[]; readonly unconditional: UnconditionalPrompt },
+  n: number,
+  length: number,
+  width: number,
+): void {
+  const problems: string[] = [];
+  if (drop.dropped.length !== n)
+    problems.push(`${drop.dropped.length} dropped-caption flags for a batch of ${n}`);
+  if (drop.unconditional.embeds.length !== length * width)
+    problems.push(
+      `an unconditional encoding of ${drop.unconditional.embeds.length} values, expected ${length}×${width}`,
+    );
+  if (drop.unconditional.mask.length !== length)
+    problems.push(`an unconditional mask of ${drop.unconditional.mask.length} values, expected ${length}`);
+  if (problems.length > 0)
+    throw new OptionError(`distill: caption dropout got ${problems.join('; ')}`, 'DISTILL_OPTION');
 }

@@ -157,7 +157,6 @@ export async function flashDistillTrainer(o: FlashDistillTrainerOptions): Promis
       const s = Math.sqrt(1 - alphas[t]);
       return vParam ? [a, -s] : [1 / a, -s / a];
     };
-    const empty = await pipeline.promptEncoder!.encode([''], length);
     const generator = new TorchGenerator(o.seed);
     const teacherOf = await teacherRecord(teacherDir);
     const modelConfig: ModelConfig = {
@@ -182,8 +181,8 @@ export async function flashDistillTrainer(o: FlashDistillTrainerOptions): Promis
       const scheduler = new DPMSolverMultistepScheduler(schedulerConfig);
       scheduler.setTimesteps(K);
       scheduler.setBeginIndex(k);
-      const negText = hostTensor('float32', [n, length, width], repeat(empty.embeds.data as Float32Array, n));
-      const negMask = hostTensor('float32', [n, length], repeat(empty.mask.data as Float32Array, n));
+      const negText = hostTensor('float32', [n, length, width], repeat(data.empty.embeds, n));
+      const negMask = hostTensor('float32', [n, length], repeat(data.empty.mask, n));
       const bothText = hostTensor('float32', [2 * n, length, width], concat2(negText, text));
       const bothMask = hostTensor('float32', [2 * n, length], concat2(negMask, mask));
       const out = await denoise({
@@ -277,13 +276,9 @@ export async function flashDistillTrainer(o: FlashDistillTrainerOptions): Promis
           negative_encoder_hidden_states: hostTensor(
             'float32',
             [n, length, width],
-            repeat(empty.embeds.data as Float32Array, n),
+            repeat(data.empty.embeds, n),
           ),
-          negative_encoder_attention_mask: hostTensor(
-            'float32',
-            [n, length],
-            repeat(empty.mask.data as Float32Array, n),
-          ),
+          negative_encoder_attention_mask: hostTensor('float32', [n, length], repeat(data.empty.mask, n)),
           teacher_x0: latent(teacherX0),
           real_latents: latent(z),
           c_skip: vector(new Array(n).fill(cSkip)),

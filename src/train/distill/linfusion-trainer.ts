@@ -64,7 +64,13 @@ export async function linfusionDistillTrainer(o: LinFusionDistillTrainerOptions)
   try {
     const transformer = pipeline.transformer.config;
     const midDim = linfusionMidDim(transformer.innerDim, model.midDimScale);
-    const spec = linfusionDistillStepSpec({ transformer, latentSize: side, textLength: length, midDim });
+    const spec = linfusionDistillStepSpec({
+      transformer,
+      latentSize: side,
+      textLength: length,
+      midDim,
+      weights: model.lossWeights,
+    });
     const modules = linfusionModulesList(transformer, midDim);
     const generator = new TorchGenerator(o.seed);
     const teacherOf = await teacherRecord(teacherDir);
@@ -101,6 +107,7 @@ export async function linfusionDistillTrainer(o: LinFusionDistillTrainerOptions)
           generator,
           data.alphasCumprod,
           data.predictionType,
+          { dropped: batch.dropped, unconditional: data.empty },
         );
       },
       sampleGrid: (weights, step) =>

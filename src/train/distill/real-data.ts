@@ -17,7 +17,7 @@ import type { ImageTextDataset } from '../data/dataset.js';
 import { splitIndices } from '../data/dataset.js';
 import type { DatasetLatents } from '../latent-cache.js';
 import { encodeDatasetLatents } from '../latent-cache.js';
-import type { DistillPredictionType } from './clear.js';
+import type { DistillPredictionType, UnconditionalPrompt } from './clear.js';
 import { distillPredictionType } from './clear.js';
 
 export interface RealDistillData {
@@ -42,6 +42,8 @@ export interface RealDistillData {
   readonly mask: Float32Array;
   /** Data set index → row of `embeds`. */
   readonly rowOf: ReadonlyMap<number, number>;
+  /** The encoding of "": CFG's unconditional prompt, and a dropped caption's. */
+  readonly empty: UnconditionalPrompt;
 }
 
 /** Loads the teacher and prepares the training images' latents and captions. `what` names the method in errors. */
@@ -100,6 +102,7 @@ export async function realDistillData(o: {
       embeds.set(encoded.embeds.data as Float32Array, start * length * width);
       mask.set(encoded.mask.data as Float32Array, start * length);
     }
+    const empty = await encoder.encode([''], length);
     // The pipeline's parsed config: diffusers writes Python's -Infinity into scheduler configs.
     const schedulerConfig = { ...pipeline.scheduler.config } as Record<string, unknown>;
     return {
@@ -118,6 +121,7 @@ export async function realDistillData(o: {
       embeds,
       mask,
       rowOf: new Map(train.map((index, k) => [index, k])),
+      empty: { embeds: empty.embeds.data as Float32Array, mask: empty.mask.data as Float32Array },
     };
   } catch (error) {
     await pipeline.close();

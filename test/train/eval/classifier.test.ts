@@ -228,6 +228,7 @@ test('makeBatch shifts each image by at most maxShift, fills with white, and rep
     images,
     shape: [count, 3, 16, 16],
     captions: [],
+    dropped: [],
     labels: {
       category: new Int32Array(count),
       subcategory: Int32Array.from({ length: count }, (_, i) => i % 4),

@@ -194,8 +194,11 @@ export interface ClearDistillModelConfig {
   /** How the teacher draws its samples (one per training image's caption): steps and guidance. */
   readonly teacherSteps: number;
   readonly teacherGuidance: number;
-  /** The loss terms' weights (default CLEAR's: denoise 1, distill 0.5, attention 0.5). */
-  readonly lossWeights: ClearLossWeights;
+  /**
+   * The loss terms' weights; left out when not given (CLEAR's: denoise 1, distill 0.5, attention
+   * 0.5), so that runs from before the key resume unchanged.
+   */
+  readonly lossWeights?: ClearLossWeights;
 }
 
 /** `distill-linfusion`: a LinFusion student of a PixArt teacher (src/train/distill/linfusion.ts). */
@@ -204,8 +207,11 @@ export interface LinFusionDistillModelConfig {
   readonly teacher: string;
   /** The input MLPs' width is the model width divided by this (LinFusion-XL's --mid_dim_scale; 1: LinFusion-1-5's m = C). */
   readonly midDimScale: number;
-  /** The loss terms' weights (default LinFusion's: simple 1, kd 0.5, feat 0.5). */
-  readonly lossWeights: LinFusionLossWeights;
+  /**
+   * The loss terms' weights; left out when not given (LinFusion's: simple 1, kd 0.5, feat 0.5), so
+   * that runs from before the key resume unchanged.
+   */
+  readonly lossWeights?: LinFusionLossWeights;
 }
 
 /** `distill-flash`: a Flash Diffusion LoRA student of a PixArt teacher (src/train/distill/flash.ts). */
@@ -740,11 +746,16 @@ function readData(
 
 /**
  * `model.lossWeights` of a distillation: any of the method's terms (the rest keep the authors'
- * weights), each a number ≥ 0, not all 0.
+ * weights), each a number ≥ 0, not all 0. Nothing when the key is not given: the configuration then
+ * hashes as it did before the key existed.
  */
-function readLossWeights<W extends Record<string, number>>(parent: Section, defaults: W): W {
+function readLossWeights<W extends Record<string, number>>(
+  parent: Section,
+  defaults: W,
+): { lossWeights?: W } {
+  if (!parent.has('lossWeights')) return (parent.value('lossWeights'), {});
   const s = parent.section('lossWeights');
-  if (!s) return defaults;
+  if (!s) return {};
   const terms = Object.keys(defaults);
   const weights = Object.fromEntries(
     terms.map((term) => [term, s.number(term, defaults[term], (n) => n >= 0, 'a number ≥ 0')]),
@@ -752,7 +763,7 @@ function readLossWeights<W extends Record<string, number>>(parent: Section, defa
   s.finish(terms);
   if (terms.every((term) => weights[term] === 0))
     parent.problem('lossWeights', 'at least one weight above 0', weights);
-  return weights;
+  return { lossWeights: weights };
 }
 
 /** `model.timestepSampling`: 'uniform' (left out) or a logit-normal density. */
@@ -988,7 +999,7 @@ function readModel(s: Section, kind: TrainKind, file: string, baseDir: string): 
     const config = {
       teacher: teacher === '' ? '' : resolve(baseDir, teacher),
       midDimScale: s.integer('midDimScale', TRAIN_DEFAULTS.model['distill-linfusion'].midDimScale, 1),
-      lossWeights: readLossWeights(s, LINFUSION_LOSS_WEIGHTS),
+      ...readLossWeights(s, LINFUSION_LOSS_WEIGHTS),
     };
     s.finish(['teacher', 'midDimScale', 'lossWeights']);
     return config;
@@ -1015,7 +1026,7 @@ function readModel(s: Section, kind: TrainKind, file: string, baseDir: string): 
       featureLayers,
       teacherSteps: s.integer('teacherSteps', d.teacherSteps, 1),
       teacherGuidance: s.number('teacherGuidance', d.teacherGuidance, (n) => n >= 0, 'a number ≥ 0'),
-      lossWeights: readLossWeights(s, CLEAR_LOSS_WEIGHTS),
+      ...readLossWeights(s, CLEAR_LOSS_WEIGHTS),
     };
     if (!s.has('radius')) s.problem('radius', 'a window radius ≥ 1 (latent tokens)', undefined);
     s.finish([

@@ -133,7 +133,9 @@ describe('training configuration', () => {
   it("reads a distillation's loss weights: the authors' by default, any term replaced, bad values named", () => {
     const clear = parseTrainConfig(MINIMAL['distill-clear'], { path: FILE });
     assert.ok(clear.kind === 'distill-clear');
-    assert.deepEqual(clear.model.lossWeights, CLEAR_LOSS_WEIGHTS);
+    // Left out when not given, so that a run from before the key hashes (and resumes) as it did.
+    assert.equal(clear.model.lossWeights, undefined);
+    assert.ok(!('lossWeights' in clear.model));
     const weight = Math.round(random() * 100) / 10;
     const custom = parseTrainConfig(
       {

@@ -16,7 +16,6 @@ import { parseTrainConfig } from '../../src/train/config.js';
 import type { ImageTextDataset } from '../../src/train/data/dataset.js';
 import type { Batch } from '../../src/train/data/loader.js';
 import { clearDistillTrainer, clearWeightsFile } from '../../src/train/distill/clear-trainer.js';
-import { LINFUSION_LOSS_WEIGHTS } from '../../src/train/distill/linfusion.js';
 import { linfusionDistillTrainer } from '../../src/train/distill/linfusion-trainer.js';
 import { checkpointsIn, runTraining } from '../../src/train/run.js';
 import { StopRequest } from '../../src/train/stop-signal.js';
@@ -191,7 +190,7 @@ describe('distill-clear run (tiny teacher)', () => {
         sample,
       }),
       await linfusionDistillTrainer({
-        model: { teacher: teacherDir, midDimScale: 4, lossWeights: LINFUSION_LOSS_WEIGHTS },
+        model: { teacher: teacherDir, midDimScale: 4 },
         dataset,
         runtime: testRuntime(),
         seed: 3,

@@ -123,7 +123,7 @@ export async function clearDistillTrainer(o: ClearDistillTrainerOptions): Promis
       latentSize,
       textLength,
       ...(model.featureLayers ? { featureLayers: model.featureLayers } : {}),
-      weights: model.lossWeights,
+      ...(model.lossWeights ? { weights: model.lossWeights } : {}),
     });
     // The pipeline's parsed config: diffusers writes Python's -Infinity into scheduler configs.
     const schedulerConfig = { ...pipeline.scheduler.config } as Record<string, unknown>;

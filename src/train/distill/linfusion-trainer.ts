@@ -69,7 +69,7 @@ export async function linfusionDistillTrainer(o: LinFusionDistillTrainerOptions)
       latentSize: side,
       textLength: length,
       midDim,
-      weights: model.lossWeights,
+      ...(model.lossWeights ? { weights: model.lossWeights } : {}),
     });
     const modules = linfusionModulesList(transformer, midDim);
     const generator = new TorchGenerator(o.seed);
